@@ -1,0 +1,279 @@
+#!/usr/bin/env python3
+"""Configure a Vault or OpenBao server for istio-vault-ca, through its HTTP API only.
+
+What it sets up (idempotent: anything already present is kept):
+  * a root PKI mount (default `pki-root`) holding an EC P-256 root CA;
+  * an issuing mount (default `pki-istio`) holding an EC P-256 intermediate signed by that
+    root, with the root imported beside it so `LIST <mount>/issuers` shows the trust anchor;
+  * the workload role (default `istio-workload`) that the signer calls `sign/<role>` on:
+    URI SANs limited to `spiffe://<trust-domain>/ns/*/sa/*`, CSR names ignored, no CN,
+    server+client EKU, `no_store`, no lease, a max TTL;
+  * the least-privilege policy `istio-vault-ca` (sign with that role, read issuers, manage
+    its own token) and, with --token-file, a periodic token holding only that policy;
+  * with --serving-cert-dir, a TLS serving certificate for the signer itself (role
+    `istio-vault-ca-serving`), plus `root-cert.pem`: what Istio's `istio-ca-root-cert` holds.
+
+The quickstart and the integration tests run this same script against a real OpenBao.
+Only the Python standard library is used, so it runs anywhere Python 3.8+ does.
+"""
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+
+POLICY_NAME = "istio-vault-ca"
+
+
+class VaultError(Exception):
+    def __init__(self, method, path, status, body):
+        super().__init__(f"{method} /v1/{path}: HTTP {status}: {body}")
+        self.status = status
+
+
+class Vault:
+    def __init__(self, addr, token, namespace=None, cacert=None):
+        self.addr = addr.rstrip("/")
+        self.token = token
+        self.namespace = namespace
+        self.context = None
+        if cacert:
+            import ssl
+
+            self.context = ssl.create_default_context(cafile=cacert)
+
+    def call(self, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"{self.addr}/v1/{path}", data=data, method=method)
+        req.add_header("X-Vault-Token", self.token)
+        req.add_header("Content-Type", "application/json")
+        if self.namespace:
+            req.add_header("X-Vault-Namespace", self.namespace)
+        try:
+            with urllib.request.urlopen(req, context=self.context, timeout=30) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            raise VaultError(method, path, e.code, e.read().decode(errors="replace")) from None
+        return json.loads(raw) if raw else {}
+
+    def get_or_none(self, path, method="GET"):
+        try:
+            return self.call(method, path)
+        except VaultError as e:
+            if e.status == 404:
+                return None
+            raise
+
+
+def ensure_mount(vault, path, max_ttl, description):
+    mounts = vault.call("GET", "sys/mounts")
+    mounts = mounts.get("data", mounts)
+    if f"{path}/" not in mounts:
+        vault.call("POST", f"sys/mounts/{path}", {"type": "pki", "description": description})
+        log(f"enabled PKI mount {path}/")
+    vault.call("POST", f"sys/mounts/{path}/tune", {"max_lease_ttl": max_ttl})
+
+
+def has_default_issuer(vault, mount):
+    return bool(vault.call("GET", f"{mount}/config/issuers")["data"].get("default"))
+
+
+def ensure_root(vault, mount, common_name):
+    if has_default_issuer(vault, mount):
+        return vault.call("GET", f"{mount}/issuer/default/json")["data"]["certificate"]
+    resp = vault.call(
+        "POST",
+        f"{mount}/root/generate/internal",
+        {
+            "common_name": common_name,
+            "key_type": "ec",
+            "key_bits": 256,
+            "ttl": "87600h",
+            "issuer_name": "root",
+        },
+    )
+    log(f"generated EC P-256 root in {mount}/")
+    return resp["data"]["certificate"]
+
+
+def ensure_intermediate(vault, root_mount, mount, common_name, root_pem):
+    if has_default_issuer(vault, mount):
+        return
+    csr = vault.call(
+        "POST",
+        f"{mount}/intermediate/generate/internal",
+        {"common_name": common_name, "key_type": "ec", "key_bits": 256},
+    )["data"]["csr"]
+    signed = vault.call(
+        "POST",
+        f"{root_mount}/root/sign-intermediate",
+        {"csr": csr, "format": "pem", "ttl": "43800h", "common_name": common_name},
+    )["data"]["certificate"]
+    # Importing the root beside the intermediate lets the signer read every trust anchor
+    # from this one mount (`LIST issuers`), including during a root rotation.
+    imported = vault.call(
+        "POST", f"{mount}/intermediate/set-signed", {"certificate": signed + "\n" + root_pem}
+    )["data"]
+    vault.call("POST", f"{mount}/config/issuers", {"default": imported["imported_issuers"][0]})
+    log(f"installed EC P-256 intermediate in {mount}/ signed by {root_mount}/")
+
+
+def workload_role(trust_domain, max_ttl):
+    return {
+        "key_type": "any",
+        "allowed_uri_sans": [f"spiffe://{trust_domain}/ns/*/sa/*"],
+        "allowed_domains": [],
+        "allow_any_name": False,
+        "allow_localhost": False,
+        "allow_ip_sans": False,
+        "allow_bare_domains": False,
+        "allow_subdomains": False,
+        "enforce_hostnames": False,
+        "require_cn": False,
+        "use_csr_common_name": False,
+        "use_csr_sans": False,
+        "server_flag": True,
+        "client_flag": True,
+        "key_usage": ["DigitalSignature", "KeyEncipherment"],
+        "basic_constraints_valid_for_non_ca": False,
+        "no_store": True,
+        "generate_lease": False,
+        "ttl": "24h",
+        "max_ttl": max_ttl,
+        "not_before_duration": "30s",
+        # OpenBao: refuse `not_after` outright (Vault ignores the unknown field with a warning).
+        "not_after_bound": "forbid",
+    }
+
+
+def serving_role(names):
+    dns = [n for n in names if not is_ip(n)]
+    return {
+        "key_type": "ec",
+        "key_bits": 256,
+        "allowed_domains": dns,
+        "allow_bare_domains": True,
+        "allow_subdomains": False,
+        "allow_localhost": True,
+        "allow_ip_sans": True,
+        "require_cn": False,
+        "server_flag": True,
+        "client_flag": False,
+        "no_store": True,
+        "ttl": "720h",
+        "max_ttl": "720h",
+    }
+
+
+def is_ip(name):
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def policy(mount, role):
+    return f"""# istio-vault-ca: sign workload CSRs with one role and read the trust anchors.
+path "{mount}/sign/{role}" {{
+  capabilities = ["create", "update"]
+}}
+path "{mount}/issuers" {{
+  capabilities = ["list"]
+}}
+path "{mount}/issuer/+/json" {{
+  capabilities = ["read"]
+}}
+path "auth/token/lookup-self" {{
+  capabilities = ["read"]
+}}
+path "auth/token/renew-self" {{
+  capabilities = ["update"]
+}}
+"""
+
+
+def write_private(path, text):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def log(msg):
+    print(f"setup: {msg}", file=sys.stderr)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--addr", default=os.environ.get("BAO_ADDR", os.environ.get("VAULT_ADDR", "http://127.0.0.1:8200")))
+    p.add_argument("--token", default=os.environ.get("BAO_TOKEN", os.environ.get("VAULT_TOKEN")),
+                   help="an admin token (default: $BAO_TOKEN or $VAULT_TOKEN)")
+    p.add_argument("--namespace", default=os.environ.get("VAULT_NAMESPACE"))
+    p.add_argument("--cacert", default=os.environ.get("VAULT_CACERT"))
+    p.add_argument("--trust-domain", default="cluster.local")
+    p.add_argument("--root-mount", default="pki-root")
+    p.add_argument("--mount", default="pki-istio")
+    p.add_argument("--role", default="istio-workload")
+    p.add_argument("--max-ttl", default="48h", help="role max TTL for workload leaves")
+    p.add_argument("--token-file", help="create a periodic signer token and write it here (mode 0600)")
+    p.add_argument("--token-period", default="24h")
+    p.add_argument("--serving-cert-dir", help="issue the signer's TLS certificate into this directory")
+    p.add_argument("--serving-names", default="localhost,127.0.0.1",
+                   help="comma-separated DNS names / IPs for the serving certificate")
+    args = p.parse_args()
+    if not args.token:
+        p.error("an admin token is required (--token, $BAO_TOKEN or $VAULT_TOKEN)")
+
+    vault = Vault(args.addr, args.token, args.namespace, args.cacert)
+    ensure_mount(vault, args.root_mount, "87600h", "istio-vault-ca root CA")
+    ensure_mount(vault, args.mount, "43800h", "istio-vault-ca issuing CA")
+    root_pem = ensure_root(vault, args.root_mount, f"{args.trust_domain} root CA")
+    ensure_intermediate(vault, args.root_mount, args.mount, f"{args.trust_domain} intermediate CA", root_pem)
+    vault.call("POST", f"{args.mount}/roles/{args.role}", workload_role(args.trust_domain, args.max_ttl))
+    log(f"role {args.mount}/roles/{args.role} allows spiffe://{args.trust_domain}/ns/*/sa/*, max TTL {args.max_ttl}")
+    vault.call("PUT", f"sys/policies/acl/{POLICY_NAME}", {"policy": policy(args.mount, args.role)})
+    log(f"policy {POLICY_NAME} written")
+
+    if args.token_file:
+        tok = vault.call(
+            "POST",
+            "auth/token/create",
+            {"policies": [POLICY_NAME], "period": args.token_period, "no_default_policy": True,
+             "display_name": "istio-vault-ca", "renewable": True},
+        )["auth"]["client_token"]
+        write_private(args.token_file, tok)
+        log(f"signer token (policy {POLICY_NAME}, period {args.token_period}) written to {args.token_file}")
+
+    if args.serving_cert_dir:
+        names = [n.strip() for n in args.serving_names.split(",") if n.strip()]
+        role = "istio-vault-ca-serving"
+        vault.call("POST", f"{args.mount}/roles/{role}", serving_role(names))
+        dns = [n for n in names if not is_ip(n)]
+        ips = [n for n in names if is_ip(n)]
+        req = {"common_name": dns[0] if dns else "", "alt_names": ",".join(dns[1:]), "ip_sans": ",".join(ips), "ttl": "720h"}
+        data = vault.call("POST", f"{args.mount}/issue/{role}", req)["data"]
+        os.makedirs(args.serving_cert_dir, exist_ok=True)
+        chain = [data["certificate"]] + [c for c in data.get("ca_chain", []) if c.strip() != root_pem.strip()]
+        with open(os.path.join(args.serving_cert_dir, "tls.crt"), "w") as f:
+            f.write("\n".join(chain) + "\n")
+        write_private(os.path.join(args.serving_cert_dir, "tls.key"), data["private_key"] + "\n")
+        with open(os.path.join(args.serving_cert_dir, "root-cert.pem"), "w") as f:
+            f.write(root_pem + "\n")
+        log(f"serving certificate for {names} written to {args.serving_cert_dir}/tls.crt")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except VaultError as e:
+        print(f"setup: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except urllib.error.URLError as e:
+        print(f"setup: cannot reach Vault: {e.reason}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,213 @@
+//! Builds a running signer from a [`Config`]: Vault client, trust bundle, authenticator,
+//! serving certificate, the TLS listener and the background tasks that keep them fresh.
+//!
+//! Shutdown: stop accepting connections, let in-flight calls finish (tonic's graceful
+//! shutdown sends HTTP/2 GOAWAY), and give up after `server.shutdown_grace`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::authn::Authenticator;
+use crate::bundle::{self, BundleSource};
+use crate::config::Config;
+use crate::csr::CsrPolicy;
+use crate::pb::istio_certificate_service_server::IstioCertificateServiceServer;
+use crate::server::CaService;
+use crate::signer::{Signer, TtlPolicy};
+use crate::tls::{self, ServingCert};
+use crate::vault::{TokenSource, VaultClient};
+
+/// How long start-up waits for Vault to answer the first trust-bundle read.
+const STARTUP_VAULT_WAIT: Duration = Duration::from_secs(30);
+
+/// A started signer.
+pub struct Running {
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// The address the gRPC listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, drains in-flight calls (bounded by `shutdown_grace`), then returns.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.task.await.context("server task")?
+    }
+
+    /// Waits until the server stops by itself (it only does on error) or `signal` resolves,
+    /// then shuts down.
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::select! {
+            r = &mut self.task => r.context("server task")?,
+            _ = signal => {
+                tracing::info!("shutdown requested; draining in-flight requests");
+                self.shutdown().await
+            }
+        }
+    }
+}
+
+/// Builds everything from `config` and starts serving.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let token = TokenSource::from_config(&config.vault, |k| std::env::var(k).ok())
+        .context("vault token")?;
+    let vault = VaultClient::new(&config.vault, &token).context("vault client")?;
+
+    let bundle_source = match &config.bundle.file {
+        Some(path) => BundleSource::File(path.clone()),
+        None => BundleSource::Vault(vault.clone()),
+    };
+    let initial = load_bundle_with_retry(&bundle_source).await?;
+    tracing::info!(roots = initial.roots().len(), "trust bundle loaded");
+    let shared_bundle = Arc::new(ArcSwap::from_pointee(initial));
+
+    let authn = Authenticator::new(&config.auth, config.trust_domain.clone())
+        .await
+        .context("authenticator")?;
+    let signer = Arc::new(Signer {
+        authn,
+        csr_policy: CsrPolicy::new(&config.csr),
+        ttl: TtlPolicy::new(&config.ttl),
+        vault: vault.clone(),
+        bundle: shared_bundle.clone(),
+    });
+
+    let (cert_file, key_file) = (
+        config.server.cert_file.as_deref().context("server.cert_file")?,
+        config.server.key_file.as_deref().context("server.key_file")?,
+    );
+    let serving = ServingCert::load(cert_file, key_file).context("serving certificate")?;
+    let tls_config = tls::server_config(serving.clone(), config.server.client_ca_file.as_deref())
+        .context("TLS")?;
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    let local_addr = listener.local_addr()?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(serving.watch(config.server.reload_interval, shutdown_rx.clone()));
+    tokio::spawn(vault.clone().watch_token(token, shutdown_rx.clone()));
+    tokio::spawn(bundle::refresh(
+        bundle_source,
+        shared_bundle,
+        config.bundle.refresh_interval,
+        shutdown_rx.clone(),
+    ));
+
+    let incoming = accept_tls(
+        listener,
+        TlsAcceptor::from(Arc::new(tls_config)),
+        config.server.handshake_timeout,
+        shutdown_rx.clone(),
+    );
+    let service = IstioCertificateServiceServer::new(CaService::new(
+        signer,
+        config.server.request_timeout,
+    ))
+    .max_decoding_message_size(config.csr.max_bytes + 64 * 1024);
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, changed(shutdown_rx.clone()));
+    let grace = config.server.shutdown_grace;
+    let mut stop = shutdown_rx;
+    let task = tokio::spawn(async move {
+        let mut server = tokio::spawn(server);
+        tokio::select! {
+            r = &mut server => return r.context("gRPC server")?.context("gRPC server"),
+            _ = stop.changed() => {}
+        }
+        match tokio::time::timeout(grace, &mut server).await {
+            Ok(r) => r.context("gRPC server")?.context("gRPC server"),
+            Err(_) => {
+                tracing::warn!(?grace, "drain deadline passed; closing remaining connections");
+                server.abort();
+                Ok(())
+            }
+        }
+    });
+    tracing::info!(addr = %local_addr, trust_domain = %config.trust_domain, "serving IstioCertificateService");
+    Ok(Running {
+        local_addr,
+        shutdown: shutdown_tx,
+        task,
+    })
+}
+
+async fn changed(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn load_bundle_with_retry(source: &BundleSource) -> anyhow::Result<bundle::TrustBundle> {
+    let deadline = tokio::time::Instant::now() + STARTUP_VAULT_WAIT;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match source.load().await {
+            Ok(b) => return Ok(b),
+            Err(bundle::BundleError::Vault(e))
+                if e.is_transient() && tokio::time::Instant::now() + delay < deadline =>
+            {
+                tracing::warn!(error = %e, "waiting for Vault to load the trust bundle");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e).context("trust bundle"),
+        }
+    }
+}
+
+/// Accepts TCP connections and completes TLS handshakes concurrently (a slow client cannot
+/// hold up others), yielding established streams until shutdown.
+fn accept_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
+    shutdown: watch::Receiver<bool>,
+) -> ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        let stop = changed(shutdown);
+        tokio::pin!(stop);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = &mut stop => return,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of file descriptors and similar: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}

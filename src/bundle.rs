@@ -1,0 +1,175 @@
+//! The trust bundle: the self-signed roots every issued leaf must chain to, served as the last
+//! `cert_chain` element.
+//!
+//! Roots come from Vault (every self-signed certificate among the mount's issuers and their
+//! chains, so old and new roots during a rotation) or from a PEM file. A new bundle is
+//! validated before it is published; a failed refresh keeps the previous one. The PEM text is
+//! sorted by DER so it is byte-identical across calls and replicas (pilot-agent treats any
+//! change of the last element as a root rotation).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::csr::pem_encode;
+use crate::vault::{VaultClient, VaultError};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BundleError {
+    #[error("cannot read trust bundle {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("trust bundle certificate is not valid: {0}")]
+    BadCert(String),
+    #[error("trust bundle is empty (no self-signed CA certificate found)")]
+    Empty,
+    #[error("cannot read roots from Vault: {0}")]
+    Vault(#[from] VaultError),
+}
+
+/// A validated, non-empty, de-duplicated, sorted set of root certificates.
+#[derive(Debug)]
+pub struct TrustBundle {
+    roots: Vec<CertificateDer<'static>>,
+    anchors: Vec<rustls_pki_types::TrustAnchor<'static>>,
+    pem: String,
+}
+
+impl TrustBundle {
+    /// Keeps the self-signed CA certificates among `certs`; fails if none remains.
+    pub fn from_certs(certs: Vec<CertificateDer<'static>>) -> Result<Self, BundleError> {
+        let mut roots = Vec::new();
+        for der in certs {
+            if is_self_signed_ca(&der)? && !roots.contains(&der) {
+                roots.push(der);
+            }
+        }
+        if roots.is_empty() {
+            return Err(BundleError::Empty);
+        }
+        roots.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
+        let anchors = roots
+            .iter()
+            .map(|r| webpki::anchor_from_trusted_cert(r).map(|a| a.to_owned()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| BundleError::BadCert(format!("{e:?}")))?;
+        let pem = roots.iter().map(|r| pem_encode("CERTIFICATE", r)).collect();
+        Ok(Self {
+            roots,
+            anchors,
+            pem,
+        })
+    }
+
+    /// Parses a PEM file of roots. Every certificate in it must be a self-signed CA.
+    pub fn from_pem(text: &[u8]) -> Result<Self, BundleError> {
+        let certs = parse_pem_certs(text)?;
+        for c in &certs {
+            if !is_self_signed_ca(c)? {
+                return Err(BundleError::BadCert(
+                    "file holds a certificate that is not a self-signed CA".into(),
+                ));
+            }
+        }
+        Self::from_certs(certs)
+    }
+
+    /// The roots, sorted by DER.
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
+    }
+
+    /// All roots as one PEM string: the last element of every response.
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// The roots as webpki trust anchors.
+    pub fn anchors(&self) -> &[rustls_pki_types::TrustAnchor<'static>] {
+        &self.anchors
+    }
+
+    pub fn contains(&self, der: &[u8]) -> bool {
+        self.roots.iter().any(|r| r.as_ref() == der)
+    }
+}
+
+/// Parses every `CERTIFICATE` block of `text`.
+pub fn parse_pem_certs(text: &[u8]) -> Result<Vec<CertificateDer<'static>>, BundleError> {
+    CertificateDer::pem_slice_iter(text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| BundleError::BadCert(e.to_string()))
+}
+
+/// True for a certificate whose issuer is its subject, whose signature verifies with its own
+/// key, and that is a CA.
+pub fn is_self_signed_ca(der: &[u8]) -> Result<bool, BundleError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| BundleError::BadCert(e.to_string()))?;
+    let ca = cert.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca);
+    Ok(ca && cert.subject() == cert.issuer() && cert.verify_signature(None).is_ok())
+}
+
+/// Where roots come from.
+#[derive(Debug, Clone)]
+pub enum BundleSource {
+    File(PathBuf),
+    Vault(VaultClient),
+}
+
+impl BundleSource {
+    pub async fn load(&self) -> Result<TrustBundle, BundleError> {
+        match self {
+            Self::File(path) => {
+                let text = tokio::fs::read(path).await.map_err(|e| BundleError::Read {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+                TrustBundle::from_pem(&text)
+            }
+            Self::Vault(vault) => {
+                let mut certs = Vec::new();
+                for issuer in vault.issuers().await? {
+                    for pem in std::iter::once(&issuer.certificate).chain(&issuer.ca_chain) {
+                        certs.extend(parse_pem_certs(pem.as_bytes())?);
+                    }
+                }
+                TrustBundle::from_certs(certs)
+            }
+        }
+    }
+}
+
+/// The current bundle, readable without locks on the request path.
+pub type SharedBundle = Arc<ArcSwap<TrustBundle>>;
+
+/// Reloads the bundle every `interval` until `shutdown` fires, publishing only valid bundles.
+pub async fn refresh(
+    source: BundleSource,
+    shared: SharedBundle,
+    interval: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate; the bundle was loaded at start-up
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        match source.load().await {
+            Ok(new) => {
+                if new.pem() != shared.load().pem() {
+                    tracing::info!(roots = new.roots().len(), "trust bundle changed");
+                    shared.store(Arc::new(new));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "trust bundle refresh failed; keeping the current roots"),
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The bundled client: generates a key and CSR shaped like pilot-agent's or ztunnel's, calls
+//! CreateCertificate over TLS with the same metadata they send, and checks the answer the way
+//! they do (at least two elements, one certificate per non-final element, leaf SAN equal to
+//! the requested identity) plus a full path check to the returned roots.
+//!
+//! Used by the `request` subcommand, the integration tests and the load generator.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail, ensure};
+use prost_types::{Struct, Value, value::Kind};
+use rcgen::{CertificateParams, CustomExtension, DistinguishedName, DnType, KeyPair, SanType};
+use rustls_pki_types::{CertificateDer, UnixTime};
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::bundle::parse_pem_certs;
+use crate::identity::SpiffeId;
+use crate::pb::IstioCertificateRequest;
+use crate::pb::istio_certificate_service_client::IstioCertificateServiceClient;
+
+/// Which real client to imitate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    /// istio-agent / pilot-agent: RSA-2048 key, subject `O=`, critical URI SAN,
+    /// `metadata{CertSigner:""}`, `clusterid` header always sent.
+    PilotAgent,
+    /// ztunnel in shared mode: P-256 key, empty subject, critical URI SAN,
+    /// `metadata{ImpersonatedIdentity: <id>}`.
+    Ztunnel,
+}
+
+/// A freshly generated private key and its CSR, both PEM.
+pub struct KeyAndCsr {
+    pub key: KeyPair,
+    pub csr_pem: String,
+}
+
+impl KeyAndCsr {
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+}
+
+/// Generates a key and CSR for `id` the way `shape` does.
+pub fn generate_csr(shape: Shape, id: &SpiffeId) -> anyhow::Result<KeyAndCsr> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    let key = match shape {
+        Shape::PilotAgent => {
+            params.distinguished_name.push(DnType::OrganizationName, "");
+            params.custom_extensions.push(uri_san_extension(&id.to_string(), true));
+            KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).context("RSA-2048 key")?
+        }
+        Shape::Ztunnel => {
+            // rcgen marks the SAN critical because the subject is empty, as ztunnel's does.
+            params.subject_alt_names = vec![SanType::URI(id.to_string().try_into()?)];
+            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("P-256 key")?
+        }
+    };
+    let csr_pem = params.serialize_request(&key)?.pem()?;
+    Ok(KeyAndCsr { key, csr_pem })
+}
+
+/// A subjectAltName extension holding one URI, DER-encoded by hand so criticality can be
+/// chosen (rcgen only marks it critical for an empty subject).
+pub fn uri_san_extension(uri: &str, critical: bool) -> CustomExtension {
+    let uri_tlv = der_tlv(0x86, uri.as_bytes()); // [6] IMPLICIT IA5String
+    let mut ext = CustomExtension::from_oid_content(&[2, 5, 29, 17], der_tlv(0x30, &uri_tlv));
+    ext.set_criticality(critical);
+    ext
+}
+
+fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// Opens a TLS (HTTP/2, ALPN h2) channel to `addr` (`host:port`), trusting `ca_pem`, checking
+/// the server certificate for `server_name` (default: the host of `addr`).
+pub async fn connect(
+    addr: &str,
+    ca_pem: &[u8],
+    server_name: Option<&str>,
+) -> anyhow::Result<IstioCertificateServiceClient<Channel>> {
+    let host = addr
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_matches(['[', ']']))
+        .unwrap_or(addr);
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name(server_name.unwrap_or(host));
+    let channel = Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    Ok(IstioCertificateServiceClient::new(channel))
+}
+
+/// What to put on the wire besides the CSR.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// Sent as `authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Sent as `clusterid`.
+    pub cluster_id: Option<String>,
+    /// `validity_duration`, seconds.
+    pub ttl_seconds: i64,
+    /// For ztunnel's shape: `ImpersonatedIdentity` (default: the CSR's identity).
+    pub impersonate: Option<String>,
+}
+
+/// Builds the request exactly as `shape` sends it.
+pub fn build_request(
+    shape: Shape,
+    csr_pem: &str,
+    identity: &SpiffeId,
+    opts: &CallOptions,
+) -> anyhow::Result<tonic::Request<IstioCertificateRequest>> {
+    let string = |s: String| Value {
+        kind: Some(Kind::StringValue(s)),
+    };
+    let metadata = match shape {
+        Shape::PilotAgent => Struct {
+            fields: [("CertSigner".to_owned(), string(String::new()))].into(),
+        },
+        Shape::Ztunnel => Struct {
+            fields: [(
+                "ImpersonatedIdentity".to_owned(),
+                string(opts.impersonate.clone().unwrap_or_else(|| identity.to_string())),
+            )]
+            .into(),
+        },
+    };
+    let mut req = tonic::Request::new(IstioCertificateRequest {
+        csr: csr_pem.to_owned(),
+        validity_duration: opts.ttl_seconds,
+        metadata: Some(metadata),
+    });
+    let md = req.metadata_mut();
+    if let Some(token) = &opts.token {
+        md.insert("authorization", MetadataValue::try_from(format!("Bearer {token}"))?);
+    }
+    // pilot-agent always sends clusterid; ztunnel only together with a token.
+    if shape == Shape::PilotAgent || opts.token.is_some() {
+        let id = opts.cluster_id.clone().unwrap_or_default();
+        md.insert("clusterid", MetadataValue::try_from(id)?);
+    }
+    Ok(req)
+}
+
+/// What a client learns from a response.
+#[derive(Debug, Clone)]
+pub struct ChainSummary {
+    pub identity: String,
+    pub serial: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub intermediates: usize,
+    pub roots: usize,
+    pub leaf_spki: Vec<u8>,
+}
+
+/// Checks a `cert_chain` as pilot-agent and ztunnel would, then verifies the leaf to the roots
+/// in the last element for both server and client use.
+pub fn inspect_chain(chain: &[String]) -> anyhow::Result<ChainSummary> {
+    ensure!(chain.len() >= 2, "cert_chain has {} element(s); at least 2 are required", chain.len());
+    let (last, rest) = chain.split_last().expect("len >= 2");
+    let mut certs = Vec::new();
+    for (i, el) in rest.iter().enumerate() {
+        let parsed = parse_pem_certs(el.as_bytes())?;
+        ensure!(parsed.len() == 1, "cert_chain[{i}] holds {} certificates, not 1", parsed.len());
+        certs.extend(parsed);
+    }
+    let roots = parse_pem_certs(last.as_bytes())?;
+    ensure!(!roots.is_empty(), "last element holds no certificate");
+    let anchors: Vec<_> = roots
+        .iter()
+        .map(|r| webpki::anchor_from_trusted_cert(r).map(|a| a.to_owned()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("root: {e:?}"))?;
+    let leaf = &certs[0];
+    let intermediates: Vec<CertificateDer<'static>> = certs[1..].to_vec();
+    let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let now = UnixTime::since_unix_epoch(SystemTime::now().duration_since(UNIX_EPOCH)?);
+    for usage in [webpki::KeyUsage::server_auth(), webpki::KeyUsage::client_auth()] {
+        ee.verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &anchors, &intermediates, now, usage, None, None)
+            .map_err(|e| anyhow::anyhow!("leaf does not verify to the returned roots: {e:?}"))?;
+    }
+    let (_, cert) = X509Certificate::from_der(leaf)?;
+    let uris: Vec<String> = match cert.subject_alternative_name()? {
+        Some(san) => san
+            .value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                GeneralName::URI(u) => Ok(u.to_string()),
+                other => bail!("leaf has a non-URI SAN {other:?}"),
+            })
+            .collect::<anyhow::Result<_>>()?,
+        None => bail!("leaf has no SAN"),
+    };
+    ensure!(uris.len() == 1, "leaf has {} URI SANs", uris.len());
+    Ok(ChainSummary {
+        identity: uris[0].clone(),
+        serial: cert.raw_serial().iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+        intermediates: intermediates.len(),
+        roots: roots.len(),
+        leaf_spki: cert.public_key().raw.to_vec(),
+    })
+}

@@ -1,0 +1,602 @@
+//! The signer's configuration: one TOML file plus `IVCA_*` environment overrides.
+//!
+//! Every option has a default (see README "Configuration"); an invalid value is reported with
+//! the dotted key that holds it, e.g. `invalid config: vault.timeout: invalid duration`.
+//!
+//! Environment overrides: `IVCA_<SECTION>__<KEY>` (double underscore between levels, keys
+//! upper-cased), e.g. `IVCA_VAULT__ADDR=https://vault:8200`, `IVCA_TRUST_DOMAIN=mesh.example`,
+//! `IVCA_AUTH__JWT__AUDIENCES=["istio-ca"]`. Integers, booleans and `[...]` arrays are read as
+//! TOML values, anything else as a string.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::identity::TrustDomain;
+
+/// Prefix of environment variables that override file settings.
+pub const ENV_PREFIX: &str = "IVCA_";
+
+/// Why the configuration cannot be used. Each variant names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The mesh trust domain (`meshConfig.trustDomain`); every issued identity is in it.
+    #[serde(deserialize_with = "de_trust_domain")]
+    pub trust_domain: TrustDomain,
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub csr: CsrConfig,
+    pub ttl: TtlConfig,
+    pub vault: VaultConfig,
+    pub bundle: BundleConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            trust_domain: TrustDomain::new("cluster.local").expect("valid default"),
+            server: ServerConfig::default(),
+            auth: AuthConfig::default(),
+            csr: CsrConfig::default(),
+            ttl: TtlConfig::default(),
+            vault: VaultConfig::default(),
+            bundle: BundleConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// The gRPC+TLS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// PEM certificate chain served to clients (leaf first). Reloaded when it changes.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Optional PEM CA bundle: client certificates are verified against it when presented.
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the serving certificate files are checked for changes.
+    #[serde(with = "duration")]
+    pub reload_interval: Duration,
+    /// Upper bound on one CreateCertificate call, Vault included.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// Upper bound on a TLS handshake.
+    #[serde(with = "duration")]
+    pub handshake_timeout: Duration,
+    /// On SIGTERM/SIGINT: how long in-flight requests may take before the process exits.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 15012)),
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            reload_interval: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// How callers are authenticated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// This cluster's ID; the `clusterid` header must be empty or equal to it.
+    pub cluster_id: String,
+    pub jwt: JwtConfig,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            cluster_id: "Kubernetes".into(),
+            jwt: JwtConfig::default(),
+        }
+    }
+}
+
+/// Local verification of Kubernetes service-account JWTs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// Expected `iss` claim.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must carry at least one.
+    pub audiences: Vec<String>,
+    /// JWKS from a file (re-read when a token names an unknown key).
+    pub jwks_file: Option<PathBuf>,
+    /// JWKS from this URL. Without `jwks_file` or `jwks_url`, OIDC discovery on `issuer`.
+    pub jwks_url: Option<String>,
+    /// PEM CA bundle for HTTPS to the issuer (default: system roots).
+    pub ca_file: Option<PathBuf>,
+    /// Bearer token file sent when fetching discovery/JWKS (the API server may require one).
+    pub bearer_token_file: Option<PathBuf>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(with = "duration")]
+    pub leeway: Duration,
+    /// Minimum time between two JWKS fetches caused by unknown key IDs.
+    #[serde(with = "duration")]
+    pub refetch_interval: Duration,
+    /// Accepted signature algorithms.
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        use jsonwebtoken::Algorithm::*;
+        Self {
+            issuer: "https://kubernetes.default.svc.cluster.local".into(),
+            audiences: vec!["istio-ca".into()],
+            jwks_file: None,
+            jwks_url: None,
+            ca_file: None,
+            bearer_token_file: None,
+            leeway: Duration::from_secs(30),
+            refetch_interval: Duration::from_secs(5),
+            algorithms: vec![RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384],
+        }
+    }
+}
+
+/// A public-key type a CSR may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyAlgorithm {
+    EcdsaP256,
+    EcdsaP384,
+    Rsa2048,
+    Rsa3072,
+    Rsa4096,
+    Ed25519,
+}
+
+/// What a CSR must look like.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CsrConfig {
+    /// Largest accepted CSR PEM, in bytes.
+    pub max_bytes: usize,
+    /// Accepted key types.
+    pub allowed_keys: Vec<KeyAlgorithm>,
+}
+
+impl Default for CsrConfig {
+    fn default() -> Self {
+        use KeyAlgorithm::*;
+        Self {
+            max_bytes: 16 * 1024,
+            allowed_keys: vec![EcdsaP256, EcdsaP384, Rsa2048, Rsa3072, Rsa4096],
+        }
+    }
+}
+
+/// What to do with a `validity_duration` above `ttl.max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OverMax {
+    Clamp,
+    Reject,
+}
+
+/// Certificate lifetime policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TtlConfig {
+    /// Lifetime used when the request asks for none (`validity_duration <= 0`).
+    #[serde(with = "duration")]
+    pub default: Duration,
+    /// Longest lifetime issued.
+    #[serde(with = "duration")]
+    pub max: Duration,
+    /// `clamp` (issue `max`) or `reject` (`InvalidArgument`).
+    pub over_max: OverMax,
+}
+
+impl Default for TtlConfig {
+    fn default() -> Self {
+        Self {
+            default: Duration::from_secs(24 * 3600),
+            max: Duration::from_secs(48 * 3600),
+            over_max: OverMax::Clamp,
+        }
+    }
+}
+
+/// The Vault (or OpenBao) PKI role that signs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// Base address, e.g. `https://vault.vault.svc:8200`.
+    pub addr: String,
+    /// PKI mount path.
+    pub mount: String,
+    /// Role used for `sign/<role>`.
+    pub role: String,
+    /// File holding the signer's token; re-read when it changes. Without it the token comes
+    /// from `$VAULT_TOKEN` (or `$BAO_TOKEN`).
+    pub token_file: Option<PathBuf>,
+    /// Vault Enterprise / OpenBao namespace (`X-Vault-Namespace`).
+    pub namespace: Option<String>,
+    /// PEM CA bundle for HTTPS to Vault (default: system roots).
+    pub ca_file: Option<PathBuf>,
+    /// Timeout of one HTTP call to Vault.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// How often `token_file` is checked for changes.
+    #[serde(with = "duration")]
+    pub token_reload_interval: Duration,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        Self {
+            addr: "http://127.0.0.1:8200".into(),
+            mount: "pki-istio".into(),
+            role: "istio-workload".into(),
+            token_file: None,
+            namespace: None,
+            ca_file: None,
+            timeout: Duration::from_secs(5),
+            token_reload_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Where the trust roots (the last `cert_chain` element) come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BundleConfig {
+    /// PEM file of trusted roots. Without it, every self-signed issuer of the Vault mount.
+    pub file: Option<PathBuf>,
+    /// How often the roots are re-read.
+    #[serde(with = "duration")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for BundleConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            refresh_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `istio_vault_ca=debug,info`. `RUST_LOG` wins if set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (if any), applies `IVCA_*` overrides from `env`, and validates the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Syntax {
+                        path: path.to_owned(),
+                        message: e.message().to_owned(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            if let Some(key) = name.strip_prefix(ENV_PREFIX) {
+                apply_override(&mut table, &name, key, &value)?;
+            }
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError::invalid(&key, e.into_inner().to_string())
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Cross-field rules that types alone cannot express.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.cert_file.is_none() {
+            return Err(ConfigError::invalid("server.cert_file", "is required"));
+        }
+        if self.server.key_file.is_none() {
+            return Err(ConfigError::invalid("server.key_file", "is required"));
+        }
+        if self.auth.cluster_id.is_empty() {
+            return Err(ConfigError::invalid("auth.cluster_id", "must not be empty"));
+        }
+        if self.auth.jwt.audiences.is_empty() {
+            return Err(ConfigError::invalid("auth.jwt.audiences", "must not be empty"));
+        }
+        if self.auth.jwt.algorithms.is_empty() {
+            return Err(ConfigError::invalid("auth.jwt.algorithms", "must not be empty"));
+        }
+        if let Some(alg) = self.auth.jwt.algorithms.iter().find(|a| {
+            use jsonwebtoken::Algorithm::*;
+            matches!(a, HS256 | HS384 | HS512)
+        }) {
+            return Err(ConfigError::invalid(
+                "auth.jwt.algorithms",
+                format!("{alg:?} is a shared-secret algorithm; only public-key algorithms are allowed"),
+            ));
+        }
+        if self.auth.jwt.jwks_file.is_some() && self.auth.jwt.jwks_url.is_some() {
+            return Err(ConfigError::invalid(
+                "auth.jwt.jwks_url",
+                "set either auth.jwt.jwks_file or auth.jwt.jwks_url, not both",
+            ));
+        }
+        if self.auth.jwt.jwks_file.is_none() {
+            let url = self.auth.jwt.jwks_url.as_deref().unwrap_or(&self.auth.jwt.issuer);
+            let key = if self.auth.jwt.jwks_url.is_some() {
+                "auth.jwt.jwks_url"
+            } else {
+                "auth.jwt.issuer"
+            };
+            check_http_url(key, url)?;
+        }
+        if self.csr.allowed_keys.is_empty() {
+            return Err(ConfigError::invalid("csr.allowed_keys", "must not be empty"));
+        }
+        if self.csr.max_bytes < 256 {
+            return Err(ConfigError::invalid("csr.max_bytes", "must be at least 256"));
+        }
+        if self.ttl.default.is_zero() {
+            return Err(ConfigError::invalid("ttl.default", "must be positive"));
+        }
+        if self.ttl.max < self.ttl.default {
+            return Err(ConfigError::invalid(
+                "ttl.max",
+                "must not be shorter than ttl.default",
+            ));
+        }
+        check_http_url("vault.addr", &self.vault.addr)?;
+        for (key, value) in [("vault.mount", &self.vault.mount), ("vault.role", &self.vault.role)] {
+            if value.is_empty() || value.starts_with('/') || value.contains("..") {
+                return Err(ConfigError::invalid(key, "must be a relative Vault path"));
+            }
+        }
+        for (key, d) in [
+            ("server.request_timeout", self.server.request_timeout),
+            ("server.reload_interval", self.server.reload_interval),
+            ("server.handshake_timeout", self.server.handshake_timeout),
+            ("vault.timeout", self.vault.timeout),
+            ("vault.token_reload_interval", self.vault.token_reload_interval),
+            ("bundle.refresh_interval", self.bundle.refresh_interval),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::invalid(key, "must be positive"));
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(ConfigError::invalid("log.level", e.to_string()));
+        }
+        Ok(())
+    }
+}
+
+fn check_http_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        Ok(_) => Err(ConfigError::invalid(key, "must be an http:// or https:// URL")),
+        Err(e) => Err(ConfigError::invalid(key, format!("invalid URL: {e}"))),
+    }
+}
+
+/// Puts `IVCA_A__B=value` at `a.b` in `table`.
+fn apply_override(
+    table: &mut toml::Table,
+    env_name: &str,
+    key: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let path: Vec<String> = key.split("__").map(|p| p.to_ascii_lowercase()).collect();
+    if path.iter().any(|p| p.is_empty()) {
+        return Err(ConfigError::invalid(env_name, "malformed override name"));
+    }
+    let (last, parents) = path.split_last().expect("split yields one element at least");
+    let mut cur = table;
+    for p in parents {
+        let entry = cur
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry.as_table_mut().ok_or_else(|| {
+            ConfigError::invalid(env_name, format!("{p} is not a section"))
+        })?;
+    }
+    cur.insert(last.clone(), env_value(env_name, value)?);
+    Ok(())
+}
+
+fn env_value(env_name: &str, value: &str) -> Result<toml::Value, ConfigError> {
+    let v = value.trim();
+    let looks_typed = v == "true"
+        || v == "false"
+        || v.starts_with('[')
+        || (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+    if !looks_typed {
+        return Ok(toml::Value::String(value.to_owned()));
+    }
+    let doc: toml::Table = format!("v = {v}")
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::invalid(env_name, e.message().to_owned()))?;
+    Ok(doc.get("v").cloned().expect("parsed key"))
+}
+
+fn de_trust_domain<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TrustDomain, D::Error> {
+    let s = String::deserialize(d)?;
+    TrustDomain::new(&s).map_err(serde::de::Error::custom)
+}
+
+/// Durations as `"30s"`, `"24h"`, `"1h30m"` (humantime), or a number of seconds.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(Duration::from_secs(s)),
+            Raw::Text(t) => humantime::parse_duration(t.trim()).map_err(|e| {
+                serde::de::Error::custom(format!("invalid duration {t:?}: {e}"))
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn required() -> Vec<(String, String)> {
+        env(&[
+            ("IVCA_SERVER__CERT_FILE", "/tls/tls.crt"),
+            ("IVCA_SERVER__KEY_FILE", "/tls/tls.key"),
+        ])
+    }
+
+    #[test]
+    fn defaults_with_required_keys() {
+        let c = Config::load(None, required()).unwrap();
+        assert_eq!(c.trust_domain.as_str(), "cluster.local");
+        assert_eq!(c.auth.cluster_id, "Kubernetes");
+        assert_eq!(c.auth.jwt.audiences, vec!["istio-ca"]);
+        assert_eq!(c.ttl.default, Duration::from_secs(86400));
+        assert_eq!(c.ttl.over_max, OverMax::Clamp);
+        assert_eq!(c.csr.max_bytes, 16384);
+    }
+
+    #[test]
+    fn file_then_env_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            r#"
+trust_domain = "mesh.example"
+[server]
+cert_file = "/a"
+key_file = "/b"
+request_timeout = "3s"
+[ttl]
+max = "12h"
+over_max = "reject"
+"#,
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("IVCA_VAULT__ADDR", "https://vault.example:8200"),
+                ("IVCA_CSR__MAX_BYTES", "8192"),
+                ("IVCA_AUTH__JWT__AUDIENCES", r#"["a", "b"]"#),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.trust_domain.as_str(), "mesh.example");
+        assert_eq!(c.server.request_timeout, Duration::from_secs(3));
+        assert_eq!(c.ttl.max, Duration::from_secs(12 * 3600));
+        assert_eq!(c.ttl.over_max, OverMax::Reject);
+        assert_eq!(c.vault.addr, "https://vault.example:8200");
+        assert_eq!(c.csr.max_bytes, 8192);
+        assert_eq!(c.auth.jwt.audiences, vec!["a", "b"]);
+    }
+
+    fn err_of(extra: &[(&str, &str)]) -> String {
+        let mut e = required();
+        e.extend(env(extra));
+        Config::load(None, e).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err_of(&[("IVCA_VAULT__TIMEOUT", "soon")]).starts_with("vault.timeout:"));
+        assert!(err_of(&[("IVCA_TRUST_DOMAIN", "Bad Domain")]).starts_with("trust_domain:"));
+        assert!(err_of(&[("IVCA_SERVER__LISTEN", "nope")]).starts_with("server.listen:"));
+        assert!(err_of(&[("IVCA_VAULT__BOGUS", "1")]).contains("bogus"));
+        assert!(err_of(&[("IVCA_TTL__MAX", "1h")]).starts_with("ttl.max:"));
+        assert!(err_of(&[("IVCA_CSR__ALLOWED_KEYS", r#"["rsa-1024"]"#)])
+            .starts_with("csr.allowed_keys"));
+        assert!(err_of(&[("IVCA_AUTH__JWT__ALGORITHMS", r#"["HS256"]"#)])
+            .starts_with("auth.jwt.algorithms:"));
+        assert!(err_of(&[("IVCA_VAULT__ADDR", "vault:8200")]).starts_with("vault.addr:"));
+        let missing = Config::load(None, vec![]).unwrap_err().to_string();
+        assert_eq!(missing, "server.cert_file: is required");
+    }
+}

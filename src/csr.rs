@@ -1,0 +1,303 @@
+//! CSR policy: turns the PEM text of a request into a [`VerifiedCsr`] or says precisely why not.
+//!
+//! The policy accepts what pilot-agent (RSA-2048, subject `O=`, one URI SAN) and ztunnel
+//! (P-256, empty subject, critical URI SAN) send, and nothing that could widen what Vault
+//! issues: no CN, no DNS/IP/email SANs, no CA request, no unknown extension or attribute,
+//! no SHA-1/MD5 signature, only allow-listed keys, and a valid self-signature.
+
+use std::collections::HashSet;
+
+use rustls_pki_types::pem::{PemObject, SectionKind};
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::der_parser::oid::Oid;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::oid_registry::*;
+use x509_parser::prelude::FromDer;
+use x509_parser::public_key::PublicKey;
+
+use crate::config::{CsrConfig, KeyAlgorithm};
+use crate::identity::SpiffeId;
+
+/// Why a CSR is refused. Every variant is the caller's fault (`InvalidArgument`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CsrError {
+    #[error("CSR is {size} bytes, larger than the {max}-byte limit")]
+    TooLarge { size: usize, max: usize },
+    #[error("CSR is not PEM with exactly one CERTIFICATE REQUEST block: {0}")]
+    Pem(String),
+    #[error("CSR is not valid DER: {0}")]
+    Der(String),
+    #[error("CSR signature algorithm {0} is not allowed (SHA-1, MD5 and unknown algorithms are refused)")]
+    SignatureAlgorithm(String),
+    #[error("CSR self-signature does not verify")]
+    BadSignature,
+    #[error("CSR key {0} is not allowed")]
+    KeyNotAllowed(String),
+    #[error("CSR subject must not carry a common name (CN)")]
+    CommonName,
+    #[error("CSR subject attribute {0} is not allowed (only O and OU)")]
+    SubjectAttribute(String),
+    #[error("CSR attribute {0} is not allowed (only extensionRequest)")]
+    Attribute(String),
+    #[error("CSR extension {0} is not allowed")]
+    UnknownExtension(String),
+    #[error("CSR extension {0} appears twice")]
+    DuplicateExtension(String),
+    #[error("CSR extension {0} is malformed")]
+    MalformedExtension(String),
+    #[error("CSR requests a CA certificate (basicConstraints CA:true)")]
+    CaRequested,
+    #[error("CSR has no subjectAltName extension")]
+    NoSan,
+    #[error("CSR SAN of type {0} is not allowed (only one spiffe:// URI)")]
+    SanType(&'static str),
+    #[error("CSR must carry exactly one URI SAN, found {0}")]
+    UriCount(usize),
+    #[error("CSR URI SAN {uri:?} is not a workload SPIFFE ID: {reason}")]
+    BadUri { uri: String, reason: String },
+}
+
+/// A CSR that passed every policy check. Its SPIFFE ID still needs authorizing.
+#[derive(Debug, Clone)]
+pub struct VerifiedCsr {
+    pem: String,
+    spki_der: Vec<u8>,
+    key: KeyAlgorithm,
+    requested: SpiffeId,
+}
+
+impl VerifiedCsr {
+    /// The CSR re-encoded from the verified DER, as sent to Vault.
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// The DER SubjectPublicKeyInfo; the issued leaf must carry exactly this key.
+    pub fn spki_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+
+    pub fn key(&self) -> KeyAlgorithm {
+        self.key
+    }
+
+    /// The identity the CSR asks for (its single URI SAN).
+    pub fn requested(&self) -> &SpiffeId {
+        &self.requested
+    }
+}
+
+/// Applies [`CsrConfig`] to incoming CSRs.
+#[derive(Debug, Clone)]
+pub struct CsrPolicy {
+    max_bytes: usize,
+    allowed_keys: HashSet<KeyAlgorithm>,
+}
+
+impl CsrPolicy {
+    pub fn new(config: &CsrConfig) -> Self {
+        Self {
+            max_bytes: config.max_bytes,
+            allowed_keys: config.allowed_keys.iter().copied().collect(),
+        }
+    }
+
+    /// Parses and checks a PEM CSR.
+    pub fn verify(&self, pem: &str) -> Result<VerifiedCsr, CsrError> {
+        if pem.len() > self.max_bytes {
+            return Err(CsrError::TooLarge {
+                size: pem.len(),
+                max: self.max_bytes,
+            });
+        }
+        let der = single_csr_block(pem.as_bytes())?;
+        let (rest, csr) = X509CertificationRequest::from_der(&der)
+            .map_err(|e| CsrError::Der(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(CsrError::Der("trailing bytes after the request".into()));
+        }
+        check_signature_algorithm(&csr)?;
+        let info = &csr.certification_request_info;
+        let key = key_algorithm(&info.subject_pki)?;
+        if !self.allowed_keys.contains(&key) {
+            return Err(CsrError::KeyNotAllowed(key_name(key).into()));
+        }
+        csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
+        check_subject(&csr)?;
+        let requested = check_extensions(&csr)?;
+        Ok(VerifiedCsr {
+            pem: pem_encode("CERTIFICATE REQUEST", &der),
+            spki_der: info.subject_pki.raw.to_vec(),
+            key,
+            requested,
+        })
+    }
+}
+
+/// PEM-encodes `der` with 64-column lines and a trailing newline.
+pub fn pem_encode(label: &str, der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new(label, der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
+fn single_csr_block(pem: &[u8]) -> Result<Vec<u8>, CsrError> {
+    let mut found = None;
+    for item in <(SectionKind, Vec<u8>)>::pem_slice_iter(pem) {
+        // Never echo PEM errors' content: the input might hold key material.
+        let (kind, der) = item.map_err(|_| CsrError::Pem("malformed PEM".into()))?;
+        match kind {
+            SectionKind::Csr if found.is_none() => found = Some(der),
+            SectionKind::Csr => return Err(CsrError::Pem("more than one block".into())),
+            SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey => {
+                return Err(CsrError::Pem("it contains a private key".into()));
+            }
+            _ => return Err(CsrError::Pem("it contains a block that is not a CSR".into())),
+        }
+    }
+    found.ok_or_else(|| CsrError::Pem("no CERTIFICATE REQUEST block".into()))
+}
+
+fn check_signature_algorithm(csr: &X509CertificationRequest<'_>) -> Result<(), CsrError> {
+    let alg = &csr.signature_algorithm.algorithm;
+    let allowed = [
+        OID_PKCS1_SHA256WITHRSA,
+        OID_PKCS1_SHA384WITHRSA,
+        OID_PKCS1_SHA512WITHRSA,
+        OID_PKCS1_RSASSAPSS, // x509-parser only verifies PSS with SHA-256/384/512
+        OID_SIG_ECDSA_WITH_SHA256,
+        OID_SIG_ECDSA_WITH_SHA384,
+        OID_SIG_ED25519,
+    ];
+    if allowed.contains(alg) {
+        Ok(())
+    } else {
+        Err(CsrError::SignatureAlgorithm(oid_name(alg)))
+    }
+}
+
+fn key_algorithm(
+    spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
+) -> Result<KeyAlgorithm, CsrError> {
+    let alg = &spki.algorithm.algorithm;
+    if *alg == OID_PKCS1_RSAENCRYPTION {
+        let Ok(PublicKey::RSA(rsa)) = spki.parsed() else {
+            return Err(CsrError::KeyNotAllowed("malformed RSA key".into()));
+        };
+        return match rsa.key_size() {
+            2048 => Ok(KeyAlgorithm::Rsa2048),
+            3072 => Ok(KeyAlgorithm::Rsa3072),
+            4096 => Ok(KeyAlgorithm::Rsa4096),
+            bits => Err(CsrError::KeyNotAllowed(format!("RSA-{bits}"))),
+        };
+    }
+    if *alg == OID_KEY_TYPE_EC_PUBLIC_KEY {
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok());
+        return match curve {
+            Some(c) if c == OID_EC_P256 => Ok(KeyAlgorithm::EcdsaP256),
+            Some(c) if c == OID_NIST_EC_P384 => Ok(KeyAlgorithm::EcdsaP384),
+            Some(c) => Err(CsrError::KeyNotAllowed(format!("EC curve {}", oid_name(&c)))),
+            None => Err(CsrError::KeyNotAllowed("EC key without a named curve".into())),
+        };
+    }
+    if *alg == OID_SIG_ED25519 {
+        return Ok(KeyAlgorithm::Ed25519);
+    }
+    Err(CsrError::KeyNotAllowed(oid_name(alg)))
+}
+
+/// The name a key type has in `csr.allowed_keys`.
+pub fn key_name(key: KeyAlgorithm) -> &'static str {
+    match key {
+        KeyAlgorithm::EcdsaP256 => "ecdsa-p256",
+        KeyAlgorithm::EcdsaP384 => "ecdsa-p384",
+        KeyAlgorithm::Rsa2048 => "rsa-2048",
+        KeyAlgorithm::Rsa3072 => "rsa-3072",
+        KeyAlgorithm::Rsa4096 => "rsa-4096",
+        KeyAlgorithm::Ed25519 => "ed25519",
+    }
+}
+
+fn check_subject(csr: &X509CertificationRequest<'_>) -> Result<(), CsrError> {
+    for attr in csr.certification_request_info.subject.iter_attributes() {
+        let t = attr.attr_type();
+        if *t == OID_X509_COMMON_NAME {
+            return Err(CsrError::CommonName);
+        }
+        if *t != OID_X509_ORGANIZATION_NAME && *t != OID_X509_ORGANIZATIONAL_UNIT {
+            return Err(CsrError::SubjectAttribute(oid_name(t)));
+        }
+    }
+    Ok(())
+}
+
+/// Checks attributes and extensions and returns the single URI SAN as a SPIFFE ID.
+fn check_extensions(csr: &X509CertificationRequest<'_>) -> Result<SpiffeId, CsrError> {
+    let mut seen = HashSet::new();
+    let mut san = None;
+    for attr in csr.certification_request_info.iter_attributes() {
+        if attr.oid != OID_PKCS9_EXTENSION_REQUEST {
+            return Err(CsrError::Attribute(oid_name(&attr.oid)));
+        }
+        let x509_parser::cri_attributes::ParsedCriAttribute::ExtensionRequest(req) =
+            attr.parsed_attribute()
+        else {
+            return Err(CsrError::MalformedExtension("extensionRequest".into()));
+        };
+        for ext in &req.extensions {
+            let name = oid_name(&ext.oid);
+            if !seen.insert(ext.oid.to_id_string()) {
+                return Err(CsrError::DuplicateExtension(name));
+            }
+            match ext.parsed_extension() {
+                ParsedExtension::SubjectAlternativeName(s) => san = Some(s),
+                ParsedExtension::BasicConstraints(bc) if bc.ca => {
+                    return Err(CsrError::CaRequested);
+                }
+                ParsedExtension::BasicConstraints(_)
+                | ParsedExtension::KeyUsage(_)
+                | ParsedExtension::ExtendedKeyUsage(_)
+                | ParsedExtension::SubjectKeyIdentifier(_) => {}
+                ParsedExtension::ParseError { .. } => {
+                    return Err(CsrError::MalformedExtension(name));
+                }
+                _ => return Err(CsrError::UnknownExtension(name)),
+            }
+        }
+    }
+    let san = san.ok_or(CsrError::NoSan)?;
+    let mut uris = Vec::new();
+    for name in &san.general_names {
+        match name {
+            GeneralName::URI(u) => uris.push(*u),
+            GeneralName::DNSName(_) => return Err(CsrError::SanType("DNS")),
+            GeneralName::IPAddress(_) => return Err(CsrError::SanType("IP")),
+            GeneralName::RFC822Name(_) => return Err(CsrError::SanType("email")),
+            _ => return Err(CsrError::SanType("other")),
+        }
+    }
+    let [uri] = uris[..] else {
+        return Err(CsrError::UriCount(uris.len()));
+    };
+    uri.parse().map_err(|e: crate::identity::IdentityError| CsrError::BadUri {
+        uri: uri.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn oid_name(oid: &Oid<'_>) -> String {
+    match oid_registry().get(oid) {
+        Some(entry) => entry.sn().to_owned(),
+        None => oid.to_id_string(),
+    }
+}
+
+fn oid_registry() -> &'static OidRegistry<'static> {
+    static REGISTRY: std::sync::OnceLock<OidRegistry<'static>> = std::sync::OnceLock::new();
+    REGISTRY.get_or_init(|| OidRegistry::default().with_all_crypto().with_x509())
+}

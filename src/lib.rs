@@ -1,0 +1,33 @@
+//! istio-vault-ca: an Istio certificate authority (`istio.v1.auth.IstioCertificateService`)
+//! that has a Vault or OpenBao PKI role sign every workload certificate.
+//!
+//! Request path: [`server`] (gRPC, status codes, request log) → [`signer`] (the pipeline) →
+//! [`authn`] (who is calling) → [`csr`] (what is asked) → [`vault`] (signing) → [`chain`]
+//! (verify what Vault issued, lay out the response) with roots from [`bundle`].
+//! [`app`] wires it together; [`tls`] serves it; [`client`] and [`dev`] are the bundled client
+//! and the development token issuer.
+
+pub mod app;
+pub mod authn;
+pub mod bundle;
+pub mod chain;
+pub mod client;
+pub mod config;
+pub mod csr;
+pub mod dev;
+pub mod identity;
+pub mod server;
+pub mod signer;
+pub mod telemetry;
+pub mod tls;
+pub mod vault;
+
+/// Code generated from `proto/security/v1alpha1/ca.proto`.
+pub mod pb {
+    tonic::include_proto!("istio.v1.auth");
+}
+
+/// Installs aws-lc-rs as the process-wide rustls provider. Call once at start-up.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

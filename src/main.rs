@@ -1,0 +1,243 @@
+//! Command-line entry point: parses arguments and wires library pieces together.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use istio_vault_ca::client::{self, CallOptions, Shape};
+use istio_vault_ca::config::{Config, LogConfig};
+use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
+use istio_vault_ca::identity::SpiffeId;
+use istio_vault_ca::{app, telemetry};
+
+#[derive(Parser)]
+#[command(name = "istio-vault-ca", version, about = "Istio CA backed by Vault / OpenBao PKI")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve IstioCertificateService over gRPC+TLS.
+    Serve {
+        /// TOML config file; `IVCA_*` environment variables override it.
+        #[arg(long, short, env = "IVCA_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Load and validate the configuration, print nothing on success.
+    CheckConfig {
+        #[arg(long, short, env = "IVCA_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Request a workload certificate like pilot-agent or ztunnel would, and check it.
+    Request(RequestArgs),
+    /// Development JWT issuer (no Kubernetes needed): `init` writes a key and JWKS,
+    /// `token` prints a service-account token.
+    DevIssuer {
+        #[command(subcommand)]
+        command: DevCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct RequestArgs {
+    /// Signer address, `host:port`.
+    #[arg(long, default_value = "127.0.0.1:15012")]
+    addr: String,
+    /// PEM roots that validate the signer's serving certificate (istio-ca-root-cert).
+    #[arg(long)]
+    ca_file: PathBuf,
+    /// TLS server name to verify (default: the host of --addr).
+    #[arg(long)]
+    server_name: Option<String>,
+    /// File holding the service-account JWT.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Requested identity, `spiffe://<td>/ns/<ns>/sa/<sa>`.
+    #[arg(long)]
+    identity: String,
+    #[arg(long, value_enum, default_value = "pilot-agent")]
+    shape: Shape,
+    /// Requested lifetime (validity_duration).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    #[arg(long, default_value = "Kubernetes")]
+    cluster_id: String,
+    /// Write cert-chain.pem, key.pem and root-cert.pem here.
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum DevCommand {
+    /// Generate an ES256 signing key (`jwt-key.pem`) and its JWKS (`jwks.json`) in --dir.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Print a projected service-account token signed by the key in --dir.
+    Token {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        service_account: String,
+        #[arg(long, default_value = "istio-ca")]
+        audience: String,
+        #[arg(long, default_value = DEFAULT_ISSUER)]
+        issuer: String,
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+fn main() -> ExitCode {
+    istio_vault_ca::install_crypto_provider();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    Config::load(path.as_deref(), std::env::vars()).context("invalid config")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            let config = load_config(config)?;
+            telemetry::init(&config.log);
+            let running = app::start(config).await?;
+            running.run_until(shutdown_signal()).await
+        }
+        Command::CheckConfig { config } => load_config(config).map(drop),
+        Command::Request(args) => {
+            telemetry::init(&LogConfig {
+                level: "warn".into(),
+                ..LogConfig::default()
+            });
+            request(args).await
+        }
+        Command::DevIssuer { command } => dev_issuer(command),
+    }
+}
+
+async fn request(args: RequestArgs) -> anyhow::Result<()> {
+    let identity: SpiffeId = args.identity.parse().context("--identity")?;
+    let token = match &args.token_file {
+        Some(p) => Some(std::fs::read_to_string(p).with_context(|| p.display().to_string())?),
+        None => None,
+    };
+    let ca = std::fs::read(&args.ca_file).with_context(|| args.ca_file.display().to_string())?;
+    let generated = client::generate_csr(args.shape, &identity)?;
+    let mut grpc = client::connect(&args.addr, &ca, args.server_name.as_deref()).await?;
+    let opts = CallOptions {
+        token: token.map(|t| t.trim().to_owned()),
+        cluster_id: Some(args.cluster_id),
+        ttl_seconds: args.ttl.as_secs() as i64,
+        impersonate: None,
+    };
+    let req = client::build_request(args.shape, &generated.csr_pem, &identity, &opts)?;
+    let chain = grpc
+        .create_certificate(req)
+        .await
+        .map_err(|s| anyhow::anyhow!("CreateCertificate failed: {:?}: {}", s.code(), s.message()))?
+        .into_inner()
+        .cert_chain;
+    let summary = client::inspect_chain(&chain)?;
+    anyhow::ensure!(
+        summary.identity == identity.to_string(),
+        "leaf identity {} is not the requested {identity}",
+        summary.identity
+    );
+    let fmt = |t: i64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64))
+    };
+    println!("issued     {}", summary.identity);
+    println!("serial     {}", summary.serial);
+    println!("not before {}", fmt(summary.not_before));
+    println!(
+        "not after  {} (lifetime {})",
+        fmt(summary.not_after),
+        humantime::format_duration(Duration::from_secs((summary.not_after - summary.not_before).max(0) as u64))
+    );
+    println!(
+        "chain      leaf + {} intermediate(s) + {} root(s); verified for serverAuth and clientAuth",
+        summary.intermediates, summary.roots
+    );
+    if let Some(dir) = args.out_dir {
+        std::fs::create_dir_all(&dir)?;
+        let (roots, rest) = chain.split_last().expect("inspected");
+        std::fs::write(dir.join("cert-chain.pem"), rest.concat())?;
+        std::fs::write(dir.join("root-cert.pem"), roots)?;
+        write_private(&dir.join("key.pem"), &generated.key_pem())?;
+        println!("written    {}/{{cert-chain,key,root-cert}}.pem", dir.display());
+    }
+    Ok(())
+}
+
+fn dev_issuer(command: DevCommand) -> anyhow::Result<()> {
+    match command {
+        DevCommand::Init { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            let issuer = DevIssuer::generate(DEFAULT_ISSUER)?;
+            write_private(&dir.join("jwt-key.pem"), issuer.key_pem())?;
+            std::fs::write(dir.join("jwks.json"), issuer.jwks_json())?;
+            eprintln!("wrote {0}/jwt-key.pem and {0}/jwks.json", dir.display());
+            Ok(())
+        }
+        DevCommand::Token {
+            dir,
+            namespace,
+            service_account,
+            audience,
+            issuer,
+            ttl,
+        } => {
+            let key = std::fs::read_to_string(dir.join("jwt-key.pem"))?;
+            let issuer = DevIssuer::from_key_pem(&issuer, jsonwebtoken::Algorithm::ES256, &key)?;
+            let mut spec = TokenSpec::new(&namespace, &service_account);
+            spec.audiences = vec![audience];
+            spec.ttl = ttl;
+            println!("{}", issuer.token(&spec)?);
+            Ok(())
+        }
+    }
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| path.display().to_string())?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM (Kubernetes stopping the pod) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

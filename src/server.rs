@@ -1,0 +1,160 @@
+//! The gRPC handler for `istio.v1.auth.IstioCertificateService/CreateCertificate`, and the one
+//! place where errors become `tonic::Status`.
+//!
+//! Each call produces one log line (target `istio_vault_ca::request`) with the identity,
+//! outcome, gRPC code, serial, NotAfter and duration, and never a token, key or CSR.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::{Code, Request, Response, Status};
+
+use crate::authn::{AuthnError, Credentials};
+use crate::pb::istio_certificate_service_server::IstioCertificateService;
+use crate::pb::{IstioCertificateRequest, IstioCertificateResponse};
+use crate::signer::{CertificateRequest, IssueError, Signer};
+use crate::vault::VaultError;
+
+/// Metadata key ztunnel uses to ask for another workload's identity.
+pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
+
+/// The CreateCertificate service.
+pub struct CaService {
+    signer: Arc<Signer>,
+    request_timeout: Duration,
+}
+
+impl CaService {
+    pub fn new(signer: Arc<Signer>, request_timeout: Duration) -> Self {
+        Self {
+            signer,
+            request_timeout,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl IstioCertificateService for CaService {
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let start = Instant::now();
+        let peer = request.remote_addr();
+        let md = request.metadata();
+        let bearer = md
+            .get_all("authorization")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| v.strip_prefix("Bearer "));
+        let cluster_ids: Vec<&str> = md
+            .get_all("clusterid")
+            .iter()
+            .map(|v| v.to_str().unwrap_or("<non-ascii>"))
+            .collect();
+        let body = request.get_ref();
+        let impersonated = match impersonated_identity(body) {
+            Ok(v) => v,
+            Err(status) => return Err(status),
+        };
+        let req = CertificateRequest {
+            credentials: Credentials {
+                bearer,
+                cluster_ids: &cluster_ids,
+            },
+            csr_pem: &body.csr,
+            validity_seconds: body.validity_duration,
+            impersonated_identity: impersonated,
+        };
+        let result = match tokio::time::timeout(self.request_timeout, self.signer.issue(req)).await
+        {
+            Ok(r) => r,
+            Err(_) => Err(IssueError::Vault(VaultError::Timeout(self.request_timeout))),
+        };
+        let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
+        let cluster = cluster_ids.first().copied().unwrap_or("");
+        match result {
+            Ok(issued) => {
+                tracing::info!(
+                    target: "istio_vault_ca::request",
+                    identity = %issued.identity,
+                    caller = %issued.caller.identity,
+                    authn = issued.caller.method.as_str(),
+                    cluster,
+                    outcome = "issued",
+                    code = ?Code::Ok,
+                    serial = %issued.chain.serial,
+                    not_after = issued.chain.not_after,
+                    clamped = issued.clamped,
+                    duration_ms = elapsed_ms,
+                    peer = ?peer,
+                    "CreateCertificate"
+                );
+                Ok(Response::new(IstioCertificateResponse {
+                    cert_chain: issued.chain.elements,
+                }))
+            }
+            Err(err) => {
+                let status = to_status(&err);
+                tracing::info!(
+                    target: "istio_vault_ca::request",
+                    cluster,
+                    outcome = "refused",
+                    code = ?status.code(),
+                    reason = err.reason(),
+                    error = %err,
+                    duration_ms = elapsed_ms,
+                    peer = ?peer,
+                    "CreateCertificate"
+                );
+                Err(status)
+            }
+        }
+    }
+}
+
+fn impersonated_identity(req: &IstioCertificateRequest) -> Result<Option<&str>, Status> {
+    use prost_types::value::Kind;
+    let Some(value) = req
+        .metadata
+        .as_ref()
+        .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
+    else {
+        return Ok(None);
+    };
+    match &value.kind {
+        Some(Kind::StringValue(s)) => Ok(Some(s.as_str())),
+        Some(Kind::NullValue(_)) | None => Ok(None),
+        Some(_) => Err(Status::invalid_argument(
+            "metadata ImpersonatedIdentity must be a string",
+        )),
+    }
+}
+
+/// Maps a failure to the gRPC code clients act on: pilot-agent retries only `Unavailable`,
+/// `ResourceExhausted`, `DeadlineExceeded`, `Aborted`, `Internal` and `Canceled`, so
+/// permanent refusals never use those.
+pub fn to_status(err: &IssueError) -> Status {
+    match err {
+        IssueError::Authn(e) if e.is_transient() => Status::unavailable(e.to_string()),
+        IssueError::Authn(AuthnError::UnknownCluster(_) | AuthnError::AmbiguousCluster) => {
+            Status::unauthenticated(err.to_string())
+        }
+        IssueError::Authn(e) => Status::unauthenticated(format!("authentication failed: {e}")),
+        IssueError::Authz(e) => Status::permission_denied(e.to_string()),
+        IssueError::Csr(e) => Status::invalid_argument(e.to_string()),
+        IssueError::Ttl(e) => Status::invalid_argument(e.to_string()),
+        IssueError::Vault(VaultError::Rejected(m)) => {
+            Status::invalid_argument(format!("Vault refused to sign: {m}"))
+        }
+        IssueError::Vault(e) => {
+            Status::unavailable(format!("certificate authority unavailable: {e}"))
+        }
+        IssueError::Leaf(crate::chain::LeafError::Untrusted(_)) => Status::unavailable(
+            "issued certificate does not chain to the current trust bundle; retry later",
+        ),
+        IssueError::Leaf(_) => Status::failed_precondition(
+            "the certificate authority issued a certificate that failed verification; it was withheld (see signer logs)",
+        ),
+    }
+}

@@ -1,0 +1,267 @@
+//! The signing pipeline, independent of gRPC: authenticate → authorize → CSR policy → TTL
+//! policy → Vault `sign/<role>` → leaf verification → response chain.
+//!
+//! Every refusal is an [`IssueError`] whose variant says whose fault it is; `server` turns it
+//! into a gRPC status. Vault is called only after every local check has passed.
+
+use std::time::{Duration, SystemTime};
+
+use crate::authn::{AuthnError, Authenticator, Caller, Credentials};
+use crate::bundle::SharedBundle;
+use crate::chain::{self, Expectation, IssuedChain, LeafError};
+use crate::config::{OverMax, TtlConfig};
+use crate::csr::{CsrError, CsrPolicy};
+use crate::identity::SpiffeId;
+use crate::vault::{VaultClient, VaultError};
+
+/// Slack allowed between the TTL asked of Vault and the leaf's NotAfter (clock skew, rounding).
+const NOT_AFTER_SLACK: Duration = Duration::from_secs(300);
+
+/// Why the caller may not have the identity it asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthzError {
+    #[error("caller {caller} may not request a certificate for {requested}")]
+    IdentityMismatch { caller: String, requested: String },
+    #[error("caller {caller} may not impersonate {requested}: impersonation is not enabled")]
+    Impersonation { caller: String, requested: String },
+    #[error("ImpersonatedIdentity {0:?} is not a workload SPIFFE ID")]
+    BadImpersonatedIdentity(String),
+}
+
+/// Why the requested lifetime is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TtlError {
+    #[error("requested TTL {requested}s is greater than the max allowed TTL {max}s")]
+    TooLong { requested: u64, max: u64 },
+}
+
+/// Every way a CreateCertificate call can fail.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IssueError {
+    #[error(transparent)]
+    Authn(#[from] AuthnError),
+    #[error(transparent)]
+    Authz(#[from] AuthzError),
+    #[error(transparent)]
+    Csr(#[from] CsrError),
+    #[error(transparent)]
+    Ttl(#[from] TtlError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Leaf(#[from] LeafError),
+}
+
+impl IssueError {
+    /// A short stable label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Authn(_) => "authn",
+            Self::Authz(AuthzError::IdentityMismatch { .. }) => "authz",
+            Self::Authz(_) => "impersonation",
+            Self::Csr(_) => "csr-policy",
+            Self::Ttl(_) => "ttl",
+            Self::Vault(_) => "vault",
+            Self::Leaf(_) => "leaf-verification",
+        }
+    }
+}
+
+/// One certificate request, as received.
+#[derive(Debug, Clone, Copy)]
+pub struct CertificateRequest<'a> {
+    pub credentials: Credentials<'a>,
+    pub csr_pem: &'a str,
+    /// `validity_duration` in seconds; ≤ 0 means the default.
+    pub validity_seconds: i64,
+    /// `metadata["ImpersonatedIdentity"]`, if sent.
+    pub impersonated_identity: Option<&'a str>,
+}
+
+/// A successful issuance.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub caller: Caller,
+    pub identity: SpiffeId,
+    pub chain: IssuedChain,
+    /// Whether the requested TTL was shortened (by policy or by Vault).
+    pub clamped: bool,
+}
+
+/// Turns requested lifetimes into the lifetime asked of Vault.
+#[derive(Debug, Clone)]
+pub struct TtlPolicy {
+    default: Duration,
+    max: Duration,
+    over_max: OverMax,
+}
+
+impl TtlPolicy {
+    pub fn new(config: &TtlConfig) -> Self {
+        Self {
+            default: config.default,
+            max: config.max,
+            over_max: config.over_max,
+        }
+    }
+
+    /// Returns the TTL to request and whether it was clamped.
+    pub fn resolve(&self, requested_seconds: i64) -> Result<(Duration, bool), TtlError> {
+        if requested_seconds <= 0 {
+            return Ok((self.default, false));
+        }
+        let requested = Duration::from_secs(requested_seconds as u64);
+        if requested <= self.max {
+            return Ok((requested, false));
+        }
+        match self.over_max {
+            OverMax::Clamp => Ok((self.max, true)),
+            OverMax::Reject => Err(TtlError::TooLong {
+                requested: requested.as_secs(),
+                max: self.max.as_secs(),
+            }),
+        }
+    }
+}
+
+/// Everything needed to decide on and fulfil a request.
+pub struct Signer {
+    pub authn: Authenticator,
+    pub csr_policy: CsrPolicy,
+    pub ttl: TtlPolicy,
+    pub vault: VaultClient,
+    pub bundle: SharedBundle,
+}
+
+impl Signer {
+    /// Runs the whole pipeline for one request.
+    pub async fn issue(&self, req: CertificateRequest<'_>) -> Result<Issued, IssueError> {
+        let caller = self.authn.authenticate(req.credentials).await?;
+        let identity = authorize(&caller, req.impersonated_identity)?;
+        let csr = self.csr_policy.verify(req.csr_pem)?;
+        if *csr.requested() != identity {
+            return Err(AuthzError::IdentityMismatch {
+                caller: identity.to_string(),
+                requested: csr.requested().to_string(),
+            }
+            .into());
+        }
+        let (ttl, mut clamped) = self.ttl.resolve(req.validity_seconds)?;
+        let signed = self.vault.sign(csr.pem(), &identity, ttl).await?;
+        let now = SystemTime::now();
+        let bundle = self.bundle.load();
+        let chain = chain::verify_and_assemble(
+            &signed,
+            Expectation {
+                csr: &csr,
+                identity: &identity,
+                max_not_after: now + ttl + NOT_AFTER_SLACK,
+            },
+            &bundle,
+            now,
+        )
+        .inspect_err(|e| {
+            tracing::error!(
+                identity = %identity,
+                vault_serial = %signed.serial,
+                error = %e,
+                "Vault issued a certificate that fails verification; it was NOT returned. Check the PKI role and issuer."
+            );
+        })?;
+        let shortfall = chain::unix(now + ttl) - chain.not_after;
+        if !signed.warnings.is_empty() || shortfall > NOT_AFTER_SLACK.as_secs() as i64 {
+            clamped = true;
+            tracing::warn!(
+                identity = %identity,
+                requested_ttl_s = ttl.as_secs(),
+                issued_ttl_s = chain.not_after - chain::unix(now),
+                warnings = ?signed.warnings,
+                "Vault shortened the certificate lifetime (role or mount max TTL, or issuer expiry)"
+            );
+        }
+        Ok(Issued {
+            caller,
+            identity,
+            chain,
+            clamped,
+        })
+    }
+}
+
+/// Decides which identity the caller gets: its own. An `ImpersonatedIdentity` equal to the
+/// caller's own identity is accepted (shared-mode ztunnel sends it for itself); any other
+/// value is refused until node-authorized impersonation is configured.
+fn authorize(caller: &Caller, impersonated: Option<&str>) -> Result<SpiffeId, AuthzError> {
+    let Some(requested) = impersonated.filter(|s| !s.is_empty()) else {
+        return Ok(caller.identity.clone());
+    };
+    let requested: SpiffeId = requested
+        .parse()
+        .map_err(|_| AuthzError::BadImpersonatedIdentity(requested.to_owned()))?;
+    if requested == caller.identity {
+        Ok(requested)
+    } else {
+        Err(AuthzError::Impersonation {
+            caller: caller.identity.to_string(),
+            requested: requested.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authn::AuthMethod;
+    use crate::identity::TrustDomain;
+
+    fn caller(ns: &str, sa: &str) -> Caller {
+        Caller {
+            identity: SpiffeId::new(TrustDomain::new("cluster.local").unwrap(), ns, sa).unwrap(),
+            method: AuthMethod::Jwt,
+            pod: None,
+        }
+    }
+
+    #[test]
+    fn ttl_policy() {
+        let p = TtlPolicy::new(&TtlConfig {
+            default: Duration::from_secs(86400),
+            max: Duration::from_secs(172800),
+            over_max: OverMax::Clamp,
+        });
+        assert_eq!(p.resolve(0).unwrap(), (Duration::from_secs(86400), false));
+        assert_eq!(p.resolve(-5).unwrap(), (Duration::from_secs(86400), false));
+        assert_eq!(p.resolve(3600).unwrap(), (Duration::from_secs(3600), false));
+        assert_eq!(p.resolve(10 << 20).unwrap(), (Duration::from_secs(172800), true));
+        let strict = TtlPolicy {
+            over_max: OverMax::Reject,
+            ..p
+        };
+        assert_eq!(
+            strict.resolve(172801),
+            Err(TtlError::TooLong {
+                requested: 172801,
+                max: 172800
+            })
+        );
+    }
+
+    #[test]
+    fn impersonation_of_self_only() {
+        let zt = caller("istio-system", "ztunnel");
+        assert_eq!(authorize(&zt, None).unwrap(), zt.identity);
+        assert_eq!(authorize(&zt, Some("")).unwrap(), zt.identity);
+        assert_eq!(
+            authorize(&zt, Some("spiffe://cluster.local/ns/istio-system/sa/ztunnel")).unwrap(),
+            zt.identity
+        );
+        assert!(matches!(
+            authorize(&zt, Some("spiffe://cluster.local/ns/default/sa/app")),
+            Err(AuthzError::Impersonation { .. })
+        ));
+        assert!(matches!(
+            authorize(&zt, Some("not-an-id")),
+            Err(AuthzError::BadImpersonatedIdentity(_))
+        ));
+    }
+}

@@ -1,0 +1,394 @@
+//! A thin typed client for the few Vault/OpenBao endpoints the signer needs: PKI `sign/<role>`
+//! and the issuer list that holds the trust roots.
+//!
+//! One pooled keep-alive `reqwest::Client` (HTTP/2 when the server offers it over TLS), a
+//! per-call timeout, and the signer's token read from a file that is re-read when it changes.
+//! Tokens are never logged: [`VaultToken`]'s `Debug` is redacted and the header is marked
+//! sensitive.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use reqwest::header::{HeaderName, HeaderValue};
+use reqwest::{StatusCode, Url};
+use serde::{Deserialize, Serialize};
+
+use crate::config::VaultConfig;
+use crate::identity::SpiffeId;
+
+const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-vault-token");
+const NAMESPACE_HEADER: HeaderName = HeaderName::from_static("x-vault-namespace");
+
+/// What went wrong talking to Vault. [`VaultError::is_transient`] says whether a retry may help.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum VaultError {
+    #[error("cannot reach Vault: {0}")]
+    Unreachable(String),
+    #[error("Vault did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Vault is unavailable (HTTP {status}): {message}")]
+    Unavailable { status: u16, message: String },
+    #[error("Vault refused the request (HTTP 400): {0}")]
+    Rejected(String),
+    #[error("Vault denied the signer's token (HTTP 403): {0}")]
+    Forbidden(String),
+    #[error("Vault answered HTTP {status}: {message}")]
+    Unexpected { status: u16, message: String },
+    #[error("Vault response is malformed: {0}")]
+    Malformed(String),
+    #[error("signer has no Vault token: {0}")]
+    Token(String),
+}
+
+impl VaultError {
+    /// Connect errors, timeouts, 5xx, 429 and sealed: worth retrying later.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Unreachable(_) | Self::Timeout(_) | Self::Unavailable { .. }
+        )
+    }
+}
+
+/// A Vault token. Its `Debug` never shows the value.
+#[derive(Clone)]
+pub struct VaultToken(HeaderValue);
+
+impl VaultToken {
+    pub fn new(token: &str) -> Result<Self, VaultError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(VaultError::Token("token is empty".into()));
+        }
+        let mut v = HeaderValue::from_str(token)
+            .map_err(|_| VaultError::Token("token has characters not allowed in a header".into()))?;
+        v.set_sensitive(true);
+        Ok(Self(v))
+    }
+}
+
+impl std::fmt::Debug for VaultToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VaultToken(<redacted>)")
+    }
+}
+
+/// Where the signer's own token comes from.
+#[derive(Debug, Clone)]
+pub enum TokenSource {
+    /// A fixed token (from the environment).
+    Static(VaultToken),
+    /// A file re-read every `interval`; a bad new content is logged and the old token kept.
+    File { path: PathBuf, interval: Duration },
+}
+
+impl TokenSource {
+    /// `vault.token_file` if set, else `$VAULT_TOKEN` / `$BAO_TOKEN` from `env`.
+    pub fn from_config(
+        config: &VaultConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, VaultError> {
+        if let Some(path) = &config.token_file {
+            return Ok(Self::File {
+                path: path.clone(),
+                interval: config.token_reload_interval,
+            });
+        }
+        let token = env("VAULT_TOKEN")
+            .or_else(|| env("BAO_TOKEN"))
+            .ok_or_else(|| {
+                VaultError::Token("set vault.token_file or $VAULT_TOKEN".into())
+            })?;
+        Ok(Self::Static(VaultToken::new(&token)?))
+    }
+}
+
+fn read_token_file(path: &Path) -> Result<VaultToken, VaultError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| VaultError::Token(format!("cannot read {}: {e}", path.display())))?;
+    VaultToken::new(&text)
+}
+
+/// Vault's generic response envelope.
+#[derive(Debug, Deserialize)]
+struct Envelope<T> {
+    data: Option<T>,
+    #[serde(default)]
+    warnings: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    errors: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct SignBody<'a> {
+    csr: &'a str,
+    uri_sans: String,
+    ttl: String,
+    format: &'static str,
+    exclude_cn_from_sans: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct SignData {
+    certificate: String,
+    #[serde(default)]
+    issuing_ca: Option<String>,
+    #[serde(default)]
+    ca_chain: Option<Vec<String>>,
+    #[serde(default)]
+    serial_number: String,
+}
+
+/// What `sign/<role>` returned, before verification.
+#[derive(Debug, Clone)]
+pub struct SignedCert {
+    /// PEM of the leaf.
+    pub certificate: String,
+    /// PEM of the issuing CA and its parents (may include the root).
+    pub ca_chain: Vec<String>,
+    /// Vault's colon-separated hex serial.
+    pub serial: String,
+    /// Vault's warnings, e.g. a TTL clamped to the role's `max_ttl`.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct IssuerList {
+    #[serde(default)]
+    keys: Vec<String>,
+}
+
+/// One issuer of the mount: its certificate and the chain above it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Issuer {
+    pub certificate: String,
+    #[serde(default)]
+    pub ca_chain: Vec<String>,
+}
+
+/// Client for one PKI mount and role.
+#[derive(Clone)]
+pub struct VaultClient {
+    http: reqwest::Client,
+    base: Url,
+    sign_url: Url,
+    namespace: Option<HeaderValue>,
+    token: Arc<ArcSwap<VaultToken>>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for VaultClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultClient").field("base", &self.base.as_str()).finish()
+    }
+}
+
+impl VaultClient {
+    /// Builds the client and reads the initial token (a missing token file fails here).
+    pub fn new(config: &VaultConfig, token: &TokenSource) -> Result<Self, VaultError> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(3)))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .user_agent(concat!("istio-vault-ca/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &config.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| VaultError::Token(format!("vault.ca_file {}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| VaultError::Token(format!("vault.ca_file {}: {e}", ca.display())))?;
+            builder = builder.tls_certs_only(certs);
+        } else if config.addr.starts_with("http://") {
+            // Plain HTTP needs no roots; skipping the platform verifier also avoids failing on
+            // hosts without a system CA store (reqwest#2988).
+            builder = builder.tls_certs_only([]);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| VaultError::Unreachable(format!("building HTTP client: {e}")))?;
+        let mut base = Url::parse(&config.addr)
+            .map_err(|e| VaultError::Unreachable(format!("vault.addr: {e}")))?;
+        if !base.path().ends_with('/') {
+            let p = format!("{}/", base.path());
+            base.set_path(&p);
+        }
+        let base = base
+            .join("v1/")
+            .map_err(|e| VaultError::Unreachable(e.to_string()))?;
+        let sign_url = base
+            .join(&format!("{}/sign/{}", config.mount, config.role))
+            .map_err(|e| VaultError::Unreachable(e.to_string()))?;
+        let namespace = match &config.namespace {
+            Some(ns) => Some(
+                HeaderValue::from_str(ns)
+                    .map_err(|_| VaultError::Token("vault.namespace is not a valid header".into()))?,
+            ),
+            None => None,
+        };
+        let initial = match token {
+            TokenSource::Static(t) => t.clone(),
+            TokenSource::File { path, .. } => read_token_file(path)?,
+        };
+        Ok(Self {
+            http,
+            base: base.join(&format!("{}/", config.mount)).map_err(|e| VaultError::Unreachable(e.to_string()))?,
+            sign_url,
+            namespace,
+            token: Arc::new(ArcSwap::from_pointee(initial)),
+            timeout: config.timeout,
+        })
+    }
+
+    /// Re-reads the token file every interval until `shutdown` fires. A file that cannot be
+    /// read or holds no token is logged and the current token kept.
+    pub async fn watch_token(self, source: TokenSource, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let TokenSource::File { path, interval } = source else {
+            return;
+        };
+        let mut last = std::fs::read(&path).ok();
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let now = std::fs::read(&path).ok();
+            if now == last {
+                continue;
+            }
+            match read_token_file(&path) {
+                Ok(t) => {
+                    self.token.store(Arc::new(t));
+                    tracing::info!(path = %path.display(), "reloaded Vault token");
+                    last = now;
+                }
+                Err(e) => tracing::warn!(error = %e, "keeping the current Vault token"),
+            }
+        }
+    }
+
+    fn request(&self, method: reqwest::Method, url: Url) -> reqwest::RequestBuilder {
+        let mut req = self
+            .http
+            .request(method, url)
+            .header(TOKEN_HEADER, self.token.load().0.clone());
+        if let Some(ns) = &self.namespace {
+            req = req.header(NAMESPACE_HEADER, ns.clone());
+        }
+        req
+    }
+
+    /// `POST <mount>/sign/<role>` with the authorized identity as the only URI SAN.
+    pub async fn sign(
+        &self,
+        csr_pem: &str,
+        identity: &SpiffeId,
+        ttl: Duration,
+    ) -> Result<SignedCert, VaultError> {
+        let body = SignBody {
+            csr: csr_pem,
+            uri_sans: identity.to_string(),
+            ttl: format!("{}s", ttl.as_secs()),
+            format: "pem",
+            exclude_cn_from_sans: true,
+        };
+        let req = self.request(reqwest::Method::POST, self.sign_url.clone()).json(&body);
+        let env: Envelope<SignData> = self.send(req).await?;
+        let data = env
+            .data
+            .ok_or_else(|| VaultError::Malformed("sign response has no data".into()))?;
+        let ca_chain = match (data.ca_chain, data.issuing_ca) {
+            (Some(chain), _) if !chain.is_empty() => chain,
+            (_, Some(ca)) => vec![ca],
+            _ => Vec::new(),
+        };
+        Ok(SignedCert {
+            certificate: data.certificate,
+            ca_chain,
+            serial: data.serial_number,
+            warnings: env.warnings.unwrap_or_default(),
+        })
+    }
+
+    /// Every issuer of the mount (`LIST <mount>/issuers`, then `issuer/<id>/json`).
+    pub async fn issuers(&self) -> Result<Vec<Issuer>, VaultError> {
+        let mut url = self.base.join("issuers").map_err(|e| VaultError::Malformed(e.to_string()))?;
+        url.set_query(Some("list=true"));
+        let keys = match self
+            .send::<Envelope<IssuerList>>(self.request(reqwest::Method::GET, url))
+            .await
+        {
+            Ok(list) => list.data.map(|d| d.keys).unwrap_or_default(),
+            // Vault answers an empty LIST with 404 and `{"errors":[]}`.
+            Err(VaultError::Unexpected { status: 404, message }) if message.is_empty() => {
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for id in keys {
+            if id.is_empty() || id.contains('/') || id.contains("..") {
+                return Err(VaultError::Malformed(format!("issuer id {id:?}")));
+            }
+            let url = self
+                .base
+                .join(&format!("issuer/{id}/json"))
+                .map_err(|e| VaultError::Malformed(e.to_string()))?;
+            let env: Envelope<Issuer> = self.send(self.request(reqwest::Method::GET, url)).await?;
+            out.push(env.data.ok_or_else(|| VaultError::Malformed(format!("issuer {id} has no data")))?);
+        }
+        Ok(out)
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, VaultError> {
+        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| VaultError::Malformed(e.to_string()));
+        }
+        let message = serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|b| b.errors.join("; "))
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).chars().take(200).collect());
+        Err(match status {
+            StatusCode::BAD_REQUEST => VaultError::Rejected(message),
+            StatusCode::FORBIDDEN => VaultError::Forbidden(message),
+            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+                VaultError::Unavailable { status: s.as_u16(), message }
+            }
+            s => VaultError::Unexpected { status: s.as_u16(), message },
+        })
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> VaultError {
+        if e.is_timeout() {
+            VaultError::Timeout(self.timeout)
+        } else {
+            // `without_url` keeps the message short; the URL carries no secrets anyway.
+            VaultError::Unreachable(error_chain(&e.without_url()))
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
