@@ -68,7 +68,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let bundle_source = match &config.bundle.file {
         Some(path) => BundleSource::File(path.clone()),
-        None => BundleSource::Vault(vault.clone()),
+        None => BundleSource::Vault(Box::new(vault.clone())),
     };
     let initial = load_bundle_with_retry(&bundle_source).await?;
     tracing::info!(roots = initial.roots().len(), "trust bundle loaded");
@@ -86,8 +86,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     });
 
     let (cert_file, key_file) = (
-        config.server.cert_file.as_deref().context("server.cert_file")?,
-        config.server.key_file.as_deref().context("server.key_file")?,
+        config
+            .server
+            .cert_file
+            .as_deref()
+            .context("server.cert_file")?,
+        config
+            .server
+            .key_file
+            .as_deref()
+            .context("server.key_file")?,
     );
     let serving = ServingCert::load(cert_file, key_file).context("serving certificate")?;
     let tls_config = tls::server_config(serving.clone(), config.server.client_ca_file.as_deref())
@@ -113,11 +121,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.server.handshake_timeout,
         shutdown_rx.clone(),
     );
-    let service = IstioCertificateServiceServer::new(CaService::new(
-        signer,
-        config.server.request_timeout,
-    ))
-    .max_decoding_message_size(config.csr.max_bytes + 64 * 1024);
+    let service =
+        IstioCertificateServiceServer::new(CaService::new(signer, config.server.request_timeout))
+            .max_decoding_message_size(config.csr.max_bytes + 64 * 1024);
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -134,7 +140,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         match tokio::time::timeout(grace, &mut server).await {
             Ok(r) => r.context("gRPC server")?.context("gRPC server"),
             Err(_) => {
-                tracing::warn!(?grace, "drain deadline passed; closing remaining connections");
+                tracing::warn!(
+                    ?grace,
+                    "drain deadline passed; closing remaining connections"
+                );
                 server.abort();
                 Ok(())
             }

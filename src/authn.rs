@@ -230,7 +230,9 @@ impl JwtVerifier {
         match verifier.refetch(true).await {
             Ok(()) => {}
             Err(e) if matches!(verifier.source, KeySource::File(_)) => return Err(e),
-            Err(e) => tracing::warn!(error = %e, "JWKS not loaded yet; will retry on the first token"),
+            Err(e) => {
+                tracing::warn!(error = %e, "JWKS not loaded yet; will retry on the first token")
+            }
         }
         Ok(verifier)
     }
@@ -308,7 +310,9 @@ impl JwtVerifier {
                 ));
             }
             (Some(a), _) | (None, Some(a)) => a,
-            (None, None) => return Err(AuthnError::Claims("no sub or kubernetes.io claims".into())),
+            (None, None) => {
+                return Err(AuthnError::Claims("no sub or kubernetes.io claims".into()));
+            }
         };
         let pod = k8s.and_then(|k| {
             let pod = k.pod?;
@@ -334,7 +338,10 @@ impl JwtVerifier {
         *last = Some(Instant::now());
         let set = self.fetch().await?;
         let keys = parse_jwks(&set);
-        tracing::debug!(keys = keys.by_kid.len() + keys.anonymous.len(), "loaded JWKS");
+        tracing::debug!(
+            keys = keys.by_kid.len() + keys.anonymous.len(),
+            "loaded JWKS"
+        );
         self.keys.store(Arc::new(keys));
         Ok(())
     }
@@ -364,9 +371,9 @@ impl JwtVerifier {
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, AuthnError> {
         let mut req = self.http.get(url);
         if let Some(path) = &self.bearer_token_file {
-            let token = tokio::fs::read_to_string(path).await.map_err(|e| {
-                AuthnError::KeysUnavailable(format!("{}: {e}", path.display()))
-            })?;
+            let token = tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| AuthnError::KeysUnavailable(format!("{}: {e}", path.display())))?;
             req = req.bearer_auth(token.trim());
         }
         let resp = req

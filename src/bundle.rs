@@ -110,7 +110,11 @@ pub fn parse_pem_certs(text: &[u8]) -> Result<Vec<CertificateDer<'static>>, Bund
 pub fn is_self_signed_ca(der: &[u8]) -> Result<bool, BundleError> {
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| BundleError::BadCert(e.to_string()))?;
-    let ca = cert.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca);
+    let ca = cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .is_some_and(|bc| bc.value.ca);
     Ok(ca && cert.subject() == cert.issuer() && cert.verify_signature(None).is_ok())
 }
 
@@ -118,7 +122,7 @@ pub fn is_self_signed_ca(der: &[u8]) -> Result<bool, BundleError> {
 #[derive(Debug, Clone)]
 pub enum BundleSource {
     File(PathBuf),
-    Vault(VaultClient),
+    Vault(Box<VaultClient>),
 }
 
 impl BundleSource {
@@ -169,7 +173,9 @@ pub async fn refresh(
                     shared.store(Arc::new(new));
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "trust bundle refresh failed; keeping the current roots"),
+            Err(e) => {
+                tracing::warn!(error = %e, "trust bundle refresh failed; keeping the current roots")
+            }
         }
     }
 }

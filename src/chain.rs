@@ -29,7 +29,10 @@ pub enum LeafError {
     #[error("issued certificate does not carry the CSR's public key")]
     KeyMismatch,
     #[error("issued certificate SANs {found:?} are not exactly [{expected}]")]
-    SanMismatch { expected: String, found: Vec<String> },
+    SanMismatch {
+        expected: String,
+        found: Vec<String>,
+    },
     #[error("issued certificate is a CA")]
     IsCa,
     #[error("issued certificate lacks the serverAuth and clientAuth extended key usages")]
@@ -69,10 +72,13 @@ pub fn verify_and_assemble(
     bundle: &TrustBundle,
     now: SystemTime,
 ) -> Result<IssuedChain, LeafError> {
-    let leaf_certs =
-        parse_pem_certs(signed.certificate.as_bytes()).map_err(|e| LeafError::Parse(e.to_string()))?;
+    let leaf_certs = parse_pem_certs(signed.certificate.as_bytes())
+        .map_err(|e| LeafError::Parse(e.to_string()))?;
     let [leaf_der] = &leaf_certs[..] else {
-        return Err(LeafError::Parse(format!("{} certificates", leaf_certs.len())));
+        return Err(LeafError::Parse(format!(
+            "{} certificates",
+            leaf_certs.len()
+        )));
     };
     let (not_before, not_after, serial) = check_profile(leaf_der, expect, now)?;
 
@@ -88,16 +94,30 @@ pub fn verify_and_assemble(
     }
 
     let ee = EndEntityCert::try_from(leaf_der).map_err(|e| LeafError::Untrusted(e.to_string()))?;
-    let time = UnixTime::since_unix_epoch(
-        now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO),
-    );
+    let time = UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO));
     let algs = webpki::ALL_VERIFICATION_ALGS;
     let anchors = bundle.anchors();
     let path = ee
-        .verify_for_usage(algs, anchors, &candidates, time, KeyUsage::server_auth(), None, None)
+        .verify_for_usage(
+            algs,
+            anchors,
+            &candidates,
+            time,
+            KeyUsage::server_auth(),
+            None,
+            None,
+        )
         .map_err(|e| LeafError::Untrusted(format!("{e:?}")))?;
-    ee.verify_for_usage(algs, anchors, &candidates, time, KeyUsage::client_auth(), None, None)
-        .map_err(|e| LeafError::Untrusted(format!("as a client certificate: {e:?}")))?;
+    ee.verify_for_usage(
+        algs,
+        anchors,
+        &candidates,
+        time,
+        KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .map_err(|e| LeafError::Untrusted(format!("as a client certificate: {e:?}")))?;
 
     let mut elements = Vec::with_capacity(2 + candidates.len());
     elements.push(pem_encode("CERTIFICATE", leaf_der));

@@ -40,7 +40,9 @@ pub struct KeyAndCsr {
 
 impl std::fmt::Debug for KeyAndCsr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyAndCsr").field("key", &"<redacted>").finish_non_exhaustive()
+        f.debug_struct("KeyAndCsr")
+            .field("key", &"<redacted>")
+            .finish_non_exhaustive()
     }
 }
 
@@ -57,7 +59,9 @@ pub fn generate_csr(shape: Shape, id: &SpiffeId) -> anyhow::Result<KeyAndCsr> {
     let key = match shape {
         Shape::PilotAgent => {
             params.distinguished_name.push(DnType::OrganizationName, "");
-            params.custom_extensions.push(uri_san_extension(&id.to_string(), true));
+            params
+                .custom_extensions
+                .push(uri_san_extension(&id.to_string(), true));
             KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).context("RSA-2048 key")?
         }
         Shape::Ztunnel => {
@@ -85,7 +89,11 @@ fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     if len < 0x80 {
         out.push(len as u8);
     } else {
-        let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
         out.push(0x80 | bytes.len() as u8);
         out.extend(bytes);
     }
@@ -146,7 +154,11 @@ pub fn build_request(
         Shape::Ztunnel => Struct {
             fields: [(
                 "ImpersonatedIdentity".to_owned(),
-                string(opts.impersonate.clone().unwrap_or_else(|| identity.to_string())),
+                string(
+                    opts.impersonate
+                        .clone()
+                        .unwrap_or_else(|| identity.to_string()),
+                ),
             )]
             .into(),
         },
@@ -158,7 +170,10 @@ pub fn build_request(
     });
     let md = req.metadata_mut();
     if let Some(token) = &opts.token {
-        md.insert("authorization", MetadataValue::try_from(format!("Bearer {token}"))?);
+        md.insert(
+            "authorization",
+            MetadataValue::try_from(format!("Bearer {token}"))?,
+        );
     }
     // pilot-agent always sends clusterid; ztunnel only together with a token.
     if shape == Shape::PilotAgent || opts.token.is_some() {
@@ -183,12 +198,20 @@ pub struct ChainSummary {
 /// Checks a `cert_chain` as pilot-agent and ztunnel would, then verifies the leaf to the roots
 /// in the last element for both server and client use.
 pub fn inspect_chain(chain: &[String]) -> anyhow::Result<ChainSummary> {
-    ensure!(chain.len() >= 2, "cert_chain has {} element(s); at least 2 are required", chain.len());
+    ensure!(
+        chain.len() >= 2,
+        "cert_chain has {} element(s); at least 2 are required",
+        chain.len()
+    );
     let (last, rest) = chain.split_last().expect("len >= 2");
     let mut certs = Vec::new();
     for (i, el) in rest.iter().enumerate() {
         let parsed = parse_pem_certs(el.as_bytes())?;
-        ensure!(parsed.len() == 1, "cert_chain[{i}] holds {} certificates, not 1", parsed.len());
+        ensure!(
+            parsed.len() == 1,
+            "cert_chain[{i}] holds {} certificates, not 1",
+            parsed.len()
+        );
         certs.extend(parsed);
     }
     let roots = parse_pem_certs(last.as_bytes())?;
@@ -202,9 +225,20 @@ pub fn inspect_chain(chain: &[String]) -> anyhow::Result<ChainSummary> {
     let intermediates: Vec<CertificateDer<'static>> = certs[1..].to_vec();
     let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let now = UnixTime::since_unix_epoch(SystemTime::now().duration_since(UNIX_EPOCH)?);
-    for usage in [webpki::KeyUsage::server_auth(), webpki::KeyUsage::client_auth()] {
-        ee.verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &anchors, &intermediates, now, usage, None, None)
-            .map_err(|e| anyhow::anyhow!("leaf does not verify to the returned roots: {e:?}"))?;
+    for usage in [
+        webpki::KeyUsage::server_auth(),
+        webpki::KeyUsage::client_auth(),
+    ] {
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &intermediates,
+            now,
+            usage,
+            None,
+            None,
+        )
+        .map_err(|e| anyhow::anyhow!("leaf does not verify to the returned roots: {e:?}"))?;
     }
     let (_, cert) = X509Certificate::from_der(leaf)?;
     let uris: Vec<String> = match cert.subject_alternative_name()? {
@@ -222,7 +256,12 @@ pub fn inspect_chain(chain: &[String]) -> anyhow::Result<ChainSummary> {
     ensure!(uris.len() == 1, "leaf has {} URI SANs", uris.len());
     Ok(ChainSummary {
         identity: uris[0].clone(),
-        serial: cert.raw_serial().iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+        serial: cert
+            .raw_serial()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":"),
         not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),
         intermediates: intermediates.len(),

@@ -346,8 +346,8 @@ impl Config {
                 apply_override(&mut table, &name, key, &value)?;
             }
         }
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| {
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
                 ConfigError::invalid(&key, e.into_inner().to_string())
             })?;
@@ -367,10 +367,16 @@ impl Config {
             return Err(ConfigError::invalid("auth.cluster_id", "must not be empty"));
         }
         if self.auth.jwt.audiences.is_empty() {
-            return Err(ConfigError::invalid("auth.jwt.audiences", "must not be empty"));
+            return Err(ConfigError::invalid(
+                "auth.jwt.audiences",
+                "must not be empty",
+            ));
         }
         if self.auth.jwt.algorithms.is_empty() {
-            return Err(ConfigError::invalid("auth.jwt.algorithms", "must not be empty"));
+            return Err(ConfigError::invalid(
+                "auth.jwt.algorithms",
+                "must not be empty",
+            ));
         }
         if let Some(alg) = self.auth.jwt.algorithms.iter().find(|a| {
             use jsonwebtoken::Algorithm::*;
@@ -378,7 +384,9 @@ impl Config {
         }) {
             return Err(ConfigError::invalid(
                 "auth.jwt.algorithms",
-                format!("{alg:?} is a shared-secret algorithm; only public-key algorithms are allowed"),
+                format!(
+                    "{alg:?} is a shared-secret algorithm; only public-key algorithms are allowed"
+                ),
             ));
         }
         if self.auth.jwt.jwks_file.is_some() && self.auth.jwt.jwks_url.is_some() {
@@ -388,7 +396,12 @@ impl Config {
             ));
         }
         if self.auth.jwt.jwks_file.is_none() {
-            let url = self.auth.jwt.jwks_url.as_deref().unwrap_or(&self.auth.jwt.issuer);
+            let url = self
+                .auth
+                .jwt
+                .jwks_url
+                .as_deref()
+                .unwrap_or(&self.auth.jwt.issuer);
             let key = if self.auth.jwt.jwks_url.is_some() {
                 "auth.jwt.jwks_url"
             } else {
@@ -397,10 +410,16 @@ impl Config {
             check_http_url(key, url)?;
         }
         if self.csr.allowed_keys.is_empty() {
-            return Err(ConfigError::invalid("csr.allowed_keys", "must not be empty"));
+            return Err(ConfigError::invalid(
+                "csr.allowed_keys",
+                "must not be empty",
+            ));
         }
         if self.csr.max_bytes < 256 {
-            return Err(ConfigError::invalid("csr.max_bytes", "must be at least 256"));
+            return Err(ConfigError::invalid(
+                "csr.max_bytes",
+                "must be at least 256",
+            ));
         }
         if self.ttl.default.is_zero() {
             return Err(ConfigError::invalid("ttl.default", "must be positive"));
@@ -412,7 +431,10 @@ impl Config {
             ));
         }
         check_http_url("vault.addr", &self.vault.addr)?;
-        for (key, value) in [("vault.mount", &self.vault.mount), ("vault.role", &self.vault.role)] {
+        for (key, value) in [
+            ("vault.mount", &self.vault.mount),
+            ("vault.role", &self.vault.role),
+        ] {
             if value.is_empty() || value.starts_with('/') || value.contains("..") {
                 return Err(ConfigError::invalid(key, "must be a relative Vault path"));
             }
@@ -422,7 +444,10 @@ impl Config {
             ("server.reload_interval", self.server.reload_interval),
             ("server.handshake_timeout", self.server.handshake_timeout),
             ("vault.timeout", self.vault.timeout),
-            ("vault.token_reload_interval", self.vault.token_reload_interval),
+            (
+                "vault.token_reload_interval",
+                self.vault.token_reload_interval,
+            ),
             ("bundle.refresh_interval", self.bundle.refresh_interval),
         ] {
             if d.is_zero() {
@@ -439,7 +464,10 @@ impl Config {
 fn check_http_url(key: &str, url: &str) -> Result<(), ConfigError> {
     match reqwest::Url::parse(url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
-        Ok(_) => Err(ConfigError::invalid(key, "must be an http:// or https:// URL")),
+        Ok(_) => Err(ConfigError::invalid(
+            key,
+            "must be an http:// or https:// URL",
+        )),
         Err(e) => Err(ConfigError::invalid(key, format!("invalid URL: {e}"))),
     }
 }
@@ -455,15 +483,17 @@ fn apply_override(
     if path.iter().any(|p| p.is_empty()) {
         return Err(ConfigError::invalid(env_name, "malformed override name"));
     }
-    let (last, parents) = path.split_last().expect("split yields one element at least");
+    let (last, parents) = path
+        .split_last()
+        .expect("split yields one element at least");
     let mut cur = table;
     for p in parents {
         let entry = cur
             .entry(p.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = entry.as_table_mut().ok_or_else(|| {
-            ConfigError::invalid(env_name, format!("{p} is not a section"))
-        })?;
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::invalid(env_name, format!("{p} is not a section")))?;
     }
     cur.insert(last.clone(), env_value(env_name, value)?);
     Ok(())
@@ -505,9 +535,8 @@ pub mod duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         match Raw::deserialize(d)? {
             Raw::Secs(s) => Ok(Duration::from_secs(s)),
-            Raw::Text(t) => humantime::parse_duration(t.trim()).map_err(|e| {
-                serde::de::Error::custom(format!("invalid duration {t:?}: {e}"))
-            }),
+            Raw::Text(t) => humantime::parse_duration(t.trim())
+                .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}"))),
         }
     }
 }
@@ -554,6 +583,7 @@ cert_file = "/a"
 key_file = "/b"
 request_timeout = "3s"
 [ttl]
+default = "6h"
 max = "12h"
 over_max = "reject"
 "#,
@@ -591,10 +621,14 @@ over_max = "reject"
         assert!(err_of(&[("IVCA_SERVER__LISTEN", "nope")]).starts_with("server.listen:"));
         assert!(err_of(&[("IVCA_VAULT__BOGUS", "1")]).contains("bogus"));
         assert!(err_of(&[("IVCA_TTL__MAX", "1h")]).starts_with("ttl.max:"));
-        assert!(err_of(&[("IVCA_CSR__ALLOWED_KEYS", r#"["rsa-1024"]"#)])
-            .starts_with("csr.allowed_keys"));
-        assert!(err_of(&[("IVCA_AUTH__JWT__ALGORITHMS", r#"["HS256"]"#)])
-            .starts_with("auth.jwt.algorithms:"));
+        assert!(
+            err_of(&[("IVCA_CSR__ALLOWED_KEYS", r#"["rsa-1024"]"#)])
+                .starts_with("csr.allowed_keys")
+        );
+        assert!(
+            err_of(&[("IVCA_AUTH__JWT__ALGORITHMS", r#"["HS256"]"#)])
+                .starts_with("auth.jwt.algorithms:")
+        );
         assert!(err_of(&[("IVCA_VAULT__ADDR", "vault:8200")]).starts_with("vault.addr:"));
         let missing = Config::load(None, vec![]).unwrap_err().to_string();
         assert_eq!(missing, "server.cert_file: is required");

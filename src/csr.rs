@@ -27,7 +27,9 @@ pub enum CsrError {
     Pem(String),
     #[error("CSR is not valid DER: {0}")]
     Der(String),
-    #[error("CSR signature algorithm {0} is not allowed (SHA-1, MD5 and unknown algorithms are refused)")]
+    #[error(
+        "CSR signature algorithm {0} is not allowed (SHA-1, MD5 and unknown algorithms are refused)"
+    )]
     SignatureAlgorithm(String),
     #[error("CSR self-signature does not verify")]
     BadSignature,
@@ -111,8 +113,8 @@ impl CsrPolicy {
             });
         }
         let der = single_csr_block(pem.as_bytes())?;
-        let (rest, csr) = X509CertificationRequest::from_der(&der)
-            .map_err(|e| CsrError::Der(e.to_string()))?;
+        let (rest, csr) =
+            X509CertificationRequest::from_der(&der).map_err(|e| CsrError::Der(e.to_string()))?;
         if !rest.is_empty() {
             return Err(CsrError::Der("trailing bytes after the request".into()));
         }
@@ -153,7 +155,11 @@ fn single_csr_block(pem: &[u8]) -> Result<Vec<u8>, CsrError> {
             SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey => {
                 return Err(CsrError::Pem("it contains a private key".into()));
             }
-            _ => return Err(CsrError::Pem("it contains a block that is not a CSR".into())),
+            _ => {
+                return Err(CsrError::Pem(
+                    "it contains a block that is not a CSR".into(),
+                ));
+            }
         }
     }
     found.ok_or_else(|| CsrError::Pem("no CERTIFICATE REQUEST block".into()))
@@ -201,8 +207,13 @@ fn key_algorithm(
         return match curve {
             Some(c) if c == OID_EC_P256 => Ok(KeyAlgorithm::EcdsaP256),
             Some(c) if c == OID_NIST_EC_P384 => Ok(KeyAlgorithm::EcdsaP384),
-            Some(c) => Err(CsrError::KeyNotAllowed(format!("EC curve {}", oid_name(&c)))),
-            None => Err(CsrError::KeyNotAllowed("EC key without a named curve".into())),
+            Some(c) => Err(CsrError::KeyNotAllowed(format!(
+                "EC curve {}",
+                oid_name(&c)
+            ))),
+            None => Err(CsrError::KeyNotAllowed(
+                "EC key without a named curve".into(),
+            )),
         };
     }
     if *alg == OID_SIG_ED25519 {
@@ -284,10 +295,11 @@ fn check_extensions(csr: &X509CertificationRequest<'_>) -> Result<SpiffeId, CsrE
     let [uri] = uris[..] else {
         return Err(CsrError::UriCount(uris.len()));
     };
-    uri.parse().map_err(|e: crate::identity::IdentityError| CsrError::BadUri {
-        uri: uri.to_owned(),
-        reason: e.to_string(),
-    })
+    uri.parse()
+        .map_err(|e: crate::identity::IdentityError| CsrError::BadUri {
+            uri: uri.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 fn oid_name(oid: &Oid<'_>) -> String {

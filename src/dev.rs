@@ -86,7 +86,12 @@ impl DevIssuer {
                 )
             }
             PublicKey::RSA(rsa) => {
-                let strip = |b: &[u8]| b.iter().skip_while(|x| **x == 0).copied().collect::<Vec<u8>>();
+                let strip = |b: &[u8]| {
+                    b.iter()
+                        .skip_while(|x| **x == 0)
+                        .copied()
+                        .collect::<Vec<u8>>()
+                };
                 (
                     json!({"kty": "RSA", "n": B64.encode(strip(rsa.modulus)), "e": B64.encode(strip(rsa.exponent))}),
                     EncodingKey::from_rsa_pem(key_pem.as_bytes())?,
@@ -94,7 +99,8 @@ impl DevIssuer {
             }
             _ => anyhow::bail!("unsupported key type"),
         };
-        let kid = B64.encode(&aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &spki).as_ref()[..12]);
+        let kid = B64
+            .encode(&aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &spki).as_ref()[..12]);
         let mut jwk = jwk;
         jwk["kid"] = json!(kid);
         jwk["use"] = json!("sig");

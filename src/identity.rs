@@ -113,7 +113,9 @@ impl FromStr for SpiffeId {
     type Err = IdentityError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s.strip_prefix("spiffe://").ok_or(IdentityError::NotSpiffe)?;
+        let rest = s
+            .strip_prefix("spiffe://")
+            .ok_or(IdentityError::NotSpiffe)?;
         let mut parts = rest.split('/');
         let (Some(td), Some("ns"), Some(ns), Some("sa"), Some(sa), None) = (
             parts.next(),
@@ -132,7 +134,8 @@ impl FromStr for SpiffeId {
 fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -183,7 +186,10 @@ mod tests {
     fn parses_k8s_usernames() {
         let id = SpiffeId::from_k8s_username(td(), "system:serviceaccount:istio-system:ztunnel")
             .unwrap();
-        assert_eq!(id.to_string(), "spiffe://cluster.local/ns/istio-system/sa/ztunnel");
+        assert_eq!(
+            id.to_string(),
+            "spiffe://cluster.local/ns/istio-system/sa/ztunnel"
+        );
         assert!(SpiffeId::from_k8s_username(td(), "system:serviceaccount:a:b:c").is_none());
         assert!(SpiffeId::from_k8s_username(td(), "system:serviceaccount:a").is_none());
         assert!(SpiffeId::from_k8s_username(td(), "system:node:a:b").is_none());

@@ -23,6 +23,7 @@ pub mod tls;
 pub mod vault;
 
 /// Code generated from `proto/security/v1alpha1/ca.proto`.
+#[allow(clippy::doc_lazy_continuation)]
 pub mod pb {
     tonic::include_proto!("istio.v1.auth");
 }

@@ -13,7 +13,11 @@ use istio_vault_ca::identity::SpiffeId;
 use istio_vault_ca::{app, telemetry};
 
 #[derive(Parser)]
-#[command(name = "istio-vault-ca", version, about = "Istio CA backed by Vault / OpenBao PKI")]
+#[command(
+    name = "istio-vault-ca",
+    version,
+    about = "Istio CA backed by Vault / OpenBao PKI"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -164,7 +168,9 @@ async fn request(args: RequestArgs) -> anyhow::Result<()> {
         summary.identity
     );
     let fmt = |t: i64| {
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64))
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64),
+        )
     };
     println!("issued     {}", summary.identity);
     println!("serial     {}", summary.serial);
@@ -172,7 +178,9 @@ async fn request(args: RequestArgs) -> anyhow::Result<()> {
     println!(
         "not after  {} (lifetime {})",
         fmt(summary.not_after),
-        humantime::format_duration(Duration::from_secs((summary.not_after - summary.not_before).max(0) as u64))
+        humantime::format_duration(Duration::from_secs(
+            (summary.not_after - summary.not_before).max(0) as u64
+        ))
     );
     println!(
         "chain      leaf + {} intermediate(s) + {} root(s); verified for serverAuth and clientAuth",
@@ -184,7 +192,10 @@ async fn request(args: RequestArgs) -> anyhow::Result<()> {
         std::fs::write(dir.join("cert-chain.pem"), rest.concat())?;
         std::fs::write(dir.join("root-cert.pem"), roots)?;
         write_private(&dir.join("key.pem"), &generated.key_pem())?;
-        println!("written    {}/{{cert-chain,key,root-cert}}.pem", dir.display());
+        println!(
+            "written    {}/{{cert-chain,key,root-cert}}.pem",
+            dir.display()
+        );
     }
     Ok(())
 }

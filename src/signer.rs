@@ -6,7 +6,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::authn::{AuthnError, Authenticator, Caller, Credentials};
+use crate::authn::{Authenticator, AuthnError, Caller, Credentials};
 use crate::bundle::SharedBundle;
 use crate::chain::{self, Expectation, IssuedChain, LeafError};
 use crate::config::{OverMax, TtlConfig};
@@ -232,7 +232,10 @@ mod tests {
         assert_eq!(p.resolve(0).unwrap(), (Duration::from_secs(86400), false));
         assert_eq!(p.resolve(-5).unwrap(), (Duration::from_secs(86400), false));
         assert_eq!(p.resolve(3600).unwrap(), (Duration::from_secs(3600), false));
-        assert_eq!(p.resolve(10 << 20).unwrap(), (Duration::from_secs(172800), true));
+        assert_eq!(
+            p.resolve(10 << 20).unwrap(),
+            (Duration::from_secs(172800), true)
+        );
         let strict = TtlPolicy {
             over_max: OverMax::Reject,
             ..p
@@ -252,7 +255,11 @@ mod tests {
         assert_eq!(authorize(&zt, None).unwrap(), zt.identity);
         assert_eq!(authorize(&zt, Some("")).unwrap(), zt.identity);
         assert_eq!(
-            authorize(&zt, Some("spiffe://cluster.local/ns/istio-system/sa/ztunnel")).unwrap(),
+            authorize(
+                &zt,
+                Some("spiffe://cluster.local/ns/istio-system/sa/ztunnel")
+            )
+            .unwrap(),
             zt.identity
         );
         assert!(matches!(

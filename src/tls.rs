@@ -145,7 +145,9 @@ impl ServingCert {
                 _ = shutdown.changed() => return,
             }
             match self.reload(&mut last) {
-                Ok(true) => tracing::info!(cert = %self.cert_path.display(), "reloaded serving certificate"),
+                Ok(true) => {
+                    tracing::info!(cert = %self.cert_path.display(), "reloaded serving certificate")
+                }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "keeping the current serving certificate"),
             }

@@ -62,8 +62,9 @@ impl VaultToken {
         if token.is_empty() {
             return Err(VaultError::Token("token is empty".into()));
         }
-        let mut v = HeaderValue::from_str(token)
-            .map_err(|_| VaultError::Token("token has characters not allowed in a header".into()))?;
+        let mut v = HeaderValue::from_str(token).map_err(|_| {
+            VaultError::Token("token has characters not allowed in a header".into())
+        })?;
         v.set_sensitive(true);
         Ok(Self(v))
     }
@@ -98,9 +99,7 @@ impl TokenSource {
         }
         let token = env("VAULT_TOKEN")
             .or_else(|| env("BAO_TOKEN"))
-            .ok_or_else(|| {
-                VaultError::Token("set vault.token_file or $VAULT_TOKEN".into())
-            })?;
+            .ok_or_else(|| VaultError::Token("set vault.token_file or $VAULT_TOKEN".into()))?;
         Ok(Self::Static(VaultToken::new(&token)?))
     }
 }
@@ -185,7 +184,9 @@ pub struct VaultClient {
 
 impl std::fmt::Debug for VaultClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VaultClient").field("base", &self.base.as_str()).finish()
+        f.debug_struct("VaultClient")
+            .field("base", &self.base.as_str())
+            .finish()
     }
 }
 
@@ -225,20 +226,22 @@ impl VaultClient {
         let sign_url = base
             .join(&format!("{}/sign/{}", config.mount, config.role))
             .map_err(|e| VaultError::Unreachable(e.to_string()))?;
-        let namespace = match &config.namespace {
-            Some(ns) => Some(
-                HeaderValue::from_str(ns)
-                    .map_err(|_| VaultError::Token("vault.namespace is not a valid header".into()))?,
-            ),
-            None => None,
-        };
+        let namespace =
+            match &config.namespace {
+                Some(ns) => Some(HeaderValue::from_str(ns).map_err(|_| {
+                    VaultError::Token("vault.namespace is not a valid header".into())
+                })?),
+                None => None,
+            };
         let initial = match token {
             TokenSource::Static(t) => t.clone(),
             TokenSource::File { path, .. } => read_token_file(path)?,
         };
         Ok(Self {
             http,
-            base: base.join(&format!("{}/", config.mount)).map_err(|e| VaultError::Unreachable(e.to_string()))?,
+            base: base
+                .join(&format!("{}/", config.mount))
+                .map_err(|e| VaultError::Unreachable(e.to_string()))?,
             sign_url,
             namespace,
             token: Arc::new(ArcSwap::from_pointee(initial)),
@@ -248,7 +251,11 @@ impl VaultClient {
 
     /// Re-reads the token file every interval until `shutdown` fires. A file that cannot be
     /// read or holds no token is logged and the current token kept.
-    pub async fn watch_token(self, source: TokenSource, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn watch_token(
+        self,
+        source: TokenSource,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         let TokenSource::File { path, interval } = source else {
             return;
         };
@@ -300,7 +307,9 @@ impl VaultClient {
             format: "pem",
             exclude_cn_from_sans: true,
         };
-        let req = self.request(reqwest::Method::POST, self.sign_url.clone()).json(&body);
+        let req = self
+            .request(reqwest::Method::POST, self.sign_url.clone())
+            .json(&body);
         let env: Envelope<SignData> = self.send(req).await?;
         let data = env
             .data
@@ -320,7 +329,10 @@ impl VaultClient {
 
     /// Every issuer of the mount (`LIST <mount>/issuers`, then `issuer/<id>/json`).
     pub async fn issuers(&self) -> Result<Vec<Issuer>, VaultError> {
-        let mut url = self.base.join("issuers").map_err(|e| VaultError::Malformed(e.to_string()))?;
+        let mut url = self
+            .base
+            .join("issuers")
+            .map_err(|e| VaultError::Malformed(e.to_string()))?;
         url.set_query(Some("list=true"));
         let keys = match self
             .send::<Envelope<IssuerList>>(self.request(reqwest::Method::GET, url))
@@ -328,9 +340,10 @@ impl VaultClient {
         {
             Ok(list) => list.data.map(|d| d.keys).unwrap_or_default(),
             // Vault answers an empty LIST with 404 and `{"errors":[]}`.
-            Err(VaultError::Unexpected { status: 404, message }) if message.is_empty() => {
-                Vec::new()
-            }
+            Err(VaultError::Unexpected {
+                status: 404,
+                message,
+            }) if message.is_empty() => Vec::new(),
             Err(e) => return Err(e),
         };
         let mut out = Vec::with_capacity(keys.len());
@@ -343,7 +356,10 @@ impl VaultClient {
                 .join(&format!("issuer/{id}/json"))
                 .map_err(|e| VaultError::Malformed(e.to_string()))?;
             let env: Envelope<Issuer> = self.send(self.request(reqwest::Method::GET, url)).await?;
-            out.push(env.data.ok_or_else(|| VaultError::Malformed(format!("issuer {id} has no data")))?);
+            out.push(
+                env.data
+                    .ok_or_else(|| VaultError::Malformed(format!("issuer {id} has no data")))?,
+            );
         }
         Ok(out)
     }
@@ -366,9 +382,15 @@ impl VaultClient {
             StatusCode::BAD_REQUEST => VaultError::Rejected(message),
             StatusCode::FORBIDDEN => VaultError::Forbidden(message),
             s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
-                VaultError::Unavailable { status: s.as_u16(), message }
+                VaultError::Unavailable {
+                    status: s.as_u16(),
+                    message,
+                }
             }
-            s => VaultError::Unexpected { status: s.as_u16(), message },
+            s => VaultError::Unexpected {
+                status: s.as_u16(),
+                message,
+            },
         })
     }
 

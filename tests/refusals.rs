@@ -38,7 +38,8 @@ fn empty_dn() -> CertificateParams {
 /// Flips one bit near the end of the DER (inside the signature) and re-encodes as PEM.
 fn forge_signature(pem: &str) -> String {
     use rustls_pki_types::pem::PemObject;
-    let csr = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let csr =
+        rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes()).unwrap();
     let mut der = csr.as_ref().to_vec();
     let n = der.len();
     der[n - 5] ^= 0x01;
@@ -89,7 +90,11 @@ async fn refusal_matrix_never_reaches_vault() {
     let mut two_uris = empty_dn();
     two_uris.subject_alt_names = vec![
         SanType::URI(demo.to_string().try_into().unwrap()),
-        SanType::URI("spiffe://cluster.local/ns/kube-system/sa/admin".try_into().unwrap()),
+        SanType::URI(
+            "spiffe://cluster.local/ns/kube-system/sa/admin"
+                .try_into()
+                .unwrap(),
+        ),
     ];
     let mut dns = empty_dn();
     dns.subject_alt_names = vec![
@@ -98,18 +103,23 @@ async fn refusal_matrix_never_reaches_vault() {
     ];
     let mut cn = empty_dn();
     cn.distinguished_name.push(DnType::CommonName, "demo");
-    cn.custom_extensions.push(uri_san_extension(&demo.to_string(), false));
+    cn.custom_extensions
+        .push(uri_san_extension(&demo.to_string(), false));
     let mut ca = empty_dn();
     ca.subject_alt_names = vec![SanType::URI(demo.to_string().try_into().unwrap())];
     // basicConstraints { cA TRUE }
-    let mut bc = CustomExtension::from_oid_content(&[2, 5, 29, 19], vec![0x30, 0x03, 0x01, 0x01, 0xff]);
+    let mut bc =
+        CustomExtension::from_oid_content(&[2, 5, 29, 19], vec![0x30, 0x03, 0x01, 0x01, 0xff]);
     bc.set_criticality(true);
     ca.custom_extensions.push(bc);
     let mut unknown_ext = empty_dn();
     unknown_ext.subject_alt_names = vec![SanType::URI(demo.to_string().try_into().unwrap())];
     unknown_ext
         .custom_extensions
-        .push(CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 99999, 1], vec![0x05, 0x00]));
+        .push(CustomExtension::from_oid_content(
+            &[1, 3, 6, 1, 4, 1, 99999, 1],
+            vec![0x05, 0x00],
+        ));
     let mut no_san = empty_dn();
     no_san.distinguished_name.push(DnType::OrganizationName, "");
     let legacy_opts = env.opts("default", "legacy");
@@ -122,31 +132,230 @@ async fn refusal_matrix_never_reaches_vault() {
     use Code::*;
     let z = Shape::Ztunnel;
     let cases = vec![
-        Case { name: "no token", shape: z, csr: good(), opts: with_token(None), code: Unauthenticated, message: "no bearer token" },
-        Case { name: "whitespace token", shape: z, csr: good(), opts: with_token(Some("  ".into())), code: Unauthenticated, message: "no bearer token" },
-        Case { name: "malformed token", shape: z, csr: good(), opts: with_token(Some("not.a.jwt".into())), code: Unauthenticated, message: "malformed" },
-        Case { name: "bad signature", shape: z, csr: good(), opts: with_token(Some(bad_signature)), code: Unauthenticated, message: "signature is invalid" },
-        Case { name: "unknown signing key", shape: z, csr: good(), opts: with_token(Some(unknown_key)), code: Unauthenticated, message: "unknown key" },
-        Case { name: "wrong issuer", shape: z, csr: good(), opts: with_token(Some(other_issuer)), code: Unauthenticated, message: "issuer" },
-        Case { name: "wrong audience", shape: z, csr: good(), opts: with_token(Some(wrong_audience)), code: Unauthenticated, message: "audience" },
-        Case { name: "expired token", shape: z, csr: good(), opts: with_token(Some(expired)), code: Unauthenticated, message: "expired" },
-        Case { name: "unknown clusterid", shape: z, csr: good(), opts: CallOptions { cluster_id: Some("cluster-b".into()), ..opts.clone() }, code: Unauthenticated, message: "cluster \"cluster-b\"" },
-        Case { name: "garbage CSR", shape: z, csr: "hello".into(), opts: opts.clone(), code: InvalidArgument, message: "no CERTIFICATE REQUEST block" },
-        Case { name: "CSR with a forged signature", shape: z, csr: forge_signature(&good()), opts: opts.clone(), code: InvalidArgument, message: "self-signature does not verify" },
-        Case { name: "CSR PEM carrying a private key", shape: z, csr: with_key, opts: opts.clone(), code: InvalidArgument, message: "private key" },
-        Case { name: "SAN for another identity", shape: z, csr: client::generate_csr(z, &id("default", "other")).unwrap().csr_pem, opts: CallOptions { impersonate: Some(demo.to_string()), ..opts.clone() }, code: PermissionDenied, message: "may not request a certificate for spiffe://cluster.local/ns/default/sa/other" },
-        Case { name: "SAN in another trust domain", shape: z, csr: client::generate_csr(z, &"spiffe://evil.local/ns/default/sa/demo".parse().unwrap()).unwrap().csr_pem, opts: CallOptions { impersonate: Some(demo.to_string()), ..opts.clone() }, code: PermissionDenied, message: "spiffe://evil.local" },
-        Case { name: "two URI SANs", shape: z, csr: csr_with(two_uris, &p256()), opts: opts.clone(), code: InvalidArgument, message: "exactly one URI SAN, found 2" },
-        Case { name: "DNS SAN", shape: z, csr: csr_with(dns, &p256()), opts: opts.clone(), code: InvalidArgument, message: "SAN of type DNS" },
-        Case { name: "no SAN", shape: z, csr: csr_with(no_san, &p256()), opts: opts.clone(), code: InvalidArgument, message: "no subjectAltName" },
-        Case { name: "common name", shape: z, csr: csr_with(cn, &p256()), opts: opts.clone(), code: InvalidArgument, message: "common name" },
-        Case { name: "CA:true", shape: z, csr: csr_with(ca, &p256()), opts: opts.clone(), code: InvalidArgument, message: "CA certificate" },
-        Case { name: "unknown extension", shape: z, csr: csr_with(unknown_ext, &p256()), opts: opts.clone(), code: InvalidArgument, message: "extension 1.3.6.1.4.1.99999.1 is not allowed" },
-        Case { name: "RSA-1024 key", shape: Shape::PilotAgent, csr: include_str!("fixtures/rsa1024.csr").into(), opts: legacy_opts.clone(), code: InvalidArgument, message: "RSA-1024 is not allowed" },
-        Case { name: "SHA-1 signature", shape: Shape::PilotAgent, csr: include_str!("fixtures/sha1.csr").into(), opts: legacy_opts.clone(), code: InvalidArgument, message: "signature algorithm sha1WithRSAEncryption" },
-        Case { name: "oversized CSR", shape: z, csr: oversized, opts: opts.clone(), code: InvalidArgument, message: "larger than the 16384-byte limit" },
-        Case { name: "impersonating another identity", shape: z, csr: client::generate_csr(z, &id("default", "other")).unwrap().csr_pem, opts: CallOptions { impersonate: Some(id("default", "other").to_string()), ..opts.clone() }, code: PermissionDenied, message: "may not impersonate spiffe://cluster.local/ns/default/sa/other" },
-        Case { name: "impersonated identity that is not a SPIFFE ID", shape: z, csr: good(), opts: CallOptions { impersonate: Some("default/other".into()), ..opts.clone() }, code: PermissionDenied, message: "not a workload SPIFFE ID" },
+        Case {
+            name: "no token",
+            shape: z,
+            csr: good(),
+            opts: with_token(None),
+            code: Unauthenticated,
+            message: "no bearer token",
+        },
+        Case {
+            name: "whitespace token",
+            shape: z,
+            csr: good(),
+            opts: with_token(Some("  ".into())),
+            code: Unauthenticated,
+            message: "no bearer token",
+        },
+        Case {
+            name: "malformed token",
+            shape: z,
+            csr: good(),
+            opts: with_token(Some("not.a.jwt".into())),
+            code: Unauthenticated,
+            message: "malformed",
+        },
+        Case {
+            name: "bad signature",
+            shape: z,
+            csr: good(),
+            opts: with_token(Some(bad_signature)),
+            code: Unauthenticated,
+            message: "signature is invalid",
+        },
+        Case {
+            name: "unknown signing key",
+            shape: z,
+            csr: good(),
+            opts: with_token(Some(unknown_key)),
+            code: Unauthenticated,
+            message: "unknown key",
+        },
+        Case {
+            name: "wrong issuer",
+            shape: z,
+            csr: good(),
+            opts: with_token(Some(other_issuer)),
+            code: Unauthenticated,
+            message: "issuer",
+        },
+        Case {
+            name: "wrong audience",
+            shape: z,
+            csr: good(),
+            opts: with_token(Some(wrong_audience)),
+            code: Unauthenticated,
+            message: "audience",
+        },
+        Case {
+            name: "expired token",
+            shape: z,
+            csr: good(),
+            opts: with_token(Some(expired)),
+            code: Unauthenticated,
+            message: "expired",
+        },
+        Case {
+            name: "unknown clusterid",
+            shape: z,
+            csr: good(),
+            opts: CallOptions {
+                cluster_id: Some("cluster-b".into()),
+                ..opts.clone()
+            },
+            code: Unauthenticated,
+            message: "cluster \"cluster-b\"",
+        },
+        Case {
+            name: "garbage CSR",
+            shape: z,
+            csr: "hello".into(),
+            opts: opts.clone(),
+            code: InvalidArgument,
+            message: "no CERTIFICATE REQUEST block",
+        },
+        Case {
+            name: "CSR with a forged signature",
+            shape: z,
+            csr: forge_signature(&good()),
+            opts: opts.clone(),
+            code: InvalidArgument,
+            message: "self-signature does not verify",
+        },
+        Case {
+            name: "CSR PEM carrying a private key",
+            shape: z,
+            csr: with_key,
+            opts: opts.clone(),
+            code: InvalidArgument,
+            message: "private key",
+        },
+        Case {
+            name: "SAN for another identity",
+            shape: z,
+            csr: client::generate_csr(z, &id("default", "other"))
+                .unwrap()
+                .csr_pem,
+            opts: CallOptions {
+                impersonate: Some(demo.to_string()),
+                ..opts.clone()
+            },
+            code: PermissionDenied,
+            message: "may not request a certificate for spiffe://cluster.local/ns/default/sa/other",
+        },
+        Case {
+            name: "SAN in another trust domain",
+            shape: z,
+            csr: client::generate_csr(
+                z,
+                &"spiffe://evil.local/ns/default/sa/demo".parse().unwrap(),
+            )
+            .unwrap()
+            .csr_pem,
+            opts: CallOptions {
+                impersonate: Some(demo.to_string()),
+                ..opts.clone()
+            },
+            code: PermissionDenied,
+            message: "spiffe://evil.local",
+        },
+        Case {
+            name: "two URI SANs",
+            shape: z,
+            csr: csr_with(two_uris, &p256()),
+            opts: opts.clone(),
+            code: InvalidArgument,
+            message: "exactly one URI SAN, found 2",
+        },
+        Case {
+            name: "DNS SAN",
+            shape: z,
+            csr: csr_with(dns, &p256()),
+            opts: opts.clone(),
+            code: InvalidArgument,
+            message: "SAN of type DNS",
+        },
+        Case {
+            name: "no SAN",
+            shape: z,
+            csr: csr_with(no_san, &p256()),
+            opts: opts.clone(),
+            code: InvalidArgument,
+            message: "no subjectAltName",
+        },
+        Case {
+            name: "common name",
+            shape: z,
+            csr: csr_with(cn, &p256()),
+            opts: opts.clone(),
+            code: InvalidArgument,
+            message: "common name",
+        },
+        Case {
+            name: "CA:true",
+            shape: z,
+            csr: csr_with(ca, &p256()),
+            opts: opts.clone(),
+            code: InvalidArgument,
+            message: "CA certificate",
+        },
+        Case {
+            name: "unknown extension",
+            shape: z,
+            csr: csr_with(unknown_ext, &p256()),
+            opts: opts.clone(),
+            code: InvalidArgument,
+            message: "extension 1.3.6.1.4.1.99999.1 is not allowed",
+        },
+        Case {
+            name: "RSA-1024 key",
+            shape: Shape::PilotAgent,
+            csr: include_str!("fixtures/rsa1024.csr").into(),
+            opts: legacy_opts.clone(),
+            code: InvalidArgument,
+            message: "RSA-1024 is not allowed",
+        },
+        Case {
+            name: "SHA-1 signature",
+            shape: Shape::PilotAgent,
+            csr: include_str!("fixtures/sha1.csr").into(),
+            opts: legacy_opts.clone(),
+            code: InvalidArgument,
+            message: "signature algorithm sha1WithRSAEncryption",
+        },
+        Case {
+            name: "oversized CSR",
+            shape: z,
+            csr: oversized,
+            opts: opts.clone(),
+            code: InvalidArgument,
+            message: "larger than the 16384-byte limit",
+        },
+        Case {
+            name: "impersonating another identity",
+            shape: z,
+            csr: client::generate_csr(z, &id("default", "other"))
+                .unwrap()
+                .csr_pem,
+            opts: CallOptions {
+                impersonate: Some(id("default", "other").to_string()),
+                ..opts.clone()
+            },
+            code: PermissionDenied,
+            message: "may not impersonate spiffe://cluster.local/ns/default/sa/other",
+        },
+        Case {
+            name: "impersonated identity that is not a SPIFFE ID",
+            shape: z,
+            csr: good(),
+            opts: CallOptions {
+                impersonate: Some("default/other".into()),
+                ..opts.clone()
+            },
+            code: PermissionDenied,
+            message: "not a workload SPIFFE ID",
+        },
     ];
 
     let mut grpc = env.client().await;
@@ -157,7 +366,13 @@ async fn refusal_matrix_never_reaches_vault() {
             .create_certificate(req)
             .await
             .expect_err(&format!("{}: must be refused", case.name));
-        assert_eq!(status.code(), case.code, "{}: {}", case.name, status.message());
+        assert_eq!(
+            status.code(),
+            case.code,
+            "{}: {}",
+            case.name,
+            status.message()
+        );
         assert!(
             status.message().contains(case.message),
             "{}: message {:?} lacks {:?}",
@@ -165,12 +380,19 @@ async fn refusal_matrix_never_reaches_vault() {
             status.message(),
             case.message
         );
-        assert_eq!(env.bao.sign_calls(), before, "{}: Vault was called", case.name);
+        assert_eq!(
+            env.bao.sign_calls(),
+            before,
+            "{}: Vault was called",
+            case.name
+        );
     }
 
     // The audit counter really counts: one legitimate request shows up as one sign call.
     assert_eq!(env.bao.sign_calls(), 0);
-    env.request(Shape::Ztunnel, &demo, &opts).await.expect("valid request is issued");
+    env.request(Shape::Ztunnel, &demo, &opts)
+        .await
+        .expect("valid request is issued");
     assert_eq!(env.bao.sign_calls(), 1);
 }
 
@@ -183,10 +405,21 @@ async fn conflicting_token_claims_are_refused() {
     let token = env.issuer.sign(&claims).unwrap();
     let demo = id("default", "demo");
     let err = env
-        .request(Shape::PilotAgent, &demo, &CallOptions { token: Some(token), ..env.opts("default", "demo") })
+        .request(
+            Shape::PilotAgent,
+            &demo,
+            &CallOptions {
+                token: Some(token),
+                ..env.opts("default", "demo")
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    assert!(err.message().contains("different service accounts"), "{}", err.message());
+    assert!(
+        err.message().contains("different service accounts"),
+        "{}",
+        err.message()
+    );
     assert_eq!(env.bao.sign_calls(), 0);
 }

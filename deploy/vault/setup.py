@@ -82,7 +82,7 @@ def has_default_issuer(vault, mount):
 
 def ensure_root(vault, mount, common_name):
     if has_default_issuer(vault, mount):
-        return vault.call("GET", f"{mount}/issuer/default/json")["data"]["certificate"]
+        return vault.call("GET", f"{mount}/issuer/default/json")["data"]["certificate"].strip()
     resp = vault.call(
         "POST",
         f"{mount}/root/generate/internal",
@@ -95,7 +95,7 @@ def ensure_root(vault, mount, common_name):
         },
     )
     log(f"generated EC P-256 root in {mount}/")
-    return resp["data"]["certificate"]
+    return resp["data"]["certificate"].strip()
 
 
 def ensure_intermediate(vault, root_mount, mount, common_name, root_pem):

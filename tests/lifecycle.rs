@@ -1,0 +1,226 @@
+//! Faults and lifecycle against real components: OpenBao stopped, a Vault that never answers
+//! (a loopback black hole: a fault OpenBao cannot produce), serving-certificate hot reload,
+//! and graceful shutdown with a request in flight (a delaying proxy in front of OpenBao).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use istio_vault_ca::client::Shape;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use support::{Env, id};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+
+/// Client-side deadline for calls that must fail fast: well above the signer's own deadline,
+/// so a hang shows up as `DeadlineExceeded` instead of the expected code.
+const CLIENT_DEADLINE: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_stopped_gives_unavailable_within_the_deadline() {
+    let mut env = Env::start().await;
+    let demo = id("default", "demo");
+    let opts = env.opts("default", "demo");
+    env.request(Shape::PilotAgent, &demo, &opts)
+        .await
+        .expect("issued while Vault is up");
+
+    env.bao.stop();
+    for shape in [Shape::PilotAgent, Shape::Ztunnel] {
+        let err = tokio::time::timeout(CLIENT_DEADLINE, env.request(shape, &demo, &opts))
+            .await
+            .expect("answered within the deadline")
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
+        assert!(
+            err.message().contains("cannot reach Vault"),
+            "{}",
+            err.message()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_that_never_answers_times_out_as_unavailable() {
+    let blackhole = support::delaying_proxy(None, Duration::ZERO).await;
+    let env = Env::start_with(|c| {
+        // Roots from the file the setup script wrote; Vault itself is unreachable.
+        c.bundle.file = Some(
+            c.server
+                .cert_file
+                .clone()
+                .unwrap()
+                .with_file_name("root-cert.pem"),
+        );
+        c.vault.addr = blackhole;
+        c.vault.timeout = Duration::from_millis(500);
+    })
+    .await;
+    let demo = id("default", "demo");
+    let err = tokio::time::timeout(
+        CLIENT_DEADLINE,
+        env.request(Shape::Ztunnel, &demo, &env.opts("default", "demo")),
+    )
+    .await
+    .expect("answered within the deadline")
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
+    assert!(
+        err.message().contains("did not answer within"),
+        "{}",
+        err.message()
+    );
+}
+
+/// Completes a TLS handshake and returns the server's leaf certificate and the open stream.
+async fn handshake(
+    addr: &str,
+    ca_pem: &[u8],
+) -> (
+    CertificateDer<'static>,
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(istio_vault_ca::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let leaf = stream.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned();
+    (leaf, stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_certificate_reloads_without_dropping_connections() {
+    let tls_dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (
+        tls_dir.path().join("tls.crt"),
+        tls_dir.path().join("tls.key"),
+    );
+    let env = Env::start_with(|c| {
+        std::fs::copy(c.server.cert_file.as_ref().unwrap(), &cert).unwrap();
+        std::fs::copy(c.server.key_file.as_ref().unwrap(), &key).unwrap();
+        c.server.cert_file = Some(cert.clone());
+        c.server.key_file = Some(key.clone());
+        c.server.reload_interval = Duration::from_millis(100);
+    })
+    .await;
+    let demo = id("default", "demo");
+    let opts = env.opts("default", "demo");
+    let (old_leaf, mut old_conn) = handshake(&env.addr, &env.ca_pem).await;
+    let mut grpc = env.client().await;
+    let call = |grpc: &mut istio_vault_ca::pb::istio_certificate_service_client::IstioCertificateServiceClient<_>| {
+        let kc = istio_vault_ca::client::generate_csr(Shape::Ztunnel, &demo).unwrap();
+        let req = istio_vault_ca::client::build_request(Shape::Ztunnel, &kc.csr_pem, &demo, &opts).unwrap();
+        let mut grpc = grpc.clone();
+        async move { grpc.create_certificate(req).await }
+    };
+    call(&mut grpc).await.expect("issued before the swap");
+
+    // A new serving certificate from the same PKI (the role the setup script created).
+    let issued = env
+        .bao
+        .api(
+            "POST",
+            &format!("{}/issue/istio-vault-ca-serving", support::MOUNT),
+            serde_json::json!({"common_name": "localhost", "ip_sans": "127.0.0.1", "ttl": "1h"}),
+        )
+        .await;
+    let data = &issued["data"];
+    let chain = format!(
+        "{}\n{}\n",
+        data["certificate"].as_str().unwrap(),
+        data["issuing_ca"].as_str().unwrap()
+    );
+    // Write-then-rename, as Kubernetes' atomic secret updates do.
+    std::fs::write(
+        tls_dir.path().join("new.key"),
+        format!("{}\n", data["private_key"].as_str().unwrap()),
+    )
+    .unwrap();
+    std::fs::write(tls_dir.path().join("new.crt"), &chain).unwrap();
+    std::fs::rename(tls_dir.path().join("new.key"), &key).unwrap();
+    std::fs::rename(tls_dir.path().join("new.crt"), &cert).unwrap();
+    let new_leaf = CertificateDer::pem_slice_iter(chain.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_ne!(old_leaf, new_leaf);
+
+    let mut seen = old_leaf.clone();
+    for _ in 0..100 {
+        seen = handshake(&env.addr, &env.ca_pem).await.0;
+        if seen == new_leaf {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, new_leaf, "new connections see the new certificate");
+
+    // The connection opened before the swap still speaks HTTP/2: preface + SETTINGS in,
+    // the server's SETTINGS frame out.
+    old_conn
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), old_conn.read_exact(&mut frame))
+        .await
+        .expect("old connection answers")
+        .expect("old connection still open");
+    assert_eq!(frame[3], 0x04, "a SETTINGS frame");
+    // And the gRPC channel opened before the swap keeps working.
+    call(&mut grpc).await.expect("issued after the swap");
+
+    // A broken replacement is refused and the last good certificate stays in service.
+    std::fs::write(
+        &cert,
+        "-----BEGIN CERTIFICATE-----\nnot a cert\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(handshake(&env.addr, &env.ca_pem).await.0, new_leaf);
+    call(&mut grpc).await.expect("still serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_requests() {
+    // Every request to Vault is held 1s by a proxy, so one is in flight when shutdown starts.
+    let mut env = Env::start().await;
+    env.shutdown().await;
+    let upstream = env.bao.addr.trim_start_matches("http://").to_owned();
+    let slow = support::delaying_proxy(Some(upstream), Duration::from_secs(1)).await;
+    let mut config = env.config.clone();
+    config.vault.addr = slow;
+    config.vault.timeout = Duration::from_secs(5);
+    config.server.shutdown_grace = Duration::from_secs(10);
+    let signer = istio_vault_ca::app::start(config).await.unwrap();
+    env.addr = format!("127.0.0.1:{}", signer.local_addr().port());
+
+    let demo = id("default", "demo");
+    let opts = env.opts("default", "demo");
+    let in_flight = env.request(Shape::PilotAgent, &demo, &opts);
+    let stop = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        signer.shutdown().await
+    };
+    let (result, stopped) = tokio::join!(in_flight, stop);
+    stopped.expect("clean shutdown");
+    result.expect("the in-flight request completed during the drain");
+    // After shutdown, nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(&env.addr).await.is_err());
+}
