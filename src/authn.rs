@@ -434,3 +434,265 @@ fn map_jwt_error(e: &jsonwebtoken::errors::Error) -> AuthnError {
 fn short_error(e: &jsonwebtoken::errors::Error) -> String {
     e.to_string().chars().take(120).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
+
+    fn td() -> TrustDomain {
+        TrustDomain::new("cluster.local").unwrap()
+    }
+
+    fn config_with_file(path: &std::path::Path) -> JwtConfig {
+        JwtConfig {
+            jwks_file: Some(path.to_owned()),
+            refetch_interval: Duration::ZERO,
+            ..JwtConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn verifies_rs256_ps256_es256_and_es384() {
+        let dir = tempfile::tempdir().unwrap();
+        for alg in [
+            Algorithm::RS256,
+            Algorithm::PS256,
+            Algorithm::ES256,
+            Algorithm::ES384,
+        ] {
+            let issuer = DevIssuer::generate_with(DEFAULT_ISSUER, alg).unwrap();
+            let path = dir.path().join(format!("{alg:?}.json"));
+            std::fs::write(&path, issuer.jwks_json()).unwrap();
+            let v = JwtVerifier::new(&config_with_file(&path), td())
+                .await
+                .unwrap();
+            let mut spec = TokenSpec::new("bookinfo", "reviews");
+            spec.pod = Some(("reviews-1".into(), "uid-1".into(), "node-a".into()));
+            let token = issuer.token(&spec).unwrap();
+            let caller = v
+                .verify(&token)
+                .await
+                .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+            assert_eq!(
+                caller.identity.to_string(),
+                "spiffe://cluster.local/ns/bookinfo/sa/reviews"
+            );
+            assert_eq!(
+                caller.pod,
+                Some(PodRef {
+                    name: "reviews-1".into(),
+                    uid: "uid-1".into(),
+                    node: Some("node-a".into())
+                })
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn identity_from_sub_alone_and_bad_subs() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, issuer.jwks_json()).unwrap();
+        let v = JwtVerifier::new(&config_with_file(&path), td())
+            .await
+            .unwrap();
+        let mut claims = issuer.claims(&TokenSpec::new("a", "b"));
+        claims.as_object_mut().unwrap().remove("kubernetes.io");
+        let caller = v.verify(&issuer.sign(&claims).unwrap()).await.unwrap();
+        assert_eq!(
+            caller.identity.to_string(),
+            "spiffe://cluster.local/ns/a/sa/b"
+        );
+        for sub in [
+            "system:serviceaccount:a",
+            "system:serviceaccount:a:b:c",
+            "system:node:x",
+            "system:serviceaccount:A:b",
+        ] {
+            claims["sub"] = sub.into();
+            let err = v.verify(&issuer.sign(&claims).unwrap()).await.unwrap_err();
+            assert!(matches!(err, AuthnError::Claims(_)), "{sub}: {err}");
+        }
+        claims.as_object_mut().unwrap().remove("sub");
+        assert!(matches!(
+            v.verify(&issuer.sign(&claims).unwrap()).await,
+            Err(AuthnError::Claims(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn not_yet_valid_and_leeway() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, issuer.jwks_json()).unwrap();
+        let v = JwtVerifier::new(&config_with_file(&path), td())
+            .await
+            .unwrap();
+        let mut claims = issuer.claims(&TokenSpec::new("a", "b"));
+        let now = claims["iat"].as_u64().unwrap();
+        claims["nbf"] = (now + 600).into();
+        assert_eq!(
+            v.verify(&issuer.sign(&claims).unwrap()).await.unwrap_err(),
+            AuthnError::NotYetValid
+        );
+        // Expired 10s ago is within the 30s leeway.
+        claims["nbf"] = (now - 100).into();
+        claims["exp"] = (now - 10).into();
+        assert!(v.verify(&issuer.sign(&claims).unwrap()).await.is_ok());
+        claims["exp"] = (now - 120).into();
+        assert_eq!(
+            v.verify(&issuer.sign(&claims).unwrap()).await.unwrap_err(),
+            AuthnError::Expired
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_kid_refetches_at_most_once_per_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let old = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
+        std::fs::write(&path, old.jwks_json()).unwrap();
+        let config = JwtConfig {
+            refetch_interval: Duration::from_secs(3600),
+            ..config_with_file(&path)
+        };
+        let v = JwtVerifier::new(&config, td()).await.unwrap();
+        // Key rotation: the file now has a new key. Startup was the last fetch, so the
+        // rate limit holds the refetch back.
+        let new = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
+        std::fs::write(&path, new.jwks_json()).unwrap();
+        let token = new.token(&TokenSpec::new("a", "b")).unwrap();
+        assert!(matches!(
+            v.verify(&token).await,
+            Err(AuthnError::UnknownKey(Some(_)))
+        ));
+        // Once the interval has passed, the unknown kid triggers one refetch and succeeds.
+        *v.last_fetch.lock().await = Some(Instant::now() - Duration::from_secs(7200));
+        assert!(v.verify(&token).await.is_ok());
+        assert!(matches!(
+            v.verify(&old.token(&TokenSpec::new("a", "b")).unwrap())
+                .await,
+            Err(AuthnError::UnknownKey(_))
+        ));
+    }
+
+    /// OIDC discovery against a loopback HTTP server speaking the Kubernetes API server's
+    /// `/.well-known/openid-configuration` and `/openid/v1/jwks` shapes (no API server can run
+    /// here). Also checks the bearer token is sent.
+    #[tokio::test]
+    async fn oidc_discovery_from_the_issuer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let issuer = DevIssuer::generate(&base).unwrap();
+        let jwks = issuer.jwks_json();
+        let discovery = serde_json::json!({
+            "issuer": base,
+            "jwks_uri": format!("{base}/openid/v1/jwks"),
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+        })
+        .to_string();
+        let seen_auth = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = seen_auth.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap();
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                seen.lock().unwrap().push(
+                    req.to_lowercase()
+                        .contains("authorization: bearer reader-token"),
+                );
+                let body = if req.starts_with("GET /.well-known/openid-configuration") {
+                    discovery.clone()
+                } else if req.starts_with("GET /openid/v1/jwks") {
+                    jwks.clone()
+                } else {
+                    String::new()
+                };
+                let status = if body.is_empty() {
+                    "404 Not Found"
+                } else {
+                    "200 OK"
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                s.write_all(resp.as_bytes()).await.unwrap();
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("reader");
+        std::fs::write(&token_file, "reader-token\n").unwrap();
+        let config = JwtConfig {
+            issuer: base.clone(),
+            bearer_token_file: Some(token_file),
+            ..JwtConfig::default()
+        };
+        let v = JwtVerifier::new(&config, td()).await.unwrap();
+        let caller = v
+            .verify(&issuer.token(&TokenSpec::new("ns1", "sa1")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            caller.identity.to_string(),
+            "spiffe://cluster.local/ns/ns1/sa/sa1"
+        );
+        let seen = seen_auth.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec![true, true],
+            "discovery then JWKS, both with the bearer token"
+        );
+    }
+
+    #[tokio::test]
+    async fn cluster_id_and_bearer_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, issuer.jwks_json()).unwrap();
+        let config = AuthConfig {
+            cluster_id: "Kubernetes".into(),
+            jwt: config_with_file(&path),
+        };
+        let a = Authenticator::new(&config, td()).await.unwrap();
+        let token = format!(" {}\n", issuer.token(&TokenSpec::new("a", "b")).unwrap());
+        let a = &a;
+        let creds = |ids: &'static [&'static str], bearer: Option<&str>| {
+            let bearer = bearer.map(str::to_owned);
+            async move {
+                a.authenticate(Credentials {
+                    bearer: bearer.as_deref(),
+                    cluster_ids: ids,
+                })
+                .await
+            }
+        };
+        assert!(
+            creds(&[], Some(&token)).await.is_ok(),
+            "whitespace around the token is trimmed"
+        );
+        assert!(creds(&[""], Some(&token)).await.is_ok());
+        assert!(creds(&["Kubernetes"], Some(&token)).await.is_ok());
+        assert_eq!(
+            creds(&["remote"], Some(&token)).await.unwrap_err(),
+            AuthnError::UnknownCluster("remote".into())
+        );
+        assert_eq!(
+            creds(&["Kubernetes", "x"], Some(&token)).await.unwrap_err(),
+            AuthnError::AmbiguousCluster
+        );
+        assert_eq!(
+            creds(&[], None).await.unwrap_err(),
+            AuthnError::MissingToken
+        );
+    }
+}

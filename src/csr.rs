@@ -313,3 +313,129 @@ fn oid_registry() -> &'static OidRegistry<'static> {
     static REGISTRY: std::sync::OnceLock<OidRegistry<'static>> = std::sync::OnceLock::new();
     REGISTRY.get_or_init(|| OidRegistry::default().with_all_crypto().with_x509())
 }
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
+
+    use super::*;
+    use crate::client::{Shape, generate_csr, uri_san_extension};
+
+    const ID: &str = "spiffe://cluster.local/ns/default/sa/demo";
+
+    fn policy() -> CsrPolicy {
+        CsrPolicy::new(&CsrConfig::default())
+    }
+
+    fn csr(key: &KeyPair, subject_o: bool, critical: bool) -> String {
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        if subject_o {
+            p.distinguished_name.push(DnType::OrganizationName, "");
+        }
+        p.custom_extensions.push(uri_san_extension(ID, critical));
+        p.serialize_request(key).unwrap().pem().unwrap()
+    }
+
+    #[test]
+    fn both_client_shapes_pass() {
+        let id: SpiffeId = ID.parse().unwrap();
+        let agent = generate_csr(Shape::PilotAgent, &id).unwrap();
+        let v = policy().verify(&agent.csr_pem).unwrap();
+        assert_eq!(v.key(), KeyAlgorithm::Rsa2048);
+        assert_eq!(v.requested(), &id);
+        let zt = generate_csr(Shape::Ztunnel, &id).unwrap();
+        let v = policy().verify(&zt.csr_pem).unwrap();
+        assert_eq!(v.key(), KeyAlgorithm::EcdsaP256);
+        assert_eq!(
+            v.spki_der(),
+            rcgen::PublicKeyData::subject_public_key_info(&zt.key)
+        );
+        // What Vault receives is the verified DER, re-encoded.
+        assert!(v.pem().starts_with("-----BEGIN CERTIFICATE REQUEST-----\n"));
+    }
+
+    #[test]
+    fn critical_and_non_critical_san_with_or_without_o() {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        for (o, crit) in [(true, true), (true, false), (false, true), (false, false)] {
+            let v = policy().verify(&csr(&key, o, crit)).unwrap();
+            assert_eq!(v.key(), KeyAlgorithm::EcdsaP384);
+        }
+    }
+
+    #[test]
+    fn key_allow_list_is_configurable() {
+        let ed = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        assert_eq!(
+            policy().verify(&csr(&ed, false, true)).unwrap_err(),
+            CsrError::KeyNotAllowed("ed25519".into())
+        );
+        let only_ed = CsrPolicy::new(&CsrConfig {
+            allowed_keys: vec![KeyAlgorithm::Ed25519],
+            ..CsrConfig::default()
+        });
+        assert!(only_ed.verify(&csr(&ed, false, true)).is_ok());
+        let p256 = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        assert!(matches!(
+            only_ed.verify(&csr(&p256, false, true)),
+            Err(CsrError::KeyNotAllowed(_))
+        ));
+    }
+
+    #[test]
+    fn pem_edge_cases() {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let one = csr(&key, false, true);
+        assert!(
+            policy().verify(&format!("\n\n{one}\n\n")).is_ok(),
+            "surrounding whitespace is fine"
+        );
+        assert_eq!(
+            policy().verify(&format!("{one}{one}")).unwrap_err(),
+            CsrError::Pem("more than one block".into())
+        );
+        let cert_label = one.replace("CERTIFICATE REQUEST", "CERTIFICATE");
+        assert!(matches!(
+            policy().verify(&cert_label),
+            Err(CsrError::Pem(_))
+        ));
+        let new_label = one.replace("CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST");
+        assert!(matches!(policy().verify(&new_label), Err(CsrError::Pem(_))));
+        assert!(matches!(policy().verify(""), Err(CsrError::Pem(_))));
+        let truncated = format!("{}\n-----END CERTIFICATE REQUEST-----\n", &one[..200]);
+        assert!(policy().verify(&truncated).is_err());
+    }
+
+    #[test]
+    fn other_subject_attributes_and_sans() {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        p.distinguished_name.push(DnType::CountryName, "US");
+        p.custom_extensions.push(uri_san_extension(ID, true));
+        let pem = p.serialize_request(&key).unwrap().pem().unwrap();
+        assert!(matches!(
+            policy().verify(&pem),
+            Err(CsrError::SubjectAttribute(_))
+        ));
+
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        p.subject_alt_names = vec![
+            SanType::URI(ID.try_into().unwrap()),
+            SanType::IpAddress("10.0.0.1".parse().unwrap()),
+        ];
+        let pem = p.serialize_request(&key).unwrap().pem().unwrap();
+        assert_eq!(policy().verify(&pem).unwrap_err(), CsrError::SanType("IP"));
+
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        p.subject_alt_names = vec![SanType::URI("https://example.com/x".try_into().unwrap())];
+        let pem = p.serialize_request(&key).unwrap().pem().unwrap();
+        assert!(matches!(
+            policy().verify(&pem),
+            Err(CsrError::BadUri { .. })
+        ));
+    }
+}
