@@ -179,3 +179,100 @@ pub async fn refresh(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+    use super::*;
+
+    fn root(cn: &str) -> String {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap())
+            .unwrap()
+            .pem()
+    }
+
+    #[test]
+    fn sorted_deduplicated_and_stable() {
+        let (a, b) = (root("a"), root("b"));
+        let ab = TrustBundle::from_pem(format!("{a}{b}{a}").as_bytes()).unwrap();
+        let ba = TrustBundle::from_pem(format!("{b}{a}").as_bytes()).unwrap();
+        assert_eq!(ab.roots().len(), 2);
+        assert_eq!(
+            ab.pem(),
+            ba.pem(),
+            "order of discovery does not change the bytes served"
+        );
+    }
+
+    #[test]
+    fn rejects_non_roots_and_empty() {
+        let ca = CertifiedIssuer::self_signed(
+            {
+                let mut p = CertificateParams::default();
+                p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+                p
+            },
+            KeyPair::generate().unwrap(),
+        )
+        .unwrap();
+        let leaf = CertificateParams::new(vec!["x".to_string()])
+            .unwrap()
+            .signed_by(&KeyPair::generate().unwrap(), &ca)
+            .unwrap()
+            .pem();
+        assert!(matches!(
+            TrustBundle::from_pem(leaf.as_bytes()),
+            Err(BundleError::BadCert(_))
+        ));
+        assert!(matches!(
+            TrustBundle::from_pem(b""),
+            Err(BundleError::Empty)
+        ));
+        // From Vault's issuers, non-roots are skipped rather than refused.
+        let certs = parse_pem_certs(format!("{leaf}{}", ca.pem()).as_bytes()).unwrap();
+        assert_eq!(TrustBundle::from_certs(certs).unwrap().roots().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn refresh_publishes_only_valid_bundles() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("roots.pem");
+        let (a, b) = (root("a"), root("b"));
+        std::fs::write(&path, &a).unwrap();
+        let source = BundleSource::File(path.clone());
+        let shared: SharedBundle = Arc::new(ArcSwap::from_pointee(source.load().await.unwrap()));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(refresh(
+            source,
+            shared.clone(),
+            Duration::from_millis(20),
+            stop_rx,
+        ));
+
+        let wait_for = |n: usize| {
+            let shared = shared.clone();
+            async move {
+                for _ in 0..200 {
+                    if shared.load().roots().len() == n {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("bundle never reached {n} roots");
+            }
+        };
+        std::fs::write(&path, format!("{a}{b}")).unwrap(); // rotation: old + new
+        wait_for(2).await;
+        std::fs::write(&path, "garbage").unwrap(); // a broken file keeps the last good bundle
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(shared.load().roots().len(), 2);
+        std::fs::write(&path, &b).unwrap(); // old root retired
+        wait_for(1).await;
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+    }
+}

@@ -203,3 +203,189 @@ pub fn unix(t: SystemTime) -> i64 {
         Err(e) => -(e.duration().as_secs() as i64),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+        ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    };
+
+    use super::*;
+    use crate::client::{Shape, generate_csr};
+    use crate::config::CsrConfig;
+    use crate::csr::CsrPolicy;
+
+    const ID: &str = "spiffe://cluster.local/ns/default/sa/demo";
+
+    struct Pki {
+        root: CertifiedIssuer<'static, KeyPair>,
+        inter: CertifiedIssuer<'static, KeyPair>,
+    }
+
+    fn ca_params(cn: &str) -> CertificateParams {
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p
+    }
+
+    fn pki() -> Pki {
+        let root =
+            CertifiedIssuer::self_signed(ca_params("root"), KeyPair::generate().unwrap()).unwrap();
+        let inter =
+            CertifiedIssuer::signed_by(ca_params("inter"), KeyPair::generate().unwrap(), &root)
+                .unwrap();
+        Pki { root, inter }
+    }
+
+    /// A leaf in the profile Vault's role produces, for `key`, minus whatever `tweak` changes.
+    fn leaf(pki: &Pki, key: &KeyPair, tweak: impl FnOnce(&mut CertificateParams)) -> String {
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        p.subject_alt_names = vec![SanType::URI(ID.try_into().unwrap())];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = time_from_now(3600);
+        tweak(&mut p);
+        p.signed_by(key, &pki.inter).unwrap().pem()
+    }
+
+    fn time_from_now(secs: i64) -> time::OffsetDateTime {
+        time::OffsetDateTime::now_utc() + time::Duration::seconds(secs)
+    }
+
+    fn run(
+        pki: &Pki,
+        signed_leaf: String,
+        ca_chain: Vec<String>,
+        csr: &VerifiedCsr,
+    ) -> Result<IssuedChain, LeafError> {
+        let bundle = TrustBundle::from_pem(pki.root.pem().as_bytes()).unwrap();
+        let id: SpiffeId = ID.parse().unwrap();
+        let signed = SignedCert {
+            certificate: signed_leaf,
+            ca_chain,
+            serial: String::new(),
+            warnings: vec![],
+        };
+        let now = SystemTime::now();
+        verify_and_assemble(
+            &signed,
+            Expectation {
+                csr,
+                identity: &id,
+                max_not_after: now + Duration::from_secs(7200),
+            },
+            &bundle,
+            now,
+        )
+    }
+
+    fn setup() -> (Pki, crate::client::KeyAndCsr, VerifiedCsr) {
+        let kc = generate_csr(Shape::Ztunnel, &ID.parse().unwrap()).unwrap();
+        let csr = CsrPolicy::new(&CsrConfig::default())
+            .verify(&kc.csr_pem)
+            .unwrap();
+        (pki(), kc, csr)
+    }
+
+    #[test]
+    fn good_leaf_is_laid_out_leaf_intermediate_roots() {
+        let (pki, kc, csr) = setup();
+        // Vault's ca_chain: issuing CA then root; duplicates and the root are dropped.
+        let chain = vec![pki.inter.pem(), pki.root.pem(), pki.inter.pem()];
+        let out = run(&pki, leaf(&pki, &kc.key, |_| {}), chain, &csr).unwrap();
+        assert_eq!(out.elements.len(), 3);
+        assert_eq!(out.elements[1], pki.inter.pem().replace("\r\n", "\n"));
+        assert_eq!(
+            out.elements[2],
+            TrustBundle::from_pem(pki.root.pem().as_bytes())
+                .unwrap()
+                .pem()
+        );
+        assert!(!out.serial.is_empty());
+    }
+
+    #[test]
+    fn every_defect_is_withheld() {
+        let (pki, kc, csr) = setup();
+        let chain = || vec![pki.inter.pem(), pki.root.pem()];
+        let other_key = KeyPair::generate().unwrap();
+        let cases: Vec<(&str, String, fn(&LeafError) -> bool)> = vec![
+            ("other key", leaf(&pki, &other_key, |_| {}), |e| {
+                *e == LeafError::KeyMismatch
+            }),
+            (
+                "extra DNS SAN",
+                leaf(&pki, &kc.key, |p| {
+                    p.subject_alt_names
+                        .push(SanType::DnsName("x.svc".try_into().unwrap()))
+                }),
+                |e| matches!(e, LeafError::SanMismatch { .. }),
+            ),
+            (
+                "other identity",
+                leaf(&pki, &kc.key, |p| {
+                    p.subject_alt_names = vec![SanType::URI(
+                        "spiffe://cluster.local/ns/kube-system/sa/admin"
+                            .try_into()
+                            .unwrap(),
+                    )]
+                }),
+                |e| matches!(e, LeafError::SanMismatch { .. }),
+            ),
+            (
+                "CA leaf",
+                leaf(&pki, &kc.key, |p| {
+                    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained)
+                }),
+                |e| *e == LeafError::IsCa,
+            ),
+            (
+                "client-only EKU",
+                leaf(&pki, &kc.key, |p| {
+                    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth]
+                }),
+                |e| *e == LeafError::ExtendedKeyUsage,
+            ),
+            (
+                "too long",
+                leaf(&pki, &kc.key, |p| p.not_after = time_from_now(30 * 86400)),
+                |e| matches!(e, LeafError::TooLong { .. }),
+            ),
+            (
+                "expired",
+                leaf(&pki, &kc.key, |p| p.not_after = time_from_now(-60)),
+                |e| matches!(e, LeafError::NotValidNow { .. }),
+            ),
+        ];
+        for (name, pem, check) in cases {
+            let err = run(&pki, pem, chain(), &csr).expect_err(name);
+            assert!(check(&err), "{name}: {err}");
+        }
+        // A leaf from a different PKI does not chain to the bundle.
+        let stranger = super::tests::pki();
+        let foreign = leaf(&stranger, &kc.key, |_| {});
+        let err = run(&pki, foreign, vec![stranger.inter.pem()], &csr).unwrap_err();
+        assert!(matches!(err, LeafError::Untrusted(_)), "{err}");
+        // A missing intermediate cannot be bridged.
+        let err = run(&pki, leaf(&pki, &kc.key, |_| {}), vec![], &csr).unwrap_err();
+        assert!(matches!(err, LeafError::Untrusted(_)), "{err}");
+        // Two certificates where one leaf is expected.
+        let two = format!("{}{}", leaf(&pki, &kc.key, |_| {}), pki.inter.pem());
+        assert!(matches!(
+            run(&pki, two, chain(), &csr),
+            Err(LeafError::Parse(_))
+        ));
+    }
+}
