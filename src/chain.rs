@@ -321,7 +321,8 @@ mod tests {
         let (pki, kc, csr) = setup();
         let chain = || vec![pki.inter.pem(), pki.root.pem()];
         let other_key = KeyPair::generate().unwrap();
-        let cases: Vec<(&str, String, fn(&LeafError) -> bool)> = vec![
+        type Case = (&'static str, String, fn(&LeafError) -> bool);
+        let cases: Vec<Case> = vec![
             ("other key", leaf(&pki, &other_key, |_| {}), |e| {
                 *e == LeafError::KeyMismatch
             }),
