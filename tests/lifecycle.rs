@@ -224,3 +224,60 @@ async fn shutdown_drains_in_flight_requests() {
     // After shutdown, nothing listens any more.
     assert!(tokio::net::TcpStream::connect(&env.addr).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_token_file_is_reread_when_it_changes() {
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("token");
+    let env = Env::start_with(|c| {
+        std::fs::copy(c.vault.token_file.as_ref().unwrap(), &token_file).unwrap();
+        c.vault.token_file = Some(token_file.clone());
+        c.vault.token_reload_interval = Duration::from_millis(100);
+    })
+    .await;
+    let demo = id("default", "demo");
+    let opts = env.opts("default", "demo");
+    env.request(Shape::Ztunnel, &demo, &opts)
+        .await
+        .expect("issued with the first token");
+
+    // Rotate: a new token with the same policy, the old one revoked.
+    let new = env
+        .bao
+        .api(
+            "POST",
+            "auth/token/create",
+            serde_json::json!({"policies": ["istio-vault-ca"], "no_default_policy": true, "period": "1h"}),
+        )
+        .await["auth"]["client_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let old = std::fs::read_to_string(&token_file).unwrap();
+    env.bao
+        .api(
+            "POST",
+            "auth/token/revoke",
+            serde_json::json!({"token": old.trim()}),
+        )
+        .await;
+    let err = env.request(Shape::Ztunnel, &demo, &opts).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unavailable,
+        "revoked token: {}",
+        err.message()
+    );
+    assert!(err.message().contains("403"), "{}", err.message());
+
+    std::fs::write(&token_file, format!("{new}\n")).unwrap();
+    let mut ok = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if env.request(Shape::Ztunnel, &demo, &opts).await.is_ok() {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "the new token is picked up without a restart");
+}

@@ -1,0 +1,106 @@
+//! Request logs: one JSON line per request with identity, outcome, code, serial and duration,
+//! and never a token, a CSR or key material (real OpenBao, real TLS).
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use istio_vault_ca::client::{self, CallOptions, Shape};
+use istio_vault_ca::config::{LogConfig, LogFormat};
+use support::{Env, id};
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_json_line_per_request_and_no_secrets() {
+    let capture = Capture::default();
+    let sink = capture.clone();
+    let config = LogConfig {
+        format: LogFormat::Json,
+        level: "info".into(),
+    };
+    istio_vault_ca::telemetry::init_with_writer(&config, move || sink.clone(), false);
+
+    let env = Env::start().await;
+    let demo = id("default", "demo");
+    let opts = env.opts("default", "demo");
+    let token = opts.token.clone().unwrap();
+    let (chain, kc) = env.request(Shape::PilotAgent, &demo, &opts).await.unwrap();
+    let serial = client::inspect_chain(&chain).unwrap().serial;
+
+    let vault_token = std::fs::read_to_string(env.setup_dir.join("vault-token")).unwrap();
+    let mut secrets = vec![token.clone(), kc.key_pem(), kc.csr_pem.clone(), vault_token];
+    let bad = format!("{}x", &token[..token.len() - 1]);
+    secrets.push(bad.clone());
+    env.request(
+        Shape::PilotAgent,
+        &demo,
+        &CallOptions {
+            token: Some(bad),
+            ..opts.clone()
+        },
+    )
+    .await
+    .unwrap_err();
+    let other = client::generate_csr(Shape::Ztunnel, &id("default", "other")).unwrap();
+    secrets.push(other.csr_pem.clone());
+    let req = client::build_request(Shape::Ztunnel, &other.csr_pem, &demo, &opts).unwrap();
+    env.client()
+        .await
+        .create_certificate(req)
+        .await
+        .unwrap_err();
+
+    let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let requests: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "istio_vault_ca::request")
+        .collect();
+    assert_eq!(requests.len(), 3, "{text}");
+    let issued = requests[0];
+    assert_eq!(issued["outcome"], "issued");
+    assert_eq!(issued["code"], "Ok");
+    assert_eq!(issued["identity"], demo.to_string());
+    assert_eq!(issued["serial"], serial);
+    assert!(issued["duration_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        (
+            requests[1]["outcome"].as_str(),
+            requests[1]["code"].as_str(),
+            requests[1]["reason"].as_str()
+        ),
+        (Some("refused"), Some("Unauthenticated"), Some("authn"))
+    );
+    assert_eq!(
+        (requests[2]["code"].as_str(), requests[2]["reason"].as_str()),
+        (Some("PermissionDenied"), Some("authz"))
+    );
+
+    for secret in &secrets {
+        // Any 32-character window of a secret's body would betray it.
+        let body: String = secret.lines().filter(|l| !l.starts_with("-----")).collect();
+        for start in (0..body.len().saturating_sub(32)).step_by(16) {
+            assert!(
+                !text.contains(&body[start..start + 32]),
+                "log contains secret material"
+            );
+        }
+    }
+    assert!(!text.contains("PRIVATE KEY"));
+}
