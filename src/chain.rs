@@ -11,11 +11,11 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::{CertificateDer, UnixTime};
-use webpki::{EndEntityCert, KeyUsage};
+use webpki::EndEntityCert;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::bundle::{TrustBundle, is_self_signed_ca, parse_pem_certs};
+use crate::bundle::{TrustBundle, parse_pem_certs};
 use crate::csr::{VerifiedCsr, pem_encode};
 use crate::identity::SpiffeId;
 use crate::vault::SignedCert;
@@ -82,12 +82,12 @@ pub fn verify_and_assemble(
     };
     let (not_before, not_after, serial) = check_profile(leaf_der, expect, now)?;
 
-    // Candidate intermediates: everything in ca_chain that is neither a root nor the leaf.
+    // Candidate intermediates: everything in ca_chain that is neither a trusted root nor the
+    // leaf. Only certificates on the verified path end up in the response.
     let mut candidates: Vec<CertificateDer<'static>> = Vec::new();
     for pem in &signed.ca_chain {
         for der in parse_pem_certs(pem.as_bytes()).map_err(|e| LeafError::Parse(e.to_string()))? {
-            let root = is_self_signed_ca(&der).map_err(|e| LeafError::Parse(e.to_string()))?;
-            if !root && der != *leaf_der && !candidates.contains(&der) {
+            if !bundle.contains(&der) && der != *leaf_der && !candidates.contains(&der) {
                 candidates.push(der);
             }
         }
@@ -98,26 +98,8 @@ pub fn verify_and_assemble(
     let algs = webpki::ALL_VERIFICATION_ALGS;
     let anchors = bundle.anchors();
     let path = ee
-        .verify_for_usage(
-            algs,
-            anchors,
-            &candidates,
-            time,
-            KeyUsage::server_auth(),
-            None,
-            None,
-        )
+        .verify_for_usage(algs, anchors, &candidates, time, MeshEku, None, None)
         .map_err(|e| LeafError::Untrusted(format!("{e:?}")))?;
-    ee.verify_for_usage(
-        algs,
-        anchors,
-        &candidates,
-        time,
-        KeyUsage::client_auth(),
-        None,
-        None,
-    )
-    .map_err(|e| LeafError::Untrusted(format!("as a client certificate: {e:?}")))?;
 
     let mut elements = Vec::with_capacity(2 + candidates.len());
     elements.push(pem_encode("CERTIFICATE", leaf_der));
@@ -131,6 +113,32 @@ pub fn verify_and_assemble(
         not_before,
         not_after,
     })
+}
+
+/// One path check for both uses of a workload certificate: wherever an EKU extension appears
+/// on the path it must allow serverAuth and clientAuth (the leaf's own EKU is required by
+/// `check_profile`).
+struct MeshEku;
+
+const EKU_SERVER_AUTH: &[u8] = &[0x2b, 6, 1, 5, 5, 7, 3, 1];
+const EKU_CLIENT_AUTH: &[u8] = &[0x2b, 6, 1, 5, 5, 7, 3, 2];
+
+impl webpki::ExtendedKeyUsageValidator for MeshEku {
+    fn validate(&self, iter: webpki::KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
+        let (mut empty, mut server, mut client) = (true, false, false);
+        for id in iter {
+            let id = id?;
+            empty = false;
+            server |= id == webpki::KeyPurposeId::new(EKU_SERVER_AUTH);
+            client |= id == webpki::KeyPurposeId::new(EKU_CLIENT_AUTH);
+        }
+        if empty || (server && client) {
+            Ok(())
+        } else {
+            #[allow(deprecated)] // the context variant cannot be built outside webpki
+            Err(webpki::Error::RequiredEkuNotFound)
+        }
+    }
 }
 
 /// Checks the leaf's own fields; returns (NotBefore, NotAfter, serial).

@@ -95,7 +95,10 @@ async fn one_json_line_per_request_and_no_secrets() {
     for secret in &secrets {
         // Any 32-character window of a secret's body would betray it.
         let body: String = secret.lines().filter(|l| !l.starts_with("-----")).collect();
-        assert!(body.len() >= 16 && !text.contains(body.trim()), "log contains a secret");
+        assert!(
+            body.len() >= 16 && !text.contains(body.trim()),
+            "log contains a secret"
+        );
         for start in (0..body.len().saturating_sub(32)).step_by(16) {
             assert!(
                 !text.contains(&body[start..start + 32]),
