@@ -12,7 +12,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::authn::{AuthnError, Credentials};
 use crate::pb::istio_certificate_service_server::IstioCertificateService;
 use crate::pb::{IstioCertificateRequest, IstioCertificateResponse};
-use crate::signer::{CertificateRequest, IssueError, Signer};
+use crate::signer::{CertificateRequest, IssueError, Refusal, Signer};
 use crate::vault::VaultError;
 
 /// Metadata key ztunnel uses to ask for another workload's identity.
@@ -69,7 +69,10 @@ impl IstioCertificateService for CaService {
         let result = match tokio::time::timeout(self.request_timeout, self.signer.issue(req)).await
         {
             Ok(r) => r,
-            Err(_) => Err(IssueError::Vault(VaultError::Timeout(self.request_timeout))),
+            Err(_) => Err(Refusal {
+                caller: None,
+                error: IssueError::Vault(VaultError::Timeout(self.request_timeout)),
+            }),
         };
         let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
         let cluster = cluster_ids.first().copied().unwrap_or("");
@@ -94,10 +97,12 @@ impl IstioCertificateService for CaService {
                     cert_chain: issued.chain.elements,
                 }))
             }
-            Err(err) => {
+            Err(Refusal { caller, error: err }) => {
                 let status = to_status(&err);
+                let caller = caller.map(|c| c.to_string());
                 tracing::info!(
                     target: "istio_vault_ca::request",
+                    caller = caller.as_deref().unwrap_or("-"),
                     cluster,
                     outcome = "refused",
                     code = ?status.code(),

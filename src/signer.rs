@@ -67,6 +67,13 @@ impl IssueError {
     }
 }
 
+/// A refused request: why, and who was asking if that had been established.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub caller: Option<SpiffeId>,
+    pub error: IssueError,
+}
+
 /// One certificate request, as received.
 #[derive(Debug, Clone, Copy)]
 pub struct CertificateRequest<'a> {
@@ -135,8 +142,28 @@ pub struct Signer {
 
 impl Signer {
     /// Runs the whole pipeline for one request.
-    pub async fn issue(&self, req: CertificateRequest<'_>) -> Result<Issued, IssueError> {
-        let caller = self.authn.authenticate(req.credentials).await?;
+    pub async fn issue(&self, req: CertificateRequest<'_>) -> Result<Issued, Refusal> {
+        let caller = self
+            .authn
+            .authenticate(req.credentials)
+            .await
+            .map_err(|e| Refusal {
+                caller: None,
+                error: e.into(),
+            })?;
+        let who = caller.identity.clone();
+        self.issue_for(caller, req).await.map_err(|error| Refusal {
+            caller: Some(who),
+            error,
+        })
+    }
+
+    /// Everything after authentication.
+    async fn issue_for(
+        &self,
+        caller: Caller,
+        req: CertificateRequest<'_>,
+    ) -> Result<Issued, IssueError> {
         let identity = authorize(&caller, req.impersonated_identity)?;
         let csr = self.csr_policy.verify(req.csr_pem)?;
         if *csr.requested() != identity {

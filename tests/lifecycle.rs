@@ -281,3 +281,21 @@ async fn vault_token_file_is_reread_when_it_changes() {
     }
     assert!(ok, "the new token is picked up without a restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_optional_when_a_client_ca_is_configured() {
+    let env = Env::start_with(|c| {
+        c.server.client_ca_file = Some(
+            c.server
+                .cert_file
+                .clone()
+                .unwrap()
+                .with_file_name("root-cert.pem"),
+        );
+    })
+    .await;
+    let demo = id("default", "demo");
+    env.request(Shape::PilotAgent, &demo, &env.opts("default", "demo"))
+        .await
+        .expect("a token-only client without a certificate is served (verify-if-given)");
+}
