@@ -452,6 +452,18 @@ mod tests {
         }
     }
 
+    /// A new ES256 issuer and a verifier trusting its JWKS file.
+    async fn es256_verifier() -> (tempfile::TempDir, DevIssuer, JwtVerifier) {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, issuer.jwks_json()).unwrap();
+        let v = JwtVerifier::new(&config_with_file(&path), td())
+            .await
+            .unwrap();
+        (dir, issuer, v)
+    }
+
     #[tokio::test]
     async fn verifies_rs256_ps256_es256_and_es384() {
         let dir = tempfile::tempdir().unwrap();
@@ -491,13 +503,7 @@ mod tests {
 
     #[tokio::test]
     async fn identity_from_sub_alone_and_bad_subs() {
-        let dir = tempfile::tempdir().unwrap();
-        let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
-        let path = dir.path().join("jwks.json");
-        std::fs::write(&path, issuer.jwks_json()).unwrap();
-        let v = JwtVerifier::new(&config_with_file(&path), td())
-            .await
-            .unwrap();
+        let (_dir, issuer, v) = es256_verifier().await;
         let mut claims = issuer.claims(&TokenSpec::new("a", "b"));
         claims.as_object_mut().unwrap().remove("kubernetes.io");
         let caller = v.verify(&issuer.sign(&claims).unwrap()).await.unwrap();
@@ -524,13 +530,7 @@ mod tests {
 
     #[tokio::test]
     async fn not_yet_valid_and_leeway() {
-        let dir = tempfile::tempdir().unwrap();
-        let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
-        let path = dir.path().join("jwks.json");
-        std::fs::write(&path, issuer.jwks_json()).unwrap();
-        let v = JwtVerifier::new(&config_with_file(&path), td())
-            .await
-            .unwrap();
+        let (_dir, issuer, v) = es256_verifier().await;
         let mut claims = issuer.claims(&TokenSpec::new("a", "b"));
         let now = claims["iat"].as_u64().unwrap();
         claims["nbf"] = (now + 600).into();

@@ -156,16 +156,11 @@ pub async fn refresh(
     source: BundleSource,
     shared: SharedBundle,
     interval: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await; // the first tick is immediate; the bundle was loaded at start-up
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
+    let mut ticker = crate::periodic::Ticker::new(interval, shutdown);
+    ticker.tick().await; // the first tick is immediate; the bundle was loaded at start-up
+    while ticker.tick().await {
         match source.load().await {
             Ok(new) => {
                 if new.pem() != shared.load().pem() {

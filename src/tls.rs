@@ -131,19 +131,14 @@ impl ServingCert {
     pub async fn watch(
         self: Arc<Self>,
         interval: Duration,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut last = match (read(&self.cert_path), read(&self.key_path)) {
             (Ok(c), Ok(k)) => Some((c, k)),
             _ => None,
         };
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
-            }
+        let mut ticker = crate::periodic::Ticker::new(interval, shutdown);
+        while ticker.tick().await {
             match self.reload(&mut last) {
                 Ok(true) => {
                     tracing::info!(cert = %self.cert_path.display(), "reloaded serving certificate")

@@ -254,19 +254,14 @@ impl VaultClient {
     pub async fn watch_token(
         self,
         source: TokenSource,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         let TokenSource::File { path, interval } = source else {
             return;
         };
         let mut last = std::fs::read(&path).ok();
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
-            }
+        let mut ticker = crate::periodic::Ticker::new(interval, shutdown);
+        while ticker.tick().await {
             let now = std::fs::read(&path).ok();
             if now == last {
                 continue;
