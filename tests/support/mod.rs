@@ -60,26 +60,32 @@ pub struct OpenBao {
 
 impl OpenBao {
     pub async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port_pair();
-        let mut bao = Self {
-            child: None,
-            port,
-            addr: format!("http://127.0.0.1:{port}"),
-            root_token: format!("root-{port}"),
-            dir,
-        };
-        std::fs::write(
-            bao.dir.path().join("audit.hcl"),
-            format!(
-                "audit \"file\" \"test\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
-                bao.audit_log().display()
-            ),
-        )
-        .unwrap();
-        bao.spawn();
-        bao.wait_healthy().await;
-        bao
+        // The chosen port can be taken by someone else before OpenBao binds it: retry on a
+        // fresh port when the server exits early.
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port_pair();
+            let mut bao = Self {
+                child: None,
+                port,
+                addr: format!("http://127.0.0.1:{port}"),
+                root_token: format!("root-{port}"),
+                dir,
+            };
+            std::fs::write(
+                bao.dir.path().join("audit.hcl"),
+                format!(
+                    "audit \"file\" \"test\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
+                    bao.audit_log().display()
+                ),
+            )
+            .unwrap();
+            bao.spawn();
+            if bao.wait_healthy().await {
+                return bao;
+            }
+        }
+        panic!("OpenBao did not start after 3 attempts");
     }
 
     fn spawn(&mut self) {
@@ -100,14 +106,20 @@ impl OpenBao {
         self.child = Some(child);
     }
 
-    async fn wait_healthy(&self) {
+    /// True once `sys/health` answers; false if the server exited (e.g. its port was taken).
+    async fn wait_healthy(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(30);
         let url = format!("{}/v1/sys/health", self.addr);
         while Instant::now() < deadline {
             if let Ok(r) = http().get(&url).send().await
                 && r.status().is_success()
             {
-                return;
+                return true;
+            }
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                let log = std::fs::read_to_string(self.dir.path().join("openbao.log"));
+                eprintln!("OpenBao exited early: {}", log.unwrap_or_default());
+                return false;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
