@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::csr::CsrPolicy;
 use crate::pb::istio_certificate_service_server::IstioCertificateServiceServer;
 use crate::server::CaService;
-use crate::signer::{Signer, TtlPolicy};
+use crate::signer::{Admission, Signer, TtlPolicy};
 use crate::tls::{self, ServingCert};
 use crate::vault::{TokenSource, VaultClient};
 
@@ -78,6 +78,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .context("authenticator")?;
     let signer = Arc::new(Signer {
+        admission: Admission::new(config.server.max_in_flight, config.server.queue_timeout),
         authn,
         csr_policy: CsrPolicy::new(&config.csr),
         ttl: TtlPolicy::new(&config.ttl),

@@ -95,6 +95,11 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT: how long in-flight requests may take before the process exits.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// Requests processed at once (size it to what Vault sustains); more wait in a queue.
+    pub max_in_flight: usize,
+    /// How long a request may wait for a slot before it is shed with `ResourceExhausted`.
+    #[serde(with = "duration")]
+    pub queue_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +113,8 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(20),
+            max_in_flight: 256,
+            queue_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -408,6 +415,12 @@ impl Config {
                 "auth.jwt.issuer"
             };
             check_http_url(key, url)?;
+        }
+        if self.server.max_in_flight == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_in_flight",
+                "must be at least 1",
+            ));
         }
         if self.csr.allowed_keys.is_empty() {
             return Err(ConfigError::invalid(

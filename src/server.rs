@@ -155,6 +155,7 @@ pub fn to_status(err: &IssueError) -> Status {
         IssueError::Vault(e) => {
             Status::unavailable(format!("certificate authority unavailable: {e}"))
         }
+        IssueError::Overloaded(_) => Status::resource_exhausted(err.to_string()),
         IssueError::Leaf(crate::chain::LeafError::Untrusted(_)) => Status::unavailable(
             "issued certificate does not chain to the current trust bundle; retry later",
         ),

@@ -50,6 +50,8 @@ pub enum IssueError {
     Vault(#[from] VaultError),
     #[error(transparent)]
     Leaf(#[from] LeafError),
+    #[error("signer is overloaded: no slot within {0:?}; retry later")]
+    Overloaded(Duration),
 }
 
 impl IssueError {
@@ -63,6 +65,7 @@ impl IssueError {
             Self::Ttl(_) => "ttl",
             Self::Vault(_) => "vault",
             Self::Leaf(_) => "leaf-verification",
+            Self::Overloaded(_) => "overloaded",
         }
     }
 }
@@ -131,8 +134,32 @@ impl TtlPolicy {
     }
 }
 
+/// Bounds the requests processed at once; the rest queue for at most `queue_timeout`.
+pub struct Admission {
+    slots: tokio::sync::Semaphore,
+    queue_timeout: Duration,
+}
+
+impl Admission {
+    pub fn new(max_in_flight: usize, queue_timeout: Duration) -> Self {
+        Self {
+            slots: tokio::sync::Semaphore::new(max_in_flight),
+            queue_timeout,
+        }
+    }
+
+    async fn enter(&self) -> Result<tokio::sync::SemaphorePermit<'_>, IssueError> {
+        match tokio::time::timeout(self.queue_timeout, self.slots.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; treat it like a full queue if it ever were.
+            Ok(Err(_)) | Err(_) => Err(IssueError::Overloaded(self.queue_timeout)),
+        }
+    }
+}
+
 /// Everything needed to decide on and fulfil a request.
 pub struct Signer {
+    pub admission: Admission,
     pub authn: Authenticator,
     pub csr_policy: CsrPolicy,
     pub ttl: TtlPolicy,
@@ -143,6 +170,10 @@ pub struct Signer {
 impl Signer {
     /// Runs the whole pipeline for one request.
     pub async fn issue(&self, req: CertificateRequest<'_>) -> Result<Issued, Refusal> {
+        let _slot = self.admission.enter().await.map_err(|error| Refusal {
+            caller: None,
+            error,
+        })?;
         let caller = self
             .authn
             .authenticate(req.credentials)

@@ -299,3 +299,41 @@ async fn client_certificates_are_optional_when_a_client_ca_is_configured() {
         .await
         .expect("a token-only client without a certificate is served (verify-if-given)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_shed_with_resource_exhausted() {
+    // One slot, a 200 ms queue, and a Vault slowed to ~0.5 s per request by a proxy: of four
+    // simultaneous requests, the first is served and those that cannot get a slot in time are
+    // shed before any work is done.
+    let mut env = Env::start().await;
+    env.shutdown().await;
+    let slow = support::delaying_proxy(
+        Some(env.bao.addr.trim_start_matches("http://").to_owned()),
+        Duration::from_millis(500),
+    )
+    .await;
+    let mut config = env.config.clone();
+    config.vault.addr = slow;
+    config.vault.timeout = Duration::from_secs(5);
+    config.bundle.file = Some(env.setup_dir.join("tls/root-cert.pem"));
+    config.server.max_in_flight = 1;
+    config.server.queue_timeout = Duration::from_millis(200);
+    let signer = istio_vault_ca::app::start(config).await.unwrap();
+    env.addr = format!("127.0.0.1:{}", signer.local_addr().port());
+
+    let demo = id("default", "demo");
+    let opts = env.opts("default", "demo");
+    let call = || env.request(Shape::Ztunnel, &demo, &opts);
+    let (a, b, c, d) = tokio::join!(call(), call(), call(), call());
+    let results = [a, b, c, d];
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let shed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(ok >= 1, "at least one request is served");
+    assert!(!shed.is_empty(), "some requests are shed");
+    for s in &shed {
+        assert_eq!(s.code(), Code::ResourceExhausted, "{}", s.message());
+        assert!(s.message().contains("overloaded"), "{}", s.message());
+    }
+    assert_eq!(env.bao.sign_calls(), ok, "shed requests never reach Vault");
+    signer.shutdown().await.unwrap();
+}
