@@ -6,15 +6,21 @@
 use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use istio_vault_ca::authn::JwtVerifier;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use istio_vault_ca::authn::{Authenticator, Credentials, JwtVerifier};
 use istio_vault_ca::bundle::TrustBundle;
-use istio_vault_ca::chain::{self, Expectation};
+use istio_vault_ca::chain::{self, Expectation, PathCache};
 use istio_vault_ca::client::{Shape, generate_csr};
+use istio_vault_ca::config::Config;
 use istio_vault_ca::config::{CsrConfig, JwtConfig};
 use istio_vault_ca::csr::CsrPolicy;
 use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
 use istio_vault_ca::identity::{SpiffeId, TrustDomain};
+use istio_vault_ca::signer::{Admission, CertificateRequest, Signer, TtlPolicy};
 use istio_vault_ca::vault::SignedCert;
+use istio_vault_ca::vault::{TokenSource, VaultClient, VaultToken};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
@@ -58,7 +64,8 @@ fn jwt(c: &mut Criterion) {
     }
 }
 
-fn leaf(c: &mut Criterion) {
+/// A local root → intermediate PKI and a leaf for `kc`'s key, as Vault would return it.
+fn canned(kc: &istio_vault_ca::client::KeyAndCsr, id: &SpiffeId) -> (SignedCert, String) {
     let ca = |name: &str| {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.distinguished_name.push(rcgen::DnType::CommonName, name);
@@ -68,11 +75,6 @@ fn leaf(c: &mut Criterion) {
     let root = CertifiedIssuer::self_signed(ca("root"), KeyPair::generate().unwrap()).unwrap();
     let inter =
         CertifiedIssuer::signed_by(ca("inter"), KeyPair::generate().unwrap(), &root).unwrap();
-    let id: SpiffeId = "spiffe://cluster.local/ns/default/sa/demo".parse().unwrap();
-    let kc = generate_csr(Shape::Ztunnel, &id).unwrap();
-    let csr = CsrPolicy::new(&CsrConfig::default())
-        .verify(&kc.csr_pem)
-        .unwrap();
     let mut p = CertificateParams::default();
     p.distinguished_name = DistinguishedName::new();
     p.subject_alt_names = vec![SanType::URI(id.to_string().try_into().unwrap())];
@@ -87,19 +89,97 @@ fn leaf(c: &mut Criterion) {
         serial: String::new(),
         warnings: vec![],
     };
-    let bundle = TrustBundle::from_pem(root.pem().as_bytes()).unwrap();
-    c.bench_function("leaf_verify_and_assemble", |b| {
-        b.iter(|| {
-            let now = SystemTime::now();
-            let expect = Expectation {
-                csr: &csr,
-                identity: &id,
-                max_not_after: now + Duration::from_secs(7200),
-            };
-            chain::verify_and_assemble(&signed, expect, &bundle, now).unwrap()
-        })
-    });
+    (signed, root.pem())
 }
 
-criterion_group!(benches, csr, jwt, leaf);
+fn leaf(c: &mut Criterion) {
+    let id: SpiffeId = "spiffe://cluster.local/ns/default/sa/demo".parse().unwrap();
+    let kc = generate_csr(Shape::Ztunnel, &id).unwrap();
+    let csr = CsrPolicy::new(&CsrConfig::default())
+        .verify(&kc.csr_pem)
+        .unwrap();
+    let (signed, root) = canned(&kc, &id);
+    let bundle = Arc::new(TrustBundle::from_pem(root.as_bytes()).unwrap());
+    let warm = PathCache::default();
+    for (name, cached) in [
+        ("leaf_verify_and_assemble/full_path", false),
+        ("leaf_verify_and_assemble/cached_path", true),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let now = SystemTime::now();
+                let expect = Expectation {
+                    csr: &csr,
+                    identity: &id,
+                    max_not_after: now + Duration::from_secs(7200),
+                };
+                let cold = PathCache::default();
+                let paths = if cached { &warm } else { &cold };
+                chain::verify_and_assemble(&signed, expect, &bundle, paths, now).unwrap()
+            })
+        });
+    }
+}
+
+/// The whole handler minus Vault: authenticate (RS256, as Kubernetes signs), authorize, CSR
+/// policy, TTL, leaf verification and chain assembly against a canned Vault answer.
+fn handler(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = DevIssuer::generate_with(DEFAULT_ISSUER, jsonwebtoken::Algorithm::RS256).unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, issuer.jwks_json()).unwrap();
+    let mut config = Config::default();
+    config.auth.jwt.jwks_file = Some(jwks);
+    config.vault.token_file = None;
+    let td = TrustDomain::new("cluster.local").unwrap();
+    for shape in [Shape::Ztunnel, Shape::PilotAgent] {
+        let id: SpiffeId = "spiffe://cluster.local/ns/default/sa/demo".parse().unwrap();
+        let kc = generate_csr(shape, &id).unwrap();
+        let (signed, root) = canned(&kc, &id);
+        let token = issuer.token(&TokenSpec::new("default", "demo")).unwrap();
+        let vault = VaultClient::new(
+            &config.vault,
+            &TokenSource::Static(VaultToken::new("unused").unwrap()),
+        )
+        .unwrap();
+        let signer = Signer {
+            admission: Admission::new(1, Duration::from_secs(1)),
+            authn: rt
+                .block_on(Authenticator::new(&config.auth, td.clone()))
+                .unwrap(),
+            csr_policy: CsrPolicy::new(&config.csr),
+            ttl: TtlPolicy::new(&config.ttl),
+            vault,
+            bundle: Arc::new(ArcSwap::from_pointee(
+                TrustBundle::from_pem(root.as_bytes()).unwrap(),
+            )),
+            paths: PathCache::default(),
+        };
+        let ids = ["Kubernetes"];
+        let req = CertificateRequest {
+            credentials: Credentials {
+                bearer: Some(&token),
+                cluster_ids: &ids,
+            },
+            csr_pem: &kc.csr_pem,
+            validity_seconds: 86400,
+            impersonated_identity: None,
+        };
+        c.bench_function(&format!("handler_without_vault/{shape:?}"), |b| {
+            b.iter(|| {
+                let caller = rt
+                    .block_on(signer.authn.authenticate(req.credentials))
+                    .unwrap();
+                let approved = signer.approve(caller, &req).unwrap();
+                signer.finish(approved, &signed, SystemTime::now()).unwrap()
+            })
+        });
+    }
+}
+
+criterion_group!(benches, csr, jwt, leaf, handler);
 criterion_main!(benches);

@@ -84,6 +84,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ttl: TtlPolicy::new(&config.ttl),
         vault: vault.clone(),
         bundle: shared_bundle.clone(),
+        paths: Default::default(),
     });
 
     let (cert_file, key_file) = (

@@ -8,6 +8,7 @@
 //! The response is `[leaf, intermediates on the verified path..., all roots]`: one PEM per
 //! element except the last, no duplicates, the root bundle byte-identical across calls.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::{CertificateDer, UnixTime};
@@ -66,10 +67,15 @@ pub struct Expectation<'a> {
 }
 
 /// Verifies Vault's answer against `expect` and `bundle`, then assembles the chain.
+///
+/// The issuing path above the leaf is verified once per bundle and cached in `paths`; each
+/// request still verifies the leaf itself (signature, validity, EKU and the issuer's name
+/// constraints) with webpki.
 pub fn verify_and_assemble(
     signed: &SignedCert,
     expect: Expectation<'_>,
-    bundle: &TrustBundle,
+    bundle: &Arc<TrustBundle>,
+    paths: &PathCache,
     now: SystemTime,
 ) -> Result<IssuedChain, LeafError> {
     let leaf_certs = parse_pem_certs(signed.certificate.as_bytes())
@@ -96,16 +102,48 @@ pub fn verify_and_assemble(
     let ee = EndEntityCert::try_from(leaf_der).map_err(|e| LeafError::Untrusted(e.to_string()))?;
     let time = UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO));
     let algs = webpki::ALL_VERIFICATION_ALGS;
-    let anchors = bundle.anchors();
-    let path = ee
-        .verify_for_usage(algs, anchors, &candidates, time, MeshEku, None, None)
-        .map_err(|e| LeafError::Untrusted(format!("{e:?}")))?;
+    let cached = paths
+        .lookup(candidates.first(), bundle, unix(now))
+        .filter(|hit| {
+            ee.verify_for_usage(
+                algs,
+                std::slice::from_ref(&hit.anchor),
+                &[],
+                time,
+                MeshEku,
+                None,
+                None,
+            )
+            .is_ok()
+        });
+    let intermediates = match cached {
+        Some(hit) => hit.elements,
+        None => {
+            let path = ee
+                .verify_for_usage(
+                    algs,
+                    bundle.anchors(),
+                    &candidates,
+                    time,
+                    MeshEku,
+                    None,
+                    None,
+                )
+                .map_err(|e| LeafError::Untrusted(format!("{e:?}")))?;
+            let path: Vec<CertificateDer<'static>> = path
+                .intermediate_certificates()
+                .map(|c| c.der().into_owned())
+                .collect();
+            let elements: Arc<[String]> =
+                path.iter().map(|c| pem_encode("CERTIFICATE", c)).collect();
+            paths.insert(&path, elements.clone(), bundle);
+            elements
+        }
+    };
 
-    let mut elements = Vec::with_capacity(2 + candidates.len());
+    let mut elements = Vec::with_capacity(2 + intermediates.len());
     elements.push(pem_encode("CERTIFICATE", leaf_der));
-    for inter in path.intermediate_certificates() {
-        elements.push(pem_encode("CERTIFICATE", &inter.der()));
-    }
+    elements.extend(intermediates.iter().cloned());
     elements.push(bundle.pem().to_owned());
     Ok(IssuedChain {
         elements,
@@ -113,6 +151,98 @@ pub fn verify_and_assemble(
         not_before,
         not_after,
     })
+}
+
+/// Issuing paths (issuing CA up to a root of one bundle) that were fully verified, so each
+/// request only verifies the leaf against its issuer. An entry is used only with the bundle
+/// it was verified against and until the first certificate on its path expires. Paths whose
+/// upper certificates carry name constraints are never cached: those constraints apply to
+/// the leaf and are only checked by a full path verification.
+#[derive(Default)]
+pub struct PathCache {
+    entries: std::sync::RwLock<Vec<CachedPath>>,
+}
+
+/// Mesh CAs rotate rarely; a few entries cover old and new issuers during a rotation.
+const MAX_CACHED_PATHS: usize = 8;
+
+#[derive(Clone)]
+struct CachedPath {
+    issuer: CertificateDer<'static>,
+    anchor: rustls_pki_types::TrustAnchor<'static>,
+    elements: Arc<[String]>,
+    bundle: Arc<TrustBundle>,
+    valid_until: i64,
+}
+
+impl PathCache {
+    fn lookup(
+        &self,
+        issuer: Option<&CertificateDer<'static>>,
+        bundle: &Arc<TrustBundle>,
+        now: i64,
+    ) -> Option<CachedPath> {
+        let issuer = issuer?;
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries
+            .iter()
+            .find(|e| e.issuer == *issuer && Arc::ptr_eq(&e.bundle, bundle) && now < e.valid_until)
+            .cloned()
+    }
+
+    /// Caches a verified path (issuing CA first), unless it must not be cached.
+    fn insert(
+        &self,
+        path: &[CertificateDer<'static>],
+        elements: Arc<[String]>,
+        bundle: &Arc<TrustBundle>,
+    ) {
+        let Some(issuer) = path.first() else {
+            return; // issued directly by a root: nothing to cache
+        };
+        let Ok(anchor) = webpki::anchor_from_trusted_cert(issuer) else {
+            return;
+        };
+        let mut valid_until = i64::MAX;
+        for (i, der) in path.iter().enumerate() {
+            let Ok((_, cert)) = X509Certificate::from_der(der) else {
+                return;
+            };
+            if i > 0 && !matches!(cert.name_constraints(), Ok(None)) {
+                return;
+            }
+            valid_until = valid_until.min(cert.validity().not_after.timestamp());
+        }
+        // The root above the path must not constrain names either.
+        let last = path.last().expect("non-empty");
+        let Ok((_, top)) = X509Certificate::from_der(last) else {
+            return;
+        };
+        for root in bundle.roots() {
+            let Ok((_, r)) = X509Certificate::from_der(root) else {
+                return;
+            };
+            if r.subject() == top.issuer() {
+                if !matches!(r.name_constraints(), Ok(None)) {
+                    return;
+                }
+                valid_until = valid_until.min(r.validity().not_after.timestamp());
+            }
+        }
+        let entry = CachedPath {
+            issuer: issuer.clone(),
+            anchor: anchor.to_owned(),
+            elements,
+            bundle: bundle.clone(),
+            valid_until,
+        };
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|e| Arc::ptr_eq(&e.bundle, bundle) && e.issuer != entry.issuer);
+        if entries.len() >= MAX_CACHED_PATHS {
+            entries.remove(0);
+        }
+        entries.push(entry);
+    }
 }
 
 /// One path check for both uses of a workload certificate: wherever an EKU extension appears
@@ -278,7 +408,7 @@ mod tests {
         ca_chain: Vec<String>,
         csr: &VerifiedCsr,
     ) -> Result<IssuedChain, LeafError> {
-        let bundle = TrustBundle::from_pem(pki.root.pem().as_bytes()).unwrap();
+        let bundle = Arc::new(TrustBundle::from_pem(pki.root.pem().as_bytes()).unwrap());
         let id: SpiffeId = ID.parse().unwrap();
         let signed = SignedCert {
             certificate: signed_leaf,
@@ -295,6 +425,7 @@ mod tests {
                 max_not_after: now + Duration::from_secs(7200),
             },
             &bundle,
+            &PathCache::default(),
             now,
         )
     }
@@ -396,5 +527,93 @@ mod tests {
             run(&pki, two, chain(), &csr),
             Err(LeafError::Parse(_))
         ));
+    }
+
+    #[test]
+    fn cached_paths_are_exact_and_never_bypass_checks() {
+        let (pki, kc, csr) = setup();
+        let bundle = Arc::new(TrustBundle::from_pem(pki.root.pem().as_bytes()).unwrap());
+        let id: SpiffeId = ID.parse().unwrap();
+        let paths = PathCache::default();
+        let now = SystemTime::now();
+        let expect = Expectation {
+            csr: &csr,
+            identity: &id,
+            max_not_after: now + Duration::from_secs(7200),
+        };
+        let signed = |leaf: String| SignedCert {
+            certificate: leaf,
+            ca_chain: vec![pki.inter.pem(), pki.root.pem()],
+            serial: String::new(),
+            warnings: vec![],
+        };
+        let first = verify_and_assemble(
+            &signed(leaf(&pki, &kc.key, |_| {})),
+            expect,
+            &bundle,
+            &paths,
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            paths.entries.read().unwrap().len(),
+            1,
+            "the verified path is cached"
+        );
+        let second = verify_and_assemble(
+            &signed(leaf(&pki, &kc.key, |_| {})),
+            expect,
+            &bundle,
+            &paths,
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            first.elements[1..],
+            second.elements[1..],
+            "cached path gives the same chain"
+        );
+
+        // A leaf signed by another CA while claiming the cached issuer's chain is refused.
+        let stranger = super::tests::pki();
+        let forged = signed(leaf(&stranger, &kc.key, |_| {}));
+        assert!(matches!(
+            verify_and_assemble(&forged, expect, &bundle, &paths, now),
+            Err(LeafError::Untrusted(_))
+        ));
+        // Profile checks run before the cache is consulted.
+        let two_sans = signed(leaf(&pki, &kc.key, |p| {
+            p.subject_alt_names
+                .push(SanType::DnsName("x.svc".try_into().unwrap()))
+        }));
+        assert!(matches!(
+            verify_and_assemble(&two_sans, expect, &bundle, &paths, now),
+            Err(LeafError::SanMismatch { .. })
+        ));
+        // A new bundle (e.g. the root was removed) is never served from the old bundle's entry.
+        let other_bundle = Arc::new(TrustBundle::from_pem(stranger.root.pem().as_bytes()).unwrap());
+        assert!(matches!(
+            verify_and_assemble(
+                &signed(leaf(&pki, &kc.key, |_| {})),
+                expect,
+                &other_bundle,
+                &paths,
+                now
+            ),
+            Err(LeafError::Untrusted(_))
+        ));
+        // Entries expire with the first certificate on their path.
+        let later = now + Duration::from_secs(3000 * 365 * 86400); // rcgen CAs last until 4096
+        assert!(
+            paths
+                .lookup(Some(&first_intermediate(&first)), &bundle, unix(later))
+                .is_none()
+        );
+    }
+
+    fn first_intermediate(chain: &IssuedChain) -> CertificateDer<'static> {
+        parse_pem_certs(chain.elements[1].as_bytes())
+            .unwrap()
+            .remove(0)
     }
 }

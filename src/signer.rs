@@ -8,11 +8,11 @@ use std::time::{Duration, SystemTime};
 
 use crate::authn::{Authenticator, AuthnError, Caller, Credentials};
 use crate::bundle::SharedBundle;
-use crate::chain::{self, Expectation, IssuedChain, LeafError};
+use crate::chain::{self, Expectation, IssuedChain, LeafError, PathCache};
 use crate::config::{OverMax, TtlConfig};
-use crate::csr::{CsrError, CsrPolicy};
+use crate::csr::{CsrError, CsrPolicy, VerifiedCsr};
 use crate::identity::SpiffeId;
-use crate::vault::{VaultClient, VaultError};
+use crate::vault::{SignedCert, VaultClient, VaultError};
 
 /// Slack allowed between the TTL asked of Vault and the leaf's NotAfter (clock skew, rounding).
 const NOT_AFTER_SLACK: Duration = Duration::from_secs(300);
@@ -86,6 +86,17 @@ pub struct CertificateRequest<'a> {
     pub validity_seconds: i64,
     /// `metadata["ImpersonatedIdentity"]`, if sent.
     pub impersonated_identity: Option<&'a str>,
+}
+
+/// A request that passed every local check: what to ask Vault for.
+#[derive(Debug, Clone)]
+pub struct Approved {
+    pub caller: Caller,
+    pub identity: SpiffeId,
+    pub csr: VerifiedCsr,
+    pub ttl: Duration,
+    /// Whether policy shortened the requested TTL.
+    pub clamped: bool,
 }
 
 /// A successful issuance.
@@ -165,6 +176,8 @@ pub struct Signer {
     pub ttl: TtlPolicy,
     pub vault: VaultClient,
     pub bundle: SharedBundle,
+    /// Issuing paths already verified against the current bundle.
+    pub paths: PathCache,
 }
 
 impl Signer {
@@ -195,6 +208,20 @@ impl Signer {
         caller: Caller,
         req: CertificateRequest<'_>,
     ) -> Result<Issued, IssueError> {
+        let approved = self.approve(caller, &req)?;
+        let signed = self
+            .vault
+            .sign(approved.csr.pem(), &approved.identity, approved.ttl)
+            .await?;
+        self.finish(approved, &signed, SystemTime::now())
+    }
+
+    /// The local checks after authentication: authorization, CSR policy, TTL policy.
+    pub fn approve(
+        &self,
+        caller: Caller,
+        req: &CertificateRequest<'_>,
+    ) -> Result<Approved, IssueError> {
         let identity = authorize(&caller, req.impersonated_identity)?;
         let csr = self.csr_policy.verify(req.csr_pem)?;
         if *csr.requested() != identity {
@@ -204,18 +231,40 @@ impl Signer {
             }
             .into());
         }
-        let (ttl, mut clamped) = self.ttl.resolve(req.validity_seconds)?;
-        let signed = self.vault.sign(csr.pem(), &identity, ttl).await?;
-        let now = SystemTime::now();
-        let bundle = self.bundle.load();
+        let (ttl, clamped) = self.ttl.resolve(req.validity_seconds)?;
+        Ok(Approved {
+            caller,
+            identity,
+            csr,
+            ttl,
+            clamped,
+        })
+    }
+
+    /// Verifies what Vault signed for `approved` and lays out the response.
+    pub fn finish(
+        &self,
+        approved: Approved,
+        signed: &SignedCert,
+        now: SystemTime,
+    ) -> Result<Issued, IssueError> {
+        let Approved {
+            caller,
+            identity,
+            csr,
+            ttl,
+            mut clamped,
+        } = approved;
+        let bundle = self.bundle.load_full();
         let chain = chain::verify_and_assemble(
-            &signed,
+            signed,
             Expectation {
                 csr: &csr,
                 identity: &identity,
                 max_not_after: now + ttl + NOT_AFTER_SLACK,
             },
             &bundle,
+            &self.paths,
             now,
         )
         .inspect_err(|e| {
