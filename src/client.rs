@@ -54,24 +54,35 @@ impl KeyAndCsr {
 
 /// Generates a key and CSR for `id` the way `shape` does.
 pub fn generate_csr(shape: Shape, id: &SpiffeId) -> anyhow::Result<KeyAndCsr> {
+    let key = match shape {
+        Shape::PilotAgent => {
+            KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).context("RSA-2048 key")?
+        }
+        Shape::Ztunnel => {
+            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("P-256 key")?
+        }
+    };
+    let csr_pem = csr_for_key(shape, id, &key)?;
+    Ok(KeyAndCsr { key, csr_pem })
+}
+
+/// A CSR for `id` with an existing key, in `shape`'s layout.
+pub fn csr_for_key(shape: Shape, id: &SpiffeId, key: &KeyPair) -> anyhow::Result<String> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    let key = match shape {
+    match shape {
         Shape::PilotAgent => {
             params.distinguished_name.push(DnType::OrganizationName, "");
             params
                 .custom_extensions
                 .push(uri_san_extension(&id.to_string(), true));
-            KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).context("RSA-2048 key")?
         }
         Shape::Ztunnel => {
             // rcgen marks the SAN critical because the subject is empty, as ztunnel's does.
             params.subject_alt_names = vec![SanType::URI(id.to_string().try_into()?)];
-            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("P-256 key")?
         }
-    };
-    let csr_pem = params.serialize_request(&key)?.pem()?;
-    Ok(KeyAndCsr { key, csr_pem })
+    }
+    Ok(params.serialize_request(key)?.pem()?)
 }
 
 /// A subjectAltName extension holding one URI, DER-encoded by hand so criticality can be

@@ -70,6 +70,19 @@ impl DevIssuer {
         Self::from_key_pem(issuer, alg, &key.serialize_pem())
     }
 
+    /// An issuer from a PEM key, signing with RS256 (RSA), ES256 (P-256) or ES384 (P-384).
+    pub fn load(issuer: &str, key_pem: &str) -> anyhow::Result<Self> {
+        let key = KeyPair::from_pem(key_pem).context("dev issuer key")?;
+        let alg = if key.algorithm() == &rcgen::PKCS_ECDSA_P256_SHA256 {
+            Algorithm::ES256
+        } else if key.algorithm() == &rcgen::PKCS_ECDSA_P384_SHA384 {
+            Algorithm::ES384
+        } else {
+            Algorithm::RS256
+        };
+        Self::from_key_pem(issuer, alg, key_pem)
+    }
+
     /// An issuer from a PKCS#8 PEM key written by [`DevIssuer::key_pem`].
     pub fn from_key_pem(issuer: &str, alg: Algorithm, key_pem: &str) -> anyhow::Result<Self> {
         let key = KeyPair::from_pem(key_pem).context("dev issuer key")?;

@@ -16,6 +16,7 @@ pub mod config;
 pub mod csr;
 pub mod dev;
 pub mod identity;
+pub mod loadgen;
 pub mod periodic;
 pub mod server;
 pub mod signer;

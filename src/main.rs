@@ -38,6 +38,15 @@ enum Command {
     },
     /// Request a workload certificate like pilot-agent or ztunnel would, and check it.
     Request(RequestArgs),
+    /// Drive CreateCertificate (or, with --direct-vault, Vault's sign endpoint) at a fixed
+    /// concurrency and report throughput, latency percentiles and errors by code.
+    Loadgen {
+        #[command(flatten)]
+        options: istio_vault_ca::loadgen::LoadOptions,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Development JWT issuer (no Kubernetes needed): `init` writes a key and JWKS,
     /// `token` prints a service-account token.
     DevIssuer {
@@ -77,10 +86,13 @@ struct RequestArgs {
 
 #[derive(Subcommand)]
 enum DevCommand {
-    /// Generate an ES256 signing key (`jwt-key.pem`) and its JWKS (`jwks.json`) in --dir.
+    /// Generate a signing key (`jwt-key.pem`) and its JWKS (`jwks.json`) in --dir.
     Init {
         #[arg(long)]
         dir: PathBuf,
+        /// RS256 is what Kubernetes API servers sign service-account tokens with.
+        #[arg(long, default_value = "RS256", value_parser = parse_alg)]
+        alg: jsonwebtoken::Algorithm,
     },
     /// Print a projected service-account token signed by the key in --dir.
     Token {
@@ -136,6 +148,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             request(args).await
         }
         Command::DevIssuer { command } => dev_issuer(command),
+        Command::Loadgen { options, json } => {
+            let report = istio_vault_ca::loadgen::run(&options).await?;
+            println!("{}", report.text());
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -202,9 +222,9 @@ async fn request(args: RequestArgs) -> anyhow::Result<()> {
 
 fn dev_issuer(command: DevCommand) -> anyhow::Result<()> {
     match command {
-        DevCommand::Init { dir } => {
+        DevCommand::Init { dir, alg } => {
             std::fs::create_dir_all(&dir)?;
-            let issuer = DevIssuer::generate(DEFAULT_ISSUER)?;
+            let issuer = DevIssuer::generate_with(DEFAULT_ISSUER, alg)?;
             write_private(&dir.join("jwt-key.pem"), issuer.key_pem())?;
             std::fs::write(dir.join("jwks.json"), issuer.jwks_json())?;
             eprintln!("wrote {0}/jwt-key.pem and {0}/jwks.json", dir.display());
@@ -219,7 +239,7 @@ fn dev_issuer(command: DevCommand) -> anyhow::Result<()> {
             ttl,
         } => {
             let key = std::fs::read_to_string(dir.join("jwt-key.pem"))?;
-            let issuer = DevIssuer::from_key_pem(&issuer, jsonwebtoken::Algorithm::ES256, &key)?;
+            let issuer = DevIssuer::load(&issuer, &key)?;
             let mut spec = TokenSpec::new(&namespace, &service_account);
             spec.audiences = vec![audience];
             spec.ttl = ttl;
@@ -227,6 +247,12 @@ fn dev_issuer(command: DevCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn parse_alg(s: &str) -> Result<jsonwebtoken::Algorithm, String> {
+    s.to_ascii_uppercase()
+        .parse()
+        .map_err(|_| format!("unknown algorithm {s}"))
 }
 
 fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {

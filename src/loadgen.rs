@@ -1,0 +1,428 @@
+//! The load generator: N distinct identities (pilot-agent RSA-2048 and ztunnel P-256 shapes),
+//! keys, CSRs and tokens generated before the clock starts, then CreateCertificate over TLS at a
+//! fixed concurrency for a duration or a count. `--direct-vault` sends the same CSRs straight
+//! to Vault's `sign/<role>` at the same concurrency, so the signer's overhead is the ratio of
+//! two runs on one machine.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rcgen::KeyPair;
+use serde::Serialize;
+use tonic::transport::Channel;
+
+use crate::client::{self, CallOptions, Shape};
+use crate::dev::{DevIssuer, TokenSpec};
+use crate::identity::{SpiffeId, TrustDomain};
+use crate::pb::istio_certificate_service_client::IstioCertificateServiceClient;
+
+/// What to run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadOptions {
+    /// Signer address, `host:port`.
+    #[arg(long, default_value = "127.0.0.1:15012")]
+    pub addr: String,
+    /// Roots that validate the signer's serving certificate.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// TLS server name (default: the host of --addr).
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// Development issuer key (`dev-issuer init`) used to mint one token per identity.
+    #[arg(long)]
+    pub jwt_key: Option<PathBuf>,
+    #[arg(long, default_value = crate::dev::DEFAULT_ISSUER)]
+    pub jwt_issuer: String,
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Distinct identities (`ns/load-<i/100>`, `sa/sa-<i>`).
+    #[arg(long, default_value_t = 1000)]
+    pub identities: usize,
+    /// Share of identities using pilot-agent's RSA-2048 shape; the rest use ztunnel's P-256.
+    #[arg(long, default_value_t = 0.5)]
+    pub rsa_fraction: f64,
+    /// Keys generated per key type and shared round-robin by the identities' CSRs
+    /// (RSA key generation is slow; the CSRs and SANs stay distinct).
+    #[arg(long, default_value_t = 16)]
+    pub key_pool: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// HTTP/2 connections to the signer (streams are spread over them).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Stop after this many requests (default: one per identity).
+    #[arg(long)]
+    pub requests: Option<usize>,
+    /// Or run for this long, cycling through the identities.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Requested lifetime.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    /// Send the same CSRs straight to Vault's sign endpoint instead.
+    #[arg(long)]
+    pub direct_vault: bool,
+    #[arg(long, default_value = "http://127.0.0.1:8200")]
+    pub vault_addr: String,
+    #[arg(long)]
+    pub vault_token_file: Option<PathBuf>,
+    #[arg(long, default_value = "pki-istio")]
+    pub vault_mount: String,
+    #[arg(long, default_value = "istio-workload")]
+    pub vault_role: String,
+    /// Report this process's peak RSS (VmHWM), e.g. the signer's pid.
+    #[arg(long)]
+    pub rss_pid: Option<u32>,
+    /// Print progress every this often (0 = never).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub progress: Duration,
+}
+
+/// The outcome of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub mode: &'static str,
+    pub identities: usize,
+    pub concurrency: usize,
+    pub requests: usize,
+    pub ok: usize,
+    /// Failures by gRPC code (or HTTP status in direct mode).
+    pub errors: BTreeMap<String, usize>,
+    pub seconds: f64,
+    pub throughput_per_s: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Peak RSS of `--rss-pid`, MiB.
+    pub peak_rss_mib: Option<f64>,
+}
+
+impl Report {
+    pub fn text(&self) -> String {
+        let errors = if self.errors.is_empty() {
+            "none".to_owned()
+        } else {
+            self.errors
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let mut s = format!(
+            "{mode}: {req} requests ({ok} ok) in {secs:.2}s at concurrency {c} over {ids} identities\n\
+             throughput {tp:.0}/s  latency p50 {p50:.2} ms  p90 {p90:.2} ms  p99 {p99:.2} ms  max {max:.2} ms\n\
+             errors {errors}",
+            mode = self.mode,
+            req = self.requests,
+            ok = self.ok,
+            secs = self.seconds,
+            c = self.concurrency,
+            ids = self.identities,
+            tp = self.throughput_per_s,
+            p50 = self.p50_ms,
+            p90 = self.p90_ms,
+            p99 = self.p99_ms,
+            max = self.max_ms,
+        );
+        if let Some(rss) = self.peak_rss_mib {
+            s.push_str(&format!("\npeak RSS of pid {rss:.1} MiB"));
+        }
+        s
+    }
+}
+
+/// One pre-built request.
+struct Prepared {
+    shape: Shape,
+    identity: SpiffeId,
+    csr_pem: String,
+    token: String,
+}
+
+/// Generates keys, CSRs and tokens for every identity (in parallel on all cores).
+fn prepare(opts: &LoadOptions) -> anyhow::Result<Vec<Prepared>> {
+    let td = TrustDomain::new(&opts.trust_domain)?;
+    let issuer = match &opts.jwt_key {
+        Some(path) => Some(DevIssuer::load(
+            &opts.jwt_issuer,
+            &std::fs::read_to_string(path).with_context(|| path.display().to_string())?,
+        )?),
+        None => None,
+    };
+    let pool = opts.key_pool.max(1);
+    let gen_keys = |alg: &'static rcgen::SignatureAlgorithm| -> anyhow::Result<Vec<KeyPair>> {
+        (0..pool).map(|_| Ok(KeyPair::generate_for(alg)?)).collect()
+    };
+    let rsa_count = (opts.identities as f64 * opts.rsa_fraction.clamp(0.0, 1.0)).round() as usize;
+    let rsa = if rsa_count > 0 {
+        gen_keys(&rcgen::PKCS_RSA_SHA256)?
+    } else {
+        Vec::new()
+    };
+    let ec = gen_keys(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let chunk = opts.identities.div_ceil(threads).max(1);
+    let indices: Vec<usize> = (0..opts.identities).collect();
+    let results: Vec<anyhow::Result<Vec<Prepared>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = indices
+            .chunks(chunk)
+            .map(|part| {
+                let (td, issuer, rsa, ec) = (&td, &issuer, &rsa, &ec);
+                s.spawn(move || {
+                    part.iter()
+                        .map(|&i| {
+                            let (ns, sa) = (format!("load-{}", i / 100), format!("sa-{i}"));
+                            let identity = SpiffeId::new(td.clone(), &ns, &sa)?;
+                            // Spread RSA identities evenly through the list.
+                            let is_rsa = rsa_count > 0
+                                && (i * rsa_count) / opts.identities
+                                    != ((i + 1) * rsa_count) / opts.identities;
+                            let (shape, key) = if is_rsa {
+                                (Shape::PilotAgent, &rsa[i % rsa.len()])
+                            } else {
+                                (Shape::Ztunnel, &ec[i % ec.len()])
+                            };
+                            let csr_pem = client::csr_for_key(shape, &identity, key)?;
+                            let token = match issuer {
+                                Some(iss) => iss.token(&TokenSpec::new(&ns, &sa))?,
+                                None => String::new(),
+                            };
+                            Ok(Prepared {
+                                shape,
+                                identity,
+                                csr_pem,
+                                token,
+                            })
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("prepare thread"))
+            .collect()
+    });
+    let mut out = Vec::with_capacity(opts.identities);
+    for r in results {
+        out.extend(r?);
+    }
+    Ok(out)
+}
+
+/// Sends one prepared request; returns the error label on failure.
+enum Target {
+    Signer(Vec<IstioCertificateServiceClient<Channel>>),
+    Vault {
+        http: reqwest::Client,
+        url: String,
+        token: String,
+    },
+}
+
+impl Target {
+    async fn send(&self, worker: usize, p: &Prepared, ttl: Duration) -> Result<(), String> {
+        match self {
+            Self::Signer(clients) => {
+                let mut grpc = clients[worker % clients.len()].clone();
+                let opts = CallOptions {
+                    token: Some(p.token.clone()).filter(|t| !t.is_empty()),
+                    cluster_id: Some("Kubernetes".into()),
+                    ttl_seconds: ttl.as_secs() as i64,
+                    impersonate: None,
+                };
+                let req = client::build_request(p.shape, &p.csr_pem, &p.identity, &opts)
+                    .map_err(|e| format!("build: {e}"))?;
+                match grpc.create_certificate(req).await {
+                    Ok(resp) if resp.get_ref().cert_chain.len() >= 2 => Ok(()),
+                    Ok(_) => Err("ShortChain".into()),
+                    Err(s) => Err(format!("{:?}", s.code())),
+                }
+            }
+            Self::Vault { http, url, token } => {
+                let body = serde_json::json!({
+                    "csr": p.csr_pem,
+                    "uri_sans": p.identity.to_string(),
+                    "ttl": format!("{}s", ttl.as_secs()),
+                    "format": "pem",
+                });
+                match http
+                    .post(url)
+                    .header("X-Vault-Token", token)
+                    .json(&body)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => {
+                        r.bytes().await.map(drop).map_err(|_| "Body".to_owned())
+                    }
+                    Ok(r) => Err(format!("HTTP{}", r.status().as_u16())),
+                    Err(e) if e.is_timeout() => Err("Timeout".into()),
+                    Err(_) => Err("Connect".into()),
+                }
+            }
+        }
+    }
+}
+
+/// Runs the load described by `opts` and reports.
+pub async fn run(opts: &LoadOptions) -> anyhow::Result<Report> {
+    anyhow::ensure!(opts.identities > 0, "--identities must be positive");
+    anyhow::ensure!(opts.concurrency > 0, "--concurrency must be positive");
+    let started_prep = Instant::now();
+    let prepared = {
+        let opts = opts.clone();
+        tokio::task::spawn_blocking(move || prepare(&opts)).await??
+    };
+    eprintln!(
+        "prepared {} identities in {:.1}s",
+        prepared.len(),
+        started_prep.elapsed().as_secs_f64()
+    );
+    let target = if opts.direct_vault {
+        let token = match &opts.vault_token_file {
+            Some(p) => std::fs::read_to_string(p)?.trim().to_owned(),
+            None => std::env::var("VAULT_TOKEN").context("--vault-token-file or $VAULT_TOKEN")?,
+        };
+        let http = reqwest::Client::builder()
+            .tls_certs_only([])
+            .pool_max_idle_per_host(opts.concurrency)
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let url = format!(
+            "{}/v1/{}/sign/{}",
+            opts.vault_addr.trim_end_matches('/'),
+            opts.vault_mount,
+            opts.vault_role
+        );
+        Target::Vault { http, url, token }
+    } else {
+        let ca_file = opts.ca_file.as_ref().context("--ca-file is required")?;
+        let ca = std::fs::read(ca_file).with_context(|| ca_file.display().to_string())?;
+        let mut clients = Vec::new();
+        for _ in 0..opts.connections.max(1) {
+            let c = client::connect(&opts.addr, &ca, opts.server_name.as_deref()).await?;
+            clients.push(c.max_decoding_message_size(1 << 20));
+        }
+        Target::Signer(clients)
+    };
+
+    let total = match (opts.requests, opts.duration) {
+        (Some(n), _) => n,
+        (None, Some(_)) => usize::MAX,
+        (None, None) => prepared.len(),
+    };
+    let prepared = Arc::new(prepared);
+    let target = Arc::new(target);
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let deadline = opts.duration.map(|d| start + d);
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..opts.concurrency {
+        let (prepared, target, next, done, stop) = (
+            prepared.clone(),
+            target.clone(),
+            next.clone(),
+            done.clone(),
+            stop.clone(),
+        );
+        let ttl = opts.ttl;
+        workers.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total
+                    || stop.load(Ordering::Relaxed)
+                    || deadline.is_some_and(|d| Instant::now() >= d)
+                {
+                    break;
+                }
+                let p = &prepared[i % prepared.len()];
+                let t = Instant::now();
+                let r = target.send(w, p, ttl).await;
+                latencies.push(t.elapsed());
+                if let Err(label) = r {
+                    *errors.entry(label).or_default() += 1;
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            (latencies, errors)
+        });
+    }
+    let progress = (!opts.progress.is_zero()).then(|| {
+        let (done, every) = (done.clone(), opts.progress);
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(every).await;
+                let now = done.load(Ordering::Relaxed);
+                eprintln!(
+                    "  {:>7.1}s  {now} done  {:.0}/s",
+                    start.elapsed().as_secs_f64(),
+                    (now - last) as f64 / every.as_secs_f64()
+                );
+                last = now;
+            }
+        })
+    });
+    let mut latencies = Vec::new();
+    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+    while let Some(r) = workers.join_next().await {
+        let (l, e) = r?;
+        latencies.extend(l);
+        for (k, v) in e {
+            *errors.entry(k).or_default() += v;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    if let Some(p) = progress {
+        p.abort();
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let pct = |q: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let idx = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[idx].as_secs_f64() * 1000.0
+    };
+    let requests = latencies.len();
+    let failed: usize = errors.values().sum();
+    Ok(Report {
+        mode: if opts.direct_vault {
+            "direct-vault"
+        } else {
+            "signer"
+        },
+        identities: prepared.len(),
+        concurrency: opts.concurrency,
+        requests,
+        ok: requests - failed,
+        errors,
+        seconds,
+        throughput_per_s: requests as f64 / seconds.max(1e-9),
+        p50_ms: pct(0.50),
+        p90_ms: pct(0.90),
+        p99_ms: pct(0.99),
+        max_ms: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        peak_rss_mib: opts.rss_pid.and_then(peak_rss_mib),
+    })
+}
+
+/// VmHWM of `pid` from /proc, in MiB.
+pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
