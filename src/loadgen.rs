@@ -101,6 +101,8 @@ pub struct Report {
     pub max_ms: f64,
     /// Peak RSS of `--rss-pid`, MiB.
     pub peak_rss_mib: Option<f64>,
+    /// CPU time `--rss-pid` used during the run, per request, microseconds.
+    pub cpu_us_per_request: Option<f64>,
 }
 
 impl Report {
@@ -132,6 +134,9 @@ impl Report {
         );
         if let Some(rss) = self.peak_rss_mib {
             s.push_str(&format!("\npeak RSS of pid {rss:.1} MiB"));
+        }
+        if let Some(cpu) = self.cpu_us_per_request {
+            s.push_str(&format!("\nCPU of pid {cpu:.0} µs per request"));
         }
         s
     }
@@ -323,6 +328,7 @@ pub async fn run(opts: &LoadOptions) -> anyhow::Result<Report> {
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    let cpu_before = opts.rss_pid.and_then(cpu_seconds);
     let start = Instant::now();
     let deadline = opts.duration.map(|d| start + d);
     let mut workers = tokio::task::JoinSet::new();
@@ -398,6 +404,11 @@ pub async fn run(opts: &LoadOptions) -> anyhow::Result<Report> {
     };
     let requests = latencies.len();
     let failed: usize = errors.values().sum();
+    let cpu_after = opts.rss_pid.and_then(cpu_seconds);
+    let cpu_us_per_request = match (cpu_before, cpu_after) {
+        (Some(a), Some(b)) if requests > 0 => Some((b - a) * 1e6 / requests as f64),
+        _ => None,
+    };
     Ok(Report {
         mode: if opts.direct_vault {
             "direct-vault"
@@ -416,6 +427,7 @@ pub async fn run(opts: &LoadOptions) -> anyhow::Result<Report> {
         p99_ms: pct(0.99),
         max_ms: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
         peak_rss_mib: opts.rss_pid.and_then(peak_rss_mib),
+        cpu_us_per_request,
     })
 }
 
@@ -425,4 +437,15 @@ pub fn peak_rss_mib(pid: u32) -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// User + system CPU seconds of `pid` from /proc (clock ticks of 1/100 s, Linux's USER_HZ).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }

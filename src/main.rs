@@ -111,6 +111,11 @@ enum DevCommand {
     },
 }
 
+/// mimalloc: the signer allocates many short-lived buffers per request (PEM, DER, JSON,
+/// HTTP/2 frames); glibc malloc showed up as ~11% of the CPU profile under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     istio_vault_ca::install_crypto_provider();
     let cli = Cli::parse();

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: the same CSRs straight to Vault's sign endpoint and through the
+# signer, on one machine, OpenBao on loopback (EC P-256 issuer, no_store). Release build.
+# Writes JSON reports to target/bench/ and prints a summary. See docs/benchmarks.md.
+#   scripts/bench.sh            # full run (c=1, c=32, 10k-identity storm at c=256)
+#   QUICK=1 scripts/bench.sh    # short run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=$PWD/target/bench
+rm -rf "$out" && mkdir -p "$out"
+BAO=$(scripts/ensure-openbao.sh)
+cargo build --quiet --release --locked --bin istio-vault-ca
+bin=$PWD/target/release/istio-vault-ca
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_http() { python3 - "$1" <<'PY'
+import sys, time, urllib.request
+for _ in range(300):
+    try:
+        urllib.request.urlopen(sys.argv[1], timeout=1); sys.exit(0)
+    except Exception:
+        time.sleep(0.1)
+sys.exit("timed out")
+PY
+}
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+bao_port=$(free_port)
+"$BAO" server -dev -dev-root-token-id=root -dev-listen-address="127.0.0.1:$bao_port" -dev-no-store-token >"$out/openbao.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$bao_port/v1/sys/health"
+python3 deploy/vault/setup.py --addr "http://127.0.0.1:$bao_port" --token root \
+  --token-file "$out/vault-token" --serving-cert-dir "$out/tls" 2>/dev/null
+"$bin" dev-issuer init --dir "$out/jwt" 2>/dev/null
+signer_port=$(free_port)
+cat >"$out/config.toml" <<EOF
+[server]
+listen = "127.0.0.1:$signer_port"
+cert_file = "$out/tls/tls.crt"
+key_file = "$out/tls/tls.key"
+max_in_flight = 512
+[auth.jwt]
+jwks_file = "$out/jwt/jwks.json"
+[vault]
+addr = "http://127.0.0.1:$bao_port"
+token_file = "$out/vault-token"
+[log]
+level = "${LOG_LEVEL:-info}"
+EOF
+"$bin" serve --config "$out/config.toml" 2>"$out/signer.log" &
+signer_pid=$!
+pids+=($signer_pid)
+python3 -c "import socket,time,sys
+for _ in range(300):
+    try: socket.create_connection(('127.0.0.1',$signer_port),1).close(); sys.exit(0)
+    except OSError: time.sleep(0.1)
+sys.exit('signer did not start')"
+
+common=(--jwt-key "$out/jwt/jwt-key.pem" --vault-addr "http://127.0.0.1:$bao_port"
+  --vault-token-file "$out/vault-token" --addr "127.0.0.1:$signer_port" --server-name localhost
+  --ca-file "$out/tls/root-cert.pem" --progress 0s)
+run() { # name, args...
+  local name=$1; shift
+  echo "== $name" >&2
+  "$bin" loadgen "${common[@]}" --json "$out/$name.json" "$@"
+}
+if [ -n "${QUICK:-}" ]; then n1=300; n32=3000; storm=2000; else n1=2000; n32=20000; storm=10000; fi
+# Warm both paths (connection pools, JIT-free but page cache and OpenBao's first requests).
+run warmup-direct --direct-vault --identities 500 --concurrency 32 >/dev/null
+run warmup-signer --identities 500 --concurrency 32 >/dev/null
+run c1-direct --direct-vault --identities "$n1" --concurrency 1
+run c1-signer --identities "$n1" --concurrency 1 --connections 1
+run c32-direct --direct-vault --identities "$n32" --concurrency 32
+run c32-signer --identities "$n32" --concurrency 32 --rss-pid "$signer_pid"
+run storm-direct --direct-vault --identities "$storm" --concurrency 256
+run storm-signer --identities "$storm" --concurrency 256 --connections 8 --rss-pid "$signer_pid"
+python3 - "$out" <<'PY'
+import json, sys, os
+out = sys.argv[1]
+r = {n: json.load(open(os.path.join(out, n + ".json"))) for n in
+     ["c1-direct", "c1-signer", "c32-direct", "c32-signer", "storm-direct", "storm-signer"]}
+print("\n| run | requests | errors | throughput/s | p50 ms | p99 ms | max ms | seconds |")
+print("|---|---|---|---|---|---|---|---|")
+for n, x in r.items():
+    errs = sum(x["errors"].values())
+    print(f"| {n} | {x['requests']} | {errs} | {x['throughput_per_s']:.0f} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} | {x['max_ms']:.2f} | {x['seconds']:.2f} |")
+print()
+print(f"c=32 signer/direct throughput: {r['c32-signer']['throughput_per_s'] / r['c32-direct']['throughput_per_s']:.1%} (target >= 90%)")
+print(f"c=1 added median latency: {r['c1-signer']['p50_ms'] - r['c1-direct']['p50_ms']:.3f} ms (target <= 0.3 ms)")
+print(f"storm time signer/direct: {r['storm-signer']['seconds'] / r['storm-direct']['seconds']:.2f}x (target <= 1.25x), errors {sum(r['storm-signer']['errors'].values())}")
+print(f"signer peak RSS: {r['storm-signer']['peak_rss_mib']:.1f} MiB (target <= 64 MiB)")
+print(f"signer process CPU per request: {r['c32-signer']['cpu_us_per_request']:.0f} us at c=32, {r['storm-signer']['cpu_us_per_request']:.0f} us in the storm (TLS, gRPC, JWT, CSR, Vault client, leaf check, logging)")
+PY
