@@ -49,7 +49,7 @@ token_file = "$out/vault-token"
 [log]
 level = "${LOG_LEVEL:-info}"
 EOF
-"$bin" serve --config "$out/config.toml" 2>"$out/signer.log" &
+env ${SIGNER_THREADS:+TOKIO_WORKER_THREADS=$SIGNER_THREADS} "$bin" serve --config "$out/config.toml" 2>"$out/signer.log" &
 signer_pid=$!
 pids+=($signer_pid)
 python3 -c "import socket,time,sys
