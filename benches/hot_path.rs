@@ -158,6 +158,7 @@ fn handler(c: &mut Criterion) {
                 TrustBundle::from_pem(root.as_bytes()).unwrap(),
             )),
             paths: PathCache::default(),
+            in_flight: Default::default(),
         };
         let ids = ["Kubernetes"];
         let req = CertificateRequest {

@@ -85,6 +85,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         vault: vault.clone(),
         bundle: shared_bundle.clone(),
         paths: Default::default(),
+        in_flight: Default::default(),
     });
 
     let (cert_file, key_file) = (

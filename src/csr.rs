@@ -63,6 +63,7 @@ pub enum CsrError {
 #[derive(Debug, Clone)]
 pub struct VerifiedCsr {
     pem: String,
+    digest: [u8; 32],
     spki_der: Vec<u8>,
     key: KeyAlgorithm,
     requested: SpiffeId,
@@ -72,6 +73,11 @@ impl VerifiedCsr {
     /// The CSR re-encoded from the verified DER, as sent to Vault.
     pub fn pem(&self) -> &str {
         &self.pem
+    }
+
+    /// SHA-256 of the CSR's DER: identifies identical requests.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
     }
 
     /// The DER SubjectPublicKeyInfo; the issued leaf must carry exactly this key.
@@ -127,8 +133,10 @@ impl CsrPolicy {
         csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
         check_subject(&csr)?;
         let requested = check_extensions(&csr)?;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
         Ok(VerifiedCsr {
             pem: pem_encode("CERTIFICATE REQUEST", &der),
+            digest: digest.as_ref().try_into().expect("SHA-256 is 32 bytes"),
             spki_der: info.subject_pki.raw.to_vec(),
             key,
             requested,

@@ -4,6 +4,7 @@
 //! Every refusal is an [`IssueError`] whose variant says whose fault it is; `server` turns it
 //! into a gRPC status. Vault is called only after every local check has passed.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::authn::{Authenticator, AuthnError, Caller, Credentials};
@@ -178,6 +179,70 @@ pub struct Signer {
     pub bundle: SharedBundle,
     /// Issuing paths already verified against the current bundle.
     pub paths: PathCache,
+    /// Vault calls in progress, shared by identical requests.
+    pub in_flight: InFlight,
+}
+
+/// What makes two requests identical: same identity, same CSR bytes, same TTL.
+type SignKey = (SpiffeId, [u8; 32], Duration);
+type SharedSign = Arc<tokio::sync::OnceCell<Result<SignedCert, VaultError>>>;
+
+/// Identical requests in flight share one Vault call, so agents retrying while their first
+/// attempt is still running do not multiply Vault's load. If the caller driving the call goes
+/// away, another waiter takes it over (tokio's `OnceCell`).
+#[derive(Default)]
+pub struct InFlight {
+    calls: std::sync::Mutex<std::collections::HashMap<SignKey, SharedSign>>,
+}
+
+impl InFlight {
+    async fn sign(&self, vault: &VaultClient, a: &Approved) -> Result<SignedCert, VaultError> {
+        let key = (a.identity.clone(), a.csr.digest(), a.ttl);
+        let cell = self.lock().entry(key.clone()).or_default().clone();
+        let slot = Slot {
+            owner: self,
+            key,
+            cell,
+        };
+        slot.cell
+            .get_or_init(|| vault.sign(a.csr.pem(), &a.identity, a.ttl))
+            .await
+            .clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<SignKey, SharedSign>> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Vault calls currently in progress.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One request's interest in a shared call; the last one to leave (done or cancelled)
+/// removes the entry.
+struct Slot<'a> {
+    owner: &'a InFlight,
+    key: SignKey,
+    cell: SharedSign,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut calls = self.owner.lock();
+        // The map holds one reference and this slot another: nobody else is waiting.
+        if calls
+            .get(&self.key)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.cell) && Arc::strong_count(c) == 2)
+        {
+            calls.remove(&self.key);
+        }
+    }
 }
 
 impl Signer {
@@ -209,10 +274,7 @@ impl Signer {
         req: CertificateRequest<'_>,
     ) -> Result<Issued, IssueError> {
         let approved = self.approve(caller, &req)?;
-        let signed = self
-            .vault
-            .sign(approved.csr.pem(), &approved.identity, approved.ttl)
-            .await?;
+        let signed = self.in_flight.sign(&self.vault, &approved).await?;
         self.finish(approved, &signed, SystemTime::now())
     }
 

@@ -337,3 +337,53 @@ async fn overload_is_shed_with_resource_exhausted() {
     assert_eq!(env.bao.sign_calls(), ok, "shed requests never reach Vault");
     signer.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_requests_in_flight_share_one_vault_call() {
+    // Vault is slowed by a proxy so five identical requests (an agent retrying) overlap.
+    let mut env = Env::start().await;
+    env.shutdown().await;
+    let slow = support::delaying_proxy(
+        Some(env.bao.addr.trim_start_matches("http://").to_owned()),
+        Duration::from_millis(400),
+    )
+    .await;
+    let mut config = env.config.clone();
+    config.vault.addr = slow;
+    config.vault.timeout = Duration::from_secs(5);
+    config.bundle.file = Some(env.setup_dir.join("tls/root-cert.pem"));
+    let signer = istio_vault_ca::app::start(config).await.unwrap();
+    env.addr = format!("127.0.0.1:{}", signer.local_addr().port());
+
+    let demo = id("default", "demo");
+    let opts = env.opts("default", "demo");
+    let kc = istio_vault_ca::client::generate_csr(Shape::Ztunnel, &demo).unwrap();
+    let call = || async {
+        let req = istio_vault_ca::client::build_request(Shape::Ztunnel, &kc.csr_pem, &demo, &opts)
+            .unwrap();
+        env.client()
+            .await
+            .create_certificate(req)
+            .await
+            .map(|r| r.into_inner().cert_chain)
+    };
+    let (a, b, c, d, e) = tokio::join!(call(), call(), call(), call(), call());
+    let chains: Vec<Vec<String>> = [a, b, c, d, e]
+        .into_iter()
+        .map(|r| r.expect("issued"))
+        .collect();
+    assert!(
+        chains.iter().all(|c| c == &chains[0]),
+        "all five get the same certificate"
+    );
+    assert_eq!(
+        env.bao.sign_calls(),
+        1,
+        "one Vault call for five identical requests"
+    );
+
+    // Once it completed, the same request again is a new Vault call.
+    call().await.expect("issued again");
+    assert_eq!(env.bao.sign_calls(), 2);
+    signer.shutdown().await.unwrap();
+}
