@@ -20,7 +20,7 @@ use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
 use istio_vault_ca::identity::{SpiffeId, TrustDomain};
 use istio_vault_ca::signer::{Admission, CertificateRequest, Signer, TtlPolicy};
 use istio_vault_ca::vault::SignedCert;
-use istio_vault_ca::vault::{TokenSource, VaultClient, VaultToken};
+use istio_vault_ca::vault::VaultClient;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
@@ -141,11 +141,7 @@ fn handler(c: &mut Criterion) {
         let kc = generate_csr(shape, &id).unwrap();
         let (signed, root) = canned(&kc, &id);
         let token = issuer.token(&TokenSpec::new("default", "demo")).unwrap();
-        let vault = VaultClient::new(
-            &config.vault,
-            &TokenSource::Static(VaultToken::new("unused").unwrap()),
-        )
-        .unwrap();
+        let vault = VaultClient::new(&config.vault).unwrap();
         let signer = Signer {
             admission: Admission::new(1, Duration::from_secs(1)),
             authn: rt

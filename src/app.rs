@@ -23,7 +23,7 @@ use crate::pb::istio_certificate_service_server::IstioCertificateServiceServer;
 use crate::server::CaService;
 use crate::signer::{Admission, Signer, TtlPolicy};
 use crate::tls::{self, ServingCert};
-use crate::vault::{TokenSource, VaultClient};
+use crate::vault::{Credentials, VaultClient, VaultError};
 
 /// How long start-up waits for Vault to answer the first trust-bundle read.
 const STARTUP_VAULT_WAIT: Duration = Duration::from_secs(30);
@@ -62,15 +62,35 @@ impl Running {
 
 /// Builds everything from `config` and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let token = TokenSource::from_config(&config.vault, |k| std::env::var(k).ok())
-        .context("vault token")?;
-    let vault = VaultClient::new(&config.vault, &token).context("vault client")?;
+    let creds = Credentials::from_config(&config.vault, |k| std::env::var(k).ok())
+        .context("vault credentials")?;
+    let vault = VaultClient::new(&config.vault).context("vault client")?;
+    // Vault is needed at start-up only when the trust bundle comes from it; otherwise the
+    // signer starts anyway (not ready) and keeps trying to authenticate in the background.
+    let lease = if config.bundle.file.is_none() {
+        Some(retry_vault("Vault login", || vault.authenticate(&creds)).await?)
+    } else {
+        match vault.authenticate(&creds).await {
+            Ok(lease) => Some(lease),
+            Err(e) => {
+                tracing::warn!(error = %e, "Vault login failed at start-up; retrying in the background");
+                vault.use_unverified(&creds);
+                None
+            }
+        }
+    };
 
     let bundle_source = match &config.bundle.file {
         Some(path) => BundleSource::File(path.clone()),
         None => BundleSource::Vault(Box::new(vault.clone())),
     };
-    let initial = load_bundle_with_retry(&bundle_source).await?;
+    let initial = retry_vault("trust bundle", || async {
+        match bundle_source.load().await {
+            Err(bundle::BundleError::Vault(e)) => Err(e),
+            other => Ok(other),
+        }
+    })
+    .await??;
     tracing::info!(roots = initial.roots().len(), "trust bundle loaded");
     let shared_bundle = Arc::new(ArcSwap::from_pointee(initial));
 
@@ -110,7 +130,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(serving.watch(config.server.reload_interval, shutdown_rx.clone()));
-    tokio::spawn(vault.clone().watch_token(token, shutdown_rx.clone()));
+    tokio::spawn(vault.clone().maintain_token(
+        creds,
+        lease,
+        config.vault.auth.min_relogin_interval,
+        shutdown_rx.clone(),
+    ));
     tokio::spawn(bundle::refresh(
         bundle_source,
         shared_bundle,
@@ -164,20 +189,24 @@ async fn changed(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-async fn load_bundle_with_retry(source: &BundleSource) -> anyhow::Result<bundle::TrustBundle> {
+/// Retries a start-up call to Vault while it fails transiently (Vault starting, sealed,
+/// unreachable), with backoff, for up to [`STARTUP_VAULT_WAIT`].
+async fn retry_vault<T, F, Fut>(what: &str, mut call: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, VaultError>>,
+{
     let deadline = tokio::time::Instant::now() + STARTUP_VAULT_WAIT;
     let mut delay = Duration::from_millis(250);
     loop {
-        match source.load().await {
-            Ok(b) => return Ok(b),
-            Err(bundle::BundleError::Vault(e))
-                if e.is_transient() && tokio::time::Instant::now() + delay < deadline =>
-            {
-                tracing::warn!(error = %e, "waiting for Vault to load the trust bundle");
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() && tokio::time::Instant::now() + delay < deadline => {
+                tracing::warn!(error = %e, "{what}: waiting for Vault");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
-            Err(e) => return Err(e).context("trust bundle"),
+            Err(e) => return Err(e).context(what.to_owned()),
         }
     }
 }

@@ -267,6 +267,59 @@ pub struct VaultConfig {
     /// How often `token_file` is checked for changes.
     #[serde(with = "duration")]
     pub token_reload_interval: Duration,
+    /// How the signer authenticates to Vault.
+    pub auth: VaultAuthConfig,
+}
+
+/// The signer's own Vault login method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VaultAuthMethod {
+    /// `vault.token_file` (re-read on change) or `$VAULT_TOKEN`; renewed, never logged in.
+    Token,
+    /// `auth/<mount>/login` with `role_id` and the `secret_id` file.
+    AppRole,
+    /// `auth/<mount>/login` with `role` and the pod's service-account token.
+    Kubernetes,
+    /// `auth/<mount>/login` with `role` and a JWT file.
+    Jwt,
+}
+
+/// How the signer obtains and keeps its Vault token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultAuthConfig {
+    pub method: VaultAuthMethod,
+    /// Auth mount path (default: `approle`, `kubernetes` or `jwt`).
+    pub mount: Option<String>,
+    /// Login role for `kubernetes` and `jwt`.
+    pub role: Option<String>,
+    /// AppRole `role_id` (or `role_id_file`).
+    pub role_id: Option<String>,
+    pub role_id_file: Option<PathBuf>,
+    /// AppRole `secret_id` file, re-read at each login.
+    pub secret_id_file: Option<PathBuf>,
+    /// JWT presented at login, re-read at each login (the kubelet rotates it). Default for
+    /// `kubernetes`: `/var/run/secrets/kubernetes.io/serviceaccount/token`.
+    pub jwt_file: Option<PathBuf>,
+    /// Smallest gap between two logins forced by `403` answers (no login storms).
+    #[serde(with = "duration")]
+    pub min_relogin_interval: Duration,
+}
+
+impl Default for VaultAuthConfig {
+    fn default() -> Self {
+        Self {
+            method: VaultAuthMethod::Token,
+            mount: None,
+            role: None,
+            role_id: None,
+            role_id_file: None,
+            secret_id_file: None,
+            jwt_file: None,
+            min_relogin_interval: Duration::from_secs(5),
+        }
+    }
 }
 
 impl Default for VaultConfig {
@@ -280,6 +333,7 @@ impl Default for VaultConfig {
             ca_file: None,
             timeout: Duration::from_secs(5),
             token_reload_interval: Duration::from_secs(10),
+            auth: VaultAuthConfig::default(),
         }
     }
 }
@@ -444,6 +498,38 @@ impl Config {
             ));
         }
         check_http_url("vault.addr", &self.vault.addr)?;
+        let auth = &self.vault.auth;
+        match auth.method {
+            VaultAuthMethod::Token => {}
+            VaultAuthMethod::AppRole => {
+                if auth.role_id.is_none() && auth.role_id_file.is_none() {
+                    return Err(ConfigError::invalid(
+                        "vault.auth.role_id",
+                        "approle needs vault.auth.role_id or vault.auth.role_id_file",
+                    ));
+                }
+                if auth.secret_id_file.is_none() {
+                    return Err(ConfigError::invalid(
+                        "vault.auth.secret_id_file",
+                        "is required for approle",
+                    ));
+                }
+            }
+            VaultAuthMethod::Kubernetes | VaultAuthMethod::Jwt => {
+                if auth.role.is_none() {
+                    return Err(ConfigError::invalid(
+                        "vault.auth.role",
+                        "is required for kubernetes and jwt login",
+                    ));
+                }
+                if auth.method == VaultAuthMethod::Jwt && auth.jwt_file.is_none() {
+                    return Err(ConfigError::invalid(
+                        "vault.auth.jwt_file",
+                        "is required for jwt",
+                    ));
+                }
+            }
+        }
         for (key, value) in [
             ("vault.mount", &self.vault.mount),
             ("vault.role", &self.vault.role),
@@ -643,6 +729,13 @@ over_max = "reject"
                 .starts_with("auth.jwt.algorithms:")
         );
         assert!(err_of(&[("IVCA_VAULT__ADDR", "vault:8200")]).starts_with("vault.addr:"));
+        assert!(
+            err_of(&[("IVCA_VAULT__AUTH__METHOD", "approle")]).starts_with("vault.auth.role_id:")
+        );
+        assert!(
+            err_of(&[("IVCA_VAULT__AUTH__METHOD", "kubernetes")]).starts_with("vault.auth.role:")
+        );
+        assert!(err_of(&[("IVCA_VAULT__AUTH__METHOD", "ldap")]).starts_with("vault.auth.method:"));
         let missing = Config::load(None, vec![]).unwrap_err().to_string();
         assert_eq!(missing, "server.cert_file: is required");
     }

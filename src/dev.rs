@@ -136,6 +136,13 @@ impl DevIssuer {
         &self.key_pem
     }
 
+    /// The public key as PEM (`SubjectPublicKeyInfo`), e.g. for Vault's `jwt_validation_pubkeys`.
+    pub fn public_key_pem(&self) -> String {
+        KeyPair::from_pem(&self.key_pem)
+            .map(|k| k.public_key_pem())
+            .unwrap_or_default()
+    }
+
     pub fn kid(&self) -> &str {
         &self.kid
     }

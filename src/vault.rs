@@ -10,13 +10,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
 use crate::config::VaultConfig;
 use crate::identity::SpiffeId;
+
+mod auth;
+pub use auth::{AuthState, Credentials, KUBERNETES_SA_TOKEN, Lease};
 
 const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-vault-token");
 const NAMESPACE_HEADER: HeaderName = HeaderName::from_static("x-vault-namespace");
@@ -67,6 +69,15 @@ impl VaultToken {
         })?;
         v.set_sensitive(true);
         Ok(Self(v))
+    }
+}
+
+impl VaultToken {
+    /// Stands in until the first login; Vault refuses it.
+    fn placeholder() -> Self {
+        let mut v = HeaderValue::from_static("no-token-yet");
+        v.set_sensitive(true);
+        Self(v)
     }
 }
 
@@ -175,10 +186,13 @@ pub struct Issuer {
 #[derive(Clone)]
 pub struct VaultClient {
     http: reqwest::Client,
+    /// `<addr>/v1/`
+    api: Url,
+    /// `<addr>/v1/<mount>/`
     base: Url,
     sign_url: Url,
     namespace: Option<HeaderValue>,
-    token: Arc<ArcSwap<VaultToken>>,
+    auth: Arc<AuthState>,
     timeout: Duration,
 }
 
@@ -191,8 +205,8 @@ impl std::fmt::Debug for VaultClient {
 }
 
 impl VaultClient {
-    /// Builds the client and reads the initial token (a missing token file fails here).
-    pub fn new(config: &VaultConfig, token: &TokenSource) -> Result<Self, VaultError> {
+    /// Builds the client. It holds no token until [`VaultClient::authenticate`] succeeds.
+    pub fn new(config: &VaultConfig) -> Result<Self, VaultError> {
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(3)))
@@ -233,63 +247,70 @@ impl VaultClient {
                 })?),
                 None => None,
             };
-        let initial = match token {
-            TokenSource::Static(t) => t.clone(),
-            TokenSource::File { path, .. } => read_token_file(path)?,
-        };
         Ok(Self {
             http,
             base: base
                 .join(&format!("{}/", config.mount))
                 .map_err(|e| VaultError::Unreachable(e.to_string()))?,
+            api: base,
             sign_url,
             namespace,
-            token: Arc::new(ArcSwap::from_pointee(initial)),
+            auth: Arc::new(AuthState::new()),
             timeout: config.timeout,
         })
     }
 
-    /// Re-reads the token file every interval until `shutdown` fires. A file that cannot be
-    /// read or holds no token is logged and the current token kept.
-    pub async fn watch_token(
-        self,
-        source: TokenSource,
-        shutdown: tokio::sync::watch::Receiver<bool>,
-    ) {
-        let TokenSource::File { path, interval } = source else {
-            return;
-        };
-        let mut last = std::fs::read(&path).ok();
-        let mut ticker = crate::periodic::Ticker::new(interval, shutdown);
-        while ticker.tick().await {
-            let now = std::fs::read(&path).ok();
-            if now == last {
-                continue;
-            }
-            match read_token_file(&path) {
-                Ok(t) => {
-                    self.token.store(Arc::new(t));
-                    tracing::info!(path = %path.display(), "reloaded Vault token");
-                    last = now;
-                }
-                Err(e) => tracing::warn!(error = %e, "keeping the current Vault token"),
-            }
+    /// The token's state, for readiness.
+    pub fn auth(&self) -> &AuthState {
+        &self.auth
+    }
+
+    fn api_url(&self, path: &str) -> Result<Url, VaultError> {
+        self.api
+            .join(path)
+            .map_err(|e| VaultError::Malformed(e.to_string()))
+    }
+
+    /// A request without the token header (logins), with the namespace header.
+    fn unauthenticated(&self, method: reqwest::Method, url: Url) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, url);
+        match &self.namespace {
+            Some(ns) => req.header(NAMESPACE_HEADER, ns.clone()),
+            None => req,
         }
     }
 
     fn request(&self, method: reqwest::Method, url: Url) -> reqwest::RequestBuilder {
-        let mut req = self
-            .http
-            .request(method, url)
-            .header(TOKEN_HEADER, self.token.load().0.clone());
-        if let Some(ns) = &self.namespace {
-            req = req.header(NAMESPACE_HEADER, ns.clone());
-        }
-        req
+        self.unauthenticated(method, url)
+            .header(TOKEN_HEADER, self.auth.token.load().0.clone())
     }
 
-    /// `POST <mount>/sign/<role>` with the authorized identity as the only URI SAN.
+    /// `POST <mount>/sign/<role>` with the authorized identity as the only URI SAN. A `403`
+    /// asks for a new token once and retries once with it.
     pub async fn sign(
+        &self,
+        csr_pem: &str,
+        identity: &SpiffeId,
+        ttl: Duration,
+    ) -> Result<SignedCert, VaultError> {
+        let generation = self.auth.generation();
+        match self.sign_once(csr_pem, identity, ttl).await {
+            Err(VaultError::Forbidden(m)) => {
+                if self
+                    .auth
+                    .replace_after_forbidden(generation, self.timeout)
+                    .await
+                {
+                    self.sign_once(csr_pem, identity, ttl).await
+                } else {
+                    Err(VaultError::Forbidden(m))
+                }
+            }
+            r => r,
+        }
+    }
+
+    async fn sign_once(
         &self,
         csr_pem: &str,
         identity: &SpiffeId,

@@ -218,9 +218,18 @@ impl Env {
     /// Starts OpenBao, runs the setup script, and starts the signer with a default test
     /// configuration modified by `customize`.
     pub async fn start_with(customize: impl FnOnce(&mut Config)) -> Self {
-        istio_vault_ca::install_crypto_provider();
         let bao = OpenBao::start().await;
         let setup_dir = bao.setup(&[]);
+        Self::with_bao(bao, setup_dir, customize).await
+    }
+
+    /// Starts the signer against an OpenBao that already ran the setup script.
+    pub async fn with_bao(
+        bao: OpenBao,
+        setup_dir: PathBuf,
+        customize: impl FnOnce(&mut Config),
+    ) -> Self {
+        istio_vault_ca::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
         let jwks = dir.path().join("jwks.json");

@@ -1,0 +1,185 @@
+//! The signer's own Vault authentication against a real OpenBao: a short-lived token that must
+//! be renewed, AppRole across its max TTL (renewal, then re-login), and JWT login with a
+//! forced re-login after the signer's token is revoked. Requests succeed throughout.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use istio_vault_ca::client::Shape;
+use istio_vault_ca::config::VaultAuthMethod;
+use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
+use support::{Env, OpenBao, id};
+
+/// Issues a certificate every 300 ms for `period`; every one must succeed.
+async fn keep_issuing(env: &Env, period: Duration) -> usize {
+    let demo = id("default", "demo");
+    let opts = env.opts("default", "demo");
+    let end = Instant::now() + period;
+    let mut n = 0;
+    while Instant::now() < end {
+        env.request(Shape::Ztunnel, &demo, &opts)
+            .await
+            .unwrap_or_else(|s| panic!("request {n} failed: {:?} {}", s.code(), s.message()));
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_token_is_renewed() {
+    let bao = OpenBao::start().await;
+    let setup = bao.setup(&[]);
+    let token = bao
+        .api(
+            "POST",
+            "auth/token/create",
+            serde_json::json!({"policies": ["istio-vault-ca"], "no_default_policy": true,
+                               "ttl": "3s", "explicit_max_ttl": "120s", "renewable": true}),
+        )
+        .await["auth"]["client_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token_file = setup.join("short-token");
+    std::fs::write(&token_file, &token).unwrap();
+    let env = Env::with_bao(bao, setup, |c| {
+        c.vault.token_file = Some(token_file.clone())
+    })
+    .await;
+    // Three lifetimes of the original token.
+    assert!(keep_issuing(&env, Duration::from_secs(9)).await >= 20);
+    let ttl = env
+        .bao
+        .api(
+            "POST",
+            "auth/token/lookup",
+            serde_json::json!({"token": token}),
+        )
+        .await["data"]["ttl"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        ttl >= 1,
+        "the token is still alive thanks to renewal (ttl {ttl})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approle_renews_then_logs_in_again_past_max_ttl() {
+    let bao = OpenBao::start().await;
+    let setup = bao.setup(&[]);
+    bao.api(
+        "POST",
+        "sys/auth/approle",
+        serde_json::json!({"type": "approle"}),
+    )
+    .await;
+    bao.api(
+        "POST",
+        "auth/approle/role/signer",
+        serde_json::json!({"token_policies": ["istio-vault-ca"], "token_ttl": "2s", "token_max_ttl": "5s"}),
+    )
+    .await;
+    let role_id = bao
+        .api(
+            "GET",
+            "auth/approle/role/signer/role-id",
+            serde_json::Value::Null,
+        )
+        .await["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secret_id = bao
+        .api(
+            "POST",
+            "auth/approle/role/signer/secret-id",
+            serde_json::json!({}),
+        )
+        .await["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secret_file = setup.join("secret-id");
+    std::fs::write(&secret_file, &secret_id).unwrap();
+    let env = Env::with_bao(bao, setup, |c| {
+        c.vault.token_file = None;
+        c.vault.auth.method = VaultAuthMethod::AppRole;
+        c.vault.auth.role_id = Some(role_id);
+        c.vault.auth.secret_id_file = Some(secret_file.clone());
+    })
+    .await;
+    // Two max TTLs: renewals, then logins when renewal stops extending the token.
+    assert!(keep_issuing(&env, Duration::from_secs(11)).await >= 25);
+    let logins = std::fs::read_to_string(env.bao.audit_log())
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.contains("\"type\":\"request\"") && l.contains("\"path\":\"auth/approle/login\"")
+        })
+        .count();
+    assert!(
+        logins >= 2,
+        "logged in again after the max TTL ({logins} logins)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_login_and_relogin_after_revocation() {
+    let bao = OpenBao::start().await;
+    let setup = bao.setup(&[]);
+    let signer_idp = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
+    bao.api("POST", "sys/auth/jwt", serde_json::json!({"type": "jwt"}))
+        .await;
+    bao.api(
+        "POST",
+        "auth/jwt/config",
+        serde_json::json!({"jwt_validation_pubkeys": [signer_idp.public_key_pem()], "bound_issuer": DEFAULT_ISSUER}),
+    )
+    .await;
+    bao.api(
+        "POST",
+        "auth/jwt/role/signer",
+        serde_json::json!({"role_type": "jwt", "bound_audiences": ["vault"], "user_claim": "sub",
+                           "token_policies": ["istio-vault-ca"], "token_ttl": "1h"}),
+    )
+    .await;
+    let mut spec = TokenSpec::new("istio-system", "istio-vault-ca");
+    spec.audiences = vec!["vault".into()];
+    let jwt_file = setup.join("signer-jwt");
+    std::fs::write(&jwt_file, signer_idp.token(&spec).unwrap()).unwrap();
+    let env = Env::with_bao(bao, setup, |c| {
+        c.vault.token_file = None;
+        c.vault.auth.method = VaultAuthMethod::Jwt;
+        c.vault.auth.role = Some("signer".into());
+        c.vault.auth.jwt_file = Some(jwt_file.clone());
+        c.vault.auth.min_relogin_interval = Duration::ZERO;
+    })
+    .await;
+    let demo = id("default", "demo");
+    let opts = env.opts("default", "demo");
+    env.request(Shape::PilotAgent, &demo, &opts)
+        .await
+        .expect("issued with the JWT-login token");
+
+    // Revoke every token the jwt mount issued: the next call gets 403, the signer logs in
+    // again once and retries; the caller never sees the failure.
+    env.bao
+        .api(
+            "POST",
+            "sys/leases/revoke-prefix/auth/jwt",
+            serde_json::json!({}),
+        )
+        .await;
+    env.request(Shape::PilotAgent, &demo, &opts)
+        .await
+        .expect("issued after a forced re-login");
+    let logins = std::fs::read_to_string(env.bao.audit_log())
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"type\":\"request\"") && l.contains("\"path\":\"auth/jwt/login\""))
+        .count();
+    assert_eq!(logins, 2);
+}
