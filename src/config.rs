@@ -267,6 +267,13 @@ pub struct VaultConfig {
     /// How often `token_file` is checked for changes.
     #[serde(with = "duration")]
     pub token_reload_interval: Duration,
+    /// Extra attempts of a sign call after a transient failure (within the request deadline).
+    pub retries: u32,
+    /// Consecutive transient failures after which calls fail fast.
+    pub breaker_threshold: u32,
+    /// First fail-fast period; doubles (up to 30s) while probes keep failing.
+    #[serde(with = "duration")]
+    pub breaker_cooldown: Duration,
     /// How the signer authenticates to Vault.
     pub auth: VaultAuthConfig,
 }
@@ -333,6 +340,9 @@ impl Default for VaultConfig {
             ca_file: None,
             timeout: Duration::from_secs(5),
             token_reload_interval: Duration::from_secs(10),
+            retries: 2,
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(1),
             auth: VaultAuthConfig::default(),
         }
     }

@@ -18,7 +18,9 @@ use crate::config::VaultConfig;
 use crate::identity::SpiffeId;
 
 mod auth;
+mod breaker;
 pub use auth::{AuthState, Credentials, KUBERNETES_SA_TOKEN, Lease};
+use breaker::Breaker;
 
 const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-vault-token");
 const NAMESPACE_HEADER: HeaderName = HeaderName::from_static("x-vault-namespace");
@@ -42,6 +44,8 @@ pub enum VaultError {
     Malformed(String),
     #[error("signer has no Vault token: {0}")]
     Token(String),
+    #[error("Vault is failing; not calling it for another {0:?}")]
+    CircuitOpen(Duration),
 }
 
 impl VaultError {
@@ -49,8 +53,16 @@ impl VaultError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Unreachable(_) | Self::Timeout(_) | Self::Unavailable { .. }
+            Self::Unreachable(_)
+                | Self::Timeout(_)
+                | Self::Unavailable { .. }
+                | Self::CircuitOpen(_)
         )
+    }
+
+    /// Transient, and worth another attempt right away (not when failing fast).
+    fn is_retryable(&self) -> bool {
+        self.is_transient() && !matches!(self, Self::CircuitOpen(_))
     }
 }
 
@@ -193,7 +205,9 @@ pub struct VaultClient {
     sign_url: Url,
     namespace: Option<HeaderValue>,
     auth: Arc<AuthState>,
+    breaker: Arc<Breaker>,
     timeout: Duration,
+    retries: u32,
 }
 
 impl std::fmt::Debug for VaultClient {
@@ -256,7 +270,13 @@ impl VaultClient {
             sign_url,
             namespace,
             auth: Arc::new(AuthState::new()),
+            breaker: Arc::new(Breaker::new(
+                config.breaker_threshold,
+                config.breaker_cooldown,
+                Duration::from_secs(30),
+            )),
             timeout: config.timeout,
+            retries: config.retries,
         })
     }
 
@@ -285,9 +305,36 @@ impl VaultClient {
             .header(TOKEN_HEADER, self.auth.token.load().0.clone())
     }
 
-    /// `POST <mount>/sign/<role>` with the authorized identity as the only URI SAN. A `403`
-    /// asks for a new token once and retries once with it.
+    /// True while Vault is considered down and calls fail fast.
+    pub fn failing_fast(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    /// `POST <mount>/sign/<role>` with the authorized identity as the only URI SAN.
+    /// Transient failures are retried up to `vault.retries` times with jittered exponential
+    /// backoff (the caller's deadline still bounds the whole); a `403` asks for a new token
+    /// once and retries once with it.
     pub async fn sign(
+        &self,
+        csr_pem: &str,
+        identity: &SpiffeId,
+        ttl: Duration,
+    ) -> Result<SignedCert, VaultError> {
+        let mut attempt = 0;
+        loop {
+            match self.sign_with_relogin(csr_pem, identity, ttl).await {
+                Err(e) if e.is_retryable() && attempt < self.retries => {
+                    attempt += 1;
+                    let base = Duration::from_millis(100) * 2u32.pow(attempt - 1);
+                    tokio::time::sleep(base.mul_f64(0.5 + jitter())).await;
+                    tracing::debug!(attempt, error = %e, "retrying Vault sign");
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn sign_with_relogin(
         &self,
         csr_pem: &str,
         identity: &SpiffeId,
@@ -380,7 +427,21 @@ impl VaultClient {
         Ok(out)
     }
 
+    /// Sends one request through the circuit breaker.
     async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, VaultError> {
+        let permit = self
+            .breaker
+            .admit()
+            .map_err(|open| VaultError::CircuitOpen(open.retry_in))?;
+        let result = self.send_once(req).await;
+        permit.record(matches!(&result, Err(e) if e.is_transient()));
+        result
+    }
+
+    async fn send_once<T: serde::de::DeserializeOwned>(
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<T, VaultError> {
@@ -418,6 +479,14 @@ impl VaultClient {
             VaultError::Unreachable(error_chain(&e.without_url()))
         }
     }
+}
+
+/// A number in [0, 1) that varies between calls (for backoff jitter; not for security).
+pub(crate) fn jitter() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    (nanos % 1000) as f64 / 1000.0
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

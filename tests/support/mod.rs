@@ -49,13 +49,16 @@ pub fn free_port_pair() -> u16 {
     }
 }
 
-/// A running `bao server -dev` on loopback, killed on drop.
+/// A running OpenBao on loopback (`-dev`, or file storage that survives restarts), killed
+/// on drop.
 pub struct OpenBao {
     child: Option<Child>,
     pub port: u16,
     pub addr: String,
     pub root_token: String,
     pub dir: tempfile::TempDir,
+    /// Set for a persistent server: its unseal key.
+    unseal_key: Option<String>,
 }
 
 impl OpenBao {
@@ -71,6 +74,7 @@ impl OpenBao {
                 addr: format!("http://127.0.0.1:{port}"),
                 root_token: format!("root-{port}"),
                 dir,
+                unseal_key: None,
             };
             std::fs::write(
                 bao.dir.path().join("audit.hcl"),
@@ -88,17 +92,111 @@ impl OpenBao {
         panic!("OpenBao did not start after 3 attempts");
     }
 
+    /// A server with integrated (raft) storage, initialised and unsealed through the API; it keeps its
+    /// PKI, policies and tokens across [`OpenBao::restart`].
+    pub async fn start_persistent() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port_pair();
+        let config = format!(
+            "storage \"raft\" {{\n  path = \"{data}\"\n  node_id = \"test\"\n}}\n\
+             listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  cluster_address = \"127.0.0.1:{cport}\"\n  tls_disable = true\n}}\n\
+             api_addr = \"http://127.0.0.1:{port}\"\ncluster_addr = \"http://127.0.0.1:{cport}\"\n\
+             audit \"file\" \"test\" {{\n  options {{\n    file_path = \"{audit}\"\n  }}\n}}\n",
+            data = dir.path().join("data").display(),
+            audit = dir.path().join("audit.log").display(),
+            cport = port + 1,
+        );
+        std::fs::write(dir.path().join("server.hcl"), config).unwrap();
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        let mut bao = Self {
+            child: None,
+            port,
+            addr: format!("http://127.0.0.1:{port}"),
+            root_token: String::new(),
+            dir,
+            unseal_key: None,
+        };
+        bao.spawn();
+        bao.wait_responding().await;
+        let init: serde_json::Value = http()
+            .put(format!("{}/v1/sys/init", bao.addr))
+            .json(&serde_json::json!({"secret_shares": 1, "secret_threshold": 1}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        bao.root_token = init["root_token"].as_str().unwrap().to_owned();
+        bao.unseal_key = Some(init["keys"][0].as_str().unwrap().to_owned());
+        bao.unseal().await;
+        bao
+    }
+
+    /// Unseals a persistent server and waits until it is active.
+    pub async fn unseal(&mut self) {
+        let key = self.unseal_key.clone().expect("persistent server");
+        http()
+            .put(format!("{}/v1/sys/unseal", self.addr))
+            .json(&serde_json::json!({"key": key}))
+            .send()
+            .await
+            .unwrap();
+        assert!(self.wait_healthy().await, "OpenBao active after unseal");
+    }
+
+    /// Seals a persistent server (Vault answers 503 until unsealed).
+    pub async fn seal(&self) {
+        self.api("PUT", "sys/seal", serde_json::Value::Null).await;
+    }
+
+    /// Kills and starts a persistent server again, then unseals it.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+        self.wait_responding().await;
+        self.unseal().await;
+    }
+
+    async fn wait_responding(&self) {
+        for _ in 0..300 {
+            if http()
+                .get(format!("{}/v1/sys/health", self.addr))
+                .send()
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("OpenBao does not answer");
+    }
+
     fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("openbao.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("openbao.log"))
+            .unwrap();
+        let args: Vec<String> =
+            if self.unseal_key.is_some() || self.dir.path().join("server.hcl").exists() {
+                vec![
+                    "server".into(),
+                    format!("-config={}", self.dir.path().join("server.hcl").display()),
+                ]
+            } else {
+                vec![
+                    "server".into(),
+                    "-dev".into(),
+                    format!("-dev-root-token-id={}", self.root_token),
+                    format!("-dev-listen-address=127.0.0.1:{}", self.port),
+                    "-dev-no-store-token".into(),
+                    format!("-config={}", self.dir.path().join("audit.hcl").display()),
+                ]
+            };
         let child = Command::new(bao_bin())
-            .args([
-                "server",
-                "-dev",
-                &format!("-dev-root-token-id={}", self.root_token),
-                &format!("-dev-listen-address=127.0.0.1:{}", self.port),
-                "-dev-no-store-token",
-                &format!("-config={}", self.dir.path().join("audit.hcl").display()),
-            ])
+            .args(&args)
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -127,6 +225,15 @@ impl OpenBao {
             "OpenBao did not become healthy; see {}",
             self.dir.path().join("openbao.log").display()
         );
+    }
+
+    /// Kills the process now without waiting for it (usable while others borrow `self`).
+    pub fn kill_now(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-KILL", &c.id().to_string()])
+                .status();
+        }
     }
 
     /// Kills the server (all its in-memory state is lost).
