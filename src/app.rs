@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::admin::{self, Readiness};
 use crate::authn::Authenticator;
 use crate::bundle::{self, BundleSource};
 use crate::config::Config;
@@ -31,6 +32,7 @@ const STARTUP_VAULT_WAIT: Duration = Duration::from_secs(30);
 /// A started signer.
 pub struct Running {
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -39,6 +41,11 @@ impl Running {
     /// The address the gRPC listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the admin HTTP port (`/healthz`, `/readyz`), if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Stops accepting, drains in-flight calls (bounded by `shutdown_grace`), then returns.
@@ -129,6 +136,31 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let local_addr = listener.local_addr()?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let readiness = Readiness {
+        vault: vault.clone(),
+        bundle: shared_bundle.clone(),
+        serving: serving.clone(),
+    };
+    let admin_addr = match config.admin.listen {
+        Some(addr) => {
+            let (bound, serve) = admin::bind(addr, readiness.clone(), shutdown_rx.clone())
+                .await
+                .with_context(|| format!("binding admin port {addr}"))?;
+            tokio::spawn(async move {
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "admin server failed");
+                }
+            });
+            Some(bound)
+        }
+        None => None,
+    };
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(admin::drive_grpc_health(
+        readiness,
+        health_reporter,
+        shutdown_rx.clone(),
+    ));
     tokio::spawn(serving.watch(config.server.reload_interval, shutdown_rx.clone()));
     tokio::spawn(vault.clone().maintain_token(
         creds,
@@ -156,6 +188,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(service)
+        .add_service(health_service)
         .serve_with_incoming_shutdown(incoming, changed(shutdown_rx.clone()));
     let grace = config.server.shutdown_grace;
     let mut stop = shutdown_rx;
@@ -180,6 +213,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(addr = %local_addr, trust_domain = %config.trust_domain, "serving IstioCertificateService");
     Ok(Running {
         local_addr,
+        admin_addr,
         shutdown: shutdown_tx,
         task,
     })

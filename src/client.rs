@@ -119,6 +119,17 @@ pub async fn connect(
     ca_pem: &[u8],
     server_name: Option<&str>,
 ) -> anyhow::Result<IstioCertificateServiceClient<Channel>> {
+    Ok(IstioCertificateServiceClient::new(
+        channel(addr, ca_pem, server_name).await?,
+    ))
+}
+
+/// The TLS channel under [`connect`], for other services on the same port (gRPC health).
+pub async fn channel(
+    addr: &str,
+    ca_pem: &[u8],
+    server_name: Option<&str>,
+) -> anyhow::Result<Channel> {
     let host = addr
         .rsplit_once(':')
         .map(|(h, _)| h.trim_matches(['[', ']']))
@@ -132,7 +143,7 @@ pub async fn connect(
         .connect()
         .await
         .with_context(|| format!("connecting to {addr}"))?;
-    Ok(IstioCertificateServiceClient::new(channel))
+    Ok(channel)
 }
 
 /// What to put on the wire besides the CSR.

@@ -55,6 +55,23 @@ pub struct Config {
     pub vault: VaultConfig,
     pub bundle: BundleConfig,
     pub log: LogConfig,
+    pub admin: AdminConfig,
+}
+
+/// The admin HTTP port (`/healthz`, `/readyz`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Listen address; empty disables the admin port.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::from(([0, 0, 0, 0], 15014))),
+        }
+    }
 }
 
 impl Default for Config {
@@ -68,6 +85,7 @@ impl Default for Config {
             vault: VaultConfig::default(),
             bundle: BundleConfig::default(),
             log: LogConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }

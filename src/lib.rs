@@ -7,6 +7,7 @@
 //! [`app`] wires it together; [`tls`] serves it; [`client`] and [`dev`] are the bundled client
 //! and the development token issuer.
 
+pub mod admin;
 pub mod app;
 pub mod authn;
 pub mod bundle;

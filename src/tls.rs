@@ -101,6 +101,8 @@ fn certified_key_from_pem(
 #[derive(Debug)]
 pub struct ServingCert {
     current: ArcSwap<CertifiedKey>,
+    /// NotAfter (unix seconds) of the certificate in use.
+    not_after: std::sync::atomic::AtomicI64,
     cert_path: PathBuf,
     key_path: PathBuf,
 }
@@ -109,6 +111,7 @@ impl ServingCert {
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, TlsError> {
         let ck = load_certified_key(cert_path, key_path)?;
         Ok(Arc::new(Self {
+            not_after: std::sync::atomic::AtomicI64::new(not_after(&ck)),
             current: ArcSwap::from_pointee(ck),
             cert_path: cert_path.to_owned(),
             key_path: key_path.to_owned(),
@@ -122,9 +125,29 @@ impl ServingCert {
             return Ok(false);
         }
         let ck = certified_key_from_pem(&contents.0, &self.cert_path, &contents.1, &self.key_path)?;
-        self.current.store(Arc::new(ck));
+        self.publish(ck);
         *last = Some(contents);
         Ok(true)
+    }
+
+    /// Puts a validated certificate in service for new handshakes.
+    pub fn publish(&self, ck: CertifiedKey) {
+        self.not_after
+            .store(not_after(&ck), std::sync::atomic::Ordering::Relaxed);
+        self.current.store(Arc::new(ck));
+    }
+
+    /// NotAfter of the certificate in use (unix seconds).
+    pub fn not_after(&self) -> i64 {
+        self.not_after.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// True while the certificate in use has not expired.
+    pub fn valid(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.not_after() > now
     }
 
     /// Polls the files every `interval` until `shutdown` fires.
@@ -148,6 +171,17 @@ impl ServingCert {
             }
         }
     }
+}
+
+fn not_after(ck: &CertifiedKey) -> i64 {
+    ck.end_entity_cert()
+        .ok()
+        .and_then(|der| {
+            X509Certificate::from_der(der)
+                .ok()
+                .map(|(_, c)| c.validity().not_after.timestamp())
+        })
+        .unwrap_or(0)
 }
 
 #[derive(Debug)]

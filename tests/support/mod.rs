@@ -344,6 +344,7 @@ impl Env {
 
         let mut config = Config::default();
         config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
         config.server.cert_file = Some(setup_dir.join("tls/tls.crt"));
         config.server.key_file = Some(setup_dir.join("tls/tls.key"));
         config.server.request_timeout = Duration::from_secs(5);

@@ -1,0 +1,114 @@
+//! The admin HTTP port: `/healthz` (the process is alive) and `/readyz` (it can sign: a valid
+//! Vault token, a non-empty trust bundle and a valid serving certificate), so Kubernetes stops
+//! routing to a replica that cannot sign. The same readiness drives the standard gRPC health
+//! service on the gRPC port (SERVING only when ready).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::bundle::SharedBundle;
+use crate::tls::ServingCert;
+use crate::vault::VaultClient;
+
+/// What readiness looks at.
+#[derive(Clone)]
+pub struct Readiness {
+    pub vault: VaultClient,
+    pub bundle: SharedBundle,
+    pub serving: Arc<ServingCert>,
+}
+
+impl Readiness {
+    /// `Ok` when the signer can sign, else the reasons it cannot.
+    pub fn check(&self) -> Result<(), Vec<&'static str>> {
+        let mut missing = Vec::new();
+        if !self.vault.auth().token_valid() {
+            missing.push("no valid Vault token");
+        }
+        if self.bundle.load().roots().is_empty() {
+            missing.push("empty trust bundle");
+        }
+        if !self.serving.valid() {
+            missing.push("serving certificate expired");
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing)
+        }
+    }
+
+    /// A human-readable status line for `/readyz`.
+    fn report(&self) -> (StatusCode, String) {
+        let vault = if self.vault.failing_fast() {
+            " (Vault is failing; calls fail fast)"
+        } else {
+            ""
+        };
+        match self.check() {
+            Ok(()) => (StatusCode::OK, format!("ready{vault}\n")),
+            Err(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {}{vault}\n", why.join(", ")),
+            ),
+        }
+    }
+}
+
+/// Binds the admin listener; the returned future serves until `shutdown` fires.
+pub async fn bind(
+    addr: SocketAddr,
+    readiness: Readiness,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let r = readiness.clone();
+                async move { r.report() }
+            }),
+        );
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let mut s = shutdown;
+        let _ = s.wait_for(|stop| *stop).await;
+    });
+    Ok((local, async move { serve.await }))
+}
+
+/// Keeps the gRPC health service in step with readiness until `shutdown` fires.
+pub async fn drive_grpc_health(
+    readiness: Readiness,
+    reporter: tonic_health::server::HealthReporter,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticker = crate::periodic::Ticker::new(Duration::from_secs(1), shutdown);
+    let mut last = None;
+    while ticker.tick().await {
+        let ready = readiness.check().is_ok();
+        if last != Some(ready) {
+            let status = if ready {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            reporter
+                .set_service_status("istio.v1.auth.IstioCertificateService", status)
+                .await;
+            last = Some(ready);
+        }
+    }
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+}

@@ -1,0 +1,83 @@
+//! Readiness: `/readyz` and the gRPC health service say SERVING only while the signer can
+//! sign (valid Vault token, trust bundle, serving certificate). A signer started while
+//! OpenBao is down is alive but not ready, and becomes ready by itself when OpenBao returns.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Env, OpenBao, http};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+async fn readyz(env: &Env) -> (u16, String) {
+    let addr = env.signer.as_ref().unwrap().admin_addr().unwrap();
+    let r = http()
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+async fn grpc_health(env: &Env) -> ServingStatus {
+    let channel = istio_vault_ca::client::channel(&env.addr, &env.ca_pem, Some("localhost"))
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let resp = health
+        .check(HealthCheckRequest {
+            service: "istio.v1.auth.IstioCertificateService".into(),
+        })
+        .await
+        .unwrap();
+    ServingStatus::try_from(resp.into_inner().status).unwrap()
+}
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{what} did not happen"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_only_while_vault_can_be_used() {
+    let mut bao = OpenBao::start_persistent().await;
+    let setup = bao.setup(&[]);
+    bao.stop();
+    let mut env = Env::with_bao(bao, setup.clone(), |c| {
+        c.bundle.file = Some(setup.join("tls/root-cert.pem"));
+        c.vault.timeout = Duration::from_millis(500);
+    })
+    .await;
+    let addr = env.signer.as_ref().unwrap().admin_addr().unwrap();
+    let healthz = http()
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(healthz.status(), 200, "alive even without Vault");
+    let (code, body) = readyz(&env).await;
+    assert_eq!(code, 503);
+    assert!(body.contains("no valid Vault token"), "{body}");
+    eventually("gRPC health NOT_SERVING", async || {
+        grpc_health(&env).await == ServingStatus::NotServing
+    })
+    .await;
+
+    env.bao.restart().await;
+    eventually("ready after Vault returns", async || {
+        readyz(&env).await.0 == 200
+    })
+    .await;
+    eventually("gRPC health SERVING", async || {
+        grpc_health(&env).await == ServingStatus::Serving
+    })
+    .await;
+}
