@@ -205,7 +205,8 @@ def write_private(path, text):
 
 
 def log(msg):
-    print(f"setup: {msg}", file=sys.stderr)
+    name = os.path.splitext(os.path.basename(sys.argv[0]))[0] or "setup"
+    print(f"{name}: {msg}", file=sys.stderr)
 
 
 def main():

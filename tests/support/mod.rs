@@ -277,6 +277,20 @@ impl OpenBao {
         out
     }
 
+    /// Runs a script from `deploy/vault/` against this server with the root token.
+    pub fn script(&self, name: &str, args: &[&str]) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/vault")
+            .join(name);
+        let status = Command::new("python3")
+            .arg(script)
+            .args(args)
+            .args(["--addr", &self.addr, "--token", &self.root_token])
+            .status()
+            .unwrap();
+        assert!(status.success(), "{name} {args:?} failed");
+    }
+
     /// A raw authenticated call to OpenBao's HTTP API with the root token.
     pub async fn api(
         &self,
