@@ -115,19 +115,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         in_flight: Default::default(),
     });
 
-    let (cert_file, key_file) = (
-        config
-            .server
-            .cert_file
-            .as_deref()
-            .context("server.cert_file")?,
-        config
-            .server
-            .key_file
-            .as_deref()
-            .context("server.key_file")?,
-    );
-    let serving = ServingCert::load(cert_file, key_file).context("serving certificate")?;
+    let serving = match &config.server.self_issued {
+        Some(cfg) => {
+            let ck = retry_vault_tls("self-issued serving certificate", None, || {
+                tls::issue_serving(&vault, cfg)
+            })
+            .await?;
+            ServingCert::new(ck)
+        }
+        None => ServingCert::new(
+            serving_files(&config)?
+                .load()
+                .context("serving certificate")?,
+        ),
+    };
     let tls_config = tls::server_config(serving.clone(), config.server.client_ca_file.as_deref())
         .context("TLS")?;
     let listener = TcpListener::bind(config.server.listen)
@@ -161,7 +162,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         health_reporter,
         shutdown_rx.clone(),
     ));
-    tokio::spawn(serving.watch(config.server.reload_interval, shutdown_rx.clone()));
+    match &config.server.self_issued {
+        Some(cfg) => tokio::spawn(tls::maintain_self_issued(
+            vault.clone(),
+            cfg.clone(),
+            serving.clone(),
+            shutdown_rx.clone(),
+        )),
+        None => tokio::spawn(serving_files(&config)?.watch(
+            serving.clone(),
+            config.server.reload_interval,
+            shutdown_rx.clone(),
+        )),
+    };
     tokio::spawn(vault.clone().maintain_token(
         creds,
         lease,
@@ -221,6 +234,47 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
 async fn changed(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
+}
+
+fn serving_files(config: &Config) -> anyhow::Result<tls::CertFiles> {
+    Ok(tls::CertFiles {
+        cert: config
+            .server
+            .cert_file
+            .clone()
+            .context("server.cert_file")?,
+        key: config.server.key_file.clone().context("server.key_file")?,
+    })
+}
+
+/// [`retry_vault`] for calls that fail with a [`tls::TlsError`]; `None` waits without limit
+/// (a signer that issues its own serving certificate cannot serve anything before Vault
+/// answers).
+async fn retry_vault_tls<T, F, Fut>(
+    what: &str,
+    limit: Option<Duration>,
+    mut call: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, tls::TlsError>>,
+{
+    let deadline = limit.map(|l| tokio::time::Instant::now() + l);
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(tls::TlsError::Vault(e))
+                if e.is_transient()
+                    && deadline.is_none_or(|d| tokio::time::Instant::now() + delay < d) =>
+            {
+                tracing::warn!(error = %e, "{what}: waiting for Vault");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e).context(what.to_owned()),
+        }
+    }
 }
 
 /// Retries a start-up call to Vault while it fails transiently (Vault starting, sealed,

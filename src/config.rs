@@ -113,6 +113,8 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT: how long in-flight requests may take before the process exits.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// Have Vault issue the serving certificate instead of reading `cert_file`/`key_file`.
+    pub self_issued: Option<SelfIssuedConfig>,
     /// Requests processed at once (size it to what Vault sustains); more wait in a queue.
     pub max_in_flight: usize,
     /// How long a request may wait for a slot before it is shed with `ResourceExhausted`.
@@ -133,6 +135,31 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(20),
             max_in_flight: 256,
             queue_timeout: Duration::from_secs(2),
+            self_issued: None,
+        }
+    }
+}
+
+/// A serving certificate the signer obtains from Vault itself (key generated in memory, CSR
+/// signed by `role` on `vault.mount`) and renews at two thirds of its lifetime.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelfIssuedConfig {
+    /// PKI role allowed to sign the signer's own names.
+    pub role: String,
+    /// DNS names and IP addresses to carry: every host clients put in `CA_ADDR`/`CA_ADDRESS`.
+    pub names: Vec<String>,
+    /// Requested lifetime.
+    #[serde(with = "duration")]
+    pub ttl: Duration,
+}
+
+impl Default for SelfIssuedConfig {
+    fn default() -> Self {
+        Self {
+            role: "istio-vault-ca-serving".into(),
+            names: Vec::new(),
+            ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -446,11 +473,32 @@ impl Config {
 
     /// Cross-field rules that types alone cannot express.
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.server.cert_file.is_none() {
-            return Err(ConfigError::invalid("server.cert_file", "is required"));
-        }
-        if self.server.key_file.is_none() {
-            return Err(ConfigError::invalid("server.key_file", "is required"));
+        match &self.server.self_issued {
+            None => {
+                if self.server.cert_file.is_none() {
+                    return Err(ConfigError::invalid(
+                        "server.cert_file",
+                        "is required (or configure server.self_issued)",
+                    ));
+                }
+                if self.server.key_file.is_none() {
+                    return Err(ConfigError::invalid("server.key_file", "is required"));
+                }
+            }
+            Some(s) => {
+                if s.names.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "server.self_issued.names",
+                        "must list the names clients dial",
+                    ));
+                }
+                if s.ttl < Duration::from_secs(5) {
+                    return Err(ConfigError::invalid(
+                        "server.self_issued.ttl",
+                        "must be at least 5s",
+                    ));
+                }
+            }
         }
         if self.auth.cluster_id.is_empty() {
             return Err(ConfigError::invalid("auth.cluster_id", "must not be empty"));
@@ -765,6 +813,16 @@ over_max = "reject"
         );
         assert!(err_of(&[("IVCA_VAULT__AUTH__METHOD", "ldap")]).starts_with("vault.auth.method:"));
         let missing = Config::load(None, vec![]).unwrap_err().to_string();
-        assert_eq!(missing, "server.cert_file: is required");
+        assert_eq!(
+            missing,
+            "server.cert_file: is required (or configure server.self_issued)"
+        );
+        let self_issued = Config::load(None, env(&[("IVCA_SERVER__SELF_ISSUED__ROLE", "serving")]));
+        assert!(
+            self_issued
+                .unwrap_err()
+                .to_string()
+                .starts_with("server.self_issued.names:")
+        );
     }
 }

@@ -30,6 +30,8 @@ pub enum TlsError {
     Invalid(String),
     #[error("TLS configuration failed: {0}")]
     Config(String),
+    #[error("cannot obtain a serving certificate from Vault: {0}")]
+    Vault(#[from] crate::vault::VaultError),
 }
 
 /// The crypto provider used everywhere: aws-lc-rs, AES-GCM and ChaCha20 for TLS 1.3,
@@ -103,31 +105,15 @@ pub struct ServingCert {
     current: ArcSwap<CertifiedKey>,
     /// NotAfter (unix seconds) of the certificate in use.
     not_after: std::sync::atomic::AtomicI64,
-    cert_path: PathBuf,
-    key_path: PathBuf,
 }
 
 impl ServingCert {
-    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, TlsError> {
-        let ck = load_certified_key(cert_path, key_path)?;
-        Ok(Arc::new(Self {
+    /// Starts serving `ck`.
+    pub fn new(ck: CertifiedKey) -> Arc<Self> {
+        Arc::new(Self {
             not_after: std::sync::atomic::AtomicI64::new(not_after(&ck)),
             current: ArcSwap::from_pointee(ck),
-            cert_path: cert_path.to_owned(),
-            key_path: key_path.to_owned(),
-        }))
-    }
-
-    /// Reloads if the files' contents changed. Returns true if a new certificate was published.
-    pub fn reload(&self, last: &mut Option<(Vec<u8>, Vec<u8>)>) -> Result<bool, TlsError> {
-        let contents = (read(&self.cert_path)?, read(&self.key_path)?);
-        if last.as_ref() == Some(&contents) {
-            return Ok(false);
-        }
-        let ck = certified_key_from_pem(&contents.0, &self.cert_path, &contents.1, &self.key_path)?;
-        self.publish(ck);
-        *last = Some(contents);
-        Ok(true)
+        })
     }
 
     /// Puts a validated certificate in service for new handshakes.
@@ -144,33 +130,202 @@ impl ServingCert {
 
     /// True while the certificate in use has not expired.
     pub fn valid(&self) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        self.not_after() > now
+        self.not_after() > now_unix()
+    }
+}
+
+/// A serving certificate and key kept in PEM files (e.g. a mounted Kubernetes secret).
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl CertFiles {
+    pub fn load(&self) -> Result<CertifiedKey, TlsError> {
+        load_certified_key(&self.cert, &self.key)
     }
 
-    /// Polls the files every `interval` until `shutdown` fires.
+    /// Publishes the files' certificate if their contents changed since `last`.
+    /// Returns true if a new certificate was published.
+    pub fn reload(
+        &self,
+        serving: &ServingCert,
+        last: &mut Option<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<bool, TlsError> {
+        let contents = (read(&self.cert)?, read(&self.key)?);
+        if last.as_ref() == Some(&contents) {
+            return Ok(false);
+        }
+        let ck = certified_key_from_pem(&contents.0, &self.cert, &contents.1, &self.key)?;
+        serving.publish(ck);
+        *last = Some(contents);
+        Ok(true)
+    }
+
+    /// Polls the files every `interval` until `shutdown` fires; a bad new pair is logged and
+    /// the certificate in service kept.
     pub async fn watch(
-        self: Arc<Self>,
+        self,
+        serving: Arc<ServingCert>,
         interval: Duration,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut last = match (read(&self.cert_path), read(&self.key_path)) {
+        let mut last = match (read(&self.cert), read(&self.key)) {
             (Ok(c), Ok(k)) => Some((c, k)),
             _ => None,
         };
         let mut ticker = crate::periodic::Ticker::new(interval, shutdown);
         while ticker.tick().await {
-            match self.reload(&mut last) {
+            match self.reload(&serving, &mut last) {
                 Ok(true) => {
-                    tracing::info!(cert = %self.cert_path.display(), "reloaded serving certificate")
+                    tracing::info!(cert = %self.cert.display(), "reloaded serving certificate")
                 }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "keeping the current serving certificate"),
             }
         }
     }
+}
+
+/// Has Vault sign a fresh in-memory P-256 key for `cfg.names` (the key never leaves the
+/// process) and returns the certificate ready to serve, after checking it carries every name.
+pub async fn issue_serving(
+    vault: &crate::vault::VaultClient,
+    cfg: &crate::config::SelfIssuedConfig,
+) -> Result<CertifiedKey, TlsError> {
+    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
+    let (ips, dns): (Vec<String>, Vec<String>) = cfg
+        .names
+        .iter()
+        .cloned()
+        .partition(|n| n.parse::<std::net::IpAddr>().is_ok());
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| TlsError::Invalid(e.to_string()))?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    if let Some(cn) = dns.first() {
+        params
+            .distinguished_name
+            .push(DnType::CommonName, cn.as_str());
+    }
+    for d in &dns {
+        let name = d
+            .clone()
+            .try_into()
+            .map_err(|e: rcgen::Error| TlsError::Invalid(e.to_string()))?;
+        params.subject_alt_names.push(SanType::DnsName(name));
+    }
+    for ip in &ips {
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(ip.parse().expect("partitioned as IP")));
+    }
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(|e| TlsError::Invalid(e.to_string()))?;
+    let signed = vault
+        .sign_serving(&cfg.role, &csr, &dns, &ips, cfg.ttl)
+        .await?;
+    // Serve the leaf and its intermediates; clients hold the root.
+    let mut chain_pem = signed.certificate.trim().to_owned() + "\n";
+    for ca in &signed.ca_chain {
+        for der in crate::bundle::parse_pem_certs(ca.as_bytes())
+            .map_err(|e| TlsError::Invalid(e.to_string()))?
+        {
+            if !crate::bundle::is_self_signed_ca(&der).unwrap_or(false) {
+                chain_pem.push_str(&crate::csr::pem_encode("CERTIFICATE", &der));
+            }
+        }
+    }
+    let label = Path::new("<vault>");
+    let ck = certified_key_from_pem(
+        chain_pem.as_bytes(),
+        label,
+        key.serialize_pem().as_bytes(),
+        label,
+    )?;
+    let leaf = ck
+        .end_entity_cert()
+        .map_err(|e| TlsError::Invalid(e.to_string()))?;
+    let (_, cert) =
+        X509Certificate::from_der(leaf).map_err(|e| TlsError::Invalid(e.to_string()))?;
+    let sans: Vec<String> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => d.to_string(),
+                    x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(*b).expect("4 bytes"))
+                            .to_string(),
+                        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(*b).expect("16 bytes"))
+                            .to_string(),
+                        _ => String::new(),
+                    },
+                    _ => String::new(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(missing) = cfg.names.iter().find(|n| !sans.iter().any(|s| s == *n)) {
+        return Err(TlsError::Invalid(format!(
+            "Vault issued a serving certificate without {missing}; check the role {}",
+            cfg.role
+        )));
+    }
+    Ok(ck)
+}
+
+/// Renews the self-issued serving certificate at two thirds of its remaining lifetime until
+/// `shutdown`, retrying with backoff while the current one stays in service.
+pub async fn maintain_self_issued(
+    vault: crate::vault::VaultClient,
+    cfg: crate::config::SelfIssuedConfig,
+    serving: Arc<ServingCert>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let remaining = (serving.not_after() - now_unix()).max(0) as f64;
+        let wait = Duration::from_secs_f64(remaining * 2.0 / 3.0);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+        loop {
+            match issue_serving(&vault, &cfg).await {
+                Ok(ck) => {
+                    serving.publish(ck);
+                    tracing::info!(
+                        not_after = serving.not_after(),
+                        "renewed the self-issued serving certificate"
+                    );
+                    backoff = Duration::from_secs(1);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "could not renew the serving certificate; keeping the current one");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn not_after(ck: &CertifiedKey) -> i64 {

@@ -374,20 +374,35 @@ impl VaultClient {
             .request(reqwest::Method::POST, self.sign_url.clone())
             .json(&body);
         let env: Envelope<SignData> = self.send(req).await?;
-        let data = env
-            .data
-            .ok_or_else(|| VaultError::Malformed("sign response has no data".into()))?;
-        let ca_chain = match (data.ca_chain, data.issuing_ca) {
-            (Some(chain), _) if !chain.is_empty() => chain,
-            (_, Some(ca)) => vec![ca],
-            _ => Vec::new(),
-        };
-        Ok(SignedCert {
-            certificate: data.certificate,
-            ca_chain,
-            serial: data.serial_number,
-            warnings: env.warnings.unwrap_or_default(),
-        })
+        signed_from(env)
+    }
+
+    /// `POST <mount>/sign/<role>` for the signer's own serving certificate: DNS names and IP
+    /// addresses as `common_name`/`alt_names`/`ip_sans`.
+    pub async fn sign_serving(
+        &self,
+        role: &str,
+        csr_pem: &str,
+        dns: &[String],
+        ips: &[String],
+        ttl: Duration,
+    ) -> Result<SignedCert, VaultError> {
+        let url = self
+            .base
+            .join(&format!("sign/{role}"))
+            .map_err(|e| VaultError::Malformed(e.to_string()))?;
+        let body = serde_json::json!({
+            "csr": csr_pem,
+            "common_name": dns.first().cloned().unwrap_or_default(),
+            "alt_names": dns.join(","),
+            "ip_sans": ips.join(","),
+            "ttl": format!("{}s", ttl.as_secs()),
+            "format": "pem",
+        });
+        let env: Envelope<SignData> = self
+            .send(self.request(reqwest::Method::POST, url).json(&body))
+            .await?;
+        signed_from(env)
     }
 
     /// Every issuer of the mount (`LIST <mount>/issuers`, then `issuer/<id>/json`).
@@ -479,6 +494,23 @@ impl VaultClient {
             VaultError::Unreachable(error_chain(&e.without_url()))
         }
     }
+}
+
+fn signed_from(env: Envelope<SignData>) -> Result<SignedCert, VaultError> {
+    let data = env
+        .data
+        .ok_or_else(|| VaultError::Malformed("sign response has no data".into()))?;
+    let ca_chain = match (data.ca_chain, data.issuing_ca) {
+        (Some(chain), _) if !chain.is_empty() => chain,
+        (_, Some(ca)) => vec![ca],
+        _ => Vec::new(),
+    };
+    Ok(SignedCert {
+        certificate: data.certificate,
+        ca_chain,
+        serial: data.serial_number,
+        warnings: env.warnings.unwrap_or_default(),
+    })
 }
 
 /// A number in [0, 1) that varies between calls (for backoff jitter; not for security).

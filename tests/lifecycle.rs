@@ -390,3 +390,63 @@ async fn identical_requests_in_flight_share_one_vault_call() {
     assert_eq!(env.bao.sign_calls(), 2);
     signer.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_issued_serving_certificate_renews_under_load() {
+    let bao = support::OpenBao::start().await;
+    let setup = bao.setup(&["--self-issued-serving"]);
+    let file_leaf =
+        CertificateDer::pem_slice_iter(&std::fs::read(setup.join("tls/tls.crt")).unwrap())
+            .next()
+            .unwrap()
+            .unwrap();
+    let env = Env::with_bao(bao, setup, |c| {
+        c.server.cert_file = None;
+        c.server.key_file = None;
+        c.server.self_issued = Some(istio_vault_ca::config::SelfIssuedConfig {
+            role: "istio-vault-ca-serving".into(),
+            names: vec!["localhost".into(), "127.0.0.1".into()],
+            ttl: Duration::from_secs(6),
+        });
+    })
+    .await;
+    let (first, mut old_conn) = handshake(&env.addr, &env.ca_pem).await;
+    assert_ne!(first, file_leaf, "the signer issued its own certificate");
+
+    let demo = id("default", "demo");
+    let opts = env.opts("default", "demo");
+    let grpc = env.client().await; // one long-lived connection
+    let mut seen = vec![first.clone()];
+    let end = std::time::Instant::now() + Duration::from_secs(9);
+    while std::time::Instant::now() < end {
+        let kc = istio_vault_ca::client::generate_csr(Shape::Ztunnel, &demo).unwrap();
+        let req = istio_vault_ca::client::build_request(Shape::Ztunnel, &kc.csr_pem, &demo, &opts)
+            .unwrap();
+        grpc.clone()
+            .create_certificate(req)
+            .await
+            .expect("same connection keeps working");
+        env.request(Shape::PilotAgent, &demo, &opts)
+            .await
+            .expect("new connections work");
+        let (leaf, _) = handshake(&env.addr, &env.ca_pem).await;
+        if !seen.contains(&leaf) {
+            seen.push(leaf);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        seen.len() >= 2,
+        "the 6s certificate was renewed ({} seen)",
+        seen.len()
+    );
+    old_conn
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut frame = [0u8; 9];
+    old_conn
+        .read_exact(&mut frame)
+        .await
+        .expect("the first connection is still open");
+}

@@ -177,11 +177,15 @@ def is_ip(name):
         return False
 
 
-def policy(mount, role):
+def policy(mount, role, serving_role=None):
+    serving = f"""
+path "{mount}/sign/{serving_role}" {{
+  capabilities = ["create", "update"]
+}}""" if serving_role else ""
     return f"""# istio-vault-ca: sign workload CSRs with one role and read the trust anchors.
 path "{mount}/sign/{role}" {{
   capabilities = ["create", "update"]
-}}
+}}{serving}
 path "{mount}/issuers" {{
   capabilities = ["list"]
 }}
@@ -226,6 +230,8 @@ def main():
     p.add_argument("--serving-cert-dir", help="issue the signer's TLS certificate into this directory")
     p.add_argument("--serving-names", default="localhost,127.0.0.1",
                    help="comma-separated DNS names / IPs for the serving certificate")
+    p.add_argument("--self-issued-serving", action="store_true",
+                   help="let the signer's token sign its own serving certificate (server.self_issued)")
     args = p.parse_args()
     if not args.token:
         p.error("an admin token is required (--token, $BAO_TOKEN or $VAULT_TOKEN)")
@@ -237,8 +243,14 @@ def main():
     ensure_intermediate(vault, args.root_mount, args.mount, f"{args.trust_domain} intermediate CA", root_pem)
     vault.call("POST", f"{args.mount}/roles/{args.role}", workload_role(args.trust_domain, args.max_ttl))
     log(f"role {args.mount}/roles/{args.role} allows spiffe://{args.trust_domain}/ns/*/sa/*, max TTL {args.max_ttl}")
-    vault.call("PUT", f"sys/policies/acl/{POLICY_NAME}", {"policy": policy(args.mount, args.role)})
-    log(f"policy {POLICY_NAME} written")
+    serving_role_name = "istio-vault-ca-serving"
+    names = [n.strip() for n in args.serving_names.split(",") if n.strip()]
+    if args.serving_cert_dir or args.self_issued_serving:
+        vault.call("POST", f"{args.mount}/roles/{serving_role_name}", serving_role(names))
+        log(f"serving role {args.mount}/roles/{serving_role_name} allows {names}")
+    signer_serving = serving_role_name if args.self_issued_serving else None
+    vault.call("PUT", f"sys/policies/acl/{POLICY_NAME}", {"policy": policy(args.mount, args.role, signer_serving)})
+    log(f"policy {POLICY_NAME} written" + (" (may sign its own serving certificate)" if signer_serving else ""))
 
     if args.token_file:
         tok = vault.call(
@@ -251,9 +263,7 @@ def main():
         log(f"signer token (policy {POLICY_NAME}, period {args.token_period}) written to {args.token_file}")
 
     if args.serving_cert_dir:
-        names = [n.strip() for n in args.serving_names.split(",") if n.strip()]
-        role = "istio-vault-ca-serving"
-        vault.call("POST", f"{args.mount}/roles/{role}", serving_role(names))
+        role = serving_role_name
         dns = [n for n in names if not is_ip(n)]
         ips = [n for n in names if is_ip(n)]
         req = {"common_name": dns[0] if dns else "", "alt_names": ",".join(dns[1:]), "ip_sans": ",".join(ips), "ttl": "720h"}
