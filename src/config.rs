@@ -306,6 +306,10 @@ pub struct VaultConfig {
     pub namespace: Option<String>,
     /// PEM CA bundle for HTTPS to Vault (default: system roots).
     pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for Vault listeners that require mutual TLS.
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
     /// Timeout of one HTTP call to Vault.
     #[serde(with = "duration")]
     pub timeout: Duration,
@@ -383,6 +387,8 @@ impl Default for VaultConfig {
             token_file: None,
             namespace: None,
             ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
             timeout: Duration::from_secs(5),
             token_reload_interval: Duration::from_secs(10),
             retries: 2,
@@ -574,6 +580,12 @@ impl Config {
             ));
         }
         check_http_url("vault.addr", &self.vault.addr)?;
+        if self.vault.client_cert_file.is_some() != self.vault.client_key_file.is_some() {
+            return Err(ConfigError::invalid(
+                "vault.client_key_file",
+                "set both vault.client_cert_file and vault.client_key_file, or neither",
+            ));
+        }
         let auth = &self.vault.auth;
         match auth.method {
             VaultAuthMethod::Token => {}

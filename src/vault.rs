@@ -239,6 +239,16 @@ impl VaultClient {
             // hosts without a system CA store (reqwest#2988).
             builder = builder.tls_certs_only([]);
         }
+        if let (Some(cert), Some(key)) = (&config.client_cert_file, &config.client_key_file) {
+            let read = |p: &PathBuf| {
+                std::fs::read(p).map_err(|e| VaultError::Token(format!("{}: {e}", p.display())))
+            };
+            let pem = [read(cert)?, b"\n".to_vec(), read(key)?].concat();
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                VaultError::Token(format!("vault.client_cert_file/client_key_file: {e}"))
+            })?;
+            builder = builder.identity(identity);
+        }
         let http = builder
             .build()
             .map_err(|e| VaultError::Unreachable(format!("building HTTP client: {e}")))?;

@@ -63,23 +63,50 @@ pub struct OpenBao {
 
 impl OpenBao {
     pub async fn start() -> Self {
+        Self::start_dev(false).await
+    }
+
+    /// A `-dev-tls` server: HTTPS with a CA generated into `dir/tls/vault-ca.pem`.
+    pub async fn start_tls() -> Self {
+        Self::start_dev(true).await
+    }
+
+    /// The CA that validates a `-dev-tls` server.
+    pub fn tls_ca(&self) -> PathBuf {
+        self.dir.path().join("tls/vault-ca.pem")
+    }
+
+    /// A `-dev` server with extra configuration (e.g. another listener) appended.
+    pub async fn start_with_config(extra_hcl: &str) -> Self {
+        Self::start_dev_with(false, extra_hcl).await
+    }
+
+    async fn start_dev(tls: bool) -> Self {
+        Self::start_dev_with(tls, "").await
+    }
+
+    async fn start_dev_with(tls: bool, extra_hcl: &str) -> Self {
         // The chosen port can be taken by someone else before OpenBao binds it: retry on a
         // fresh port when the server exits early.
         for _ in 0..3 {
             let dir = tempfile::tempdir().unwrap();
             let port = free_port_pair();
+            let scheme = if tls { "https" } else { "http" };
             let mut bao = Self {
                 child: None,
                 port,
-                addr: format!("http://127.0.0.1:{port}"),
+                addr: format!("{scheme}://127.0.0.1:{port}"),
                 root_token: format!("root-{port}"),
                 dir,
                 unseal_key: None,
             };
+            if tls {
+                std::fs::create_dir_all(bao.dir.path().join("tls")).unwrap();
+            }
             std::fs::write(
                 bao.dir.path().join("audit.hcl"),
                 format!(
-                    "audit \"file\" \"test\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
+                    "audit \"file\" \"test\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n{extra_hcl}",
                     bao.audit_log().display()
                 ),
             )
@@ -195,6 +222,14 @@ impl OpenBao {
                     format!("-config={}", self.dir.path().join("audit.hcl").display()),
                 ]
             };
+        let mut args = args;
+        if self.addr.starts_with("https://") {
+            args.push("-dev-tls".into());
+            args.push(format!(
+                "-dev-tls-cert-dir={}",
+                self.dir.path().join("tls").display()
+            ));
+        }
         let child = Command::new(bao_bin())
             .args(&args)
             .stdout(Stdio::from(log.try_clone().unwrap()))
@@ -204,12 +239,23 @@ impl OpenBao {
         self.child = Some(child);
     }
 
+    /// An HTTP client for this server (trusting its dev CA when it serves TLS).
+    pub fn client(&self) -> reqwest::Client {
+        match std::fs::read(self.tls_ca()) {
+            Ok(pem) if self.addr.starts_with("https://") => reqwest::Client::builder()
+                .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
+                .build()
+                .unwrap(),
+            _ => http(),
+        }
+    }
+
     /// True once `sys/health` answers; false if the server exited (e.g. its port was taken).
     async fn wait_healthy(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(30);
         let url = format!("{}/v1/sys/health", self.addr);
         while Instant::now() < deadline {
-            if let Ok(r) = http().get(&url).send().await
+            if let Ok(r) = self.client().get(&url).send().await
                 && r.status().is_success()
             {
                 return true;
@@ -221,9 +267,11 @@ impl OpenBao {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let log = std::fs::read_to_string(self.dir.path().join("openbao.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
         panic!(
-            "OpenBao did not become healthy; see {}",
-            self.dir.path().join("openbao.log").display()
+            "OpenBao did not become healthy; its log ends:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
 
@@ -270,6 +318,11 @@ impl OpenBao {
             .arg(out.join("vault-token"))
             .arg("--serving-cert-dir")
             .arg(out.join("tls"))
+            .args(if self.addr.starts_with("https://") {
+                vec!["--cacert".to_owned(), self.tls_ca().display().to_string()]
+            } else {
+                vec![]
+            })
             .args(extra)
             .status()
             .unwrap();
@@ -298,7 +351,8 @@ impl OpenBao {
         path: &str,
         body: serde_json::Value,
     ) -> serde_json::Value {
-        let resp = http()
+        let resp = self
+            .client()
             .request(method.parse().unwrap(), format!("{}/v1/{path}", self.addr))
             .header("X-Vault-Token", &self.root_token)
             .json(&body)
