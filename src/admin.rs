@@ -1,4 +1,5 @@
-//! The admin HTTP port: `/healthz` (the process is alive) and `/readyz` (it can sign: a valid
+//! The admin HTTP port: `/metrics` (Prometheus), `/healthz` (the process is alive) and
+//! `/readyz` (it can sign: a valid
 //! Vault token, a non-empty trust bundle and a valid serving certificate), so Kubernetes stops
 //! routing to a replica that cannot sign. The same readiness drives the standard gRPC health
 //! service on the gRPC port (SERVING only when ready).
@@ -65,12 +66,30 @@ impl Readiness {
 pub async fn bind(
     addr: SocketAddr,
     readiness: Readiness,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let scrape = readiness.clone();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let (r, h) = (scrape.clone(), metrics.clone());
+                async move {
+                    crate::metrics::state(&r);
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        h.render(),
+                    )
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(move || {

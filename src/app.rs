@@ -69,6 +69,8 @@ impl Running {
 
 /// Builds everything from `config` and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    // Before anything calls Vault or the issuer, so start-up calls are counted too.
+    let metrics = crate::metrics::install();
     let creds = Credentials::from_config(&config.vault, |k| std::env::var(k).ok())
         .context("vault credentials")?;
     let vault = VaultClient::new(&config.vault).context("vault client")?;
@@ -144,7 +146,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     let admin_addr = match config.admin.listen {
         Some(addr) => {
-            let (bound, serve) = admin::bind(addr, readiness.clone(), shutdown_rx.clone())
+            let (bound, serve) = admin::bind(addr, readiness.clone(), metrics, shutdown_rx.clone())
                 .await
                 .with_context(|| format!("binding admin port {addr}"))?;
             tokio::spawn(async move {

@@ -336,7 +336,9 @@ impl JwtVerifier {
             return Err(AuthnError::KeysUnavailable("refetched recently".into()));
         }
         *last = Some(Instant::now());
-        let set = self.fetch().await?;
+        let set = self.fetch().await;
+        crate::metrics::jwks_fetch(set.is_ok());
+        let set = set?;
         let keys = parse_jwks(&set);
         tracing::debug!(
             keys = keys.by_kid.len() + keys.anonymous.len(),

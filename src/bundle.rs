@@ -35,6 +35,7 @@ pub enum BundleError {
 #[derive(Debug)]
 pub struct TrustBundle {
     roots: Vec<CertificateDer<'static>>,
+    earliest_expiry: Option<i64>,
     anchors: Vec<rustls_pki_types::TrustAnchor<'static>>,
     pem: String,
 }
@@ -58,8 +59,14 @@ impl TrustBundle {
             .collect::<Result<_, _>>()
             .map_err(|e| BundleError::BadCert(format!("{e:?}")))?;
         let pem = roots.iter().map(|r| pem_encode("CERTIFICATE", r)).collect();
+        let earliest_expiry = roots
+            .iter()
+            .filter_map(|r| X509Certificate::from_der(r).ok())
+            .map(|(_, c)| c.validity().not_after.timestamp())
+            .min();
         Ok(Self {
             roots,
+            earliest_expiry,
             anchors,
             pem,
         })
@@ -86,6 +93,11 @@ impl TrustBundle {
     /// All roots as one PEM string: the last element of every response.
     pub fn pem(&self) -> &str {
         &self.pem
+    }
+
+    /// The earliest NotAfter among the roots (unix seconds).
+    pub fn earliest_expiry(&self) -> Option<i64> {
+        self.earliest_expiry
     }
 
     /// The roots as webpki trust anchors.

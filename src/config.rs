@@ -55,7 +55,26 @@ pub struct Config {
     pub vault: VaultConfig,
     pub bundle: BundleConfig,
     pub log: LogConfig,
+    pub audit: AuditConfig,
     pub admin: AdminConfig,
+}
+
+/// The audit trail: one JSON line per decision (issued or refused).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    pub enabled: bool,
+    /// `stdout`, `stderr`, or a file path (appended to).
+    pub output: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            output: "stdout".into(),
+        }
+    }
 }
 
 /// The admin HTTP port (`/healthz`, `/readyz`).
@@ -85,6 +104,7 @@ impl Default for Config {
             vault: VaultConfig::default(),
             bundle: BundleConfig::default(),
             log: LogConfig::default(),
+            audit: AuditConfig::default(),
             admin: AdminConfig::default(),
         }
     }

@@ -18,6 +18,7 @@ pub mod csr;
 pub mod dev;
 pub mod identity;
 pub mod loadgen;
+pub mod metrics;
 pub mod periodic;
 pub mod server;
 pub mod signer;

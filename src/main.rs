@@ -140,16 +140,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
             let config = load_config(config)?;
-            telemetry::init(&config.log);
+            telemetry::init(&config.log, &config.audit).context("audit.output")?;
             let running = app::start(config).await?;
             running.run_until(shutdown_signal()).await
         }
         Command::CheckConfig { config } => load_config(config).map(drop),
         Command::Request(args) => {
-            telemetry::init(&LogConfig {
-                level: "warn".into(),
-                ..LogConfig::default()
-            });
+            telemetry::init(
+                &LogConfig {
+                    level: "warn".into(),
+                    ..LogConfig::default()
+                },
+                &istio_vault_ca::config::AuditConfig {
+                    enabled: false,
+                    ..Default::default()
+                },
+            )?;
             request(args).await
         }
         Command::DevIssuer { command } => dev_issuer(command),

@@ -13,6 +13,7 @@ use crate::authn::{AuthnError, Credentials};
 use crate::pb::istio_certificate_service_server::IstioCertificateService;
 use crate::pb::{IstioCertificateRequest, IstioCertificateResponse};
 use crate::signer::{CertificateRequest, IssueError, Refusal, Signer};
+use crate::telemetry::AUDIT_TARGET;
 use crate::vault::VaultError;
 
 /// Metadata key ztunnel uses to ask for another workload's identity.
@@ -78,6 +79,8 @@ impl IstioCertificateService for CaService {
         let cluster = cluster_ids.first().copied().unwrap_or("");
         match result {
             Ok(issued) => {
+                crate::metrics::request("issued", Code::Ok, None, start.elapsed());
+                crate::metrics::issued(issued.chain.not_after);
                 tracing::info!(
                     target: "istio_vault_ca::request",
                     identity = %issued.identity,
@@ -93,12 +96,33 @@ impl IstioCertificateService for CaService {
                     peer = ?peer,
                     "CreateCertificate"
                 );
+                tracing::info!(
+                    target: AUDIT_TARGET,
+                    outcome = "issued",
+                    code = "OK",
+                    caller = %issued.caller.identity,
+                    authn = issued.caller.method.as_str(),
+                    cluster,
+                    requested = %issued.identity,
+                    issued = %issued.identity,
+                    serial = %issued.chain.serial,
+                    not_after = issued.chain.not_after,
+                    clamped = issued.clamped,
+                    peer = peer.map(|p| p.to_string()).unwrap_or_default(),
+                    "certificate issued"
+                );
                 Ok(Response::new(IstioCertificateResponse {
                     cert_chain: issued.chain.elements,
                 }))
             }
             Err(Refusal { caller, error: err }) => {
                 let status = to_status(&err);
+                crate::metrics::request(
+                    "refused",
+                    status.code(),
+                    Some(err.reason()),
+                    start.elapsed(),
+                );
                 let caller = caller.map(|c| c.to_string());
                 tracing::info!(
                     target: "istio_vault_ca::request",
@@ -111,6 +135,18 @@ impl IstioCertificateService for CaService {
                     duration_ms = elapsed_ms,
                     peer = ?peer,
                     "CreateCertificate"
+                );
+                tracing::info!(
+                    target: AUDIT_TARGET,
+                    outcome = "refused",
+                    code = ?status.code(),
+                    caller = caller.as_deref().unwrap_or("-"),
+                    cluster,
+                    requested = err.requested().unwrap_or("-"),
+                    reason = err.reason(),
+                    error = %err,
+                    peer = peer.map(|p| p.to_string()).unwrap_or_default(),
+                    "certificate refused"
                 );
                 Err(status)
             }

@@ -56,6 +56,16 @@ pub enum IssueError {
 }
 
 impl IssueError {
+    /// The identity the refused request asked for, when the refusal names one.
+    pub fn requested(&self) -> Option<&str> {
+        match self {
+            Self::Authz(AuthzError::IdentityMismatch { requested, .. })
+            | Self::Authz(AuthzError::Impersonation { requested, .. }) => Some(requested),
+            Self::Authz(AuthzError::BadImpersonatedIdentity(requested)) => Some(requested),
+            _ => None,
+        }
+    }
+
     /// A short stable label for logs and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -164,7 +174,10 @@ impl Admission {
         match tokio::time::timeout(self.queue_timeout, self.slots.acquire()).await {
             Ok(Ok(permit)) => Ok(permit),
             // The semaphore is never closed; treat it like a full queue if it ever were.
-            Ok(Err(_)) | Err(_) => Err(IssueError::Overloaded(self.queue_timeout)),
+            Ok(Err(_)) | Err(_) => {
+                crate::metrics::shed();
+                Err(IssueError::Overloaded(self.queue_timeout))
+            }
         }
     }
 }
@@ -198,7 +211,13 @@ pub struct InFlight {
 impl InFlight {
     async fn sign(&self, vault: &VaultClient, a: &Approved) -> Result<SignedCert, VaultError> {
         let key = (a.identity.clone(), a.csr.digest(), a.ttl);
-        let cell = self.lock().entry(key.clone()).or_default().clone();
+        let cell = {
+            let mut calls = self.lock();
+            if calls.contains_key(&key) {
+                crate::metrics::deduplicated();
+            }
+            calls.entry(key.clone()).or_default().clone()
+        };
         let slot = Slot {
             owner: self,
             key,
@@ -252,6 +271,7 @@ impl Signer {
             caller: None,
             error,
         })?;
+        let _in_flight = crate::metrics::InFlightGuard::new();
         let caller = self
             .authn
             .authenticate(req.credentials)
@@ -337,9 +357,16 @@ impl Signer {
                 "Vault issued a certificate that fails verification; it was NOT returned. Check the PKI role and issuer."
             );
         })?;
+        if clamped {
+            crate::metrics::ttl_clamped("policy");
+        }
+        if !signed.warnings.is_empty() {
+            crate::metrics::vault_warning();
+        }
         let shortfall = chain::unix(now + ttl) - chain.not_after;
         if !signed.warnings.is_empty() || shortfall > NOT_AFTER_SLACK.as_secs() as i64 {
             clamped = true;
+            crate::metrics::ttl_clamped("vault");
             tracing::warn!(
                 identity = %identity,
                 requested_ttl_s = ttl.as_secs(),

@@ -60,6 +60,21 @@ impl VaultError {
         )
     }
 
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unreachable(_) => "unreachable",
+            Self::Timeout(_) => "timeout",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Rejected(_) => "rejected",
+            Self::Forbidden(_) => "forbidden",
+            Self::Unexpected { .. } => "unexpected",
+            Self::Malformed(_) => "malformed",
+            Self::Token(_) => "token",
+            Self::CircuitOpen(_) => "circuit_open",
+        }
+    }
+
     /// Transient, and worth another attempt right away (not when failing fast).
     fn is_retryable(&self) -> bool {
         self.is_transient() && !matches!(self, Self::CircuitOpen(_))
@@ -383,7 +398,7 @@ impl VaultClient {
         let req = self
             .request(reqwest::Method::POST, self.sign_url.clone())
             .json(&body);
-        let env: Envelope<SignData> = self.send(req).await?;
+        let env: Envelope<SignData> = self.send("sign", req).await?;
         signed_from(env)
     }
 
@@ -410,7 +425,10 @@ impl VaultClient {
             "format": "pem",
         });
         let env: Envelope<SignData> = self
-            .send(self.request(reqwest::Method::POST, url).json(&body))
+            .send(
+                "sign_serving",
+                self.request(reqwest::Method::POST, url).json(&body),
+            )
             .await?;
         signed_from(env)
     }
@@ -423,7 +441,7 @@ impl VaultClient {
             .map_err(|e| VaultError::Malformed(e.to_string()))?;
         url.set_query(Some("list=true"));
         let keys = match self
-            .send::<Envelope<IssuerList>>(self.request(reqwest::Method::GET, url))
+            .send::<Envelope<IssuerList>>("issuers", self.request(reqwest::Method::GET, url))
             .await
         {
             Ok(list) => list.data.map(|d| d.keys).unwrap_or_default(),
@@ -443,7 +461,9 @@ impl VaultClient {
                 .base
                 .join(&format!("issuer/{id}/json"))
                 .map_err(|e| VaultError::Malformed(e.to_string()))?;
-            let env: Envelope<Issuer> = self.send(self.request(reqwest::Method::GET, url)).await?;
+            let env: Envelope<Issuer> = self
+                .send("issuer", self.request(reqwest::Method::GET, url))
+                .await?;
             out.push(
                 env.data
                     .ok_or_else(|| VaultError::Malformed(format!("issuer {id} has no data")))?,
@@ -452,17 +472,22 @@ impl VaultClient {
         Ok(out)
     }
 
-    /// Sends one request through the circuit breaker.
+    /// Sends one request through the circuit breaker; `op` labels its metrics.
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
+        op: &'static str,
         req: reqwest::RequestBuilder,
     ) -> Result<T, VaultError> {
-        let permit = self
-            .breaker
-            .admit()
-            .map_err(|open| VaultError::CircuitOpen(open.retry_in))?;
-        let result = self.send_once(req).await;
-        permit.record(matches!(&result, Err(e) if e.is_transient()));
+        let started = std::time::Instant::now();
+        let result = match self.breaker.admit() {
+            Ok(permit) => {
+                let result = self.send_once(req).await;
+                permit.record(matches!(&result, Err(e) if e.is_transient()));
+                result
+            }
+            Err(open) => Err(VaultError::CircuitOpen(open.retry_in)),
+        };
+        crate::metrics::vault_call(op, started.elapsed(), &result);
         result
     }
 

@@ -26,12 +26,18 @@ impl Write for Capture {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_json_line_per_request_and_no_secrets() {
     let capture = Capture::default();
-    let sink = capture.clone();
+    let audit = Capture::default();
+    let (sink, audit_sink) = (capture.clone(), audit.clone());
     let config = LogConfig {
         format: LogFormat::Json,
         level: "info".into(),
     };
-    istio_vault_ca::telemetry::init_with_writer(&config, move || sink.clone(), false);
+    istio_vault_ca::telemetry::init_with_writers(
+        &config,
+        move || sink.clone(),
+        false,
+        Some(move || audit_sink.clone()),
+    );
 
     let env = Env::start().await;
     let demo = id("default", "demo");
@@ -107,4 +113,43 @@ async fn one_json_line_per_request_and_no_secrets() {
         }
     }
     assert!(!text.contains("PRIVATE KEY"));
+    assert!(
+        !text.contains("istio_vault_ca::audit"),
+        "audit events stay out of the operational log"
+    );
+
+    // The audit trail: one JSON line per decision, with the issued serial.
+    let audit_text = String::from_utf8(audit.0.lock().unwrap().clone()).unwrap();
+    let decisions: Vec<serde_json::Value> = audit_text
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line not JSON ({e}): {l}"))
+        })
+        .collect();
+    assert_eq!(decisions.len(), 3, "{audit_text}");
+    let issued = &decisions[0];
+    assert_eq!(issued["outcome"], "issued");
+    assert_eq!(issued["serial"], serial);
+    assert_eq!(issued["issued"], demo.to_string());
+    assert_eq!(issued["caller"], demo.to_string());
+    assert_eq!(issued["authn"], "jwt");
+    assert_eq!(issued["cluster"], "Kubernetes");
+    assert!(issued["not_after"].as_i64().unwrap() > support::now_unix());
+    assert!(issued["timestamp"].is_string());
+    assert_eq!(
+        (
+            decisions[1]["outcome"].as_str(),
+            decisions[1]["reason"].as_str()
+        ),
+        (Some("refused"), Some("authn"))
+    );
+    assert_eq!(
+        decisions[2]["requested"],
+        id("default", "other").to_string()
+    );
+    assert_eq!(decisions[2]["caller"], demo.to_string());
+    for secret in &secrets {
+        let body: String = secret.lines().filter(|l| !l.starts_with("-----")).collect();
+        assert!(!audit_text.contains(body.trim()), "audit contains a secret");
+    }
 }

@@ -240,7 +240,7 @@ impl VaultClient {
     async fn login(&self, mount: &str, body: serde_json::Value) -> Result<Lease, VaultError> {
         let url = self.api_url(&format!("auth/{mount}/login"))?;
         let req = self.unauthenticated(reqwest::Method::POST, url).json(&body);
-        let env: AuthEnvelope = self.send(req).await?;
+        let env: AuthEnvelope = self.send("login", req).await?;
         lease_from(env)
     }
 
@@ -249,7 +249,7 @@ impl VaultClient {
         let req = self
             .unauthenticated(reqwest::Method::GET, url)
             .header(super::TOKEN_HEADER, token.0.clone());
-        let env: super::Envelope<LookupData> = self.send(req).await?;
+        let env: super::Envelope<LookupData> = self.send("lookup", req).await?;
         let data = env
             .data
             .ok_or_else(|| VaultError::Malformed("lookup-self has no data".into()))?;
@@ -265,7 +265,7 @@ impl VaultClient {
         let req = self
             .request(reqwest::Method::POST, url)
             .json(&serde_json::json!({"increment": format!("{}s", current.ttl.as_secs())}));
-        let env: AuthEnvelope = self.send(req).await?;
+        let env: AuthEnvelope = self.send("renew", req).await?;
         let mut lease = lease_from(env)?;
         // Vault answers with the same token; keep the one we hold (redaction-safe).
         lease.token = current.token.clone();

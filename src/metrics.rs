@@ -1,0 +1,215 @@
+//! Prometheus metrics through the `metrics` facade, rendered at the admin port's `/metrics`.
+//! Every metric and its meaning is listed in docs/metrics.md. Recording is a few atomic
+//! operations; nothing here allocates per request beyond label look-ups.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::vault::VaultError;
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Installs the process-wide recorder once and returns the handle that renders it.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("non-empty buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (tests embedding the signer); then
+            // this handle renders an empty registry, which is still a valid exposition.
+            let _ = ::metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "istio_vault_ca_requests_total",
+        "CreateCertificate calls by outcome and gRPC code"
+    );
+    describe_counter!("istio_vault_ca_refusals_total", "Refused calls by reason");
+    describe_histogram!(
+        "istio_vault_ca_request_duration_seconds",
+        Unit::Seconds,
+        "End-to-end CreateCertificate latency"
+    );
+    describe_histogram!(
+        "istio_vault_ca_vault_request_duration_seconds",
+        Unit::Seconds,
+        "Latency of calls to Vault by operation"
+    );
+    describe_counter!(
+        "istio_vault_ca_vault_errors_total",
+        "Failed calls to Vault by operation and kind"
+    );
+    describe_counter!(
+        "istio_vault_ca_vault_warnings_total",
+        "Vault responses that carried warnings (e.g. a clamped TTL)"
+    );
+    describe_counter!(
+        "istio_vault_ca_ttl_clamped_total",
+        "Issued certificates shorter than requested, by who shortened them"
+    );
+    describe_gauge!(
+        "istio_vault_ca_in_flight_requests",
+        "CreateCertificate calls being processed"
+    );
+    describe_counter!(
+        "istio_vault_ca_shed_total",
+        "Calls refused with ResourceExhausted because no slot freed in time"
+    );
+    describe_counter!(
+        "istio_vault_ca_deduplicated_total",
+        "Calls that shared an identical in-flight Vault call"
+    );
+    describe_counter!(
+        "istio_vault_ca_jwks_fetches_total",
+        "JWKS fetches by result"
+    );
+    describe_gauge!(
+        "istio_vault_ca_trust_bundle_roots",
+        "Roots in the served trust bundle"
+    );
+    describe_gauge!(
+        "istio_vault_ca_trust_bundle_expiry_timestamp_seconds",
+        "Earliest NotAfter among the trust roots"
+    );
+    describe_gauge!(
+        "istio_vault_ca_serving_certificate_expiry_timestamp_seconds",
+        "NotAfter of the serving certificate"
+    );
+    describe_gauge!(
+        "istio_vault_ca_vault_token_valid",
+        "1 while the signer holds a valid Vault token"
+    );
+    describe_gauge!(
+        "istio_vault_ca_vault_failing_fast",
+        "1 while calls to Vault fail fast (circuit breaker open)"
+    );
+    describe_gauge!(
+        "istio_vault_ca_last_issued_expiry_timestamp_seconds",
+        "NotAfter of the most recently issued certificate"
+    );
+}
+
+/// One finished CreateCertificate call.
+pub fn request(
+    outcome: &'static str,
+    code: tonic::Code,
+    reason: Option<&'static str>,
+    took: Duration,
+) {
+    ::metrics::counter!("istio_vault_ca_requests_total", "outcome" => outcome, "code" => code_name(code)).increment(1);
+    if let Some(reason) = reason {
+        ::metrics::counter!("istio_vault_ca_refusals_total", "reason" => reason).increment(1);
+    }
+    ::metrics::histogram!("istio_vault_ca_request_duration_seconds").record(took.as_secs_f64());
+}
+
+/// One call to Vault.
+pub fn vault_call<T>(op: &'static str, took: Duration, result: &Result<T, VaultError>) {
+    ::metrics::histogram!("istio_vault_ca_vault_request_duration_seconds", "op" => op)
+        .record(took.as_secs_f64());
+    if let Err(e) = result {
+        ::metrics::counter!("istio_vault_ca_vault_errors_total", "op" => op, "kind" => e.kind())
+            .increment(1);
+    }
+}
+
+pub fn vault_warning() {
+    ::metrics::counter!("istio_vault_ca_vault_warnings_total").increment(1);
+}
+
+/// `by` is `policy` (the signer's `ttl.max`) or `vault` (role/mount/issuer limits).
+pub fn ttl_clamped(by: &'static str) {
+    ::metrics::counter!("istio_vault_ca_ttl_clamped_total", "by" => by).increment(1);
+}
+
+pub fn shed() {
+    ::metrics::counter!("istio_vault_ca_shed_total").increment(1);
+}
+
+pub fn deduplicated() {
+    ::metrics::counter!("istio_vault_ca_deduplicated_total").increment(1);
+}
+
+pub fn jwks_fetch(ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    ::metrics::counter!("istio_vault_ca_jwks_fetches_total", "result" => result).increment(1);
+}
+
+pub fn issued(not_after: i64) {
+    ::metrics::gauge!("istio_vault_ca_last_issued_expiry_timestamp_seconds").set(not_after as f64);
+}
+
+/// Counts a call in flight for as long as the guard lives.
+pub struct InFlightGuard(());
+
+impl InFlightGuard {
+    pub fn new() -> Self {
+        ::metrics::gauge!("istio_vault_ca_in_flight_requests").increment(1.0);
+        Self(())
+    }
+}
+
+impl Default for InFlightGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        ::metrics::gauge!("istio_vault_ca_in_flight_requests").decrement(1.0);
+    }
+}
+
+/// State gauges, refreshed before each scrape.
+pub fn state(readiness: &crate::admin::Readiness) {
+    let bundle = readiness.bundle.load();
+    ::metrics::gauge!("istio_vault_ca_trust_bundle_roots").set(bundle.roots().len() as f64);
+    if let Some(exp) = bundle.earliest_expiry() {
+        ::metrics::gauge!("istio_vault_ca_trust_bundle_expiry_timestamp_seconds").set(exp as f64);
+    }
+    ::metrics::gauge!("istio_vault_ca_serving_certificate_expiry_timestamp_seconds")
+        .set(readiness.serving.not_after() as f64);
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    ::metrics::gauge!("istio_vault_ca_vault_token_valid")
+        .set(flag(readiness.vault.auth().token_valid()));
+    ::metrics::gauge!("istio_vault_ca_vault_failing_fast")
+        .set(flag(readiness.vault.failing_fast()));
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
