@@ -32,6 +32,7 @@ const STARTUP_VAULT_WAIT: Duration = Duration::from_secs(30);
 /// A started signer.
 pub struct Running {
     local_addr: SocketAddr,
+    connections: Arc<std::sync::atomic::AtomicU64>,
     admin_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -41,6 +42,11 @@ impl Running {
     /// The address the gRPC listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// TLS connections accepted so far.
+    pub fn connections_accepted(&self) -> u64 {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The address of the admin HTTP port (`/healthz`, `/readyz`), if enabled.
@@ -190,18 +196,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown_rx.clone(),
     ));
 
+    let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let incoming = accept_tls(
         listener,
         TlsAcceptor::from(Arc::new(tls_config)),
         config.server.handshake_timeout,
+        connections.clone(),
         shutdown_rx.clone(),
     );
     let service =
         IstioCertificateServiceServer::new(CaService::new(signer, config.server.request_timeout))
             .max_decoding_message_size(config.csr.max_bytes + 64 * 1024);
     let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_keepalive_interval(Some(config.server.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(config.server.http2_keepalive_timeout))
+        .max_connection_age(config.server.max_connection_age)
+        .max_connection_age_grace(config.server.max_connection_age_grace)
         .add_service(service)
         .add_service(health_service)
         .serve_with_incoming_shutdown(incoming, changed(shutdown_rx.clone()));
@@ -228,6 +238,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(addr = %local_addr, trust_domain = %config.trust_domain, "serving IstioCertificateService");
     Ok(Running {
         local_addr,
+        connections,
         admin_addr,
         shutdown: shutdown_tx,
         task,
@@ -307,6 +318,7 @@ fn accept_tls(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     handshake_timeout: Duration,
+    accepted: Arc<std::sync::atomic::AtomicU64>,
     shutdown: watch::Receiver<bool>,
 ) -> ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
     let (tx, rx) = mpsc::channel(256);
@@ -329,9 +341,12 @@ fn accept_tls(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let accepted = accepted.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
+                        accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        crate::metrics::connection_accepted();
                         let _ = tx.send(Ok(stream)).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),

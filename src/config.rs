@@ -133,6 +133,19 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT: how long in-flight requests may take before the process exits.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// Connections older than this are sent GOAWAY so agents reconnect and spread over new
+    /// replicas (pilot-agent and ztunnel keep one connection for hours otherwise).
+    #[serde(with = "duration")]
+    pub max_connection_age: Duration,
+    /// How long in-flight calls on an aged connection may still run.
+    #[serde(with = "duration")]
+    pub max_connection_age_grace: Duration,
+    /// HTTP/2 PING interval on idle connections.
+    #[serde(with = "duration")]
+    pub http2_keepalive_interval: Duration,
+    /// How long to wait for a PING answer before closing the connection.
+    #[serde(with = "duration")]
+    pub http2_keepalive_timeout: Duration,
     /// Have Vault issue the serving certificate instead of reading `cert_file`/`key_file`.
     pub self_issued: Option<SelfIssuedConfig>,
     /// Requests processed at once (size it to what Vault sustains); more wait in a queue.
@@ -156,6 +169,10 @@ impl Default for ServerConfig {
             max_in_flight: 256,
             queue_timeout: Duration::from_secs(2),
             self_issued: None,
+            max_connection_age: Duration::from_secs(30 * 60),
+            max_connection_age_grace: Duration::from_secs(30),
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -35,6 +35,10 @@ pub fn install() -> PrometheusHandle {
 fn describe() {
     use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
+        "istio_vault_ca_connections_total",
+        "TLS connections accepted on the gRPC port"
+    );
+    describe_counter!(
         "istio_vault_ca_requests_total",
         "CreateCertificate calls by outcome and gRPC code"
     );
@@ -134,6 +138,10 @@ pub fn vault_warning() {
 /// `by` is `policy` (the signer's `ttl.max`) or `vault` (role/mount/issuer limits).
 pub fn ttl_clamped(by: &'static str) {
     ::metrics::counter!("istio_vault_ca_ttl_clamped_total", "by" => by).increment(1);
+}
+
+pub fn connection_accepted() {
+    ::metrics::counter!("istio_vault_ca_connections_total").increment(1);
 }
 
 pub fn shed() {

@@ -450,3 +450,33 @@ async fn self_issued_serving_certificate_renews_under_load() {
         .await
         .expect("the first connection is still open");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aged_connections_are_replaced_without_failing_calls() {
+    // Connections older than 800 ms are drained (GOAWAY, 300 ms grace): a client that keeps
+    // one channel open reconnects, so new replicas would get their share of long-lived agents.
+    let env = Env::start_with(|c| {
+        c.server.max_connection_age = Duration::from_millis(800);
+        c.server.max_connection_age_grace = Duration::from_millis(300);
+    })
+    .await;
+    let demo = id("default", "demo");
+    let opts = env.opts("default", "demo");
+    let grpc = env.client().await;
+    let before = env.signer.as_ref().unwrap().connections_accepted();
+    for _ in 0..5 {
+        let kc = istio_vault_ca::client::generate_csr(Shape::Ztunnel, &demo).unwrap();
+        let req = istio_vault_ca::client::build_request(Shape::Ztunnel, &kc.csr_pem, &demo, &opts)
+            .unwrap();
+        grpc.clone()
+            .create_certificate(req)
+            .await
+            .expect("issued across reconnects");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    let after = env.signer.as_ref().unwrap().connections_accepted();
+    assert!(
+        after >= before + 2,
+        "the channel was reconnected ({before} → {after} connections)"
+    );
+}
