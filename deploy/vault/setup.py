@@ -201,6 +201,35 @@ path "auth/token/renew-self" {{
 """
 
 
+def ensure_kubernetes_auth(vault, args):
+    """auth/kubernetes with a role that maps the signer's service account to the policy."""
+    auths = vault.call("GET", "sys/auth")
+    auths = auths.get("data", auths)
+    if "kubernetes/" not in auths:
+        vault.call("POST", "sys/auth/kubernetes", {"type": "kubernetes"})
+        log("enabled auth/kubernetes")
+    config = {"kubernetes_host": args.kubernetes_host}
+    if args.kubernetes_ca_file:
+        # Vault outside the cluster: the API server's CA is given, and each login's own JWT
+        # is used for the TokenReview (the signer's SA then needs system:auth-delegator).
+        with open(args.kubernetes_ca_file) as f:
+            config["kubernetes_ca_cert"] = f.read()
+        config["disable_local_ca_jwt"] = True
+    vault.call("POST", "auth/kubernetes/config", config)
+    vault.call(
+        "POST",
+        "auth/kubernetes/role/istio-vault-ca",
+        {
+            "bound_service_account_names": [args.signer_service_account],
+            "bound_service_account_namespaces": [args.signer_namespace],
+            "token_policies": [POLICY_NAME],
+            "token_no_default_policy": True,
+            "token_period": "1h",
+        },
+    )
+    log(f"auth/kubernetes/role/istio-vault-ca: {args.signer_namespace}/{args.signer_service_account} -> {POLICY_NAME}")
+
+
 def write_private(path, text):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -230,6 +259,13 @@ def main():
     p.add_argument("--serving-cert-dir", help="issue the signer's TLS certificate into this directory")
     p.add_argument("--serving-names", default="localhost,127.0.0.1",
                    help="comma-separated DNS names / IPs for the serving certificate")
+    p.add_argument("--kubernetes-auth", action="store_true",
+                   help="enable Kubernetes auth so the signer's pod logs in as its service account")
+    p.add_argument("--kubernetes-host", default="https://kubernetes.default.svc:443",
+                   help="API server address Vault uses for TokenReview")
+    p.add_argument("--kubernetes-ca-file", help="PEM CA of the API server (default: Vault's own, when in-cluster)")
+    p.add_argument("--signer-namespace", default="istio-system")
+    p.add_argument("--signer-service-account", default="istio-vault-ca")
     p.add_argument("--self-issued-serving", action="store_true",
                    help="let the signer's token sign its own serving certificate (server.self_issued)")
     args = p.parse_args()
@@ -251,6 +287,9 @@ def main():
     signer_serving = serving_role_name if args.self_issued_serving else None
     vault.call("PUT", f"sys/policies/acl/{POLICY_NAME}", {"policy": policy(args.mount, args.role, signer_serving)})
     log(f"policy {POLICY_NAME} written" + (" (may sign its own serving certificate)" if signer_serving else ""))
+
+    if args.kubernetes_auth:
+        ensure_kubernetes_auth(vault, args)
 
     if args.token_file:
         tok = vault.call(
