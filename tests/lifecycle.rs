@@ -204,15 +204,11 @@ async fn serving_certificate_reloads_without_dropping_connections() {
 async fn shutdown_drains_in_flight_requests() {
     // Every request to Vault is held 1s by a proxy, so one is in flight when shutdown starts.
     let mut env = Env::start().await;
-    env.shutdown().await;
-    let upstream = env.bao.addr.trim_start_matches("http://").to_owned();
-    let slow = support::delaying_proxy(Some(upstream), Duration::from_secs(1)).await;
-    let mut config = env.config.clone();
-    config.vault.addr = slow;
-    config.vault.timeout = Duration::from_secs(5);
-    config.server.shutdown_grace = Duration::from_secs(10);
-    let signer = istio_vault_ca::app::start(config).await.unwrap();
-    env.addr = format!("127.0.0.1:{}", signer.local_addr().port());
+    let signer = env
+        .restart_with_slow_vault(Duration::from_secs(1), |c| {
+            c.server.shutdown_grace = Duration::from_secs(10);
+        })
+        .await;
 
     let demo = id("default", "demo");
     let opts = env.opts("default", "demo");
@@ -309,20 +305,12 @@ async fn overload_is_shed_with_resource_exhausted() {
     // simultaneous requests, the first is served and those that cannot get a slot in time are
     // shed before any work is done.
     let mut env = Env::start().await;
-    env.shutdown().await;
-    let slow = support::delaying_proxy(
-        Some(env.bao.addr.trim_start_matches("http://").to_owned()),
-        Duration::from_millis(500),
-    )
-    .await;
-    let mut config = env.config.clone();
-    config.vault.addr = slow;
-    config.vault.timeout = Duration::from_secs(5);
-    config.bundle.file = Some(env.setup_dir.join("tls/root-cert.pem"));
-    config.server.max_in_flight = 1;
-    config.server.queue_timeout = Duration::from_millis(200);
-    let signer = istio_vault_ca::app::start(config).await.unwrap();
-    env.addr = format!("127.0.0.1:{}", signer.local_addr().port());
+    let signer = env
+        .restart_with_slow_vault(Duration::from_millis(500), |c| {
+            c.server.max_in_flight = 1;
+            c.server.queue_timeout = Duration::from_millis(200);
+        })
+        .await;
 
     let demo = id("default", "demo");
     let opts = env.opts("default", "demo");
@@ -345,18 +333,9 @@ async fn overload_is_shed_with_resource_exhausted() {
 async fn identical_requests_in_flight_share_one_vault_call() {
     // Vault is slowed by a proxy so five identical requests (an agent retrying) overlap.
     let mut env = Env::start().await;
-    env.shutdown().await;
-    let slow = support::delaying_proxy(
-        Some(env.bao.addr.trim_start_matches("http://").to_owned()),
-        Duration::from_millis(400),
-    )
-    .await;
-    let mut config = env.config.clone();
-    config.vault.addr = slow;
-    config.vault.timeout = Duration::from_secs(5);
-    config.bundle.file = Some(env.setup_dir.join("tls/root-cert.pem"));
-    let signer = istio_vault_ca::app::start(config).await.unwrap();
-    env.addr = format!("127.0.0.1:{}", signer.local_addr().port());
+    let signer = env
+        .restart_with_slow_vault(Duration::from_millis(400), |_| {})
+        .await;
 
     let demo = id("default", "demo");
     let opts = env.opts("default", "demo");

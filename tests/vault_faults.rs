@@ -130,18 +130,11 @@ async fn vault_sealed_then_unsealed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_vault_hits_the_timeout() {
     let mut env = Env::start().await;
-    env.shutdown().await;
-    let slow = support::delaying_proxy(
-        Some(env.bao.addr.trim_start_matches("http://").to_owned()),
-        Duration::from_secs(3),
-    )
-    .await;
-    let mut config = env.config.clone();
-    config.vault.addr = slow;
-    config.vault.timeout = Duration::from_millis(500);
-    config.bundle.file = Some(env.setup_dir.join("tls/root-cert.pem"));
-    let signer = istio_vault_ca::app::start(config).await.unwrap();
-    env.addr = format!("127.0.0.1:{}", signer.local_addr().port());
+    let signer = env
+        .restart_with_slow_vault(Duration::from_secs(3), |c| {
+            c.vault.timeout = Duration::from_millis(500);
+        })
+        .await;
     let started = Instant::now();
     let err = one(&env, Shape::Ztunnel).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{}", err.message());

@@ -479,6 +479,27 @@ impl Env {
         Ok((chain, kc))
     }
 
+    /// Replaces the running signer with one whose Vault traffic goes through a proxy that
+    /// holds each request chunk for `delay` (roots come from the setup's file, so start-up does
+    /// not wait on the proxy). `customize` adjusts the config; `self.addr` points at the new
+    /// signer, which is returned.
+    pub async fn restart_with_slow_vault(
+        &mut self,
+        delay: Duration,
+        customize: impl FnOnce(&mut Config),
+    ) -> Running {
+        self.shutdown().await;
+        let upstream = self.bao.addr.trim_start_matches("http://").to_owned();
+        let mut config = self.config.clone();
+        config.vault.addr = delaying_proxy(Some(upstream), delay).await;
+        config.vault.timeout = Duration::from_secs(5);
+        config.bundle.file = Some(self.setup_dir.join("tls/root-cert.pem"));
+        customize(&mut config);
+        let signer = app::start(config).await.expect("signer starts");
+        self.addr = format!("127.0.0.1:{}", signer.local_addr().port());
+        signer
+    }
+
     pub async fn shutdown(&mut self) {
         if let Some(s) = self.signer.take() {
             s.shutdown().await.unwrap();
