@@ -161,6 +161,7 @@ fn handler(c: &mut Criterion) {
             credentials: Credentials {
                 bearer: Some(&token),
                 cluster_ids: &ids,
+                peer_cert: None,
             },
             csr_pem: &kc.csr_pem,
             validity_seconds: 86400,

@@ -137,8 +137,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 .context("serving certificate")?,
         ),
     };
-    let tls_config = tls::server_config(serving.clone(), config.server.client_ca_file.as_deref())
-        .context("TLS")?;
+    let client_roots = match (
+        &config.server.client_ca_file,
+        config.auth.client_certificates,
+    ) {
+        (Some(path), _) => tls::ClientRoots::File(path.clone()),
+        (None, true) => tls::ClientRoots::Bundle(shared_bundle.clone()),
+        (None, false) => tls::ClientRoots::None,
+    };
+    let tls_config = tls::server_config(serving.clone(), client_roots).context("TLS")?;
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;

@@ -47,6 +47,8 @@ pub enum AuthnError {
     Claims(String),
     #[error("token signing keys are unavailable: {0}")]
     KeysUnavailable(String),
+    #[error("client certificate does not name a workload of this trust domain: {0}")]
+    ClientCert(String),
 }
 
 impl AuthnError {
@@ -60,12 +62,15 @@ impl AuthnError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMethod {
     Jwt,
+    /// A TLS client certificate that chained to the trust bundle.
+    ClientCert,
 }
 
 impl AuthMethod {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Jwt => "jwt",
+            Self::ClientCert => "client-cert",
         }
     }
 }
@@ -93,11 +98,15 @@ pub struct Credentials<'a> {
     pub bearer: Option<&'a str>,
     /// Every `clusterid` header value.
     pub cluster_ids: &'a [&'a str],
+    /// The leaf of a client certificate the TLS handshake verified, if one was presented.
+    pub peer_cert: Option<&'a [u8]>,
 }
 
 /// The authenticator chain for this signer.
 pub struct Authenticator {
     cluster_id: String,
+    client_certificates: bool,
+    trust_domain: TrustDomain,
     jwt: JwtVerifier,
 }
 
@@ -105,7 +114,9 @@ impl Authenticator {
     pub async fn new(config: &AuthConfig, trust_domain: TrustDomain) -> Result<Self, AuthnError> {
         Ok(Self {
             cluster_id: config.cluster_id.clone(),
-            jwt: JwtVerifier::new(&config.jwt, trust_domain).await?,
+            client_certificates: config.client_certificates,
+            jwt: JwtVerifier::new(&config.jwt, trust_domain.clone()).await?,
+            trust_domain,
         })
     }
 
@@ -117,9 +128,58 @@ impl Authenticator {
             _ => return Err(AuthnError::AmbiguousCluster),
         }
         let token = creds.bearer.map(str::trim).filter(|t| !t.is_empty());
+        // A verified client certificate is tried first (as istiod does); if it names no
+        // workload of ours, a token may still authenticate the call.
+        if self.client_certificates
+            && let Some(der) = creds.peer_cert
+        {
+            match identity_from_cert(der, &self.trust_domain) {
+                Ok(identity) => {
+                    return Ok(Caller {
+                        identity,
+                        method: AuthMethod::ClientCert,
+                        pod: None,
+                    });
+                }
+                Err(e) if token.is_none() => return Err(e),
+                Err(_) => {}
+            }
+        }
         let token = token.ok_or(AuthnError::MissingToken)?;
         self.jwt.verify(token).await
     }
+}
+
+/// The workload identity of a verified client certificate: exactly one URI SAN, a SPIFFE ID
+/// of `trust_domain`.
+fn identity_from_cert(der: &[u8], trust_domain: &TrustDomain) -> Result<SpiffeId, AuthnError> {
+    use x509_parser::extensions::GeneralName;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let bad = |m: &str| AuthnError::ClientCert(m.to_owned());
+    let (_, cert) = X509Certificate::from_der(der).map_err(|_| bad("unparsable"))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|_| bad("malformed subjectAltName"))?
+        .ok_or_else(|| bad("no subjectAltName"))?;
+    let uris: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect();
+    let [uri] = uris[..] else {
+        return Err(bad("not exactly one URI SAN"));
+    };
+    let id: SpiffeId = uri
+        .parse()
+        .map_err(|_| bad("URI SAN is not a workload SPIFFE ID"))?;
+    if id.trust_domain() != trust_domain {
+        return Err(bad("foreign trust domain"));
+    }
+    Ok(id)
 }
 
 /// Where JWKS documents come from.
@@ -663,6 +723,7 @@ mod tests {
         std::fs::write(&path, issuer.jwks_json()).unwrap();
         let config = AuthConfig {
             cluster_id: "Kubernetes".into(),
+            client_certificates: false,
             jwt: config_with_file(&path),
         };
         let a = Authenticator::new(&config, td()).await.unwrap();
@@ -674,6 +735,7 @@ mod tests {
                 a.authenticate(Credentials {
                     bearer: bearer.as_deref(),
                     cluster_ids: ids,
+                    peer_cert: None,
                 })
                 .await
             }

@@ -130,13 +130,27 @@ pub async fn channel(
     ca_pem: &[u8],
     server_name: Option<&str>,
 ) -> anyhow::Result<Channel> {
+    channel_with_identity(addr, ca_pem, server_name, None).await
+}
+
+/// A TLS channel that presents `identity` (certificate chain + key) as a client certificate,
+/// as a VM agent renewing with `PROV_CERT` does.
+pub async fn channel_with_identity(
+    addr: &str,
+    ca_pem: &[u8],
+    server_name: Option<&str>,
+    identity: Option<tonic::transport::Identity>,
+) -> anyhow::Result<Channel> {
     let host = addr
         .rsplit_once(':')
         .map(|(h, _)| h.trim_matches(['[', ']']))
         .unwrap_or(addr);
-    let tls = ClientTlsConfig::new()
+    let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca_pem))
         .domain_name(server_name.unwrap_or(host));
+    if let Some(identity) = identity {
+        tls = tls.identity(identity);
+    }
     let channel = Endpoint::from_shared(format!("https://{addr}"))?
         .tls_config(tls)?
         .connect_timeout(Duration::from_secs(5))

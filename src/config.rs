@@ -207,6 +207,10 @@ impl Default for SelfIssuedConfig {
 pub struct AuthConfig {
     /// This cluster's ID; the `clusterid` header must be empty or equal to it.
     pub cluster_id: String,
+    /// Accept a client certificate that chains to the trust bundle (or to
+    /// `server.client_ca_file`) and carries one SPIFFE ID of this trust domain, e.g. a VM
+    /// renewing with its previous certificate. Tried before the token.
+    pub client_certificates: bool,
     pub jwt: JwtConfig,
 }
 
@@ -214,6 +218,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             cluster_id: "Kubernetes".into(),
+            client_certificates: false,
             jwt: JwtConfig::default(),
         }
     }

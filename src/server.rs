@@ -42,6 +42,11 @@ impl IstioCertificateService for CaService {
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         let start = Instant::now();
         let peer = request.remote_addr();
+        let peer_certs = request.peer_certs();
+        let peer_cert = peer_certs
+            .as_ref()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref());
         let md = request.metadata();
         let bearer = md
             .get_all("authorization")
@@ -62,6 +67,7 @@ impl IstioCertificateService for CaService {
             credentials: Credentials {
                 bearer,
                 cluster_ids: &cluster_ids,
+                peer_cert,
             },
             csr_pem: &body.csr,
             validity_seconds: body.validity_duration,

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
@@ -328,6 +329,111 @@ fn now_unix() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+fn optional_client_verifier(
+    roots: &[CertificateDer<'static>],
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let mut store = rustls::RootCertStore::empty();
+    for cert in roots {
+        store
+            .add(cert.clone())
+            .map_err(|e| TlsError::Invalid(e.to_string()))?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))
+}
+
+/// Verifies client certificates against whatever the trust bundle is at handshake time,
+/// rebuilding the webpki verifier when the bundle changes.
+struct BundleVerifier {
+    bundle: crate::bundle::SharedBundle,
+    provider: Arc<CryptoProvider>,
+    current:
+        std::sync::Mutex<Option<(Arc<crate::bundle::TrustBundle>, Arc<dyn ClientCertVerifier>)>>,
+}
+
+impl std::fmt::Debug for BundleVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BundleVerifier")
+    }
+}
+
+impl BundleVerifier {
+    fn verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        let bundle = self.bundle.load_full();
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((b, v)) = current.as_ref()
+            && Arc::ptr_eq(b, &bundle)
+        {
+            return Ok(v.clone());
+        }
+        let v = optional_client_verifier(bundle.roots(), &self.provider)
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        *current = Some((bundle, v.clone()));
+        Ok(v)
+    }
+}
+
+impl ClientCertVerifier for BundleVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.verifier()?
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 fn not_after(ck: &CertifiedKey) -> i64 {
     ck.end_entity_cert()
         .ok()
@@ -348,32 +454,41 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-/// Builds the server config. With `client_ca`, client certificates are verified when
-/// presented but not required (token-only callers still connect).
+/// Which roots client certificates are verified against.
+pub enum ClientRoots {
+    /// Client certificates are not requested.
+    None,
+    /// A fixed PEM CA file.
+    File(PathBuf),
+    /// The current trust bundle (rotations included): mesh certificates authenticate callers.
+    Bundle(crate::bundle::SharedBundle),
+}
+
+/// Builds the server config. Client certificates, when roots are given, are verified if
+/// presented but never required (token-only callers still connect).
 pub fn server_config(
     cert: Arc<ServingCert>,
-    client_ca: Option<&Path>,
+    client_roots: ClientRoots,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let provider = provider();
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    let builder = match client_ca {
-        Some(path) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_slice_iter(&read(path)?) {
-                let cert = cert.map_err(|e| TlsError::Invalid(e.to_string()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| TlsError::Invalid(e.to_string()))?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
+    let builder = match client_roots {
+        ClientRoots::File(path) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(&path)?)
+                .collect::<Result<_, _>>()
+                .map_err(|e| TlsError::Invalid(e.to_string()))?;
+            builder.with_client_cert_verifier(optional_client_verifier(&certs, &provider)?)
         }
-        None => builder.with_no_client_auth(),
+        ClientRoots::Bundle(bundle) => {
+            builder.with_client_cert_verifier(Arc::new(BundleVerifier {
+                bundle,
+                provider,
+                current: std::sync::Mutex::new(None),
+            }))
+        }
+        ClientRoots::None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(Arc::new(Resolver(cert)));
     config.alpn_protocols = vec![b"h2".to_vec()];

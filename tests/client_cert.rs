@@ -1,0 +1,118 @@
+//! Client-certificate authentication (VMs renewing with their previous certificate, no token),
+//! over real mutual TLS against a real OpenBao: a mesh certificate issued by the signer
+//! authenticates its own identity only; a certificate from another PKI is refused at the
+//! handshake; with the option off, a certificate alone authenticates nothing.
+
+mod support;
+
+use istio_vault_ca::client::{self, CallOptions, Shape};
+use istio_vault_ca::identity::SpiffeId;
+use istio_vault_ca::pb::istio_certificate_service_client::IstioCertificateServiceClient;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+use support::{Env, id};
+use tonic::Code;
+use tonic::transport::Identity;
+
+/// A tonic client presenting `chain_pem` + `key_pem` as its TLS client certificate.
+async fn mtls_client(
+    env: &Env,
+    chain_pem: &str,
+    key_pem: &str,
+) -> anyhow::Result<IstioCertificateServiceClient<tonic::transport::Channel>> {
+    let ch = client::channel_with_identity(
+        &env.addr,
+        &env.ca_pem,
+        Some("localhost"),
+        Some(Identity::from_pem(chain_pem, key_pem)),
+    )
+    .await?;
+    Ok(IstioCertificateServiceClient::new(ch))
+}
+
+/// Renewal as the VM agent sends it: its own certificate, no token.
+async fn renew(
+    grpc: &mut IstioCertificateServiceClient<tonic::transport::Channel>,
+    who: &SpiffeId,
+    csr_for: &SpiffeId,
+) -> Result<Vec<String>, tonic::Status> {
+    let kc = client::generate_csr(Shape::PilotAgent, csr_for).unwrap();
+    let opts = CallOptions {
+        token: None,
+        cluster_id: Some("Kubernetes".into()),
+        ttl_seconds: 3600,
+        impersonate: None,
+    };
+    let req = client::build_request(Shape::PilotAgent, &kc.csr_pem, who, &opts).unwrap();
+    grpc.create_certificate(req)
+        .await
+        .map(|r| r.into_inner().cert_chain)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_renews_with_its_certificate() {
+    let env = Env::start_with(|c| c.auth.client_certificates = true).await;
+    let vm = id("vm", "app");
+    // Bootstrap with a token, as a VM's first certificate is obtained.
+    let (chain, kc) = env
+        .request(Shape::PilotAgent, &vm, &env.opts("vm", "app"))
+        .await
+        .unwrap();
+    let cert_chain = format!("{}{}", chain[0], chain[1]);
+    let mut grpc = mtls_client(&env, &cert_chain, &kc.key_pem()).await.unwrap();
+
+    let renewed = renew(&mut grpc, &vm, &vm)
+        .await
+        .expect("renewed with the certificate alone");
+    assert_eq!(
+        client::inspect_chain(&renewed).unwrap().identity,
+        vm.to_string()
+    );
+
+    let other = id("vm", "other");
+    let err = renew(&mut grpc, &vm, &other).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    assert_eq!(env.bao.sign_calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_certificates_are_refused() {
+    let env = Env::start_with(|c| c.auth.client_certificates = true).await;
+    // A CA the bundle does not hold, minting a certificate for a mesh identity.
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::default();
+    p.subject_alt_names = vec![SanType::URI(
+        "spiffe://cluster.local/ns/kube-system/sa/admin"
+            .try_into()
+            .unwrap(),
+    )];
+    let cert = p.signed_by(&key, &ca).unwrap().pem();
+    let admin = id("kube-system", "admin");
+    let refused = match mtls_client(&env, &cert, &key.serialize_pem()).await {
+        Err(_) => true,
+        Ok(mut grpc) => renew(&mut grpc, &admin, &admin).await.is_err(),
+    };
+    assert!(
+        refused,
+        "a certificate outside the trust bundle authenticates nothing"
+    );
+    assert_eq!(env.bao.sign_calls(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_ignored_unless_enabled() {
+    let env = Env::start().await;
+    let vm = id("vm", "app");
+    let (chain, kc) = env
+        .request(Shape::PilotAgent, &vm, &env.opts("vm", "app"))
+        .await
+        .unwrap();
+    let mut grpc = mtls_client(&env, &format!("{}{}", chain[0], chain[1]), &kc.key_pem())
+        .await
+        .unwrap();
+    let err = renew(&mut grpc, &vm, &vm).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{}", err.message());
+    assert_eq!(env.bao.sign_calls(), 1);
+}
