@@ -350,9 +350,11 @@ fn optional_client_verifier(
 struct BundleVerifier {
     bundle: crate::bundle::SharedBundle,
     provider: Arc<CryptoProvider>,
-    current:
-        std::sync::Mutex<Option<(Arc<crate::bundle::TrustBundle>, Arc<dyn ClientCertVerifier>)>>,
+    current: std::sync::Mutex<Option<VerifierFor>>,
 }
+
+/// A webpki verifier and the bundle it was built from.
+type VerifierFor = (Arc<crate::bundle::TrustBundle>, Arc<dyn ClientCertVerifier>);
 
 impl std::fmt::Debug for BundleVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
