@@ -108,6 +108,68 @@ pub struct Authenticator {
     client_certificates: bool,
     trust_domain: TrustDomain,
     jwt: JwtVerifier,
+    cache: ResultCache,
+}
+
+/// Verified tokens by SHA-256: an entry lives until the token's `exp` or `max_age`, whichever
+/// is first; failures are never cached. Bounded: when full, expired entries are dropped, then
+/// the soonest-expiring ones.
+struct ResultCache {
+    entries: std::sync::Mutex<HashMap<[u8; 32], (Caller, Instant)>>,
+    capacity: usize,
+    max_age: Duration,
+}
+
+impl ResultCache {
+    fn key(token: &str) -> [u8; 32] {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        d.as_ref().try_into().expect("SHA-256 is 32 bytes")
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<Caller> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        match entries.get(key) {
+            Some((caller, until)) if Instant::now() < *until => Some(caller.clone()),
+            Some(_) => {
+                entries.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(&self, key: [u8; 32], caller: &Caller, exp: Option<u64>) {
+        if self.capacity == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let until_exp = exp.map(|exp| {
+            let secs = exp.saturating_sub(unix_now());
+            now + Duration::from_secs(secs)
+        });
+        let until = until_exp.map_or(now + self.max_age, |u| u.min(now + self.max_age));
+        if until <= now {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= self.capacity {
+            entries.retain(|_, (_, u)| *u > now);
+            while entries.len() >= self.capacity {
+                let soonest = entries.iter().min_by_key(|(_, (_, u))| *u).map(|(k, _)| *k);
+                match soonest {
+                    Some(k) => entries.remove(&k),
+                    None => break,
+                };
+            }
+        }
+        entries.insert(key, (caller.clone(), until));
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Authenticator {
@@ -117,6 +179,11 @@ impl Authenticator {
             client_certificates: config.client_certificates,
             jwt: JwtVerifier::new(&config.jwt, trust_domain.clone()).await?,
             trust_domain,
+            cache: ResultCache {
+                entries: std::sync::Mutex::new(HashMap::new()),
+                capacity: config.cache_size,
+                max_age: config.cache_max_age,
+            },
         })
     }
 
@@ -146,7 +213,15 @@ impl Authenticator {
             }
         }
         let token = token.ok_or(AuthnError::MissingToken)?;
-        self.jwt.verify(token).await
+        let key = ResultCache::key(token);
+        if let Some(caller) = self.cache.get(&key) {
+            crate::metrics::authn_cache(true);
+            return Ok(caller);
+        }
+        crate::metrics::authn_cache(false);
+        let (caller, exp) = self.jwt.verify_with_exp(token).await?;
+        self.cache.put(key, &caller, exp);
+        Ok(caller)
     }
 }
 
@@ -211,6 +286,7 @@ pub struct JwtVerifier {
 
 #[derive(Deserialize)]
 struct Claims {
+    exp: Option<u64>,
     sub: Option<String>,
     #[serde(rename = "kubernetes.io")]
     kubernetes: Option<K8sClaims>,
@@ -299,6 +375,11 @@ impl JwtVerifier {
 
     /// Verifies `token` and extracts the caller's identity.
     pub async fn verify(&self, token: &str) -> Result<Caller, AuthnError> {
+        self.verify_with_exp(token).await.map(|(caller, _)| caller)
+    }
+
+    /// As [`JwtVerifier::verify`], also returning the token's `exp`.
+    pub async fn verify_with_exp(&self, token: &str) -> Result<(Caller, Option<u64>), AuthnError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthnError::Malformed(short_error(&e)))?;
         let validation = self
@@ -311,7 +392,8 @@ impl JwtVerifier {
             result = self.verify_with_current_keys(token, kid.as_deref(), validation);
         }
         let claims = result?;
-        self.caller_from_claims(claims)
+        let exp = claims.exp;
+        Ok((self.caller_from_claims(claims)?, exp))
     }
 
     fn verify_with_current_keys(
@@ -723,8 +805,8 @@ mod tests {
         std::fs::write(&path, issuer.jwks_json()).unwrap();
         let config = AuthConfig {
             cluster_id: "Kubernetes".into(),
-            client_certificates: false,
             jwt: config_with_file(&path),
+            ..AuthConfig::default()
         };
         let a = Authenticator::new(&config, td()).await.unwrap();
         let token = format!(" {}\n", issuer.token(&TokenSpec::new("a", "b")).unwrap());
@@ -757,6 +839,96 @@ mod tests {
         assert_eq!(
             creds(&[], None).await.unwrap_err(),
             AuthnError::MissingToken
+        );
+    }
+
+    fn creds(token: &str) -> Credentials<'_> {
+        Credentials {
+            bearer: Some(token),
+            cluster_ids: &[],
+            peer_cert: None,
+        }
+    }
+
+    async fn authenticator(config: AuthConfig) -> (tempfile::TempDir, DevIssuer, Authenticator) {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, issuer.jwks_json()).unwrap();
+        let config = AuthConfig {
+            jwt: JwtConfig {
+                leeway: Duration::ZERO,
+                ..config_with_file(&path)
+            },
+            ..config
+        };
+        let a = Authenticator::new(&config, td()).await.unwrap();
+        (dir, issuer, a)
+    }
+
+    #[tokio::test]
+    async fn repeated_tokens_hit_the_cache_until_exp() {
+        let (_dir, issuer, a) = authenticator(AuthConfig::default()).await;
+        let mut spec = TokenSpec::new("a", "b");
+        spec.ttl = Duration::from_secs(2);
+        let token = issuer.token(&spec).unwrap();
+        let key = ResultCache::key(&token);
+        assert!(a.cache.get(&key).is_none());
+        a.authenticate(creds(&token)).await.unwrap();
+        assert_eq!(
+            a.cache.get(&key).map(|c| c.identity.to_string()).as_deref(),
+            Some("spiffe://cluster.local/ns/a/sa/b"),
+            "a verified token is remembered"
+        );
+        a.authenticate(creds(&token)).await.unwrap();
+        // After exp (whole seconds) the entry is gone; the token is verified again and refused.
+        tokio::time::sleep(Duration::from_millis(3100)).await;
+        assert!(a.cache.get(&key).is_none());
+        assert_eq!(
+            a.authenticate(creds(&token)).await.unwrap_err(),
+            AuthnError::Expired
+        );
+        // Failures are not cached.
+        assert!(a.cache.get(&key).is_none());
+    }
+
+    #[tokio::test]
+    async fn cache_is_bounded_by_age_and_size() {
+        let (_dir, issuer, a) = authenticator(AuthConfig {
+            cache_size: 2,
+            cache_max_age: Duration::from_millis(300),
+            ..AuthConfig::default()
+        })
+        .await;
+        let tokens: Vec<String> = ["x", "y", "z"]
+            .iter()
+            .map(|sa| issuer.token(&TokenSpec::new("a", sa)).unwrap())
+            .collect();
+        for t in &tokens {
+            a.authenticate(creds(t)).await.unwrap();
+        }
+        assert_eq!(
+            a.cache.entries.lock().unwrap().len(),
+            2,
+            "never more than cache_size"
+        );
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(
+            tokens
+                .iter()
+                .all(|t| a.cache.get(&ResultCache::key(t)).is_none()),
+            "max age"
+        );
+        let (_dir, issuer, off) = authenticator(AuthConfig {
+            cache_size: 0,
+            ..AuthConfig::default()
+        })
+        .await;
+        let t = issuer.token(&TokenSpec::new("a", "b")).unwrap();
+        off.authenticate(creds(&t)).await.unwrap();
+        assert!(
+            off.cache.get(&ResultCache::key(&t)).is_none(),
+            "cache_size 0 disables it"
         );
     }
 }

@@ -211,6 +211,11 @@ pub struct AuthConfig {
     /// `server.client_ca_file`) and carries one SPIFFE ID of this trust domain, e.g. a VM
     /// renewing with its previous certificate. Tried before the token.
     pub client_certificates: bool,
+    /// Verified tokens remembered (by SHA-256), so a token seen again costs no verification.
+    pub cache_size: usize,
+    /// Longest a verified token is remembered; never past the token's own `exp`.
+    #[serde(with = "duration")]
+    pub cache_max_age: Duration,
     pub jwt: JwtConfig,
 }
 
@@ -219,6 +224,8 @@ impl Default for AuthConfig {
         Self {
             cluster_id: "Kubernetes".into(),
             client_certificates: false,
+            cache_size: 10_000,
+            cache_max_age: Duration::from_secs(300),
             jwt: JwtConfig::default(),
         }
     }

@@ -35,6 +35,10 @@ pub fn install() -> PrometheusHandle {
 fn describe() {
     use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
+        "istio_vault_ca_authn_cache_total",
+        "Token authentications answered from the result cache (hit) or verified (miss)"
+    );
+    describe_counter!(
         "istio_vault_ca_connections_total",
         "TLS connections accepted on the gRPC port"
     );
@@ -150,6 +154,12 @@ pub fn shed() {
 
 pub fn deduplicated() {
     ::metrics::counter!("istio_vault_ca_deduplicated_total").increment(1);
+}
+
+/// A caller authentication answered from (`hit`) or missing (`miss`) the result cache.
+pub fn authn_cache(hit: bool) {
+    let result = if hit { "hit" } else { "miss" };
+    ::metrics::counter!("istio_vault_ca_authn_cache_total", "result" => result).increment(1);
 }
 
 pub fn jwks_fetch(ok: bool) {
