@@ -155,6 +155,7 @@ fn handler(c: &mut Criterion) {
             )),
             paths: PathCache::default(),
             in_flight: Default::default(),
+            delegation: None,
         };
         let ids = ["Kubernetes"];
         let req = CertificateRequest {

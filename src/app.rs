@@ -121,6 +121,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         bundle: shared_bundle.clone(),
         paths: Default::default(),
         in_flight: Default::default(),
+        delegation: match &config.vault.delegated {
+            Some(d) => Some(
+                crate::vault::Delegation::new(&vault, d, &config.vault.role)
+                    .context("vault.delegated")?,
+            ),
+            None => None,
+        },
     });
 
     let serving = match &config.server.self_issued {

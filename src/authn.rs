@@ -89,6 +89,8 @@ pub struct Caller {
     pub identity: SpiffeId,
     pub method: AuthMethod,
     pub pod: Option<PodRef>,
+    /// When the credential expires (a token's `exp`, unix seconds), if known.
+    pub expires: Option<u64>,
 }
 
 /// Credentials carried by one request.
@@ -206,6 +208,7 @@ impl Authenticator {
                         identity,
                         method: AuthMethod::ClientCert,
                         pod: None,
+                        expires: None,
                     });
                 }
                 Err(e) if token.is_none() => return Err(e),
@@ -219,8 +222,8 @@ impl Authenticator {
             return Ok(caller);
         }
         crate::metrics::authn_cache(false);
-        let (caller, exp) = self.jwt.verify_with_exp(token).await?;
-        self.cache.put(key, &caller, exp);
+        let caller = self.jwt.verify(token).await?;
+        self.cache.put(key, &caller, caller.expires);
         Ok(caller)
     }
 }
@@ -375,11 +378,6 @@ impl JwtVerifier {
 
     /// Verifies `token` and extracts the caller's identity.
     pub async fn verify(&self, token: &str) -> Result<Caller, AuthnError> {
-        self.verify_with_exp(token).await.map(|(caller, _)| caller)
-    }
-
-    /// As [`JwtVerifier::verify`], also returning the token's `exp`.
-    pub async fn verify_with_exp(&self, token: &str) -> Result<(Caller, Option<u64>), AuthnError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthnError::Malformed(short_error(&e)))?;
         let validation = self
@@ -392,8 +390,7 @@ impl JwtVerifier {
             result = self.verify_with_current_keys(token, kid.as_deref(), validation);
         }
         let claims = result?;
-        let exp = claims.exp;
-        Ok((self.caller_from_claims(claims)?, exp))
+        self.caller_from_claims(claims)
     }
 
     fn verify_with_current_keys(
@@ -425,6 +422,7 @@ impl JwtVerifier {
     }
 
     fn caller_from_claims(&self, claims: Claims) -> Result<Caller, AuthnError> {
+        let exp = claims.exp;
         let from_sub = match &claims.sub {
             Some(sub) => Some(
                 SpiffeId::from_k8s_username(self.trust_domain.clone(), sub).ok_or_else(|| {
@@ -468,6 +466,7 @@ impl JwtVerifier {
             identity,
             method: AuthMethod::Jwt,
             pod,
+            expires: exp,
         })
     }
 

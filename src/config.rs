@@ -374,6 +374,36 @@ pub struct VaultConfig {
     pub breaker_cooldown: Duration,
     /// How the signer authenticates to Vault.
     pub auth: VaultAuthConfig,
+    /// Delegated mode: sign with a Vault token obtained by logging in with the caller's JWT.
+    pub delegated: Option<DelegatedConfig>,
+}
+
+/// Vault-delegated signing: each caller's JWT is exchanged at `auth/<mount>/login` (role
+/// `role`) for a Vault token, cached by the JWT's SHA-256 for the shorter of both lifetimes,
+/// and that token signs with `sign_role`, so Vault's own policy and identity templating
+/// decide too. The signer still requires the CSR's SAN to equal the caller's identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DelegatedConfig {
+    /// Auth mount the callers' tokens are exchanged at (`jwt` or `kubernetes` type).
+    pub mount: String,
+    /// Login role at that mount.
+    pub role: String,
+    /// PKI role signed with the delegated token (default: `vault.role`).
+    pub sign_role: Option<String>,
+    /// Exchanged tokens remembered.
+    pub cache_size: usize,
+}
+
+impl Default for DelegatedConfig {
+    fn default() -> Self {
+        Self {
+            mount: "kubernetes".into(),
+            role: "istio-workload".into(),
+            sign_role: None,
+            cache_size: 10_000,
+        }
+    }
 }
 
 /// The signer's own Vault login method.
@@ -444,6 +474,7 @@ impl Default for VaultConfig {
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(1),
             auth: VaultAuthConfig::default(),
+            delegated: None,
         }
     }
 }

@@ -191,6 +191,7 @@ pub fn to_status(err: &IssueError) -> Status {
         IssueError::Authz(e) => Status::permission_denied(e.to_string()),
         IssueError::Csr(e) => Status::invalid_argument(e.to_string()),
         IssueError::Ttl(e) => Status::invalid_argument(e.to_string()),
+        IssueError::Vault(VaultError::Delegation(_)) => Status::permission_denied(err.to_string()),
         IssueError::Vault(VaultError::Rejected(m)) => {
             Status::invalid_argument(format!("Vault refused to sign: {m}"))
         }

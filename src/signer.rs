@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::authn::{Authenticator, AuthnError, Caller, Credentials};
+use crate::authn::{AuthMethod, Authenticator, AuthnError, Caller, Credentials};
 use crate::bundle::SharedBundle;
 use crate::chain::{self, Expectation, IssuedChain, LeafError, PathCache};
 use crate::config::{OverMax, TtlConfig};
@@ -194,6 +194,8 @@ pub struct Signer {
     pub paths: PathCache,
     /// Vault calls in progress, shared by identical requests.
     pub in_flight: InFlight,
+    /// Delegated mode: sign with a Vault token from the caller's own JWT.
+    pub delegation: Option<crate::vault::Delegation>,
 }
 
 /// What makes two requests identical: same identity, same CSR bytes, same TTL.
@@ -294,7 +296,26 @@ impl Signer {
         req: CertificateRequest<'_>,
     ) -> Result<Issued, IssueError> {
         let approved = self.approve(caller, &req)?;
-        let signed = self.in_flight.sign(&self.vault, &approved).await?;
+        let delegated_jwt = req
+            .credentials
+            .bearer
+            .map(str::trim)
+            .filter(|_| approved.caller.method == AuthMethod::Jwt);
+        let signed = match (&self.delegation, delegated_jwt) {
+            (Some(delegation), Some(jwt)) => {
+                self.vault
+                    .delegated_sign(
+                        delegation,
+                        jwt,
+                        approved.caller.expires,
+                        approved.csr.pem(),
+                        &approved.identity,
+                        approved.ttl,
+                    )
+                    .await?
+            }
+            _ => self.in_flight.sign(&self.vault, &approved).await?,
+        };
         self.finish(approved, &signed, SystemTime::now())
     }
 
@@ -407,7 +428,6 @@ fn authorize(caller: &Caller, impersonated: Option<&str>) -> Result<SpiffeId, Au
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authn::AuthMethod;
     use crate::identity::TrustDomain;
 
     fn caller(ns: &str, sa: &str) -> Caller {
@@ -415,6 +435,7 @@ mod tests {
             identity: SpiffeId::new(TrustDomain::new("cluster.local").unwrap(), ns, sa).unwrap(),
             method: AuthMethod::Jwt,
             pod: None,
+            expires: None,
         }
     }
 

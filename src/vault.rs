@@ -19,8 +19,10 @@ use crate::identity::SpiffeId;
 
 mod auth;
 mod breaker;
+mod delegated;
 pub use auth::{AuthState, Credentials, KUBERNETES_SA_TOKEN, Lease};
 use breaker::Breaker;
+pub use delegated::Delegation;
 
 const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-vault-token");
 const NAMESPACE_HEADER: HeaderName = HeaderName::from_static("x-vault-namespace");
@@ -46,6 +48,8 @@ pub enum VaultError {
     Token(String),
     #[error("Vault is failing; not calling it for another {0:?}")]
     CircuitOpen(Duration),
+    #[error("Vault refused the caller's credentials: {0}")]
+    Delegation(String),
 }
 
 impl VaultError {
@@ -72,6 +76,7 @@ impl VaultError {
             Self::Malformed(_) => "malformed",
             Self::Token(_) => "token",
             Self::CircuitOpen(_) => "circuit_open",
+            Self::Delegation(_) => "delegation_refused",
         }
     }
 

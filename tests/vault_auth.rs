@@ -202,3 +202,155 @@ async fn everything_inside_a_vault_namespace() {
     assert!(root_mounts["data"].get("pki-istio/").is_none());
     assert!(env.bao.sign_calls() >= 1);
 }
+
+/// Delegated mode against OpenBao's JWT auth: the caller's token is exchanged for a Vault
+/// token (once, then cached), and Vault's templated role only allows the caller's own SPIFFE
+/// ID, from the token's claims. A caller Vault does not accept is refused with
+/// PermissionDenied and nothing is signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegated_mode_signs_with_the_callers_vault_token() {
+    let bao = OpenBao::start().await;
+    let setup = bao.setup(&[]);
+    // The workloads' token issuer, known to both the signer (JWKS) and Vault (public key).
+    let workload_idp = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
+    bao.api(
+        "POST",
+        "sys/auth/jwt-workloads",
+        serde_json::json!({"type": "jwt"}),
+    )
+    .await;
+    bao.api(
+        "POST",
+        "auth/jwt-workloads/config",
+        serde_json::json!({"jwt_validation_pubkeys": [workload_idp.public_key_pem()], "bound_issuer": DEFAULT_ISSUER}),
+    )
+    .await;
+    bao.api(
+        "POST",
+        "auth/jwt-workloads/role/workload",
+        serde_json::json!({
+            "role_type": "jwt", "bound_audiences": ["istio-ca"], "user_claim": "sub",
+            "bound_claims": {"/kubernetes.io/namespace": "default"},
+            "claim_mappings": {"/kubernetes.io/namespace": "namespace", "/kubernetes.io/serviceaccount/name": "sa"},
+            "token_type": "batch", "token_ttl": "10m", "token_policies": ["istio-delegated"],
+        }),
+    )
+    .await;
+    let accessor = bao.api("GET", "sys/auth", serde_json::Value::Null).await["data"]["jwt-workloads/"]["accessor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let alias =
+        |field: &str| format!("{{{{identity.entity.aliases.{accessor}.metadata.{field}}}}}");
+    let mut role = bao
+        .api(
+            "GET",
+            &format!("{}/roles/{}", support::MOUNT, support::ROLE),
+            serde_json::Value::Null,
+        )
+        .await["data"]
+        .clone();
+    role["allowed_uri_sans_template"] = true.into();
+    role["allowed_uri_sans"] = serde_json::json!([format!(
+        "spiffe://cluster.local/ns/{}/sa/{}",
+        alias("namespace"),
+        alias("sa")
+    )]);
+    bao.api(
+        "POST",
+        &format!("{}/roles/istio-delegated", support::MOUNT),
+        role,
+    )
+    .await;
+    bao.api(
+        "PUT",
+        "sys/policies/acl/istio-delegated",
+        serde_json::json!({"policy": format!("path \"{}/sign/istio-delegated\" {{ capabilities = [\"update\"] }}", support::MOUNT)}),
+    )
+    .await;
+
+    let mut env = Env::with_bao(bao, setup, |c| {
+        c.vault.delegated = Some(istio_vault_ca::config::DelegatedConfig {
+            mount: "jwt-workloads".into(),
+            role: "workload".into(),
+            sign_role: Some("istio-delegated".into()),
+            cache_size: 100,
+        });
+    })
+    .await;
+    // The signer must trust the same workload issuer.
+    env.shutdown().await;
+    let jwks = env.dir.path().join("workloads-jwks.json");
+    std::fs::write(&jwks, workload_idp.jwks_json()).unwrap();
+    let mut config = env.config.clone();
+    config.auth.jwt.jwks_file = Some(jwks);
+    let signer = istio_vault_ca::app::start(config).await.unwrap();
+    env.addr = format!("127.0.0.1:{}", signer.local_addr().port());
+
+    let demo = id("default", "demo");
+    let token = workload_idp
+        .token(&TokenSpec::new("default", "demo"))
+        .unwrap();
+    let opts = istio_vault_ca::client::CallOptions {
+        token: Some(token),
+        ..env.opts("default", "demo")
+    };
+    for _ in 0..2 {
+        let (chain, _) = env
+            .request(Shape::PilotAgent, &demo, &opts)
+            .await
+            .expect("issued via delegation");
+        assert_eq!(
+            istio_vault_ca::client::inspect_chain(&chain)
+                .unwrap()
+                .identity,
+            demo.to_string()
+        );
+    }
+    let count = |path: &str| {
+        std::fs::read_to_string(env.bao.audit_log())
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                l.contains("\"type\":\"request\"") && l.contains(&format!("\"path\":\"{path}\""))
+            })
+            .count()
+    };
+    assert_eq!(
+        count("auth/jwt-workloads/login"),
+        1,
+        "the exchanged token is cached"
+    );
+    assert_eq!(
+        count(&format!("{}/sign/istio-delegated", support::MOUNT)),
+        2
+    );
+
+    // A caller outside the Vault role's bound claims: Vault refuses the login.
+    let other = id("other", "app");
+    let other_opts = istio_vault_ca::client::CallOptions {
+        token: Some(workload_idp.token(&TokenSpec::new("other", "app")).unwrap()),
+        ..opts.clone()
+    };
+    let err = env
+        .request(Shape::Ztunnel, &other, &other_opts)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::PermissionDenied,
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message()
+            .contains("Vault refused the caller's credentials"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        count(&format!("{}/sign/istio-delegated", support::MOUNT)),
+        2
+    );
+    signer.shutdown().await.unwrap();
+}

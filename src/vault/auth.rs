@@ -237,7 +237,11 @@ impl VaultClient {
         Ok(lease)
     }
 
-    async fn login(&self, mount: &str, body: serde_json::Value) -> Result<Lease, VaultError> {
+    pub(super) async fn login(
+        &self,
+        mount: &str,
+        body: serde_json::Value,
+    ) -> Result<Lease, VaultError> {
         let url = self.api_url(&format!("auth/{mount}/login"))?;
         let req = self.unauthenticated(reqwest::Method::POST, url).json(&body);
         let env: AuthEnvelope = self.send("login", req).await?;
@@ -421,6 +425,10 @@ fn read_secret(path: &Path) -> Result<String, VaultError> {
         return Err(VaultError::Token(format!("{} is empty", path.display())));
     }
     Ok(s.to_owned())
+}
+
+pub(super) fn unix_now() -> i64 {
+    now_unix()
 }
 
 fn now_unix() -> i64 {

@@ -1,0 +1,179 @@
+//! Vault-delegated signing (the old Istio Vault CA design): the caller's own JWT is exchanged
+//! for a Vault token and that token signs, so every certificate is also authorised by Vault's
+//! policy for that workload and recorded in Vault's audit log under its identity.
+//!
+//! Exchanged tokens are cached by SHA-256 of the JWT until the earlier of the Vault token's
+//! and the JWT's expiry, so renewals do not pay a login each (which would halve throughput).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use reqwest::Url;
+
+use super::{SignBody, SignData, SignedCert, VaultClient, VaultError, VaultToken, signed_from};
+use crate::config::DelegatedConfig;
+use crate::identity::SpiffeId;
+
+/// A margin so a cached token is not used in its last seconds.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
+
+pub struct Delegation {
+    mount: String,
+    role: String,
+    sign_url: Url,
+    capacity: usize,
+    tokens: Mutex<HashMap<[u8; 32], (VaultToken, Instant)>>,
+}
+
+impl Delegation {
+    pub fn new(
+        vault: &VaultClient,
+        config: &DelegatedConfig,
+        default_role: &str,
+    ) -> Result<Self, VaultError> {
+        let role = config.sign_role.as_deref().unwrap_or(default_role);
+        let sign_url = vault
+            .base
+            .join(&format!("sign/{role}"))
+            .map_err(|e| VaultError::Malformed(e.to_string()))?;
+        Ok(Self {
+            mount: config.mount.clone(),
+            role: config.role.clone(),
+            sign_url,
+            capacity: config.cache_size,
+            tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (VaultToken, Instant)>> {
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Cached Vault tokens (for tests and metrics).
+    pub fn cached(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn cached_token(&self, key: &[u8; 32]) -> Option<VaultToken> {
+        let mut tokens = self.lock();
+        match tokens.get(key) {
+            Some((t, until)) if Instant::now() < *until => Some(t.clone()),
+            Some(_) => {
+                tokens.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remember(&self, key: [u8; 32], token: VaultToken, until: Instant) {
+        if self.capacity == 0 || until <= Instant::now() {
+            return;
+        }
+        let mut tokens = self.lock();
+        if tokens.len() >= self.capacity {
+            let now = Instant::now();
+            tokens.retain(|_, (_, u)| *u > now);
+            if tokens.len() >= self.capacity
+                && let Some(k) = tokens.iter().min_by_key(|(_, (_, u))| *u).map(|(k, _)| *k)
+            {
+                tokens.remove(&k);
+            }
+        }
+        tokens.insert(key, (token, until));
+    }
+
+    fn forget(&self, key: &[u8; 32]) {
+        self.lock().remove(key);
+    }
+}
+
+impl VaultClient {
+    /// Signs with a Vault token obtained from the caller's `jwt` (expiring at `jwt_exp`, unix
+    /// seconds). A `403` drops the cached token and logs in once more.
+    pub async fn delegated_sign(
+        &self,
+        delegation: &Delegation,
+        jwt: &str,
+        jwt_exp: Option<u64>,
+        csr_pem: &str,
+        identity: &SpiffeId,
+        ttl: Duration,
+    ) -> Result<SignedCert, VaultError> {
+        let key: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, jwt.as_bytes())
+            .as_ref()
+            .try_into()
+            .expect("SHA-256 is 32 bytes");
+        let mut fresh = false;
+        let token = match delegation.cached_token(&key) {
+            Some(t) => t,
+            None => {
+                fresh = true;
+                self.delegated_login(delegation, &key, jwt, jwt_exp).await?
+            }
+        };
+        match self
+            .sign_as(delegation, &token, csr_pem, identity, ttl)
+            .await
+        {
+            Err(VaultError::Forbidden(_)) if !fresh => {
+                delegation.forget(&key);
+                let token = self.delegated_login(delegation, &key, jwt, jwt_exp).await?;
+                self.sign_as(delegation, &token, csr_pem, identity, ttl)
+                    .await
+            }
+            r => r,
+        }
+    }
+
+    async fn delegated_login(
+        &self,
+        delegation: &Delegation,
+        key: &[u8; 32],
+        jwt: &str,
+        jwt_exp: Option<u64>,
+    ) -> Result<VaultToken, VaultError> {
+        let lease = self
+            .login(
+                &delegation.mount,
+                serde_json::json!({"role": delegation.role, "jwt": jwt}),
+            )
+            .await
+            .map_err(|e| match e {
+                VaultError::Rejected(m) | VaultError::Forbidden(m) => VaultError::Delegation(m),
+                other => other,
+            })?;
+        let now = Instant::now();
+        let mut until = now + lease.ttl.saturating_sub(EXPIRY_MARGIN);
+        if let Some(exp) = jwt_exp {
+            let jwt_left = exp.saturating_sub(super::auth::unix_now() as u64);
+            until = until.min(now + Duration::from_secs(jwt_left).saturating_sub(EXPIRY_MARGIN));
+        }
+        delegation.remember(*key, lease.token.clone(), until);
+        Ok(lease.token)
+    }
+
+    async fn sign_as(
+        &self,
+        delegation: &Delegation,
+        token: &VaultToken,
+        csr_pem: &str,
+        identity: &SpiffeId,
+        ttl: Duration,
+    ) -> Result<SignedCert, VaultError> {
+        let body = SignBody {
+            csr: csr_pem,
+            uri_sans: identity.to_string(),
+            ttl: format!("{}s", ttl.as_secs()),
+            format: "pem",
+            exclude_cn_from_sans: true,
+        };
+        let req = self
+            .unauthenticated(reqwest::Method::POST, delegation.sign_url.clone())
+            .header(super::TOKEN_HEADER, token.0.clone())
+            .json(&body);
+        let env: super::Envelope<SignData> = self.send("sign_delegated", req).await?;
+        signed_from(env)
+    }
+}
