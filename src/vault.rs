@@ -393,6 +393,19 @@ impl VaultClient {
         identity: &SpiffeId,
         ttl: Duration,
     ) -> Result<SignedCert, VaultError> {
+        let req = self.request(reqwest::Method::POST, self.sign_url.clone());
+        self.post_sign("sign", req, csr_pem, identity, ttl).await
+    }
+
+    /// Posts a workload sign request (`req` carries the URL and the token to use).
+    async fn post_sign(
+        &self,
+        op: &'static str,
+        req: reqwest::RequestBuilder,
+        csr_pem: &str,
+        identity: &SpiffeId,
+        ttl: Duration,
+    ) -> Result<SignedCert, VaultError> {
         let body = SignBody {
             csr: csr_pem,
             uri_sans: identity.to_string(),
@@ -400,10 +413,7 @@ impl VaultClient {
             format: "pem",
             exclude_cn_from_sans: true,
         };
-        let req = self
-            .request(reqwest::Method::POST, self.sign_url.clone())
-            .json(&body);
-        let env: Envelope<SignData> = self.send("sign", req).await?;
+        let env: Envelope<SignData> = self.send(op, req.json(&body)).await?;
         signed_from(env)
     }
 

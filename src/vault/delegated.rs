@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Url;
 
-use super::{SignBody, SignData, SignedCert, VaultClient, VaultError, VaultToken, signed_from};
+use super::{SignedCert, VaultClient, VaultError, VaultToken};
 use crate::config::DelegatedConfig;
 use crate::identity::SpiffeId;
 
@@ -162,18 +162,10 @@ impl VaultClient {
         identity: &SpiffeId,
         ttl: Duration,
     ) -> Result<SignedCert, VaultError> {
-        let body = SignBody {
-            csr: csr_pem,
-            uri_sans: identity.to_string(),
-            ttl: format!("{}s", ttl.as_secs()),
-            format: "pem",
-            exclude_cn_from_sans: true,
-        };
         let req = self
             .unauthenticated(reqwest::Method::POST, delegation.sign_url.clone())
-            .header(super::TOKEN_HEADER, token.0.clone())
-            .json(&body);
-        let env: super::Envelope<SignData> = self.send("sign_delegated", req).await?;
-        signed_from(env)
+            .header(super::TOKEN_HEADER, token.0.clone());
+        self.post_sign("sign_delegated", req, csr_pem, identity, ttl)
+            .await
     }
 }
