@@ -49,12 +49,16 @@ pub enum AuthnError {
     KeysUnavailable(String),
     #[error("client certificate does not name a workload of this trust domain: {0}")]
     ClientCert(String),
+    #[error("the Kubernetes API did not authenticate the token: {0}")]
+    ReviewRejected(String),
+    #[error("TokenReview is unavailable: {0}")]
+    ReviewUnavailable(String),
 }
 
 impl AuthnError {
     /// True when the failure is on the signer's side (keys could not be fetched).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::KeysUnavailable(_))
+        matches!(self, Self::KeysUnavailable(_) | Self::ReviewUnavailable(_))
     }
 }
 
@@ -64,6 +68,8 @@ pub enum AuthMethod {
     Jwt,
     /// A TLS client certificate that chained to the trust bundle.
     ClientCert,
+    /// A token the Kubernetes API authenticated (TokenReview).
+    TokenReview,
 }
 
 impl AuthMethod {
@@ -71,6 +77,7 @@ impl AuthMethod {
         match self {
             Self::Jwt => "jwt",
             Self::ClientCert => "client-cert",
+            Self::TokenReview => "token-review",
         }
     }
 }
@@ -109,8 +116,14 @@ pub struct Authenticator {
     cluster_id: String,
     client_certificates: bool,
     trust_domain: TrustDomain,
-    jwt: JwtVerifier,
+    tokens: TokenVerifier,
     cache: ResultCache,
+}
+
+/// How bearer tokens are checked.
+enum TokenVerifier {
+    Local(JwtVerifier),
+    Review(TokenReviewer, Duration),
 }
 
 /// Verified tokens by SHA-256: an entry lives until the token's `exp` or `max_age`, whichever
@@ -140,16 +153,17 @@ impl ResultCache {
         }
     }
 
-    fn put(&self, key: [u8; 32], caller: &Caller, exp: Option<u64>) {
+    fn put(&self, key: [u8; 32], caller: &Caller, exp: Option<u64>, max_age: Duration) {
         if self.capacity == 0 {
             return;
         }
+        let max_age = max_age.min(self.max_age);
         let now = Instant::now();
         let until_exp = exp.map(|exp| {
             let secs = exp.saturating_sub(unix_now());
             now + Duration::from_secs(secs)
         });
-        let until = until_exp.map_or(now + self.max_age, |u| u.min(now + self.max_age));
+        let until = until_exp.map_or(now + max_age, |u| u.min(now + max_age));
         if until <= now {
             return;
         }
@@ -179,7 +193,15 @@ impl Authenticator {
         Ok(Self {
             cluster_id: config.cluster_id.clone(),
             client_certificates: config.client_certificates,
-            jwt: JwtVerifier::new(&config.jwt, trust_domain.clone()).await?,
+            tokens: match &config.token_review {
+                Some(tr) => TokenVerifier::Review(
+                    TokenReviewer::new(tr, trust_domain.clone()).await?,
+                    tr.cache_max_age,
+                ),
+                None => {
+                    TokenVerifier::Local(JwtVerifier::new(&config.jwt, trust_domain.clone()).await?)
+                }
+            },
             trust_domain,
             cache: ResultCache {
                 entries: std::sync::Mutex::new(HashMap::new()),
@@ -222,8 +244,11 @@ impl Authenticator {
             return Ok(caller);
         }
         crate::metrics::authn_cache(false);
-        let caller = self.jwt.verify(token).await?;
-        self.cache.put(key, &caller, caller.expires);
+        let (caller, max_age) = match &self.tokens {
+            TokenVerifier::Local(jwt) => (jwt.verify(token).await?, self.cache.max_age),
+            TokenVerifier::Review(reviewer, max_age) => (reviewer.review(token).await?, *max_age),
+        };
+        self.cache.put(key, &caller, caller.expires, max_age);
         Ok(caller)
     }
 }
@@ -258,6 +283,111 @@ fn identity_from_cert(der: &[u8], trust_domain: &TrustDomain) -> Result<SpiffeId
         return Err(bad("foreign trust domain"));
     }
     Ok(id)
+}
+
+/// Verifies tokens with the Kubernetes TokenReview API (as istiod does): `authenticated`,
+/// member of `system:serviceaccounts`, username `system:serviceaccount:<ns>:<sa>`; pod name,
+/// UID and node from `status.user.extra` when the token is pod-bound.
+pub struct TokenReviewer {
+    api: kube::Api<k8s_openapi::api::authentication::v1::TokenReview>,
+    audiences: Vec<String>,
+    trust_domain: TrustDomain,
+}
+
+impl TokenReviewer {
+    pub async fn new(
+        config: &crate::config::TokenReviewConfig,
+        trust_domain: TrustDomain,
+    ) -> Result<Self, AuthnError> {
+        let unavailable = |e: String| AuthnError::ReviewUnavailable(e);
+        let kube_config = match &config.kubeconfig {
+            Some(path) => {
+                let kc = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+                kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                    .await
+                    .map_err(|e| unavailable(e.to_string()))?
+            }
+            None => kube::Config::infer()
+                .await
+                .map_err(|e| unavailable(e.to_string()))?,
+        };
+        let client = kube::Client::try_from(kube_config).map_err(|e| unavailable(e.to_string()))?;
+        Ok(Self {
+            api: kube::Api::all(client),
+            audiences: config.audiences.clone(),
+            trust_domain,
+        })
+    }
+
+    pub async fn review(&self, token: &str) -> Result<Caller, AuthnError> {
+        use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+        let request = TokenReview {
+            metadata: Default::default(),
+            spec: TokenReviewSpec {
+                token: Some(token.to_owned()),
+                audiences: Some(self.audiences.clone()),
+            },
+            status: None,
+        };
+        let reviewed = self
+            .api
+            .create(&Default::default(), &request)
+            .await
+            .map_err(|e| match e {
+                kube::Error::Api(s) if s.code == 401 || s.code == 403 => {
+                    AuthnError::ReviewUnavailable(format!(
+                        "the signer may not create TokenReviews: {}",
+                        s.message
+                    ))
+                }
+                other => AuthnError::ReviewUnavailable(other.to_string()),
+            })?;
+        let status = reviewed
+            .status
+            .ok_or_else(|| AuthnError::ReviewRejected("no status".into()))?;
+        if status.authenticated != Some(true) {
+            return Err(AuthnError::ReviewRejected(
+                status.error.unwrap_or_else(|| "not authenticated".into()),
+            ));
+        }
+        let user = status
+            .user
+            .ok_or_else(|| AuthnError::ReviewRejected("no user".into()))?;
+        if !user
+            .groups
+            .as_ref()
+            .is_some_and(|g| g.iter().any(|g| g == "system:serviceaccounts"))
+        {
+            return Err(AuthnError::ReviewRejected("not a service account".into()));
+        }
+        let username = user.username.unwrap_or_default();
+        let identity = SpiffeId::from_k8s_username(self.trust_domain.clone(), &username)
+            .ok_or_else(|| {
+                AuthnError::Claims(
+                    "username is not system:serviceaccount:<namespace>:<name>".into(),
+                )
+            })?;
+        let extra = user.extra.unwrap_or_default();
+        let first = |k: &str| extra.get(k).and_then(|v| v.first()).cloned();
+        let pod = match (
+            first("authentication.kubernetes.io/pod-name"),
+            first("authentication.kubernetes.io/pod-uid"),
+        ) {
+            (Some(name), Some(uid)) => Some(PodRef {
+                name,
+                uid,
+                node: first("authentication.kubernetes.io/node-name"),
+            }),
+            _ => None,
+        };
+        Ok(Caller {
+            identity,
+            method: AuthMethod::TokenReview,
+            pod,
+            expires: None,
+        })
+    }
 }
 
 /// Where JWKS documents come from.

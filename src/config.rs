@@ -217,6 +217,32 @@ pub struct AuthConfig {
     #[serde(with = "duration")]
     pub cache_max_age: Duration,
     pub jwt: JwtConfig,
+    /// Verify tokens with the Kubernetes TokenReview API instead of locally: sees deleted pods
+    /// and revoked tokens, at the cost of one API call per token (cached briefly).
+    pub token_review: Option<TokenReviewConfig>,
+}
+
+/// TokenReview through the Kubernetes API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenReviewConfig {
+    /// kubeconfig to reach the API server (default: in-cluster, or `$KUBECONFIG`).
+    pub kubeconfig: Option<PathBuf>,
+    /// Audiences the token must be valid for.
+    pub audiences: Vec<String>,
+    /// How long a reviewed token is remembered (short: revocations take effect after it).
+    #[serde(with = "duration")]
+    pub cache_max_age: Duration,
+}
+
+impl Default for TokenReviewConfig {
+    fn default() -> Self {
+        Self {
+            kubeconfig: None,
+            audiences: vec!["istio-ca".into()],
+            cache_max_age: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Default for AuthConfig {
@@ -227,6 +253,7 @@ impl Default for AuthConfig {
             cache_size: 10_000,
             cache_max_age: Duration::from_secs(300),
             jwt: JwtConfig::default(),
+            token_review: None,
         }
     }
 }
@@ -618,7 +645,7 @@ impl Config {
                 "set either auth.jwt.jwks_file or auth.jwt.jwks_url, not both",
             ));
         }
-        if self.auth.jwt.jwks_file.is_none() {
+        if self.auth.jwt.jwks_file.is_none() && self.auth.token_review.is_none() {
             let url = self
                 .auth
                 .jwt
