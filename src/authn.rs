@@ -116,14 +116,32 @@ pub struct Authenticator {
     cluster_id: String,
     client_certificates: bool,
     trust_domain: TrustDomain,
-    tokens: TokenVerifier,
+    /// Token verification per cluster ID (the local cluster under `cluster_id`).
+    clusters: HashMap<String, TokenVerifier>,
     cache: ResultCache,
 }
 
-/// How bearer tokens are checked.
+/// How one cluster's bearer tokens are checked.
 enum TokenVerifier {
     Local(JwtVerifier),
     Review(TokenReviewer, Duration),
+}
+
+impl TokenVerifier {
+    async fn new(
+        jwt: Option<&JwtConfig>,
+        review: Option<&crate::config::TokenReviewConfig>,
+        trust_domain: &TrustDomain,
+    ) -> Result<Self, AuthnError> {
+        Ok(match (review, jwt) {
+            (Some(tr), _) => Self::Review(
+                TokenReviewer::new(tr, trust_domain.clone()).await?,
+                tr.cache_max_age,
+            ),
+            (None, Some(jwt)) => Self::Local(JwtVerifier::new(jwt, trust_domain.clone()).await?),
+            (None, None) => unreachable!("config validation requires one verifier per cluster"),
+        })
+    }
 }
 
 /// Verified tokens by SHA-256: an entry lives until the token's `exp` or `max_age`, whichever
@@ -136,9 +154,16 @@ struct ResultCache {
 }
 
 impl ResultCache {
-    fn key(token: &str) -> [u8; 32] {
-        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-        d.as_ref().try_into().expect("SHA-256 is 32 bytes")
+    /// SHA-256 of the cluster ID and the token: a token is judged per cluster.
+    fn key(cluster: &str, token: &str) -> [u8; 32] {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(cluster.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(token.as_bytes());
+        ctx.finish()
+            .as_ref()
+            .try_into()
+            .expect("SHA-256 is 32 bytes")
     }
 
     fn get(&self, key: &[u8; 32]) -> Option<Caller> {
@@ -193,14 +218,29 @@ impl Authenticator {
         Ok(Self {
             cluster_id: config.cluster_id.clone(),
             client_certificates: config.client_certificates,
-            tokens: match &config.token_review {
-                Some(tr) => TokenVerifier::Review(
-                    TokenReviewer::new(tr, trust_domain.clone()).await?,
-                    tr.cache_max_age,
-                ),
-                None => {
-                    TokenVerifier::Local(JwtVerifier::new(&config.jwt, trust_domain.clone()).await?)
+            clusters: {
+                let mut clusters = HashMap::new();
+                clusters.insert(
+                    config.cluster_id.clone(),
+                    TokenVerifier::new(
+                        Some(&config.jwt),
+                        config.token_review.as_ref(),
+                        &trust_domain,
+                    )
+                    .await?,
+                );
+                for remote in &config.remote_clusters {
+                    clusters.insert(
+                        remote.id.clone(),
+                        TokenVerifier::new(
+                            remote.jwt.as_ref(),
+                            remote.token_review.as_ref(),
+                            &trust_domain,
+                        )
+                        .await?,
+                    );
                 }
+                clusters
             },
             trust_domain,
             cache: ResultCache {
@@ -212,12 +252,12 @@ impl Authenticator {
     }
 
     pub async fn authenticate(&self, creds: Credentials<'_>) -> Result<Caller, AuthnError> {
-        match creds.cluster_ids {
-            [] => {}
-            [id] if id.is_empty() || *id == self.cluster_id => {}
+        let cluster = match creds.cluster_ids {
+            [] | [""] => self.cluster_id.as_str(),
+            [id] if self.clusters.contains_key(*id) => id,
             [id] => return Err(AuthnError::UnknownCluster((*id).to_owned())),
             _ => return Err(AuthnError::AmbiguousCluster),
-        }
+        };
         let token = creds.bearer.map(str::trim).filter(|t| !t.is_empty());
         // A verified client certificate is tried first (as istiod does); if it names no
         // workload of ours, a token may still authenticate the call.
@@ -238,13 +278,14 @@ impl Authenticator {
             }
         }
         let token = token.ok_or(AuthnError::MissingToken)?;
-        let key = ResultCache::key(token);
+        let key = ResultCache::key(cluster, token);
         if let Some(caller) = self.cache.get(&key) {
             crate::metrics::authn_cache(true);
             return Ok(caller);
         }
         crate::metrics::authn_cache(false);
-        let (caller, max_age) = match &self.tokens {
+        let verifier = self.clusters.get(cluster).expect("cluster checked above");
+        let (caller, max_age) = match verifier {
             TokenVerifier::Local(jwt) => (jwt.verify(token).await?, self.cache.max_age),
             TokenVerifier::Review(reviewer, max_age) => (reviewer.review(token).await?, *max_age),
         };
@@ -1001,7 +1042,7 @@ mod tests {
         let mut spec = TokenSpec::new("a", "b");
         spec.ttl = Duration::from_secs(2);
         let token = issuer.token(&spec).unwrap();
-        let key = ResultCache::key(&token);
+        let key = ResultCache::key("Kubernetes", &token);
         assert!(a.cache.get(&key).is_none());
         a.authenticate(creds(&token)).await.unwrap();
         assert_eq!(
@@ -1045,7 +1086,7 @@ mod tests {
         assert!(
             tokens
                 .iter()
-                .all(|t| a.cache.get(&ResultCache::key(t)).is_none()),
+                .all(|t| a.cache.get(&ResultCache::key("Kubernetes", t)).is_none()),
             "max age"
         );
         let (_dir, issuer, off) = authenticator(AuthConfig {
@@ -1056,7 +1097,7 @@ mod tests {
         let t = issuer.token(&TokenSpec::new("a", "b")).unwrap();
         off.authenticate(creds(&t)).await.unwrap();
         assert!(
-            off.cache.get(&ResultCache::key(&t)).is_none(),
+            off.cache.get(&ResultCache::key("Kubernetes", &t)).is_none(),
             "cache_size 0 disables it"
         );
     }

@@ -220,6 +220,23 @@ pub struct AuthConfig {
     /// Verify tokens with the Kubernetes TokenReview API instead of locally: sees deleted pods
     /// and revoked tokens, at the cost of one API call per token (cached briefly).
     pub token_review: Option<TokenReviewConfig>,
+    /// Other clusters of the mesh, selected by the `clusterid` header; each verifies its own
+    /// tokens (one trust domain for the whole mesh).
+    pub remote_clusters: Vec<RemoteCluster>,
+}
+
+/// A remote cluster's token verification.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteCluster {
+    /// The `clusterid` its proxies send (`ISTIO_META_CLUSTER_ID`).
+    pub id: String,
+    /// Local verification of its tokens (its own issuer and JWKS)...
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
+    /// ...or TokenReview against its API server (e.g. a kubeconfig from a remote secret).
+    #[serde(default)]
+    pub token_review: Option<TokenReviewConfig>,
 }
 
 /// TokenReview through the Kubernetes API.
@@ -254,6 +271,7 @@ impl Default for AuthConfig {
             cache_max_age: Duration::from_secs(300),
             jwt: JwtConfig::default(),
             token_review: None,
+            remote_clusters: Vec::new(),
         }
     }
 }
@@ -615,6 +633,22 @@ impl Config {
         }
         if self.auth.cluster_id.is_empty() {
             return Err(ConfigError::invalid("auth.cluster_id", "must not be empty"));
+        }
+        let mut ids = std::collections::HashSet::from([self.auth.cluster_id.as_str()]);
+        for (i, c) in self.auth.remote_clusters.iter().enumerate() {
+            let key = format!("auth.remote_clusters[{i}]");
+            if c.id.is_empty() || !ids.insert(c.id.as_str()) {
+                return Err(ConfigError::invalid(
+                    &format!("{key}.id"),
+                    "must be non-empty and unique",
+                ));
+            }
+            if c.jwt.is_some() == c.token_review.is_some() {
+                return Err(ConfigError::invalid(
+                    &key,
+                    "set exactly one of jwt or token_review",
+                ));
+            }
         }
         if self.auth.jwt.audiences.is_empty() {
             return Err(ConfigError::invalid(
