@@ -83,7 +83,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Vault is needed at start-up only when the trust bundle comes from it; otherwise the
     // signer starts anyway (not ready) and keeps trying to authenticate in the background.
     let lease = if config.bundle.file.is_none() {
-        Some(retry_vault("Vault login", || vault.authenticate(&creds)).await?)
+        Some(
+            retry_vault("Vault login", Some(STARTUP_VAULT_WAIT), || {
+                vault.authenticate(&creds)
+            })
+            .await?,
+        )
     } else {
         match vault.authenticate(&creds).await {
             Ok(lease) => Some(lease),
@@ -99,7 +104,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Some(path) => BundleSource::File(path.clone()),
         None => BundleSource::Vault(Box::new(vault.clone())),
     };
-    let initial = retry_vault("trust bundle", || async {
+    let initial = retry_vault("trust bundle", Some(STARTUP_VAULT_WAIT), || async {
         match bundle_source.load().await {
             Err(bundle::BundleError::Vault(e)) => Err(e),
             other => Ok(other),
@@ -132,7 +137,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let serving = match &config.server.self_issued {
         Some(cfg) => {
-            let ck = retry_vault_tls("self-issued serving certificate", None, || {
+            let ck = retry_vault("self-issued serving certificate", None, || {
                 tls::issue_serving(&vault, cfg)
             })
             .await?;
@@ -274,54 +279,52 @@ fn serving_files(config: &Config) -> anyhow::Result<tls::CertFiles> {
     })
 }
 
-/// [`retry_vault`] for calls that fail with a [`tls::TlsError`]; `None` waits without limit
-/// (a signer that issues its own serving certificate cannot serve anything before Vault
-/// answers).
-async fn retry_vault_tls<T, F, Fut>(
+/// An error that may hide a transient Vault failure worth waiting out at start-up.
+trait StartupError: std::error::Error + Send + Sync + 'static {
+    fn transient_vault(&self) -> Option<&VaultError>;
+}
+
+impl StartupError for VaultError {
+    fn transient_vault(&self) -> Option<&VaultError> {
+        self.is_transient().then_some(self)
+    }
+}
+
+impl StartupError for tls::TlsError {
+    fn transient_vault(&self) -> Option<&VaultError> {
+        match self {
+            tls::TlsError::Vault(e) => e.transient_vault(),
+            _ => None,
+        }
+    }
+}
+
+/// Retries a start-up call while Vault fails transiently (starting, sealed, unreachable), with
+/// backoff, for up to `limit` (`None`: without limit; a signer that issues its own serving
+/// certificate cannot serve anything before Vault answers).
+async fn retry_vault<T, E, F, Fut>(
     what: &str,
     limit: Option<Duration>,
     mut call: F,
 ) -> anyhow::Result<T>
 where
+    E: StartupError,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, tls::TlsError>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let deadline = limit.map(|l| tokio::time::Instant::now() + l);
     let mut delay = Duration::from_millis(250);
     loop {
         match call().await {
             Ok(v) => return Ok(v),
-            Err(tls::TlsError::Vault(e))
-                if e.is_transient()
-                    && deadline.is_none_or(|d| tokio::time::Instant::now() + delay < d) =>
-            {
-                tracing::warn!(error = %e, "{what}: waiting for Vault");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e).context(what.to_owned()),
-        }
-    }
-}
-
-/// Retries a start-up call to Vault while it fails transiently (Vault starting, sealed,
-/// unreachable), with backoff, for up to [`STARTUP_VAULT_WAIT`].
-async fn retry_vault<T, F, Fut>(what: &str, mut call: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, VaultError>>,
-{
-    let deadline = tokio::time::Instant::now() + STARTUP_VAULT_WAIT;
-    let mut delay = Duration::from_millis(250);
-    loop {
-        match call().await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.is_transient() && tokio::time::Instant::now() + delay < deadline => {
-                tracing::warn!(error = %e, "{what}: waiting for Vault");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e).context(what.to_owned()),
+            Err(e) => match e.transient_vault() {
+                Some(v) if deadline.is_none_or(|d| tokio::time::Instant::now() + delay < d) => {
+                    tracing::warn!(error = %v, "{what}: waiting for Vault");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                _ => return Err(e).context(what.to_owned()),
+            },
         }
     }
 }

@@ -139,7 +139,11 @@ impl TokenVerifier {
                 tr.cache_max_age,
             ),
             (None, Some(jwt)) => Self::Local(JwtVerifier::new(jwt, trust_domain.clone()).await?),
-            (None, None) => unreachable!("config validation requires one verifier per cluster"),
+            (None, None) => {
+                return Err(AuthnError::KeysUnavailable(
+                    "cluster has neither jwt nor token_review configured".into(),
+                ));
+            }
         })
     }
 }
