@@ -156,6 +156,7 @@ fn handler(c: &mut Criterion) {
             paths: PathCache::default(),
             in_flight: Default::default(),
             delegation: None,
+            impersonation: None,
         };
         let ids = ["Kubernetes"];
         let req = CertificateRequest {

@@ -117,6 +117,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let authn = Authenticator::new(&config.auth, config.trust_domain.clone())
         .await
         .context("authenticator")?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let impersonation = match &config.auth.impersonation {
+        Some(imp) => Some(start_pod_caches(&config, imp, shutdown_rx.clone()).await?),
+        None => None,
+    };
     let signer = Arc::new(Signer {
         admission: Admission::new(config.server.max_in_flight, config.server.queue_timeout),
         authn,
@@ -133,6 +138,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             ),
             None => None,
         },
+        impersonation,
     });
 
     let serving = match &config.server.self_issued {
@@ -163,7 +169,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("binding {}", config.server.listen))?;
     let local_addr = listener.local_addr()?;
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let readiness = Readiness {
         vault: vault.clone(),
         bundle: shared_bundle.clone(),
@@ -266,6 +271,42 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
 async fn changed(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// One watched pod cache per cluster that has a way to reach its API server.
+async fn start_pod_caches(
+    config: &Config,
+    imp: &crate::config::ImpersonationConfig,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<crate::signer::Impersonation> {
+    let mut clusters = vec![(config.auth.cluster_id.clone(), imp.kubeconfig.clone())];
+    for remote in &config.auth.remote_clusters {
+        let kubeconfig = remote.kubeconfig.clone().or_else(|| {
+            remote
+                .token_review
+                .as_ref()
+                .and_then(|t| t.kubeconfig.clone())
+        });
+        if kubeconfig.is_some() {
+            clusters.push((remote.id.clone(), kubeconfig));
+        }
+    }
+    let mut pods = std::collections::HashMap::new();
+    for (cluster, kubeconfig) in clusters {
+        let client = crate::nodes::client(kubeconfig.as_deref())
+            .await
+            .map_err(|e| anyhow::anyhow!("pod cache of cluster {cluster:?}: {e}"))?;
+        let index = Arc::new(crate::nodes::PodIndex::default());
+        tokio::spawn(crate::nodes::watch(client, index.clone(), shutdown.clone()));
+        pods.insert(cluster, index);
+    }
+    let trusted = imp
+        .trusted_node_accounts
+        .iter()
+        .filter_map(|a| a.split_once('/'))
+        .map(|(ns, sa)| (ns.to_owned(), sa.to_owned()))
+        .collect();
+    Ok(crate::signer::Impersonation { trusted, pods })
 }
 
 fn serving_files(config: &Config) -> anyhow::Result<tls::CertFiles> {

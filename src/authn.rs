@@ -98,6 +98,8 @@ pub struct Caller {
     pub pod: Option<PodRef>,
     /// When the credential expires (a token's `exp`, unix seconds), if known.
     pub expires: Option<u64>,
+    /// The cluster the caller authenticated in (`clusterid`, or the local cluster).
+    pub cluster: String,
 }
 
 /// Credentials carried by one request.
@@ -275,6 +277,7 @@ impl Authenticator {
                         method: AuthMethod::ClientCert,
                         pod: None,
                         expires: None,
+                        cluster: cluster.to_owned(),
                     });
                 }
                 Err(e) if token.is_none() => return Err(e),
@@ -289,10 +292,11 @@ impl Authenticator {
         }
         crate::metrics::authn_cache(false);
         let verifier = self.clusters.get(cluster).expect("cluster checked above");
-        let (caller, max_age) = match verifier {
+        let (mut caller, max_age) = match verifier {
             TokenVerifier::Local(jwt) => (jwt.verify(token).await?, self.cache.max_age),
             TokenVerifier::Review(reviewer, max_age) => (reviewer.review(token).await?, *max_age),
         };
+        caller.cluster = cluster.to_owned();
         self.cache.put(key, &caller, caller.expires, max_age);
         Ok(caller)
     }
@@ -344,20 +348,9 @@ impl TokenReviewer {
         config: &crate::config::TokenReviewConfig,
         trust_domain: TrustDomain,
     ) -> Result<Self, AuthnError> {
-        let unavailable = |e: String| AuthnError::ReviewUnavailable(e);
-        let kube_config = match &config.kubeconfig {
-            Some(path) => {
-                let kc = kube::config::Kubeconfig::read_from(path)
-                    .map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
-                kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                    .await
-                    .map_err(|e| unavailable(e.to_string()))?
-            }
-            None => kube::Config::infer()
-                .await
-                .map_err(|e| unavailable(e.to_string()))?,
-        };
-        let client = kube::Client::try_from(kube_config).map_err(|e| unavailable(e.to_string()))?;
+        let client = crate::nodes::client(config.kubeconfig.as_deref())
+            .await
+            .map_err(AuthnError::ReviewUnavailable)?;
         Ok(Self {
             api: kube::Api::all(client),
             audiences: config.audiences.clone(),
@@ -431,6 +424,7 @@ impl TokenReviewer {
             method: AuthMethod::TokenReview,
             pod,
             expires: None,
+            cluster: String::new(),
         })
     }
 }
@@ -642,6 +636,7 @@ impl JwtVerifier {
             method: AuthMethod::Jwt,
             pod,
             expires: exp,
+            cluster: String::new(),
         })
     }
 

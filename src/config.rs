@@ -223,6 +223,30 @@ pub struct AuthConfig {
     /// Other clusters of the mesh, selected by the `clusterid` header; each verifies its own
     /// tokens (one trust domain for the whole mesh).
     pub remote_clusters: Vec<RemoteCluster>,
+    /// Node-authorized impersonation for shared-mode ztunnel.
+    pub impersonation: Option<ImpersonationConfig>,
+}
+
+/// Lets node proxies obtain certificates for the workloads on their node, as istiod does:
+/// the caller is a trusted node account, its pod-bound token names a running pod of its own,
+/// and a pod of the requested service account runs on that pod's node (a watched pod cache
+/// per cluster).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImpersonationConfig {
+    /// `namespace/serviceaccount` of the node proxies.
+    pub trusted_node_accounts: Vec<String>,
+    /// kubeconfig for watching the local cluster's pods (default: in-cluster / `$KUBECONFIG`).
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl Default for ImpersonationConfig {
+    fn default() -> Self {
+        Self {
+            trusted_node_accounts: vec!["istio-system/ztunnel".into()],
+            kubeconfig: None,
+        }
+    }
 }
 
 /// A remote cluster's token verification.
@@ -237,6 +261,9 @@ pub struct RemoteCluster {
     /// ...or TokenReview against its API server (e.g. a kubeconfig from a remote secret).
     #[serde(default)]
     pub token_review: Option<TokenReviewConfig>,
+    /// kubeconfig for watching its pods (impersonation); default: the TokenReview one.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// TokenReview through the Kubernetes API.
@@ -272,6 +299,7 @@ impl Default for AuthConfig {
             jwt: JwtConfig::default(),
             token_review: None,
             remote_clusters: Vec::new(),
+            impersonation: None,
         }
     }
 }
@@ -648,6 +676,18 @@ impl Config {
                     &key,
                     "set exactly one of jwt or token_review",
                 ));
+            }
+        }
+        if let Some(imp) = &self.auth.impersonation {
+            for (i, a) in imp.trusted_node_accounts.iter().enumerate() {
+                if a.split_once('/')
+                    .is_none_or(|(ns, sa)| ns.is_empty() || sa.is_empty())
+                {
+                    return Err(ConfigError::invalid(
+                        &format!("auth.impersonation.trusted_node_accounts[{i}]"),
+                        "must be namespace/serviceaccount",
+                    ));
+                }
             }
         }
         if self.auth.jwt.audiences.is_empty() {

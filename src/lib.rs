@@ -19,6 +19,7 @@ pub mod dev;
 pub mod identity;
 pub mod loadgen;
 pub mod metrics;
+pub mod nodes;
 pub mod periodic;
 pub mod server;
 pub mod signer;

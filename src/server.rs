@@ -12,7 +12,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::authn::{AuthnError, Credentials};
 use crate::pb::istio_certificate_service_server::IstioCertificateService;
 use crate::pb::{IstioCertificateRequest, IstioCertificateResponse};
-use crate::signer::{CertificateRequest, IssueError, Refusal, Signer};
+use crate::signer::{AuthzError, CertificateRequest, IssueError, Refusal, Signer};
 use crate::telemetry::AUDIT_TARGET;
 use crate::vault::VaultError;
 
@@ -188,6 +188,7 @@ pub fn to_status(err: &IssueError) -> Status {
             Status::unauthenticated(err.to_string())
         }
         IssueError::Authn(e) => Status::unauthenticated(format!("authentication failed: {e}")),
+        IssueError::Authz(AuthzError::PodCacheNotSynced(_)) => Status::unavailable(err.to_string()),
         IssueError::Authz(e) => Status::permission_denied(e.to_string()),
         IssueError::Csr(e) => Status::invalid_argument(e.to_string()),
         IssueError::Ttl(e) => Status::invalid_argument(e.to_string()),

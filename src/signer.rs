@@ -27,6 +27,14 @@ pub enum AuthzError {
     Impersonation { caller: String, requested: String },
     #[error("ImpersonatedIdentity {0:?} is not a workload SPIFFE ID")]
     BadImpersonatedIdentity(String),
+    #[error("caller {caller} may not impersonate {requested}: {reason}")]
+    NodeAuthorization {
+        caller: String,
+        requested: String,
+        reason: String,
+    },
+    #[error("the pod cache of cluster {0:?} is not synced yet; retry later")]
+    PodCacheNotSynced(String),
 }
 
 /// Why the requested lifetime is refused.
@@ -60,7 +68,8 @@ impl IssueError {
     pub fn requested(&self) -> Option<&str> {
         match self {
             Self::Authz(AuthzError::IdentityMismatch { requested, .. })
-            | Self::Authz(AuthzError::Impersonation { requested, .. }) => Some(requested),
+            | Self::Authz(AuthzError::Impersonation { requested, .. })
+            | Self::Authz(AuthzError::NodeAuthorization { requested, .. }) => Some(requested),
             Self::Authz(AuthzError::BadImpersonatedIdentity(requested)) => Some(requested),
             _ => None,
         }
@@ -196,6 +205,8 @@ pub struct Signer {
     pub in_flight: InFlight,
     /// Delegated mode: sign with a Vault token from the caller's own JWT.
     pub delegation: Option<crate::vault::Delegation>,
+    /// Node-authorized impersonation, when enabled.
+    pub impersonation: Option<Impersonation>,
 }
 
 /// What makes two requests identical: same identity, same CSR bytes, same TTL.
@@ -325,7 +336,11 @@ impl Signer {
         caller: Caller,
         req: &CertificateRequest<'_>,
     ) -> Result<Approved, IssueError> {
-        let identity = authorize(&caller, req.impersonated_identity)?;
+        let identity = authorize(
+            &caller,
+            req.impersonated_identity,
+            self.impersonation.as_ref(),
+        )?;
         let csr = self.csr_policy.verify(req.csr_pem)?;
         if *csr.requested() != identity {
             return Err(AuthzError::IdentityMismatch {
@@ -405,10 +420,83 @@ impl Signer {
     }
 }
 
-/// Decides which identity the caller gets: its own. An `ImpersonatedIdentity` equal to the
-/// caller's own identity is accepted (shared-mode ztunnel sends it for itself); any other
-/// value is refused until node-authorized impersonation is configured.
-fn authorize(caller: &Caller, impersonated: Option<&str>) -> Result<SpiffeId, AuthzError> {
+/// Node-authorized impersonation: which callers are node proxies, and each cluster's pods.
+pub struct Impersonation {
+    /// `(namespace, service account)` of trusted node proxies.
+    pub trusted: std::collections::HashSet<(String, String)>,
+    /// Pod caches by cluster ID.
+    pub pods: std::collections::HashMap<String, Arc<crate::nodes::PodIndex>>,
+}
+
+impl Impersonation {
+    /// istiod's rule: the caller is a trusted node account; its token names its own running
+    /// pod (name and UID); a pod of the requested service account runs on that pod's node.
+    fn check(&self, caller: &Caller, requested: &SpiffeId) -> Result<(), AuthzError> {
+        let deny = |reason: String| AuthzError::NodeAuthorization {
+            caller: caller.identity.to_string(),
+            requested: requested.to_string(),
+            reason,
+        };
+        let (ns, sa) = (
+            caller.identity.namespace(),
+            caller.identity.service_account(),
+        );
+        if !self.trusted.contains(&(ns.to_owned(), sa.to_owned())) {
+            return Err(deny("the caller is not a trusted node account".into()));
+        }
+        if requested.trust_domain() != caller.identity.trust_domain() {
+            return Err(deny(
+                "the requested identity is in another trust domain".into(),
+            ));
+        }
+        let pods = self
+            .pods
+            .get(&caller.cluster)
+            .ok_or_else(|| deny(format!("no pod cache for cluster {:?}", caller.cluster)))?;
+        if !pods.synced() {
+            return Err(AuthzError::PodCacheNotSynced(caller.cluster.clone()));
+        }
+        let claimed = caller
+            .pod
+            .as_ref()
+            .ok_or_else(|| deny("the caller's credential is not bound to a pod".into()))?;
+        let pod = pods.pod(ns, &claimed.name).ok_or_else(|| {
+            deny(format!(
+                "the caller's pod {ns}/{} is not running",
+                claimed.name
+            ))
+        })?;
+        if pod.uid != claimed.uid || pod.service_account != sa {
+            return Err(deny(format!(
+                "pod {ns}/{} is not the caller's",
+                claimed.name
+            )));
+        }
+        let node = pod
+            .node
+            .ok_or_else(|| deny("the caller's pod is not scheduled on a node".into()))?;
+        if claimed.node.as_ref().is_some_and(|n| *n != node) {
+            return Err(deny("the token's node does not match the pod's".into()));
+        }
+        if !pods.runs_on(requested.namespace(), requested.service_account(), &node) {
+            return Err(deny(format!(
+                "no pod of {}/{} runs on node {node}",
+                requested.namespace(),
+                requested.service_account()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Decides which identity the caller gets: its own, or (node proxies only) the
+/// `ImpersonatedIdentity` it names. That value equal to the caller's own identity is always
+/// accepted (shared-mode ztunnel sends it for itself).
+fn authorize(
+    caller: &Caller,
+    impersonated: Option<&str>,
+    impersonation: Option<&Impersonation>,
+) -> Result<SpiffeId, AuthzError> {
     let Some(requested) = impersonated.filter(|s| !s.is_empty()) else {
         return Ok(caller.identity.clone());
     };
@@ -416,12 +504,14 @@ fn authorize(caller: &Caller, impersonated: Option<&str>) -> Result<SpiffeId, Au
         .parse()
         .map_err(|_| AuthzError::BadImpersonatedIdentity(requested.to_owned()))?;
     if requested == caller.identity {
-        Ok(requested)
-    } else {
-        Err(AuthzError::Impersonation {
+        return Ok(requested);
+    }
+    match impersonation {
+        Some(imp) => imp.check(caller, &requested).map(|()| requested),
+        None => Err(AuthzError::Impersonation {
             caller: caller.identity.to_string(),
             requested: requested.to_string(),
-        })
+        }),
     }
 }
 
@@ -436,6 +526,7 @@ mod tests {
             method: AuthMethod::Jwt,
             pod: None,
             expires: None,
+            cluster: "Kubernetes".into(),
         }
     }
 
@@ -469,22 +560,23 @@ mod tests {
     #[test]
     fn impersonation_of_self_only() {
         let zt = caller("istio-system", "ztunnel");
-        assert_eq!(authorize(&zt, None).unwrap(), zt.identity);
-        assert_eq!(authorize(&zt, Some("")).unwrap(), zt.identity);
+        assert_eq!(authorize(&zt, None, None).unwrap(), zt.identity);
+        assert_eq!(authorize(&zt, Some(""), None).unwrap(), zt.identity);
         assert_eq!(
             authorize(
                 &zt,
-                Some("spiffe://cluster.local/ns/istio-system/sa/ztunnel")
+                Some("spiffe://cluster.local/ns/istio-system/sa/ztunnel"),
+                None
             )
             .unwrap(),
             zt.identity
         );
         assert!(matches!(
-            authorize(&zt, Some("spiffe://cluster.local/ns/default/sa/app")),
+            authorize(&zt, Some("spiffe://cluster.local/ns/default/sa/app"), None),
             Err(AuthzError::Impersonation { .. })
         ));
         assert!(matches!(
-            authorize(&zt, Some("not-an-id")),
+            authorize(&zt, Some("not-an-id"), None),
             Err(AuthzError::BadImpersonatedIdentity(_))
         ));
     }

@@ -25,6 +25,7 @@ async fn tokens_are_judged_by_their_own_cluster() {
                 ..JwtConfig::default()
             }),
             token_review: None,
+            kubeconfig: None,
         }];
     })
     .await;
