@@ -188,6 +188,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         None => None,
     };
+    if let Some(td) = &config.trust_distribution {
+        let client = crate::nodes::client(td.kubeconfig.as_deref())
+            .await
+            .map_err(|e| anyhow::anyhow!("trust_distribution: {e}"))?;
+        tokio::spawn(crate::distribute::run(
+            client,
+            td.clone(),
+            shared_bundle.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     tokio::spawn(admin::drive_grpc_health(
         readiness,

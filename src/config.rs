@@ -57,6 +57,34 @@ pub struct Config {
     pub log: LogConfig,
     pub audit: AuditConfig,
     pub admin: AdminConfig,
+    /// Keep `istio-ca-root-cert` in every selected namespace equal to the trust bundle.
+    pub trust_distribution: Option<TrustDistributionConfig>,
+}
+
+/// The ConfigMap distributor (istiod stops writing `istio-ca-root-cert` when its CA is off).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustDistributionConfig {
+    /// Label selector of namespaces to write to (default: all).
+    pub namespace_selector: Option<String>,
+    /// ConfigMap name (key `root-cert.pem`).
+    pub configmap: String,
+    /// Re-apply period (repairs edits); bundle changes are applied within seconds.
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// kubeconfig (default: in-cluster / `$KUBECONFIG`).
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl Default for TrustDistributionConfig {
+    fn default() -> Self {
+        Self {
+            namespace_selector: None,
+            configmap: "istio-ca-root-cert".into(),
+            interval: Duration::from_secs(300),
+            kubeconfig: None,
+        }
+    }
 }
 
 /// The audit trail: one JSON line per decision (issued or refused).
@@ -106,6 +134,7 @@ impl Default for Config {
             log: LogConfig::default(),
             audit: AuditConfig::default(),
             admin: AdminConfig::default(),
+            trust_distribution: None,
         }
     }
 }

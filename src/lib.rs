@@ -16,6 +16,7 @@ pub mod client;
 pub mod config;
 pub mod csr;
 pub mod dev;
+pub mod distribute;
 pub mod identity;
 pub mod loadgen;
 pub mod metrics;
