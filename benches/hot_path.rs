@@ -135,6 +135,9 @@ fn handler(c: &mut Criterion) {
     let mut config = Config::default();
     config.auth.jwt.jwks_file = Some(jwks);
     config.vault.token_file = None;
+    // Every iteration reuses one token: without this the result cache would skip the JWT
+    // verification the figure is meant to include (a new pod's first request).
+    config.auth.cache_size = 0;
     let td = TrustDomain::new("cluster.local").unwrap();
     for shape in [Shape::Ztunnel, Shape::PilotAgent] {
         let id: SpiffeId = "spiffe://cluster.local/ns/default/sa/demo".parse().unwrap();
