@@ -48,19 +48,6 @@ async fn fake_api(pods: Vec<Value>) -> String {
     format!("http://{addr}")
 }
 
-fn kubeconfig(dir: &std::path::Path, name: &str, server: &str) -> std::path::PathBuf {
-    let path = dir.join(name);
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n\
-             users:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n"
-        ),
-    )
-    .unwrap();
-    path
-}
-
 /// A pod-bound token, as the kubelet projects it for `ns/sa` in pod `pod` (uid) on `node`.
 fn token(issuer: &DevIssuer, ns: &str, sa: &str, pod: &str, uid: &str, node: &str) -> String {
     let mut spec = TokenSpec::new(ns, sa);
@@ -87,8 +74,8 @@ async fn impersonation_matrix() {
     let west_jwks = dir.path().join("west.json");
     std::fs::write(&west_jwks, west.jwks_json()).unwrap();
     let (local_kc, west_kc) = (
-        kubeconfig(dir.path(), "local", &local),
-        kubeconfig(dir.path(), "west", &west_api),
+        support::kubeconfig(dir.path(), "local", &local),
+        support::kubeconfig(dir.path(), "west", &west_api),
     );
     let env = Env::start_with(|c| {
         c.auth.impersonation = Some(ImpersonationConfig {

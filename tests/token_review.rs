@@ -73,24 +73,10 @@ impl FakeApi {
     }
 }
 
-fn kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {server}\n\
-             users:\n- name: signer\n  user:\n    token: reviewer-token\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: signer\n\
-             current-context: fake\n"
-        ),
-    )
-    .unwrap();
-    path
-}
-
 async fn env_with(api: &FakeApi, max_age: Duration) -> Env {
     let server = api.start().await;
     let dir = tempfile::tempdir().unwrap();
-    let kc = kubeconfig(dir.path(), &server);
+    let kc = support::kubeconfig(dir.path(), "kubeconfig", &server);
     let env = Env::start_with(|c| {
         c.auth.token_review = Some(istio_vault_ca::config::TokenReviewConfig {
             kubeconfig: Some(kc.clone()),
@@ -201,7 +187,11 @@ async fn api_server_down_is_unavailable() {
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens there.
     let port = support::free_port_pair();
-    let kc = kubeconfig(dir.path(), &format!("http://127.0.0.1:{port}"));
+    let kc = support::kubeconfig(
+        dir.path(),
+        "kubeconfig",
+        &format!("http://127.0.0.1:{port}"),
+    );
     let env = Env::start_with(|c| {
         c.auth.token_review = Some(istio_vault_ca::config::TokenReviewConfig {
             kubeconfig: Some(kc.clone()),

@@ -120,15 +120,7 @@ async fn writes_and_repairs_root_configmaps() {
     let api = FakeApi::default();
     let server = api.start().await;
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n\
-             users:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n"
-        ),
-    )
-    .unwrap();
+    let kubeconfig = support::kubeconfig(dir.path(), "kubeconfig", &server);
     let env = Env::start_with(|c| {
         c.trust_distribution = Some(istio_vault_ca::config::TrustDistributionConfig {
             namespace_selector: Some("istio-injection=enabled".into()),
