@@ -143,10 +143,6 @@ impl DevIssuer {
             .unwrap_or_default()
     }
 
-    pub fn kid(&self) -> &str {
-        &self.kid
-    }
-
     /// The public key as a JWKS document.
     pub fn jwks_json(&self) -> String {
         json!({ "keys": [self.jwk] }).to_string()

@@ -245,15 +245,6 @@ impl InFlight {
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<SignKey, SharedSign>> {
         self.calls.lock().unwrap_or_else(|e| e.into_inner())
     }
-
-    /// Vault calls currently in progress.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// One request's interest in a shared call; the last one to leave (done or cancelled)

@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::extract::RawQuery;
 use axum::routing::get;
 use istio_vault_ca::client::{self, CallOptions, Shape};
-use istio_vault_ca::config::{ImpersonationConfig, JwtConfig, RemoteCluster};
+use istio_vault_ca::config::ImpersonationConfig;
 use istio_vault_ca::dev::{DevIssuer, TokenSpec};
 use serde_json::{Value, json};
 use support::{Env, id};
@@ -71,8 +71,6 @@ async fn impersonation_matrix() {
     .await;
     let west = DevIssuer::generate("https://oidc.west.example").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let west_jwks = dir.path().join("west.json");
-    std::fs::write(&west_jwks, west.jwks_json()).unwrap();
     let (local_kc, west_kc) = (
         support::kubeconfig(dir.path(), "local", &local),
         support::kubeconfig(dir.path(), "west", &west_api),
@@ -82,16 +80,12 @@ async fn impersonation_matrix() {
             kubeconfig: Some(local_kc.clone()),
             ..Default::default()
         });
-        c.auth.remote_clusters = vec![RemoteCluster {
-            id: "west".into(),
-            jwt: Some(JwtConfig {
-                issuer: west.issuer().into(),
-                jwks_file: Some(west_jwks.clone()),
-                ..JwtConfig::default()
-            }),
-            token_review: None,
-            kubeconfig: Some(west_kc.clone()),
-        }];
+        c.auth.remote_clusters = vec![support::remote_jwt_cluster(
+            "west",
+            &west,
+            dir.path(),
+            Some(west_kc.clone()),
+        )];
     })
     .await;
 

@@ -5,7 +5,6 @@
 mod support;
 
 use istio_vault_ca::client::{CallOptions, Shape};
-use istio_vault_ca::config::{JwtConfig, RemoteCluster};
 use istio_vault_ca::dev::{DevIssuer, TokenSpec};
 use support::{Env, id};
 use tonic::Code;
@@ -14,19 +13,8 @@ use tonic::Code;
 async fn tokens_are_judged_by_their_own_cluster() {
     let west = DevIssuer::generate("https://oidc.west.example").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let west_jwks = dir.path().join("west-jwks.json");
-    std::fs::write(&west_jwks, west.jwks_json()).unwrap();
     let env = Env::start_with(|c| {
-        c.auth.remote_clusters = vec![RemoteCluster {
-            id: "west".into(),
-            jwt: Some(JwtConfig {
-                issuer: west.issuer().into(),
-                jwks_file: Some(west_jwks.clone()),
-                ..JwtConfig::default()
-            }),
-            token_review: None,
-            kubeconfig: None,
-        }];
+        c.auth.remote_clusters = vec![support::remote_jwt_cluster("west", &west, dir.path(), None)];
     })
     .await;
     let demo = id("default", "demo");

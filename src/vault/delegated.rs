@@ -50,11 +50,6 @@ impl Delegation {
         self.tokens.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Cached Vault tokens (for tests and metrics).
-    pub fn cached(&self) -> usize {
-        self.lock().len()
-    }
-
     fn cached_token(&self, key: &[u8; 32]) -> Option<VaultToken> {
         let mut tokens = self.lock();
         match tokens.get(key) {

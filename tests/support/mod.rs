@@ -523,6 +523,28 @@ pub fn kubeconfig(dir: &Path, name: &str, server: &str) -> PathBuf {
     path
 }
 
+/// A remote cluster `id` whose tokens are verified locally against `issuer`'s JWKS (written
+/// into `dir`), with pods watched through `kubeconfig` if given.
+pub fn remote_jwt_cluster(
+    id: &str,
+    issuer: &DevIssuer,
+    dir: &Path,
+    kubeconfig: Option<PathBuf>,
+) -> istio_vault_ca::config::RemoteCluster {
+    let jwks = dir.join(format!("{id}-jwks.json"));
+    std::fs::write(&jwks, issuer.jwks_json()).unwrap();
+    istio_vault_ca::config::RemoteCluster {
+        id: id.into(),
+        jwt: Some(istio_vault_ca::config::JwtConfig {
+            issuer: issuer.issuer().into(),
+            jwks_file: Some(jwks),
+            ..Default::default()
+        }),
+        token_review: None,
+        kubeconfig,
+    }
+}
+
 /// An HTTP client for plain-HTTP OpenBao (no platform roots needed).
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
