@@ -59,6 +59,62 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Keep `istio-ca-root-cert` in every selected namespace equal to the trust bundle.
     pub trust_distribution: Option<TrustDistributionConfig>,
+    /// OpenTelemetry trace export (off unless `tracing.otlp_endpoint` is set).
+    pub tracing: TracingConfig,
+}
+
+/// OpenTelemetry trace export over OTLP/gRPC: one span per CreateCertificate call with
+/// children for admission, authentication, CSR checks, the Vault call and leaf verification.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// OTLP/gRPC collector, e.g. `http://otel-collector.observability:4317`. Unset: no
+    /// export, and the request spans are disabled at their call sites (no cost).
+    pub otlp_endpoint: Option<String>,
+    /// PEM roots for an `https://` endpoint (required with `https://`).
+    pub ca_file: Option<PathBuf>,
+    /// Fraction of new traces sampled, 0.0 to 1.0. A caller's sampled `traceparent` is
+    /// always followed.
+    pub sample_ratio: f64,
+    /// `service.name` of the exported spans (`OTEL_RESOURCE_ATTRIBUTES` adds more).
+    pub service_name: String,
+    /// Upper bound on one export call.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            ca_file: None,
+            sample_ratio: 1.0,
+            service_name: "istio-vault-ca".into(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl TracingConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(ConfigError::invalid(
+                "tracing.sample_ratio",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        match self.otlp_endpoint.as_deref() {
+            None => Ok(()),
+            Some(e) if e.starts_with("https://") && self.ca_file.is_none() => Err(
+                ConfigError::invalid("tracing.ca_file", "is required with an https:// endpoint"),
+            ),
+            Some(e) if e.starts_with("http://") || e.starts_with("https://") => Ok(()),
+            Some(_) => Err(ConfigError::invalid(
+                "tracing.otlp_endpoint",
+                "must be an http:// or https:// URL (OTLP/gRPC)",
+            )),
+        }
+    }
 }
 
 /// The ConfigMap distributor (istiod stops writing `istio-ca-root-cert` when its CA is off).
@@ -135,6 +191,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             admin: AdminConfig::default(),
             trust_distribution: None,
+            tracing: TracingConfig::default(),
         }
     }
 }
@@ -691,6 +748,7 @@ impl Config {
         if self.auth.cluster_id.is_empty() {
             return Err(ConfigError::invalid("auth.cluster_id", "must not be empty"));
         }
+        self.tracing.validate()?;
         let mut ids = std::collections::HashSet::from([self.auth.cluster_id.as_str()]);
         for (i, c) in self.auth.remote_clusters.iter().enumerate() {
             let key = format!("auth.remote_clusters[{i}]");
@@ -898,10 +956,7 @@ fn apply_override(
 
 fn env_value(env_name: &str, value: &str) -> Result<toml::Value, ConfigError> {
     let v = value.trim();
-    let looks_typed = v == "true"
-        || v == "false"
-        || v.starts_with('[')
-        || (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+    let looks_typed = v == "true" || v == "false" || v.starts_with('[') || is_number(v);
     if !looks_typed {
         return Ok(toml::Value::String(value.to_owned()));
     }
@@ -909,6 +964,14 @@ fn env_value(env_name: &str, value: &str) -> Result<toml::Value, ConfigError> {
         .parse()
         .map_err(|e: toml::de::Error| ConfigError::invalid(env_name, e.message().to_owned()))?;
     Ok(doc.get("v").cloned().expect("parsed key"))
+}
+
+/// `123` or `0.25`: read as TOML numbers (versions like `1.2.3` stay strings).
+fn is_number(v: &str) -> bool {
+    v.starts_with(|c: char| c.is_ascii_digit())
+        && v.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && v.bytes().filter(|&b| b == b'.').count() <= 1
+        && !v.ends_with('.')
 }
 
 fn de_trust_domain<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TrustDomain, D::Error> {
@@ -1003,6 +1066,35 @@ over_max = "reject"
         assert_eq!(c.vault.addr, "https://vault.example:8200");
         assert_eq!(c.csr.max_bytes, 8192);
         assert_eq!(c.auth.jwt.audiences, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn tracing_off_by_default_and_validated() {
+        let c = Config::load(None, required()).unwrap();
+        assert!(c.tracing.otlp_endpoint.is_none());
+        let mut e = required();
+        e.extend(env(&[
+            ("IVCA_TRACING__OTLP_ENDPOINT", "http://collector:4317"),
+            ("IVCA_TRACING__SAMPLE_RATIO", "0.25"),
+        ]));
+        let c = Config::load(None, e).unwrap();
+        assert_eq!(
+            c.tracing.otlp_endpoint.as_deref(),
+            Some("http://collector:4317")
+        );
+        assert_eq!(c.tracing.sample_ratio, 0.25);
+        let mut e = required();
+        e.push(("IVCA_TRACING__SAMPLE_RATIO".into(), "1".into()));
+        assert_eq!(Config::load(None, e).unwrap().tracing.sample_ratio, 1.0);
+        assert!(err_of(&[("IVCA_TRACING__SAMPLE_RATIO", "2")]).contains("tracing.sample_ratio"),);
+        assert!(
+            err_of(&[("IVCA_TRACING__OTLP_ENDPOINT", "collector:4317")])
+                .contains("tracing.otlp_endpoint")
+        );
+        assert!(
+            err_of(&[("IVCA_TRACING__OTLP_ENDPOINT", "https://collector:4317")])
+                .contains("tracing.ca_file")
+        );
     }
 
     fn err_of(extra: &[(&str, &str)]) -> String {

@@ -140,9 +140,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
             let config = load_config(config)?;
-            telemetry::init(&config.log, &config.audit).context("audit.output")?;
+            let tracing = telemetry::Tracing::start(&config.tracing).context("tracing")?;
+            telemetry::init(&config.log, &config.audit, tracing.as_ref())
+                .context("audit.output")?;
+            if let Some(endpoint) = &config.tracing.otlp_endpoint {
+                tracing::info!(
+                    endpoint,
+                    sample_ratio = config.tracing.sample_ratio,
+                    "OTLP trace export on"
+                );
+            }
             let running = app::start(config).await?;
-            running.run_until(shutdown_signal()).await
+            let result = running.run_until(shutdown_signal()).await;
+            if let Some(tracing) = tracing {
+                // Sends the last spans; the exporter's own timeout bounds it.
+                let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+            }
+            result
         }
         Command::CheckConfig { config } => load_config(config).map(drop),
         Command::Request(args) => {
@@ -155,6 +169,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     enabled: false,
                     ..Default::default()
                 },
+                None,
             )?;
             request(args).await
         }

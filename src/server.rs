@@ -8,12 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::authn::{AuthnError, Credentials};
 use crate::pb::istio_certificate_service_server::IstioCertificateService;
 use crate::pb::{IstioCertificateRequest, IstioCertificateResponse};
 use crate::signer::{AuthzError, CertificateRequest, IssueError, Refusal, Signer};
-use crate::telemetry::AUDIT_TARGET;
+use crate::telemetry::{AUDIT_TARGET, SPAN_TARGET};
 use crate::vault::VaultError;
 
 /// Metadata key ztunnel uses to ask for another workload's identity.
@@ -41,6 +43,27 @@ impl IstioCertificateService for CaService {
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         let start = Instant::now();
+        // Disabled (a cached no-op) unless OTLP export is on.
+        let span = tracing::info_span!(
+            target: SPAN_TARGET,
+            "CreateCertificate",
+            otel.name = "istio.v1.auth.IstioCertificateService/CreateCertificate",
+            otel.kind = "server",
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+            rpc.system = "grpc",
+            rpc.service = "istio.v1.auth.IstioCertificateService",
+            rpc.method = "CreateCertificate",
+            rpc.grpc.status_code = Empty,
+            caller = Empty,
+            authn = Empty,
+            cluster = Empty,
+            identity = Empty,
+            outcome = Empty,
+            reason = Empty,
+            serial = Empty,
+        );
+        crate::telemetry::set_remote_parent(&span, request.metadata());
         let peer = request.remote_addr();
         let peer_certs = request.peer_certs();
         let peer_cert = peer_certs
@@ -73,8 +96,8 @@ impl IstioCertificateService for CaService {
             validity_seconds: body.validity_duration,
             impersonated_identity: impersonated,
         };
-        let result = match tokio::time::timeout(self.request_timeout, self.signer.issue(req)).await
-        {
+        let issue = self.signer.issue(req).instrument(span.clone());
+        let result = match tokio::time::timeout(self.request_timeout, issue).await {
             Ok(r) => r,
             Err(_) => Err(Refusal {
                 caller: None,
@@ -83,8 +106,16 @@ impl IstioCertificateService for CaService {
         };
         let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
         let cluster = cluster_ids.first().copied().unwrap_or("");
+        span.record("cluster", cluster);
         match result {
             Ok(issued) => {
+                span.record("otel.status_code", "ok")
+                    .record("rpc.grpc.status_code", Code::Ok as i32)
+                    .record("outcome", "issued")
+                    .record("caller", tracing::field::display(&issued.caller.identity))
+                    .record("authn", issued.caller.method.as_str())
+                    .record("identity", tracing::field::display(&issued.identity))
+                    .record("serial", tracing::field::display(&issued.chain.serial));
                 crate::metrics::request("issued", Code::Ok, None, start.elapsed());
                 crate::metrics::issued(issued.chain.not_after);
                 tracing::info!(
@@ -130,6 +161,12 @@ impl IstioCertificateService for CaService {
                     start.elapsed(),
                 );
                 let caller = caller.map(|c| c.to_string());
+                span.record("otel.status_code", "error")
+                    .record("otel.status_description", status.message())
+                    .record("rpc.grpc.status_code", status.code() as i32)
+                    .record("outcome", "refused")
+                    .record("reason", err.reason())
+                    .record("caller", caller.as_deref().unwrap_or("-"));
                 tracing::info!(
                     target: "istio_vault_ca::request",
                     caller = caller.as_deref().unwrap_or("-"),

@@ -13,7 +13,9 @@ use crate::chain::{self, Expectation, IssuedChain, LeafError, PathCache};
 use crate::config::{OverMax, TtlConfig};
 use crate::csr::{CsrError, CsrPolicy, VerifiedCsr};
 use crate::identity::SpiffeId;
+use crate::telemetry::SPAN_TARGET;
 use crate::vault::{SignedCert, VaultClient, VaultError};
+use tracing::Instrument;
 
 /// Slack allowed between the TTL asked of Vault and the leaf's NotAfter (clock skew, rounding).
 const NOT_AFTER_SLACK: Duration = Duration::from_secs(300);
@@ -228,6 +230,7 @@ impl InFlight {
             let mut calls = self.lock();
             if calls.contains_key(&key) {
                 crate::metrics::deduplicated();
+                tracing::Span::current().record("deduplicated", true);
             }
             calls.entry(key.clone()).or_default().clone()
         };
@@ -271,14 +274,20 @@ impl Drop for Slot<'_> {
 impl Signer {
     /// Runs the whole pipeline for one request.
     pub async fn issue(&self, req: CertificateRequest<'_>) -> Result<Issued, Refusal> {
-        let _slot = self.admission.enter().await.map_err(|error| Refusal {
-            caller: None,
-            error,
-        })?;
+        let _slot = self
+            .admission
+            .enter()
+            .instrument(tracing::info_span!(target: SPAN_TARGET, "admission"))
+            .await
+            .map_err(|error| Refusal {
+                caller: None,
+                error,
+            })?;
         let _in_flight = crate::metrics::InFlightGuard::new();
         let caller = self
             .authn
             .authenticate(req.credentials)
+            .instrument(tracing::info_span!(target: SPAN_TARGET, "authenticate"))
             .await
             .map_err(|e| Refusal {
                 caller: None,
@@ -303,6 +312,14 @@ impl Signer {
             .bearer
             .map(str::trim)
             .filter(|_| approved.caller.method == AuthMethod::Jwt);
+        let vault_span = tracing::info_span!(
+            target: SPAN_TARGET,
+            "vault.sign",
+            otel.kind = "client",
+            delegated = self.delegation.is_some() && delegated_jwt.is_some(),
+            identity = %approved.identity,
+            deduplicated = false,
+        );
         let signed = match (&self.delegation, delegated_jwt) {
             (Some(delegation), Some(jwt)) => {
                 self.vault
@@ -314,11 +331,18 @@ impl Signer {
                         &approved.identity,
                         approved.ttl,
                     )
+                    .instrument(vault_span)
                     .await?
             }
-            _ => self.in_flight.sign(&self.vault, &approved).await?,
+            _ => {
+                self.in_flight
+                    .sign(&self.vault, &approved)
+                    .instrument(vault_span)
+                    .await?
+            }
         };
-        self.finish(approved, &signed, SystemTime::now())
+        tracing::info_span!(target: SPAN_TARGET, "leaf.verify")
+            .in_scope(|| self.finish(approved, &signed, SystemTime::now()))
     }
 
     /// The local checks after authentication: authorization, CSR policy, TTL policy.
@@ -327,12 +351,15 @@ impl Signer {
         caller: Caller,
         req: &CertificateRequest<'_>,
     ) -> Result<Approved, IssueError> {
-        let identity = authorize(
-            &caller,
-            req.impersonated_identity,
-            self.impersonation.as_ref(),
-        )?;
-        let csr = self.csr_policy.verify(req.csr_pem)?;
+        let identity = tracing::info_span!(target: SPAN_TARGET, "authorize").in_scope(|| {
+            authorize(
+                &caller,
+                req.impersonated_identity,
+                self.impersonation.as_ref(),
+            )
+        })?;
+        let csr = tracing::info_span!(target: SPAN_TARGET, "csr.verify")
+            .in_scope(|| self.csr_policy.verify(req.csr_pem))?;
         if *csr.requested() != identity {
             return Err(AuthzError::IdentityMismatch {
                 caller: identity.to_string(),

@@ -5,28 +5,170 @@
 //! - The audit trail: one JSON line per decision on target `istio_vault_ca::audit`, always
 //!   JSON whatever the log format, to stdout or a file (`audit.output`). With Vault's
 //!   `no_store=true` it is the issuance record. It never appears in the operational log.
+//! - Traces (optional): the request spans on target `istio_vault_ca::span`, exported over
+//!   OTLP/gRPC when `tracing.otlp_endpoint` is set. Without it no layer enables that target,
+//!   so the spans are disabled at their call sites and cost one cached check each.
 
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-use crate::config::{AuditConfig, LogConfig, LogFormat};
+use crate::config::{AuditConfig, LogConfig, LogFormat, TracingConfig};
 
 /// The target of audit events.
 pub const AUDIT_TARGET: &str = "istio_vault_ca::audit";
 
-/// Installs the global subscriber: operational log to stderr, audit trail per `audit`.
-/// Later calls are ignored.
-pub fn init(config: &LogConfig, audit: &AuditConfig) -> std::io::Result<()> {
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    match audit.output.as_str() {
-        _ if !audit.enabled => {
-            init_with_writers(config, std::io::stderr, ansi, None::<fn() -> std::io::Sink>)
+/// The target of the request spans exported by OTLP (never shown in the log).
+pub const SPAN_TARGET: &str = "istio_vault_ca::span";
+
+/// Why trace export could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TracingError {
+    #[error("tracing.ca_file {path}: {source}")]
+    CaFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("tracing.otlp_endpoint: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+}
+
+/// OTLP trace export: the tracer provider behind the span layer. Flush it before exit.
+#[derive(Clone)]
+pub struct Tracing {
+    provider: opentelemetry_sdk::trace::SdkTracerProvider,
+}
+
+impl Tracing {
+    /// Builds the exporter when `config.otlp_endpoint` is set; `None` when tracing is off.
+    /// Must run inside the tokio runtime (the gRPC exporter's channel lives on it).
+    pub fn start(config: &TracingConfig) -> Result<Option<Self>, TracingError> {
+        use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
+        use opentelemetry_sdk::trace::Sampler;
+
+        let Some(endpoint) = config.otlp_endpoint.as_deref() else {
+            return Ok(None);
+        };
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .with_timeout(config.timeout);
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path).map_err(|source| TracingError::CaFile {
+                path: path.display().to_string(),
+                source,
+            })?;
+            exporter = exporter.with_tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            );
         }
-        "stdout" => init_with_writers(config, std::io::stderr, ansi, Some(std::io::stdout)),
-        "stderr" => init_with_writers(config, std::io::stderr, ansi, Some(std::io::stderr)),
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name(config.service_name.clone())
+            .with_attribute(opentelemetry::KeyValue::new(
+                "service.version",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .build();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(exporter.build()?)
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                config.sample_ratio,
+            ))))
+            .with_resource(resource)
+            .build();
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        Ok(Some(Self { provider }))
+    }
+
+    /// Exports every finished span now.
+    pub fn flush(&self) {
+        if let Err(e) = self.provider.force_flush() {
+            tracing::warn!(error = %e, "OTLP trace export: flush failed");
+        }
+    }
+
+    /// Flushes and stops the exporter (blocks until the last batch is sent or times out).
+    pub fn shutdown(&self) {
+        if let Err(e) = self.provider.shutdown() {
+            tracing::warn!(error = %e, "OTLP trace export: shutdown failed");
+        }
+    }
+
+    fn layer<S>(&self) -> impl Layer<S>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        use opentelemetry::trace::TracerProvider;
+        tracing_opentelemetry::layer()
+            .with_tracer(self.provider.tracer("istio-vault-ca"))
+            .with_filter(
+                // The request spans, plus warnings and errors as events on them.
+                Targets::new()
+                    .with_target(SPAN_TARGET, LevelFilter::INFO)
+                    .with_target(AUDIT_TARGET, LevelFilter::OFF)
+                    .with_target("istio_vault_ca", LevelFilter::WARN),
+            )
+    }
+}
+
+/// Sets the W3C `traceparent` of an incoming call as the parent of `span`, when tracing is on.
+pub fn set_remote_parent(span: &tracing::Span, metadata: &tonic::metadata::MetadataMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if span.is_disabled() || !metadata.contains_key(TRACEPARENT) {
+        return;
+    }
+    let cx =
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&MetadataExtractor(metadata)));
+    let _ = span.set_parent(cx);
+}
+
+const TRACEPARENT: &str = "traceparent";
+
+/// W3C trace context from gRPC metadata (`traceparent`, `tracestate`).
+struct MetadataExtractor<'a>(&'a tonic::metadata::MetadataMap);
+
+impl opentelemetry::propagation::Extractor for MetadataExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        [TRACEPARENT, "tracestate"]
+            .into_iter()
+            .filter(|k| self.0.contains_key(*k))
+            .collect()
+    }
+}
+
+/// Installs the global subscriber: operational log to stderr, audit trail per `audit`, spans
+/// to `tracing` if given. Later calls are ignored.
+pub fn init(
+    config: &LogConfig,
+    audit: &AuditConfig,
+    tracing: Option<&Tracing>,
+) -> std::io::Result<()> {
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let none = None::<fn() -> std::io::Sink>;
+    match audit.output.as_str() {
+        _ if !audit.enabled => init_with_writers(config, std::io::stderr, ansi, none, tracing),
+        "stdout" => init_with_writers(
+            config,
+            std::io::stderr,
+            ansi,
+            Some(std::io::stdout),
+            tracing,
+        ),
+        "stderr" => init_with_writers(
+            config,
+            std::io::stderr,
+            ansi,
+            Some(std::io::stderr),
+            tracing,
+        ),
         path => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
@@ -37,6 +179,7 @@ pub fn init(config: &LogConfig, audit: &AuditConfig) -> std::io::Result<()> {
                 std::io::stderr,
                 ansi,
                 Some(std::sync::Mutex::new(file)),
+                tracing,
             );
         }
     }
@@ -44,8 +187,13 @@ pub fn init(config: &LogConfig, audit: &AuditConfig) -> std::io::Result<()> {
 }
 
 /// Installs the global subscriber with explicit writers (tests capture both this way).
-pub fn init_with_writers<W, A>(config: &LogConfig, writer: W, ansi: bool, audit: Option<A>)
-where
+pub fn init_with_writers<W, A>(
+    config: &LogConfig,
+    writer: W,
+    ansi: bool,
+    audit: Option<A>,
+    tracing: Option<&Tracing>,
+) where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
     A: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
@@ -53,6 +201,11 @@ where
         .unwrap_or_else(|_| EnvFilter::new(&config.level))
         .add_directive(
             format!("{AUDIT_TARGET}=off")
+                .parse()
+                .expect("valid directive"),
+        )
+        .add_directive(
+            format!("{SPAN_TARGET}=off")
                 .parse()
                 .expect("valid directive"),
         );
@@ -63,17 +216,23 @@ where
         LogFormat::Json => log.json().flatten_event(true).boxed(),
         LogFormat::Text => log.boxed(),
     };
-    let audit = audit.map(|w| {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .with_writer(w)
-            .with_filter(Targets::new().with_target(AUDIT_TARGET, LevelFilter::INFO))
-    });
-    let _ = tracing_subscriber::registry()
-        .with(log.with_filter(filter))
-        .with(audit)
-        .try_init();
+    // A Vec, not `Option` layers: a `None` layer would enable every call site.
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> =
+        vec![log.with_filter(filter).boxed()];
+    if let Some(w) = audit {
+        layers.push(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .with_writer(w)
+                .with_filter(Targets::new().with_target(AUDIT_TARGET, LevelFilter::INFO))
+                .boxed(),
+        );
+    }
+    if let Some(t) = tracing {
+        layers.push(t.layer().boxed());
+    }
+    let _ = tracing_subscriber::registry().with(layers).try_init();
 }

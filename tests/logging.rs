@@ -37,6 +37,11 @@ async fn one_json_line_per_request_and_no_secrets() {
         move || sink.clone(),
         false,
         Some(move || audit_sink.clone()),
+        None,
+    );
+    // Without OTLP export the request spans are disabled at their call sites.
+    assert!(
+        tracing::info_span!(target: istio_vault_ca::telemetry::SPAN_TARGET, "probe").is_disabled()
     );
 
     let env = Env::start().await;
