@@ -4,6 +4,8 @@
 # Writes JSON reports to target/bench/ and prints a summary. See docs/benchmarks.md.
 #   scripts/bench.sh            # full run (c=1, c=32, 10k-identity storm at c=256)
 #   QUICK=1 scripts/bench.sh    # short run
+#   PIN=1 scripts/bench.sh      # Vault alone on CPU 0; signer and load generator on CPU 1
+#                               # (both modes), as when Vault runs on its own node
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$PWD/target/bench
@@ -27,14 +29,19 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
+# PIN=1: pin Vault to CPU 0 and everything else to CPU 1, so the signer's CPU no longer comes
+# out of Vault's; direct mode gets the same split (its load generator on CPU 1).
+if [ -n "${PIN:-}" ]; then vault_cpu=(taskset -c 0); rest_cpu=(taskset -c 1); else vault_cpu=(); rest_cpu=(); fi
 bao_port=$(free_port)
-"$BAO" server -dev -dev-root-token-id=root -dev-listen-address="127.0.0.1:$bao_port" -dev-no-store-token >"$out/openbao.log" 2>&1 &
-pids+=($!)
+"${vault_cpu[@]}" "$BAO" server -dev -dev-root-token-id=root -dev-listen-address="127.0.0.1:$bao_port" -dev-no-store-token >"$out/openbao.log" 2>&1 &
+bao_pid=$!
+pids+=($bao_pid)
 wait_http "http://127.0.0.1:$bao_port/v1/sys/health"
 python3 deploy/vault/setup.py --addr "http://127.0.0.1:$bao_port" --token root \
   --token-file "$out/vault-token" --serving-cert-dir "$out/tls" 2>/dev/null
 "$bin" dev-issuer init --dir "$out/jwt" 2>/dev/null
 signer_port=$(free_port)
+admin_port=$(free_port)
 cat >"$out/config.toml" <<EOF
 [server]
 listen = "127.0.0.1:$signer_port"
@@ -46,10 +53,12 @@ jwks_file = "$out/jwt/jwks.json"
 [vault]
 addr = "http://127.0.0.1:$bao_port"
 token_file = "$out/vault-token"
+[admin]
+listen = "127.0.0.1:$admin_port"
 [log]
 level = "${LOG_LEVEL:-info}"
 EOF
-env ${SIGNER_THREADS:+TOKIO_WORKER_THREADS=$SIGNER_THREADS} "$bin" serve --config "$out/config.toml" 2>"$out/signer.log" &
+"${rest_cpu[@]}" env ${SIGNER_THREADS:+TOKIO_WORKER_THREADS=$SIGNER_THREADS} "$bin" serve --config "$out/config.toml" 2>"$out/signer.log" &
 signer_pid=$!
 pids+=($signer_pid)
 python3 -c "import socket,time,sys
@@ -60,18 +69,27 @@ sys.exit('signer did not start')"
 
 common=(--jwt-key "$out/jwt/jwt-key.pem" --vault-addr "http://127.0.0.1:$bao_port"
   --vault-token-file "$out/vault-token" --addr "127.0.0.1:$signer_port" --server-name localhost
-  --ca-file "$out/tls/root-cert.pem" --progress 0s)
+  --ca-file "$out/tls/root-cert.pem" --progress 0s --vault-pid "$bao_pid")
 run() { # name, args...
   local name=$1; shift
   echo "== $name" >&2
-  "$bin" loadgen "${common[@]}" --json "$out/$name.json" "$@"
+  # PERF=<run name, e.g. c32-signer>: profile the signer during that run
+  # (perf report -i target/bench/perf.data).
+  if [ "${PERF:-}" = "$name" ]; then
+    perf record -F ${PERF_FREQ:-4000} ${PERF_ARGS:-} -p "$signer_pid" -o "$out/perf.data" 2>/dev/null & perf_pid=$!; sleep 0.5
+  fi
+  "${rest_cpu[@]}" "$bin" loadgen "${common[@]}" --json "$out/$name.json" "$@"
+  if [ "${PERF:-}" = "$name" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
+  # The signer's own view after each run (cumulative latency histograms, incl. the Vault call).
+  python3 -c "import urllib.request,sys; open(sys.argv[1],'wb').write(urllib.request.urlopen(sys.argv[2]).read())" \
+    "$out/metrics-$name.txt" "http://127.0.0.1:$admin_port/metrics"
 }
 if [ -n "${QUICK:-}" ]; then n1=300; n32=3000; storm=2000; else n1=2000; n32=20000; storm=10000; fi
 # Warm both paths (connection pools, JIT-free but page cache and OpenBao's first requests).
 run warmup-direct --direct-vault --identities 500 --concurrency 32 >/dev/null
 run warmup-signer --identities 500 --concurrency 32 >/dev/null
 run c1-direct --direct-vault --identities "$n1" --concurrency 1
-run c1-signer --identities "$n1" --concurrency 1 --connections 1
+run c1-signer --identities "$n1" --concurrency 1 --connections 1 --rss-pid "$signer_pid"
 run c32-direct --direct-vault --identities "$n32" --concurrency 32
 run c32-signer --identities "$n32" --concurrency 32 --rss-pid "$signer_pid"
 run storm-direct --direct-vault --identities "$storm" --concurrency 256
@@ -91,5 +109,9 @@ print(f"c=32 signer/direct throughput: {r['c32-signer']['throughput_per_s'] / r[
 print(f"c=1 added median latency: {r['c1-signer']['p50_ms'] - r['c1-direct']['p50_ms']:.3f} ms (target <= 0.3 ms)")
 print(f"storm time signer/direct: {r['storm-signer']['seconds'] / r['storm-direct']['seconds']:.2f}x (target <= 1.25x), errors {sum(r['storm-signer']['errors'].values())}")
 print(f"signer peak RSS: {r['storm-signer']['peak_rss_mib']:.1f} MiB (target <= 64 MiB)")
+print("\nCPU per request, µs (signer | Vault | load generator):")
+for n, x in r.items():
+    f = lambda v: "-" if v is None else f"{v:.0f}"
+    print(f"  {n:13s} {f(x.get('cpu_us_per_request')):>5s} | {f(x.get('vault_cpu_us_per_request')):>5s} | {f(x.get('loadgen_cpu_us_per_request')):>5s}")
 print(f"signer process CPU per request: {r['c32-signer']['cpu_us_per_request']:.0f} us at c=32, {r['storm-signer']['cpu_us_per_request']:.0f} us in the storm (TLS, gRPC, JWT, CSR, Vault client, leaf check, logging)")
 PY

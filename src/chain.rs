@@ -88,6 +88,38 @@ pub fn verify_and_assemble(
     };
     let (not_before, not_after, serial) = check_profile(leaf_der, expect, now)?;
 
+    let ee = EndEntityCert::try_from(leaf_der).map_err(|e| LeafError::Untrusted(e.to_string()))?;
+    let time = UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO));
+    let algs = webpki::ALL_VERIFICATION_ALGS;
+    // The leaf against a cached issuing path: signature, validity, EKU, issuer constraints.
+    let leaf_verifies = |hit: &Arc<CachedPath>| {
+        ee.verify_for_usage(
+            algs,
+            std::slice::from_ref(&hit.anchor),
+            &[],
+            time,
+            MeshEku,
+            None,
+            None,
+        )
+        .is_ok()
+    };
+    // Fast path: the same `ca_chain` text as when the cached path was verified, so nothing
+    // above the leaf needs decoding again.
+    if let Some(hit) = paths
+        .lookup_raw(&signed.ca_chain, bundle, unix(now))
+        .filter(leaf_verifies)
+    {
+        return Ok(assemble(
+            leaf_der,
+            &hit.elements,
+            bundle,
+            serial,
+            not_before,
+            not_after,
+        ));
+    }
+
     // Candidate intermediates: everything in ca_chain that is neither a trusted root nor the
     // leaf. Only certificates on the verified path end up in the response.
     let mut candidates: Vec<CertificateDer<'static>> = Vec::new();
@@ -98,26 +130,11 @@ pub fn verify_and_assemble(
             }
         }
     }
-
-    let ee = EndEntityCert::try_from(leaf_der).map_err(|e| LeafError::Untrusted(e.to_string()))?;
-    let time = UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO));
-    let algs = webpki::ALL_VERIFICATION_ALGS;
     let cached = paths
         .lookup(candidates.first(), bundle, unix(now))
-        .filter(|hit| {
-            ee.verify_for_usage(
-                algs,
-                std::slice::from_ref(&hit.anchor),
-                &[],
-                time,
-                MeshEku,
-                None,
-                None,
-            )
-            .is_ok()
-        });
+        .filter(leaf_verifies);
     let intermediates = match cached {
-        Some(hit) => hit.elements,
+        Some(hit) => hit.elements.clone(),
         None => {
             let path = ee
                 .verify_for_usage(
@@ -136,21 +153,39 @@ pub fn verify_and_assemble(
                 .collect();
             let elements: Arc<[String]> =
                 path.iter().map(|c| pem_encode("CERTIFICATE", c)).collect();
-            paths.insert(&path, elements.clone(), bundle);
+            paths.insert(&path, elements.clone(), bundle, &signed.ca_chain);
             elements
         }
     };
+    Ok(assemble(
+        leaf_der,
+        &intermediates,
+        bundle,
+        serial,
+        not_before,
+        not_after,
+    ))
+}
 
+/// `[leaf, intermediates..., roots]`.
+fn assemble(
+    leaf_der: &CertificateDer<'_>,
+    intermediates: &[String],
+    bundle: &TrustBundle,
+    serial: String,
+    not_before: i64,
+    not_after: i64,
+) -> IssuedChain {
     let mut elements = Vec::with_capacity(2 + intermediates.len());
     elements.push(pem_encode("CERTIFICATE", leaf_der));
     elements.extend(intermediates.iter().cloned());
     elements.push(bundle.pem().to_owned());
-    Ok(IssuedChain {
+    IssuedChain {
         elements,
         serial,
         not_before,
         not_after,
-    })
+    }
 }
 
 /// Issuing paths (issuing CA up to a root of one bundle) that were fully verified, so each
@@ -160,15 +195,16 @@ pub fn verify_and_assemble(
 /// the leaf and are only checked by a full path verification.
 #[derive(Default)]
 pub struct PathCache {
-    entries: std::sync::RwLock<Vec<CachedPath>>,
+    entries: std::sync::RwLock<Vec<Arc<CachedPath>>>,
 }
 
 /// Mesh CAs rotate rarely; a few entries cover old and new issuers during a rotation.
 const MAX_CACHED_PATHS: usize = 8;
 
-#[derive(Clone)]
 struct CachedPath {
     issuer: CertificateDer<'static>,
+    /// Vault's `ca_chain` text when the path was verified.
+    raw_chain: Vec<String>,
     anchor: rustls_pki_types::TrustAnchor<'static>,
     elements: Arc<[String]>,
     bundle: Arc<TrustBundle>,
@@ -181,12 +217,31 @@ impl PathCache {
         issuer: Option<&CertificateDer<'static>>,
         bundle: &Arc<TrustBundle>,
         now: i64,
-    ) -> Option<CachedPath> {
+    ) -> Option<Arc<CachedPath>> {
         let issuer = issuer?;
+        self.find(|e| e.issuer == *issuer, bundle, now)
+    }
+
+    /// The path verified with exactly this `ca_chain` text.
+    fn lookup_raw(
+        &self,
+        raw_chain: &[String],
+        bundle: &Arc<TrustBundle>,
+        now: i64,
+    ) -> Option<Arc<CachedPath>> {
+        self.find(|e| e.raw_chain == raw_chain, bundle, now)
+    }
+
+    fn find(
+        &self,
+        matches: impl Fn(&CachedPath) -> bool,
+        bundle: &Arc<TrustBundle>,
+        now: i64,
+    ) -> Option<Arc<CachedPath>> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries
             .iter()
-            .find(|e| e.issuer == *issuer && Arc::ptr_eq(&e.bundle, bundle) && now < e.valid_until)
+            .find(|e| Arc::ptr_eq(&e.bundle, bundle) && now < e.valid_until && matches(e))
             .cloned()
     }
 
@@ -196,6 +251,7 @@ impl PathCache {
         path: &[CertificateDer<'static>],
         elements: Arc<[String]>,
         bundle: &Arc<TrustBundle>,
+        raw_chain: &[String],
     ) {
         let Some(issuer) = path.first() else {
             return; // issued directly by a root: nothing to cache
@@ -229,13 +285,14 @@ impl PathCache {
                 valid_until = valid_until.min(r.validity().not_after.timestamp());
             }
         }
-        let entry = CachedPath {
+        let entry = Arc::new(CachedPath {
             issuer: issuer.clone(),
+            raw_chain: raw_chain.to_vec(),
             anchor: anchor.to_owned(),
             elements,
             bundle: bundle.clone(),
             valid_until,
-        };
+        });
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         entries.retain(|e| Arc::ptr_eq(&e.bundle, bundle) && e.issuer != entry.issuer);
         if entries.len() >= MAX_CACHED_PATHS {
@@ -560,6 +617,11 @@ mod tests {
             1,
             "the verified path is cached"
         );
+        let raw = signed(String::new()).ca_chain;
+        assert!(
+            paths.lookup_raw(&raw, &bundle, unix(now)).is_some(),
+            "keyed by Vault's ca_chain text too"
+        );
         let second = verify_and_assemble(
             &signed(leaf(&pki, &kc.key, |_| {})),
             expect,
@@ -609,6 +671,7 @@ mod tests {
                 .lookup(Some(&first_intermediate(&first)), &bundle, unix(later))
                 .is_none()
         );
+        assert!(paths.lookup_raw(&raw, &bundle, unix(later)).is_none());
     }
 
     fn first_intermediate(chain: &IssuedChain) -> CertificateDer<'static> {

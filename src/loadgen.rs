@@ -78,6 +78,9 @@ pub struct LoadOptions {
     /// Report this process's peak RSS (VmHWM), e.g. the signer's pid.
     #[arg(long)]
     pub rss_pid: Option<u32>,
+    /// Report Vault's CPU per request too (the OpenBao/Vault server's pid, same machine).
+    #[arg(long)]
+    pub vault_pid: Option<u32>,
     /// Print progress every this often (0 = never).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub progress: Duration,
@@ -103,6 +106,11 @@ pub struct Report {
     pub peak_rss_mib: Option<f64>,
     /// CPU time `--rss-pid` used during the run, per request, microseconds.
     pub cpu_us_per_request: Option<f64>,
+    /// CPU time `--vault-pid` used during the run, per request, microseconds.
+    pub vault_cpu_us_per_request: Option<f64>,
+    /// CPU time of the load generator itself, per request, microseconds (measured after the
+    /// CSRs and tokens are prepared).
+    pub loadgen_cpu_us_per_request: Option<f64>,
 }
 
 impl Report {
@@ -137,6 +145,14 @@ impl Report {
         }
         if let Some(cpu) = self.cpu_us_per_request {
             s.push_str(&format!("\nCPU of pid {cpu:.0} µs per request"));
+        }
+        if let Some(cpu) = self.vault_cpu_us_per_request {
+            s.push_str(&format!("\nCPU of Vault {cpu:.0} µs per request"));
+        }
+        if let Some(cpu) = self.loadgen_cpu_us_per_request {
+            s.push_str(&format!(
+                "\nCPU of the load generator {cpu:.0} µs per request"
+            ));
         }
         s
     }
@@ -329,6 +345,8 @@ pub async fn run(opts: &LoadOptions) -> anyhow::Result<Report> {
     let done = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let cpu_before = opts.rss_pid.and_then(cpu_seconds);
+    let vault_cpu_before = opts.vault_pid.and_then(cpu_seconds);
+    let own_cpu_before = cpu_seconds(std::process::id());
     let start = Instant::now();
     let deadline = opts.duration.map(|d| start + d);
     let mut workers = tokio::task::JoinSet::new();
@@ -404,11 +422,14 @@ pub async fn run(opts: &LoadOptions) -> anyhow::Result<Report> {
     };
     let requests = latencies.len();
     let failed: usize = errors.values().sum();
-    let cpu_after = opts.rss_pid.and_then(cpu_seconds);
-    let cpu_us_per_request = match (cpu_before, cpu_after) {
+    let per_request = |before: Option<f64>, after: Option<f64>| match (before, after) {
         (Some(a), Some(b)) if requests > 0 => Some((b - a) * 1e6 / requests as f64),
         _ => None,
     };
+    let cpu_us_per_request = per_request(cpu_before, opts.rss_pid.and_then(cpu_seconds));
+    let vault_cpu_us_per_request =
+        per_request(vault_cpu_before, opts.vault_pid.and_then(cpu_seconds));
+    let loadgen_cpu_us_per_request = per_request(own_cpu_before, cpu_seconds(std::process::id()));
     Ok(Report {
         mode: if opts.direct_vault {
             "direct-vault"
@@ -428,6 +449,8 @@ pub async fn run(opts: &LoadOptions) -> anyhow::Result<Report> {
         max_ms: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
         peak_rss_mib: opts.rss_pid.and_then(peak_rss_mib),
         cpu_us_per_request,
+        vault_cpu_us_per_request,
+        loadgen_cpu_us_per_request,
     })
 }
 

@@ -35,6 +35,7 @@ async fn loadgen_through_signer_and_direct() {
         vault_mount: support::MOUNT.into(),
         vault_role: support::ROLE.into(),
         rss_pid: Some(std::process::id()),
+        vault_pid: env.bao.pid(),
         progress: Duration::ZERO,
     };
     let signer = loadgen::run(&base).await.unwrap();
@@ -47,6 +48,10 @@ async fn loadgen_through_signer_and_direct() {
     assert!(signer.errors.is_empty());
     assert!(signer.p50_ms <= signer.p99_ms && signer.p99_ms <= signer.max_ms);
     assert!(signer.peak_rss_mib.is_some_and(|m| m > 0.0));
+    // CPU accounting of the three processes (signer runs in this test process).
+    assert!(signer.cpu_us_per_request.is_some_and(|c| c > 0.0));
+    assert!(signer.vault_cpu_us_per_request.is_some_and(|c| c > 0.0));
+    assert!(signer.loadgen_cpu_us_per_request.is_some());
     assert_eq!(env.bao.sign_calls(), 300);
 
     let direct = loadgen::run(&LoadOptions {

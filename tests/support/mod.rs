@@ -62,6 +62,11 @@ pub struct OpenBao {
 }
 
 impl OpenBao {
+    /// The server's process ID (for CPU accounting).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub async fn start() -> Self {
         Self::start_dev(false).await
     }
