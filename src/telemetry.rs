@@ -151,38 +151,21 @@ pub fn init(
     audit: &AuditConfig,
     tracing: Option<&Tracing>,
 ) -> std::io::Result<()> {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let none = None::<fn() -> std::io::Sink>;
-    match audit.output.as_str() {
-        _ if !audit.enabled => init_with_writers(config, std::io::stderr, ansi, none, tracing),
-        "stdout" => init_with_writers(
-            config,
-            std::io::stderr,
-            ansi,
-            Some(std::io::stdout),
-            tracing,
-        ),
-        "stderr" => init_with_writers(
-            config,
-            std::io::stderr,
-            ansi,
-            Some(std::io::stderr),
-            tracing,
-        ),
+    let audit_writer = match audit.output.as_str() {
+        _ if !audit.enabled => None,
+        "stdout" => Some(BoxMakeWriter::new(std::io::stdout)),
+        "stderr" => Some(BoxMakeWriter::new(std::io::stderr)),
         path => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)?;
-            init_with_writers(
-                config,
-                std::io::stderr,
-                ansi,
-                Some(std::sync::Mutex::new(file)),
-                tracing,
-            );
+            Some(BoxMakeWriter::new(std::sync::Mutex::new(file)))
         }
-    }
+    };
+    init_with_writers(config, std::io::stderr, ansi, audit_writer, tracing);
     Ok(())
 }
 
