@@ -492,7 +492,7 @@ impl JwtVerifier {
             (None, Some(u)) => KeySource::Url(u.clone()),
             (None, None) => KeySource::Discovery(config.issuer.clone()),
         };
-        let mut http = reqwest::Client::builder()
+        let mut http = crate::http_client()
             .timeout(Duration::from_secs(10))
             .user_agent(concat!("istio-vault-ca/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &config.ca_file {

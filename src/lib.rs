@@ -38,3 +38,11 @@ pub mod pb {
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
+
+/// Every HTTP client (Vault, JWKS, load generator) starts here: reqwest is built without a
+/// provider of its own (its `rustls` feature drags quinn and a second crypto stack into the
+/// lock file), so the process provider must exist before a client is built.
+pub fn http_client() -> reqwest::ClientBuilder {
+    install_crypto_provider();
+    reqwest::Client::builder()
+}

@@ -311,7 +311,7 @@ pub async fn run(opts: &LoadOptions) -> anyhow::Result<Report> {
             Some(p) => std::fs::read_to_string(p)?.trim().to_owned(),
             None => std::env::var("VAULT_TOKEN").context("--vault-token-file or $VAULT_TOKEN")?,
         };
-        let http = reqwest::Client::builder()
+        let http = crate::http_client()
             .tls_certs_only([])
             .pool_max_idle_per_host(opts.concurrency)
             .timeout(Duration::from_secs(30))

@@ -241,7 +241,7 @@ impl std::fmt::Debug for VaultClient {
 impl VaultClient {
     /// Builds the client. It holds no token until [`VaultClient::authenticate`] succeeds.
     pub fn new(config: &VaultConfig) -> Result<Self, VaultError> {
-        let mut builder = reqwest::Client::builder()
+        let mut builder = crate::http_client()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(3)))
             .pool_idle_timeout(Duration::from_secs(90))

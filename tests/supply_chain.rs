@@ -1,6 +1,8 @@
-//! One crypto provider: aws-lc-rs. `ring` may appear in Cargo.lock as an optional dependency
-//! nobody enables, but it must never be compiled in (with both providers, rustls would need an
-//! explicit default and the binary would carry two crypto stacks).
+//! One crypto provider: aws-lc-rs. `ring` stays in Cargo.lock only because rustls-webpki's
+//! `alloc` feature names it weakly (`ring?/alloc`, and cargo records weak optional
+//! dependencies, rust-lang/cargo#10801); nothing enables it. It must never be compiled in
+//! (with both providers, rustls would need an explicit default and the binary would carry two
+//! crypto stacks). reqwest is built with `rustls-no-provider` so quinn does not add it again.
 
 #[test]
 fn ring_is_not_in_the_build_graph() {

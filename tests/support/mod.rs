@@ -247,7 +247,7 @@ impl OpenBao {
     /// An HTTP client for this server (trusting its dev CA when it serves TLS).
     pub fn client(&self) -> reqwest::Client {
         match std::fs::read(self.tls_ca()) {
-            Ok(pem) if self.addr.starts_with("https://") => reqwest::Client::builder()
+            Ok(pem) if self.addr.starts_with("https://") => istio_vault_ca::http_client()
                 .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
                 .build()
                 .unwrap(),
@@ -552,7 +552,7 @@ pub fn remote_jwt_cluster(
 
 /// An HTTP client for plain-HTTP OpenBao (no platform roots needed).
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
+    istio_vault_ca::http_client()
         .tls_certs_only([])
         .build()
         .unwrap()
