@@ -50,13 +50,7 @@ async fn vault_that_never_answers_times_out_as_unavailable() {
     let blackhole = support::delaying_proxy(None, Duration::ZERO).await;
     let env = Env::start_with(|c| {
         // Roots from the file the setup script wrote; Vault itself is unreachable.
-        c.bundle.file = Some(
-            c.server
-                .cert_file
-                .clone()
-                .unwrap()
-                .with_file_name("root-cert.pem"),
-        );
+        c.bundle.file = Some(support::setup_root_cert(c));
         c.vault.addr = blackhole;
         c.vault.timeout = Duration::from_millis(500);
     })
@@ -284,13 +278,7 @@ async fn vault_token_file_is_reread_when_it_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificates_are_optional_when_a_client_ca_is_configured() {
     let env = Env::start_with(|c| {
-        c.server.client_ca_file = Some(
-            c.server
-                .cert_file
-                .clone()
-                .unwrap()
-                .with_file_name("root-cert.pem"),
-        );
+        c.server.client_ca_file = Some(support::setup_root_cert(c));
     })
     .await;
     let demo = id("default", "demo");

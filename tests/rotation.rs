@@ -4,11 +4,11 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use istio_vault_ca::bundle::parse_pem_certs;
 use istio_vault_ca::client::{self, Shape};
-use support::{Env, id};
+use support::{Env, eventually_some, id};
 
 /// Verifies `issued` (a response chain) against the roots in `bundle` alone.
 fn verifies_with(issued: &[String], bundle: &str) -> bool {
@@ -27,22 +27,12 @@ async fn issue(env: &Env) -> Vec<String> {
 
 /// Issues until the served bundle holds `roots` roots (the signer refreshes it on a timer).
 async fn issue_once_bundle_has(env: &Env, roots: usize) -> Vec<String> {
-    let start = Instant::now();
-    loop {
+    eventually_some(&format!("a bundle of {roots} roots"), async || {
         let chain = issue(env).await;
-        if parse_pem_certs(chain.last().unwrap().as_bytes())
-            .unwrap()
-            .len()
-            == roots
-        {
-            return chain;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "bundle never reached {roots} roots"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let served = parse_pem_certs(chain.last().unwrap().as_bytes()).unwrap();
+        (served.len() == roots).then_some(chain)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,14 +7,14 @@ mod support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Path, RawQuery};
 use axum::http::HeaderMap;
 use axum::routing::{get, patch};
 use istio_vault_ca::client::Shape;
 use serde_json::{Value, json};
-use support::{Env, id};
+use support::{Env, eventually, id};
 
 #[derive(Clone, Default)]
 struct FakeApi {
@@ -107,14 +107,6 @@ impl FakeApi {
     }
 }
 
-async fn eventually(what: &str, check: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < Duration::from_secs(15), "{what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_and_repairs_root_configmaps() {
     let api = FakeApi::default();
@@ -138,7 +130,7 @@ async fn writes_and_repairs_root_configmaps() {
         .unwrap();
     let bundle = chain.last().unwrap().clone();
 
-    eventually("selected namespaces receive the roots", || {
+    eventually("selected namespaces receive the roots", async || {
         api.root("default").as_deref() == Some(&bundle)
             && api.root("shop").as_deref() == Some(&bundle)
     })
@@ -163,7 +155,7 @@ async fn writes_and_repairs_root_configmaps() {
         .unwrap()
         .get_mut(&("shop".to_owned(), "istio-ca-root-cert".to_owned()))
         .unwrap()["data"]["root-cert.pem"] = json!("tampered");
-    eventually("an edited ConfigMap is repaired", || {
+    eventually("an edited ConfigMap is repaired", async || {
         api.root("shop").as_deref() == Some(&bundle)
     })
     .await;

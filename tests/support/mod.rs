@@ -615,3 +615,35 @@ pub async fn delaying_proxy(upstream: Option<String>, delay: Duration) -> String
     });
     addr
 }
+
+/// Retries `check` every 100 ms until it yields a value; fails the test naming `what` after
+/// 20 s. For things the signer does on its own timers (refreshes, recovery, readiness).
+pub async fn eventually_some<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{what} did not happen"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// [`eventually_some`] for a condition.
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    eventually_some(what, async || check().await.then_some(())).await
+}
+
+/// The dev root the setup script wrote beside the serving certificate (for configs that
+/// need the roots from a file).
+pub fn setup_root_cert(config: &Config) -> PathBuf {
+    config
+        .server
+        .cert_file
+        .clone()
+        .expect("test config has a serving certificate file")
+        .with_file_name("root-cert.pem")
+}
