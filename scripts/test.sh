@@ -13,4 +13,7 @@ if ! python3 -c "import kubernetes_validate" 2>/dev/null; then
     || python3 -m pip install --quiet --disable-pip-version-check --user "kubernetes-validate==1.37.0" >&2
 fi
 command -v kubectl >/dev/null || { echo "kubectl (with kustomize) is required by tests/deploy.rs" >&2; exit 1; }
+# A one-shot run gains nothing from incremental compilation, whose caches would add ~1 GB to
+# a fresh clone's target/ (override by setting CARGO_INCREMENTAL yourself).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo test --all-targets --locked "$@"
