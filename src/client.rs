@@ -305,3 +305,106 @@ pub fn inspect_chain(chain: &[String]) -> anyhow::Result<ChainSummary> {
         leaf_spki: cert.public_key().raw.to_vec(),
     })
 }
+
+/// One run of the bundled client (the `request` subcommand): what to ask for, and where.
+#[derive(Debug, Clone)]
+pub struct RequestSpec {
+    /// Signer address, `host:port`.
+    pub addr: String,
+    /// PEM roots that validate the signer's serving certificate (istio-ca-root-cert).
+    pub ca_pem: Vec<u8>,
+    /// TLS server name to verify (default: the host of `addr`).
+    pub server_name: Option<String>,
+    /// The caller's service-account JWT, if it authenticates with one.
+    pub token: Option<String>,
+    pub identity: SpiffeId,
+    pub shape: Shape,
+    /// Requested lifetime (`validity_duration`).
+    pub ttl: Duration,
+    pub cluster_id: String,
+}
+
+/// A certificate issued for a [`RequestSpec`] and checked the way the real clients check it,
+/// together with the private key that never left this process.
+pub struct Issued {
+    pub summary: ChainSummary,
+    /// The response's `cert_chain`: leaf, intermediates, root bundle.
+    pub chain: Vec<String>,
+    key: KeyAndCsr,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("summary", &self.summary)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Generates a key and CSR shaped like `spec.shape`, calls CreateCertificate over TLS, and
+/// checks the answer: the chain verifies to the returned roots and the leaf names exactly the
+/// requested identity.
+pub async fn request(spec: &RequestSpec) -> anyhow::Result<Issued> {
+    let key = generate_csr(spec.shape, &spec.identity)?;
+    let mut grpc = connect(&spec.addr, &spec.ca_pem, spec.server_name.as_deref()).await?;
+    let opts = CallOptions {
+        token: spec.token.as_ref().map(|t| t.trim().to_owned()),
+        cluster_id: Some(spec.cluster_id.clone()),
+        ttl_seconds: i64::try_from(spec.ttl.as_secs()).unwrap_or(i64::MAX),
+        impersonate: None,
+    };
+    let req = build_request(spec.shape, &key.csr_pem, &spec.identity, &opts)?;
+    let chain = grpc
+        .create_certificate(req)
+        .await
+        .map_err(|s| anyhow::anyhow!("CreateCertificate failed: {:?}: {}", s.code(), s.message()))?
+        .into_inner()
+        .cert_chain;
+    let summary = inspect_chain(&chain)?;
+    ensure!(
+        summary.identity == spec.identity.to_string(),
+        "leaf identity {} is not the requested {}",
+        summary.identity,
+        spec.identity
+    );
+    Ok(Issued {
+        summary,
+        chain,
+        key,
+    })
+}
+
+impl Issued {
+    /// What the `request` subcommand prints: identity, serial, validity and chain layout.
+    pub fn report(&self) -> String {
+        let s = &self.summary;
+        let at = |t: i64| {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t.max(0) as u64))
+        };
+        let lifetime = Duration::from_secs((s.not_after - s.not_before).max(0) as u64);
+        format!(
+            "issued     {}\nserial     {}\nnot before {}\nnot after  {} (lifetime {})\n\
+             chain      leaf + {} intermediate(s) + {} root(s); verified for serverAuth and clientAuth",
+            s.identity,
+            s.serial,
+            at(s.not_before),
+            at(s.not_after),
+            humantime::format_duration(lifetime),
+            s.intermediates,
+            s.roots
+        )
+    }
+
+    /// Writes the files pilot-agent's `OUTPUT_CERTS` holds: `cert-chain.pem` (leaf and
+    /// intermediates), `root-cert.pem` (the root bundle) and `key.pem` (mode 0600).
+    pub fn write_to(&self, dir: &std::path::Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+        let (roots, rest) = self
+            .chain
+            .split_last()
+            .context("an inspected chain is never empty")?;
+        std::fs::write(dir.join("cert-chain.pem"), rest.concat())?;
+        std::fs::write(dir.join("root-cert.pem"), roots)?;
+        crate::write_private_file(&dir.join("key.pem"), &self.key.key_pem())
+    }
+}

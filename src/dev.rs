@@ -148,6 +148,15 @@ impl DevIssuer {
         json!({ "keys": [self.jwk] }).to_string()
     }
 
+    /// Writes `jwt-key.pem` (the signing key, mode 0600) and `jwks.json` into `dir`, the
+    /// files `dev-issuer token` and the signer's `auth.jwt.jwks_file` read.
+    pub fn write_to(&self, dir: &std::path::Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        crate::write_private_file(&dir.join("jwt-key.pem"), &self.key_pem)?;
+        std::fs::write(dir.join("jwks.json"), self.jwks_json())?;
+        Ok(())
+    }
+
     /// The payload Kubernetes would put in a projected token for `spec`.
     pub fn claims(&self, spec: &TokenSpec) -> serde_json::Value {
         let now = SystemTime::now()

@@ -46,3 +46,20 @@ pub fn http_client() -> reqwest::ClientBuilder {
     install_crypto_provider();
     reqwest::Client::builder()
 }
+
+/// Writes a file only its owner can read (mode 0600 from creation, never world-readable in
+/// between): private keys written by the bundled client and the development issuer.
+pub fn write_private_file(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| path.display().to_string())?;
+    f.write_all(text.as_bytes())
+        .with_context(|| path.display().to_string())
+}

@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use istio_vault_ca::client::{self, CallOptions, Shape};
+use istio_vault_ca::client::{self, Shape};
 use istio_vault_ca::config::{Config, LogConfig};
 use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
-use istio_vault_ca::identity::SpiffeId;
 use istio_vault_ca::{app, telemetry};
 
 #[derive(Parser)]
@@ -186,58 +185,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn request(args: RequestArgs) -> anyhow::Result<()> {
-    let identity: SpiffeId = args.identity.parse().context("--identity")?;
     let token = match &args.token_file {
         Some(p) => Some(std::fs::read_to_string(p).with_context(|| p.display().to_string())?),
         None => None,
     };
-    let ca = std::fs::read(&args.ca_file).with_context(|| args.ca_file.display().to_string())?;
-    let generated = client::generate_csr(args.shape, &identity)?;
-    let mut grpc = client::connect(&args.addr, &ca, args.server_name.as_deref()).await?;
-    let opts = CallOptions {
-        token: token.map(|t| t.trim().to_owned()),
-        cluster_id: Some(args.cluster_id),
-        ttl_seconds: args.ttl.as_secs() as i64,
-        impersonate: None,
+    let spec = client::RequestSpec {
+        identity: args.identity.parse().context("--identity")?,
+        ca_pem: std::fs::read(&args.ca_file).with_context(|| args.ca_file.display().to_string())?,
+        addr: args.addr,
+        server_name: args.server_name,
+        token,
+        shape: args.shape,
+        ttl: args.ttl,
+        cluster_id: args.cluster_id,
     };
-    let req = client::build_request(args.shape, &generated.csr_pem, &identity, &opts)?;
-    let chain = grpc
-        .create_certificate(req)
-        .await
-        .map_err(|s| anyhow::anyhow!("CreateCertificate failed: {:?}: {}", s.code(), s.message()))?
-        .into_inner()
-        .cert_chain;
-    let summary = client::inspect_chain(&chain)?;
-    anyhow::ensure!(
-        summary.identity == identity.to_string(),
-        "leaf identity {} is not the requested {identity}",
-        summary.identity
-    );
-    let fmt = |t: i64| {
-        humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64),
-        )
-    };
-    println!("issued     {}", summary.identity);
-    println!("serial     {}", summary.serial);
-    println!("not before {}", fmt(summary.not_before));
-    println!(
-        "not after  {} (lifetime {})",
-        fmt(summary.not_after),
-        humantime::format_duration(Duration::from_secs(
-            (summary.not_after - summary.not_before).max(0) as u64
-        ))
-    );
-    println!(
-        "chain      leaf + {} intermediate(s) + {} root(s); verified for serverAuth and clientAuth",
-        summary.intermediates, summary.roots
-    );
+    let issued = client::request(&spec).await?;
+    println!("{}", issued.report());
     if let Some(dir) = args.out_dir {
-        std::fs::create_dir_all(&dir)?;
-        let (roots, rest) = chain.split_last().expect("inspected");
-        std::fs::write(dir.join("cert-chain.pem"), rest.concat())?;
-        std::fs::write(dir.join("root-cert.pem"), roots)?;
-        write_private(&dir.join("key.pem"), &generated.key_pem())?;
+        issued.write_to(&dir)?;
         println!(
             "written    {}/{{cert-chain,key,root-cert}}.pem",
             dir.display()
@@ -249,10 +214,7 @@ async fn request(args: RequestArgs) -> anyhow::Result<()> {
 fn dev_issuer(command: DevCommand) -> anyhow::Result<()> {
     match command {
         DevCommand::Init { dir, alg } => {
-            std::fs::create_dir_all(&dir)?;
-            let issuer = DevIssuer::generate_with(DEFAULT_ISSUER, alg)?;
-            write_private(&dir.join("jwt-key.pem"), issuer.key_pem())?;
-            std::fs::write(dir.join("jwks.json"), issuer.jwks_json())?;
+            DevIssuer::generate_with(DEFAULT_ISSUER, alg)?.write_to(&dir)?;
             eprintln!("wrote {0}/jwt-key.pem and {0}/jwks.json", dir.display());
             Ok(())
         }
@@ -279,20 +241,6 @@ fn parse_alg(s: &str) -> Result<jsonwebtoken::Algorithm, String> {
     s.to_ascii_uppercase()
         .parse()
         .map_err(|_| format!("unknown algorithm {s}"))
-}
-
-fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| path.display().to_string())?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
 }
 
 /// Resolves on SIGTERM (Kubernetes stopping the pod) or SIGINT (Ctrl-C).

@@ -200,3 +200,82 @@ async fn misconfigured_role_cannot_hand_out_a_wrong_certificate() {
         "Vault signed, the signer refused to hand it out"
     );
 }
+
+/// The `request` subcommand's path (what the quickstart runs): the bundled client issues,
+/// checks and writes pilot-agent's output files; the development issuer's written key signs
+/// tokens the signer accepts. Private files are owner-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundled_client_issues_and_writes_output_files() {
+    use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
+    use std::os::unix::fs::PermissionsExt;
+
+    let env = Env::start().await;
+    let out = tempfile::tempdir().unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+
+    // The issuer's files as `dev-issuer init` writes them, read back as `dev-issuer token` does.
+    env.issuer.write_to(&out.path().join("issuer")).unwrap();
+    let key_file = out.path().join("issuer/jwt-key.pem");
+    assert_eq!(mode(&key_file), 0o600, "JWT signing key is owner-only");
+    let jwks = std::fs::read_to_string(out.path().join("issuer/jwks.json")).unwrap();
+    assert_eq!(jwks, env.issuer.jwks_json());
+    let reloaded =
+        DevIssuer::load(DEFAULT_ISSUER, &std::fs::read_to_string(&key_file).unwrap()).unwrap();
+    let token = reloaded.token(&TokenSpec::new("default", "demo")).unwrap();
+
+    let identity = id("default", "demo");
+    let spec = client::RequestSpec {
+        addr: env.addr.clone(),
+        ca_pem: env.ca_pem.clone(),
+        server_name: Some("localhost".into()),
+        token: Some(format!("{token}\n")),
+        identity: identity.clone(),
+        shape: Shape::Ztunnel,
+        ttl: Duration::from_secs(3600),
+        cluster_id: "Kubernetes".into(),
+    };
+    let issued = client::request(&spec).await.expect("issued and checked");
+    assert_eq!(issued.summary.identity, identity.to_string());
+    assert_lifetime(&issued.summary, 3600);
+    let report = issued.report();
+    assert!(
+        report.contains(&format!("issued     {identity}")),
+        "{report}"
+    );
+    assert!(report.contains(&issued.summary.serial), "{report}");
+    assert!(
+        report.contains("leaf + 1 intermediate(s) + 1 root(s)"),
+        "{report}"
+    );
+
+    let certs = out.path().join("certs");
+    issued.write_to(&certs).unwrap();
+    assert_eq!(
+        mode(&certs.join("key.pem")),
+        0o600,
+        "workload key is owner-only"
+    );
+    let key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(certs.join("key.pem")).unwrap()).unwrap();
+    assert_eq!(
+        key.subject_public_key_info(),
+        issued.summary.leaf_spki,
+        "key.pem is the leaf's key"
+    );
+    let chain_pem = std::fs::read(certs.join("cert-chain.pem")).unwrap();
+    let chain = istio_vault_ca::bundle::parse_pem_certs(&chain_pem).unwrap();
+    assert_eq!(chain.len(), 2, "leaf + intermediate");
+    assert_eq!(
+        std::fs::read_to_string(certs.join("root-cert.pem")).unwrap(),
+        *issued.chain.last().unwrap()
+    );
+
+    // A wrong identity for the token is refused, and the client says why.
+    let err = client::request(&client::RequestSpec {
+        identity: id("default", "other"),
+        ..spec
+    })
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("PermissionDenied"), "{err:#}");
+}
