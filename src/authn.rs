@@ -294,7 +294,17 @@ impl Authenticator {
         let verifier = self.clusters.get(cluster).expect("cluster checked above");
         let (mut caller, max_age) = match verifier {
             TokenVerifier::Local(jwt) => (jwt.verify(token).await?, self.cache.max_age),
-            TokenVerifier::Review(reviewer, max_age) => (reviewer.review(token).await?, *max_age),
+            TokenVerifier::Review(reviewer, max_age) => {
+                let start = Instant::now();
+                let reviewed = reviewer.review(token).await;
+                let result = match &reviewed {
+                    Ok(_) => "authenticated",
+                    Err(AuthnError::ReviewUnavailable(_)) => "unavailable",
+                    Err(_) => "rejected",
+                };
+                crate::metrics::token_review(cluster, start.elapsed(), result);
+                (reviewed?, *max_age)
+            }
         };
         caller.cluster = cluster.to_owned();
         self.cache.put(key, &caller, caller.expires, max_age);

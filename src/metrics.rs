@@ -57,6 +57,11 @@ fn describe() {
         Unit::Seconds,
         "Latency of calls to Vault by operation"
     );
+    describe_histogram!(
+        "istio_vault_ca_token_review_duration_seconds",
+        Unit::Seconds,
+        "Latency of Kubernetes TokenReview calls by cluster and result"
+    );
     describe_counter!(
         "istio_vault_ca_vault_errors_total",
         "Failed calls to Vault by operation and kind"
@@ -162,6 +167,18 @@ pub fn authn_cache(hit: bool) {
     ::metrics::counter!("istio_vault_ca_authn_cache_total", "result" => result).increment(1);
 }
 
+/// One TokenReview against `cluster`'s API server (cache misses only). `result` is
+/// `authenticated`, `rejected` (the API server or the service-account checks said no) or
+/// `unavailable` (the call failed).
+pub fn token_review(cluster: &str, took: Duration, result: &'static str) {
+    ::metrics::histogram!(
+        "istio_vault_ca_token_review_duration_seconds",
+        "cluster" => cluster.to_owned(),
+        "result" => result
+    )
+    .record(took.as_secs_f64());
+}
+
 pub fn jwks_fetch(ok: bool) {
     let result = if ok { "ok" } else { "error" };
     ::metrics::counter!("istio_vault_ca_jwks_fetches_total", "result" => result).increment(1);
@@ -229,5 +246,38 @@ fn code_name(code: tonic::Code) -> &'static str {
         Unavailable => "UNAVAILABLE",
         DataLoss => "DATA_LOSS",
         Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The metric names that follow `before` in `text` (a quote in code, a table cell in docs).
+    fn names(text: &str, before: &str) -> BTreeSet<String> {
+        let prefix = format!("{before}istio_vault_ca_");
+        text.match_indices(&prefix)
+            .map(|(at, _)| {
+                text[at + before.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Every metric this module names (described or recorded) has its row in
+    /// docs/metrics.md, and every row there names a metric that exists.
+    #[test]
+    fn every_metric_is_documented_and_every_documented_metric_exists() {
+        let source = include_str!("metrics.rs");
+        let source = &source[..source.find("#[cfg(test)]").unwrap()];
+        let in_code = names(source, "\"");
+        let in_docs = names(include_str!("../docs/metrics.md"), "| `");
+        assert!(in_code.len() >= 19, "{in_code:?}");
+        assert_eq!(
+            in_code, in_docs,
+            "metrics named in src/metrics.rs vs the rows of docs/metrics.md"
+        );
     }
 }

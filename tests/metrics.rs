@@ -4,15 +4,7 @@
 mod support;
 
 use istio_vault_ca::client::{self, CallOptions, Shape};
-use support::{Env, http, id, now_unix};
-
-/// The value of the sample `name{labels}` (labels as Prometheus renders them, sorted).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.split_whitespace().next() == Some(series))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
+use support::{Env, id, now_unix, sample};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_after_a_mixed_run() {
@@ -49,14 +41,7 @@ async fn metrics_after_a_mixed_run() {
         .await
         .unwrap_err();
 
-    let admin = env.signer.as_ref().unwrap().admin_addr().unwrap();
-    let resp = http()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let text = resp.text().await.unwrap();
+    let text = env.metrics().await;
     let get =
         |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"));
 

@@ -14,7 +14,7 @@ use axum::Json;
 use axum::routing::post;
 use istio_vault_ca::client::{CallOptions, Shape};
 use serde_json::{Value, json};
-use support::{Env, id};
+use support::{Env, id, sample};
 use tonic::Code;
 
 /// What the fake API server answers for each token, and how many reviews it served.
@@ -142,6 +142,17 @@ async fn reviewed_tokens_are_cached_briefly() {
     );
     assert_eq!(api.reviews.load(Ordering::SeqCst), 2);
     assert_eq!(env.bao.sign_calls(), 2);
+
+    // Both reviews were timed, by cluster and result (other tests of this binary share the
+    // process-wide recorder, hence lower bounds).
+    let text = env.metrics().await;
+    for result in ["authenticated", "rejected"] {
+        let series = format!(
+            "istio_vault_ca_token_review_duration_seconds_count{{cluster=\"Kubernetes\",result=\"{result}\"}}"
+        );
+        let count = sample(&text, &series).unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+        assert!(count >= 1.0, "{series} = {count}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

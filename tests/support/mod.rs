@@ -505,6 +505,19 @@ impl Env {
         signer
     }
 
+    /// The signer's `/metrics` exposition (the recorder is process-wide: it holds what every
+    /// test of this binary recorded).
+    pub async fn metrics(&self) -> String {
+        let admin = self.signer.as_ref().unwrap().admin_addr().unwrap();
+        let resp = http()
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap()
+    }
+
     pub async fn shutdown(&mut self) {
         if let Some(s) = self.signer.take() {
             s.shutdown().await.unwrap();
@@ -548,6 +561,15 @@ pub fn remote_jwt_cluster(
         token_review: None,
         kubeconfig,
     }
+}
+
+/// The value of the sample `name{labels}` in a Prometheus exposition (labels as the exporter
+/// renders them).
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(series))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
 }
 
 /// An HTTP client for plain-HTTP OpenBao (no platform roots needed).
