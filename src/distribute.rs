@@ -16,12 +16,22 @@ use crate::config::TrustDistributionConfig;
 /// The field manager of our server-side applies.
 pub const FIELD_MANAGER: &str = "istio-vault-ca";
 
-/// Applies the bundle to every selected namespace once. Returns how many were written.
+/// The outcome of one pass over the selected namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Distributed {
+    /// ConfigMaps applied (unchanged ones included: an identical apply is a no-op).
+    pub written: usize,
+    /// Namespaces whose ConfigMap could not be applied (RBAC, admission, API errors).
+    pub failed: usize,
+}
+
+/// Applies the bundle to every selected namespace once. An error means the namespaces could
+/// not be listed; per-namespace failures are counted (and logged) without stopping the pass.
 pub async fn reconcile(
     client: &kube::Client,
     config: &TrustDistributionConfig,
     bundle_pem: &str,
-) -> Result<usize, kube::Error> {
+) -> Result<Distributed, kube::Error> {
     let namespaces: kube::Api<Namespace> = kube::Api::all(client.clone());
     let mut params = ListParams::default();
     if let Some(selector) = &config.namespace_selector {
@@ -29,7 +39,10 @@ pub async fn reconcile(
     }
     let list = namespaces.list(&params).await?;
     let patch = PatchParams::apply(FIELD_MANAGER).force();
-    let mut written = 0;
+    let mut done = Distributed {
+        written: 0,
+        failed: 0,
+    };
     for ns in list.items {
         let Some(name) = ns.metadata.name else {
             continue;
@@ -55,13 +68,15 @@ pub async fn reconcile(
             .patch(&config.configmap, &patch, &Patch::Apply(&cm))
             .await
         {
-            Ok(_) => written += 1,
+            Ok(_) => done.written += 1,
             Err(e) => {
+                done.failed += 1;
                 tracing::warn!(namespace = %name, error = %e, "could not write {}", config.configmap)
             }
         }
     }
-    Ok(written)
+    crate::metrics::trust_distributed(done.written, done.failed);
+    Ok(done)
 }
 
 /// Reconciles on every bundle change and every `config.interval` until `shutdown`.
@@ -84,8 +99,12 @@ pub async fn run(
             continue;
         }
         match reconcile(&client, &config, &pem).await {
-            Ok(n) => {
-                tracing::debug!(namespaces = n, "trust bundle distributed");
+            Ok(done) => {
+                tracing::debug!(
+                    written = done.written,
+                    failed = done.failed,
+                    "trust bundle distributed"
+                );
                 last = Some((pem, tokio::time::Instant::now()));
             }
             Err(e) => tracing::warn!(error = %e, "trust distribution failed; retrying"),

@@ -62,6 +62,15 @@ fn describe() {
         Unit::Seconds,
         "Latency of Kubernetes TokenReview calls by cluster and result"
     );
+    describe_gauge!(
+        "istio_vault_ca_trust_distribution_configmaps",
+        "Trust-distribution ConfigMaps applied (written) or not (failed) in the last pass"
+    );
+    describe_gauge!(
+        "istio_vault_ca_trust_distribution_last_success_timestamp_seconds",
+        Unit::Seconds,
+        "When a trust-distribution pass last reached every selected namespace"
+    );
     describe_counter!(
         "istio_vault_ca_vault_errors_total",
         "Failed calls to Vault by operation and kind"
@@ -177,6 +186,22 @@ pub fn token_review(cluster: &str, took: Duration, result: &'static str) {
         "result" => result
     )
     .record(took.as_secs_f64());
+}
+
+/// One trust-distribution pass: ConfigMaps applied and namespaces that failed; a pass without
+/// failures also stamps the time of the last complete distribution.
+pub fn trust_distributed(written: usize, failed: usize) {
+    ::metrics::gauge!("istio_vault_ca_trust_distribution_configmaps", "result" => "written")
+        .set(written as f64);
+    ::metrics::gauge!("istio_vault_ca_trust_distribution_configmaps", "result" => "failed")
+        .set(failed as f64);
+    if failed == 0 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        ::metrics::gauge!("istio_vault_ca_trust_distribution_last_success_timestamp_seconds")
+            .set(now.as_secs_f64());
+    }
 }
 
 pub fn jwks_fetch(ok: bool) {

@@ -6,15 +6,16 @@
 mod support;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, RawQuery};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, patch};
 use istio_vault_ca::client::Shape;
 use serde_json::{Value, json};
-use support::{Env, eventually, id};
+use support::{Env, eventually, eventually_some, id, sample};
 
 #[derive(Clone, Default)]
 struct FakeApi {
@@ -22,6 +23,9 @@ struct FakeApi {
     configmaps: Arc<Mutex<HashMap<(String, String), Value>>>,
     /// Every apply's content type and query string.
     applies: Arc<Mutex<Vec<(String, String)>>>,
+    /// While set, applies in namespace `locked` are refused with 403, as when the signer's
+    /// RBAC does not reach it.
+    locked: Arc<AtomicBool>,
 }
 
 impl FakeApi {
@@ -38,6 +42,7 @@ impl FakeApi {
             let all = [
                 ns("default", true),
                 ns("shop", true),
+                ns("locked", true),
                 ns("kube-system", false),
             ];
             let items: Vec<Value> = all
@@ -72,6 +77,14 @@ impl FakeApi {
                           body: axum::body::Bytes| {
                         let api = api.clone();
                         async move {
+                            if ns == "locked" && api.locked.load(Ordering::SeqCst) {
+                                let status = json!({
+                                    "kind": "Status", "apiVersion": "v1", "metadata": {},
+                                    "status": "Failure", "reason": "Forbidden", "code": 403,
+                                    "message": format!("configmaps \"{name}\" is forbidden: User \"system:serviceaccount:istio-system:istio-vault-ca\" cannot patch resource \"configmaps\" in API group \"\" in the namespace \"locked\""),
+                                });
+                                return (StatusCode::FORBIDDEN, axum::Json(status));
+                            }
                             let ct = headers
                                 .get("content-type")
                                 .and_then(|v| v.to_str().ok())
@@ -87,7 +100,7 @@ impl FakeApi {
                                 .lock()
                                 .unwrap()
                                 .insert((ns, name), cm.clone());
-                            axum::Json(cm)
+                            (StatusCode::OK, axum::Json(cm))
                         }
                     },
                 ),
@@ -110,6 +123,7 @@ impl FakeApi {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_and_repairs_root_configmaps() {
     let api = FakeApi::default();
+    api.locked.store(true, Ordering::SeqCst);
     let server = api.start().await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = support::kubeconfig(dir.path(), "kubeconfig", &server);
@@ -139,6 +153,48 @@ async fn writes_and_repairs_root_configmaps() {
         api.root("kube-system").is_none(),
         "unselected namespaces are left alone"
     );
+
+    // A namespace the signer may not write does not stop the others, and shows in /metrics:
+    // applied and failed ConfigMaps of the last pass, no complete pass yet.
+    let configmaps = |text: &str, result: &str| {
+        sample(
+            text,
+            &format!("istio_vault_ca_trust_distribution_configmaps{{result=\"{result}\"}}"),
+        )
+    };
+    let text = eventually_some("a pass with a refused namespace is reported", async || {
+        let text = env.metrics().await;
+        (configmaps(&text, "failed") == Some(1.0)).then_some(text)
+    })
+    .await;
+    assert_eq!(configmaps(&text, "written"), Some(2.0), "{text}");
+    assert!(api.root("locked").is_none());
+    assert_eq!(
+        sample(
+            &text,
+            "istio_vault_ca_trust_distribution_last_success_timestamp_seconds"
+        ),
+        None,
+        "no pass has reached every namespace"
+    );
+    // Once RBAC reaches it, the next pass completes.
+    api.locked.store(false, Ordering::SeqCst);
+    eventually("the refused namespace is written later", async || {
+        api.root("locked").as_deref() == Some(&bundle)
+    })
+    .await;
+    let text = eventually_some("a complete pass is reported", async || {
+        let text = env.metrics().await;
+        (configmaps(&text, "failed") == Some(0.0)).then_some(text)
+    })
+    .await;
+    assert_eq!(configmaps(&text, "written"), Some(3.0), "{text}");
+    let last = sample(
+        &text,
+        "istio_vault_ca_trust_distribution_last_success_timestamp_seconds",
+    )
+    .expect("stamped after a complete pass");
+    assert!((last - support::now_unix() as f64).abs() < 60.0, "{last}");
     {
         let applies = api.applies.lock().unwrap();
         let (ct, query) = &applies[0];
