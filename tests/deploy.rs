@@ -132,3 +132,100 @@ async fn setup_configures_kubernetes_auth() {
         .await;
     assert_eq!(config["data"]["kubernetes_host"], "https://10.96.0.1:443");
 }
+
+/// The alerting rules (component `alerts`, rendered by the single-cluster overlay) are
+/// well-formed Prometheus Operator rules, and every metric they query is one the signer
+/// exports (docs/metrics.md, which a unit test keeps equal to src/metrics.rs): a renamed
+/// metric cannot leave an alert that silently never fires.
+#[test]
+fn alert_rules_query_exported_metrics() {
+    let rendered = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(deploy_dir().join("overlays/single-cluster"))
+        .output()
+        .expect("kubectl (with kustomize) must be installed");
+    assert!(rendered.status.success());
+    // PyYAML comes with kubernetes-validate.
+    let script = r#"
+import json, sys, yaml
+rules = []
+for doc in yaml.safe_load_all(sys.stdin):
+    if doc and doc.get("kind") == "PrometheusRule":
+        for group in doc["spec"]["groups"]:
+            rules.extend(group["rules"])
+print(json.dumps(rules))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&rendered.stdout)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rules: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(rules.len() >= 10, "{} rules", rules.len());
+
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/metrics.md"))
+            .unwrap();
+    let documented = |name: &str| docs.contains(&format!("| `{name}` |"));
+    let mut names = std::collections::HashSet::new();
+    for rule in &rules {
+        let alert = rule["alert"].as_str().expect("every rule is an alert");
+        assert!(names.insert(alert.to_owned()), "{alert} twice");
+        assert!(
+            matches!(
+                rule["labels"]["severity"].as_str(),
+                Some("warning" | "critical")
+            ),
+            "{alert}: severity"
+        );
+        for key in ["summary", "description"] {
+            assert!(
+                rule["annotations"][key]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty()),
+                "{alert}: {key}"
+            );
+        }
+        let expr = rule["expr"].as_str().unwrap();
+        let (mut open, mut metrics) = (0i32, 0);
+        for c in expr.chars() {
+            open += match c {
+                '(' | '{' | '[' => 1,
+                ')' | '}' | ']' => -1,
+                _ => 0,
+            };
+            assert!(open >= 0, "{alert}: unbalanced {expr}");
+        }
+        assert_eq!(open, 0, "{alert}: unbalanced {expr}");
+        for (at, _) in expr.match_indices("istio_vault_ca_") {
+            let name: String = expr[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|b| documented(b)))
+                .unwrap_or(&name);
+            assert!(
+                documented(base),
+                "{alert} queries {name}, which is not exported"
+            );
+            metrics += 1;
+        }
+        assert!(metrics > 0, "{alert} queries no signer metric");
+    }
+}
