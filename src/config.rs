@@ -125,7 +125,8 @@ pub struct TrustDistributionConfig {
     pub namespace_selector: Option<String>,
     /// ConfigMap name (key `root-cert.pem`).
     pub configmap: String,
-    /// Re-apply period (repairs edits); bundle changes are applied within seconds.
+    /// How long a namespace whose write failed waits for the next attempt. Everything else
+    /// (new namespaces, edits, deletions, bundle changes) is applied as the watches see it.
     #[serde(with = "duration")]
     pub interval: Duration,
     /// kubeconfig (default: in-cluster / `$KUBECONFIG`).
@@ -137,7 +138,7 @@ impl Default for TrustDistributionConfig {
         Self {
             namespace_selector: None,
             configmap: "istio-ca-root-cert".into(),
-            interval: Duration::from_secs(300),
+            interval: Duration::from_secs(30),
             kubeconfig: None,
         }
     }

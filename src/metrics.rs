@@ -63,13 +63,12 @@ fn describe() {
         "Latency of Kubernetes TokenReview calls by cluster and result"
     );
     describe_gauge!(
-        "istio_vault_ca_trust_distribution_configmaps",
-        "Trust-distribution ConfigMaps applied (written) or not (failed) in the last pass"
+        "istio_vault_ca_trust_distribution_namespaces",
+        "Trust distribution: namespaces selected, holding the current bundle, and failing"
     );
-    describe_gauge!(
-        "istio_vault_ca_trust_distribution_last_success_timestamp_seconds",
-        Unit::Seconds,
-        "When a trust-distribution pass last reached every selected namespace"
+    describe_counter!(
+        "istio_vault_ca_trust_distribution_applies_total",
+        "ConfigMap applies by trust distribution, by result"
     );
     describe_counter!(
         "istio_vault_ca_vault_errors_total",
@@ -188,20 +187,24 @@ pub fn token_review(cluster: &str, took: Duration, result: &'static str) {
     .record(took.as_secs_f64());
 }
 
-/// One trust-distribution pass: ConfigMaps applied and namespaces that failed; a pass without
-/// failures also stamps the time of the last complete distribution.
-pub fn trust_distributed(written: usize, failed: usize) {
-    ::metrics::gauge!("istio_vault_ca_trust_distribution_configmaps", "result" => "written")
-        .set(written as f64);
-    ::metrics::gauge!("istio_vault_ca_trust_distribution_configmaps", "result" => "failed")
-        .set(failed as f64);
-    if failed == 0 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        ::metrics::gauge!("istio_vault_ca_trust_distribution_last_success_timestamp_seconds")
-            .set(now.as_secs_f64());
+/// Where trust distribution stands: namespaces selected, holding the current bundle, and
+/// waiting to retry a failed apply.
+pub fn trust_distributed(selected: usize, current: usize, failed: usize) {
+    for (state, n) in [
+        ("selected", selected),
+        ("current", current),
+        ("failed", failed),
+    ] {
+        ::metrics::gauge!("istio_vault_ca_trust_distribution_namespaces", "state" => state)
+            .set(n as f64);
     }
+}
+
+/// One ConfigMap apply by trust distribution.
+pub fn trust_distribution_apply(ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    ::metrics::counter!("istio_vault_ca_trust_distribution_applies_total", "result" => result)
+        .increment(1);
 }
 
 pub fn jwks_fetch(ok: bool) {

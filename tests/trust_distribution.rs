@@ -1,128 +1,253 @@
-//! The trust-distribution controller writes `istio-ca-root-cert` (key `root-cert.pem`) in the
-//! selected namespaces with server-side apply, and repairs it when it is edited. The `kube`
-//! client talks to a loopback server speaking the real Namespace list and ConfigMap apply
-//! JSON (no API server can run here); the bundle comes from a real OpenBao.
+//! The trust-distribution controller keeps `istio-ca-root-cert` (key `root-cert.pem`) equal to
+//! the served bundle in the selected namespaces: at start, in a namespace created later, after
+//! an edit or a deletion, and after RBAC stops refusing it; a steady mesh costs no writes. The
+//! `kube` client and watchers talk to a loopback server speaking the real Namespace and
+//! ConfigMap list/watch and server-side-apply JSON (no API server can run here); the bundle
+//! comes from a real OpenBao.
 
 mod support;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch};
 use istio_vault_ca::client::Shape;
 use serde_json::{Value, json};
 use support::{Env, eventually, eventually_some, id, sample};
+use tokio::sync::broadcast;
 
-#[derive(Clone, Default)]
+const CM: &str = "istio-ca-root-cert";
+
+/// A tiny API server: namespaces and ConfigMaps, each listable and watchable.
+#[derive(Clone)]
 struct FakeApi {
-    /// (namespace, name) → the applied ConfigMap.
-    configmaps: Arc<Mutex<HashMap<(String, String), Value>>>,
+    /// name → whether it carries `istio-injection=enabled`.
+    namespaces: Arc<Mutex<BTreeMap<String, bool>>>,
+    /// namespace → the applied ConfigMap.
+    configmaps: Arc<Mutex<BTreeMap<String, Value>>>,
     /// Every apply's content type and query string.
     applies: Arc<Mutex<Vec<(String, String)>>>,
     /// While set, applies in namespace `locked` are refused with 403, as when the signer's
     /// RBAC does not reach it.
     locked: Arc<AtomicBool>,
+    version: Arc<AtomicU64>,
+    namespace_events: broadcast::Sender<Value>,
+    configmap_events: broadcast::Sender<Value>,
+}
+
+fn is_watch(query: &str) -> bool {
+    query
+        .split('&')
+        .any(|kv| kv == "watch=true" || kv == "watch=1")
+}
+
+/// A watch response: the events `keep` selects, one JSON object per line, as the API server
+/// streams them, until the server stops.
+fn watch_filtered(
+    events: &mut broadcast::Receiver<Value>,
+    keep: impl Fn(&Value) -> bool + Send + Sync + 'static,
+) -> Response {
+    let lines =
+        futures_util::stream::unfold((events.resubscribe(), keep), |(mut rx, keep)| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(event) if keep(&event) => {
+                        let line = Bytes::from(format!("{event}\n"));
+                        return Some((Ok::<_, std::io::Error>(line), (rx, keep)));
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+    Response::new(Body::from_stream(lines))
 }
 
 impl FakeApi {
-    async fn start(&self) -> String {
-        let namespaces = |labels: &str| {
-            let ns = |name: &str, injected: bool| {
-                let labels = if injected {
-                    json!({"istio-injection": "enabled"})
-                } else {
-                    json!({})
-                };
-                json!({"metadata": {"name": name, "labels": labels, "resourceVersion": "1"}})
-            };
-            let all = [
-                ns("default", true),
-                ns("shop", true),
-                ns("locked", true),
-                ns("kube-system", false),
-            ];
-            let items: Vec<Value> = all
-                .into_iter()
-                .filter(|n| {
-                    labels.is_empty() || n["metadata"]["labels"]["istio-injection"] == "enabled"
-                })
-                .collect();
-            json!({"kind": "NamespaceList", "apiVersion": "v1", "metadata": {"resourceVersion": "10"}, "items": items})
+    fn new(namespaces: &[(&str, bool)]) -> Self {
+        FakeApi {
+            namespaces: Arc::new(Mutex::new(
+                namespaces
+                    .iter()
+                    .map(|(n, i)| ((*n).to_owned(), *i))
+                    .collect(),
+            )),
+            configmaps: Default::default(),
+            applies: Default::default(),
+            locked: Default::default(),
+            version: Arc::new(AtomicU64::new(100)),
+            namespace_events: broadcast::channel(64).0,
+            configmap_events: broadcast::channel(64).0,
+        }
+    }
+
+    fn next_version(&self) -> String {
+        self.version.fetch_add(1, Ordering::SeqCst).to_string()
+    }
+
+    fn namespace_json(&self, name: &str, injected: bool) -> Value {
+        let labels = if injected {
+            json!({"istio-injection": "enabled"})
+        } else {
+            json!({})
         };
-        let api = self.clone();
-        let app = axum::Router::new()
-            .route(
-                "/api/v1/namespaces",
-                get(move |RawQuery(q): RawQuery| async move {
-                    let q = q.unwrap_or_default();
-                    let selected = q.contains("labelSelector=istio-injection%3Denabled")
-                        || q.contains("labelSelector=istio-injection=enabled");
-                    axum::Json(namespaces(if selected {
-                        "istio-injection=enabled"
-                    } else {
-                        ""
-                    }))
-                }),
-            )
-            .route(
-                "/api/v1/namespaces/{ns}/configmaps/{name}",
-                patch(
-                    move |Path((ns, name)): Path<(String, String)>,
-                          RawQuery(q): RawQuery,
-                          headers: HeaderMap,
-                          body: axum::body::Bytes| {
-                        let api = api.clone();
-                        async move {
-                            if ns == "locked" && api.locked.load(Ordering::SeqCst) {
-                                let status = json!({
-                                    "kind": "Status", "apiVersion": "v1", "metadata": {},
-                                    "status": "Failure", "reason": "Forbidden", "code": 403,
-                                    "message": format!("configmaps \"{name}\" is forbidden: User \"system:serviceaccount:istio-system:istio-vault-ca\" cannot patch resource \"configmaps\" in API group \"\" in the namespace \"locked\""),
-                                });
-                                return (StatusCode::FORBIDDEN, axum::Json(status));
-                            }
-                            let ct = headers
-                                .get("content-type")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_owned();
-                            api.applies
-                                .lock()
-                                .unwrap()
-                                .push((ct, q.unwrap_or_default()));
-                            let mut cm: Value = serde_json::from_slice(&body).unwrap();
-                            cm["metadata"]["resourceVersion"] = json!("2");
-                            api.configmaps
-                                .lock()
-                                .unwrap()
-                                .insert((ns, name), cm.clone());
-                            (StatusCode::OK, axum::Json(cm))
-                        }
-                    },
-                ),
-            );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        format!("http://{addr}")
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels, "resourceVersion": self.next_version()}})
+    }
+
+    /// A namespace created while the signer runs.
+    fn create_namespace(&self, name: &str, injected: bool) {
+        self.namespaces
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), injected);
+        let _ = self
+            .namespace_events
+            .send(json!({"type": "ADDED", "object": self.namespace_json(name, injected)}));
+    }
+
+    /// Someone edits the ConfigMap's roots.
+    fn edit(&self, ns: &str, roots: &str) {
+        let cm = {
+            let mut cms = self.configmaps.lock().unwrap();
+            let cm = cms.get_mut(ns).unwrap();
+            cm["data"]["root-cert.pem"] = json!(roots);
+            cm["metadata"]["resourceVersion"] = json!(self.next_version());
+            cm.clone()
+        };
+        let _ = self
+            .configmap_events
+            .send(json!({"type": "MODIFIED", "object": cm}));
+    }
+
+    /// Someone deletes the ConfigMap.
+    fn delete(&self, ns: &str) {
+        let cm = self.configmaps.lock().unwrap().remove(ns).unwrap();
+        let _ = self
+            .configmap_events
+            .send(json!({"type": "DELETED", "object": cm}));
     }
 
     fn root(&self, ns: &str) -> Option<String> {
         self.configmaps
             .lock()
             .unwrap()
-            .get(&(ns.to_owned(), "istio-ca-root-cert".to_owned()))
+            .get(ns)
             .and_then(|cm| cm["data"]["root-cert.pem"].as_str().map(str::to_owned))
+    }
+
+    fn applies(&self) -> usize {
+        self.applies.lock().unwrap().len()
+    }
+
+    async fn start(&self) -> String {
+        let api = self.clone();
+        let namespaces = get(move |RawQuery(q): RawQuery| {
+            let api = api.clone();
+            async move {
+                let q = q.unwrap_or_default();
+                let selected = q.contains("labelSelector=istio-injection%3Denabled")
+                    || q.contains("labelSelector=istio-injection=enabled");
+                let keep = move |ns: &Value| {
+                    !selected || ns["metadata"]["labels"]["istio-injection"] == "enabled"
+                };
+                if is_watch(&q) {
+                    let mut rx = api.namespace_events.subscribe();
+                    return watch_filtered(&mut rx, move |e| keep(&e["object"]));
+                }
+                let items: Vec<Value> = api
+                    .namespaces
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|(n, i)| api.namespace_json(n, *i))
+                    .filter(|ns| keep(ns))
+                    .collect();
+                axum::Json(json!({"kind": "NamespaceList", "apiVersion": "v1", "metadata": {"resourceVersion": api.next_version()}, "items": items})).into_response()
+            }
+        });
+        let api = self.clone();
+        let configmaps = get(move |RawQuery(q): RawQuery| {
+            let api = api.clone();
+            async move {
+                let q = q.unwrap_or_default();
+                assert!(
+                    q.contains(&format!("fieldSelector=metadata.name%3D{CM}")),
+                    "the ConfigMap watch is narrowed to one name: {q}"
+                );
+                if is_watch(&q) {
+                    let mut rx = api.configmap_events.subscribe();
+                    return watch_filtered(&mut rx, |_| true);
+                }
+                let items: Vec<Value> = api.configmaps.lock().unwrap().values().cloned().collect();
+                axum::Json(json!({"kind": "ConfigMapList", "apiVersion": "v1", "metadata": {"resourceVersion": api.next_version()}, "items": items})).into_response()
+            }
+        });
+        let api = self.clone();
+        let apply = patch(
+            move |Path((ns, name)): Path<(String, String)>,
+                  RawQuery(q): RawQuery,
+                  headers: HeaderMap,
+                  body: Bytes| {
+                let api = api.clone();
+                async move {
+                    if ns == "locked" && api.locked.load(Ordering::SeqCst) {
+                        let status = json!({
+                            "kind": "Status", "apiVersion": "v1", "metadata": {},
+                            "status": "Failure", "reason": "Forbidden", "code": 403,
+                            "message": format!("configmaps \"{name}\" is forbidden: User \"system:serviceaccount:istio-system:istio-vault-ca\" cannot patch resource \"configmaps\" in API group \"\" in the namespace \"locked\""),
+                        });
+                        return (StatusCode::FORBIDDEN, axum::Json(status));
+                    }
+                    let ct = headers
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    api.applies
+                        .lock()
+                        .unwrap()
+                        .push((ct, q.unwrap_or_default()));
+                    let mut cm: Value = serde_json::from_slice(&body).unwrap();
+                    cm["metadata"]["resourceVersion"] = json!(api.next_version());
+                    let existed = api
+                        .configmaps
+                        .lock()
+                        .unwrap()
+                        .insert(ns, cm.clone())
+                        .is_some();
+                    let kind = if existed { "MODIFIED" } else { "ADDED" };
+                    let _ = api
+                        .configmap_events
+                        .send(json!({"type": kind, "object": cm.clone()}));
+                    (StatusCode::OK, axum::Json(cm))
+                }
+            },
+        );
+        let app = axum::Router::new()
+            .route("/api/v1/namespaces", namespaces)
+            .route("/api/v1/configmaps", configmaps)
+            .route("/api/v1/namespaces/{ns}/configmaps/{name}", apply);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}")
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_and_repairs_root_configmaps() {
-    let api = FakeApi::default();
+async fn keeps_root_configmaps_current() {
+    let api = FakeApi::new(&[
+        ("default", true),
+        ("shop", true),
+        ("locked", true),
+        ("kube-system", false),
+    ]);
     api.locked.store(true, Ordering::SeqCst);
     let server = api.start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -143,58 +268,16 @@ async fn writes_and_repairs_root_configmaps() {
         .await
         .unwrap();
     let bundle = chain.last().unwrap().clone();
+    let holds = |ns: &str| api.root(ns).as_deref() == Some(bundle.as_str());
 
     eventually("selected namespaces receive the roots", async || {
-        api.root("default").as_deref() == Some(&bundle)
-            && api.root("shop").as_deref() == Some(&bundle)
+        holds("default") && holds("shop")
     })
     .await;
     assert!(
         api.root("kube-system").is_none(),
         "unselected namespaces are left alone"
     );
-
-    // A namespace the signer may not write does not stop the others, and shows in /metrics:
-    // applied and failed ConfigMaps of the last pass, no complete pass yet.
-    let configmaps = |text: &str, result: &str| {
-        sample(
-            text,
-            &format!("istio_vault_ca_trust_distribution_configmaps{{result=\"{result}\"}}"),
-        )
-    };
-    let text = eventually_some("a pass with a refused namespace is reported", async || {
-        let text = env.metrics().await;
-        (configmaps(&text, "failed") == Some(1.0)).then_some(text)
-    })
-    .await;
-    assert_eq!(configmaps(&text, "written"), Some(2.0), "{text}");
-    assert!(api.root("locked").is_none());
-    assert_eq!(
-        sample(
-            &text,
-            "istio_vault_ca_trust_distribution_last_success_timestamp_seconds"
-        ),
-        None,
-        "no pass has reached every namespace"
-    );
-    // Once RBAC reaches it, the next pass completes.
-    api.locked.store(false, Ordering::SeqCst);
-    eventually("the refused namespace is written later", async || {
-        api.root("locked").as_deref() == Some(&bundle)
-    })
-    .await;
-    let text = eventually_some("a complete pass is reported", async || {
-        let text = env.metrics().await;
-        (configmaps(&text, "failed") == Some(0.0)).then_some(text)
-    })
-    .await;
-    assert_eq!(configmaps(&text, "written"), Some(3.0), "{text}");
-    let last = sample(
-        &text,
-        "istio_vault_ca_trust_distribution_last_success_timestamp_seconds",
-    )
-    .expect("stamped after a complete pass");
-    assert!((last - support::now_unix() as f64).abs() < 60.0, "{last}");
     {
         let applies = api.applies.lock().unwrap();
         let (ct, query) = &applies[0];
@@ -205,14 +288,72 @@ async fn writes_and_repairs_root_configmaps() {
         );
     }
 
-    // Someone edits the ConfigMap: the next reconcile puts the roots back.
-    api.configmaps
-        .lock()
-        .unwrap()
-        .get_mut(&("shop".to_owned(), "istio-ca-root-cert".to_owned()))
-        .unwrap()["data"]["root-cert.pem"] = json!("tampered");
-    eventually("an edited ConfigMap is repaired", async || {
-        api.root("shop").as_deref() == Some(&bundle)
+    // A namespace the signer may not write does not stop the others, and shows in /metrics.
+    let namespaces = |text: &str, state: &str| {
+        sample(
+            text,
+            &format!("istio_vault_ca_trust_distribution_namespaces{{state=\"{state}\"}}"),
+        )
+    };
+    let text = eventually_some("a refused namespace is reported", async || {
+        let text = env.metrics().await;
+        (namespaces(&text, "failed") == Some(1.0)).then_some(text)
     })
     .await;
+    assert_eq!(namespaces(&text, "selected"), Some(3.0), "{text}");
+    assert_eq!(namespaces(&text, "current"), Some(2.0), "{text}");
+    assert!(api.root("locked").is_none());
+    // Once RBAC reaches it, a retry (every `interval`) writes it.
+    api.locked.store(false, Ordering::SeqCst);
+    eventually("the refused namespace is written on retry", async || {
+        holds("locked")
+    })
+    .await;
+
+    // A namespace created later gets its roots without waiting for any period; one created
+    // without the label does not.
+    api.create_namespace("fresh", true);
+    api.create_namespace("unlabelled", false);
+    eventually("a new namespace receives the roots", async || {
+        holds("fresh")
+    })
+    .await;
+
+    // Edited and deleted ConfigMaps are repaired.
+    api.edit("shop", "tampered");
+    api.delete("default");
+    eventually("edited and deleted ConfigMaps are repaired", async || {
+        holds("shop") && holds("default")
+    })
+    .await;
+    assert!(api.root("unlabelled").is_none());
+    let text = eventually_some("every selected namespace is current", async || {
+        let text = env.metrics().await;
+        (namespaces(&text, "current") == Some(4.0)).then_some(text)
+    })
+    .await;
+    assert_eq!(namespaces(&text, "selected"), Some(4.0), "{text}");
+    assert_eq!(namespaces(&text, "failed"), Some(0.0), "{text}");
+    let applies = |result: &str| {
+        sample(
+            &text,
+            &format!("istio_vault_ca_trust_distribution_applies_total{{result=\"{result}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(applies("error") >= 1.0, "{text}");
+    assert_eq!(applies("ok"), api.applies() as f64, "{text}");
+
+    // Nothing left to do: a steady mesh costs no writes.
+    let writes = api.applies();
+    assert_eq!(
+        writes, 6,
+        "default, shop, locked, fresh, then shop and default repaired"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        api.applies(),
+        writes,
+        "no writes while everything is current"
+    );
 }
