@@ -311,7 +311,8 @@ pub async fn run(
             _ = tokio::time::sleep_until(wake) => {}
             _ = shutdown.changed() => return,
         }
-        let current = bundle.load();
+        // An owned snapshot: the applies below await, and must not pin the swap slot.
+        let current = bundle.load_full();
         let pem = current.pem();
         let pem_digest = digest(pem);
         for namespace in state.due(pem_digest, Instant::now()) {
