@@ -119,6 +119,7 @@ impl CsrPolicy {
             });
         }
         let der = single_csr_block(pem.as_bytes())?;
+        check_envelope(&der)?;
         let (rest, csr) =
             X509CertificationRequest::from_der(&der).map_err(|e| CsrError::Der(e.to_string()))?;
         if !rest.is_empty() {
@@ -171,6 +172,64 @@ fn single_csr_block(pem: &[u8]) -> Result<Vec<u8>, CsrError> {
         }
     }
     found.ok_or_else(|| CsrError::Pem("no CERTIFICATE REQUEST block".into()))
+}
+
+/// One DER TLV of `input`: tag, contents and what follows. Only low tag numbers and definite,
+/// minimally encoded lengths (DER) are accepted.
+fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    if tag & 0x1f == 0x1f {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        // 0x80 is BER's indefinite length; a leading zero or a long form for a short length
+        // is not minimal.
+        if n == 0 || n > 4 || rest.len() < n || rest[0] == 0 {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at(n);
+        let len = bytes.iter().fold(0usize, |l, b| (l << 8) | usize::from(*b));
+        if len < 0x80 {
+            return None;
+        }
+        (len, rest)
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// Checks the parts of a CSR its signature does not cover, strictly as DER: one SEQUENCE of
+/// the request info, the algorithm (an OID with no, NULL or SEQUENCE parameters) and a BIT
+/// STRING without unused bits. x509-parser tolerates other tags there, and such a request
+/// would only fail later, at Vault.
+fn check_envelope(der: &[u8]) -> Result<(), CsrError> {
+    let bad = |what: &str| CsrError::Der(what.into());
+    let Some((0x30, body, [])) = der_tlv(der) else {
+        return Err(bad("the request is not exactly one SEQUENCE"));
+    };
+    let Some((0x30, _info, body)) = der_tlv(body) else {
+        return Err(bad("certificationRequestInfo is not a SEQUENCE"));
+    };
+    let Some((0x30, algorithm, body)) = der_tlv(body) else {
+        return Err(bad("signatureAlgorithm is not a SEQUENCE"));
+    };
+    let Some((0x03, signature, [])) = der_tlv(body) else {
+        return Err(bad("the signature is not a BIT STRING ending the request"));
+    };
+    if signature.first() != Some(&0) {
+        return Err(bad("the signature BIT STRING has unused bits"));
+    }
+    let Some((0x06, _oid, parameters)) = der_tlv(algorithm) else {
+        return Err(bad("signatureAlgorithm does not start with an OID"));
+    };
+    match parameters {
+        [] | [0x05, 0x00] => Ok(()),
+        _ if matches!(der_tlv(parameters), Some((0x30, _, []))) => Ok(()),
+        _ => Err(bad("signatureAlgorithm parameters are malformed")),
+    }
 }
 
 fn check_signature_algorithm(csr: &X509CertificationRequest<'_>) -> Result<(), CsrError> {
@@ -389,6 +448,35 @@ mod tests {
             only_ed.verify(&csr(&p256, false, true)),
             Err(CsrError::KeyNotAllowed(_))
         ));
+    }
+
+    /// Bytes from the network never panic the parser, and no corruption of a valid CSR
+    /// passes: every single-byte change and every truncation of both client shapes' DER is
+    /// refused (the signature covers the request; the algorithm and signature fields are
+    /// checked themselves).
+    #[test]
+    fn corrupted_csrs_are_refused_without_panicking() {
+        let id: SpiffeId = ID.parse().unwrap();
+        for shape in [Shape::Ztunnel, Shape::PilotAgent] {
+            let pem = generate_csr(shape, &id).unwrap().csr_pem;
+            let der = single_csr_block(pem.as_bytes()).unwrap();
+            let policy = policy();
+            assert!(
+                policy
+                    .verify(&pem_encode("CERTIFICATE REQUEST", &der))
+                    .is_ok()
+            );
+            for at in 0..der.len() {
+                for flip in [0x01u8, 0x80, 0xff] {
+                    let mut bad = der.clone();
+                    bad[at] ^= flip;
+                    let result = policy.verify(&pem_encode("CERTIFICATE REQUEST", &bad));
+                    assert!(result.is_err(), "{shape:?}: byte {at} ^ {flip:#x} passed");
+                }
+                let cut = policy.verify(&pem_encode("CERTIFICATE REQUEST", &der[..at]));
+                assert!(cut.is_err(), "{shape:?}: truncated to {at} bytes passed");
+            }
+        }
     }
 
     #[test]
