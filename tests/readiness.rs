@@ -6,19 +6,13 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Env, OpenBao, eventually, http};
+use support::{Env, OpenBao, eventually};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 async fn readyz(env: &Env) -> (u16, String) {
-    let addr = env.signer.as_ref().unwrap().admin_addr().unwrap();
-    let r = http()
-        .get(format!("http://{addr}/readyz"))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
+    env.admin("/readyz").await
 }
 
 async fn grpc_health(env: &Env) -> ServingStatus {
@@ -45,13 +39,8 @@ async fn ready_only_while_vault_can_be_used() {
         c.vault.timeout = Duration::from_millis(500);
     })
     .await;
-    let addr = env.signer.as_ref().unwrap().admin_addr().unwrap();
-    let healthz = http()
-        .get(format!("http://{addr}/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(healthz.status(), 200, "alive even without Vault");
+    let (healthz, _) = env.admin("/healthz").await;
+    assert_eq!(healthz, 200, "alive even without Vault");
     let (code, body) = readyz(&env).await;
     assert_eq!(code, 503);
     assert!(body.contains("no valid Vault token"), "{body}");

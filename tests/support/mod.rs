@@ -505,17 +505,23 @@ impl Env {
         signer
     }
 
-    /// The signer's `/metrics` exposition (the recorder is process-wide: it holds what every
-    /// test of this binary recorded).
-    pub async fn metrics(&self) -> String {
+    /// GET `path` on the signer's admin port: status and body.
+    pub async fn admin(&self, path: &str) -> (u16, String) {
         let admin = self.signer.as_ref().unwrap().admin_addr().unwrap();
         let resp = http()
-            .get(format!("http://{admin}/metrics"))
+            .get(format!("http://{admin}{path}"))
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), 200);
-        resp.text().await.unwrap()
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    /// The signer's `/metrics` exposition (the recorder is process-wide: it holds what every
+    /// test of this binary recorded).
+    pub async fn metrics(&self) -> String {
+        let (status, text) = self.admin("/metrics").await;
+        assert_eq!(status, 200);
+        text
     }
 
     pub async fn shutdown(&mut self) {
