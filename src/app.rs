@@ -189,15 +189,27 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None => None,
     };
     if let Some(td) = &config.trust_distribution {
-        let client = crate::nodes::client(td.kubeconfig.as_deref())
-            .await
-            .map_err(|e| anyhow::anyhow!("trust_distribution: {e}"))?;
-        tokio::spawn(crate::distribute::run(
-            client,
-            td.clone(),
-            shared_bundle.clone(),
-            shutdown_rx.clone(),
-        ));
+        let mut clusters = vec![(config.auth.cluster_id.clone(), td.kubeconfig.clone())];
+        for id in &td.remote_clusters {
+            let remote = config.auth.remote_clusters.iter().find(|c| c.id == *id);
+            // Validated: every listed remote cluster exists and has a kubeconfig.
+            let kubeconfig = remote
+                .and_then(|c| c.api_kubeconfig())
+                .map(|p| p.to_owned());
+            clusters.push((id.clone(), kubeconfig));
+        }
+        for (cluster, kubeconfig) in clusters {
+            let client = crate::nodes::client(kubeconfig.as_deref())
+                .await
+                .map_err(|e| anyhow::anyhow!("trust_distribution in cluster {cluster:?}: {e}"))?;
+            tokio::spawn(crate::distribute::run(
+                client,
+                cluster,
+                td.clone(),
+                shared_bundle.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
     }
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     tokio::spawn(admin::drive_grpc_health(
@@ -292,14 +304,8 @@ async fn start_pod_caches(
 ) -> anyhow::Result<crate::signer::Impersonation> {
     let mut clusters = vec![(config.auth.cluster_id.clone(), imp.kubeconfig.clone())];
     for remote in &config.auth.remote_clusters {
-        let kubeconfig = remote.kubeconfig.clone().or_else(|| {
-            remote
-                .token_review
-                .as_ref()
-                .and_then(|t| t.kubeconfig.clone())
-        });
-        if kubeconfig.is_some() {
-            clusters.push((remote.id.clone(), kubeconfig));
+        if let Some(kubeconfig) = remote.api_kubeconfig() {
+            clusters.push((remote.id.clone(), Some(kubeconfig.to_owned())));
         }
     }
     let mut pods = std::collections::HashMap::new();

@@ -131,6 +131,9 @@ pub struct TrustDistributionConfig {
     pub interval: Duration,
     /// kubeconfig (default: in-cluster / `$KUBECONFIG`).
     pub kubeconfig: Option<PathBuf>,
+    /// IDs of `auth.remote_clusters` whose namespaces get the ConfigMap too, through that
+    /// cluster's kubeconfig: their proxies use this signer, and no istiod writes it there.
+    pub remote_clusters: Vec<String>,
 }
 
 impl Default for TrustDistributionConfig {
@@ -140,6 +143,7 @@ impl Default for TrustDistributionConfig {
             configmap: "istio-ca-root-cert".into(),
             interval: Duration::from_secs(30),
             kubeconfig: None,
+            remote_clusters: Vec::new(),
         }
     }
 }
@@ -348,9 +352,19 @@ pub struct RemoteCluster {
     /// ...or TokenReview against its API server (e.g. a kubeconfig from a remote secret).
     #[serde(default)]
     pub token_review: Option<TokenReviewConfig>,
-    /// kubeconfig for watching its pods (impersonation); default: the TokenReview one.
+    /// kubeconfig for its API server (pod watch for impersonation, trust distribution);
+    /// default: the TokenReview one.
     #[serde(default)]
     pub kubeconfig: Option<PathBuf>,
+}
+
+impl RemoteCluster {
+    /// How to reach its API server, if configured: `kubeconfig`, else the TokenReview one.
+    pub fn api_kubeconfig(&self) -> Option<&std::path::Path> {
+        self.kubeconfig
+            .as_deref()
+            .or_else(|| self.token_review.as_ref()?.kubeconfig.as_deref())
+    }
 }
 
 /// TokenReview through the Kubernetes API.
@@ -766,6 +780,26 @@ impl Config {
                 ));
             }
         }
+        if let Some(td) = &self.trust_distribution {
+            for (i, id) in td.remote_clusters.iter().enumerate() {
+                let key = format!("trust_distribution.remote_clusters[{i}]");
+                match self.auth.remote_clusters.iter().find(|c| c.id == *id) {
+                    None => {
+                        return Err(ConfigError::invalid(
+                            &key,
+                            format!("{id:?} is not an auth.remote_clusters id"),
+                        ));
+                    }
+                    Some(c) if c.api_kubeconfig().is_none() => {
+                        return Err(ConfigError::invalid(
+                            &key,
+                            format!("auth.remote_clusters {id:?} has no kubeconfig"),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
         if let Some(imp) = &self.auth.impersonation {
             for (i, a) in imp.trusted_node_accounts.iter().enumerate() {
                 if a.split_once('/')
@@ -1131,6 +1165,43 @@ over_max = "reject"
         assert_eq!(
             missing,
             "server.cert_file: is required (or configure server.self_issued)"
+        );
+        let remote = |distribute_to: &str, kubeconfig: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("config.toml");
+            std::fs::write(
+                &file,
+                format!(
+                    r#"
+[[auth.remote_clusters]]
+id = "west"
+{kubeconfig}
+[auth.remote_clusters.jwt]
+issuer = "https://oidc.west.example"
+[trust_distribution]
+remote_clusters = ["{distribute_to}"]
+"#
+                ),
+            )
+            .unwrap();
+            Config::load(Some(&file), required()).map_err(|e| e.to_string())
+        };
+        let with_kc = r#"kubeconfig = "/etc/west/kubeconfig""#;
+        assert_eq!(
+            remote("west", with_kc)
+                .unwrap()
+                .trust_distribution
+                .unwrap()
+                .remote_clusters,
+            ["west"]
+        );
+        assert_eq!(
+            remote("east", with_kc).unwrap_err(),
+            r#"trust_distribution.remote_clusters[0]: "east" is not an auth.remote_clusters id"#
+        );
+        assert_eq!(
+            remote("west", "").unwrap_err(),
+            r#"trust_distribution.remote_clusters[0]: auth.remote_clusters "west" has no kubeconfig"#
         );
         let self_issued = Config::load(None, env(&[("IVCA_SERVER__SELF_ISSUED__ROLE", "serving")]));
         assert!(

@@ -268,10 +268,12 @@ pub async fn apply(
     .map(drop)
 }
 
-/// Runs the controller until `shutdown`. `config.interval` is how long a namespace whose
-/// apply failed waits before the next attempt.
+/// Runs the controller for one cluster (`cluster` names it in logs and metrics) until
+/// `shutdown`. `config.interval` is how long a namespace whose apply failed waits before the
+/// next attempt.
 pub async fn run(
     client: kube::Client,
+    cluster: String,
     config: TrustDistributionConfig,
     bundle: SharedBundle,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -304,7 +306,7 @@ pub async fn run(
         tokio::select! {
             event = events.next() => match event {
                 None => return,
-                Some(Err(e)) => tracing::warn!(error = %e, "trust distribution watch failed; retrying"),
+                Some(Err(e)) => tracing::warn!(cluster, error = %e, "trust distribution watch failed; retrying"),
                 Some(Ok(Change::Namespace(e))) => state.namespace_event(e),
                 Some(Ok(Change::ConfigMap(e))) => state.configmap_event(e),
             },
@@ -317,10 +319,11 @@ pub async fn run(
         let pem_digest = digest(pem);
         for namespace in state.due(pem_digest, Instant::now()) {
             let result = apply(&client, &config.configmap, &namespace, pem).await;
-            crate::metrics::trust_distribution_apply(result.is_ok());
+            crate::metrics::trust_distribution_apply(&cluster, result.is_ok());
             match &result {
-                Ok(()) => tracing::debug!(namespace, "wrote {}", config.configmap),
+                Ok(()) => tracing::debug!(cluster, namespace, "wrote {}", config.configmap),
                 Err(e) => tracing::warn!(
+                    cluster,
                     namespace,
                     error = %e,
                     retry_in = ?config.interval,
@@ -337,7 +340,7 @@ pub async fn run(
             let now = state.distributed(pem_digest);
             if now.is_some() && now != reported {
                 let d = now.unwrap_or_default();
-                crate::metrics::trust_distributed(d.selected, d.current, d.failed);
+                crate::metrics::trust_distributed(&cluster, d.selected, d.current, d.failed);
                 reported = now;
             }
         }

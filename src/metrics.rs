@@ -187,24 +187,32 @@ pub fn token_review(cluster: &str, took: Duration, result: &'static str) {
     .record(took.as_secs_f64());
 }
 
-/// Where trust distribution stands: namespaces selected, holding the current bundle, and
-/// waiting to retry a failed apply.
-pub fn trust_distributed(selected: usize, current: usize, failed: usize) {
+/// Where trust distribution stands in `cluster`: namespaces selected, holding the current
+/// bundle, and waiting to retry a failed apply.
+pub fn trust_distributed(cluster: &str, selected: usize, current: usize, failed: usize) {
     for (state, n) in [
         ("selected", selected),
         ("current", current),
         ("failed", failed),
     ] {
-        ::metrics::gauge!("istio_vault_ca_trust_distribution_namespaces", "state" => state)
-            .set(n as f64);
+        ::metrics::gauge!(
+            "istio_vault_ca_trust_distribution_namespaces",
+            "cluster" => cluster.to_owned(),
+            "state" => state
+        )
+        .set(n as f64);
     }
 }
 
-/// One ConfigMap apply by trust distribution.
-pub fn trust_distribution_apply(ok: bool) {
+/// One ConfigMap apply by trust distribution in `cluster`.
+pub fn trust_distribution_apply(cluster: &str, ok: bool) {
     let result = if ok { "ok" } else { "error" };
-    ::metrics::counter!("istio_vault_ca_trust_distribution_applies_total", "result" => result)
-        .increment(1);
+    ::metrics::counter!(
+        "istio_vault_ca_trust_distribution_applies_total",
+        "cluster" => cluster.to_owned(),
+        "result" => result
+    )
+    .increment(1);
 }
 
 pub fn jwks_fetch(ok: bool) {

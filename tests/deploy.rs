@@ -22,6 +22,40 @@ fn overlays() -> Vec<PathBuf> {
     dirs
 }
 
+/// `kubectl kustomize dir`: the rendered YAML.
+fn render(dir: &Path) -> String {
+    let rendered = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .expect("kubectl (with kustomize) must be installed");
+    assert!(
+        rendered.status.success(),
+        "{}: kubectl kustomize failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    String::from_utf8(rendered.stdout).unwrap()
+}
+
+/// Validates rendered manifests strictly against the Kubernetes schemas.
+fn validate(name: &str, yaml: &str) {
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join(format!("{name}.yaml"));
+    std::fs::write(&file, yaml).unwrap();
+    let validated = Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--strict", "--quiet"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        validated.status.success(),
+        "{name}: schema validation failed (pip install kubernetes-validate==1.37.0):\n{}{}",
+        String::from_utf8_lossy(&validated.stdout),
+        String::from_utf8_lossy(&validated.stderr)
+    );
+}
+
 #[test]
 fn every_overlay_renders_and_validates() {
     let overlays = overlays();
@@ -29,20 +63,9 @@ fn every_overlay_renders_and_validates() {
         overlays.len() >= 2,
         "single-cluster and self-issued overlays"
     );
-    let out = tempfile::tempdir().unwrap();
     for dir in overlays {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
-        let rendered = Command::new("kubectl")
-            .arg("kustomize")
-            .arg(&dir)
-            .output()
-            .expect("kubectl (with kustomize) must be installed");
-        assert!(
-            rendered.status.success(),
-            "{name}: kubectl kustomize failed: {}",
-            String::from_utf8_lossy(&rendered.stderr)
-        );
-        let yaml = String::from_utf8(rendered.stdout).unwrap();
+        let yaml = render(&dir);
         for kind in [
             "kind: Deployment",
             "kind: Service",
@@ -62,20 +85,29 @@ fn every_overlay_renders_and_validates() {
                 "{name}: rendered manifests lack {kind:?}"
             );
         }
-        let file = out.path().join(format!("{name}.yaml"));
-        std::fs::write(&file, &yaml).unwrap();
-        let validated = Command::new("python3")
-            .args(["-m", "kubernetes_validate", "--strict", "--quiet"])
-            .arg(&file)
-            .output()
-            .unwrap();
+        validate(&name, &yaml);
+    }
+}
+
+/// What a remote cluster applies for a signer running elsewhere: its service account, token
+/// Secret and the three features' permissions.
+#[test]
+fn remote_cluster_access_renders_and_validates() {
+    let yaml = render(&deploy_dir().join("remote-cluster"));
+    for needle in [
+        "name: istio-vault-ca-remote",
+        "type: kubernetes.io/service-account-token",
+        "name: system:auth-delegator",
+        "resources:\n  - pods",
+        "resources:\n  - configmaps",
+        "namespace: istio-system",
+    ] {
         assert!(
-            validated.status.success(),
-            "{name}: schema validation failed (pip install kubernetes-validate==1.37.0):\n{}{}",
-            String::from_utf8_lossy(&validated.stdout),
-            String::from_utf8_lossy(&validated.stderr)
+            yaml.contains(needle),
+            "remote-cluster lacks {needle:?}:\n{yaml}"
         );
     }
+    validate("remote-cluster", &yaml);
 }
 
 #[test]
@@ -139,12 +171,7 @@ async fn setup_configures_kubernetes_auth() {
 /// metric cannot leave an alert that silently never fires.
 #[test]
 fn alert_rules_query_exported_metrics() {
-    let rendered = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(deploy_dir().join("overlays/single-cluster"))
-        .output()
-        .expect("kubectl (with kustomize) must be installed");
-    assert!(rendered.status.success());
+    let rendered = render(&deploy_dir().join("overlays/single-cluster"));
     // PyYAML comes with kubernetes-validate.
     let script = r#"
 import json, sys, yaml
@@ -166,7 +193,7 @@ print(json.dumps(rules))
         .stdin
         .take()
         .unwrap()
-        .write_all(&rendered.stdout)
+        .write_all(rendered.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(

@@ -292,7 +292,9 @@ async fn keeps_root_configmaps_current() {
     let namespaces = |text: &str, state: &str| {
         sample(
             text,
-            &format!("istio_vault_ca_trust_distribution_namespaces{{state=\"{state}\"}}"),
+            &format!(
+                "istio_vault_ca_trust_distribution_namespaces{{cluster=\"Kubernetes\",state=\"{state}\"}}"
+            ),
         )
     };
     let text = eventually_some("a refused namespace is reported", async || {
@@ -337,7 +339,9 @@ async fn keeps_root_configmaps_current() {
     let applies = |result: &str| {
         sample(
             &text,
-            &format!("istio_vault_ca_trust_distribution_applies_total{{result=\"{result}\"}}"),
+            &format!(
+                "istio_vault_ca_trust_distribution_applies_total{{cluster=\"Kubernetes\",result=\"{result}\"}}"
+            ),
         )
         .unwrap_or(0.0)
     };
@@ -356,4 +360,62 @@ async fn keeps_root_configmaps_current() {
         writes,
         "no writes while everything is current"
     );
+}
+
+/// A signer serving remote clusters writes their ConfigMaps too, through each cluster's own
+/// kubeconfig (no istiod does it there once its CA is off). Cluster IDs differ from the other
+/// test's, so the process-wide metrics do not mix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributes_into_remote_clusters() {
+    let east = FakeApi::new(&[("default", false)]);
+    let west = FakeApi::new(&[("default", false), ("payments", false)]);
+    let (east_server, west_server) = (east.start().await, west.start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let east_kc = support::kubeconfig(dir.path(), "east", &east_server);
+    let west_kc = support::kubeconfig(dir.path(), "west", &west_server);
+    let west_issuer =
+        istio_vault_ca::dev::DevIssuer::generate("https://oidc.west.example").unwrap();
+    let env = Env::start_with(|c| {
+        c.auth.cluster_id = "east".into();
+        c.auth.remote_clusters = vec![support::remote_jwt_cluster(
+            "west",
+            &west_issuer,
+            dir.path(),
+            Some(west_kc.clone()),
+        )];
+        c.trust_distribution = Some(istio_vault_ca::config::TrustDistributionConfig {
+            kubeconfig: Some(east_kc.clone()),
+            remote_clusters: vec!["west".into()],
+            ..Default::default()
+        });
+    })
+    .await;
+    let opts = istio_vault_ca::client::CallOptions {
+        cluster_id: Some("east".into()),
+        ..env.opts("default", "demo")
+    };
+    let (chain, _) = env
+        .request(Shape::Ztunnel, &id("default", "demo"), &opts)
+        .await
+        .unwrap();
+    let bundle = chain.last().unwrap().clone();
+    eventually("both clusters' namespaces receive the roots", async || {
+        [(&east, "default"), (&west, "default"), (&west, "payments")]
+            .iter()
+            .all(|(api, ns)| api.root(ns).as_deref() == Some(bundle.as_str()))
+    })
+    .await;
+    eventually_some("each cluster is reported on its own", async || {
+        let text = env.metrics().await;
+        let current = |cluster: &str| {
+            sample(
+                &text,
+                &format!(
+                    "istio_vault_ca_trust_distribution_namespaces{{cluster=\"{cluster}\",state=\"current\"}}"
+                ),
+            )
+        };
+        (current("east") == Some(1.0) && current("west") == Some(2.0)).then_some(())
+    })
+    .await;
 }
