@@ -824,6 +824,44 @@ mod tests {
         }
     }
 
+    /// Tokens from the network never panic the verifier, and no altered token passes: every
+    /// single-character change (to another base64url character, or a separator) and every
+    /// truncation of a valid RS256 and ES256 token is refused.
+    #[tokio::test]
+    async fn altered_tokens_are_refused_without_panicking() {
+        let dir = tempfile::tempdir().unwrap();
+        for alg in [Algorithm::RS256, Algorithm::ES256] {
+            let issuer = DevIssuer::generate_with(DEFAULT_ISSUER, alg).unwrap();
+            let path = dir.path().join(format!("{alg:?}.json"));
+            std::fs::write(&path, issuer.jwks_json()).unwrap();
+            let v = JwtVerifier::new(&config_with_file(&path), td())
+                .await
+                .unwrap();
+            let token = issuer.token(&TokenSpec::new("default", "demo")).unwrap();
+            assert!(v.verify(&token).await.is_ok());
+            let bytes = token.as_bytes();
+            for at in 0..bytes.len() {
+                for replacement in [b'A', b'_', b'-', b'.', b'0'] {
+                    if bytes[at] == replacement {
+                        continue;
+                    }
+                    let mut bad = bytes.to_vec();
+                    bad[at] = replacement;
+                    let bad = String::from_utf8(bad).unwrap();
+                    assert!(
+                        v.verify(&bad).await.is_err(),
+                        "{alg:?}: char {at} -> {} passed",
+                        replacement as char
+                    );
+                }
+                assert!(
+                    v.verify(&token[..at]).await.is_err(),
+                    "{alg:?}: cut at {at}"
+                );
+            }
+        }
+    }
+
     #[tokio::test]
     async fn identity_from_sub_alone_and_bad_subs() {
         let (_dir, issuer, v) = es256_verifier().await;
