@@ -220,4 +220,10 @@ async fn api_server_down_is_unavailable() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
     assert_eq!(env.bao.sign_calls(), 0);
+    let text = env.metrics().await;
+    let series = "istio_vault_ca_token_review_duration_seconds_count{cluster=\"Kubernetes\",result=\"unavailable\"}";
+    assert!(
+        sample(&text, series).is_some_and(|n| n >= 1.0),
+        "no {series} in:\n{text}"
+    );
 }
