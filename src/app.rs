@@ -314,7 +314,12 @@ async fn start_pod_caches(
             .await
             .map_err(|e| anyhow::anyhow!("pod cache of cluster {cluster:?}: {e}"))?;
         let index = Arc::new(crate::nodes::PodIndex::default());
-        tokio::spawn(crate::nodes::watch(client, index.clone(), shutdown.clone()));
+        tokio::spawn(crate::nodes::watch(
+            client,
+            cluster.clone(),
+            index.clone(),
+            shutdown.clone(),
+        ));
         pods.insert(cluster, index);
     }
     let trusted = imp

@@ -65,6 +65,11 @@ impl PodIndex {
         }
     }
 
+    /// Pods in the cache.
+    pub fn pod_count(&self) -> usize {
+        self.read().by_uid.len()
+    }
+
     /// True once the initial list has been loaded.
     pub fn synced(&self) -> bool {
         self.read().synced
@@ -162,9 +167,11 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client
 /// watcher re-lists after errors with backoff).
 pub async fn watch(
     client: kube::Client,
+    cluster: String,
     index: Arc<PodIndex>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let metrics = crate::metrics::PodCacheMetrics::new(&cluster);
     use kube::runtime::WatchStreamExt;
     let api: kube::Api<Pod> = kube::Api::all(client);
     let stream = watcher(api, watcher::Config::default()).default_backoff();
@@ -177,7 +184,10 @@ pub async fn watch(
         };
         match event {
             None => return,
-            Some(Err(e)) => tracing::warn!(error = %e, "pod watch failed; retrying"),
+            Some(Err(e)) => {
+                metrics.watch_error();
+                tracing::warn!(cluster, error = %e, "pod watch failed; retrying");
+            }
             Some(Ok(watcher::Event::Init)) => relisting = Some(Inner::default()),
             Some(Ok(watcher::Event::InitApply(pod))) => {
                 if let (Some(fresh), Some(f)) = (relisting.as_mut(), facts(&pod)) {
@@ -189,11 +199,18 @@ pub async fn watch(
                     fresh.synced = true;
                     let pods = fresh.by_uid.len();
                     *index.write() = fresh;
-                    tracing::info!(pods, "pod cache synced");
+                    metrics.synced(pods);
+                    tracing::info!(cluster, pods, "pod cache synced");
                 }
             }
-            Some(Ok(watcher::Event::Apply(pod))) => index.apply(&pod),
-            Some(Ok(watcher::Event::Delete(pod))) => index.delete(&pod),
+            Some(Ok(watcher::Event::Apply(pod))) => {
+                index.apply(&pod);
+                metrics.pods(index.pod_count());
+            }
+            Some(Ok(watcher::Event::Delete(pod))) => {
+                index.delete(&pod);
+                metrics.pods(index.pod_count());
+            }
         }
     }
 }

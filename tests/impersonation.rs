@@ -13,7 +13,7 @@ use istio_vault_ca::client::{self, CallOptions, Shape};
 use istio_vault_ca::config::ImpersonationConfig;
 use istio_vault_ca::dev::{DevIssuer, TokenSpec};
 use serde_json::{Value, json};
-use support::{Env, id};
+use support::{Env, id, sample};
 use tonic::Code;
 
 fn pod(ns: &str, name: &str, uid: &str, sa: &str, node: &str) -> Value {
@@ -252,4 +252,12 @@ async fn impersonation_matrix() {
         }
     }
     assert_eq!(env.bao.sign_calls(), issued);
+
+    // Each cluster's pod cache reports itself loaded, with its pods.
+    let text = env.metrics().await;
+    for (cluster, pods) in [("Kubernetes", 4.0), ("west", 2.0)] {
+        let get = |name: &str| sample(&text, &format!("{name}{{cluster=\"{cluster}\"}}"));
+        assert_eq!(get("istio_vault_ca_pod_cache_synced"), Some(1.0), "{text}");
+        assert_eq!(get("istio_vault_ca_pod_cache_pods"), Some(pods), "{text}");
+    }
 }
