@@ -1,6 +1,8 @@
 //! The root-rotation runbook (`deploy/vault/rotate-root.py`, docs/root-rotation.md) executed
 //! against a real OpenBao while the signer serves: a client that trusts only the bundle it is
-//! sent keeps verifying every leaf in service through prepare → switch → retire.
+//! sent keeps verifying every leaf in service through prepare → switch → retire, and the
+//! namespaces' `istio-ca-root-cert` follows the bundle at each step (trust distribution talks
+//! to a loopback server speaking the Kubernetes JSON: no API server can run here).
 
 mod support;
 
@@ -8,7 +10,8 @@ use std::time::Duration;
 
 use istio_vault_ca::bundle::parse_pem_certs;
 use istio_vault_ca::client::{self, Shape};
-use support::{Env, eventually_some, id};
+use support::kube_api::FakeApi;
+use support::{Env, eventually, eventually_some, id};
 
 /// Verifies `issued` (a response chain) against the roots in `bundle` alone.
 fn verifies_with(issued: &[String], bundle: &str) -> bool {
@@ -37,9 +40,32 @@ async fn issue_once_bundle_has(env: &Env, roots: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_rotation_without_downtime() {
-    let env = Env::start_with(|c| c.bundle.refresh_interval = Duration::from_millis(200)).await;
+    let api = FakeApi::new(&[("default", false), ("shop", false)]);
+    let server = api.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = support::kubeconfig(dir.path(), "kubeconfig", &server);
+    let env = Env::start_with(|c| {
+        c.bundle.refresh_interval = Duration::from_millis(200);
+        c.trust_distribution = Some(istio_vault_ca::config::TrustDistributionConfig {
+            kubeconfig: Some(kubeconfig.clone()),
+            ..Default::default()
+        });
+    })
+    .await;
+    let distributed = async |bundle: &str, step: &str| {
+        eventually(
+            &format!("{step}: every namespace holds the served bundle"),
+            async || {
+                ["default", "shop"]
+                    .iter()
+                    .all(|ns| api.root(ns).as_deref() == Some(bundle))
+            },
+        )
+        .await
+    };
     let old = issue(&env).await;
     let old_root = old.last().unwrap().clone();
+    distributed(&old_root, "start").await;
 
     // 1. prepare: old and new roots in the bundle, still issuing from the old chain.
     env.bao
@@ -54,6 +80,7 @@ async fn root_rotation_without_downtime() {
         verifies_with(&old, &both),
         "old leaves verify with the two-root bundle"
     );
+    distributed(&both, "prepare").await;
 
     // 2. switch: new leaves chain to the new root, every leaf in service still verifies.
     env.bao
@@ -72,6 +99,7 @@ async fn root_rotation_without_downtime() {
     let after = issue_once_bundle_has(&env, 1).await;
     let new_root = after.last().unwrap().clone();
     assert_ne!(new_root, old_root);
+    distributed(&new_root, "retire").await;
     assert!(verifies_with(&after, &new_root));
     assert!(
         verifies_with(&new, &new_root),

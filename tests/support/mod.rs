@@ -5,6 +5,8 @@
 //! calls Vault really received ([`OpenBao::sign_calls`]) and prove a refusal never reached it.
 #![allow(dead_code)]
 
+pub mod kube_api;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,233 @@
+//! A tiny Kubernetes API server on loopback for the trust-distribution tests (no API server
+//! can run here): Namespaces and ConfigMaps named `istio-ca-root-cert`, listable and
+//! watchable with the real JSON shapes, and server-side apply of those ConfigMaps.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+const CM: &str = "istio-ca-root-cert";
+
+/// A tiny API server: namespaces and ConfigMaps, each listable and watchable.
+#[derive(Clone)]
+pub struct FakeApi {
+    /// name → whether it carries `istio-injection=enabled`.
+    pub namespaces: Arc<Mutex<BTreeMap<String, bool>>>,
+    /// namespace → the applied ConfigMap.
+    pub configmaps: Arc<Mutex<BTreeMap<String, Value>>>,
+    /// Every apply's content type and query string.
+    pub applies: Arc<Mutex<Vec<(String, String)>>>,
+    /// While set, applies in namespace `locked` are refused with 403, as when the signer's
+    /// RBAC does not reach it.
+    pub locked: Arc<AtomicBool>,
+    version: Arc<AtomicU64>,
+    namespace_events: broadcast::Sender<Value>,
+    configmap_events: broadcast::Sender<Value>,
+}
+
+fn is_watch(query: &str) -> bool {
+    query
+        .split('&')
+        .any(|kv| kv == "watch=true" || kv == "watch=1")
+}
+
+/// A watch response: the events `keep` selects, one JSON object per line, as the API server
+/// streams them, until the server stops.
+fn watch_filtered(
+    events: &mut broadcast::Receiver<Value>,
+    keep: impl Fn(&Value) -> bool + Send + Sync + 'static,
+) -> Response {
+    let lines =
+        futures_util::stream::unfold((events.resubscribe(), keep), |(mut rx, keep)| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(event) if keep(&event) => {
+                        let line = Bytes::from(format!("{event}\n"));
+                        return Some((Ok::<_, std::io::Error>(line), (rx, keep)));
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+    Response::new(Body::from_stream(lines))
+}
+
+impl FakeApi {
+    pub fn new(namespaces: &[(&str, bool)]) -> Self {
+        FakeApi {
+            namespaces: Arc::new(Mutex::new(
+                namespaces
+                    .iter()
+                    .map(|(n, i)| ((*n).to_owned(), *i))
+                    .collect(),
+            )),
+            configmaps: Default::default(),
+            applies: Default::default(),
+            locked: Default::default(),
+            version: Arc::new(AtomicU64::new(100)),
+            namespace_events: broadcast::channel(64).0,
+            configmap_events: broadcast::channel(64).0,
+        }
+    }
+
+    fn next_version(&self) -> String {
+        self.version.fetch_add(1, Ordering::SeqCst).to_string()
+    }
+
+    fn namespace_json(&self, name: &str, injected: bool) -> Value {
+        let labels = if injected {
+            json!({"istio-injection": "enabled"})
+        } else {
+            json!({})
+        };
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels, "resourceVersion": self.next_version()}})
+    }
+
+    /// A namespace created while the signer runs.
+    pub fn create_namespace(&self, name: &str, injected: bool) {
+        self.namespaces
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), injected);
+        let _ = self
+            .namespace_events
+            .send(json!({"type": "ADDED", "object": self.namespace_json(name, injected)}));
+    }
+
+    /// Someone edits the ConfigMap's roots.
+    pub fn edit(&self, ns: &str, roots: &str) {
+        let cm = {
+            let mut cms = self.configmaps.lock().unwrap();
+            let cm = cms.get_mut(ns).unwrap();
+            cm["data"]["root-cert.pem"] = json!(roots);
+            cm["metadata"]["resourceVersion"] = json!(self.next_version());
+            cm.clone()
+        };
+        let _ = self
+            .configmap_events
+            .send(json!({"type": "MODIFIED", "object": cm}));
+    }
+
+    /// Someone deletes the ConfigMap.
+    pub fn delete(&self, ns: &str) {
+        let cm = self.configmaps.lock().unwrap().remove(ns).unwrap();
+        let _ = self
+            .configmap_events
+            .send(json!({"type": "DELETED", "object": cm}));
+    }
+
+    pub fn root(&self, ns: &str) -> Option<String> {
+        self.configmaps
+            .lock()
+            .unwrap()
+            .get(ns)
+            .and_then(|cm| cm["data"]["root-cert.pem"].as_str().map(str::to_owned))
+    }
+
+    pub fn applies(&self) -> usize {
+        self.applies.lock().unwrap().len()
+    }
+
+    pub async fn start(&self) -> String {
+        let api = self.clone();
+        let namespaces = get(move |RawQuery(q): RawQuery| {
+            let api = api.clone();
+            async move {
+                let q = q.unwrap_or_default();
+                let selected = q.contains("labelSelector=istio-injection%3Denabled")
+                    || q.contains("labelSelector=istio-injection=enabled");
+                let keep = move |ns: &Value| {
+                    !selected || ns["metadata"]["labels"]["istio-injection"] == "enabled"
+                };
+                if is_watch(&q) {
+                    let mut rx = api.namespace_events.subscribe();
+                    return watch_filtered(&mut rx, move |e| keep(&e["object"]));
+                }
+                let items: Vec<Value> = api
+                    .namespaces
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|(n, i)| api.namespace_json(n, *i))
+                    .filter(|ns| keep(ns))
+                    .collect();
+                axum::Json(json!({"kind": "NamespaceList", "apiVersion": "v1", "metadata": {"resourceVersion": api.next_version()}, "items": items})).into_response()
+            }
+        });
+        let api = self.clone();
+        let configmaps = get(move |RawQuery(q): RawQuery| {
+            let api = api.clone();
+            async move {
+                let q = q.unwrap_or_default();
+                assert!(
+                    q.contains(&format!("fieldSelector=metadata.name%3D{CM}")),
+                    "the ConfigMap watch is narrowed to one name: {q}"
+                );
+                if is_watch(&q) {
+                    let mut rx = api.configmap_events.subscribe();
+                    return watch_filtered(&mut rx, |_| true);
+                }
+                let items: Vec<Value> = api.configmaps.lock().unwrap().values().cloned().collect();
+                axum::Json(json!({"kind": "ConfigMapList", "apiVersion": "v1", "metadata": {"resourceVersion": api.next_version()}, "items": items})).into_response()
+            }
+        });
+        let api = self.clone();
+        let apply = patch(
+            move |Path((ns, name)): Path<(String, String)>,
+                  RawQuery(q): RawQuery,
+                  headers: HeaderMap,
+                  body: Bytes| {
+                let api = api.clone();
+                async move {
+                    if ns == "locked" && api.locked.load(Ordering::SeqCst) {
+                        let status = json!({
+                            "kind": "Status", "apiVersion": "v1", "metadata": {},
+                            "status": "Failure", "reason": "Forbidden", "code": 403,
+                            "message": format!("configmaps \"{name}\" is forbidden: User \"system:serviceaccount:istio-system:istio-vault-ca\" cannot patch resource \"configmaps\" in API group \"\" in the namespace \"locked\""),
+                        });
+                        return (StatusCode::FORBIDDEN, axum::Json(status));
+                    }
+                    let ct = headers
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    api.applies
+                        .lock()
+                        .unwrap()
+                        .push((ct, q.unwrap_or_default()));
+                    let mut cm: Value = serde_json::from_slice(&body).unwrap();
+                    cm["metadata"]["resourceVersion"] = json!(api.next_version());
+                    let existed = api
+                        .configmaps
+                        .lock()
+                        .unwrap()
+                        .insert(ns, cm.clone())
+                        .is_some();
+                    let kind = if existed { "MODIFIED" } else { "ADDED" };
+                    let _ = api
+                        .configmap_events
+                        .send(json!({"type": kind, "object": cm.clone()}));
+                    (StatusCode::OK, axum::Json(cm))
+                }
+            },
+        );
+        let app = axum::Router::new()
+            .route("/api/v1/namespaces", namespaces)
+            .route("/api/v1/configmaps", configmaps)
+            .route("/api/v1/namespaces/{ns}/configmaps/{name}", apply);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}")
+    }
+}
