@@ -775,15 +775,24 @@ mod tests {
         }
     }
 
-    /// A new ES256 issuer and a verifier trusting its JWKS file.
-    async fn es256_verifier() -> (tempfile::TempDir, DevIssuer, JwtVerifier) {
-        let dir = tempfile::tempdir().unwrap();
-        let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
-        let path = dir.path().join("jwks.json");
+    /// A new issuer signing with `alg` and a verifier trusting its JWKS, written in `dir`.
+    async fn issuer_and_verifier(
+        dir: &std::path::Path,
+        alg: Algorithm,
+    ) -> (DevIssuer, JwtVerifier) {
+        let issuer = DevIssuer::generate_with(DEFAULT_ISSUER, alg).unwrap();
+        let path = dir.join(format!("{alg:?}.json"));
         std::fs::write(&path, issuer.jwks_json()).unwrap();
         let v = JwtVerifier::new(&config_with_file(&path), td())
             .await
             .unwrap();
+        (issuer, v)
+    }
+
+    /// A new ES256 issuer and a verifier trusting its JWKS file.
+    async fn es256_verifier() -> (tempfile::TempDir, DevIssuer, JwtVerifier) {
+        let dir = tempfile::tempdir().unwrap();
+        let (issuer, v) = issuer_and_verifier(dir.path(), Algorithm::ES256).await;
         (dir, issuer, v)
     }
 
@@ -796,12 +805,7 @@ mod tests {
             Algorithm::ES256,
             Algorithm::ES384,
         ] {
-            let issuer = DevIssuer::generate_with(DEFAULT_ISSUER, alg).unwrap();
-            let path = dir.path().join(format!("{alg:?}.json"));
-            std::fs::write(&path, issuer.jwks_json()).unwrap();
-            let v = JwtVerifier::new(&config_with_file(&path), td())
-                .await
-                .unwrap();
+            let (issuer, v) = issuer_and_verifier(dir.path(), alg).await;
             let mut spec = TokenSpec::new("bookinfo", "reviews");
             spec.pod = Some(("reviews-1".into(), "uid-1".into(), "node-a".into()));
             let token = issuer.token(&spec).unwrap();
@@ -831,12 +835,7 @@ mod tests {
     async fn altered_tokens_are_refused_without_panicking() {
         let dir = tempfile::tempdir().unwrap();
         for alg in [Algorithm::RS256, Algorithm::ES256] {
-            let issuer = DevIssuer::generate_with(DEFAULT_ISSUER, alg).unwrap();
-            let path = dir.path().join(format!("{alg:?}.json"));
-            std::fs::write(&path, issuer.jwks_json()).unwrap();
-            let v = JwtVerifier::new(&config_with_file(&path), td())
-                .await
-                .unwrap();
+            let (issuer, v) = issuer_and_verifier(dir.path(), alg).await;
             let token = issuer.token(&TokenSpec::new("default", "demo")).unwrap();
             assert!(v.verify(&token).await.is_ok());
             let bytes = token.as_bytes();
