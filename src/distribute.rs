@@ -27,6 +27,9 @@ pub const FIELD_MANAGER: &str = "istio-vault-ca";
 /// The key that holds the roots, as istiod writes it.
 pub const ROOT_CERT_KEY: &str = "root-cert.pem";
 
+/// ConfigMap applies in flight at once (per cluster and replica).
+const APPLY_CONCURRENCY: usize = 8;
+
 /// How often the controller looks at the bundle and at retries due when no event arrives.
 const CHECK_PERIOD: Duration = Duration::from_secs(1);
 
@@ -317,8 +320,20 @@ pub async fn run(
         let current = bundle.load_full();
         let pem = current.pem();
         let pem_digest = digest(pem);
-        for namespace in state.due(pem_digest, Instant::now()) {
-            let result = apply(&client, &config.configmap, &namespace, pem).await;
+        // A bundle change touches every namespace: a few applies in flight at once, so a
+        // rotation reaches thousands of namespaces in seconds without flooding the API server.
+        let due = state.due(pem_digest, Instant::now());
+        let mut applies = futures_util::stream::iter(due)
+            .map(|namespace| {
+                let client = &client;
+                let configmap = config.configmap.as_str();
+                async move {
+                    let result = apply(client, configmap, &namespace, pem).await;
+                    (namespace, result)
+                }
+            })
+            .buffer_unordered(APPLY_CONCURRENCY);
+        while let Some((namespace, result)) = applies.next().await {
             crate::metrics::trust_distribution_apply(&cluster, result.is_ok());
             match &result {
                 Ok(()) => tracing::debug!(cluster, namespace, "wrote {}", config.configmap),

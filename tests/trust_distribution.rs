@@ -193,3 +193,33 @@ async fn distributes_into_remote_clusters() {
     })
     .await;
 }
+
+/// A bundle change touches every namespace: applies run a few at a time (bounded), not one
+/// after another and not all at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applies_run_concurrently_within_a_bound() {
+    let names: Vec<String> = (0..40).map(|i| format!("ns-{i}")).collect();
+    let namespaces: Vec<(&str, bool)> = names.iter().map(|n| (n.as_str(), false)).collect();
+    let api = FakeApi::new(&namespaces);
+    api.apply_delay_ms.store(50, Ordering::SeqCst);
+    let server = api.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = support::kubeconfig(dir.path(), "kubeconfig", &server);
+    let _env = Env::start_with(|c| {
+        c.auth.cluster_id = "bounded".into();
+        c.trust_distribution = Some(istio_vault_ca::config::TrustDistributionConfig {
+            kubeconfig: Some(kubeconfig.clone()),
+            ..Default::default()
+        });
+    })
+    .await;
+    eventually("every namespace receives the roots", async || {
+        names.iter().all(|ns| api.root(ns).is_some())
+    })
+    .await;
+    let max = api.max_in_flight.load(Ordering::SeqCst);
+    assert!(
+        (2..=8).contains(&max),
+        "{max} applies were in flight at once"
+    );
+}

@@ -28,6 +28,11 @@ pub struct FakeApi {
     /// While set, applies in namespace `locked` are refused with 403, as when the signer's
     /// RBAC does not reach it.
     pub locked: Arc<AtomicBool>,
+    /// How long each apply takes (milliseconds), to observe concurrency.
+    pub apply_delay_ms: Arc<AtomicU64>,
+    in_flight: Arc<AtomicU64>,
+    /// The most applies ever in flight at once.
+    pub max_in_flight: Arc<AtomicU64>,
     version: Arc<AtomicU64>,
     namespace_events: broadcast::Sender<Value>,
     configmap_events: broadcast::Sender<Value>,
@@ -73,6 +78,9 @@ impl FakeApi {
             configmaps: Default::default(),
             applies: Default::default(),
             locked: Default::default(),
+            apply_delay_ms: Default::default(),
+            in_flight: Default::default(),
+            max_in_flight: Default::default(),
             version: Arc::new(AtomicU64::new(100)),
             namespace_events: broadcast::channel(64).0,
             configmap_events: broadcast::channel(64).0,
@@ -196,6 +204,11 @@ impl FakeApi {
                         });
                         return (StatusCode::FORBIDDEN, axum::Json(status));
                     }
+                    let now = api.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    api.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                    let delay = api.apply_delay_ms.load(Ordering::SeqCst);
+                    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                    api.in_flight.fetch_sub(1, Ordering::SeqCst);
                     let ct = headers
                         .get("content-type")
                         .and_then(|v| v.to_str().ok())
