@@ -133,12 +133,15 @@ impl IstioCertificateService for CaService {
                     peer = ?peer,
                     "CreateCertificate"
                 );
+                let (caller_pod, caller_node) = pod_of(&issued.caller);
                 tracing::info!(
                     target: AUDIT_TARGET,
                     outcome = "issued",
                     code = "OK",
                     caller = %issued.caller.identity,
                     authn = issued.caller.method.as_str(),
+                    caller_pod,
+                    caller_node,
                     cluster,
                     requested = %issued.identity,
                     issued = %issued.identity,
@@ -160,16 +163,18 @@ impl IstioCertificateService for CaService {
                     Some(err.reason()),
                     start.elapsed(),
                 );
-                let caller = caller.map(|c| c.to_string());
+                let (caller_pod, caller_node) = caller.as_ref().map_or((None, None), pod_of);
+                let authn = caller.as_ref().map(|c| c.method.as_str());
+                let caller_id = caller.as_ref().map(|c| c.identity.to_string());
                 span.record("otel.status_code", "error")
                     .record("otel.status_description", status.message())
                     .record("rpc.grpc.status_code", status.code() as i32)
                     .record("outcome", "refused")
                     .record("reason", err.reason())
-                    .record("caller", caller.as_deref().unwrap_or("-"));
+                    .record("caller", caller_id.as_deref().unwrap_or("-"));
                 tracing::info!(
                     target: "istio_vault_ca::request",
-                    caller = caller.as_deref().unwrap_or("-"),
+                    caller = caller_id.as_deref().unwrap_or("-"),
                     cluster,
                     outcome = "refused",
                     code = ?status.code(),
@@ -183,7 +188,10 @@ impl IstioCertificateService for CaService {
                     target: AUDIT_TARGET,
                     outcome = "refused",
                     code = ?status.code(),
-                    caller = caller.as_deref().unwrap_or("-"),
+                    caller = caller_id.as_deref().unwrap_or("-"),
+                    authn,
+                    caller_pod,
+                    caller_node,
                     cluster,
                     requested = err.requested().unwrap_or("-"),
                     reason = err.reason(),
@@ -194,6 +202,18 @@ impl IstioCertificateService for CaService {
                 Err(status)
             }
         }
+    }
+}
+
+/// The caller's pod (`namespace/name`) and node, when its credential is bound to a pod: in the
+/// audit trail they say which workload, or which ztunnel on which node, asked.
+fn pod_of(caller: &crate::authn::Caller) -> (Option<String>, Option<&str>) {
+    match &caller.pod {
+        Some(pod) => (
+            Some(format!("{}/{}", caller.identity.namespace(), pod.name)),
+            pod.node.as_deref(),
+        ),
+        None => (None, None),
     }
 }
 

@@ -95,7 +95,7 @@ impl IssueError {
 /// A refused request: why, and who was asking if that had been established.
 #[derive(Debug, Clone)]
 pub struct Refusal {
-    pub caller: Option<SpiffeId>,
+    pub caller: Option<Caller>,
     pub error: IssueError,
 }
 
@@ -293,7 +293,7 @@ impl Signer {
                 caller: None,
                 error: e.into(),
             })?;
-        let who = caller.identity.clone();
+        let who = caller.clone();
         self.issue_for(caller, req).await.map_err(|error| Refusal {
             caller: Some(who),
             error,

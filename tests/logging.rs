@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use istio_vault_ca::client::{self, CallOptions, Shape};
 use istio_vault_ca::config::{LogConfig, LogFormat};
+use istio_vault_ca::dev::TokenSpec;
 use support::{Env, id};
 
 #[derive(Clone, Default)]
@@ -46,7 +47,13 @@ async fn one_json_line_per_request_and_no_secrets() {
 
     let env = Env::start().await;
     let demo = id("default", "demo");
-    let opts = env.opts("default", "demo");
+    // A pod-bound token, as the kubelet projects it: the audit trail names the pod and node.
+    let mut spec = TokenSpec::new("default", "demo");
+    spec.pod = Some(("demo-7d9f".into(), "uid-1".into(), "node-a".into()));
+    let opts = CallOptions {
+        token: Some(env.issuer.token(&spec).unwrap()),
+        ..env.opts("default", "demo")
+    };
     let token = opts.token.clone().unwrap();
     let (chain, kc) = env.request(Shape::PilotAgent, &demo, &opts).await.unwrap();
     let serial = client::inspect_chain(&chain).unwrap().serial;
@@ -138,6 +145,8 @@ async fn one_json_line_per_request_and_no_secrets() {
     assert_eq!(issued["issued"], demo.to_string());
     assert_eq!(issued["caller"], demo.to_string());
     assert_eq!(issued["authn"], "jwt");
+    assert_eq!(issued["caller_pod"], "default/demo-7d9f");
+    assert_eq!(issued["caller_node"], "node-a");
     assert_eq!(issued["cluster"], "Kubernetes");
     assert!(issued["not_after"].as_i64().unwrap() > support::now_unix());
     assert!(issued["timestamp"].is_string());
@@ -153,6 +162,12 @@ async fn one_json_line_per_request_and_no_secrets() {
         id("default", "other").to_string()
     );
     assert_eq!(decisions[2]["caller"], demo.to_string());
+    assert_eq!(decisions[2]["authn"], "jwt");
+    assert_eq!(decisions[2]["caller_pod"], "default/demo-7d9f");
+    assert!(
+        decisions[1].get("caller_pod").is_none() && decisions[1]["caller"] == "-",
+        "nothing is claimed for an unauthenticated caller"
+    );
     for secret in &secrets {
         let body: String = secret.lines().filter(|l| !l.starts_with("-----")).collect();
         assert!(!audit_text.contains(body.trim()), "audit contains a secret");
