@@ -781,6 +781,11 @@ impl Config {
             }
         }
         if let Some(td) = &self.trust_distribution {
+            if let Some(selector) = &td.namespace_selector {
+                check_label_selector(selector).map_err(|e| {
+                    ConfigError::invalid("trust_distribution.namespace_selector", e)
+                })?;
+            }
             for (i, id) in td.remote_clusters.iter().enumerate() {
                 let key = format!("trust_distribution.remote_clusters[{i}]");
                 match self.auth.remote_clusters.iter().find(|c| c.id == *id) {
@@ -1036,9 +1041,106 @@ pub mod duration {
     }
 }
 
+/// Checks a Kubernetes label selector as the API server parses it (`k=v`, `k==v`, `k!=v`, `k`,
+/// `!k`, `k in (a,b)`, `k notin (a,b)`, comma-separated), so a typo fails at start-up naming
+/// the key instead of every watch failing with 400.
+fn check_label_selector(selector: &str) -> Result<(), String> {
+    fn name(s: &str) -> bool {
+        let b = s.as_bytes();
+        !b.is_empty()
+            && b.len() <= 63
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    }
+    fn key(k: &str) -> bool {
+        match k.split_once('/') {
+            Some((prefix, n)) => {
+                !prefix.is_empty()
+                    && prefix.len() <= 253
+                    && prefix.split('.').all(|l| {
+                        !l.is_empty()
+                            && l.bytes()
+                                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+                    })
+                    && name(n)
+            }
+            None => name(k),
+        }
+    }
+    let value = |v: &str| v.is_empty() || name(v);
+    // Commas separate requirements, except inside a set's parentheses.
+    let mut requirements = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in selector.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                requirements.push(&selector[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        if !(0..=1).contains(&depth) {
+            return Err(format!("unbalanced parentheses in {selector:?}"));
+        }
+    }
+    requirements.push(&selector[start..]);
+    for r in requirements.into_iter().map(str::trim) {
+        let ok = if let Some(k) = r.strip_prefix('!') {
+            key(k.trim())
+        } else if let Some((k, set)) = r.split_once(" notin ").or_else(|| r.split_once(" in ")) {
+            let set = set.trim();
+            key(k.trim())
+                && set.starts_with('(')
+                && set.ends_with(')')
+                && set[1..set.len() - 1].split(',').all(|v| value(v.trim()))
+        } else if let Some((k, v)) = r
+            .split_once("!=")
+            .or_else(|| r.split_once("=="))
+            .or_else(|| r.split_once('='))
+        {
+            key(k.trim()) && value(v.trim())
+        } else {
+            key(r)
+        };
+        if !ok {
+            return Err(format!("{r:?} is not a label selector requirement"));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_selectors() {
+        for ok in [
+            "istio-injection=enabled",
+            "istio-injection==enabled,team!=infra",
+            "istio.io/rev in (canary, stable),!legacy",
+            "env notin (dev),tier",
+            "example.com/part-of=",
+        ] {
+            assert_eq!(check_label_selector(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "istio-injection=enabled,",
+            "a in canary",
+            "a in (b",
+            "-bad=x",
+            "a=b c",
+            "Upper.Case/x=y",
+            "a=(b)",
+        ] {
+            assert!(check_label_selector(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -1161,6 +1263,13 @@ over_max = "reject"
             err_of(&[("IVCA_VAULT__AUTH__METHOD", "kubernetes")]).starts_with("vault.auth.role:")
         );
         assert!(err_of(&[("IVCA_VAULT__AUTH__METHOD", "ldap")]).starts_with("vault.auth.method:"));
+        assert_eq!(
+            err_of(&[(
+                "IVCA_TRUST_DISTRIBUTION__NAMESPACE_SELECTOR",
+                "team in infra"
+            )]),
+            r#"trust_distribution.namespace_selector: "team in infra" is not a label selector requirement"#
+        );
         let missing = Config::load(None, vec![]).unwrap_err().to_string();
         assert_eq!(
             missing,
