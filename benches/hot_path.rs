@@ -177,7 +177,7 @@ fn handler(c: &mut Criterion) {
                 let caller = rt
                     .block_on(signer.authn.authenticate(req.credentials))
                     .unwrap();
-                let approved = signer.approve(caller, &req).unwrap();
+                let approved = signer.approve(&caller, &req).unwrap();
                 signer.finish(approved, &signed, SystemTime::now()).unwrap()
             })
         });

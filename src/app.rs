@@ -189,17 +189,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None => None,
     };
     if let Some(td) = &config.trust_distribution {
-        let mut clusters = vec![(config.auth.cluster_id.clone(), td.kubeconfig.clone())];
-        for id in &td.remote_clusters {
-            let remote = config.auth.remote_clusters.iter().find(|c| c.id == *id);
-            // Validated: every listed remote cluster exists and has a kubeconfig.
-            let kubeconfig = remote
-                .and_then(|c| c.api_kubeconfig())
-                .map(|p| p.to_owned());
-            clusters.push((id.clone(), kubeconfig));
-        }
+        let clusters = config.distribution_clusters(td)?;
         for (cluster, kubeconfig) in clusters {
-            let client = crate::nodes::client(kubeconfig.as_deref())
+            let client = crate::kube_client(kubeconfig.as_deref())
                 .await
                 .map_err(|e| anyhow::anyhow!("trust_distribution in cluster {cluster:?}: {e}"))?;
             tokio::spawn(crate::distribute::run(
@@ -310,7 +302,7 @@ async fn start_pod_caches(
     }
     let mut pods = std::collections::HashMap::new();
     for (cluster, kubeconfig) in clusters {
-        let client = crate::nodes::client(kubeconfig.as_deref())
+        let client = crate::kube_client(kubeconfig.as_deref())
             .await
             .map_err(|e| anyhow::anyhow!("pod cache of cluster {cluster:?}: {e}"))?;
         let index = Arc::new(crate::nodes::PodIndex::default());

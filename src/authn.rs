@@ -8,13 +8,14 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
+use crate::cache::{Digest, ExpiringCache};
 use crate::config::{AuthConfig, JwtConfig};
 use crate::identity::{SpiffeId, TrustDomain};
 
@@ -151,72 +152,31 @@ impl TokenVerifier {
 }
 
 /// Verified tokens by SHA-256: an entry lives until the token's `exp` or `max_age`, whichever
-/// is first; failures are never cached. Bounded: when full, expired entries are dropped, then
-/// the soonest-expiring ones.
+/// is first; failures are never cached.
 struct ResultCache {
-    entries: std::sync::Mutex<HashMap<[u8; 32], (Caller, Instant)>>,
-    capacity: usize,
+    entries: ExpiringCache<Caller>,
     max_age: Duration,
 }
 
 impl ResultCache {
     /// SHA-256 of the cluster ID and the token: a token is judged per cluster.
-    fn key(cluster: &str, token: &str) -> [u8; 32] {
-        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        ctx.update(cluster.as_bytes());
-        ctx.update(&[0]);
-        ctx.update(token.as_bytes());
-        ctx.finish()
-            .as_ref()
-            .try_into()
-            .expect("SHA-256 is 32 bytes")
+    fn key(cluster: &str, token: &str) -> Digest {
+        crate::sha256(&[cluster.as_bytes(), &[0], token.as_bytes()])
     }
 
-    fn get(&self, key: &[u8; 32]) -> Option<Caller> {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        match entries.get(key) {
-            Some((caller, until)) if Instant::now() < *until => Some(caller.clone()),
-            Some(_) => {
-                entries.remove(key);
-                None
-            }
-            None => None,
-        }
+    fn get(&self, key: &Digest) -> Option<Caller> {
+        self.entries.get(key)
     }
 
-    fn put(&self, key: [u8; 32], caller: &Caller, exp: Option<u64>, max_age: Duration) {
-        if self.capacity == 0 {
-            return;
-        }
-        let max_age = max_age.min(self.max_age);
+    fn put(&self, key: Digest, caller: &Caller, exp: Option<u64>, max_age: Duration) {
         let now = Instant::now();
-        let until_exp = exp.map(|exp| {
-            let secs = exp.saturating_sub(unix_now());
-            now + Duration::from_secs(secs)
-        });
-        let until = until_exp.map_or(now + max_age, |u| u.min(now + max_age));
-        if until <= now {
-            return;
+        let mut until = now + max_age.min(self.max_age);
+        if let Some(exp) = exp {
+            let left = exp.saturating_sub(crate::chain::unix(SystemTime::now()).max(0) as u64);
+            until = until.min(now + Duration::from_secs(left));
         }
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= self.capacity {
-            entries.retain(|_, (_, u)| *u > now);
-            while entries.len() >= self.capacity {
-                let soonest = entries.iter().min_by_key(|(_, (_, u))| *u).map(|(k, _)| *k);
-                match soonest {
-                    Some(k) => entries.remove(&k),
-                    None => break,
-                };
-            }
-        }
-        entries.insert(key, (caller.clone(), until));
+        self.entries.insert(key, caller.clone(), until);
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Authenticator {
@@ -250,8 +210,7 @@ impl Authenticator {
             },
             trust_domain,
             cache: ResultCache {
-                entries: std::sync::Mutex::new(HashMap::new()),
-                capacity: config.cache_size,
+                entries: ExpiringCache::new(config.cache_size),
                 max_age: config.cache_max_age,
             },
         })
@@ -358,7 +317,7 @@ impl TokenReviewer {
         config: &crate::config::TokenReviewConfig,
         trust_domain: TrustDomain,
     ) -> Result<Self, AuthnError> {
-        let client = crate::nodes::client(config.kubeconfig.as_deref())
+        let client = crate::kube_client(config.kubeconfig.as_deref())
             .await
             .map_err(AuthnError::ReviewUnavailable)?;
         Ok(Self {
@@ -1123,11 +1082,7 @@ mod tests {
         for t in &tokens {
             a.authenticate(creds(t)).await.unwrap();
         }
-        assert_eq!(
-            a.cache.entries.lock().unwrap().len(),
-            2,
-            "never more than cache_size"
-        );
+        assert_eq!(a.cache.entries.len(), 2, "never more than cache_size");
         tokio::time::sleep(Duration::from_millis(350)).await;
         assert!(
             tokens

@@ -698,6 +698,34 @@ impl Default for LogConfig {
 }
 
 impl Config {
+    /// The clusters trust distribution writes into, with the kubeconfig of each: the local
+    /// cluster, then every `td.remote_clusters` entry through its `auth.remote_clusters` one.
+    pub fn distribution_clusters(
+        &self,
+        td: &TrustDistributionConfig,
+    ) -> Result<Vec<(String, Option<PathBuf>)>, ConfigError> {
+        let mut clusters = vec![(self.auth.cluster_id.clone(), td.kubeconfig.clone())];
+        for (i, id) in td.remote_clusters.iter().enumerate() {
+            let key = format!("trust_distribution.remote_clusters[{i}]");
+            let remote = self
+                .auth
+                .remote_clusters
+                .iter()
+                .find(|c| c.id == *id)
+                .ok_or_else(|| {
+                    ConfigError::invalid(&key, format!("{id:?} is not an auth.remote_clusters id"))
+                })?;
+            let kubeconfig = remote.api_kubeconfig().ok_or_else(|| {
+                ConfigError::invalid(
+                    &key,
+                    format!("auth.remote_clusters {id:?} has no kubeconfig"),
+                )
+            })?;
+            clusters.push((id.clone(), Some(kubeconfig.to_owned())));
+        }
+        Ok(clusters)
+    }
+
     /// Loads `path` (if any), applies `IVCA_*` overrides from `env`, and validates the result.
     pub fn load(
         path: Option<&Path>,
@@ -786,24 +814,7 @@ impl Config {
                     ConfigError::invalid("trust_distribution.namespace_selector", e)
                 })?;
             }
-            for (i, id) in td.remote_clusters.iter().enumerate() {
-                let key = format!("trust_distribution.remote_clusters[{i}]");
-                match self.auth.remote_clusters.iter().find(|c| c.id == *id) {
-                    None => {
-                        return Err(ConfigError::invalid(
-                            &key,
-                            format!("{id:?} is not an auth.remote_clusters id"),
-                        ));
-                    }
-                    Some(c) if c.api_kubeconfig().is_none() => {
-                        return Err(ConfigError::invalid(
-                            &key,
-                            format!("auth.remote_clusters {id:?} has no kubeconfig"),
-                        ));
-                    }
-                    Some(_) => {}
-                }
-            }
+            self.distribution_clusters(td)?;
         }
         if let Some(imp) = &self.auth.impersonation {
             for (i, a) in imp.trusted_node_accounts.iter().enumerate() {

@@ -134,10 +134,10 @@ impl CsrPolicy {
         csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
         check_subject(&csr)?;
         let requested = check_extensions(&csr)?;
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
+
         Ok(VerifiedCsr {
             pem: pem_encode("CERTIFICATE REQUEST", &der),
-            digest: digest.as_ref().try_into().expect("SHA-256 is 32 bytes"),
+            digest: crate::sha256(&[&der]),
             spki_der: info.subject_pki.raw.to_vec(),
             key,
             requested,

@@ -19,6 +19,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::time::Instant;
 
 use crate::bundle::SharedBundle;
+use crate::cache::Digest;
 use crate::config::TrustDistributionConfig;
 
 /// The field manager of our server-side applies.
@@ -35,12 +36,8 @@ const CHECK_PERIOD: Duration = Duration::from_secs(1);
 
 /// SHA-256 of a `root-cert.pem` value: what the controller remembers of each ConfigMap (32
 /// bytes instead of the PEM, compared in one step).
-type Digest = [u8; 32];
-
-/// The digest of `pem` as [`State`] compares it.
 pub fn digest(pem: &str) -> Digest {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, pem.as_bytes());
-    d.as_ref().try_into().expect("SHA-256 is 32 bytes")
+    crate::sha256(&[pem.as_bytes()])
 }
 
 /// Which namespaces the next [`State::due`] looks at.

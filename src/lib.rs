@@ -11,6 +11,7 @@ pub mod admin;
 pub mod app;
 pub mod authn;
 pub mod bundle;
+pub mod cache;
 pub mod chain;
 pub mod client;
 pub mod config;
@@ -62,4 +63,33 @@ pub fn write_private_file(path: &std::path::Path, text: &str) -> anyhow::Result<
         .with_context(|| path.display().to_string())?;
     f.write_all(text.as_bytes())
         .with_context(|| path.display().to_string())
+}
+
+/// SHA-256 of `parts` fed in order: cache keys for credentials, CSR and bundle digests.
+pub fn sha256(parts: &[&[u8]]) -> cache::Digest {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in parts {
+        ctx.update(part);
+    }
+    ctx.finish()
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
+}
+
+/// A Kubernetes client from `kubeconfig`, or in-cluster / `$KUBECONFIG` configuration: for
+/// TokenReview, pod caches and trust distribution.
+pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, String> {
+    install_crypto_provider();
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| e.to_string())?
+        }
+        None => kube::Config::infer().await.map_err(|e| e.to_string())?,
+    };
+    kube::Client::try_from(config).map_err(|e| e.to_string())
 }

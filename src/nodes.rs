@@ -148,21 +148,6 @@ fn remove(inner: &mut Inner, uid: &str) {
     }
 }
 
-/// A Kubernetes client from `kubeconfig`, or in-cluster / `$KUBECONFIG` configuration.
-pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, String> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .map_err(|e| e.to_string())?
-        }
-        None => kube::Config::infer().await.map_err(|e| e.to_string())?,
-    };
-    kube::Client::try_from(config).map_err(|e| e.to_string())
-}
-
 /// Keeps `index` equal to the cluster's pods until `shutdown` fires (list, then watch; the
 /// watcher re-lists after errors with backoff).
 pub async fn watch(

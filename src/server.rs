@@ -11,10 +11,12 @@ use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use crate::authn::{AuthnError, Credentials};
+use crate::authn::{AuthnError, Caller, Credentials};
 use crate::pb::istio_certificate_service_server::IstioCertificateService;
 use crate::pb::{IstioCertificateRequest, IstioCertificateResponse};
-use crate::signer::{AuthzError, CertificateRequest, IssueError, Refusal, Signer};
+use crate::signer::{
+    AuthzError, CertificateRequest, Certified, IssueError, Issued, Refusal, Signer,
+};
 use crate::telemetry::{AUDIT_TARGET, SPAN_TARGET};
 use crate::vault::VaultError;
 
@@ -108,51 +110,58 @@ impl IstioCertificateService for CaService {
         let cluster = cluster_ids.first().copied().unwrap_or("");
         span.record("cluster", cluster);
         match result {
-            Ok(issued) => {
+            Ok(Issued {
+                caller,
+                certified:
+                    Certified {
+                        identity,
+                        chain,
+                        clamped,
+                    },
+            }) => {
                 span.record("otel.status_code", "ok")
                     .record("rpc.grpc.status_code", Code::Ok as i32)
                     .record("outcome", "issued")
-                    .record("caller", tracing::field::display(&issued.caller.identity))
-                    .record("authn", issued.caller.method.as_str())
-                    .record("identity", tracing::field::display(&issued.identity))
-                    .record("serial", tracing::field::display(&issued.chain.serial));
+                    .record("caller", tracing::field::display(&caller.identity))
+                    .record("authn", caller.method.as_str())
+                    .record("identity", tracing::field::display(&identity))
+                    .record("serial", tracing::field::display(&chain.serial));
                 crate::metrics::request("issued", Code::Ok, None, start.elapsed());
-                crate::metrics::issued(issued.chain.not_after);
+                crate::metrics::issued(chain.not_after);
                 tracing::info!(
                     target: "istio_vault_ca::request",
-                    identity = %issued.identity,
-                    caller = %issued.caller.identity,
-                    authn = issued.caller.method.as_str(),
+                    identity = %identity,
+                    caller = %caller.identity,
+                    authn = caller.method.as_str(),
                     cluster,
                     outcome = "issued",
                     code = ?Code::Ok,
-                    serial = %issued.chain.serial,
-                    not_after = issued.chain.not_after,
-                    clamped = issued.clamped,
+                    serial = %chain.serial,
+                    not_after = chain.not_after,
+                    clamped,
                     duration_ms = elapsed_ms,
                     peer = ?peer,
                     "CreateCertificate"
                 );
-                let (caller_pod, caller_node) = pod_of(&issued.caller);
                 tracing::info!(
                     target: AUDIT_TARGET,
                     outcome = "issued",
                     code = "OK",
-                    caller = %issued.caller.identity,
-                    authn = issued.caller.method.as_str(),
-                    caller_pod,
-                    caller_node,
+                    caller = %caller.identity,
+                    authn = caller.method.as_str(),
+                    caller_pod = caller_pod(&caller).map(tracing::field::display),
+                    caller_node = caller_node(&caller),
                     cluster,
-                    requested = %issued.identity,
-                    issued = %issued.identity,
-                    serial = %issued.chain.serial,
-                    not_after = issued.chain.not_after,
-                    clamped = issued.clamped,
+                    requested = %identity,
+                    issued = %identity,
+                    serial = %chain.serial,
+                    not_after = chain.not_after,
+                    clamped,
                     peer = peer.map(|p| p.to_string()).unwrap_or_default(),
                     "certificate issued"
                 );
                 Ok(Response::new(IstioCertificateResponse {
-                    cert_chain: issued.chain.elements,
+                    cert_chain: chain.elements,
                 }))
             }
             Err(Refusal { caller, error: err }) => {
@@ -163,7 +172,6 @@ impl IstioCertificateService for CaService {
                     Some(err.reason()),
                     start.elapsed(),
                 );
-                let (caller_pod, caller_node) = caller.as_ref().map_or((None, None), pod_of);
                 let authn = caller.as_ref().map(|c| c.method.as_str());
                 let caller_id = caller.as_ref().map(|c| c.identity.to_string());
                 span.record("otel.status_code", "error")
@@ -190,8 +198,8 @@ impl IstioCertificateService for CaService {
                     code = ?status.code(),
                     caller = caller_id.as_deref().unwrap_or("-"),
                     authn,
-                    caller_pod,
-                    caller_node,
+                    caller_pod = caller.as_ref().and_then(caller_pod).map(tracing::field::display),
+                    caller_node = caller.as_ref().and_then(caller_node),
                     cluster,
                     requested = err.requested().unwrap_or("-"),
                     reason = err.reason(),
@@ -205,16 +213,22 @@ impl IstioCertificateService for CaService {
     }
 }
 
-/// The caller's pod (`namespace/name`) and node, when its credential is bound to a pod: in the
-/// audit trail they say which workload, or which ztunnel on which node, asked.
-fn pod_of(caller: &crate::authn::Caller) -> (Option<String>, Option<&str>) {
-    match &caller.pod {
-        Some(pod) => (
-            Some(format!("{}/{}", caller.identity.namespace(), pod.name)),
-            pod.node.as_deref(),
-        ),
-        None => (None, None),
+/// The caller's pod as `namespace/name`, when its credential is bound to a pod: in the audit
+/// trail it says which workload, or which ztunnel, asked. Formatted only if the line is written.
+fn caller_pod(caller: &Caller) -> Option<impl std::fmt::Display + '_> {
+    struct PodName<'a>(&'a str, &'a str);
+    impl std::fmt::Display for PodName<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}/{}", self.0, self.1)
+        }
     }
+    let pod = caller.pod.as_ref()?;
+    Some(PodName(caller.identity.namespace(), &pod.name))
+}
+
+/// The node of the caller's pod, when its credential names one.
+fn caller_node(caller: &Caller) -> Option<&str> {
+    caller.pod.as_ref()?.node.as_deref()
 }
 
 fn impersonated_identity(req: &IstioCertificateRequest) -> Result<Option<&str>, Status> {

@@ -113,7 +113,6 @@ pub struct CertificateRequest<'a> {
 /// A request that passed every local check: what to ask Vault for.
 #[derive(Debug, Clone)]
 pub struct Approved {
-    pub caller: Caller,
     pub identity: SpiffeId,
     pub csr: VerifiedCsr,
     pub ttl: Duration,
@@ -121,14 +120,20 @@ pub struct Approved {
     pub clamped: bool,
 }
 
-/// A successful issuance.
+/// What Vault issued for an approved request, verified and laid out for the response.
 #[derive(Debug, Clone)]
-pub struct Issued {
-    pub caller: Caller,
+pub struct Certified {
     pub identity: SpiffeId,
     pub chain: IssuedChain,
     /// Whether the requested TTL was shortened (by policy or by Vault).
     pub clamped: bool,
+}
+
+/// A successful issuance: who asked, and what they got.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub caller: Caller,
+    pub certified: Certified,
 }
 
 /// Turns requested lifetimes into the lifetime asked of Vault.
@@ -293,25 +298,27 @@ impl Signer {
                 caller: None,
                 error: e.into(),
             })?;
-        let who = caller.clone();
-        self.issue_for(caller, req).await.map_err(|error| Refusal {
-            caller: Some(who),
-            error,
-        })
+        match self.issue_for(&caller, req).await {
+            Ok(certified) => Ok(Issued { caller, certified }),
+            Err(error) => Err(Refusal {
+                caller: Some(caller),
+                error,
+            }),
+        }
     }
 
     /// Everything after authentication.
     async fn issue_for(
         &self,
-        caller: Caller,
+        caller: &Caller,
         req: CertificateRequest<'_>,
-    ) -> Result<Issued, IssueError> {
+    ) -> Result<Certified, IssueError> {
         let approved = self.approve(caller, &req)?;
         let delegated_jwt = req
             .credentials
             .bearer
             .map(str::trim)
-            .filter(|_| approved.caller.method == AuthMethod::Jwt);
+            .filter(|_| caller.method == AuthMethod::Jwt);
         let vault_span = tracing::info_span!(
             target: SPAN_TARGET,
             "vault.sign",
@@ -326,7 +333,7 @@ impl Signer {
                     .delegated_sign(
                         delegation,
                         jwt,
-                        approved.caller.expires,
+                        caller.expires,
                         approved.csr.pem(),
                         &approved.identity,
                         approved.ttl,
@@ -348,12 +355,12 @@ impl Signer {
     /// The local checks after authentication: authorization, CSR policy, TTL policy.
     pub fn approve(
         &self,
-        caller: Caller,
+        caller: &Caller,
         req: &CertificateRequest<'_>,
     ) -> Result<Approved, IssueError> {
         let identity = tracing::info_span!(target: SPAN_TARGET, "authorize").in_scope(|| {
             authorize(
-                &caller,
+                caller,
                 req.impersonated_identity,
                 self.impersonation.as_ref(),
             )
@@ -369,7 +376,6 @@ impl Signer {
         }
         let (ttl, clamped) = self.ttl.resolve(req.validity_seconds)?;
         Ok(Approved {
-            caller,
             identity,
             csr,
             ttl,
@@ -383,9 +389,8 @@ impl Signer {
         approved: Approved,
         signed: &SignedCert,
         now: SystemTime,
-    ) -> Result<Issued, IssueError> {
+    ) -> Result<Certified, IssueError> {
         let Approved {
-            caller,
             identity,
             csr,
             ttl,
@@ -429,8 +434,7 @@ impl Signer {
                 "Vault shortened the certificate lifetime (role or mount max TTL, or issuer expiry)"
             );
         }
-        Ok(Issued {
-            caller,
+        Ok(Certified {
             identity,
             chain,
             clamped,

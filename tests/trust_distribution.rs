@@ -12,7 +12,17 @@ use std::time::Duration;
 
 use istio_vault_ca::client::Shape;
 use support::kube_api::FakeApi;
-use support::{Env, eventually, eventually_some, id, sample};
+use support::{Env, eventually, id, sample};
+
+/// `istio_vault_ca_trust_distribution_namespaces` of `cluster` in `state`.
+fn namespaces(text: &str, cluster: &str, state: &str) -> Option<f64> {
+    sample(
+        text,
+        &format!(
+            "istio_vault_ca_trust_distribution_namespaces{{cluster=\"{cluster}\",state=\"{state}\"}}"
+        ),
+    )
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keeps_root_configmaps_current() {
@@ -63,19 +73,12 @@ async fn keeps_root_configmaps_current() {
     }
 
     // A namespace the signer may not write does not stop the others, and shows in /metrics.
-    let namespaces = |text: &str, state: &str| {
-        sample(
-            text,
-            &format!(
-                "istio_vault_ca_trust_distribution_namespaces{{cluster=\"Kubernetes\",state=\"{state}\"}}"
-            ),
-        )
-    };
-    let text = eventually_some("a refused namespace is reported", async || {
-        let text = env.metrics().await;
-        (namespaces(&text, "failed") == Some(1.0)).then_some(text)
-    })
-    .await;
+    let namespaces = |text: &str, state: &str| namespaces(text, "Kubernetes", state);
+    let text = env
+        .metrics_when("a refused namespace is reported", |t| {
+            namespaces(t, "failed") == Some(1.0)
+        })
+        .await;
     assert_eq!(namespaces(&text, "selected"), Some(3.0), "{text}");
     assert_eq!(namespaces(&text, "current"), Some(2.0), "{text}");
     assert!(api.root("locked").is_none());
@@ -103,11 +106,11 @@ async fn keeps_root_configmaps_current() {
     })
     .await;
     assert!(api.root("unlabelled").is_none());
-    let text = eventually_some("every selected namespace is current", async || {
-        let text = env.metrics().await;
-        (namespaces(&text, "current") == Some(4.0)).then_some(text)
-    })
-    .await;
+    let text = env
+        .metrics_when("every selected namespace is current", |t| {
+            namespaces(t, "current") == Some(4.0)
+        })
+        .await;
     assert_eq!(namespaces(&text, "selected"), Some(4.0), "{text}");
     assert_eq!(namespaces(&text, "failed"), Some(0.0), "{text}");
     let applies = |result: &str| {
@@ -179,17 +182,9 @@ async fn distributes_into_remote_clusters() {
             .all(|(api, ns)| api.root(ns).as_deref() == Some(bundle.as_str()))
     })
     .await;
-    eventually_some("each cluster is reported on its own", async || {
-        let text = env.metrics().await;
-        let current = |cluster: &str| {
-            sample(
-                &text,
-                &format!(
-                    "istio_vault_ca_trust_distribution_namespaces{{cluster=\"{cluster}\",state=\"current\"}}"
-                ),
-            )
-        };
-        (current("east") == Some(1.0) && current("west") == Some(2.0)).then_some(())
+    env.metrics_when("each cluster is reported on its own", |t| {
+        namespaces(t, "east", "current") == Some(1.0)
+            && namespaces(t, "west", "current") == Some(2.0)
     })
     .await;
 }

@@ -427,10 +427,6 @@ fn read_secret(path: &Path) -> Result<String, VaultError> {
     Ok(s.to_owned())
 }
 
-pub(super) fn unix_now() -> i64 {
-    now_unix()
-}
-
 fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

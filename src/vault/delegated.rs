@@ -5,13 +5,12 @@
 //! Exchanged tokens are cached by SHA-256 of the JWT until the earlier of the Vault token's
 //! and the JWT's expiry, so renewals do not pay a login each (which would halve throughput).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::Url;
 
 use super::{SignedCert, VaultClient, VaultError, VaultToken};
+use crate::cache::{Digest, ExpiringCache};
 use crate::config::DelegatedConfig;
 use crate::identity::SpiffeId;
 
@@ -22,8 +21,7 @@ pub struct Delegation {
     mount: String,
     role: String,
     sign_url: Url,
-    capacity: usize,
-    tokens: Mutex<HashMap<[u8; 32], (VaultToken, Instant)>>,
+    tokens: ExpiringCache<VaultToken>,
 }
 
 impl Delegation {
@@ -41,46 +39,8 @@ impl Delegation {
             mount: config.mount.clone(),
             role: config.role.clone(),
             sign_url,
-            capacity: config.cache_size,
-            tokens: Mutex::new(HashMap::new()),
+            tokens: ExpiringCache::new(config.cache_size),
         })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (VaultToken, Instant)>> {
-        self.tokens.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn cached_token(&self, key: &[u8; 32]) -> Option<VaultToken> {
-        let mut tokens = self.lock();
-        match tokens.get(key) {
-            Some((t, until)) if Instant::now() < *until => Some(t.clone()),
-            Some(_) => {
-                tokens.remove(key);
-                None
-            }
-            None => None,
-        }
-    }
-
-    fn remember(&self, key: [u8; 32], token: VaultToken, until: Instant) {
-        if self.capacity == 0 || until <= Instant::now() {
-            return;
-        }
-        let mut tokens = self.lock();
-        if tokens.len() >= self.capacity {
-            let now = Instant::now();
-            tokens.retain(|_, (_, u)| *u > now);
-            if tokens.len() >= self.capacity
-                && let Some(k) = tokens.iter().min_by_key(|(_, (_, u))| *u).map(|(k, _)| *k)
-            {
-                tokens.remove(&k);
-            }
-        }
-        tokens.insert(key, (token, until));
-    }
-
-    fn forget(&self, key: &[u8; 32]) {
-        self.lock().remove(key);
     }
 }
 
@@ -96,12 +56,9 @@ impl VaultClient {
         identity: &SpiffeId,
         ttl: Duration,
     ) -> Result<SignedCert, VaultError> {
-        let key: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, jwt.as_bytes())
-            .as_ref()
-            .try_into()
-            .expect("SHA-256 is 32 bytes");
+        let key = crate::sha256(&[jwt.as_bytes()]);
         let mut fresh = false;
-        let token = match delegation.cached_token(&key) {
+        let token = match delegation.tokens.get(&key) {
             Some(t) => t,
             None => {
                 fresh = true;
@@ -113,7 +70,7 @@ impl VaultClient {
             .await
         {
             Err(VaultError::Forbidden(_)) if !fresh => {
-                delegation.forget(&key);
+                delegation.tokens.remove(&key);
                 let token = self.delegated_login(delegation, &key, jwt, jwt_exp).await?;
                 self.sign_as(delegation, &token, csr_pem, identity, ttl)
                     .await
@@ -125,7 +82,7 @@ impl VaultClient {
     async fn delegated_login(
         &self,
         delegation: &Delegation,
-        key: &[u8; 32],
+        key: &Digest,
         jwt: &str,
         jwt_exp: Option<u64>,
     ) -> Result<VaultToken, VaultError> {
@@ -142,10 +99,10 @@ impl VaultClient {
         let now = Instant::now();
         let mut until = now + lease.ttl.saturating_sub(EXPIRY_MARGIN);
         if let Some(exp) = jwt_exp {
-            let jwt_left = exp.saturating_sub(super::auth::unix_now() as u64);
+            let jwt_left = exp.saturating_sub(crate::chain::unix(SystemTime::now()).max(0) as u64);
             until = until.min(now + Duration::from_secs(jwt_left).saturating_sub(EXPIRY_MARGIN));
         }
-        delegation.remember(*key, lease.token.clone(), until);
+        delegation.tokens.insert(*key, lease.token.clone(), until);
         Ok(lease.token)
     }
 

@@ -526,6 +526,15 @@ impl Env {
         text
     }
 
+    /// `/metrics` once `ready` holds for it (gauges are updated asynchronously).
+    pub async fn metrics_when(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        eventually_some(what, async || {
+            let text = self.metrics().await;
+            ready(&text).then_some(text)
+        })
+        .await
+    }
+
     pub async fn shutdown(&mut self) {
         if let Some(s) = self.signer.take() {
             s.shutdown().await.unwrap();
