@@ -27,6 +27,22 @@ async fn keep_issuing(env: &Env, period: Duration) -> usize {
     n
 }
 
+/// Enables a JWT auth mount at `mount` that trusts `idp`'s key and issuer.
+async fn enable_jwt_auth(bao: &OpenBao, mount: &str, idp: &DevIssuer) {
+    bao.api(
+        "POST",
+        &format!("sys/auth/{mount}"),
+        serde_json::json!({"type": "jwt"}),
+    )
+    .await;
+    bao.api(
+        "POST",
+        &format!("auth/{mount}/config"),
+        serde_json::json!({"jwt_validation_pubkeys": [idp.public_key_pem()], "bound_issuer": idp.issuer()}),
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lived_token_is_renewed() {
     let bao = OpenBao::start().await;
@@ -131,14 +147,7 @@ async fn jwt_login_and_relogin_after_revocation() {
     let bao = OpenBao::start().await;
     let setup = bao.setup(&[]);
     let signer_idp = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
-    bao.api("POST", "sys/auth/jwt", serde_json::json!({"type": "jwt"}))
-        .await;
-    bao.api(
-        "POST",
-        "auth/jwt/config",
-        serde_json::json!({"jwt_validation_pubkeys": [signer_idp.public_key_pem()], "bound_issuer": DEFAULT_ISSUER}),
-    )
-    .await;
+    enable_jwt_auth(&bao, "jwt", &signer_idp).await;
     bao.api(
         "POST",
         "auth/jwt/role/signer",
@@ -213,18 +222,7 @@ async fn delegated_mode_signs_with_the_callers_vault_token() {
     let setup = bao.setup(&[]);
     // The workloads' token issuer, known to both the signer (JWKS) and Vault (public key).
     let workload_idp = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
-    bao.api(
-        "POST",
-        "sys/auth/jwt-workloads",
-        serde_json::json!({"type": "jwt"}),
-    )
-    .await;
-    bao.api(
-        "POST",
-        "auth/jwt-workloads/config",
-        serde_json::json!({"jwt_validation_pubkeys": [workload_idp.public_key_pem()], "bound_issuer": DEFAULT_ISSUER}),
-    )
-    .await;
+    enable_jwt_auth(&bao, "jwt-workloads", &workload_idp).await;
     bao.api(
         "POST",
         "auth/jwt-workloads/role/workload",
