@@ -19,20 +19,163 @@ pub struct PodFacts {
     pub node: Option<String>,
 }
 
-#[derive(Default)]
-struct Inner {
+/// Annotation the kubelet puts on the API server's mirror of a static pod.
+const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// The facts of `pod` if it may vouch for an identity on its node, `None` otherwise.
+///
+/// Only a real, live workload counts: a pod that `Succeeded` or `Failed` runs nothing a node
+/// proxy could serve, and a mirror pod (or one without an explicit service account) was not
+/// admitted by the API server's service-account checks: a node's kubelet can create mirror
+/// pods in any namespace, so trusting them would let a compromised node obtain
+/// `…/ns/<any>/sa/default`.
+pub fn workload(pod: &Pod) -> Option<PodFacts> {
+    let spec = pod.spec.as_ref()?;
+    let finished = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Failed" || p == "Succeeded");
+    let mirror = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(MIRROR_ANNOTATION));
+    if finished || mirror {
+        return None;
+    }
+    Some(PodFacts {
+        namespace: pod.metadata.namespace.clone()?,
+        name: pod.metadata.name.clone()?,
+        uid: pod.metadata.uid.clone()?,
+        service_account: spec
+            .service_account_name
+            .clone()
+            .filter(|sa| !sa.is_empty())?,
+        node: spec.node_name.clone().filter(|n| !n.is_empty()),
+    })
+}
+
+/// The workloads of one cluster, indexed for authorization.
+#[derive(Debug, Default, Clone)]
+pub struct PodSet {
     by_uid: HashMap<String, PodFacts>,
     by_name: HashMap<(String, String), String>,
     /// (namespace, service account, node) → pod UIDs.
     by_sa_node: HashMap<(String, String, String), HashSet<String>>,
+}
+
+impl PodSet {
+    /// Records a pod as added or changed: kept if it is a live workload ([`workload`]),
+    /// forgotten otherwise (it finished, or it never counted).
+    pub fn apply(&mut self, pod: &Pod) {
+        if let Some(uid) = pod.metadata.uid.as_deref() {
+            self.remove(uid);
+        }
+        if let Some(facts) = workload(pod) {
+            self.insert(facts);
+        }
+    }
+
+    /// Forgets a deleted pod.
+    pub fn delete(&mut self, pod: &Pod) {
+        if let Some(uid) = pod.metadata.uid.as_deref() {
+            self.remove(uid);
+        }
+    }
+
+    /// Pods in the set.
+    pub fn len(&self) -> usize {
+        self.by_uid.len()
+    }
+
+    /// True if the set holds no pod.
+    pub fn is_empty(&self) -> bool {
+        self.by_uid.is_empty()
+    }
+
+    /// The live pod `namespace/name`.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&PodFacts> {
+        let uid = self.by_name.get(&(namespace.to_owned(), name.to_owned()))?;
+        self.by_uid.get(uid)
+    }
+
+    /// True if a live pod of `namespace/service_account` runs on `node`.
+    pub fn runs_on(&self, namespace: &str, service_account: &str, node: &str) -> bool {
+        self.by_sa_node
+            .get(&(
+                namespace.to_owned(),
+                service_account.to_owned(),
+                node.to_owned(),
+            ))
+            .is_some_and(|uids| !uids.is_empty())
+    }
+
+    fn insert(&mut self, facts: PodFacts) {
+        self.by_name.insert(
+            (facts.namespace.clone(), facts.name.clone()),
+            facts.uid.clone(),
+        );
+        if let Some(node) = &facts.node {
+            self.by_sa_node
+                .entry((
+                    facts.namespace.clone(),
+                    facts.service_account.clone(),
+                    node.clone(),
+                ))
+                .or_default()
+                .insert(facts.uid.clone());
+        }
+        self.by_uid.insert(facts.uid.clone(), facts);
+    }
+
+    fn remove(&mut self, uid: &str) {
+        let Some(old) = self.by_uid.remove(uid) else {
+            return;
+        };
+        let name = (old.namespace.clone(), old.name.clone());
+        if self.by_name.get(&name).is_some_and(|u| u == uid) {
+            self.by_name.remove(&name);
+        }
+        if let Some(node) = old.node {
+            let key = (old.namespace, old.service_account, node);
+            if let Some(set) = self.by_sa_node.get_mut(&key) {
+                set.remove(uid);
+                if set.is_empty() {
+                    self.by_sa_node.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// What a watch event did to the index, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing visible yet (a re-list in progress).
+    None,
+    /// A (re-)list completed and replaced the index; it now holds this many pods.
+    Synced(usize),
+    /// One pod changed; the index holds this many pods.
+    Pods(usize),
+}
+
+#[derive(Default)]
+struct Inner {
+    live: PodSet,
     synced: bool,
 }
 
-/// The pods of one cluster, kept current by [`watch`].
+/// The pods of one cluster, kept current by [`watch`] and read by every request.
 #[derive(Default)]
 pub struct PodIndex {
     inner: RwLock<Inner>,
 }
+
+/// A re-list in progress: pods are collected here and replace the index only when the list
+/// is complete, so requests never see a half-listed cluster.
+#[derive(Default)]
+pub struct Relist(Option<PodSet>);
 
 impl PodIndex {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
@@ -43,31 +186,47 @@ impl PodIndex {
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records a pod (added or changed). Pods that failed or finished are dropped: they run
-    /// nothing a node proxy could serve.
-    pub fn apply(&self, pod: &Pod) {
-        let Some(facts) = facts(pod) else { return };
-        let done = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.phase.as_deref())
-            .is_some_and(|p| p == "Failed" || p == "Succeeded");
-        let mut inner = self.write();
-        remove(&mut inner, &facts.uid);
-        if !done {
-            insert(&mut inner, facts);
-        }
-    }
-
-    pub fn delete(&self, pod: &Pod) {
-        if let Some(uid) = pod.metadata.uid.as_deref() {
-            remove(&mut self.write(), uid);
+    /// Applies one watcher event. Every path (initial list, re-list, live events) admits pods
+    /// through the same [`PodSet::apply`], so a finished or mirror pod never counts.
+    pub fn handle(&self, relist: &mut Relist, event: watcher::Event<Pod>) -> Change {
+        match event {
+            watcher::Event::Init => {
+                relist.0 = Some(PodSet::default());
+                Change::None
+            }
+            watcher::Event::InitApply(pod) => {
+                if let Some(fresh) = relist.0.as_mut() {
+                    fresh.apply(&pod);
+                }
+                Change::None
+            }
+            watcher::Event::InitDone => match relist.0.take() {
+                Some(fresh) => {
+                    let pods = fresh.len();
+                    *self.write() = Inner {
+                        live: fresh,
+                        synced: true,
+                    };
+                    Change::Synced(pods)
+                }
+                None => Change::None,
+            },
+            watcher::Event::Apply(pod) => {
+                let mut inner = self.write();
+                inner.live.apply(&pod);
+                Change::Pods(inner.live.len())
+            }
+            watcher::Event::Delete(pod) => {
+                let mut inner = self.write();
+                inner.live.delete(&pod);
+                Change::Pods(inner.live.len())
+            }
         }
     }
 
     /// Pods in the cache.
     pub fn pod_count(&self) -> usize {
-        self.read().by_uid.len()
+        self.read().live.len()
     }
 
     /// True once the initial list has been loaded.
@@ -75,81 +234,19 @@ impl PodIndex {
         self.read().synced
     }
 
-    /// The pod `namespace/name`, if it runs.
+    /// The live pod `namespace/name`.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<PodFacts> {
-        let inner = self.read();
-        let uid = inner
-            .by_name
-            .get(&(namespace.to_owned(), name.to_owned()))?;
-        inner.by_uid.get(uid).cloned()
+        self.read().live.pod(namespace, name).cloned()
     }
 
-    /// True if a pod of `namespace/service_account` runs on `node`.
+    /// True if a live pod of `namespace/service_account` runs on `node`.
     pub fn runs_on(&self, namespace: &str, service_account: &str, node: &str) -> bool {
-        self.read()
-            .by_sa_node
-            .get(&(
-                namespace.to_owned(),
-                service_account.to_owned(),
-                node.to_owned(),
-            ))
-            .is_some_and(|uids| !uids.is_empty())
+        self.read().live.runs_on(namespace, service_account, node)
     }
 }
 
-fn facts(pod: &Pod) -> Option<PodFacts> {
-    let spec = pod.spec.as_ref()?;
-    Some(PodFacts {
-        namespace: pod.metadata.namespace.clone()?,
-        name: pod.metadata.name.clone()?,
-        uid: pod.metadata.uid.clone()?,
-        service_account: spec
-            .service_account_name
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        node: spec.node_name.clone(),
-    })
-}
-
-fn insert(inner: &mut Inner, facts: PodFacts) {
-    inner.by_name.insert(
-        (facts.namespace.clone(), facts.name.clone()),
-        facts.uid.clone(),
-    );
-    if let Some(node) = &facts.node {
-        inner
-            .by_sa_node
-            .entry((
-                facts.namespace.clone(),
-                facts.service_account.clone(),
-                node.clone(),
-            ))
-            .or_default()
-            .insert(facts.uid.clone());
-    }
-    inner.by_uid.insert(facts.uid.clone(), facts);
-}
-
-fn remove(inner: &mut Inner, uid: &str) {
-    let Some(old) = inner.by_uid.remove(uid) else {
-        return;
-    };
-    inner
-        .by_name
-        .remove(&(old.namespace.clone(), old.name.clone()));
-    if let Some(node) = old.node {
-        let key = (old.namespace, old.service_account, node);
-        if let Some(set) = inner.by_sa_node.get_mut(&key) {
-            set.remove(uid);
-            if set.is_empty() {
-                inner.by_sa_node.remove(&key);
-            }
-        }
-    }
-}
-
-/// Keeps `index` equal to the cluster's pods until `shutdown` fires (list, then watch; the
-/// watcher re-lists after errors with backoff).
+/// Keeps `index` equal to the cluster's live workloads until `shutdown` fires (list, then
+/// watch; the watcher re-lists after errors with backoff).
 pub async fn watch(
     client: kube::Client,
     cluster: String,
@@ -161,7 +258,7 @@ pub async fn watch(
     let api: kube::Api<Pod> = kube::Api::all(client);
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     futures_util::pin_mut!(stream);
-    let mut relisting: Option<Inner> = None;
+    let mut relist = Relist::default();
     loop {
         let event = tokio::select! {
             e = stream.next() => e,
@@ -173,29 +270,14 @@ pub async fn watch(
                 metrics.watch_error();
                 tracing::warn!(cluster, error = %e, "pod watch failed; retrying");
             }
-            Some(Ok(watcher::Event::Init)) => relisting = Some(Inner::default()),
-            Some(Ok(watcher::Event::InitApply(pod))) => {
-                if let (Some(fresh), Some(f)) = (relisting.as_mut(), facts(&pod)) {
-                    insert(fresh, f);
-                }
-            }
-            Some(Ok(watcher::Event::InitDone)) => {
-                if let Some(mut fresh) = relisting.take() {
-                    fresh.synced = true;
-                    let pods = fresh.by_uid.len();
-                    *index.write() = fresh;
+            Some(Ok(event)) => match index.handle(&mut relist, event) {
+                Change::None => {}
+                Change::Synced(pods) => {
                     metrics.synced(pods);
                     tracing::info!(cluster, pods, "pod cache synced");
                 }
-            }
-            Some(Ok(watcher::Event::Apply(pod))) => {
-                index.apply(&pod);
-                metrics.pods(index.pod_count());
-            }
-            Some(Ok(watcher::Event::Delete(pod))) => {
-                index.delete(&pod);
-                metrics.pods(index.pod_count());
-            }
+                Change::Pods(pods) => metrics.pods(pods),
+            },
         }
     }
 }
@@ -203,31 +285,178 @@ pub async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
-    fn pod(name: &str, uid: &str, sa: &str, node: &str, phase: &str) -> Pod {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "namespace": "default", "uid": uid},
-            "spec": {"serviceAccountName": sa, "nodeName": node, "containers": []},
-            "status": {"phase": phase}
-        }))
-        .unwrap()
+    /// A pod as the API server would send it.
+    #[derive(Debug, Clone)]
+    struct Spec {
+        uid: u8,
+        ns: &'static str,
+        sa: Option<&'static str>,
+        node: &'static str,
+        phase: &'static str,
+        mirror: bool,
+    }
+
+    impl Spec {
+        fn pod(&self) -> Pod {
+            let mut meta = serde_json::json!({
+                "name": format!("p{}", self.uid), "namespace": self.ns, "uid": format!("u{}", self.uid),
+            });
+            if self.mirror {
+                meta["annotations"] = serde_json::json!({MIRROR_ANNOTATION: "hash"});
+            }
+            let mut spec = serde_json::json!({"nodeName": self.node, "containers": []});
+            if let Some(sa) = self.sa {
+                spec["serviceAccountName"] = sa.into();
+            }
+            serde_json::from_value(serde_json::json!({
+                "metadata": meta, "spec": spec, "status": {"phase": self.phase}
+            }))
+            .unwrap()
+        }
+
+        /// The model's rule, written independently of `workload`.
+        fn counts(&self) -> bool {
+            !self.mirror
+                && self.sa.is_some_and(|s| !s.is_empty())
+                && self.phase != "Succeeded"
+                && self.phase != "Failed"
+        }
+    }
+
+    const NAMESPACES: [&str; 2] = ["a", "b"];
+    const ACCOUNTS: [Option<&str>; 4] = [Some("x"), Some("y"), Some(""), None];
+    const NODES: [&str; 2] = ["n1", "n2"];
+    const PHASES: [&str; 5] = ["Pending", "Running", "Succeeded", "Failed", "Unknown"];
+
+    /// xorshift: a deterministic event stream without a dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    fn random_spec(rng: &mut Rng) -> Spec {
+        Spec {
+            uid: rng.next(12) as u8,
+            ns: NAMESPACES[rng.next(2)],
+            sa: ACCOUNTS[rng.next(4)],
+            node: NODES[rng.next(2)],
+            phase: PHASES[rng.next(5)],
+            mirror: rng.next(6) == 0,
+        }
+    }
+
+    /// The index agrees with a model (a map of the latest object per pod, filtered by the
+    /// model's own rule) after every event of many random sequences, including re-lists.
+    #[test]
+    fn index_agrees_with_model() {
+        for seed in 1..200u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let index = PodIndex::default();
+            let mut relist = Relist::default();
+            let mut model: BTreeMap<u8, Spec> = BTreeMap::new();
+            let mut listing: Option<BTreeMap<u8, Spec>> = None;
+            for _ in 0..60 {
+                let s = random_spec(&mut rng);
+                let event = match rng.next(10) {
+                    0 => {
+                        listing = Some(BTreeMap::new());
+                        watcher::Event::Init
+                    }
+                    1 | 2 if listing.is_some() => {
+                        listing.as_mut().unwrap().insert(s.uid, s.clone());
+                        watcher::Event::InitApply(s.pod())
+                    }
+                    3 => {
+                        if let Some(l) = listing.take() {
+                            model = l;
+                        }
+                        watcher::Event::InitDone
+                    }
+                    4 => {
+                        model.remove(&s.uid);
+                        watcher::Event::Delete(s.pod())
+                    }
+                    _ => {
+                        model.insert(s.uid, s.clone());
+                        watcher::Event::Apply(s.pod())
+                    }
+                };
+                index.handle(&mut relist, event);
+                let live: Vec<&Spec> = model.values().filter(|s| s.counts()).collect();
+                assert_eq!(index.pod_count(), live.len(), "seed {seed}");
+                for ns in NAMESPACES {
+                    for sa in ["x", "y", "", "default"] {
+                        for node in NODES {
+                            let want = live
+                                .iter()
+                                .any(|s| s.ns == ns && s.sa == Some(sa) && s.node == node);
+                            assert_eq!(index.runs_on(ns, sa, node), want, "seed {seed}");
+                        }
+                    }
+                }
+                for uid in 0..12u8 {
+                    let want = model.get(&uid).filter(|s| s.counts());
+                    for ns in NAMESPACES {
+                        let got = index.pod(ns, &format!("p{uid}"));
+                        match want.filter(|s| s.ns == ns) {
+                            Some(s) => {
+                                let got = got.expect("live pod missing");
+                                assert_eq!(got.service_account, s.sa.unwrap());
+                                assert_eq!(got.node.as_deref(), Some(s.node));
+                            }
+                            None => assert!(got.is_none(), "seed {seed}: p{uid} in {ns}"),
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
-    fn index_follows_pod_events() {
+    fn finished_and_mirror_pods_never_count_on_any_path() {
+        let done = Spec {
+            uid: 1,
+            ns: "a",
+            sa: Some("x"),
+            node: "n1",
+            phase: "Succeeded",
+            mirror: false,
+        };
+        let mirror = Spec {
+            uid: 2,
+            ns: "a",
+            sa: None,
+            node: "n1",
+            phase: "Running",
+            mirror: true,
+        };
         let index = PodIndex::default();
-        index.apply(&pod("a-1", "u1", "a", "n1", "Running"));
-        index.apply(&pod("a-2", "u2", "a", "n2", "Pending"));
-        assert!(index.runs_on("default", "a", "n1") && index.runs_on("default", "a", "n2"));
-        assert_eq!(index.pod("default", "a-1").unwrap().uid, "u1");
-        // Rescheduled to another node.
-        index.apply(&pod("a-1", "u1", "a", "n3", "Running"));
-        assert!(!index.runs_on("default", "a", "n1") && index.runs_on("default", "a", "n3"));
-        // Finished pods serve nothing; deleted pods are gone.
-        index.apply(&pod("a-2", "u2", "a", "n2", "Succeeded"));
-        assert!(!index.runs_on("default", "a", "n2"));
-        index.delete(&pod("a-1", "u1", "a", "n3", "Running"));
-        assert!(index.pod("default", "a-1").is_none());
-        assert!(!index.runs_on("default", "a", "n3"));
+        let mut relist = Relist::default();
+        index.handle(&mut relist, watcher::Event::Init);
+        index.handle(&mut relist, watcher::Event::InitApply(done.pod()));
+        index.handle(&mut relist, watcher::Event::InitApply(mirror.pod()));
+        assert_eq!(
+            index.handle(&mut relist, watcher::Event::InitDone),
+            Change::Synced(0)
+        );
+        assert!(index.synced());
+        assert!(!index.runs_on("a", "x", "n1") && !index.runs_on("a", "default", "n1"));
+        // A running pod that finishes through a watch event stops counting.
+        let running = Spec {
+            phase: "Running",
+            ..done.clone()
+        };
+        index.handle(&mut relist, watcher::Event::Apply(running.pod()));
+        assert!(index.runs_on("a", "x", "n1"));
+        index.handle(&mut relist, watcher::Event::Apply(done.pod()));
+        assert!(!index.runs_on("a", "x", "n1"));
+        assert!(index.pod("a", "p1").is_none());
     }
 }
