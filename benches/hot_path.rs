@@ -18,7 +18,7 @@ use istio_vault_ca::config::{CsrConfig, JwtConfig};
 use istio_vault_ca::csr::CsrPolicy;
 use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
 use istio_vault_ca::identity::{SpiffeId, TrustDomain};
-use istio_vault_ca::signer::{Admission, CertificateRequest, Signer, TtlPolicy};
+use istio_vault_ca::signer::{CertificateRequest, Signer, TtlPolicy};
 use istio_vault_ca::vault::SignedCert;
 use istio_vault_ca::vault::VaultClient;
 use rcgen::{
@@ -146,7 +146,6 @@ fn handler(c: &mut Criterion) {
         let token = issuer.token(&TokenSpec::new("default", "demo")).unwrap();
         let vault = VaultClient::new(&config.vault).unwrap();
         let signer = Signer {
-            admission: Admission::new(1, Duration::from_secs(1)),
             authn: rt
                 .block_on(Authenticator::new(&config.auth, td.clone()))
                 .unwrap(),

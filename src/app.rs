@@ -11,9 +11,8 @@ use std::time::Duration;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::admin::{self, Readiness};
 use crate::authn::Authenticator;
@@ -22,9 +21,14 @@ use crate::config::Config;
 use crate::csr::CsrPolicy;
 use crate::pb::istio_certificate_service_server::IstioCertificateServiceServer;
 use crate::server::CaService;
-use crate::signer::{Admission, Signer, TtlPolicy};
+use crate::server::gate::{Gate, GateLimits};
+use crate::server::listener::{self, ServeOptions};
+use crate::signer::{Signer, TtlPolicy};
 use crate::tls::{self, ServingCert};
 use crate::vault::{Credentials, VaultClient, VaultError};
+
+/// Room in a request message beside the CSR (validity, metadata with ImpersonatedIdentity).
+const MESSAGE_OVERHEAD: usize = 4 * 1024;
 
 /// How long start-up waits for Vault to answer the first trust-bundle read.
 const STARTUP_VAULT_WAIT: Duration = Duration::from_secs(30);
@@ -123,7 +127,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None => None,
     };
     let signer = Arc::new(Signer {
-        admission: Admission::new(config.server.max_in_flight, config.server.queue_timeout),
         authn,
         csr_policy: CsrPolicy::new(&config.csr),
         ttl: TtlPolicy::new(&config.ttl),
@@ -163,7 +166,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         (None, true) => tls::ClientRoots::Bundle(shared_bundle.clone()),
         (None, false) => tls::ClientRoots::None,
     };
-    let tls_config = tls::server_config(serving.clone(), client_roots).context("TLS")?;
+    let tls_config =
+        tls::server_config(serving.clone(), client_roots, &config.server.tls).context("TLS")?;
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
@@ -236,34 +240,47 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     ));
 
     let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let incoming = accept_tls(
+    let max_message_bytes = config.csr.max_bytes + MESSAGE_OVERHEAD;
+    let service =
+        IstioCertificateServiceServer::new(CaService::new(signer, config.server.request_timeout))
+            .max_decoding_message_size(max_message_bytes);
+    let routes = tonic::service::Routes::new(service)
+        .add_service(health_service)
+        .prepare();
+    let gate = Gate::new(GateLimits {
+        max_in_flight: config.server.max_in_flight,
+        max_in_flight_per_peer: config.server.limits.max_in_flight_per_peer,
+        max_queued: config.server.limits.max_queued,
+        queue_timeout: config.server.queue_timeout,
+        body_timeout: config.server.limits.body_timeout,
+        max_message_bytes,
+    });
+    let server = listener::serve(
         listener,
         TlsAcceptor::from(Arc::new(tls_config)),
-        config.server.handshake_timeout,
+        routes,
+        gate,
+        ServeOptions {
+            limits: config.server.limits.clone(),
+            handshake_timeout: config.server.handshake_timeout,
+            max_connection_age: config.server.max_connection_age,
+            max_connection_age_grace: config.server.max_connection_age_grace,
+            keepalive_interval: config.server.http2_keepalive_interval,
+            keepalive_timeout: config.server.http2_keepalive_timeout,
+        },
         connections.clone(),
         shutdown_rx.clone(),
     );
-    let service =
-        IstioCertificateServiceServer::new(CaService::new(signer, config.server.request_timeout))
-            .max_decoding_message_size(config.csr.max_bytes + 64 * 1024);
-    let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(config.server.http2_keepalive_interval))
-        .http2_keepalive_timeout(Some(config.server.http2_keepalive_timeout))
-        .max_connection_age(config.server.max_connection_age)
-        .max_connection_age_grace(config.server.max_connection_age_grace)
-        .add_service(service)
-        .add_service(health_service)
-        .serve_with_incoming_shutdown(incoming, changed(shutdown_rx.clone()));
     let grace = config.server.shutdown_grace;
     let mut stop = shutdown_rx;
     let task = tokio::spawn(async move {
         let mut server = tokio::spawn(server);
         tokio::select! {
-            r = &mut server => return r.context("gRPC server")?.context("gRPC server"),
+            r = &mut server => return r.context("gRPC server"),
             _ = stop.changed() => {}
         }
         match tokio::time::timeout(grace, &mut server).await {
-            Ok(r) => r.context("gRPC server")?.context("gRPC server"),
+            Ok(r) => r.context("gRPC server"),
             Err(_) => {
                 tracing::warn!(
                     ?grace,
@@ -282,10 +299,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown: shutdown_tx,
         task,
     })
-}
-
-async fn changed(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 /// One watched pod cache per cluster that has a way to reach its API server.
@@ -382,50 +395,4 @@ where
             },
         }
     }
-}
-
-/// Accepts TCP connections and completes TLS handshakes concurrently (a slow client cannot
-/// hold up others), yielding established streams until shutdown.
-fn accept_tls(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    handshake_timeout: Duration,
-    accepted: Arc<std::sync::atomic::AtomicU64>,
-    shutdown: watch::Receiver<bool>,
-) -> ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
-    let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(async move {
-        let stop = changed(shutdown);
-        tokio::pin!(stop);
-        loop {
-            let (tcp, peer) = tokio::select! {
-                _ = &mut stop => return,
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Out of file descriptors and similar: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            let accepted = accepted.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        crate::metrics::connection_accepted();
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
 }

@@ -16,6 +16,12 @@ use serde::Deserialize;
 
 use crate::identity::TrustDomain;
 
+mod limits;
+mod tls_policy;
+
+pub use limits::*;
+pub use tls_policy::*;
+
 /// Prefix of environment variables that override file settings.
 pub const ENV_PREFIX: &str = "IVCA_";
 
@@ -244,6 +250,10 @@ pub struct ServerConfig {
     /// How long a request may wait for a slot before it is shed with `ResourceExhausted`.
     #[serde(with = "duration")]
     pub queue_timeout: Duration,
+    /// Bounds on connections, streams and queued calls before authentication.
+    pub limits: LimitsConfig,
+    /// TLS versions, cipher suites and key-exchange groups.
+    pub tls: TlsPolicyConfig,
 }
 
 impl Default for ServerConfig {
@@ -264,6 +274,8 @@ impl Default for ServerConfig {
             max_connection_age_grace: Duration::from_secs(30),
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
+            limits: LimitsConfig::default(),
+            tls: TlsPolicyConfig::default(),
         }
     }
 }
@@ -877,6 +889,8 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        self.server.limits.validate()?;
+        self.server.tls.validate()?;
         if self.csr.allowed_keys.is_empty() {
             return Err(ConfigError::invalid(
                 "csr.allowed_keys",

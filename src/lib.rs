@@ -1,7 +1,7 @@
 //! istio-vault-ca: an Istio certificate authority (`istio.v1.auth.IstioCertificateService`)
 //! that has a Vault or OpenBao PKI role sign every workload certificate.
 //!
-//! Request path: [`server`] (gRPC, status codes, request log) → [`signer`] (the pipeline) →
+//! Request path: [`server`] (port limits, admission gate, gRPC, status codes, request log) → [`signer`] (the pipeline) →
 //! [`authn`] (who is calling) → [`csr`] (what is asked) → [`vault`] (signing) → [`chain`]
 //! (verify what Vault issued, lay out the response) with roots from [`bundle`].
 //! [`app`] wires it together; [`tls`] serves it; [`client`] and [`dev`] are the bundled client
@@ -18,6 +18,7 @@ pub mod config;
 pub mod csr;
 pub mod dev;
 pub mod distribute;
+pub mod echo;
 pub mod identity;
 pub mod loadgen;
 pub mod metrics;

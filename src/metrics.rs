@@ -43,6 +43,14 @@ fn describe() {
         "TLS connections accepted on the gRPC port"
     );
     describe_counter!(
+        "istio_vault_ca_connections_refused_total",
+        "Connections closed before carrying a call, by reason (limits, handshake timeout or failure)"
+    );
+    describe_gauge!(
+        "istio_vault_ca_connections_open",
+        "Connections open on the gRPC port, TLS handshakes in progress included"
+    );
+    describe_counter!(
         "istio_vault_ca_requests_total",
         "CreateCertificate calls by outcome and gRPC code"
     );
@@ -100,7 +108,7 @@ fn describe() {
     );
     describe_counter!(
         "istio_vault_ca_shed_total",
-        "Calls refused with ResourceExhausted because no slot freed in time"
+        "Calls refused with ResourceExhausted, by reason (no slot in time, queue full, per-address limit, oversized message)"
     );
     describe_counter!(
         "istio_vault_ca_deduplicated_total",
@@ -173,8 +181,22 @@ pub fn connection_accepted() {
     ::metrics::counter!("istio_vault_ca_connections_total").increment(1);
 }
 
-pub fn shed() {
-    ::metrics::counter!("istio_vault_ca_shed_total").increment(1);
+/// A connection closed before it could carry a call: `connection-limit`,
+/// `peer-connection-limit`, `handshake-timeout` or `handshake-failed`.
+pub fn connection_refused(reason: &'static str) {
+    ::metrics::counter!("istio_vault_ca_connections_refused_total", "reason" => reason)
+        .increment(1);
+}
+
+/// Connections open on the gRPC port (handshakes in progress included).
+pub fn connections_open(n: usize) {
+    ::metrics::gauge!("istio_vault_ca_connections_open").set(n as f64);
+}
+
+/// A call refused with `ResourceExhausted` (`reason`: overloaded, peer-overloaded,
+/// queue-full, message-too-large).
+pub fn shed(reason: &'static str) {
+    ::metrics::counter!("istio_vault_ca_shed_total", "reason" => reason).increment(1);
 }
 
 pub fn deduplicated() {

@@ -1,24 +1,28 @@
-//! The gRPC handler for `istio.v1.auth.IstioCertificateService/CreateCertificate`, and the one
-//! place where errors become `tonic::Status`.
+//! The gRPC side: the port ([`listener`]: connections, TLS, HTTP/2 limits), the [`gate`] every
+//! call passes before its message is read, the CreateCertificate handler, the one place where
+//! errors become `tonic::Status` ([`to_status`]) and the one place outcomes are reported
+//! ([`outcome`]).
 //!
 //! Each call produces one log line (target `istio_vault_ca::request`) with the identity,
 //! outcome, gRPC code, serial, NotAfter and duration, and never a token, key or CSR.
 
+pub mod gate;
+pub mod listener;
+pub mod outcome;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 use tracing::Instrument;
-use tracing::field::Empty;
 
-use crate::authn::{AuthnError, Caller, Credentials};
+use crate::authn::{AuthnError, Credentials};
 use crate::pb::istio_certificate_service_server::IstioCertificateService;
 use crate::pb::{IstioCertificateRequest, IstioCertificateResponse};
-use crate::signer::{
-    AuthzError, CertificateRequest, Certified, IssueError, Issued, Refusal, Signer,
-};
-use crate::telemetry::{AUDIT_TARGET, SPAN_TARGET};
+use crate::signer::{AuthzError, CertificateRequest, IssueError, Issued, Refusal, Signer};
 use crate::vault::VaultError;
+use gate::Arrival;
+use outcome::{Call, Refused};
 
 /// Metadata key ztunnel uses to ask for another workload's identity.
 pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
@@ -44,28 +48,13 @@ impl IstioCertificateService for CaService {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let start = Instant::now();
-        // Disabled (a cached no-op) unless OTLP export is on.
-        let span = tracing::info_span!(
-            target: SPAN_TARGET,
-            "CreateCertificate",
-            otel.name = "istio.v1.auth.IstioCertificateService/CreateCertificate",
-            otel.kind = "server",
-            otel.status_code = Empty,
-            otel.status_description = Empty,
-            rpc.system = "grpc",
-            rpc.service = "istio.v1.auth.IstioCertificateService",
-            rpc.method = "CreateCertificate",
-            rpc.grpc.status_code = Empty,
-            caller = Empty,
-            authn = Empty,
-            cluster = Empty,
-            identity = Empty,
-            outcome = Empty,
-            reason = Empty,
-            serial = Empty,
-        );
-        crate::telemetry::set_remote_parent(&span, request.metadata());
+        // Set by the gate; a service mounted without it (benchmarks) starts its own.
+        let arrival = request
+            .extensions()
+            .get::<Arrival>()
+            .cloned()
+            .unwrap_or_else(Arrival::now);
+        arrival.mark_reported();
         let peer = request.remote_addr();
         let peer_certs = request.peer_certs();
         let peer_cert = peer_certs
@@ -83,10 +72,29 @@ impl IstioCertificateService for CaService {
             .iter()
             .map(|v| v.to_str().unwrap_or("<non-ascii>"))
             .collect();
+        let cluster = crate::echo::truncated(cluster_ids.first().copied().unwrap_or(""));
+        let call = Call {
+            span: &arrival.span,
+            start: arrival.start,
+            peer,
+            cluster: &cluster,
+        };
         let body = request.get_ref();
         let impersonated = match impersonated_identity(body) {
             Ok(v) => v,
-            Err(status) => return Err(status),
+            Err(status) => {
+                outcome::refused(
+                    &call,
+                    Refused {
+                        status: &status,
+                        reason: "malformed-request",
+                        error: &status.message(),
+                        caller: None,
+                        requested: None,
+                    },
+                );
+                return Err(status);
+            }
         };
         let req = CertificateRequest {
             credentials: Credentials {
@@ -98,7 +106,7 @@ impl IstioCertificateService for CaService {
             validity_seconds: body.validity_duration,
             impersonated_identity: impersonated,
         };
-        let issue = self.signer.issue(req).instrument(span.clone());
+        let issue = self.signer.issue(req).instrument(arrival.span.clone());
         let result = match tokio::time::timeout(self.request_timeout, issue).await {
             Ok(r) => r,
             Err(_) => Err(Refusal {
@@ -106,129 +114,29 @@ impl IstioCertificateService for CaService {
                 error: IssueError::Vault(VaultError::Timeout(self.request_timeout)),
             }),
         };
-        let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
-        let cluster = cluster_ids.first().copied().unwrap_or("");
-        span.record("cluster", cluster);
         match result {
-            Ok(Issued {
-                caller,
-                certified:
-                    Certified {
-                        identity,
-                        chain,
-                        clamped,
-                    },
-            }) => {
-                span.record("otel.status_code", "ok")
-                    .record("rpc.grpc.status_code", Code::Ok as i32)
-                    .record("outcome", "issued")
-                    .record("caller", tracing::field::display(&caller.identity))
-                    .record("authn", caller.method.as_str())
-                    .record("identity", tracing::field::display(&identity))
-                    .record("serial", tracing::field::display(&chain.serial));
-                crate::metrics::request("issued", Code::Ok, None, start.elapsed());
-                crate::metrics::issued(chain.not_after);
-                tracing::info!(
-                    target: "istio_vault_ca::request",
-                    identity = %identity,
-                    caller = %caller.identity,
-                    authn = caller.method.as_str(),
-                    cluster,
-                    outcome = "issued",
-                    code = ?Code::Ok,
-                    serial = %chain.serial,
-                    not_after = chain.not_after,
-                    clamped,
-                    duration_ms = elapsed_ms,
-                    peer = ?peer,
-                    "CreateCertificate"
-                );
-                tracing::info!(
-                    target: AUDIT_TARGET,
-                    outcome = "issued",
-                    code = "OK",
-                    caller = %caller.identity,
-                    authn = caller.method.as_str(),
-                    caller_pod = caller_pod(&caller).map(tracing::field::display),
-                    caller_node = caller_node(&caller),
-                    cluster,
-                    requested = %identity,
-                    issued = %identity,
-                    serial = %chain.serial,
-                    not_after = chain.not_after,
-                    clamped,
-                    peer = peer.map(|p| p.to_string()).unwrap_or_default(),
-                    "certificate issued"
-                );
+            Ok(Issued { caller, certified }) => {
+                outcome::issued(&call, &caller, &certified);
                 Ok(Response::new(IstioCertificateResponse {
-                    cert_chain: chain.elements,
+                    cert_chain: certified.chain.elements,
                 }))
             }
-            Err(Refusal { caller, error: err }) => {
-                let status = to_status(&err);
-                crate::metrics::request(
-                    "refused",
-                    status.code(),
-                    Some(err.reason()),
-                    start.elapsed(),
-                );
-                let authn = caller.as_ref().map(|c| c.method.as_str());
-                let caller_id = caller.as_ref().map(|c| c.identity.to_string());
-                span.record("otel.status_code", "error")
-                    .record("otel.status_description", status.message())
-                    .record("rpc.grpc.status_code", status.code() as i32)
-                    .record("outcome", "refused")
-                    .record("reason", err.reason())
-                    .record("caller", caller_id.as_deref().unwrap_or("-"));
-                tracing::info!(
-                    target: "istio_vault_ca::request",
-                    caller = caller_id.as_deref().unwrap_or("-"),
-                    cluster,
-                    outcome = "refused",
-                    code = ?status.code(),
-                    reason = err.reason(),
-                    error = %err,
-                    duration_ms = elapsed_ms,
-                    peer = ?peer,
-                    "CreateCertificate"
-                );
-                tracing::info!(
-                    target: AUDIT_TARGET,
-                    outcome = "refused",
-                    code = ?status.code(),
-                    caller = caller_id.as_deref().unwrap_or("-"),
-                    authn,
-                    caller_pod = caller.as_ref().and_then(caller_pod).map(tracing::field::display),
-                    caller_node = caller.as_ref().and_then(caller_node),
-                    cluster,
-                    requested = err.requested().unwrap_or("-"),
-                    reason = err.reason(),
-                    error = %err,
-                    peer = peer.map(|p| p.to_string()).unwrap_or_default(),
-                    "certificate refused"
+            Err(Refusal { caller, error }) => {
+                let status = to_status(&error);
+                outcome::refused(
+                    &call,
+                    Refused {
+                        status: &status,
+                        reason: error.reason(),
+                        error: &error,
+                        caller: caller.as_ref(),
+                        requested: error.requested(),
+                    },
                 );
                 Err(status)
             }
         }
     }
-}
-
-/// The caller's pod as `namespace/name`, when its credential is bound to a pod: in the audit
-/// trail it says which workload, or which ztunnel, asked. Formatted only if the line is written.
-fn caller_pod(caller: &Caller) -> Option<impl std::fmt::Display + '_> {
-    struct PodName<'a>(&'a str, &'a str);
-    impl std::fmt::Display for PodName<'_> {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "{}/{}", self.0, self.1)
-        }
-    }
-    let pod = caller.pod.as_ref()?;
-    Some(PodName(caller.identity.namespace(), &pod.name))
-}
-
-/// The node of the caller's pod, when its credential names one.
-fn caller_node(caller: &Caller) -> Option<&str> {
-    caller.pod.as_ref()?.node.as_deref()
 }
 
 fn impersonated_identity(req: &IstioCertificateRequest) -> Result<Option<&str>, Status> {
@@ -270,7 +178,6 @@ pub fn to_status(err: &IssueError) -> Status {
         IssueError::Vault(e) => {
             Status::unavailable(format!("certificate authority unavailable: {e}"))
         }
-        IssueError::Overloaded(_) => Status::resource_exhausted(err.to_string()),
         IssueError::Leaf(crate::chain::LeafError::Untrusted(_)) => Status::unavailable(
             "issued certificate does not chain to the current trust bundle; retry later",
         ),

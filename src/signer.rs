@@ -61,8 +61,6 @@ pub enum IssueError {
     Vault(#[from] VaultError),
     #[error(transparent)]
     Leaf(#[from] LeafError),
-    #[error("signer is overloaded: no slot within {0:?}; retry later")]
-    Overloaded(Duration),
 }
 
 impl IssueError {
@@ -87,7 +85,6 @@ impl IssueError {
             Self::Ttl(_) => "ttl",
             Self::Vault(_) => "vault",
             Self::Leaf(_) => "leaf-verification",
-            Self::Overloaded(_) => "overloaded",
         }
     }
 }
@@ -172,35 +169,8 @@ impl TtlPolicy {
     }
 }
 
-/// Bounds the requests processed at once; the rest queue for at most `queue_timeout`.
-pub struct Admission {
-    slots: tokio::sync::Semaphore,
-    queue_timeout: Duration,
-}
-
-impl Admission {
-    pub fn new(max_in_flight: usize, queue_timeout: Duration) -> Self {
-        Self {
-            slots: tokio::sync::Semaphore::new(max_in_flight),
-            queue_timeout,
-        }
-    }
-
-    async fn enter(&self) -> Result<tokio::sync::SemaphorePermit<'_>, IssueError> {
-        match tokio::time::timeout(self.queue_timeout, self.slots.acquire()).await {
-            Ok(Ok(permit)) => Ok(permit),
-            // The semaphore is never closed; treat it like a full queue if it ever were.
-            Ok(Err(_)) | Err(_) => {
-                crate::metrics::shed();
-                Err(IssueError::Overloaded(self.queue_timeout))
-            }
-        }
-    }
-}
-
 /// Everything needed to decide on and fulfil a request.
 pub struct Signer {
-    pub admission: Admission,
     pub authn: Authenticator,
     pub csr_policy: CsrPolicy,
     pub ttl: TtlPolicy,
@@ -279,15 +249,6 @@ impl Drop for Slot<'_> {
 impl Signer {
     /// Runs the whole pipeline for one request.
     pub async fn issue(&self, req: CertificateRequest<'_>) -> Result<Issued, Refusal> {
-        let _slot = self
-            .admission
-            .enter()
-            .instrument(tracing::info_span!(target: SPAN_TARGET, "admission"))
-            .await
-            .map_err(|error| Refusal {
-                caller: None,
-                error,
-            })?;
         let _in_flight = crate::metrics::InFlightGuard::new();
         let caller = self
             .authn

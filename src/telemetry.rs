@@ -117,22 +117,22 @@ impl Tracing {
 }
 
 /// Sets the W3C `traceparent` of an incoming call as the parent of `span`, when tracing is on.
-pub fn set_remote_parent(span: &tracing::Span, metadata: &tonic::metadata::MetadataMap) {
+pub fn set_remote_parent(span: &tracing::Span, headers: &http::HeaderMap) {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    if span.is_disabled() || !metadata.contains_key(TRACEPARENT) {
+    if span.is_disabled() || !headers.contains_key(TRACEPARENT) {
         return;
     }
     let cx =
-        opentelemetry::global::get_text_map_propagator(|p| p.extract(&MetadataExtractor(metadata)));
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     let _ = span.set_parent(cx);
 }
 
 const TRACEPARENT: &str = "traceparent";
 
-/// W3C trace context from gRPC metadata (`traceparent`, `tracestate`).
-struct MetadataExtractor<'a>(&'a tonic::metadata::MetadataMap);
+/// W3C trace context from the call's headers (`traceparent`, `tracestate`).
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
 
-impl opentelemetry::propagation::Extractor for MetadataExtractor<'_> {
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).and_then(|v| v.to_str().ok())
     }

@@ -1,6 +1,7 @@
-//! The serving side of TLS: rustls with aws-lc-rs, ALPN `h2`, TLS 1.3 plus TLS 1.2
-//! ECDHE-AES-GCM, optional client certificates (verify-if-given), and a serving certificate
-//! that is reloaded from its PEM files without a restart.
+//! The serving side of TLS: rustls with aws-lc-rs, ALPN `h2`, the versions, suites and groups
+//! of `server.tls` (TLS 1.3 plus TLS 1.2 ECDHE-AES-GCM and X25519MLKEM768 preferred by
+//! default), optional client certificates (verify-if-given, no session resumption), and a
+//! serving certificate that is reloaded from its PEM files without a restart.
 //!
 //! The certificate is resolved per handshake from an [`ArcSwap`], so a reload affects only new
 //! connections; open connections keep running. A new pair of files is published only if the
@@ -18,6 +19,8 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::config::{CipherSuite, KxGroup, TlsPolicyConfig, TlsVersion};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TlsError {
@@ -471,11 +474,17 @@ pub enum ClientRoots {
 pub fn server_config(
     cert: Arc<ServingCert>,
     client_roots: ClientRoots,
+    policy: &TlsPolicyConfig,
 ) -> Result<rustls::ServerConfig, TlsError> {
-    let provider = provider();
+    let provider = server_provider(policy);
+    let versions: &[&rustls::SupportedProtocolVersion] = match policy.min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_protocol_versions(versions)
         .map_err(|e| TlsError::Config(e.to_string()))?;
+    let verifies_clients = !matches!(client_roots, ClientRoots::None);
     let builder = match client_roots {
         ClientRoots::File(path) => {
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(&path)?)
@@ -494,5 +503,53 @@ pub fn server_config(
     };
     let mut config = builder.with_cert_resolver(Arc::new(Resolver(cert)));
     config.alpn_protocols = vec![b"h2".to_vec()];
+    if verifies_clients {
+        // A resumed session skips the client-certificate verifier and carries the first
+        // handshake's certificate: every connection must verify its certificate afresh.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Ok(config)
+}
+
+/// The gRPC port's crypto provider: aws-lc-rs restricted to `policy`'s suites and groups, in
+/// its order of preference.
+pub fn server_provider(policy: &TlsPolicyConfig) -> Arc<CryptoProvider> {
+    use rustls::crypto::aws_lc_rs::{cipher_suite as cs, kx_group as kx};
+    let base = rustls::crypto::aws_lc_rs::default_provider();
+    let cipher_suites = policy
+        .cipher_suites
+        .iter()
+        .map(|s| match s {
+            CipherSuite::Tls13Aes256GcmSha384 => cs::TLS13_AES_256_GCM_SHA384,
+            CipherSuite::Tls13Aes128GcmSha256 => cs::TLS13_AES_128_GCM_SHA256,
+            CipherSuite::Tls13Chacha20Poly1305Sha256 => cs::TLS13_CHACHA20_POLY1305_SHA256,
+            CipherSuite::EcdheEcdsaAes256GcmSha384 => cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            CipherSuite::EcdheEcdsaAes128GcmSha256 => cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            CipherSuite::EcdheRsaAes256GcmSha384 => cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            CipherSuite::EcdheRsaAes128GcmSha256 => cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            CipherSuite::EcdheEcdsaChacha20Poly1305Sha256 => {
+                cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+            }
+            CipherSuite::EcdheRsaChacha20Poly1305Sha256 => {
+                cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+            }
+        })
+        .collect();
+    let kx_groups = policy
+        .key_exchange_groups
+        .iter()
+        .map(|g| match g {
+            KxGroup::X25519Mlkem768 => kx::X25519MLKEM768,
+            KxGroup::Secp256r1Mlkem768 => kx::SECP256R1MLKEM768,
+            KxGroup::X25519 => kx::X25519,
+            KxGroup::Secp256r1 => kx::SECP256R1,
+            KxGroup::Secp384r1 => kx::SECP384R1,
+        })
+        .collect();
+    Arc::new(CryptoProvider {
+        cipher_suites,
+        kx_groups,
+        ..base
+    })
 }

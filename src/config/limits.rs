@@ -1,0 +1,127 @@
+//! `[server.limits]`: what one connection, one peer and all callers together may hold before
+//! they are authenticated. Every bound here is enforced before a token is looked at, so the
+//! memory and work an unauthenticated client can cause is bounded by these numbers (the
+//! arithmetic is in docs/security-model.md).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, duration};
+
+/// Open connections (TLS handshakes in progress included). Sized for the shipped 128Mi
+/// memory limit: each costs at most ~100 KiB (TLS buffers, HTTP/2 state, one receive window).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// Open connections from one IP address. Every pod has its own; set it higher (or to
+/// `max_connections`) when callers arrive through a gateway or SNAT.
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 32;
+/// TLS handshakes in progress at once (CPU-bound work before anything is known of the peer).
+pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
+/// A connection with no call in progress for this long is closed (GOAWAY); agents reconnect.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` advertised on every connection.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 64;
+/// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`: a service-account token is ~1 KiB.
+pub const DEFAULT_MAX_HEADER_LIST_SIZE: u32 = 8 * 1024;
+/// Calls from one IP address being received or processed at once; more wait in the queue.
+pub const DEFAULT_MAX_IN_FLIGHT_PER_PEER: usize = 64;
+/// Calls waiting for a slot; beyond this a call is refused at once (`ResourceExhausted`).
+pub const DEFAULT_MAX_QUEUED: usize = 1024;
+/// The whole request message must have arrived this long after the call was admitted.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Streams a client may reset before the server accepts them (Rapid Reset, CVE-2023-44487).
+pub const DEFAULT_MAX_PENDING_RESET_STREAMS: usize = 20;
+/// Streams the server may have to reset because of client errors before it closes the
+/// connection (MadeYouReset, CVE-2025-8671; unbounded when the option is unset).
+pub const DEFAULT_MAX_LOCAL_RESET_STREAMS: usize = 128;
+
+/// Bounds on connections, streams and queued calls, all before authentication.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_connections: usize,
+    pub max_connections_per_peer: usize,
+    pub max_handshakes: usize,
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    pub max_concurrent_streams: u32,
+    pub max_header_list_size: u32,
+    pub max_in_flight_per_peer: usize,
+    pub max_queued: usize,
+    #[serde(with = "duration")]
+    pub body_timeout: Duration,
+    pub max_pending_reset_streams: usize,
+    pub max_local_reset_streams: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
+            max_in_flight_per_peer: DEFAULT_MAX_IN_FLIGHT_PER_PEER,
+            max_queued: DEFAULT_MAX_QUEUED,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            max_pending_reset_streams: DEFAULT_MAX_PENDING_RESET_STREAMS,
+            max_local_reset_streams: DEFAULT_MAX_LOCAL_RESET_STREAMS,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("server.limits.max_connections", self.max_connections),
+            (
+                "server.limits.max_connections_per_peer",
+                self.max_connections_per_peer,
+            ),
+            ("server.limits.max_handshakes", self.max_handshakes),
+            (
+                "server.limits.max_concurrent_streams",
+                self.max_concurrent_streams as usize,
+            ),
+            (
+                "server.limits.max_in_flight_per_peer",
+                self.max_in_flight_per_peer,
+            ),
+            (
+                "server.limits.max_local_reset_streams",
+                self.max_local_reset_streams,
+            ),
+            (
+                "server.limits.max_pending_reset_streams",
+                self.max_pending_reset_streams,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        if self.max_connections_per_peer > self.max_connections {
+            return Err(ConfigError::invalid(
+                "server.limits.max_connections_per_peer",
+                "must not exceed server.limits.max_connections",
+            ));
+        }
+        if self.max_header_list_size < 1024 {
+            return Err(ConfigError::invalid(
+                "server.limits.max_header_list_size",
+                "must be at least 1024 (a service-account token alone is ~1 KiB)",
+            ));
+        }
+        for (key, d) in [
+            ("server.limits.idle_timeout", self.idle_timeout),
+            ("server.limits.body_timeout", self.body_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::invalid(key, "must be positive"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,328 @@
+//! The gRPC port: accepts TCP connections within the connection caps, completes TLS within
+//! the handshake cap and deadline, and serves each connection as HTTP/2 with explicit limits
+//! (streams, header list, windows, resets), an idle timeout and a maximum age. Every call goes
+//! through the [`Gate`] before its message is read.
+//!
+//! What one connection can hold is bounded by these settings, and the number of connections by
+//! `server.limits.max_connections` (per address: `max_connections_per_peer`), so the memory an
+//! unauthenticated client can take is bounded by configuration, not by its good will.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tonic::service::Routes;
+use tonic::transport::server::Connected;
+
+use super::gate::Gate;
+use crate::config::LimitsConfig;
+
+/// HTTP/2 receive window of one stream: a whole request message fits (16 KiB CSR + metadata).
+const STREAM_WINDOW: u32 = 64 * 1024;
+/// HTTP/2 receive window of a connection: what a client may have sent that the signer has not
+/// read yet, over all its streams (calls waiting at the gate read nothing).
+const CONNECTION_WINDOW: u32 = 64 * 1024;
+/// Largest HTTP/2 frame accepted (the protocol minimum).
+const MAX_FRAME: u32 = 16 * 1024;
+/// Response bytes buffered per stream (answers are a few KiB).
+const MAX_SEND_BUFFER: usize = 64 * 1024;
+
+/// How the port serves connections.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub limits: LimitsConfig,
+    pub handshake_timeout: Duration,
+    pub max_connection_age: Duration,
+    pub max_connection_age_grace: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+}
+
+/// Open connections, in total and per source address.
+struct Connections {
+    max: usize,
+    max_per_peer: usize,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// A connection's place among the open ones, released when it closes.
+struct ConnectionSlot {
+    connections: Arc<Connections>,
+    ip: IpAddr,
+}
+
+impl Connections {
+    fn try_open(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, &'static str> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.0 >= self.max {
+            return Err("connection-limit");
+        }
+        let per_peer = open.1.entry(ip).or_insert(0);
+        if *per_peer >= self.max_per_peer {
+            return Err("peer-connection-limit");
+        }
+        *per_peer += 1;
+        open.0 += 1;
+        crate::metrics::connections_open(open.0);
+        Ok(ConnectionSlot {
+            connections: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .connections
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        open.0 -= 1;
+        if let Some(n) = open.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.ip);
+            }
+        }
+        crate::metrics::connections_open(open.0);
+    }
+}
+
+/// Calls in progress on one connection, and since when it has had none.
+struct Activity {
+    active: AtomicUsize,
+    idle_since: Mutex<Instant>,
+}
+
+struct ActiveCall(Arc<Activity>);
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> ActiveCall {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        ActiveCall(self.clone())
+    }
+
+    /// When the connection will have been idle for `timeout`, if it has no call now.
+    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
+        (self.active.load(Ordering::Acquire) == 0)
+            .then(|| *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) + timeout)
+    }
+}
+
+impl Drop for ActiveCall {
+    fn drop(&mut self) {
+        *self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Accepts and serves connections until `shutdown`, then lets open calls finish (GOAWAY)
+/// and returns when every connection has closed.
+pub async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    routes: Routes,
+    gate: Arc<Gate>,
+    options: ServeOptions,
+    accepted: Arc<AtomicU64>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let options = Arc::new(options);
+    let connections = Arc::new(Connections {
+        max: options.limits.max_connections,
+        max_per_peer: options.limits.max_connections_per_peer,
+        open: Mutex::new((0, HashMap::new())),
+    });
+    let handshakes = Arc::new(Semaphore::new(options.limits.max_handshakes));
+    let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    let limits = &options.limits;
+    http.timer(TokioTimer::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_send_buf_size(MAX_SEND_BUFFER)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_list_size)
+        .max_pending_accept_reset_streams(limits.max_pending_reset_streams)
+        .max_local_error_reset_streams(limits.max_local_reset_streams)
+        .keep_alive_interval(options.keepalive_interval)
+        .keep_alive_timeout(options.keepalive_timeout);
+    let mut tasks = tokio::task::JoinSet::new();
+    let stop = stopped(shutdown.clone());
+    tokio::pin!(stop);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut stop => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let ip = canonical(peer.ip());
+        let slot = match connections.try_open(ip) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                crate::metrics::connection_refused(reason);
+                refused_log(reason);
+                continue; // dropping the socket closes it
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        tasks.spawn(connection(
+            tcp,
+            peer,
+            slot,
+            acceptor.clone(),
+            handshakes.clone(),
+            http.clone(),
+            routes.clone(),
+            gate.clone(),
+            options.clone(),
+            accepted.clone(),
+            shutdown.clone(),
+        ));
+    }
+    drop(listener);
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// IPv4-mapped IPv6 addresses count as the IPv4 address they carry.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// One line per refusal reason at most every 10 s, with the count since the last one: a flood
+/// must not become a flood of log lines. Metrics count every refusal.
+fn refused_log(reason: &'static str) {
+    static LAST: Mutex<Option<(std::time::Instant, u64)>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let now = std::time::Instant::now();
+    match last.as_mut() {
+        Some((at, n)) if now.duration_since(*at) < Duration::from_secs(10) => *n += 1,
+        _ => {
+            let suppressed = last.map_or(0, |(_, n)| n);
+            tracing::warn!(
+                reason,
+                suppressed,
+                "refusing connections: connection limit reached (see server.limits)"
+            );
+            *last = Some((now, 0));
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    _slot: ConnectionSlot,
+    acceptor: TlsAcceptor,
+    handshakes: Arc<Semaphore>,
+    http: hyper::server::conn::http2::Builder<TokioExecutor>,
+    routes: Routes,
+    gate: Arc<Gate>,
+    options: Arc<ServeOptions>,
+    accepted: Arc<AtomicU64>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let handshake = async {
+        let _permit = handshakes.acquire().await.ok()?;
+        Some(acceptor.accept(tcp).await)
+    };
+    let tls = match tokio::time::timeout(options.handshake_timeout, handshake).await {
+        Ok(Some(Ok(tls))) => tls,
+        Ok(Some(Err(e))) => {
+            crate::metrics::connection_refused("handshake-failed");
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Ok(None) | Err(_) => {
+            crate::metrics::connection_refused("handshake-timeout");
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    accepted.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::connection_accepted();
+    let info = tls.connect_info();
+    let activity = Arc::new(Activity {
+        active: AtomicUsize::new(0),
+        idle_since: Mutex::new(Instant::now()),
+    });
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            let call = activity.begin();
+            req.extensions_mut().insert(info.clone());
+            let (gate, routes) = (gate.clone(), routes.clone());
+            async move {
+                let response = gate.run(Some(peer), req, routes).await;
+                drop(call);
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        })
+    };
+    let conn = http.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    let idle_timeout = options.limits.idle_timeout;
+    let age = tokio::time::sleep(options.max_connection_age);
+    tokio::pin!(age);
+    let stop = stopped(shutdown);
+    tokio::pin!(stop);
+    let mut closing_at: Option<Instant> = None;
+    let mut idle_check = Instant::now() + idle_timeout;
+    loop {
+        let hard_stop = closing_at.map(|c| c + options.max_connection_age_grace);
+        tokio::select! {
+            r = &mut conn => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended");
+                }
+                return;
+            }
+            _ = &mut age, if closing_at.is_none() => {
+                closing_at = Some(Instant::now());
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = &mut stop, if closing_at.is_none() => {
+                closing_at = Some(Instant::now());
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep_until(idle_check), if closing_at.is_none() => {
+                match activity.idle_deadline(idle_timeout) {
+                    Some(at) if at <= Instant::now() => {
+                        closing_at = Some(Instant::now());
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    Some(at) => idle_check = at,
+                    None => idle_check = Instant::now() + idle_timeout,
+                }
+            }
+            _ = tokio::time::sleep_until(hard_stop.unwrap_or_else(Instant::now)), if hard_stop.is_some() => {
+                tracing::debug!(%peer, "closing connection: calls outlived the grace period");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The one place a call's outcome is reported: metrics, the request span's fields, the request
+//! log line (target `istio_vault_ca::request`) and the audit line. Calls refused by the gate
+//! before the handler ran (overload, slow or oversized messages) go through here too, so every
+//! CreateCertificate call is counted and logged exactly once.
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use tonic::{Code, Status};
+
+use crate::authn::Caller;
+use crate::signer::Certified;
+use crate::telemetry::AUDIT_TARGET;
+
+/// Target of the one-line-per-call request log.
+pub const REQUEST_TARGET: &str = "istio_vault_ca::request";
+
+/// Where and when a call arrived.
+pub struct Call<'a> {
+    pub span: &'a tracing::Span,
+    pub start: Instant,
+    pub peer: Option<SocketAddr>,
+    /// The `clusterid` header as sent (empty when absent).
+    pub cluster: &'a str,
+}
+
+/// A refused call.
+pub struct Refused<'a> {
+    pub status: &'a Status,
+    /// Short stable label (metrics, logs).
+    pub reason: &'static str,
+    /// The full reason, for the signer's own log and audit trail.
+    pub error: &'a dyn Display,
+    /// Who asked, when authentication had succeeded.
+    pub caller: Option<&'a Caller>,
+    /// The identity asked for, when known.
+    pub requested: Option<&'a str>,
+}
+
+/// Reports an issued certificate.
+pub fn issued(call: &Call<'_>, caller: &Caller, certified: &Certified) {
+    let Certified {
+        identity,
+        chain,
+        clamped,
+    } = certified;
+    let took = call.start.elapsed();
+    call.span
+        .record("cluster", call.cluster)
+        .record("otel.status_code", "ok")
+        .record("rpc.grpc.status_code", Code::Ok as i32)
+        .record("outcome", "issued")
+        .record("caller", tracing::field::display(&caller.identity))
+        .record("authn", caller.method.as_str())
+        .record("identity", tracing::field::display(identity))
+        .record("serial", tracing::field::display(&chain.serial));
+    crate::metrics::request("issued", Code::Ok, None, took);
+    crate::metrics::issued(chain.not_after);
+    tracing::info!(
+        target: REQUEST_TARGET,
+        identity = %identity,
+        caller = %caller.identity,
+        authn = caller.method.as_str(),
+        cluster = call.cluster,
+        outcome = "issued",
+        code = ?Code::Ok,
+        serial = %chain.serial,
+        not_after = chain.not_after,
+        clamped,
+        duration_ms = took.as_secs_f64() * 1000.0,
+        peer = ?call.peer,
+        "CreateCertificate"
+    );
+    tracing::info!(
+        target: AUDIT_TARGET,
+        outcome = "issued",
+        code = "OK",
+        caller = %caller.identity,
+        authn = caller.method.as_str(),
+        caller_pod = caller_pod(caller).map(tracing::field::display),
+        caller_node = caller_node(caller),
+        cluster = call.cluster,
+        requested = %identity,
+        issued = %identity,
+        serial = %chain.serial,
+        not_after = chain.not_after,
+        clamped,
+        peer = call.peer.map(|p| p.to_string()).unwrap_or_default(),
+        "certificate issued"
+    );
+}
+
+/// Reports a refusal, wherever it was decided.
+pub fn refused(call: &Call<'_>, r: Refused<'_>) {
+    let took = call.start.elapsed();
+    let code = r.status.code();
+    if code == Code::ResourceExhausted {
+        crate::metrics::shed(r.reason);
+    }
+    crate::metrics::request("refused", code, Some(r.reason), took);
+    let authn = r.caller.map(|c| c.method.as_str());
+    let caller_id = r.caller.map(|c| c.identity.to_string());
+    call.span
+        .record("cluster", call.cluster)
+        .record("otel.status_code", "error")
+        .record("otel.status_description", r.status.message())
+        .record("rpc.grpc.status_code", code as i32)
+        .record("outcome", "refused")
+        .record("reason", r.reason)
+        .record("caller", caller_id.as_deref().unwrap_or("-"));
+    tracing::info!(
+        target: REQUEST_TARGET,
+        caller = caller_id.as_deref().unwrap_or("-"),
+        cluster = call.cluster,
+        outcome = "refused",
+        code = ?code,
+        reason = r.reason,
+        error = %r.error,
+        duration_ms = took.as_secs_f64() * 1000.0,
+        peer = ?call.peer,
+        "CreateCertificate"
+    );
+    tracing::info!(
+        target: AUDIT_TARGET,
+        outcome = "refused",
+        code = ?code,
+        caller = caller_id.as_deref().unwrap_or("-"),
+        authn,
+        caller_pod = r.caller.and_then(caller_pod).map(tracing::field::display),
+        caller_node = r.caller.and_then(caller_node),
+        cluster = call.cluster,
+        requested = r.requested.unwrap_or("-"),
+        reason = r.reason,
+        error = %r.error,
+        peer = call.peer.map(|p| p.to_string()).unwrap_or_default(),
+        "certificate refused"
+    );
+}
+
+/// The caller's pod as `namespace/name`, when its credential is bound to a pod: in the audit
+/// trail it says which workload, or which ztunnel, asked. Formatted only if the line is written.
+fn caller_pod(caller: &Caller) -> Option<impl Display + '_> {
+    struct PodName<'a>(&'a str, &'a str);
+    impl Display for PodName<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}/{}", self.0, self.1)
+        }
+    }
+    let pod = caller.pod.as_ref()?;
+    Some(PodName(caller.identity.namespace(), &pod.name))
+}
+
+/// The node of the caller's pod, when its credential names one.
+fn caller_node(caller: &Caller) -> Option<&str> {
+    caller.pod.as_ref()?.node.as_deref()
+}
