@@ -12,7 +12,6 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, Readiness};
 use crate::authn::Authenticator;
@@ -257,7 +256,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     });
     let server = listener::serve(
         listener,
-        TlsAcceptor::from(Arc::new(tls_config)),
+        Arc::new(tls_config),
         routes,
         gate,
         ServeOptions {

@@ -9,18 +9,21 @@ use serde::Deserialize;
 
 use super::{ConfigError, duration};
 
-/// Open connections (TLS handshakes in progress included). Sized for the shipped 128Mi
-/// memory limit: each costs at most ~100 KiB (TLS buffers, HTTP/2 state, one receive window).
+/// Open connections (TLS handshakes in progress included). Sized for the shipped 256Mi memory
+/// limit: a connection, its streams and their unread data cost at most ~160 KiB (measured
+/// under a flood, tests/abuse.rs), so 512 connections hold at most ~80 MiB.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 /// Open connections from one IP address. Every pod has its own; set it higher (or to
 /// `max_connections`) when callers arrive through a gateway or SNAT.
 pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 32;
-/// TLS handshakes in progress at once (CPU-bound work before anything is known of the peer).
+/// TLS handshakes past the ClientHello in progress at once (the CPU-bound part; waiting for a
+/// ClientHello holds only the connection's slot).
 pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
 /// A connection with no call in progress for this long is closed (GOAWAY); agents reconnect.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` advertised on every connection.
-pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 64;
+/// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` advertised on every connection (clients queue
+/// calls beyond it; pilot-agent makes one at a time).
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 32;
 /// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`: a service-account token is ~1 KiB.
 pub const DEFAULT_MAX_HEADER_LIST_SIZE: u32 = 8 * 1024;
 /// Calls from one IP address being received or processed at once; more wait in the queue.

@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use tonic::service::Routes;
 use tonic::transport::server::Connected;
 
@@ -25,10 +25,10 @@ use super::gate::Gate;
 use crate::config::LimitsConfig;
 
 /// HTTP/2 receive window of one stream: a whole request message fits (16 KiB CSR + metadata).
-const STREAM_WINDOW: u32 = 64 * 1024;
+const STREAM_WINDOW: u32 = 16 * 1024;
 /// HTTP/2 receive window of a connection: what a client may have sent that the signer has not
 /// read yet, over all its streams (calls waiting at the gate read nothing).
-const CONNECTION_WINDOW: u32 = 64 * 1024;
+const CONNECTION_WINDOW: u32 = 16 * 1024;
 /// Largest HTTP/2 frame accepted (the protocol minimum).
 const MAX_FRAME: u32 = 16 * 1024;
 /// Response bytes buffered per stream (answers are a few KiB).
@@ -128,7 +128,7 @@ impl Drop for ActiveCall {
 /// and returns when every connection has closed.
 pub async fn serve(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls_config: Arc<rustls::ServerConfig>,
     routes: Routes,
     gate: Arc<Gate>,
     options: ServeOptions,
@@ -186,7 +186,7 @@ pub async fn serve(
             tcp,
             peer,
             slot,
-            acceptor.clone(),
+            tls_config.clone(),
             handshakes.clone(),
             http.clone(),
             routes.clone(),
@@ -237,7 +237,7 @@ async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
     _slot: ConnectionSlot,
-    acceptor: TlsAcceptor,
+    tls_config: Arc<rustls::ServerConfig>,
     handshakes: Arc<Semaphore>,
     http: hyper::server::conn::http2::Builder<TokioExecutor>,
     routes: Routes,
@@ -246,18 +246,21 @@ async fn connection(
     accepted: Arc<AtomicU64>,
     shutdown: watch::Receiver<bool>,
 ) {
+    // Waiting for the ClientHello costs nothing but the connection's slot; the cryptographic
+    // part of the handshake holds one of `max_handshakes` permits.
     let handshake = async {
-        let _permit = handshakes.acquire().await.ok()?;
-        Some(acceptor.accept(tcp).await)
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+        let _permit = handshakes.acquire().await.map_err(std::io::Error::other)?;
+        start.into_stream(tls_config).await
     };
     let tls = match tokio::time::timeout(options.handshake_timeout, handshake).await {
-        Ok(Some(Ok(tls))) => tls,
-        Ok(Some(Err(e))) => {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
             crate::metrics::connection_refused("handshake-failed");
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
             return;
         }
-        Ok(None) | Err(_) => {
+        Err(_) => {
             crate::metrics::connection_refused("handshake-timeout");
             tracing::debug!(%peer, "TLS handshake timed out");
             return;
