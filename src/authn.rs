@@ -220,7 +220,11 @@ impl Authenticator {
         let cluster = match creds.cluster_ids {
             [] | [""] => self.cluster_id.as_str(),
             [id] if self.clusters.contains_key(*id) => id,
-            [id] => return Err(AuthnError::UnknownCluster((*id).to_owned())),
+            [id] => {
+                return Err(AuthnError::UnknownCluster(
+                    crate::echo::truncated(id).into_owned(),
+                ));
+            }
             _ => return Err(AuthnError::AmbiguousCluster),
         };
         let token = creds.bearer.map(str::trim).filter(|t| !t.is_empty());
@@ -354,9 +358,12 @@ impl TokenReviewer {
             .status
             .ok_or_else(|| AuthnError::ReviewRejected("no status".into()))?;
         if status.authenticated != Some(true) {
-            return Err(AuthnError::ReviewRejected(
-                status.error.unwrap_or_else(|| "not authenticated".into()),
-            ));
+            // The API server's reason for the caller's own token ("token lookup failed"),
+            // cut to the echo limit.
+            return Err(AuthnError::ReviewRejected(status.error.map_or_else(
+                || "not authenticated".into(),
+                |e| crate::echo::truncated(&e).into_owned(),
+            )));
         }
         let user = status
             .user

@@ -35,7 +35,9 @@ impl TrustDomain {
         if ok {
             Ok(Self(td.to_owned()))
         } else {
-            Err(IdentityError::BadTrustDomain(td.to_owned()))
+            Err(IdentityError::BadTrustDomain(
+                crate::echo::truncated(td).into_owned(),
+            ))
         }
     }
 
@@ -67,10 +69,14 @@ impl SpiffeId {
         service_account: &str,
     ) -> Result<Self, IdentityError> {
         if !is_dns1123_label(namespace) {
-            return Err(IdentityError::BadNamespace(namespace.to_owned()));
+            return Err(IdentityError::BadNamespace(
+                crate::echo::truncated(namespace).into_owned(),
+            ));
         }
         if !is_dns1123_subdomain(service_account) {
-            return Err(IdentityError::BadServiceAccount(service_account.to_owned()));
+            return Err(IdentityError::BadServiceAccount(
+                crate::echo::truncated(service_account).into_owned(),
+            ));
         }
         Ok(Self {
             trust_domain,

@@ -160,9 +160,18 @@ fn impersonated_identity(req: &IstioCertificateRequest) -> Result<Option<&str>, 
 /// Maps a failure to the gRPC code clients act on: pilot-agent retries only `Unavailable`,
 /// `ResourceExhausted`, `DeadlineExceeded`, `Aborted`, `Internal` and `Canceled`, so
 /// permanent refusals never use those.
+///
+/// Messages say what went wrong without what only the signer's operators should see: no
+/// file paths, URLs, API-server (RBAC) or Vault error text, which stay in the signer's log.
+/// Values the caller sent are echoed truncated ([`crate::echo`]).
 pub fn to_status(err: &IssueError) -> Status {
     match err {
-        IssueError::Authn(e) if e.is_transient() => Status::unavailable(e.to_string()),
+        IssueError::Authn(AuthnError::KeysUnavailable(_)) => {
+            Status::unavailable("token signing keys are unavailable; retry later")
+        }
+        IssueError::Authn(AuthnError::ReviewUnavailable(_)) => {
+            Status::unavailable("TokenReview is unavailable; retry later")
+        }
         IssueError::Authn(AuthnError::UnknownCluster(_) | AuthnError::AmbiguousCluster) => {
             Status::unauthenticated(err.to_string())
         }
@@ -171,18 +180,79 @@ pub fn to_status(err: &IssueError) -> Status {
         IssueError::Authz(e) => Status::permission_denied(e.to_string()),
         IssueError::Csr(e) => Status::invalid_argument(e.to_string()),
         IssueError::Ttl(e) => Status::invalid_argument(e.to_string()),
-        IssueError::Vault(VaultError::Delegation(_)) => Status::permission_denied(err.to_string()),
+        IssueError::Vault(VaultError::Delegation(_)) => {
+            Status::permission_denied("Vault refused the caller's credentials (delegated signing)")
+        }
         IssueError::Vault(VaultError::Rejected(m)) => {
             Status::invalid_argument(format!("Vault refused to sign: {m}"))
         }
-        IssueError::Vault(e) => {
-            Status::unavailable(format!("certificate authority unavailable: {e}"))
-        }
+        IssueError::Vault(e) => Status::unavailable(format!(
+            "certificate authority unavailable: {}",
+            vault_public(e)
+        )),
         IssueError::Leaf(crate::chain::LeafError::Untrusted(_)) => Status::unavailable(
             "issued certificate does not chain to the current trust bundle; retry later",
         ),
         IssueError::Leaf(_) => Status::failed_precondition(
             "the certificate authority issued a certificate that failed verification; it was withheld (see signer logs)",
         ),
+    }
+}
+
+/// What a caller is told of a Vault failure: its kind, not Vault's address or message.
+fn vault_public(e: &VaultError) -> String {
+    match e {
+        VaultError::Unreachable(_) => "cannot reach Vault".into(),
+        VaultError::Unavailable { status, .. } => format!("Vault is unavailable (HTTP {status})"),
+        VaultError::Forbidden(_) => "Vault denied the signer's token (HTTP 403)".into(),
+        VaultError::Unexpected { status, .. } => format!("Vault answered HTTP {status}"),
+        VaultError::Malformed(_) => "Vault response is malformed".into(),
+        VaultError::Token(_) => "the signer has no Vault token".into(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What unauthenticated (or any) callers are told never carries the signer's own
+    /// configuration: URLs, file paths, API-server RBAC text, Vault's messages.
+    #[test]
+    fn statuses_do_not_reveal_operator_details() {
+        let secrets = [
+            "https://kubernetes.default.svc/openid/v1/jwks",
+            "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            "tokenreviews.authentication.k8s.io is forbidden: User \"system:serviceaccount:istio-system:istio-vault-ca\"",
+            "http://vault.vault.svc:8200/v1/pki-istio/sign/istio-workload",
+        ];
+        for secret in secrets {
+            let errors = [
+                IssueError::Authn(AuthnError::KeysUnavailable(secret.into())),
+                IssueError::Authn(AuthnError::ReviewUnavailable(secret.into())),
+                IssueError::Vault(VaultError::Unreachable(secret.into())),
+                IssueError::Vault(VaultError::Unavailable {
+                    status: 503,
+                    message: secret.into(),
+                }),
+                IssueError::Vault(VaultError::Forbidden(secret.into())),
+                IssueError::Vault(VaultError::Unexpected {
+                    status: 418,
+                    message: secret.into(),
+                }),
+                IssueError::Vault(VaultError::Malformed(secret.into())),
+                IssueError::Vault(VaultError::Token(secret.into())),
+                IssueError::Vault(VaultError::Delegation(secret.into())),
+            ];
+            for e in errors {
+                let status = to_status(&e);
+                assert!(
+                    !status.message().contains(secret),
+                    "{e:?} -> {}",
+                    status.message()
+                );
+                assert_ne!(status.code(), tonic::Code::Internal);
+            }
+        }
     }
 }

@@ -483,9 +483,9 @@ fn authorize(
     let Some(requested) = impersonated.filter(|s| !s.is_empty()) else {
         return Ok(caller.identity.clone());
     };
-    let requested: SpiffeId = requested
-        .parse()
-        .map_err(|_| AuthzError::BadImpersonatedIdentity(requested.to_owned()))?;
+    let requested: SpiffeId = requested.parse().map_err(|_| {
+        AuthzError::BadImpersonatedIdentity(crate::echo::truncated(requested).into_owned())
+    })?;
     if requested == caller.identity {
         return Ok(requested);
     }

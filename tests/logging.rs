@@ -80,6 +80,30 @@ async fn one_json_line_per_request_and_no_secrets() {
         .create_certificate(req)
         .await
         .unwrap_err();
+    // Refused before the handler runs: a message over the size limit, and a malformed one.
+    for (csr, impersonated, code) in [
+        ("A".repeat(40_000), None, tonic::Code::ResourceExhausted),
+        (
+            other.csr_pem.clone(),
+            Some(prost_types::value::Kind::NumberValue(1.0)),
+            tonic::Code::InvalidArgument,
+        ),
+    ] {
+        let mut req = client::build_request(Shape::Ztunnel, &csr, &demo, &opts).unwrap();
+        if let Some(kind) = impersonated {
+            req.get_mut().metadata.as_mut().unwrap().fields.insert(
+                "ImpersonatedIdentity".into(),
+                prost_types::Value { kind: Some(kind) },
+            );
+        }
+        let err = env
+            .client()
+            .await
+            .create_certificate(req)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), code, "{}", err.message());
+    }
 
     let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     let lines: Vec<serde_json::Value> = text
@@ -90,7 +114,11 @@ async fn one_json_line_per_request_and_no_secrets() {
         .iter()
         .filter(|l| l["target"] == "istio_vault_ca::request")
         .collect();
-    assert_eq!(requests.len(), 3, "{text}");
+    assert_eq!(
+        requests.len(),
+        5,
+        "one line per call, wherever refused: {text}"
+    );
     let issued = requests[0];
     assert_eq!(issued["outcome"], "issued");
     assert_eq!(issued["code"], "Ok");
@@ -108,6 +136,14 @@ async fn one_json_line_per_request_and_no_secrets() {
     assert_eq!(
         (requests[2]["code"].as_str(), requests[2]["reason"].as_str()),
         (Some("PermissionDenied"), Some("authz"))
+    );
+    assert_eq!(
+        (requests[3]["code"].as_str(), requests[3]["reason"].as_str()),
+        (Some("ResourceExhausted"), Some("message-too-large"))
+    );
+    assert_eq!(
+        (requests[4]["code"].as_str(), requests[4]["reason"].as_str()),
+        (Some("InvalidArgument"), Some("malformed-request"))
     );
 
     for secret in &secrets {
@@ -138,7 +174,7 @@ async fn one_json_line_per_request_and_no_secrets() {
             serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line not JSON ({e}): {l}"))
         })
         .collect();
-    assert_eq!(decisions.len(), 3, "{audit_text}");
+    assert_eq!(decisions.len(), 5, "{audit_text}");
     let issued = &decisions[0];
     assert_eq!(issued["outcome"], "issued");
     assert_eq!(issued["serial"], serial);

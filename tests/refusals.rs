@@ -423,3 +423,74 @@ async fn conflicting_token_claims_are_refused() {
     );
     assert_eq!(env.bao.sign_calls(), 0);
 }
+
+/// Values a caller sends that come back in the status (clusterid, ImpersonatedIdentity) are
+/// truncated, and refusals decided before the handler ran are counted by reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echoed_values_are_truncated_and_early_refusals_counted() {
+    let env = Env::start().await;
+    let demo = id("default", "demo");
+    let huge = "x".repeat(5000);
+    let mut grpc = env.client().await;
+
+    let kc = client::generate_csr(Shape::PilotAgent, &demo).unwrap();
+    let opts = CallOptions {
+        cluster_id: Some(huge.clone()),
+        ..env.opts("default", "demo")
+    };
+    let req = client::build_request(Shape::PilotAgent, &kc.csr_pem, &demo, &opts).unwrap();
+    let err = grpc.create_certificate(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(
+        err.message().len() < 400 && err.message().contains('…'),
+        "{}",
+        err.message()
+    );
+
+    let z = client::generate_csr(Shape::Ztunnel, &demo).unwrap();
+    let opts = CallOptions {
+        impersonate: Some(format!("spiffe://{huge}")),
+        ..env.opts("default", "demo")
+    };
+    let req = client::build_request(Shape::Ztunnel, &z.csr_pem, &demo, &opts).unwrap();
+    let err = grpc.create_certificate(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().len() < 400 && err.message().contains('…'),
+        "{}",
+        err.message()
+    );
+
+    // Over the message limit (csr.max_bytes + 4 KiB): ResourceExhausted before decoding.
+    let opts = env.opts("default", "demo");
+    let req =
+        client::build_request(Shape::PilotAgent, &"A".repeat(64 * 1024), &demo, &opts).unwrap();
+    let err = grpc.create_certificate(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    assert!(
+        err.message().contains("larger than 20480 bytes"),
+        "{}",
+        err.message()
+    );
+
+    let text = env.metrics().await;
+    for (reason, code) in [
+        ("authn", "UNAUTHENTICATED"),
+        ("impersonation", "PERMISSION_DENIED"),
+        ("message-too-large", "RESOURCE_EXHAUSTED"),
+    ] {
+        assert!(
+            support::sample(
+                &text,
+                &format!("istio_vault_ca_refusals_total{{reason=\"{reason}\"}}")
+            )
+            .is_some_and(|n| n >= 1.0),
+            "{reason} not counted\n{text}"
+        );
+        assert!(
+            text.contains(&format!("code=\"{code}\"")),
+            "{code} not counted\n{text}"
+        );
+    }
+    assert_eq!(env.bao.sign_calls(), 0);
+}
