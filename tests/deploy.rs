@@ -110,6 +110,108 @@ fn remote_cluster_access_renders_and_validates() {
     validate("remote-cluster", &yaml);
 }
 
+/// Rendered YAML as JSON documents (PyYAML comes with kubernetes-validate).
+fn documents(yaml: &str) -> Vec<serde_json::Value> {
+    let script = r#"
+import json, sys, yaml
+print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Least privilege in what the manifests grant: every ConfigMap permission but `create` is
+/// limited to `istio-ca-root-cert` (in every overlay and in remote-cluster access), no role
+/// reads Secrets, and the admin port (metrics) is not open to every pod.
+#[test]
+fn manifests_grant_least_privilege() {
+    let mut rendered: Vec<(String, String)> = overlays()
+        .into_iter()
+        .map(|d| {
+            (
+                d.file_name().unwrap().to_string_lossy().to_string(),
+                render(&d),
+            )
+        })
+        .collect();
+    rendered.push((
+        "remote-cluster".into(),
+        render(&deploy_dir().join("remote-cluster")),
+    ));
+    for (name, yaml) in rendered {
+        let docs = documents(&yaml);
+        let mut configmap_rules = 0;
+        for doc in docs
+            .iter()
+            .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+        {
+            for rule in doc["rules"].as_array().unwrap() {
+                let resources = rule["resources"].as_array().unwrap();
+                assert!(
+                    !resources.iter().any(|r| r == "secrets"),
+                    "{name}: {} reads Secrets",
+                    doc["metadata"]["name"]
+                );
+                if !resources.iter().any(|r| r == "configmaps") {
+                    continue;
+                }
+                configmap_rules += 1;
+                let verbs: Vec<&str> = rule["verbs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap())
+                    .collect();
+                if verbs == ["create"] {
+                    continue;
+                }
+                assert!(
+                    !verbs.contains(&"create"),
+                    "{name}: create with other verbs"
+                );
+                assert_eq!(
+                    rule["resourceNames"],
+                    serde_json::json!(["istio-ca-root-cert"]),
+                    "{name}: ConfigMap rule {verbs:?} does not name its resource"
+                );
+            }
+        }
+        assert!(
+            configmap_rules >= 2,
+            "{name}: trust distribution rules missing"
+        );
+        for policy in docs.iter().filter(|d| d["kind"] == "NetworkPolicy") {
+            for ingress in policy["spec"]["ingress"].as_array().unwrap() {
+                let admin = ingress["ports"]
+                    .as_array()
+                    .is_some_and(|ports| ports.iter().any(|p| p["port"] == 15014));
+                assert!(
+                    !admin || ingress["from"].as_array().is_some_and(|f| !f.is_empty()),
+                    "{name}: the admin port is open to every pod"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn shipped_configs_load() {
     let mut configs = vec![deploy_dir().join("base/config.toml")];
@@ -159,10 +261,78 @@ async fn setup_configures_kubernetes_auth() {
         data["token_policies"],
         serde_json::json!(["istio-vault-ca"])
     );
+    assert_eq!(
+        data["audience"], "vault",
+        "the login token must be minted for Vault"
+    );
     let config = bao
         .api("GET", "auth/kubernetes/config", serde_json::Value::Null)
         .await;
     assert_eq!(config["data"]["kubernetes_host"], "https://10.96.0.1:443");
+
+    // A second run with other options does not replace an existing auth/kubernetes/config
+    // (it may belong to another team); the admin token comes from a file, not argv.
+    let token_file = first.join("admin-token");
+    std::fs::write(&token_file, &bao.root_token).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/vault/setup.py");
+    let status = Command::new("python3")
+        .arg(script)
+        .args(["--addr", &bao.addr, "--admin-token-file"])
+        .arg(&token_file)
+        .args([
+            "--kubernetes-auth",
+            "--kubernetes-host",
+            "https://elsewhere.example:6443",
+        ])
+        .env_remove("BAO_TOKEN")
+        .env_remove("VAULT_TOKEN")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let config = bao
+        .api("GET", "auth/kubernetes/config", serde_json::Value::Null)
+        .await;
+    assert_eq!(config["data"]["kubernetes_host"], "https://10.96.0.1:443");
+}
+
+/// The serving role `setup.py` writes signs exactly the configured names: not a subdomain,
+/// a wildcard, another IP, or `localhost` unless listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_role_allows_only_the_configured_names() {
+    let bao = support::OpenBao::start().await;
+    bao.setup(&["--serving-names", "ca.example.svc,10.1.2.3"]);
+    let issue = |body: serde_json::Value| {
+        let bao = &bao;
+        async move {
+            bao.client()
+                .post(format!(
+                    "{}/v1/{}/issue/istio-vault-ca-serving",
+                    bao.addr,
+                    support::MOUNT
+                ))
+                .header("X-Vault-Token", &bao.root_token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    use serde_json::json;
+    assert_eq!(
+        issue(json!({"common_name": "ca.example.svc", "ip_sans": "10.1.2.3"})).await,
+        200
+    );
+    for refused in [
+        json!({"common_name": "evil.example"}),
+        json!({"common_name": "x.ca.example.svc"}),
+        json!({"common_name": "*.example.svc"}),
+        json!({"common_name": "localhost"}),
+        json!({"common_name": "ca.example.svc", "ip_sans": "10.1.2.4"}),
+    ] {
+        assert_eq!(issue(refused.clone()).await, 400, "{refused}");
+    }
 }
 
 /// The alerting rules (component `alerts`, rendered by the single-cluster overlay) are
@@ -172,36 +342,18 @@ async fn setup_configures_kubernetes_auth() {
 #[test]
 fn alert_rules_query_exported_metrics() {
     let rendered = render(&deploy_dir().join("overlays/single-cluster"));
-    // PyYAML comes with kubernetes-validate.
-    let script = r#"
-import json, sys, yaml
-rules = []
-for doc in yaml.safe_load_all(sys.stdin):
-    if doc and doc.get("kind") == "PrometheusRule":
-        for group in doc["spec"]["groups"]:
-            rules.extend(group["rules"])
-print(json.dumps(rules))
-"#;
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(rendered.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rules: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let rules: Vec<serde_json::Value> = documents(&rendered)
+        .into_iter()
+        .filter(|d| d["kind"] == "PrometheusRule")
+        .flat_map(|d| {
+            d["spec"]["groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|g| g["rules"].as_array().unwrap().clone())
+                .collect::<Vec<_>>()
+        })
+        .collect();
     assert!(rules.len() >= 10, "{} rules", rules.len());
 
     let docs =

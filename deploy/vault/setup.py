@@ -149,15 +149,23 @@ def workload_role(trust_domain, max_ttl):
 
 
 def serving_role(names):
+    """Exactly the configured names: no subdomains, wildcards or globs, `localhost` only if
+    listed, and IP SANs only for the listed addresses (OpenBao's `allowed_ip_sans_cidr`; Vault,
+    which lacks it, ignores the field with a warning and allows IP SANs only if any is listed)."""
     dns = [n for n in names if not is_ip(n)]
+    ips = [n for n in names if is_ip(n)]
     return {
         "key_type": "ec",
         "key_bits": 256,
-        "allowed_domains": dns,
+        "allowed_domains": [n for n in dns if n != "localhost"],
         "allow_bare_domains": True,
         "allow_subdomains": False,
-        "allow_localhost": True,
-        "allow_ip_sans": True,
+        "allow_glob_domains": False,
+        "allow_wildcard_certificates": False,
+        "allow_any_name": False,
+        "allow_localhost": "localhost" in dns,
+        "allow_ip_sans": bool(ips),
+        "allowed_ip_sans_cidr": [f"{ip}/{32 if ':' not in ip else 128}" for ip in ips],
         "require_cn": False,
         "server_flag": True,
         "client_flag": False,
@@ -208,26 +216,39 @@ def ensure_kubernetes_auth(vault, args):
     if "kubernetes/" not in auths:
         vault.call("POST", "sys/auth/kubernetes", {"type": "kubernetes"})
         log("enabled auth/kubernetes")
-    config = {"kubernetes_host": args.kubernetes_host}
-    if args.kubernetes_ca_file:
+    existing = vault.get_or_none("auth/kubernetes/config")
+    if existing and existing.get("data", {}).get("kubernetes_host") and not args.kubernetes_overwrite_config:
+        # Another team (or an earlier run with other options) configured this auth mount: its
+        # settings are not ours to replace.
+        log(f"auth/kubernetes/config exists (kubernetes_host={existing['data']['kubernetes_host']}); "
+            "left as it is (--kubernetes-overwrite-config replaces it)")
+        config = None
+    else:
+        config = {"kubernetes_host": args.kubernetes_host}
+    if config is not None and args.kubernetes_ca_file:
         # Vault outside the cluster: the API server's CA is given, and each login's own JWT
         # is used for the TokenReview (the signer's SA then needs system:auth-delegator).
         with open(args.kubernetes_ca_file) as f:
             config["kubernetes_ca_cert"] = f.read()
         config["disable_local_ca_jwt"] = True
-    vault.call("POST", "auth/kubernetes/config", config)
+    if config is not None:
+        vault.call("POST", "auth/kubernetes/config", config)
     vault.call(
         "POST",
         "auth/kubernetes/role/istio-vault-ca",
         {
             "bound_service_account_names": [args.signer_service_account],
             "bound_service_account_namespaces": [args.signer_namespace],
+            # Only a token minted for Vault logs in (the Deployment projects one with this
+            # audience), not the pod's API-server token.
+            "audience": args.kubernetes_audience,
             "token_policies": [POLICY_NAME],
             "token_no_default_policy": True,
             "token_period": "1h",
         },
     )
-    log(f"auth/kubernetes/role/istio-vault-ca: {args.signer_namespace}/{args.signer_service_account} -> {POLICY_NAME}")
+    log(f"auth/kubernetes/role/istio-vault-ca: {args.signer_namespace}/{args.signer_service_account} "
+        f"(audience {args.kubernetes_audience}) -> {POLICY_NAME}")
 
 
 def write_private(path, text):
@@ -246,7 +267,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--addr", default=os.environ.get("BAO_ADDR", os.environ.get("VAULT_ADDR", "http://127.0.0.1:8200")))
     p.add_argument("--token", default=os.environ.get("BAO_TOKEN", os.environ.get("VAULT_TOKEN")),
-                   help="an admin token (default: $BAO_TOKEN or $VAULT_TOKEN)")
+                   help="an admin token (default: $BAO_TOKEN or $VAULT_TOKEN); prefer the environment "
+                        "or --admin-token-file, which other users cannot read from the process list")
+    p.add_argument("--admin-token-file", help="read the admin token from this file")
     p.add_argument("--namespace", default=os.environ.get("VAULT_NAMESPACE"))
     p.add_argument("--cacert", default=os.environ.get("VAULT_CACERT"))
     p.add_argument("--trust-domain", default="cluster.local")
@@ -264,13 +287,20 @@ def main():
     p.add_argument("--kubernetes-host", default="https://kubernetes.default.svc:443",
                    help="API server address Vault uses for TokenReview")
     p.add_argument("--kubernetes-ca-file", help="PEM CA of the API server (default: Vault's own, when in-cluster)")
+    p.add_argument("--kubernetes-audience", default="vault",
+                   help="audience the signer's login token must carry (the Deployment's projected token)")
+    p.add_argument("--kubernetes-overwrite-config", action="store_true",
+                   help="replace an existing auth/kubernetes/config (default: leave it)")
     p.add_argument("--signer-namespace", default="istio-system")
     p.add_argument("--signer-service-account", default="istio-vault-ca")
     p.add_argument("--self-issued-serving", action="store_true",
                    help="let the signer's token sign its own serving certificate (server.self_issued)")
     args = p.parse_args()
+    if args.admin_token_file:
+        with open(args.admin_token_file) as f:
+            args.token = f.read().strip()
     if not args.token:
-        p.error("an admin token is required (--token, $BAO_TOKEN or $VAULT_TOKEN)")
+        p.error("an admin token is required ($BAO_TOKEN, $VAULT_TOKEN, --admin-token-file or --token)")
 
     vault = Vault(args.addr, args.token, args.namespace, args.cacert)
     ensure_mount(vault, args.root_mount, "87600h", "istio-vault-ca root CA")
