@@ -173,7 +173,10 @@ impl ResultCache {
         let mut until = now + max_age.min(self.max_age);
         if let Some(exp) = exp {
             let left = exp.saturating_sub(crate::chain::unix(SystemTime::now()).max(0) as u64);
-            until = until.min(now + Duration::from_secs(left));
+            // `exp` is the issuer's: a far-future value must not overflow the clock.
+            if let Some(at) = now.checked_add(Duration::from_secs(left)) {
+                until = until.min(at);
+            }
         }
         self.entries.insert(key, caller.clone(), until);
     }
@@ -424,7 +427,9 @@ pub struct JwtVerifier {
     trust_domain: TrustDomain,
     source: KeySource,
     http: reqwest::Client,
-    bearer_token_file: Option<PathBuf>,
+    /// Sent only to this origin: the configured JWKS URL's, or the issuer's for discovery (a
+    /// discovery document naming a `jwks_uri` elsewhere does not receive the API token).
+    bearer: Option<(PathBuf, reqwest::Url)>,
     keys: ArcSwap<KeySet>,
     /// When keys were last fetched; also serialises refetches.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
@@ -498,11 +503,20 @@ impl JwtVerifier {
                 (*alg, v)
             })
             .collect();
+        let bearer = match (&config.bearer_token_file, &source) {
+            (Some(path), KeySource::Url(u) | KeySource::Discovery(u)) => {
+                let origin = reqwest::Url::parse(u).map_err(|e| {
+                    AuthnError::KeysUnavailable(format!("invalid key URL {u:?}: {e}"))
+                })?;
+                Some((path.clone(), origin))
+            }
+            _ => None,
+        };
         let verifier = Self {
             trust_domain,
             source,
             http,
-            bearer_token_file: config.bearer_token_file.clone(),
+            bearer,
             keys: ArcSwap::from_pointee(KeySet {
                 by_kid: HashMap::new(),
                 anonymous: Vec::new(),
@@ -659,7 +673,10 @@ impl JwtVerifier {
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, AuthnError> {
         let mut req = self.http.get(url);
-        if let Some(path) = &self.bearer_token_file {
+        let same_origin = |origin: &reqwest::Url| {
+            reqwest::Url::parse(url).is_ok_and(|u| u.origin() == origin.origin())
+        };
+        if let Some((path, _)) = self.bearer.as_ref().filter(|(_, o)| same_origin(o)) {
             let token = tokio::fs::read_to_string(path)
                 .await
                 .map_err(|e| AuthnError::KeysUnavailable(format!("{}: {e}", path.display())))?;
@@ -907,9 +924,25 @@ mod tests {
 
     /// OIDC discovery against a loopback HTTP server speaking the Kubernetes API server's
     /// `/.well-known/openid-configuration` and `/openid/v1/jwks` shapes (no API server can run
-    /// here). Also checks the bearer token is sent.
+    /// here). Also checks where the bearer token is sent: to the issuer's origin only, so a
+    /// discovery document pointing `jwks_uri` elsewhere (here `localhost` instead of
+    /// `127.0.0.1`, another origin) does not receive it.
     #[tokio::test]
     async fn oidc_discovery_from_the_issuer() {
+        assert_eq!(
+            discovery_bearer_seen(false).await,
+            vec![true, true],
+            "discovery then JWKS, both with the bearer token"
+        );
+        assert_eq!(
+            discovery_bearer_seen(true).await,
+            vec![true, false],
+            "the JWKS on another origin gets no bearer token"
+        );
+    }
+
+    /// Runs discovery and one verification; whether each request carried the bearer token.
+    async fn discovery_bearer_seen(jwks_elsewhere: bool) -> Vec<bool> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -917,7 +950,11 @@ mod tests {
         let jwks = issuer.jwks_json();
         let discovery = serde_json::json!({
             "issuer": base,
-            "jwks_uri": format!("{base}/openid/v1/jwks"),
+            "jwks_uri": if jwks_elsewhere {
+                base.replace("127.0.0.1", "localhost") + "/openid/v1/jwks"
+            } else {
+                format!("{base}/openid/v1/jwks")
+            },
             "response_types_supported": ["id_token"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["ES256"],
@@ -971,12 +1008,7 @@ mod tests {
             caller.identity.to_string(),
             "spiffe://cluster.local/ns/ns1/sa/sa1"
         );
-        let seen = seen_auth.lock().unwrap().clone();
-        assert_eq!(
-            seen,
-            vec![true, true],
-            "discovery then JWKS, both with the bearer token"
-        );
+        seen_auth.lock().unwrap().clone()
     }
 
     #[tokio::test]
@@ -1072,6 +1104,20 @@ mod tests {
         );
         // Failures are not cached.
         assert!(a.cache.get(&key).is_none());
+    }
+
+    /// An issuer's far-future `exp` (up to u64::MAX) is cached without overflowing the clock.
+    #[tokio::test]
+    async fn far_future_exp_does_not_overflow() {
+        let (_dir, issuer, a) = authenticator(AuthConfig::default()).await;
+        for exp in [u64::MAX, u64::MAX / 2, i64::MAX as u64] {
+            let mut claims = issuer.claims(&TokenSpec::new("a", "b"));
+            claims["exp"] = exp.into();
+            let token = issuer.sign(&claims).unwrap();
+            let caller = a.authenticate(creds(&token)).await.unwrap();
+            assert_eq!(caller.expires, Some(exp));
+            a.authenticate(creds(&token)).await.unwrap();
+        }
     }
 
     #[tokio::test]

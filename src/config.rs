@@ -392,6 +392,20 @@ pub struct TokenReviewConfig {
     pub cache_max_age: Duration,
 }
 
+impl TokenReviewConfig {
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        // An empty list would let the API server accept a token minted for any audience
+        // (its own default), e.g. one the caller obtained for another service.
+        if self.audiences.iter().all(|a| a.is_empty()) {
+            return Err(ConfigError::invalid(
+                &format!("{key}.audiences"),
+                "must name at least one audience",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for TokenReviewConfig {
     fn default() -> Self {
         Self {
@@ -441,6 +455,47 @@ pub struct JwtConfig {
     pub refetch_interval: Duration,
     /// Accepted signature algorithms.
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
+}
+
+impl JwtConfig {
+    /// The rules every token issuer must meet, local or remote: public-key algorithms only,
+    /// at least one audience, one key source, and keys fetched over HTTPS (plain HTTP only
+    /// on loopback). `reviewed`: tokens are verified by TokenReview instead, so no keys are
+    /// fetched.
+    fn validate(&self, key: &str, reviewed: bool) -> Result<(), ConfigError> {
+        let at = |field: &str| format!("{key}.{field}");
+        if self.audiences.iter().all(|a| a.is_empty()) {
+            return Err(ConfigError::invalid(&at("audiences"), "must not be empty"));
+        }
+        if self.algorithms.is_empty() {
+            return Err(ConfigError::invalid(&at("algorithms"), "must not be empty"));
+        }
+        if let Some(alg) = self.algorithms.iter().find(|a| {
+            use jsonwebtoken::Algorithm::*;
+            matches!(a, HS256 | HS384 | HS512)
+        }) {
+            return Err(ConfigError::invalid(
+                &at("algorithms"),
+                format!(
+                    "{alg:?} is a shared-secret algorithm; only public-key algorithms are allowed"
+                ),
+            ));
+        }
+        if self.jwks_file.is_some() && self.jwks_url.is_some() {
+            return Err(ConfigError::invalid(
+                &at("jwks_url"),
+                format!("set either {key}.jwks_file or {key}.jwks_url, not both"),
+            ));
+        }
+        if self.jwks_file.is_none() && !reviewed {
+            let (field, url) = match &self.jwks_url {
+                Some(u) => ("jwks_url", u.as_str()),
+                None => ("issuer", self.issuer.as_str()),
+            };
+            check_fetch_url(&at(field), url)?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for JwtConfig {
@@ -840,48 +895,19 @@ impl Config {
                 }
             }
         }
-        if self.auth.jwt.audiences.is_empty() {
-            return Err(ConfigError::invalid(
-                "auth.jwt.audiences",
-                "must not be empty",
-            ));
+        self.auth
+            .jwt
+            .validate("auth.jwt", self.auth.token_review.is_some())?;
+        if let Some(tr) = &self.auth.token_review {
+            tr.validate("auth.token_review")?;
         }
-        if self.auth.jwt.algorithms.is_empty() {
-            return Err(ConfigError::invalid(
-                "auth.jwt.algorithms",
-                "must not be empty",
-            ));
-        }
-        if let Some(alg) = self.auth.jwt.algorithms.iter().find(|a| {
-            use jsonwebtoken::Algorithm::*;
-            matches!(a, HS256 | HS384 | HS512)
-        }) {
-            return Err(ConfigError::invalid(
-                "auth.jwt.algorithms",
-                format!(
-                    "{alg:?} is a shared-secret algorithm; only public-key algorithms are allowed"
-                ),
-            ));
-        }
-        if self.auth.jwt.jwks_file.is_some() && self.auth.jwt.jwks_url.is_some() {
-            return Err(ConfigError::invalid(
-                "auth.jwt.jwks_url",
-                "set either auth.jwt.jwks_file or auth.jwt.jwks_url, not both",
-            ));
-        }
-        if self.auth.jwt.jwks_file.is_none() && self.auth.token_review.is_none() {
-            let url = self
-                .auth
-                .jwt
-                .jwks_url
-                .as_deref()
-                .unwrap_or(&self.auth.jwt.issuer);
-            let key = if self.auth.jwt.jwks_url.is_some() {
-                "auth.jwt.jwks_url"
-            } else {
-                "auth.jwt.issuer"
-            };
-            check_http_url(key, url)?;
+        for (i, c) in self.auth.remote_clusters.iter().enumerate() {
+            if let Some(jwt) = &c.jwt {
+                jwt.validate(&format!("auth.remote_clusters[{i}].jwt"), false)?;
+            }
+            if let Some(tr) = &c.token_review {
+                tr.validate(&format!("auth.remote_clusters[{i}].token_review"))?;
+            }
         }
         if self.server.max_in_flight == 0 {
             return Err(ConfigError::invalid(
@@ -891,6 +917,15 @@ impl Config {
         }
         self.server.limits.validate()?;
         self.server.tls.validate()?;
+        if self.vault.delegated.is_some() && self.auth.client_certificates {
+            // A client certificate is no credential Vault can be asked to exchange: such a
+            // caller would have to be signed for with the signer's own token, which delegated
+            // mode exists to avoid.
+            return Err(ConfigError::invalid(
+                "vault.delegated",
+                "cannot be combined with auth.client_certificates (a certificate cannot be delegated to Vault)",
+            ));
+        }
         if self.csr.allowed_keys.is_empty() {
             return Err(ConfigError::invalid(
                 "csr.allowed_keys",
@@ -989,6 +1024,27 @@ fn check_http_url(key: &str, url: &str) -> Result<(), ConfigError> {
             "must be an http:// or https:// URL",
         )),
         Err(e) => Err(ConfigError::invalid(key, format!("invalid URL: {e}"))),
+    }
+}
+
+/// A URL keys are fetched from: `https://`, or `http://` on a loopback host only (a signing
+/// key fetched in the clear could be replaced on the way).
+fn check_fetch_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    check_http_url(key, url)?;
+    let u = reqwest::Url::parse(url).map_err(|e| ConfigError::invalid(key, e.to_string()))?;
+    let loopback = u.host_str().is_some_and(|h| {
+        h == "localhost"
+            || h.trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    if u.scheme() == "https" || loopback {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            "must be https:// (plain http:// only on loopback)",
+        ))
     }
 }
 
@@ -1263,6 +1319,73 @@ over_max = "reject"
         let mut e = required();
         e.extend(env(extra));
         Config::load(None, e).unwrap_err().to_string()
+    }
+
+    /// The issuer rules hold for remote clusters' issuers too, and the new sections validate
+    /// by key.
+    #[test]
+    fn every_issuer_and_limit_is_validated() {
+        let remote = |jwt: &str| {
+            let text = format!(
+                "[server]\ncert_file = \"/c\"\nkey_file = \"/k\"\n[[auth.remote_clusters]]\nid = \"west\"\n[auth.remote_clusters.jwt]\n{jwt}\n"
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("c.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::load(Some(&path), vec![])
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let file = "jwks_file = \"/jwks\"\nissuer = \"https://west\"";
+        assert!(remote(file).is_ok());
+        assert_eq!(
+            remote(&format!("{file}\nalgorithms = [\"HS256\"]")).unwrap_err(),
+            "auth.remote_clusters[0].jwt.algorithms: HS256 is a shared-secret algorithm; only public-key algorithms are allowed"
+        );
+        assert!(
+            remote(&format!("{file}\naudiences = []"))
+                .unwrap_err()
+                .starts_with("auth.remote_clusters[0].jwt.audiences:")
+        );
+        assert_eq!(
+            remote("issuer = \"http://oidc.west.example\"").unwrap_err(),
+            "auth.remote_clusters[0].jwt.issuer: must be https:// (plain http:// only on loopback)"
+        );
+        assert!(remote("issuer = \"http://127.0.0.1:8080\"").is_ok());
+        assert!(
+            err_of(&[("IVCA_AUTH__JWT__JWKS_URL", "http://10.0.0.1/keys")])
+                .starts_with("auth.jwt.jwks_url: must be https://")
+        );
+        assert!(
+            err_of(&[("IVCA_AUTH__TOKEN_REVIEW__AUDIENCES", "[]")])
+                .starts_with("auth.token_review.audiences:")
+        );
+        assert!(
+            err_of(&[
+                ("IVCA_AUTH__CLIENT_CERTIFICATES", "true"),
+                ("IVCA_VAULT__DELEGATED__ROLE", "r")
+            ])
+            .starts_with("vault.delegated: cannot be combined")
+        );
+        assert!(
+            err_of(&[("IVCA_SERVER__LIMITS__MAX_CONNECTIONS", "0")])
+                .starts_with("server.limits.max_connections:")
+        );
+        assert!(
+            err_of(&[("IVCA_SERVER__LIMITS__MAX_CONNECTIONS_PER_PEER", "1000")])
+                .starts_with("server.limits.max_connections_per_peer:")
+        );
+        assert!(
+            err_of(&[(
+                "IVCA_SERVER__TLS__CIPHER_SUITES",
+                r#"["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]"#
+            )])
+            .starts_with("server.tls.cipher_suites: must include a TLS 1.3 suite")
+        );
+        assert!(
+            err_of(&[("IVCA_SERVER__TLS__KEY_EXCHANGE_GROUPS", r#"["X448"]"#)])
+                .starts_with("server.tls.key_exchange_groups")
+        );
     }
 
     #[test]

@@ -275,16 +275,31 @@ impl Signer {
         req: CertificateRequest<'_>,
     ) -> Result<Certified, IssueError> {
         let approved = self.approve(caller, &req)?;
-        let delegated_jwt = req
-            .credentials
-            .bearer
-            .map(str::trim)
-            .filter(|_| caller.method == AuthMethod::Jwt);
+        // Delegated mode signs only with the caller's own Vault credentials: a bearer token
+        // (verified locally or by TokenReview) is exchanged; any other caller is refused, never
+        // signed for with the signer's own token.
+        let delegated_jwt = match (&self.delegation, caller.method) {
+            (None, _) => None,
+            (Some(_), AuthMethod::Jwt | AuthMethod::TokenReview) => Some(
+                req.credentials
+                    .bearer
+                    .map(str::trim)
+                    .ok_or(VaultError::Delegation(
+                        "the caller has no token to delegate".into(),
+                    ))?,
+            ),
+            (Some(_), AuthMethod::ClientCert) => {
+                return Err(VaultError::Delegation(
+                    "a client certificate cannot be delegated to Vault".into(),
+                )
+                .into());
+            }
+        };
         let vault_span = tracing::info_span!(
             target: SPAN_TARGET,
             "vault.sign",
             otel.kind = "client",
-            delegated = self.delegation.is_some() && delegated_jwt.is_some(),
+            delegated = delegated_jwt.is_some(),
             identity = %approved.identity,
             deduplicated = false,
         );

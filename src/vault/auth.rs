@@ -402,13 +402,19 @@ fn renew_delay(lease: &Lease) -> Option<Duration> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let jitter = (nanos % 1000) as f64 / 10_000.0; // 0..0.1
+    // Vault's lease duration is Vault's to choose: renew at least daily, and never compute a
+    // deadline past the clock's range.
     Some(
         lease
             .ttl
+            .min(MAX_LEASE_CONSIDERED)
             .mul_f64(2.0 / 3.0 - jitter)
             .max(Duration::from_millis(200)),
     )
 }
+
+/// Longest lease the renewal schedule takes at its word.
+const MAX_LEASE_CONSIDERED: Duration = Duration::from_secs(36 * 3600);
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {

@@ -16,6 +16,8 @@ use crate::identity::SpiffeId;
 
 /// A margin so a cached token is not used in its last seconds.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
+/// Stand-in for "never" when a lifetime does not fit the clock.
+const FAR_FUTURE: Duration = Duration::from_secs(365 * 86400);
 
 pub struct Delegation {
     mount: String,
@@ -97,10 +99,15 @@ impl VaultClient {
                 other => other,
             })?;
         let now = Instant::now();
-        let mut until = now + lease.ttl.saturating_sub(EXPIRY_MARGIN);
+        // Both lifetimes come from outside (Vault's lease, the caller's `exp`): a far-future
+        // value must not overflow the clock; such an entry simply lives as long as the cache.
+        let later = |d: Duration| now.checked_add(d.saturating_sub(EXPIRY_MARGIN));
+        let mut until = later(lease.ttl).unwrap_or(now + FAR_FUTURE);
         if let Some(exp) = jwt_exp {
             let jwt_left = exp.saturating_sub(crate::chain::unix(SystemTime::now()).max(0) as u64);
-            until = until.min(now + Duration::from_secs(jwt_left).saturating_sub(EXPIRY_MARGIN));
+            if let Some(at) = later(Duration::from_secs(jwt_left)) {
+                until = until.min(at);
+            }
         }
         delegation.tokens.insert(*key, lease.token.clone(), until);
         Ok(lease.token)
