@@ -390,6 +390,15 @@ pub struct TokenReviewConfig {
     /// How long a reviewed token is remembered (short: revocations take effect after it).
     #[serde(with = "duration")]
     pub cache_max_age: Duration,
+    /// Expected `iss` values, checked (unverified) before a token is sent for review; empty:
+    /// any issuer, as long as the token looks like a JWT.
+    pub issuers: Vec<String>,
+    /// How long a token the API server refused is refused without asking again.
+    #[serde(with = "duration")]
+    pub negative_cache_max_age: Duration,
+    /// TokenReviews per second to this cluster's API server (burst: twice as many); beyond
+    /// it, calls with unknown tokens get `Unavailable` at once.
+    pub max_reviews_per_second: u32,
 }
 
 impl TokenReviewConfig {
@@ -402,6 +411,12 @@ impl TokenReviewConfig {
                 "must name at least one audience",
             ));
         }
+        if self.max_reviews_per_second == 0 {
+            return Err(ConfigError::invalid(
+                &format!("{key}.max_reviews_per_second"),
+                "must be at least 1",
+            ));
+        }
         Ok(())
     }
 }
@@ -412,6 +427,9 @@ impl Default for TokenReviewConfig {
             kubeconfig: None,
             audiences: vec!["istio-ca".into()],
             cache_max_age: Duration::from_secs(30),
+            issuers: Vec::new(),
+            negative_cache_max_age: Duration::from_secs(10),
+            max_reviews_per_second: 100,
         }
     }
 }

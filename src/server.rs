@@ -172,6 +172,7 @@ pub fn to_status(err: &IssueError) -> Status {
         IssueError::Authn(AuthnError::ReviewUnavailable(_)) => {
             Status::unavailable("TokenReview is unavailable; retry later")
         }
+        IssueError::Authn(e @ AuthnError::ReviewThrottled) => Status::unavailable(e.to_string()),
         IssueError::Authn(AuthnError::UnknownCluster(_) | AuthnError::AmbiguousCluster) => {
             Status::unauthenticated(err.to_string())
         }

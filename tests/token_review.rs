@@ -17,18 +17,37 @@ use serde_json::{Value, json};
 use support::{Env, id, sample};
 use tonic::Code;
 
+/// A service-account-shaped JWT named `name` (the fake API server judges it by its text; the
+/// signer only checks its shape before asking).
+fn jwt(name: &str) -> String {
+    jwt_with(
+        json!({"alg": "RS256", "kid": "k1"}),
+        json!({"iss": "https://kubernetes.default.svc.cluster.local", "sub": name, "exp": 4102444800u64}),
+    )
+}
+
+fn jwt_with(header: Value, claims: Value) -> String {
+    use base64::Engine;
+    let b64 = |v: &Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+    };
+    format!("{}.{}.c2lnbmF0dXJl", b64(&header), b64(&claims))
+}
+
 /// What the fake API server answers for each token, and how many reviews it served.
 #[derive(Clone, Default)]
 struct FakeApi {
     users: Arc<Mutex<HashMap<String, Value>>>,
+    /// Tokens the API server says are valid for other audiences only.
+    foreign: Arc<Mutex<Vec<String>>>,
     reviews: Arc<AtomicUsize>,
 }
 
 impl FakeApi {
-    /// `token` authenticates as `username` in `groups`, bound to a pod.
-    fn allow(&self, token: &str, username: &str, groups: &[&str]) {
+    /// The token `jwt(name)` authenticates as `username` in `groups`, bound to a pod.
+    fn allow(&self, name: &str, username: &str, groups: &[&str]) {
         self.users.lock().unwrap().insert(
-            token.to_owned(),
+            jwt(name),
             json!({
                 "username": username,
                 "uid": "0000-1111",
@@ -52,7 +71,9 @@ impl FakeApi {
                     api.reviews.fetch_add(1, Ordering::SeqCst);
                     let token = review["spec"]["token"].as_str().unwrap_or_default();
                     let audiences_ok = review["spec"]["audiences"] == json!(["istio-ca"]);
+                    let foreign = api.foreign.lock().unwrap().iter().any(|t| t == token);
                     let status = match api.users.lock().unwrap().get(token) {
+                        Some(user) if foreign => json!({"authenticated": true, "user": user, "audiences": ["other"]}),
                         Some(user) if audiences_ok => json!({"authenticated": true, "user": user, "audiences": ["istio-ca"]}),
                         _ => json!({"authenticated": false, "error": "[invalid bearer token, token lookup failed]"}),
                     };
@@ -74,22 +95,36 @@ impl FakeApi {
 }
 
 async fn env_with(api: &FakeApi, max_age: Duration) -> Env {
+    env_with_review(api, |r| r.cache_max_age = max_age).await
+}
+
+async fn env_with_review(
+    api: &FakeApi,
+    customize: impl FnOnce(&mut istio_vault_ca::config::TokenReviewConfig),
+) -> Env {
     let server = api.start().await;
     let dir = tempfile::tempdir().unwrap();
     let kc = support::kubeconfig(dir.path(), "kubeconfig", &server);
     let env = Env::start_with(|c| {
-        c.auth.token_review = Some(istio_vault_ca::config::TokenReviewConfig {
+        let mut review = istio_vault_ca::config::TokenReviewConfig {
             kubeconfig: Some(kc.clone()),
             audiences: vec!["istio-ca".into()],
-            cache_max_age: max_age,
-        });
+            ..Default::default()
+        };
+        customize(&mut review);
+        c.auth.token_review = Some(review);
     })
     .await;
     std::mem::forget(dir); // the kubeconfig is read at start-up only
     env
 }
 
-fn with_token(env: &Env, token: &str) -> CallOptions {
+/// Call options carrying `jwt(name)`.
+fn with_token(env: &Env, name: &str) -> CallOptions {
+    with_raw_token(env, &jwt(name))
+}
+
+fn with_raw_token(env: &Env, token: &str) -> CallOptions {
     CallOptions {
         token: Some(token.into()),
         ..env.opts("default", "demo")
@@ -226,4 +261,116 @@ async fn api_server_down_is_unavailable() {
         sample(&text, series).is_some_and(|n| n >= 1.0),
         "no {series} in:\n{text}"
     );
+}
+
+/// Garbage never reaches the API server: tokens that are not plausible service-account JWTs
+/// are refused before any review, a refused token is not asked about again for a while, and
+/// reviews are rate-limited. The API server must confirm our audience.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_tokens_do_not_reach_the_api_server() {
+    let api = FakeApi::default();
+    api.allow(
+        "foreign-audience",
+        "system:serviceaccount:default:demo",
+        &["system:serviceaccounts"],
+    );
+    api.foreign.lock().unwrap().push(jwt("foreign-audience"));
+    let env = env_with_review(&api, |r| {
+        r.issuers = vec!["https://kubernetes.default.svc.cluster.local".into()];
+        r.max_reviews_per_second = 1;
+    })
+    .await;
+    let demo = id("default", "demo");
+    let iss = "https://kubernetes.default.svc.cluster.local";
+    let garbage = [
+        ("opaque", "not-a-jwt".to_owned()),
+        ("huge", jwt(&"x".repeat(5000))),
+        (
+            "alg none",
+            jwt_with(json!({"alg": "none"}), json!({"iss": iss})),
+        ),
+        (
+            "HMAC",
+            jwt_with(json!({"alg": "HS256"}), json!({"iss": iss})),
+        ),
+        (
+            "expired",
+            jwt_with(
+                json!({"alg": "RS256"}),
+                json!({"iss": iss, "exp": 1_000_000}),
+            ),
+        ),
+        (
+            "foreign issuer",
+            jwt_with(
+                json!({"alg": "RS256"}),
+                json!({"iss": "https://evil.example"}),
+            ),
+        ),
+        (
+            "no issuer",
+            jwt_with(json!({"alg": "RS256"}), json!({"sub": "x"})),
+        ),
+    ];
+    for (what, token) in &garbage {
+        let err = env
+            .request(Shape::PilotAgent, &demo, &with_raw_token(&env, token))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::Unauthenticated,
+            "{what}: {}",
+            err.message()
+        );
+    }
+    assert_eq!(
+        api.reviews.load(Ordering::SeqCst),
+        0,
+        "garbage was reviewed"
+    );
+
+    // Valid for another audience only: refused.
+    let err = env
+        .request(
+            Shape::PilotAgent,
+            &demo,
+            &with_token(&env, "foreign-audience"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{}", err.message());
+    assert!(err.message().contains("audience"), "{}", err.message());
+    assert_eq!(api.reviews.load(Ordering::SeqCst), 1);
+
+    // A refused token is not reviewed again while it is remembered.
+    for _ in 0..3 {
+        let err = env
+            .request(Shape::PilotAgent, &demo, &with_token(&env, "unknown"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{}", err.message());
+    }
+    assert_eq!(api.reviews.load(Ordering::SeqCst), 2);
+
+    // Distinct unknown tokens beyond the rate (1/s, burst 2, two already spent): Unavailable
+    // without an API call.
+    let mut throttled = 0;
+    for i in 0..6 {
+        let err = env
+            .request(
+                Shape::PilotAgent,
+                &demo,
+                &with_token(&env, &format!("new-{i}")),
+            )
+            .await
+            .unwrap_err();
+        if err.code() == Code::Unavailable {
+            assert!(err.message().contains("retry later"), "{}", err.message());
+            throttled += 1;
+        }
+    }
+    assert!(throttled >= 3, "only {throttled} throttled");
+    assert!(api.reviews.load(Ordering::SeqCst) <= 2 + 3);
+    assert_eq!(env.bao.sign_calls(), 0);
 }
