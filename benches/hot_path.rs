@@ -165,7 +165,7 @@ fn handler(c: &mut Criterion) {
             credentials: Credentials {
                 bearer: Some(&token),
                 cluster_ids: &ids,
-                peer_cert: None,
+                peer_chain: &[],
             },
             csr_pem: &kc.csr_pem,
             validity_seconds: 86400,

@@ -117,9 +117,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(roots = initial.roots().len(), "trust bundle loaded");
     let shared_bundle = Arc::new(ArcSwap::from_pointee(initial));
 
+    let client_roots = match (
+        &config.server.client_ca_file,
+        config.auth.client_certificates,
+    ) {
+        (Some(path), _) => tls::ClientRoots::File(path.clone()),
+        (None, true) => tls::ClientRoots::Bundle(shared_bundle.clone()),
+        (None, false) => tls::ClientRoots::None,
+    };
+    let client_verifier = tls::client_verifier(client_roots).context("client certificates")?;
     let authn = Authenticator::new(&config.auth, config.trust_domain.clone())
         .await
-        .context("authenticator")?;
+        .context("authenticator")?
+        .with_client_verifier(client_verifier.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let impersonation = match &config.auth.impersonation {
         Some(imp) => Some(start_pod_caches(&config, imp, shutdown_rx.clone()).await?),
@@ -157,16 +167,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 .context("serving certificate")?,
         ),
     };
-    let client_roots = match (
-        &config.server.client_ca_file,
-        config.auth.client_certificates,
-    ) {
-        (Some(path), _) => tls::ClientRoots::File(path.clone()),
-        (None, true) => tls::ClientRoots::Bundle(shared_bundle.clone()),
-        (None, false) => tls::ClientRoots::None,
-    };
     let tls_config =
-        tls::server_config(serving.clone(), client_roots, &config.server.tls).context("TLS")?;
+        tls::server_config(serving.clone(), client_verifier, &config.server.tls).context("TLS")?;
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;

@@ -115,14 +115,17 @@ pub struct Credentials<'a> {
     pub bearer: Option<&'a str>,
     /// Every `clusterid` header value.
     pub cluster_ids: &'a [&'a str],
-    /// The leaf of a client certificate the TLS handshake verified, if one was presented.
-    pub peer_cert: Option<&'a [u8]>,
+    /// The client certificate chain (leaf first) the TLS handshake verified; empty if none.
+    pub peer_chain: &'a [rustls_pki_types::CertificateDer<'static>],
 }
 
 /// The authenticator chain for this signer.
 pub struct Authenticator {
     cluster_id: String,
     client_certificates: bool,
+    /// Re-verifies a client certificate chain on every call (the handshake's verdict may be
+    /// older than the certificate's validity or the current trust bundle).
+    client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
     trust_domain: TrustDomain,
     /// Token verification per cluster ID (the local cluster under `cluster_id`).
     clusters: HashMap<String, TokenVerifier>,
@@ -192,6 +195,7 @@ impl Authenticator {
         Ok(Self {
             cluster_id: config.cluster_id.clone(),
             client_certificates: config.client_certificates,
+            client_verifier: None,
             clusters: {
                 let mut clusters = HashMap::new();
                 clusters.insert(
@@ -224,6 +228,31 @@ impl Authenticator {
         })
     }
 
+    /// Verifies client certificates on every call with `verifier` (the one the TLS port uses).
+    pub fn with_client_verifier(
+        mut self,
+        verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    ) -> Self {
+        self.client_verifier = verifier;
+        self
+    }
+
+    /// A client certificate chain checked now: still valid, and issued under the current
+    /// trust bundle (and the configured issuers). Without a verifier (tests of this module),
+    /// the handshake's verdict stands.
+    fn verify_chain_now(
+        &self,
+        chain: &[rustls_pki_types::CertificateDer<'static>],
+    ) -> Result<(), AuthnError> {
+        let (Some(verifier), [leaf, intermediates @ ..]) = (&self.client_verifier, chain) else {
+            return Ok(());
+        };
+        verifier
+            .verify_client_cert(leaf, intermediates, rustls_pki_types::UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| AuthnError::ClientCert(format!("no longer valid: {e}")))
+    }
+
     pub async fn authenticate(&self, creds: Credentials<'_>) -> Result<Caller, AuthnError> {
         let cluster = match creds.cluster_ids {
             [] | [""] => self.cluster_id.as_str(),
@@ -239,9 +268,12 @@ impl Authenticator {
         // A verified client certificate is tried first (as istiod does); if it names no
         // workload of ours, a token may still authenticate the call.
         if self.client_certificates
-            && let Some(der) = creds.peer_cert
+            && let Some(leaf) = creds.peer_chain.first()
         {
-            match identity_from_cert(der, &self.trust_domain) {
+            let checked = self
+                .verify_chain_now(creds.peer_chain)
+                .and_then(|()| identity_from_cert(leaf, &self.trust_domain));
+            match checked {
                 Ok(identity) => {
                     return Ok(Caller {
                         identity,
@@ -1178,7 +1210,7 @@ mod tests {
                 a.authenticate(Credentials {
                     bearer: bearer.as_deref(),
                     cluster_ids: ids,
-                    peer_cert: None,
+                    peer_chain: &[],
                 })
                 .await
             }
@@ -1207,7 +1239,7 @@ mod tests {
         Credentials {
             bearer: Some(token),
             cluster_ids: &[],
-            peer_cert: None,
+            peer_chain: &[],
         }
     }
 

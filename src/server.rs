@@ -57,10 +57,6 @@ impl IstioCertificateService for CaService {
         arrival.mark_reported();
         let peer = request.remote_addr();
         let peer_certs = request.peer_certs();
-        let peer_cert = peer_certs
-            .as_ref()
-            .and_then(|c| c.first())
-            .map(|c| c.as_ref());
         let md = request.metadata();
         let bearer = md
             .get_all("authorization")
@@ -100,7 +96,7 @@ impl IstioCertificateService for CaService {
             credentials: Credentials {
                 bearer,
                 cluster_ids: &cluster_ids,
-                peer_cert,
+                peer_chain: peer_certs.as_deref().map_or(&[], Vec::as_slice),
             },
             csr_pem: &body.csr,
             validity_seconds: body.validity_duration,

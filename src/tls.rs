@@ -473,7 +473,7 @@ pub enum ClientRoots {
 /// presented but never required (token-only callers still connect).
 pub fn server_config(
     cert: Arc<ServingCert>,
-    client_roots: ClientRoots,
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
     policy: &TlsPolicyConfig,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let provider = server_provider(policy);
@@ -481,25 +481,13 @@ pub fn server_config(
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
     };
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    let verifies_clients = !matches!(client_roots, ClientRoots::None);
-    let builder = match client_roots {
-        ClientRoots::File(path) => {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(&path)?)
-                .collect::<Result<_, _>>()
-                .map_err(|e| TlsError::Invalid(e.to_string()))?;
-            builder.with_client_cert_verifier(optional_client_verifier(&certs, &provider)?)
-        }
-        ClientRoots::Bundle(bundle) => {
-            builder.with_client_cert_verifier(Arc::new(BundleVerifier {
-                bundle,
-                provider,
-                current: std::sync::Mutex::new(None),
-            }))
-        }
-        ClientRoots::None => builder.with_no_client_auth(),
+    let verifies_clients = client_verifier.is_some();
+    let builder = match client_verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(Arc::new(Resolver(cert)));
     config.alpn_protocols = vec![b"h2".to_vec()];
@@ -510,6 +498,28 @@ pub fn server_config(
         config.send_tls13_tickets = 0;
     }
     Ok(config)
+}
+
+/// The verifier of optional client certificates: against `roots`, or none. The same verifier
+/// is asked again on every call that authenticates with a certificate.
+pub fn client_verifier(
+    roots: ClientRoots,
+) -> Result<Option<Arc<dyn ClientCertVerifier>>, TlsError> {
+    let provider = provider();
+    Ok(match roots {
+        ClientRoots::File(path) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(&path)?)
+                .collect::<Result<_, _>>()
+                .map_err(|e| TlsError::Invalid(e.to_string()))?;
+            Some(optional_client_verifier(&certs, &provider)?)
+        }
+        ClientRoots::Bundle(bundle) => Some(Arc::new(BundleVerifier {
+            bundle,
+            provider,
+            current: std::sync::Mutex::new(None),
+        })),
+        ClientRoots::None => None,
+    })
 }
 
 /// The gRPC port's crypto provider: aws-lc-rs restricted to `policy`'s suites and groups, in

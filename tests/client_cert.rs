@@ -116,3 +116,63 @@ async fn certificates_ignored_unless_enabled() {
     assert_eq!(err.code(), Code::Unauthenticated, "{}", err.message());
     assert_eq!(env.bao.sign_calls(), 1);
 }
+
+/// A certificate is judged on every call, not only at the handshake: on a connection that
+/// outlives the certificate, the next call is refused. Sessions are never resumed while
+/// client certificates authenticate (a resumed session would skip verification).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_checked_on_every_call_and_never_resumed() {
+    let env = Env::start_with(|c| c.auth.client_certificates = true).await;
+    let vm = id("vm", "app");
+    let mut opts = env.opts("vm", "app");
+    opts.ttl_seconds = 3;
+    let (chain, kc) = env.request(Shape::PilotAgent, &vm, &opts).await.unwrap();
+    let not_after = client::inspect_chain(&chain).unwrap().not_after;
+    let mut grpc = mtls_client(&env, &format!("{}{}", chain[0], chain[1]), &kc.key_pem())
+        .await
+        .unwrap();
+    renew(&mut grpc, &vm, &vm)
+        .await
+        .expect("valid certificate authenticates");
+    // Same connection, after the certificate's NotAfter.
+    let wait = (not_after - support::now_unix() + 2).max(0) as u64;
+    tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+    let err = renew(&mut grpc, &vm, &vm).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{}", err.message());
+    assert!(
+        err.message().contains("no longer valid"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(env.bao.sign_calls(), 2);
+
+    // Two handshakes from a client that keeps sessions: both full.
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&env.ca_pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = std::sync::Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    for _ in 0..2 {
+        let tcp = tokio::net::TcpStream::connect(&env.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        // Read the session ticket, if the server sent one.
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            tokio::io::AsyncReadExt::read(&mut tls, &mut [0u8; 1]),
+        )
+        .await;
+        assert_eq!(
+            tls.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Full)
+        );
+    }
+}
