@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::RawQuery;
@@ -26,14 +27,39 @@ fn pod(ns: &str, name: &str, uid: &str, sa: &str, node: &str) -> Value {
 
 /// Serves `pods` for list requests and holds watch requests open without events.
 async fn fake_api(pods: Vec<Value>) -> String {
+    fake_api_with_events(pods, Events::default()).await
+}
+
+/// Watch events (`{"type": ..., "object": pod}`) every open watch streams, in order.
+type Events = Arc<Mutex<Vec<Value>>>;
+
+/// Serves `pods` for list requests; watch requests stream `events` as they are pushed.
+async fn fake_api_with_events(pods: Vec<Value>, events: Events) -> String {
     let app = axum::Router::new().route(
         "/api/v1/pods",
         get(move |RawQuery(q): RawQuery| {
             let pods = pods.clone();
+            let events = events.clone();
             async move {
                 let q = q.unwrap_or_default();
                 if q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1") {
-                    let body = axum::body::Body::from_stream(tokio_stream::pending::<Result<axum::body::Bytes, std::io::Error>>());
+                    let lines = futures_util::stream::unfold(0usize, move |sent| {
+                        let events = events.clone();
+                        async move {
+                            loop {
+                                let next = events.lock().unwrap().get(sent).cloned();
+                                if let Some(event) = next {
+                                    let line = format!("{event}\n");
+                                    return Some((
+                                        Ok::<_, std::io::Error>(axum::body::Bytes::from(line)),
+                                        sent + 1,
+                                    ));
+                                }
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                    });
+                    let body = axum::body::Body::from_stream(lines);
                     axum::response::Response::new(body)
                 } else {
                     let list = json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "100"}, "items": pods});
@@ -260,4 +286,94 @@ async fn impersonation_matrix() {
         assert_eq!(get("istio_vault_ca_pod_cache_synced"), Some(1.0), "{text}");
         assert_eq!(get("istio_vault_ca_pod_cache_pods"), Some(pods), "{text}");
     }
+}
+
+/// Only live workloads on the node authorize impersonation: a pod that already `Succeeded`
+/// in the first list, a mirror (static) pod without a service account, and a pod that
+/// finishes through a watch event each give PermissionDenied, with no sign call at OpenBao.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_and_mirror_pods_never_authorize() {
+    let mut done = pod("ns-done", "done-1", "done-1", "sa-done", "node-a");
+    done["status"]["phase"] = "Succeeded".into();
+    let mirror = json!({
+        "metadata": {"name": "etcd-node-a", "namespace": "victim", "uid": "mirror-1",
+            "resourceVersion": "10",
+            "annotations": {"kubernetes.io/config.mirror": "0123456789abcdef"}},
+        "spec": {"nodeName": "node-a", "containers": [{"name": "etcd", "image": "etcd"}]},
+        "status": {"phase": "Running"}
+    });
+    let soon = pod("default", "soon-1", "soon-1", "soon", "node-a");
+    let events = Events::default();
+    let api = fake_api_with_events(
+        vec![
+            pod("istio-system", "ztunnel-a", "zt-a", "ztunnel", "node-a"),
+            done,
+            mirror,
+            soon.clone(),
+        ],
+        events.clone(),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = support::kubeconfig(dir.path(), "local", &api);
+    // Its own cluster ID: the pod-cache gauges of the other test in this binary stay apart.
+    let env = Env::start_with(|c| {
+        c.auth.cluster_id = "lifecycle".into();
+        c.auth.impersonation = Some(ImpersonationConfig {
+            kubeconfig: Some(kc.clone()),
+            ..Default::default()
+        });
+    })
+    .await;
+    let zt = token(
+        &env.issuer,
+        "istio-system",
+        "ztunnel",
+        "ztunnel-a",
+        "zt-a",
+        "node-a",
+    );
+    let ask = async |want: &istio_vault_ca::identity::SpiffeId| {
+        let opts = CallOptions {
+            token: Some(zt.clone()),
+            cluster_id: Some("lifecycle".into()),
+            ttl_seconds: 3600,
+            impersonate: Some(want.to_string()),
+        };
+        let kc = client::generate_csr(Shape::Ztunnel, want).unwrap();
+        let req = client::build_request(Shape::Ztunnel, &kc.csr_pem, want, &opts).unwrap();
+        let before = env.bao.sign_calls();
+        let result = env.client().await.create_certificate(req).await;
+        if result.is_err() {
+            assert_eq!(env.bao.sign_calls(), before, "a refusal reached OpenBao");
+        }
+        result
+    };
+    let soon_id = id("default", "soon");
+    // Once the cache has listed, the live pod on the node is served.
+    support::eventually("pod cache synced", async || ask(&soon_id).await.is_ok()).await;
+    assert_eq!(env.bao.sign_calls(), 1);
+    for want in [id("ns-done", "sa-done"), id("victim", "default")] {
+        let err = ask(&want).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::PermissionDenied,
+            "{want}: {}",
+            err.message()
+        );
+    }
+    // The pod finishes: a MODIFIED event with phase Succeeded.
+    let mut finished = soon;
+    finished["status"]["phase"] = "Succeeded".into();
+    finished["metadata"]["resourceVersion"] = "11".into();
+    events
+        .lock()
+        .unwrap()
+        .push(json!({"type": "MODIFIED", "object": finished}));
+    support::eventually("finished pod stops authorizing", async || {
+        ask(&soon_id)
+            .await
+            .is_err_and(|e| e.code() == Code::PermissionDenied)
+    })
+    .await;
 }
