@@ -319,7 +319,10 @@ impl Authenticator {
 
 /// The workload identity of a verified client certificate: exactly one URI SAN, a SPIFFE ID
 /// of `trust_domain`.
-fn identity_from_cert(der: &[u8], trust_domain: &TrustDomain) -> Result<SpiffeId, AuthnError> {
+pub(crate) fn identity_from_cert(
+    der: &[u8],
+    trust_domain: &TrustDomain,
+) -> Result<SpiffeId, AuthnError> {
     use x509_parser::extensions::GeneralName;
     use x509_parser::prelude::{FromDer, X509Certificate};
     let bad = |m: &str| AuthnError::ClientCert(m.to_owned());

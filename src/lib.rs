@@ -19,6 +19,8 @@ pub mod csr;
 pub mod dev;
 pub mod distribute;
 pub mod echo;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod identity;
 pub mod loadgen;
 pub mod metrics;

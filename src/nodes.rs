@@ -285,163 +285,49 @@ pub async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
-    /// A pod as the API server would send it.
-    #[derive(Debug, Clone)]
-    struct Spec {
-        uid: u8,
-        ns: &'static str,
-        sa: Option<&'static str>,
-        node: &'static str,
-        phase: &'static str,
-        mirror: bool,
+    fn pod(uid: &str, sa: Option<&str>, phase: &str, mirror: bool) -> Pod {
+        let mut meta = serde_json::json!({"name": uid, "namespace": "a", "uid": uid});
+        if mirror {
+            meta["annotations"] = serde_json::json!({MIRROR_ANNOTATION: "hash"});
+        }
+        let mut spec = serde_json::json!({"nodeName": "n1", "containers": []});
+        if let Some(sa) = sa {
+            spec["serviceAccountName"] = sa.into();
+        }
+        serde_json::from_value(serde_json::json!({
+            "metadata": meta, "spec": spec, "status": {"phase": phase}
+        }))
+        .unwrap()
     }
 
-    impl Spec {
-        fn pod(&self) -> Pod {
-            let mut meta = serde_json::json!({
-                "name": format!("p{}", self.uid), "namespace": self.ns, "uid": format!("u{}", self.uid),
-            });
-            if self.mirror {
-                meta["annotations"] = serde_json::json!({MIRROR_ANNOTATION: "hash"});
-            }
-            let mut spec = serde_json::json!({"nodeName": self.node, "containers": []});
-            if let Some(sa) = self.sa {
-                spec["serviceAccountName"] = sa.into();
-            }
-            serde_json::from_value(serde_json::json!({
-                "metadata": meta, "spec": spec, "status": {"phase": self.phase}
-            }))
-            .unwrap()
-        }
-
-        /// The model's rule, written independently of `workload`.
-        fn counts(&self) -> bool {
-            !self.mirror
-                && self.sa.is_some_and(|s| !s.is_empty())
-                && self.phase != "Succeeded"
-                && self.phase != "Failed"
-        }
-    }
-
-    const NAMESPACES: [&str; 2] = ["a", "b"];
-    const ACCOUNTS: [Option<&str>; 4] = [Some("x"), Some("y"), Some(""), None];
-    const NODES: [&str; 2] = ["n1", "n2"];
-    const PHASES: [&str; 5] = ["Pending", "Running", "Succeeded", "Failed", "Unknown"];
-
-    /// xorshift: a deterministic event stream without a dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 % n as u64) as usize
-        }
-    }
-
-    fn random_spec(rng: &mut Rng) -> Spec {
-        Spec {
-            uid: rng.next(12) as u8,
-            ns: NAMESPACES[rng.next(2)],
-            sa: ACCOUNTS[rng.next(4)],
-            node: NODES[rng.next(2)],
-            phase: PHASES[rng.next(5)],
-            mirror: rng.next(6) == 0,
-        }
-    }
-
-    /// The index agrees with a model (a map of the latest object per pod, filtered by the
-    /// model's own rule) after every event of many random sequences, including re-lists.
+    /// The index agrees with an independent model (crate::fuzz::pods, also a fuzz target)
+    /// after every event of many pseudo-random sequences, including re-lists.
     #[test]
     fn index_agrees_with_model() {
-        for seed in 1..200u64 {
-            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let index = PodIndex::default();
-            let mut relist = Relist::default();
-            let mut model: BTreeMap<u8, Spec> = BTreeMap::new();
-            let mut listing: Option<BTreeMap<u8, Spec>> = None;
-            for _ in 0..60 {
-                let s = random_spec(&mut rng);
-                let event = match rng.next(10) {
-                    0 => {
-                        listing = Some(BTreeMap::new());
-                        watcher::Event::Init
-                    }
-                    1 | 2 if listing.is_some() => {
-                        listing.as_mut().unwrap().insert(s.uid, s.clone());
-                        watcher::Event::InitApply(s.pod())
-                    }
-                    3 => {
-                        if let Some(l) = listing.take() {
-                            model = l;
-                        }
-                        watcher::Event::InitDone
-                    }
-                    4 => {
-                        model.remove(&s.uid);
-                        watcher::Event::Delete(s.pod())
-                    }
-                    _ => {
-                        model.insert(s.uid, s.clone());
-                        watcher::Event::Apply(s.pod())
-                    }
-                };
-                index.handle(&mut relist, event);
-                let live: Vec<&Spec> = model.values().filter(|s| s.counts()).collect();
-                assert_eq!(index.pod_count(), live.len(), "seed {seed}");
-                for ns in NAMESPACES {
-                    for sa in ["x", "y", "", "default"] {
-                        for node in NODES {
-                            let want = live
-                                .iter()
-                                .any(|s| s.ns == ns && s.sa == Some(sa) && s.node == node);
-                            assert_eq!(index.runs_on(ns, sa, node), want, "seed {seed}");
-                        }
-                    }
-                }
-                for uid in 0..12u8 {
-                    let want = model.get(&uid).filter(|s| s.counts());
-                    for ns in NAMESPACES {
-                        let got = index.pod(ns, &format!("p{uid}"));
-                        match want.filter(|s| s.ns == ns) {
-                            Some(s) => {
-                                let got = got.expect("live pod missing");
-                                assert_eq!(got.service_account, s.sa.unwrap());
-                                assert_eq!(got.node.as_deref(), Some(s.node));
-                            }
-                            None => assert!(got.is_none(), "seed {seed}: p{uid} in {ns}"),
-                        }
-                    }
-                }
-            }
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..300 {
+            let events: Vec<u8> = (0..180)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            crate::fuzz::pods(&events);
         }
     }
 
     #[test]
     fn finished_and_mirror_pods_never_count_on_any_path() {
-        let done = Spec {
-            uid: 1,
-            ns: "a",
-            sa: Some("x"),
-            node: "n1",
-            phase: "Succeeded",
-            mirror: false,
-        };
-        let mirror = Spec {
-            uid: 2,
-            ns: "a",
-            sa: None,
-            node: "n1",
-            phase: "Running",
-            mirror: true,
-        };
         let index = PodIndex::default();
         let mut relist = Relist::default();
         index.handle(&mut relist, watcher::Event::Init);
-        index.handle(&mut relist, watcher::Event::InitApply(done.pod()));
-        index.handle(&mut relist, watcher::Event::InitApply(mirror.pod()));
+        let done = pod("done", Some("x"), "Succeeded", false);
+        index.handle(&mut relist, watcher::Event::InitApply(done.clone()));
+        let mirror = pod("mirror", None, "Running", true);
+        index.handle(&mut relist, watcher::Event::InitApply(mirror));
         assert_eq!(
             index.handle(&mut relist, watcher::Event::InitDone),
             Change::Synced(0)
@@ -449,14 +335,11 @@ mod tests {
         assert!(index.synced());
         assert!(!index.runs_on("a", "x", "n1") && !index.runs_on("a", "default", "n1"));
         // A running pod that finishes through a watch event stops counting.
-        let running = Spec {
-            phase: "Running",
-            ..done.clone()
-        };
-        index.handle(&mut relist, watcher::Event::Apply(running.pod()));
+        let running = pod("done", Some("x"), "Running", false);
+        index.handle(&mut relist, watcher::Event::Apply(running));
         assert!(index.runs_on("a", "x", "n1"));
-        index.handle(&mut relist, watcher::Event::Apply(done.pod()));
+        index.handle(&mut relist, watcher::Event::Apply(done));
         assert!(!index.runs_on("a", "x", "n1"));
-        assert!(index.pod("a", "p1").is_none());
+        assert!(index.pod("a", "done").is_none());
     }
 }

@@ -546,6 +546,14 @@ impl VaultClient {
     }
 }
 
+/// Parses the body of a `sign/<role>` answer (what the signer does with Vault's bytes; the
+/// fuzz target `leaf` feeds it mutated answers).
+pub fn parse_sign_response(body: &[u8]) -> Result<SignedCert, VaultError> {
+    let env: Envelope<SignData> =
+        serde_json::from_slice(body).map_err(|e| VaultError::Malformed(e.to_string()))?;
+    signed_from(env)
+}
+
 fn signed_from(env: Envelope<SignData>) -> Result<SignedCert, VaultError> {
     let data = env
         .data

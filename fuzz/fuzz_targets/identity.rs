@@ -1,0 +1,4 @@
+//! Fuzz target `identity`: body and oracle in `istio_vault_ca::fuzz::identity`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| istio_vault_ca::fuzz::identity(data));

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target (fuzz/) for SECONDS each (default 60), starting from the
+# committed seed corpora. New inputs go to target/fuzz-corpus/<target>; crashes to
+# fuzz/artifacts/<target>. Needs a nightly toolchain (rustup's `nightly`) and cargo-fuzz,
+# installed here from crates.io when missing.
+#
+#   scripts/fuzz.sh            # 60 s per target
+#   scripts/fuzz.sh 600 csr    # 10 minutes of the csr target
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-60}"
+sanitizer="${SANITIZER:-none}"  # SANITIZER=address for ASan (slower; aws-lc is C)
+shift || true
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(csr jwt identity leaf pods)
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+  echo "fuzz: no nightly toolchain (rustup toolchain install nightly); skipping" >&2
+  exit 2
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "installing cargo-fuzz (cargo install cargo-fuzz@0.13.2)..." >&2
+  cargo install --quiet --locked cargo-fuzz@0.13.2 >&2
+fi
+# One build of all targets; then each runs from a scratch copy of its corpus.
+(cd fuzz && cargo +nightly fuzz build --release --sanitizer "$sanitizer" >&2)
+for t in "${targets[@]}"; do
+  work="target/fuzz-corpus/$t"
+  mkdir -p "$work"
+  start=$(date +%s)
+  (cd fuzz && cargo +nightly fuzz run --release --sanitizer "$sanitizer" "$t" "../$work" "corpus/$t" -- \
+      -max_total_time="$seconds" -print_final_stats=1 2>&1) | tail -n 12 | grep -E "stat::number_units|cov:|Done|ERROR|SUMMARY" || true
+  echo "fuzz: $t ran $(( $(date +%s) - start ))s"
+done
