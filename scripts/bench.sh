@@ -48,6 +48,10 @@ listen = "127.0.0.1:$signer_port"
 cert_file = "$out/tls/tls.crt"
 key_file = "$out/tls/tls.key"
 max_in_flight = 512
+# The load generator is one address: let it use every slot (per-peer fairness is for meshes).
+[server.limits]
+max_in_flight_per_peer = 512
+max_connections_per_peer = 512
 [auth.jwt]
 jwks_file = "$out/jwt/jwks.json"
 [vault]

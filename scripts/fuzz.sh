@@ -26,8 +26,16 @@ fi
 for t in "${targets[@]}"; do
   work="target/fuzz-corpus/$t"
   mkdir -p "$work"
+  log="target/fuzz-corpus/$t.log"
   start=$(date +%s)
+  rc=0
   (cd fuzz && cargo +nightly fuzz run --release --sanitizer "$sanitizer" "$t" "../$work" "corpus/$t" -- \
-      -max_total_time="$seconds" -print_final_stats=1 2>&1) | tail -n 12 | grep -E "stat::number_units|cov:|Done|ERROR|SUMMARY" || true
-  echo "fuzz: $t ran $(( $(date +%s) - start ))s"
+      -max_total_time="$seconds" -print_final_stats=1) >"$log" 2>&1 || rc=$?
+  runs=$(grep -oE 'Done [0-9]+ runs' "$log" | grep -oE '[0-9]+' || echo 0)
+  echo "fuzz: $t ran $(( $(date +%s) - start ))s, $runs executions, corpus $(ls "$work" | wc -l) new inputs"
+  if [ "$rc" != 0 ]; then
+    tail -n 40 "$log" >&2
+    echo "fuzz: $t FAILED (input saved under fuzz/artifacts/$t)" >&2
+    exit 1
+  fi
 done

@@ -28,3 +28,16 @@ echo "using $(kubectl version --client 2>/dev/null | head -n 2 | tr '\n' ' ')"
 # a fresh clone's target/ (override by setting CARGO_INCREMENTAL yourself).
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo test --all-targets --locked "$@"
+# Fuzz smoke run: every cargo-fuzz target for a few seconds from its seed corpus (the corpora
+# were also replayed above by tests/fuzz_corpus.rs). Needs rustup's nightly toolchain; where
+# there is none it is skipped, loudly. FUZZ_SECONDS=0 skips it.
+if [ "${FUZZ_SECONDS:-5}" != 0 ]; then
+  rc=0
+  scripts/fuzz.sh "${FUZZ_SECONDS:-5}" || rc=$?
+  if [ "$rc" = 2 ]; then
+    echo "WARNING: fuzz smoke run skipped (no nightly toolchain)" >&2
+  elif [ "$rc" != 0 ]; then
+    echo "fuzz smoke run failed (see fuzz/artifacts/)" >&2
+    exit "$rc"
+  fi
+fi

@@ -388,7 +388,8 @@ impl Gate {
         let (parts, body) = req.into_parts();
         let body = tonic::body::Body::new(Deadline::new(body, deadline, self.limits.body_timeout));
         let req = http::Request::from_parts(parts, body);
-        let headers = req.headers().clone();
+        // All a refusal report needs of the headers (a cheap reference-counted copy).
+        let cluster_header = req.headers().get("clusterid").cloned();
         let response = match tower::ServiceExt::oneshot(service, req).await {
             Ok(r) => r,
             Err(never) => match never {},
@@ -433,6 +434,10 @@ impl Gate {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
+        let mut headers = http::HeaderMap::new();
+        if let Some(v) = cluster_header {
+            headers.insert("clusterid", v);
+        }
         report(
             &arrival,
             &headers,

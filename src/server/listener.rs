@@ -24,11 +24,13 @@ use tonic::transport::server::Connected;
 use super::gate::Gate;
 use crate::config::LimitsConfig;
 
-/// HTTP/2 receive window of one stream: a whole request message fits (16 KiB CSR + metadata).
+/// HTTP/2 receive window of one stream: a typical request (1–3 KiB) in one flight; the largest
+/// (16 KiB CSR + metadata) takes one window update once the call is admitted and read.
 const STREAM_WINDOW: u32 = 16 * 1024;
 /// HTTP/2 receive window of a connection: what a client may have sent that the signer has not
-/// read yet, over all its streams (calls waiting at the gate read nothing).
-const CONNECTION_WINDOW: u32 = 16 * 1024;
+/// read yet, over all its streams (calls waiting at the gate read nothing). Room for a full
+/// set of concurrent calls (ztunnel multiplexes them on one connection) without stalling.
+const CONNECTION_WINDOW: u32 = 32 * 1024;
 /// Largest HTTP/2 frame accepted (the protocol minimum).
 const MAX_FRAME: u32 = 16 * 1024;
 /// Response bytes buffered per stream (answers are a few KiB).
