@@ -114,6 +114,22 @@ level = "warn"
         signer
     }
 
+    /// OpenBao, set up, and a signer (`extra` added to `[server]`) that has issued one
+    /// certificate, with its RSS then (KiB): the baseline a flood is measured against.
+    async fn warmed(extra: &str) -> (OpenBao, Signer, u64) {
+        let bao = OpenBao::start().await;
+        let setup = bao.setup(&[]);
+        let signer = Signer::start(&bao, &setup, extra).await;
+        // The first calls load keys and caches.
+        signer
+            .legit(Shape::PilotAgent, "warm", Duration::from_secs(10))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let idle = signer.rss_kib();
+        (bao, signer, idle)
+    }
+
     /// Resident memory of the signer process, in KiB.
     fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
@@ -329,19 +345,10 @@ fn rss_bound_kib(connections: usize) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_stream_flood_is_bounded_and_legitimate_calls_succeed() {
     let _one = ONE_FLOOD.lock().await;
-    let bao = OpenBao::start().await;
-    let setup = bao.setup(&[]);
     let extra = std::env::var("ABUSE_EXTRA")
         .unwrap_or_default()
         .replace("\\n", "\n");
-    let signer = Signer::start(&bao, &setup, &extra).await;
-    // Warm up: the first calls load keys and caches.
-    signer
-        .legit(Shape::PilotAgent, "warm", Duration::from_secs(10))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle = signer.rss_kib();
+    let (bao, signer, idle) = Signer::warmed(&extra).await;
 
     // 15 source addresses × 32 connections (the per-address cap) = 480 of the 512 allowed,
     // each with every stream the server allows (ABUSE_EXTRA adds `[server]` config, e.g.
@@ -429,14 +436,7 @@ async fn http2_stream_flood_is_bounded_and_legitimate_calls_succeed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_handshakes_hold_only_their_own_slots() {
     let _one = ONE_FLOOD.lock().await;
-    let bao = OpenBao::start().await;
-    let setup = bao.setup(&[]);
-    let signer = Signer::start(&bao, &setup, "handshake_timeout = \"3s\"\n").await;
-    signer
-        .legit(Shape::PilotAgent, "warm", Duration::from_secs(10))
-        .await
-        .unwrap();
-    let idle = signer.rss_kib();
+    let (bao, signer, idle) = Signer::warmed("handshake_timeout = \"3s\"\n").await;
     // 15 addresses × 32 TCP connections that never finish TLS: half send nothing, half send
     // the first bytes of a ClientHello. They are re-opened as the server times them out.
     let stop = Arc::new(AtomicBool::new(false));
@@ -501,14 +501,7 @@ async fn slow_handshakes_hold_only_their_own_slots() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_stream_resets_do_not_starve_others() {
     let _one = ONE_FLOOD.lock().await;
-    let bao = OpenBao::start().await;
-    let setup = bao.setup(&[]);
-    let signer = Signer::start(&bao, &setup, "").await;
-    signer
-        .legit(Shape::PilotAgent, "warm", Duration::from_secs(10))
-        .await
-        .unwrap();
-    let idle = signer.rss_kib();
+    let (bao, signer, idle) = Signer::warmed("").await;
     // 8 connections from one address open streams and reset them at once (RST_STREAM
     // CANCEL), as fast as they can, for the duration of the legitimate calls.
     let stop = Arc::new(AtomicBool::new(false));

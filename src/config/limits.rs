@@ -27,11 +27,14 @@ pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 32;
 /// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`: a service-account token is ~1 KiB.
 pub const DEFAULT_MAX_HEADER_LIST_SIZE: u32 = 8 * 1024;
 /// Calls from one IP address being received or processed at once; more wait in the queue.
-pub const DEFAULT_MAX_IN_FLIGHT_PER_PEER: usize = 64;
+/// Small against `server.max_in_flight` (256), so that even 15 addresses flooding with calls
+/// that never finish leave slots free for everyone else.
+pub const DEFAULT_MAX_IN_FLIGHT_PER_PEER: usize = 16;
 /// Calls waiting for a slot; beyond this a call is refused at once (`ResourceExhausted`).
 pub const DEFAULT_MAX_QUEUED: usize = 1024;
-/// The whole request message must have arrived this long after the call was admitted.
-pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(1);
+/// The whole request message must have arrived this long after the call was admitted
+/// (generous: an overloaded signer may be slow to read what the client already sent).
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Streams a client may reset before the server accepts them (Rapid Reset, CVE-2023-44487).
 pub const DEFAULT_MAX_PENDING_RESET_STREAMS: usize = 20;
 /// Streams the server may have to reset because of client errors before it closes the
