@@ -27,9 +27,8 @@ echo "using $(kubectl version --client 2>/dev/null | head -n 2 | tr '\n' ' ')"
 # A one-shot run gains nothing from incremental compilation, whose caches would add ~1 GB to
 # a fresh clone's target/ (override by setting CARGO_INCREMENTAL yourself).
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
-cargo test --all-targets --locked "$@"
 # Fuzz smoke run: every cargo-fuzz target for a few seconds from its seed corpus (the corpora
-# were also replayed above by tests/fuzz_corpus.rs). Needs rustup's nightly toolchain; where
+# are also replayed by tests/fuzz_corpus.rs below). Needs rustup's nightly toolchain; where
 # there is none it is skipped, loudly. FUZZ_SECONDS=0 skips it.
 if [ "${FUZZ_SECONDS:-5}" != 0 ]; then
   rc=0
@@ -41,3 +40,4 @@ if [ "${FUZZ_SECONDS:-5}" != 0 ]; then
     exit "$rc"
   fi
 fi
+cargo test --all-targets --locked "$@"
