@@ -576,3 +576,26 @@ async fn rapid_stream_resets_do_not_starve_others() {
     assert!(peak.saturating_sub(idle) <= rss_bound_kib(8));
     assert_eq!(bao.sign_calls(), took.len() + 1);
 }
+
+/// A connection that carries no call for `server.limits.idle_timeout` is closed by the signer
+/// (GOAWAY, then EOF): idle connections do not hold their slots forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed() {
+    let _one = ONE_FLOOD.lock().await;
+    let (_bao, signer, _idle) = Signer::warmed("[server.limits]\nidle_timeout = \"1s\"\n").await;
+    let tls = tls_connector(&signer.ca_pem);
+    let tcp = tcp_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)), signer.addr)
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tls.connect(name, tcp).await.unwrap();
+    let (_send, conn) = h2::client::handshake(tls).await.unwrap();
+    let start = Instant::now();
+    // The connection future completes when the server closes the connection.
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("idle connection closed by the server")
+        .ok();
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+}
