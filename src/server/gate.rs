@@ -289,17 +289,25 @@ impl Gate {
             // hand over now; releases do it.
             (id, granted)
         };
-        /// Removes the waiter if the call is cancelled while it waits.
+        /// The call's place in the queue. If the call is cancelled while it waits (the client
+        /// reset the stream), the waiter is removed, or, if a slot was handed to it in the
+        /// meantime, that slot is passed on: a cancelled waiter never keeps a slot.
         struct Waiting<'a> {
             gate: &'a Gate,
             ip: IpAddr,
             id: u64,
+            granted: oneshot::Receiver<()>,
             armed: bool,
         }
         impl Drop for Waiting<'_> {
             fn drop(&mut self) {
-                if self.armed {
-                    self.gate.state().forget(self.ip, self.id);
+                if !self.armed {
+                    return;
+                }
+                let mut state = self.gate.state();
+                if !state.forget(self.ip, self.id) && self.granted.try_recv().is_ok() {
+                    state.finish(self.ip);
+                    state.hand_over(self.gate.limits.max_in_flight_per_peer);
                 }
             }
         }
@@ -307,16 +315,16 @@ impl Gate {
             gate: self,
             ip,
             id,
+            granted,
             armed: true,
         };
         let wait = self.limits.queue_timeout;
-        let result = tokio::time::timeout(wait, granted).await;
-        waiting.armed = false;
+        let result = tokio::time::timeout(wait, &mut waiting.granted).await;
         let pass = || Pass {
             gate: self.clone(),
             ip,
         };
-        match result {
+        let outcome = match result {
             Ok(Ok(())) => Ok(pass()),
             // Dropped from a full queue to make room for a quieter peer.
             Ok(Err(_)) => Err(Shed::QueueFull(self.limits.max_queued)),
@@ -329,12 +337,18 @@ impl Gate {
                         Shed::Overloaded(wait)
                     })
                 } else {
-                    // Granted just as the wait ran out: the slot is ours.
                     drop(state);
-                    Ok(pass())
+                    match waiting.granted.try_recv() {
+                        // Granted just as the wait ran out: the slot is ours.
+                        Ok(()) => Ok(pass()),
+                        // Dropped from a full queue just then.
+                        Err(_) => Err(Shed::QueueFull(self.limits.max_queued)),
+                    }
                 }
             }
-        }
+        };
+        waiting.armed = false;
+        outcome
     }
 
     /// Admits `req`, gives its body a deadline, runs `service`, and reports refusals that the
@@ -539,5 +553,86 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(max_in_flight: usize, per_peer: usize) -> Arc<Gate> {
+        Gate::new(GateLimits {
+            max_in_flight,
+            max_in_flight_per_peer: per_peer,
+            max_queued: 8,
+            queue_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(1),
+            max_message_bytes: 1024,
+        })
+    }
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, n])
+    }
+
+    /// A waiter cancelled right after a slot was handed to it passes the slot on; one
+    /// cancelled before keeps none. Either way no slot leaks.
+    #[tokio::test]
+    async fn cancelled_waiters_never_keep_a_slot() {
+        let g = gate(1, 1);
+        let first = g.enter(ip(1)).await.unwrap();
+        let waiter = tokio::spawn({
+            let g = g.clone();
+            async move { g.enter(ip(2)).await.map(|_| ()) }
+        });
+        tokio::task::yield_now().await;
+        while g.state().queued == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The slot goes to the waiter, which is cancelled before it can see it.
+        drop(first);
+        waiter.abort();
+        let _ = waiter.await;
+        let third = tokio::time::timeout(Duration::from_millis(100), g.enter(ip(3)))
+            .await
+            .expect("the slot was not leaked")
+            .unwrap();
+        drop(third);
+        assert_eq!(g.state().free, 1);
+        assert!(g.state().in_flight.is_empty());
+    }
+
+    /// Freed slots go to waiting addresses in turn: a quiet address waits behind at most one
+    /// call of a busy one.
+    #[tokio::test]
+    async fn slots_are_handed_out_in_turn() {
+        let g = gate(1, 8);
+        let held = g.enter(ip(1)).await.unwrap();
+        let mut busy = Vec::new();
+        for _ in 0..4 {
+            let g = g.clone();
+            // The task's output (its pass) is kept until it is joined: slots stay taken.
+            busy.push(tokio::spawn(async move { g.enter(ip(1)).await.ok() }));
+        }
+        while g.state().queued < 4 {
+            tokio::task::yield_now().await;
+        }
+        let quiet = tokio::spawn({
+            let g = g.clone();
+            async move { g.enter(ip(2)).await.map(|pass| (pass.ip, pass)) }
+        });
+        while g.state().queued < 5 {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        // The freed slot went to the busy address's oldest waiter; the quiet address is next,
+        // ahead of the busy address's three other waiters.
+        let order: Vec<IpAddr> = g.state().turn.iter().copied().collect();
+        assert_eq!(order, vec![ip(2), ip(1)]);
+        assert_eq!(g.state().running(ip(1)), 1);
+        for b in busy {
+            b.abort();
+        }
+        quiet.abort();
     }
 }
