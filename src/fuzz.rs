@@ -272,6 +272,19 @@ pub fn leaf_accepted(data: &[u8]) -> bool {
     true
 }
 
+/// `len` pseudo-random bytes from `state` (xorshift64): event sequences for the `pods` model
+/// test and seed corpora, without a dependency. `state` must not be zero.
+pub fn pseudo_random(state: &mut u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            *state as u8
+        })
+        .collect()
+}
+
 /// A pod as the API server would send it, decoded from three fuzz bytes.
 #[derive(Debug, Clone)]
 struct PodSpec {

@@ -307,14 +307,7 @@ mod tests {
     fn index_agrees_with_model() {
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
         for _ in 0..300 {
-            let events: Vec<u8> = (0..180)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+            let events = crate::fuzz::pseudo_random(&mut x, 180);
             crate::fuzz::pods(&events);
         }
     }

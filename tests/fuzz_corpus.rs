@@ -107,14 +107,7 @@ fn write_seed_corpora() {
     write("leaf", "edit-ca-chain", &[2, 0, b'"', 3, 0, b'-']);
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;
     for seq in 0..3 {
-        let bytes: Vec<u8> = (0..120)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let bytes = fuzz::pseudo_random(&mut x, 120);
         write("pods", &format!("events-{seq}"), &bytes);
     }
 }
