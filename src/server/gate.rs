@@ -390,7 +390,8 @@ impl Gate {
             Err(shed) => {
                 let status = Status::resource_exhausted(shed.to_string());
                 if let Some(arrival) = &arrival {
-                    report(arrival, req.headers(), peer, &status, shed.reason(), &shed);
+                    let cluster = req.headers().get("clusterid");
+                    report(arrival, cluster, peer, &status, shed.reason(), &shed);
                 }
                 return status.into_http();
             }
@@ -402,7 +403,7 @@ impl Gate {
         let (parts, body) = req.into_parts();
         let body = tonic::body::Body::new(Deadline::new(body, deadline, self.limits.body_timeout));
         let req = http::Request::from_parts(parts, body);
-        // All a refusal report needs of the headers (a cheap reference-counted copy).
+        // All a late refusal report needs of the headers (a reference-counted copy).
         let cluster_header = req.headers().get("clusterid").cloned();
         let response = match tower::ServiceExt::oneshot(service, req).await {
             Ok(r) => r,
@@ -448,13 +449,9 @@ impl Gate {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
-        let mut headers = http::HeaderMap::new();
-        if let Some(v) = cluster_header {
-            headers.insert("clusterid", v);
-        }
         report(
             &arrival,
-            &headers,
+            cluster_header.as_ref(),
             peer,
             &status,
             reason,
@@ -466,15 +463,14 @@ impl Gate {
 
 fn report(
     arrival: &Arrival,
-    headers: &http::HeaderMap,
+    cluster: Option<&http::HeaderValue>,
     peer: Option<SocketAddr>,
     status: &Status,
     reason: &'static str,
     error: &dyn std::fmt::Display,
 ) {
     arrival.mark_reported();
-    let cluster = headers
-        .get("clusterid")
+    let cluster = cluster
         .and_then(|v| v.to_str().ok())
         .map(crate::echo::truncated)
         .unwrap_or_default();
