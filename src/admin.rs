@@ -45,6 +45,18 @@ impl Readiness {
         }
     }
 
+    /// What the state gauges show.
+    fn state(&self) -> crate::metrics::State {
+        let bundle = self.bundle.load();
+        crate::metrics::State {
+            trust_bundle_roots: bundle.roots().len(),
+            trust_bundle_expiry: bundle.earliest_expiry(),
+            serving_not_after: self.serving.not_after(),
+            vault_token_valid: self.vault.auth().token_valid(),
+            vault_failing_fast: self.vault.failing_fast(),
+        }
+    }
+
     /// A human-readable status line for `/readyz`.
     fn report(&self) -> (StatusCode, String) {
         let vault = if self.vault.failing_fast() {
@@ -79,7 +91,7 @@ pub async fn bind(
             get(move || {
                 let (r, h) = (scrape.clone(), metrics.clone());
                 async move {
-                    crate::metrics::state(&r);
+                    crate::metrics::state(r.state());
                     (
                         [(
                             axum::http::header::CONTENT_TYPE,

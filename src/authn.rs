@@ -182,7 +182,7 @@ impl ResultCache {
         let now = Instant::now();
         let mut until = now + max_age.min(self.max_age);
         if let Some(exp) = exp {
-            let left = exp.saturating_sub(crate::chain::unix(SystemTime::now()).max(0) as u64);
+            let left = exp.saturating_sub(crate::time::unix(SystemTime::now()).max(0) as u64);
             // `exp` is the issuer's: a far-future value must not overflow the clock.
             if let Some(at) = now.checked_add(Duration::from_secs(left)) {
                 until = until.min(at);

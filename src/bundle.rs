@@ -13,10 +13,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::csr::pem_encode;
+use crate::pem_text::{certificates, encode as pem_encode};
 use crate::vault::{VaultClient, VaultError};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -111,10 +110,8 @@ impl TrustBundle {
 }
 
 /// Parses every `CERTIFICATE` block of `text`.
-pub fn parse_pem_certs(text: &[u8]) -> Result<Vec<CertificateDer<'static>>, BundleError> {
-    CertificateDer::pem_slice_iter(text)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| BundleError::BadCert(e.to_string()))
+fn parse_pem_certs(text: &[u8]) -> Result<Vec<CertificateDer<'static>>, BundleError> {
+    certificates(text).map_err(|e| BundleError::BadCert(e.to_string()))
 }
 
 /// True for a certificate whose issuer is its subject, whose signature verifies with its own

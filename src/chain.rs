@@ -16,9 +16,11 @@ use webpki::EndEntityCert;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::bundle::{TrustBundle, parse_pem_certs};
-use crate::csr::{VerifiedCsr, pem_encode};
+use crate::bundle::TrustBundle;
+use crate::csr::VerifiedCsr;
 use crate::identity::SpiffeId;
+use crate::pem_text::{certificates as parse_pem_certs, encode as pem_encode};
+use crate::time::unix;
 use crate::vault::SignedCert;
 
 /// Why an issued certificate is withheld. Every variant means Vault or its role is
@@ -388,14 +390,6 @@ fn describe_name(name: &GeneralName<'_>) -> String {
         GeneralName::RFC822Name(e) => format!("email:{e}"),
         GeneralName::IPAddress(ip) => format!("IP:{ip:?}"),
         other => format!("{other:?}"),
-    }
-}
-
-/// Seconds since the Unix epoch (negative before it).
-pub fn unix(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
     }
 }
 

@@ -16,10 +16,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::bundle::parse_pem_certs;
 use crate::identity::SpiffeId;
 use crate::pb::IstioCertificateRequest;
 use crate::pb::istio_certificate_service_client::IstioCertificateServiceClient;
+use crate::pem_text::certificates as parse_pem_certs;
 
 /// Which real client to imitate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -136,21 +136,13 @@ impl CsrPolicy {
         let requested = check_extensions(&csr)?;
 
         Ok(VerifiedCsr {
-            pem: pem_encode("CERTIFICATE REQUEST", &der),
+            pem: crate::pem_text::encode("CERTIFICATE REQUEST", &der),
             digest: crate::sha256(&[&der]),
             spki_der: info.subject_pki.raw.to_vec(),
             key,
             requested,
         })
     }
-}
-
-/// PEM-encodes `der` with 64-column lines and a trailing newline.
-pub fn pem_encode(label: &str, der: &[u8]) -> String {
-    pem::encode_config(
-        &pem::Pem::new(label, der),
-        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-    )
 }
 
 fn single_csr_block(pem: &[u8]) -> Result<Vec<u8>, CsrError> {
@@ -383,6 +375,7 @@ fn oid_registry() -> &'static OidRegistry<'static> {
 
 #[cfg(test)]
 mod tests {
+    use crate::pem_text::encode as pem_encode;
     use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
 
     use super::*;

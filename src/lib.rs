@@ -25,10 +25,12 @@ pub mod identity;
 pub mod loadgen;
 pub mod metrics;
 pub mod nodes;
+pub mod pem_text;
 pub mod periodic;
 pub mod server;
 pub mod signer;
 pub mod telemetry;
+pub mod time;
 pub mod tls;
 pub mod vault;
 

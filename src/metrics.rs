@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::vault::VaultError;
-
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -158,12 +156,12 @@ pub fn request(
     ::metrics::histogram!("istio_vault_ca_request_duration_seconds").record(took.as_secs_f64());
 }
 
-/// One call to Vault.
-pub fn vault_call<T>(op: &'static str, took: Duration, result: &Result<T, VaultError>) {
+/// One call to Vault: its operation, duration and, if it failed, the error's kind label.
+pub fn vault_call(op: &'static str, took: Duration, error_kind: Option<&'static str>) {
     ::metrics::histogram!("istio_vault_ca_vault_request_duration_seconds", "op" => op)
         .record(took.as_secs_f64());
-    if let Err(e) = result {
-        ::metrics::counter!("istio_vault_ca_vault_errors_total", "op" => op, "kind" => e.kind())
+    if let Some(kind) = error_kind {
+        ::metrics::counter!("istio_vault_ca_vault_errors_total", "op" => op, "kind" => kind)
             .increment(1);
     }
 }
@@ -315,20 +313,27 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// The signer's state as the admin port reads it before each scrape.
+#[derive(Debug, Clone, Copy)]
+pub struct State {
+    pub trust_bundle_roots: usize,
+    pub trust_bundle_expiry: Option<i64>,
+    pub serving_not_after: i64,
+    pub vault_token_valid: bool,
+    pub vault_failing_fast: bool,
+}
+
 /// State gauges, refreshed before each scrape.
-pub fn state(readiness: &crate::admin::Readiness) {
-    let bundle = readiness.bundle.load();
-    ::metrics::gauge!("istio_vault_ca_trust_bundle_roots").set(bundle.roots().len() as f64);
-    if let Some(exp) = bundle.earliest_expiry() {
+pub fn state(s: State) {
+    ::metrics::gauge!("istio_vault_ca_trust_bundle_roots").set(s.trust_bundle_roots as f64);
+    if let Some(exp) = s.trust_bundle_expiry {
         ::metrics::gauge!("istio_vault_ca_trust_bundle_expiry_timestamp_seconds").set(exp as f64);
     }
     ::metrics::gauge!("istio_vault_ca_serving_certificate_expiry_timestamp_seconds")
-        .set(readiness.serving.not_after() as f64);
+        .set(s.serving_not_after as f64);
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
-    ::metrics::gauge!("istio_vault_ca_vault_token_valid")
-        .set(flag(readiness.vault.auth().token_valid()));
-    ::metrics::gauge!("istio_vault_ca_vault_failing_fast")
-        .set(flag(readiness.vault.failing_fast()));
+    ::metrics::gauge!("istio_vault_ca_vault_token_valid").set(flag(s.vault_token_valid));
+    ::metrics::gauge!("istio_vault_ca_vault_failing_fast").set(flag(s.vault_failing_fast));
 }
 
 fn code_name(code: tonic::Code) -> &'static str {

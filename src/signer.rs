@@ -398,14 +398,14 @@ impl Signer {
         if !signed.warnings.is_empty() {
             crate::metrics::vault_warning();
         }
-        let shortfall = chain::unix(now + ttl) - chain.not_after;
+        let shortfall = crate::time::unix(now + ttl) - chain.not_after;
         if !signed.warnings.is_empty() || shortfall > NOT_AFTER_SLACK.as_secs() as i64 {
             clamped = true;
             crate::metrics::ttl_clamped("vault");
             tracing::warn!(
                 identity = %identity,
                 requested_ttl_s = ttl.as_secs(),
-                issued_ttl_s = chain.not_after - chain::unix(now),
+                issued_ttl_s = chain.not_after - crate::time::unix(now),
                 warnings = ?signed.warnings,
                 "Vault shortened the certificate lifetime (role or mount max TTL, or issuer expiry)"
             );

@@ -134,7 +134,7 @@ impl ServingCert {
 
     /// True while the certificate in use has not expired.
     pub fn valid(&self) -> bool {
-        self.not_after() > now_unix()
+        self.not_after() > crate::time::now_unix()
     }
 }
 
@@ -235,11 +235,11 @@ pub async fn issue_serving(
     // Serve the leaf and its intermediates; clients hold the root.
     let mut chain_pem = signed.certificate.trim().to_owned() + "\n";
     for ca in &signed.ca_chain {
-        for der in crate::bundle::parse_pem_certs(ca.as_bytes())
+        for der in crate::pem_text::certificates(ca.as_bytes())
             .map_err(|e| TlsError::Invalid(e.to_string()))?
         {
             if !crate::bundle::is_self_signed_ca(&der).unwrap_or(false) {
-                chain_pem.push_str(&crate::csr::pem_encode("CERTIFICATE", &der));
+                chain_pem.push_str(&crate::pem_text::encode("CERTIFICATE", &der));
             }
         }
     }
@@ -296,7 +296,7 @@ pub async fn maintain_self_issued(
 ) {
     let mut backoff = Duration::from_secs(1);
     loop {
-        let remaining = (serving.not_after() - now_unix()).max(0) as f64;
+        let remaining = (serving.not_after() - crate::time::now_unix()).max(0) as f64;
         let wait = Duration::from_secs_f64(remaining * 2.0 / 3.0);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -324,12 +324,6 @@ pub async fn maintain_self_issued(
             }
         }
     }
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn optional_client_verifier(

@@ -502,7 +502,11 @@ impl VaultClient {
             }
             Err(open) => Err(VaultError::CircuitOpen(open.retry_in)),
         };
-        crate::metrics::vault_call(op, started.elapsed(), &result);
+        crate::metrics::vault_call(
+            op,
+            started.elapsed(),
+            result.as_ref().err().map(VaultError::kind),
+        );
         result
     }
 

@@ -384,6 +384,16 @@ async fn http2_stream_flood_is_bounded_and_legitimate_calls_succeed() {
     })
     .await;
     let took = legit_calls_succeed(&signer, 4, Duration::from_secs(10)).await;
+    // The flood goes on until stalled messages have outlived body_timeout, however fast the
+    // legitimate calls were.
+    support::eventually("stalled flood messages refused", async || {
+        sample(
+            &signer.metrics().await,
+            "istio_vault_ca_refusals_total{reason=\"slow-request\"}",
+        )
+        .is_some_and(|n| n > 0.0)
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     rss_stop.store(true, Ordering::Relaxed);
     let peak = peak.await.unwrap();

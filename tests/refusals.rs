@@ -43,7 +43,7 @@ fn forge_signature(pem: &str) -> String {
     let mut der = csr.as_ref().to_vec();
     let n = der.len();
     der[n - 5] ^= 0x01;
-    istio_vault_ca::csr::pem_encode("CERTIFICATE REQUEST", &der)
+    istio_vault_ca::pem_text::encode("CERTIFICATE REQUEST", &der)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,8 +8,8 @@ mod support;
 
 use std::time::Duration;
 
-use istio_vault_ca::bundle::parse_pem_certs;
 use istio_vault_ca::client::{self, Shape};
+use istio_vault_ca::pem_text::certificates as parse_pem_certs;
 use support::kube_api::FakeApi;
 use support::{Env, eventually, eventually_some, id};
 

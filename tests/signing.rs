@@ -45,7 +45,7 @@ fn assert_lifetime(s: &client::ChainSummary, ttl: i64) {
 async fn pilot_agent_and_ztunnel_get_verified_chains() {
     let env = Env::start().await;
     let root_file = std::fs::read(env.setup_dir.join("tls/root-cert.pem")).unwrap();
-    let root_der = istio_vault_ca::bundle::parse_pem_certs(&root_file).unwrap();
+    let root_der = istio_vault_ca::pem_text::certificates(&root_file).unwrap();
 
     let agent_id = id("bookinfo", "productpage");
     let (agent_chain, kc) = env
@@ -71,7 +71,7 @@ async fn pilot_agent_and_ztunnel_get_verified_chains() {
     // setup script created.
     assert_eq!(agent_chain.last(), zt_chain.last());
     let served =
-        istio_vault_ca::bundle::parse_pem_certs(zt_chain.last().unwrap().as_bytes()).unwrap();
+        istio_vault_ca::pem_text::certificates(zt_chain.last().unwrap().as_bytes()).unwrap();
     assert_eq!(served, root_der);
     // The intermediate is the same, the leaves differ.
     assert_eq!(agent_chain[1], zt_chain[1]);
@@ -263,7 +263,7 @@ async fn bundled_client_issues_and_writes_output_files() {
         "key.pem is the leaf's key"
     );
     let chain_pem = std::fs::read(certs.join("cert-chain.pem")).unwrap();
-    let chain = istio_vault_ca::bundle::parse_pem_certs(&chain_pem).unwrap();
+    let chain = istio_vault_ca::pem_text::certificates(&chain_pem).unwrap();
     assert_eq!(chain.len(), 2, "leaf + intermediate");
     assert_eq!(
         std::fs::read_to_string(certs.join("root-cert.pem")).unwrap(),

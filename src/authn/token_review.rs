@@ -134,7 +134,7 @@ impl TokenReviewer {
     /// Reviews `token` unless the guards above refuse it first (`Throttled` when the rate
     /// limit is reached).
     pub async fn review(&self, token: &str) -> Result<Caller, AuthnError> {
-        let now = crate::chain::unix(SystemTime::now()).max(0) as u64;
+        let now = crate::time::unix(SystemTime::now()).max(0) as u64;
         if let Some(why) = review_prefilter(token, &self.issuers, now) {
             return Err(AuthnError::Malformed(why.into()));
         }

@@ -127,15 +127,17 @@ impl AuthState {
         let exp = if lease.ttl.is_zero() {
             0
         } else {
-            now_unix() + lease.ttl.as_secs() as i64
+            crate::time::now_unix() + lease.ttl.as_secs() as i64
         };
         self.expires_at.store(exp, Ordering::Relaxed);
         self.generation.send_modify(|g| *g += 1);
     }
 
     fn extend(&self, ttl: Duration) {
-        self.expires_at
-            .store(now_unix() + ttl.as_secs() as i64, Ordering::Relaxed);
+        self.expires_at.store(
+            crate::time::now_unix() + ttl.as_secs() as i64,
+            Ordering::Relaxed,
+        );
     }
 
     /// True while the signer holds a token that has not expired.
@@ -143,7 +145,7 @@ impl AuthState {
         match self.expires_at.load(Ordering::Relaxed) {
             -1 => false,
             0 => true,
-            exp => exp > now_unix(),
+            exp => exp > crate::time::now_unix(),
         }
     }
 
@@ -431,10 +433,4 @@ fn read_secret(path: &Path) -> Result<String, VaultError> {
         return Err(VaultError::Token(format!("{} is empty", path.display())));
     }
     Ok(s.to_owned())
-}
-
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }

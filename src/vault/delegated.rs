@@ -104,7 +104,7 @@ impl VaultClient {
         let later = |d: Duration| now.checked_add(d.saturating_sub(EXPIRY_MARGIN));
         let mut until = later(lease.ttl).unwrap_or(now + FAR_FUTURE);
         if let Some(exp) = jwt_exp {
-            let jwt_left = exp.saturating_sub(crate::chain::unix(SystemTime::now()).max(0) as u64);
+            let jwt_left = exp.saturating_sub(crate::time::unix(SystemTime::now()).max(0) as u64);
             if let Some(at) = later(Duration::from_secs(jwt_left)) {
                 until = until.min(at);
             }
