@@ -18,7 +18,7 @@ use istio_vault_ca::config::{CsrConfig, JwtConfig};
 use istio_vault_ca::csr::CsrPolicy;
 use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
 use istio_vault_ca::identity::{SpiffeId, TrustDomain};
-use istio_vault_ca::signer::{CertificateRequest, Signer, TtlPolicy};
+use istio_vault_ca::signer::{CertificateRequest, Signer};
 use istio_vault_ca::vault::SignedCert;
 use istio_vault_ca::vault::VaultClient;
 use rcgen::{
@@ -150,7 +150,7 @@ fn handler(c: &mut Criterion) {
                 .block_on(Authenticator::new(&config.auth, td.clone()))
                 .unwrap(),
             csr_policy: CsrPolicy::new(&config.csr),
-            ttl: TtlPolicy::new(&config.ttl),
+            ttl: config.ttl.policy(),
             vault,
             bundle: Arc::new(ArcSwap::from_pointee(
                 TrustBundle::from_pem(root.as_bytes()).unwrap(),

@@ -22,7 +22,7 @@ use crate::pb::istio_certificate_service_server::IstioCertificateServiceServer;
 use crate::server::CaService;
 use crate::server::gate::{Gate, GateLimits};
 use crate::server::listener::{self, ServeOptions};
-use crate::signer::{Signer, TtlPolicy};
+use crate::signer::Signer;
 use crate::tls::{self, ServingCert};
 use crate::vault::{Credentials, VaultClient, VaultError};
 
@@ -138,7 +138,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let signer = Arc::new(Signer {
         authn,
         csr_policy: CsrPolicy::new(&config.csr),
-        ttl: TtlPolicy::new(&config.ttl),
+        ttl: config.ttl.policy(),
         vault: vault.clone(),
         bundle: shared_bundle.clone(),
         paths: Default::default(),

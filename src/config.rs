@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::identity::TrustDomain;
+pub use crate::ttl::OverMax;
 
 mod limits;
 mod tls_policy;
@@ -565,14 +566,6 @@ impl Default for CsrConfig {
     }
 }
 
-/// What to do with a `validity_duration` above `ttl.max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OverMax {
-    Clamp,
-    Reject,
-}
-
 /// Certificate lifetime policy.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -585,6 +578,17 @@ pub struct TtlConfig {
     pub max: Duration,
     /// `clamp` (issue `max`) or `reject` (`InvalidArgument`).
     pub over_max: OverMax,
+}
+
+impl TtlConfig {
+    /// The policy these settings describe.
+    pub fn policy(&self) -> crate::ttl::TtlPolicy {
+        crate::ttl::TtlPolicy {
+            default: self.default,
+            max: self.max,
+            over_max: self.over_max,
+        }
+    }
 }
 
 impl Default for TtlConfig {

@@ -32,6 +32,7 @@ pub mod signer;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
+pub mod ttl;
 pub mod vault;
 
 /// Code generated from `proto/security/v1alpha1/ca.proto`.

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use crate::authn::{AuthMethod, Authenticator, AuthnError, Caller, Credentials};
 use crate::bundle::SharedBundle;
 use crate::chain::{self, Expectation, IssuedChain, LeafError, PathCache};
-use crate::config::{OverMax, TtlConfig};
+use crate::ttl::{TtlError, TtlPolicy};
 use crate::csr::{CsrError, CsrPolicy, VerifiedCsr};
 use crate::identity::SpiffeId;
 use crate::telemetry::SPAN_TARGET;
@@ -37,13 +37,6 @@ pub enum AuthzError {
     },
     #[error("the pod cache of cluster {0:?} is not synced yet; retry later")]
     PodCacheNotSynced(String),
-}
-
-/// Why the requested lifetime is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TtlError {
-    #[error("requested TTL {requested}s is greater than the max allowed TTL {max}s")]
-    TooLong { requested: u64, max: u64 },
 }
 
 /// Every way a CreateCertificate call can fail.
@@ -131,42 +124,6 @@ pub struct Certified {
 pub struct Issued {
     pub caller: Caller,
     pub certified: Certified,
-}
-
-/// Turns requested lifetimes into the lifetime asked of Vault.
-#[derive(Debug, Clone)]
-pub struct TtlPolicy {
-    default: Duration,
-    max: Duration,
-    over_max: OverMax,
-}
-
-impl TtlPolicy {
-    pub fn new(config: &TtlConfig) -> Self {
-        Self {
-            default: config.default,
-            max: config.max,
-            over_max: config.over_max,
-        }
-    }
-
-    /// Returns the TTL to request and whether it was clamped.
-    pub fn resolve(&self, requested_seconds: i64) -> Result<(Duration, bool), TtlError> {
-        if requested_seconds <= 0 {
-            return Ok((self.default, false));
-        }
-        let requested = Duration::from_secs(requested_seconds as u64);
-        if requested <= self.max {
-            return Ok((requested, false));
-        }
-        match self.over_max {
-            OverMax::Clamp => Ok((self.max, true)),
-            OverMax::Reject => Err(TtlError::TooLong {
-                requested: requested.as_secs(),
-                max: self.max.as_secs(),
-            }),
-        }
-    }
 }
 
 /// Everything needed to decide on and fulfil a request.
@@ -526,33 +483,6 @@ mod tests {
             expires: None,
             cluster: "Kubernetes".into(),
         }
-    }
-
-    #[test]
-    fn ttl_policy() {
-        let p = TtlPolicy::new(&TtlConfig {
-            default: Duration::from_secs(86400),
-            max: Duration::from_secs(172800),
-            over_max: OverMax::Clamp,
-        });
-        assert_eq!(p.resolve(0).unwrap(), (Duration::from_secs(86400), false));
-        assert_eq!(p.resolve(-5).unwrap(), (Duration::from_secs(86400), false));
-        assert_eq!(p.resolve(3600).unwrap(), (Duration::from_secs(3600), false));
-        assert_eq!(
-            p.resolve(10 << 20).unwrap(),
-            (Duration::from_secs(172800), true)
-        );
-        let strict = TtlPolicy {
-            over_max: OverMax::Reject,
-            ..p
-        };
-        assert_eq!(
-            strict.resolve(172801),
-            Err(TtlError::TooLong {
-                requested: 172801,
-                max: 172800
-            })
-        );
     }
 
     #[test]
