@@ -18,6 +18,7 @@ use istio_vault_ca::config::{CsrConfig, JwtConfig};
 use istio_vault_ca::csr::CsrPolicy;
 use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
 use istio_vault_ca::identity::{SpiffeId, TrustDomain};
+use istio_vault_ca::routing::{RouteTable, TrustSource};
 use istio_vault_ca::signer::{CertificateRequest, Signer};
 use istio_vault_ca::vault::SignedCert;
 use istio_vault_ca::vault::VaultClient;
@@ -100,6 +101,10 @@ fn leaf(c: &mut Criterion) {
         .unwrap();
     let (signed, root) = canned(&kc, &id);
     let bundle = Arc::new(TrustBundle::from_pem(root.as_bytes()).unwrap());
+    let trust = chain::TargetTrust {
+        anchors: bundle.clone(),
+        issuer_pem: None,
+    };
     let warm = PathCache::default();
     for (name, cached) in [
         ("leaf_verify_and_assemble/full_path", false),
@@ -115,7 +120,7 @@ fn leaf(c: &mut Criterion) {
                 };
                 let cold = PathCache::default();
                 let paths = if cached { &warm } else { &cold };
-                chain::verify_and_assemble(&signed, expect, &bundle, paths, now).unwrap()
+                chain::verify_and_assemble(&signed, expect, &trust, &bundle, paths, now).unwrap()
             })
         });
     }
@@ -144,13 +149,21 @@ fn handler(c: &mut Criterion) {
         let kc = generate_csr(shape, &id).unwrap();
         let (signed, root) = canned(&kc, &id);
         let token = issuer.token(&TokenSpec::new("default", "demo")).unwrap();
+        // The roots from a file: building the route table calls no Vault.
+        let roots = dir.path().join(format!("root-{shape:?}.pem"));
+        std::fs::write(&roots, &root).unwrap();
+        config.bundle.file = Some(roots);
         let vault = VaultClient::new(&config.vault).unwrap();
+        let source = TrustSource::from_config(&config);
+        let table = rt
+            .block_on(RouteTable::load(&config, &vault, &source, None))
+            .unwrap();
         let signer = Signer {
             authn: rt
                 .block_on(Authenticator::new(&config.auth, td.clone()))
                 .unwrap(),
             csr_policy: CsrPolicy::new(&config.csr),
-            ttl: config.ttl.policy(),
+            routes: Arc::new(ArcSwap::from_pointee(table)),
             vault,
             bundle: Arc::new(ArcSwap::from_pointee(
                 TrustBundle::from_pem(root.as_bytes()).unwrap(),
@@ -170,6 +183,7 @@ fn handler(c: &mut Criterion) {
             csr_pem: &kc.csr_pem,
             validity_seconds: 86400,
             impersonated_identity: None,
+            cert_signer: None,
         };
         c.bench_function(&format!("handler_without_vault/{shape:?}"), |b| {
             b.iter(|| {

@@ -15,10 +15,10 @@ use tokio::sync::watch;
 
 use crate::admin::{self, Readiness};
 use crate::authn::Authenticator;
-use crate::bundle::{self, BundleSource};
 use crate::config::Config;
 use crate::csr::CsrPolicy;
 use crate::pb::istio_certificate_service_server::IstioCertificateServiceServer;
+use crate::routing::{RouteTable, RoutingError, TrustSource};
 use crate::server::CaService;
 use crate::server::gate::{Gate, GateLimits};
 use crate::server::listener::{self, ServeOptions};
@@ -103,19 +103,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     };
 
-    let bundle_source = match &config.bundle.file {
-        Some(path) => BundleSource::File(path.clone()),
-        None => BundleSource::Vault(Box::new(vault.clone())),
-    };
-    let initial = retry_vault("trust bundle", Some(STARTUP_VAULT_WAIT), || async {
-        match bundle_source.load().await {
-            Err(bundle::BundleError::Vault(e)) => Err(e),
-            other => Ok(other),
-        }
+    let trust_source = TrustSource::from_config(&config);
+    let table = retry_vault("signing targets", Some(STARTUP_VAULT_WAIT), || {
+        RouteTable::load(&config, &vault, &trust_source, None)
     })
-    .await??;
-    tracing::info!(roots = initial.roots().len(), "trust bundle loaded");
+    .await?;
+    let initial = table.served(&trust_source).await.context("trust bundle")?;
+    tracing::info!(
+        roots = initial.roots().len(),
+        targets = table.targets().len(),
+        routes = config.routes.len(),
+        "trust bundle loaded"
+    );
     let shared_bundle = Arc::new(ArcSwap::from_pointee(initial));
+    let shared_routes = Arc::new(ArcSwap::from_pointee(table));
 
     let client_roots = match (
         &config.server.client_ca_file,
@@ -138,16 +139,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let signer = Arc::new(Signer {
         authn,
         csr_policy: CsrPolicy::new(&config.csr),
-        ttl: config.ttl.policy(),
+        routes: shared_routes.clone(),
         vault: vault.clone(),
         bundle: shared_bundle.clone(),
         paths: Default::default(),
         in_flight: Default::default(),
         delegation: match &config.vault.delegated {
-            Some(d) => Some(
-                crate::vault::Delegation::new(&vault, d, &config.vault.role)
-                    .context("vault.delegated")?,
-            ),
+            Some(d) => Some(crate::vault::Delegation::new(&vault, d).context("vault.delegated")?),
             None => None,
         },
         impersonation,
@@ -233,10 +231,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.vault.auth.min_relogin_interval,
         shutdown_rx.clone(),
     ));
-    tokio::spawn(bundle::refresh(
-        bundle_source,
+    tokio::spawn(crate::routing::watch(
+        config.clone(),
+        vault.clone(),
+        trust_source,
+        shared_routes,
         shared_bundle,
         config.bundle.refresh_interval,
+        config.server.reload_interval,
         shutdown_rx.clone(),
     ));
 
@@ -356,6 +358,12 @@ trait StartupError: std::error::Error + Send + Sync + 'static {
 impl StartupError for VaultError {
     fn transient_vault(&self) -> Option<&VaultError> {
         self.is_transient().then_some(self)
+    }
+}
+
+impl StartupError for RoutingError {
+    fn transient_vault(&self) -> Option<&VaultError> {
+        self.vault_error().filter(|e| e.is_transient())
     }
 }
 

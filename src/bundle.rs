@@ -9,14 +9,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::pem_text::{certificates, encode as pem_encode};
-use crate::vault::{VaultClient, VaultError};
+use crate::vault::{Issuer, VaultError};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BundleError {
@@ -69,6 +68,18 @@ impl TrustBundle {
             anchors,
             pem,
         })
+    }
+
+    /// The self-signed CA certificates among Vault issuers and their chains (so old and new
+    /// roots during a rotation).
+    pub fn from_issuers(issuers: &[Issuer]) -> Result<Self, BundleError> {
+        let mut certs = Vec::new();
+        for issuer in issuers {
+            for pem in std::iter::once(&issuer.certificate).chain(&issuer.ca_chain) {
+                certs.extend(parse_pem_certs(pem.as_bytes())?);
+            }
+        }
+        Self::from_certs(certs)
     }
 
     /// Parses a PEM file of roots. Every certificate in it must be a self-signed CA.
@@ -127,62 +138,8 @@ pub fn is_self_signed_ca(der: &[u8]) -> Result<bool, BundleError> {
     Ok(ca && cert.subject() == cert.issuer() && cert.verify_signature(None).is_ok())
 }
 
-/// Where roots come from.
-#[derive(Debug, Clone)]
-pub enum BundleSource {
-    File(PathBuf),
-    Vault(Box<VaultClient>),
-}
-
-impl BundleSource {
-    pub async fn load(&self) -> Result<TrustBundle, BundleError> {
-        match self {
-            Self::File(path) => {
-                let text = tokio::fs::read(path).await.map_err(|e| BundleError::Read {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
-                TrustBundle::from_pem(&text)
-            }
-            Self::Vault(vault) => {
-                let mut certs = Vec::new();
-                for issuer in vault.issuers().await? {
-                    for pem in std::iter::once(&issuer.certificate).chain(&issuer.ca_chain) {
-                        certs.extend(parse_pem_certs(pem.as_bytes())?);
-                    }
-                }
-                TrustBundle::from_certs(certs)
-            }
-        }
-    }
-}
-
 /// The current bundle, readable without locks on the request path.
 pub type SharedBundle = Arc<ArcSwap<TrustBundle>>;
-
-/// Reloads the bundle every `interval` until `shutdown` fires, publishing only valid bundles.
-pub async fn refresh(
-    source: BundleSource,
-    shared: SharedBundle,
-    interval: Duration,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut ticker = crate::periodic::Ticker::new(interval, shutdown);
-    ticker.tick().await; // the first tick is immediate; the bundle was loaded at start-up
-    while ticker.tick().await {
-        match source.load().await {
-            Ok(new) => {
-                if new.pem() != shared.load().pem() {
-                    tracing::info!(roots = new.roots().len(), "trust bundle changed");
-                    shared.store(Arc::new(new));
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "trust bundle refresh failed; keeping the current roots")
-            }
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -239,44 +196,5 @@ mod tests {
         // From Vault's issuers, non-roots are skipped rather than refused.
         let certs = parse_pem_certs(format!("{leaf}{}", ca.pem()).as_bytes()).unwrap();
         assert_eq!(TrustBundle::from_certs(certs).unwrap().roots().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn refresh_publishes_only_valid_bundles() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("roots.pem");
-        let (a, b) = (root("a"), root("b"));
-        std::fs::write(&path, &a).unwrap();
-        let source = BundleSource::File(path.clone());
-        let shared: SharedBundle = Arc::new(ArcSwap::from_pointee(source.load().await.unwrap()));
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(refresh(
-            source,
-            shared.clone(),
-            Duration::from_millis(20),
-            stop_rx,
-        ));
-
-        let wait_for = |n: usize| {
-            let shared = shared.clone();
-            async move {
-                for _ in 0..200 {
-                    if shared.load().roots().len() == n {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                panic!("bundle never reached {n} roots");
-            }
-        };
-        std::fs::write(&path, format!("{a}{b}")).unwrap(); // rotation: old + new
-        wait_for(2).await;
-        std::fs::write(&path, "garbage").unwrap(); // a broken file keeps the last good bundle
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(shared.load().roots().len(), 2);
-        std::fs::write(&path, &b).unwrap(); // old root retired
-        wait_for(1).await;
-        stop_tx.send(true).unwrap();
-        task.await.unwrap();
     }
 }

@@ -46,6 +46,18 @@ pub enum LeafError {
     NotValidNow { not_before: i64, not_after: i64 },
     #[error("issued certificate does not chain to the trust bundle: {0}")]
     Untrusted(String),
+    #[error("issued certificate was not issued by this target's CA: {0}")]
+    WrongIssuer(String),
+}
+
+/// What one signing target's leaves are checked against.
+#[derive(Debug)]
+pub struct TargetTrust {
+    /// The roots its leaves must chain to.
+    pub anchors: Arc<TrustBundle>,
+    /// The pinned issuer's certificate as a response element (PEM), when it is not a root:
+    /// the leaf's issuing CA must be exactly this one.
+    pub issuer_pem: Option<String>,
 }
 
 /// A verified leaf and the response chain built around it.
@@ -68,15 +80,37 @@ pub struct Expectation<'a> {
     pub max_not_after: SystemTime,
 }
 
-/// Verifies Vault's answer against `expect` and `bundle`, then assembles the chain.
+/// Verifies Vault's answer against `expect` and the signing target's `trust` (its roots and
+/// pinned issuer), then assembles the chain ending with the `served` bundle.
 ///
-/// The issuing path above the leaf is verified once per bundle and cached in `paths`; each
-/// request still verifies the leaf itself (signature, validity, EKU and the issuer's name
-/// constraints) with webpki.
+/// The issuing path above the leaf is verified once per set of roots and cached in `paths`;
+/// each request still verifies the leaf itself (signature, validity, EKU and the issuer's name
+/// constraints) with webpki. A leaf that chains to a served root of another target, or not
+/// through the pinned issuer, is [`LeafError::WrongIssuer`].
 pub fn verify_and_assemble(
     signed: &SignedCert,
     expect: Expectation<'_>,
+    trust: &TargetTrust,
+    served: &TrustBundle,
+    paths: &PathCache,
+    now: SystemTime,
+) -> Result<IssuedChain, LeafError> {
+    let chain = verify_path(signed, expect, &trust.anchors, served, paths, now)?;
+    if let Some(issuer) = &trust.issuer_pem
+        && chain.elements.get(1) != Some(issuer)
+    {
+        return Err(LeafError::WrongIssuer(
+            "the issuing CA is not the target's pinned issuer".into(),
+        ));
+    }
+    Ok(chain)
+}
+
+fn verify_path(
+    signed: &SignedCert,
+    expect: Expectation<'_>,
     bundle: &Arc<TrustBundle>,
+    served: &TrustBundle,
     paths: &PathCache,
     now: SystemTime,
 ) -> Result<IssuedChain, LeafError> {
@@ -115,7 +149,7 @@ pub fn verify_and_assemble(
         return Ok(assemble(
             leaf_der,
             &hit.elements,
-            bundle,
+            served,
             serial,
             not_before,
             not_after,
@@ -148,7 +182,7 @@ pub fn verify_and_assemble(
                     None,
                     None,
                 )
-                .map_err(|e| LeafError::Untrusted(format!("{e:?}")))?;
+                .map_err(|e| untrusted(&ee, &candidates, served, time, e))?;
             let path: Vec<CertificateDer<'static>> = path
                 .intermediate_certificates()
                 .map(|c| c.der().into_owned())
@@ -162,11 +196,39 @@ pub fn verify_and_assemble(
     Ok(assemble(
         leaf_der,
         &intermediates,
-        bundle,
+        served,
         serial,
         not_before,
         not_after,
     ))
+}
+
+/// A leaf that does not chain to its target's roots: [`LeafError::WrongIssuer`] if it chains
+/// to another served root (a route or role pointing at another CA: permanent), else
+/// [`LeafError::Untrusted`] (the roots may be stale: worth a retry after a refresh).
+fn untrusted(
+    ee: &EndEntityCert<'_>,
+    candidates: &[CertificateDer<'static>],
+    served: &TrustBundle,
+    time: UnixTime,
+    e: webpki::Error,
+) -> LeafError {
+    let elsewhere = ee
+        .verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            served.anchors(),
+            candidates,
+            time,
+            MeshEku,
+            None,
+            None,
+        )
+        .is_ok();
+    if elsewhere {
+        LeafError::WrongIssuer("it chains to a root of another target".into())
+    } else {
+        LeafError::Untrusted(format!("{e:?}"))
+    }
 }
 
 /// `[leaf, intermediates..., roots]`.
@@ -406,6 +468,21 @@ mod tests {
     use crate::csr::CsrPolicy;
 
     const ID: &str = "spiffe://cluster.local/ns/default/sa/demo";
+
+    /// One target, unpinned, whose roots are the whole served bundle (the single-CA case).
+    fn verify_and_assemble(
+        signed: &SignedCert,
+        expect: Expectation<'_>,
+        bundle: &Arc<TrustBundle>,
+        paths: &PathCache,
+        now: SystemTime,
+    ) -> Result<IssuedChain, LeafError> {
+        let trust = TargetTrust {
+            anchors: bundle.clone(),
+            issuer_pem: None,
+        };
+        super::verify_and_assemble(signed, expect, &trust, bundle, paths, now)
+    }
 
     struct Pki {
         root: CertifiedIssuer<'static, KeyPair>,

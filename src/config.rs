@@ -18,9 +18,11 @@ use crate::identity::TrustDomain;
 pub use crate::ttl::OverMax;
 
 mod limits;
+mod routing;
 mod tls_policy;
 
 pub use limits::*;
+pub use routing::{DEFAULT_TARGET, RouteConfig, TargetConfig};
 pub use tls_policy::*;
 
 /// Prefix of environment variables that override file settings.
@@ -68,6 +70,16 @@ pub struct Config {
     pub trust_distribution: Option<TrustDistributionConfig>,
     /// OpenTelemetry trace export (off unless `tracing.otlp_endpoint` is set).
     pub tracing: TracingConfig,
+    /// Signing targets besides `default` (`vault.mount` / `vault.role`).
+    pub targets: Vec<TargetConfig>,
+    /// Which target signs which request; first match wins, no match means `default`.
+    pub routes: Vec<RouteConfig>,
+    /// The file this configuration was read from (reloaded for `targets` and `routes`).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+    /// The `IVCA_*` overrides applied on top of it (applied again on reload).
+    #[serde(skip)]
+    pub overrides: Vec<(String, String)>,
 }
 
 /// OpenTelemetry trace export over OTLP/gRPC: one span per CreateCertificate call with
@@ -204,6 +216,10 @@ impl Default for Config {
             admin: AdminConfig::default(),
             trust_distribution: None,
             tracing: TracingConfig::default(),
+            targets: Vec::new(),
+            routes: Vec::new(),
+            source: None,
+            overrides: Vec::new(),
         }
     }
 }
@@ -567,7 +583,7 @@ impl Default for CsrConfig {
 }
 
 /// Certificate lifetime policy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TtlConfig {
     /// Lifetime used when the request asks for none (`validity_duration <= 0`).
@@ -581,6 +597,23 @@ pub struct TtlConfig {
 }
 
 impl TtlConfig {
+    /// `key` is where these settings are (`ttl`, `targets[0].ttl`).
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if self.default.is_zero() {
+            return Err(ConfigError::invalid(
+                &format!("{key}.default"),
+                "must be positive",
+            ));
+        }
+        if self.max < self.default {
+            return Err(ConfigError::invalid(
+                &format!("{key}.max"),
+                format!("must not be shorter than {key}.default"),
+            ));
+        }
+        Ok(())
+    }
+
     /// The policy these settings describe.
     pub fn policy(&self) -> crate::ttl::TtlPolicy {
         crate::ttl::TtlPolicy {
@@ -746,8 +779,12 @@ impl Default for VaultConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BundleConfig {
-    /// PEM file of trusted roots. Without it, every self-signed issuer of the Vault mount.
+    /// PEM file of trusted roots. Without it, every self-signed issuer of each target's Vault
+    /// mount (or its pinned issuer's chain).
     pub file: Option<PathBuf>,
+    /// PEM file of further roots, served but never used to verify a leaf: the roots of other
+    /// clusters of a multi-cluster mesh (ztunnel trusts peers only through the served bundle).
+    pub extra_roots_file: Option<PathBuf>,
     /// How often the roots are re-read.
     #[serde(with = "duration")]
     pub refresh_interval: Duration,
@@ -757,6 +794,7 @@ impl Default for BundleConfig {
     fn default() -> Self {
         Self {
             file: None,
+            extra_roots_file: None,
             refresh_interval: Duration::from_secs(300),
         }
     }
@@ -834,18 +872,27 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        let mut overrides = Vec::new();
         for (name, value) in env {
             if let Some(key) = name.strip_prefix(ENV_PREFIX) {
                 apply_override(&mut table, &name, key, &value)?;
+                overrides.push((name, value));
             }
         }
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
                 let key = e.path().to_string();
                 ConfigError::invalid(&key, e.into_inner().to_string())
             })?;
         config.validate()?;
+        config.source = path.map(Path::to_owned);
+        config.overrides = overrides;
         Ok(config)
+    }
+
+    /// Reads the same file with the same overrides again (for a reload).
+    pub fn reload(&self) -> Result<Self, ConfigError> {
+        Self::load(self.source.as_deref(), self.overrides.clone())
     }
 
     /// Cross-field rules that types alone cannot express.
@@ -960,15 +1007,8 @@ impl Config {
                 "must be at least 256",
             ));
         }
-        if self.ttl.default.is_zero() {
-            return Err(ConfigError::invalid("ttl.default", "must be positive"));
-        }
-        if self.ttl.max < self.ttl.default {
-            return Err(ConfigError::invalid(
-                "ttl.max",
-                "must not be shorter than ttl.default",
-            ));
-        }
+        self.ttl.validate("ttl")?;
+        routing::validate(&self.targets, &self.routes)?;
         check_http_url("vault.addr", &self.vault.addr)?;
         if self.vault.client_cert_file.is_some() != self.vault.client_key_file.is_some() {
             return Err(ConfigError::invalid(
@@ -1008,14 +1048,8 @@ impl Config {
                 }
             }
         }
-        for (key, value) in [
-            ("vault.mount", &self.vault.mount),
-            ("vault.role", &self.vault.role),
-        ] {
-            if value.is_empty() || value.starts_with('/') || value.contains("..") {
-                return Err(ConfigError::invalid(key, "must be a relative Vault path"));
-            }
-        }
+        check_vault_path("vault.mount", &self.vault.mount)?;
+        check_vault_path("vault.role", &self.vault.role)?;
         for (key, d) in [
             ("server.request_timeout", self.server.request_timeout),
             ("server.reload_interval", self.server.reload_interval),
@@ -1036,6 +1070,14 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A mount, role or issuer path relative to `/v1/`.
+fn check_vault_path(key: &str, value: &str) -> Result<(), ConfigError> {
+    if value.is_empty() || value.starts_with('/') || value.contains("..") {
+        return Err(ConfigError::invalid(key, "must be a relative Vault path"));
+    }
+    Ok(())
 }
 
 fn check_http_url(key: &str, url: &str) -> Result<(), ConfigError> {

@@ -238,9 +238,18 @@ pub fn leaf_accepted(data: &[u8]) -> bool {
         identity: &f.id,
         max_not_after: now + Duration::from_secs(200 * 365 * 86400),
     };
-    let Ok(chain) =
-        chain::verify_and_assemble(&signed, expect, &f.bundle, &PathCache::default(), now)
-    else {
+    let trust = chain::TargetTrust {
+        anchors: f.bundle.clone(),
+        issuer_pem: None,
+    };
+    let Ok(chain) = chain::verify_and_assemble(
+        &signed,
+        expect,
+        &trust,
+        &f.bundle,
+        &PathCache::default(),
+        now,
+    ) else {
         return false;
     };
     let (leaf_pem, rest) = chain.elements.split_first().expect("non-empty chain");

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod pem_text;
 pub mod periodic;
+pub mod routing;
 pub mod server;
 pub mod signer;
 pub mod telemetry;

@@ -53,6 +53,14 @@ fn describe() {
         "CreateCertificate calls by outcome and gRPC code"
     );
     describe_counter!("istio_vault_ca_refusals_total", "Refused calls by reason");
+    describe_counter!(
+        "istio_vault_ca_routed_requests_total",
+        "Calls that reached a routing decision, by route, target and outcome"
+    );
+    describe_counter!(
+        "istio_vault_ca_config_reloads_total",
+        "Reloads of targets and routes from the config file, applied or refused"
+    );
     describe_histogram!(
         "istio_vault_ca_request_duration_seconds",
         Unit::Seconds,
@@ -154,6 +162,24 @@ pub fn request(
         ::metrics::counter!("istio_vault_ca_refusals_total", "reason" => reason).increment(1);
     }
     ::metrics::histogram!("istio_vault_ca_request_duration_seconds").record(took.as_secs_f64());
+}
+
+/// One call that was routed: the route and target names come from the config, never from
+/// the request, so the label set stays bounded.
+pub fn routed(route: &str, target: &str, outcome: &'static str) {
+    ::metrics::counter!(
+        "istio_vault_ca_routed_requests_total",
+        "route" => route.to_owned(),
+        "target" => target.to_owned(),
+        "outcome" => outcome
+    )
+    .increment(1);
+}
+
+/// One reload of targets and routes from the config file: applied or refused.
+pub fn config_reload(applied: bool) {
+    let result = if applied { "applied" } else { "refused" };
+    ::metrics::counter!("istio_vault_ca_config_reloads_total", "result" => result).increment(1);
 }
 
 /// One call to Vault: its operation, duration and, if it failed, the error's kind label.

@@ -19,6 +19,7 @@ use tracing::Instrument;
 use crate::authn::{AuthnError, Credentials};
 use crate::pb::istio_certificate_service_server::IstioCertificateService;
 use crate::pb::{IstioCertificateRequest, IstioCertificateResponse};
+use crate::routing::RouteError;
 use crate::signer::{AuthzError, CertificateRequest, IssueError, Issued, Refusal, Signer};
 use crate::vault::VaultError;
 use gate::Arrival;
@@ -26,6 +27,9 @@ use outcome::{Call, Refused};
 
 /// Metadata key ztunnel uses to ask for another workload's identity.
 pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
+
+/// Metadata key pilot-agent uses for `ISTIO_META_CERT_SIGNER`: the CA the workload asks for.
+pub const CERT_SIGNER: &str = "CertSigner";
 
 /// The CreateCertificate service.
 pub struct CaService {
@@ -76,7 +80,9 @@ impl IstioCertificateService for CaService {
             cluster: &cluster,
         };
         let body = request.get_ref();
-        let impersonated = match impersonated_identity(body) {
+        let metadata = metadata_string(body, IMPERSONATED_IDENTITY)
+            .and_then(|i| Ok((i, metadata_string(body, CERT_SIGNER)?)));
+        let (impersonated, cert_signer) = match metadata {
             Ok(v) => v,
             Err(status) => {
                 outcome::refused(
@@ -87,6 +93,7 @@ impl IstioCertificateService for CaService {
                         error: &status.message(),
                         caller: None,
                         requested: None,
+                        routed: None,
                     },
                 );
                 return Err(status);
@@ -101,12 +108,14 @@ impl IstioCertificateService for CaService {
             csr_pem: &body.csr,
             validity_seconds: body.validity_duration,
             impersonated_identity: impersonated,
+            cert_signer,
         };
         let issue = self.signer.issue(req).instrument(arrival.span.clone());
         let result = match tokio::time::timeout(self.request_timeout, issue).await {
             Ok(r) => r,
             Err(_) => Err(Refusal {
                 caller: None,
+                routed: None,
                 error: IssueError::Vault(VaultError::Timeout(self.request_timeout)),
             }),
         };
@@ -117,7 +126,11 @@ impl IstioCertificateService for CaService {
                     cert_chain: certified.chain.elements,
                 }))
             }
-            Err(Refusal { caller, error }) => {
+            Err(Refusal {
+                caller,
+                routed,
+                error,
+            }) => {
                 let status = to_status(&error);
                 outcome::refused(
                     &call,
@@ -127,6 +140,7 @@ impl IstioCertificateService for CaService {
                         error: &error,
                         caller: caller.as_ref(),
                         requested: error.requested(),
+                        routed: routed.as_ref(),
                     },
                 );
                 Err(status)
@@ -135,21 +149,22 @@ impl IstioCertificateService for CaService {
     }
 }
 
-fn impersonated_identity(req: &IstioCertificateRequest) -> Result<Option<&str>, Status> {
+/// A string value of the request's `metadata` Struct (`ImpersonatedIdentity`, `CertSigner`);
+/// absent or null is `None`, any other kind is refused.
+fn metadata_string<'a>(
+    req: &'a IstioCertificateRequest,
+    key: &str,
+) -> Result<Option<&'a str>, Status> {
     use prost_types::value::Kind;
-    let Some(value) = req
-        .metadata
-        .as_ref()
-        .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
-    else {
+    let Some(value) = req.metadata.as_ref().and_then(|m| m.fields.get(key)) else {
         return Ok(None);
     };
     match &value.kind {
         Some(Kind::StringValue(s)) => Ok(Some(s.as_str())),
         Some(Kind::NullValue(_)) | None => Ok(None),
-        Some(_) => Err(Status::invalid_argument(
-            "metadata ImpersonatedIdentity must be a string",
-        )),
+        Some(_) => Err(Status::invalid_argument(format!(
+            "metadata {key} must be a string"
+        ))),
     }
 }
 
@@ -177,6 +192,12 @@ pub fn to_status(err: &IssueError) -> Status {
         IssueError::Authz(e) => Status::permission_denied(e.to_string()),
         IssueError::Csr(e) => Status::invalid_argument(e.to_string()),
         IssueError::Ttl(e) => Status::invalid_argument(e.to_string()),
+        IssueError::Route(e @ RouteError::UnknownSigner(_)) => {
+            Status::invalid_argument(e.to_string())
+        }
+        IssueError::Route(e @ RouteError::SignerNotAllowed { .. }) => {
+            Status::permission_denied(e.to_string())
+        }
         IssueError::Vault(VaultError::Delegation(_)) => {
             Status::permission_denied("Vault refused the caller's credentials (delegated signing)")
         }

@@ -1,5 +1,6 @@
-//! The signing pipeline, independent of gRPC: authenticate → authorize → CSR policy → TTL
-//! policy → Vault `sign/<role>` → leaf verification → response chain.
+//! The signing pipeline, independent of gRPC: authenticate → authorize → route (which
+//! target signs) → CSR policy → the target's TTL policy → Vault `sign/<role>` on the target →
+//! leaf verification against the target's trust → response chain.
 //!
 //! Every refusal is an [`IssueError`] whose variant says whose fault it is; `server` turns it
 //! into a gRPC status. Vault is called only after every local check has passed.
@@ -10,10 +11,11 @@ use std::time::{Duration, SystemTime};
 use crate::authn::{AuthMethod, Authenticator, AuthnError, Caller, Credentials};
 use crate::bundle::SharedBundle;
 use crate::chain::{self, Expectation, IssuedChain, LeafError, PathCache};
-use crate::ttl::{TtlError, TtlPolicy};
 use crate::csr::{CsrError, CsrPolicy, VerifiedCsr};
 use crate::identity::SpiffeId;
+use crate::routing::{Decision, RouteError, SharedRoutes};
 use crate::telemetry::SPAN_TARGET;
+use crate::ttl::TtlError;
 use crate::vault::{SignedCert, VaultClient, VaultError};
 use tracing::Instrument;
 
@@ -51,6 +53,8 @@ pub enum IssueError {
     #[error(transparent)]
     Ttl(#[from] TtlError),
     #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(transparent)]
     Leaf(#[from] LeafError),
@@ -76,17 +80,36 @@ impl IssueError {
             Self::Authz(_) => "impersonation",
             Self::Csr(_) => "csr-policy",
             Self::Ttl(_) => "ttl",
+            Self::Route(_) => "route",
             Self::Vault(_) => "vault",
             Self::Leaf(_) => "leaf-verification",
         }
     }
 }
 
-/// A refused request: why, and who was asking if that had been established.
+/// A refused request: why, who was asking and where it was routed, as far as that had been
+/// established.
 #[derive(Debug, Clone)]
 pub struct Refusal {
     pub caller: Option<Caller>,
+    pub routed: Option<Routed>,
     pub error: IssueError,
+}
+
+/// The names of the route a request took and of its target (from the config: bounded).
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub route: Arc<str>,
+    pub target: Arc<str>,
+}
+
+impl From<&Decision> for Routed {
+    fn from(d: &Decision) -> Self {
+        Self {
+            route: d.route.clone(),
+            target: d.target.name.clone(),
+        }
+    }
 }
 
 /// One certificate request, as received.
@@ -98,6 +121,8 @@ pub struct CertificateRequest<'a> {
     pub validity_seconds: i64,
     /// `metadata["ImpersonatedIdentity"]`, if sent.
     pub impersonated_identity: Option<&'a str>,
+    /// `metadata["CertSigner"]` (`ISTIO_META_CERT_SIGNER`), if sent.
+    pub cert_signer: Option<&'a str>,
 }
 
 /// A request that passed every local check: what to ask Vault for.
@@ -105,6 +130,8 @@ pub struct CertificateRequest<'a> {
 pub struct Approved {
     pub identity: SpiffeId,
     pub csr: VerifiedCsr,
+    /// Which route claimed the request and the target that signs it.
+    pub decision: Decision,
     pub ttl: Duration,
     /// Whether policy shortened the requested TTL.
     pub clamped: bool,
@@ -114,6 +141,7 @@ pub struct Approved {
 #[derive(Debug, Clone)]
 pub struct Certified {
     pub identity: SpiffeId,
+    pub routed: Routed,
     pub chain: IssuedChain,
     /// Whether the requested TTL was shortened (by policy or by Vault).
     pub clamped: bool,
@@ -130,8 +158,10 @@ pub struct Issued {
 pub struct Signer {
     pub authn: Authenticator,
     pub csr_policy: CsrPolicy,
-    pub ttl: TtlPolicy,
+    /// Targets and routes; each request reads the table once.
+    pub routes: SharedRoutes,
     pub vault: VaultClient,
+    /// The served roots: every target's, and the extra roots.
     pub bundle: SharedBundle,
     /// Issuing paths already verified against the current bundle.
     pub paths: PathCache,
@@ -143,8 +173,8 @@ pub struct Signer {
     pub impersonation: Option<Impersonation>,
 }
 
-/// What makes two requests identical: same identity, same CSR bytes, same TTL.
-type SignKey = (SpiffeId, [u8; 32], Duration);
+/// What makes two requests identical: same target, identity, CSR bytes and TTL.
+type SignKey = (Arc<str>, SpiffeId, [u8; 32], Duration);
 type SharedSign = Arc<tokio::sync::OnceCell<Result<SignedCert, VaultError>>>;
 
 /// Identical requests in flight share one Vault call, so agents retrying while their first
@@ -157,7 +187,13 @@ pub struct InFlight {
 
 impl InFlight {
     async fn sign(&self, vault: &VaultClient, a: &Approved) -> Result<SignedCert, VaultError> {
-        let key = (a.identity.clone(), a.csr.digest(), a.ttl);
+        let target = &a.decision.target;
+        let key = (
+            target.name.clone(),
+            a.identity.clone(),
+            a.csr.digest(),
+            a.ttl,
+        );
         let cell = {
             let mut calls = self.lock();
             if calls.contains_key(&key) {
@@ -172,7 +208,7 @@ impl InFlight {
             cell,
         };
         slot.cell
-            .get_or_init(|| vault.sign(a.csr.pem(), &a.identity, a.ttl))
+            .get_or_init(|| vault.sign(&target.vault, a.csr.pem(), &a.identity, a.ttl))
             .await
             .clone()
     }
@@ -214,24 +250,37 @@ impl Signer {
             .await
             .map_err(|e| Refusal {
                 caller: None,
+                routed: None,
                 error: e.into(),
             })?;
-        match self.issue_for(&caller, req).await {
+        let approved = match self.approve(&caller, &req) {
+            Ok(a) => a,
+            Err(error) => {
+                return Err(Refusal {
+                    caller: Some(caller),
+                    routed: None,
+                    error,
+                });
+            }
+        };
+        let routed = Routed::from(&approved.decision);
+        match self.sign_approved(&caller, req, approved).await {
             Ok(certified) => Ok(Issued { caller, certified }),
             Err(error) => Err(Refusal {
                 caller: Some(caller),
+                routed: Some(routed),
                 error,
             }),
         }
     }
 
-    /// Everything after authentication.
-    async fn issue_for(
+    /// Everything after the local checks: Vault and leaf verification.
+    async fn sign_approved(
         &self,
         caller: &Caller,
         req: CertificateRequest<'_>,
+        approved: Approved,
     ) -> Result<Certified, IssueError> {
-        let approved = self.approve(caller, &req)?;
         // Delegated mode signs only with the caller's own Vault credentials: a bearer token
         // (verified locally or by TokenReview) is exchanged; any other caller is refused, never
         // signed for with the signer's own token.
@@ -258,6 +307,9 @@ impl Signer {
             otel.kind = "client",
             delegated = delegated_jwt.is_some(),
             identity = %approved.identity,
+            route = %approved.decision.route,
+            target = %approved.decision.target.name,
+            vault.path = %approved.decision.target.vault.path(),
             deduplicated = false,
         );
         let signed = match (&self.delegation, delegated_jwt) {
@@ -265,6 +317,7 @@ impl Signer {
                 self.vault
                     .delegated_sign(
                         delegation,
+                        &approved.decision.target.vault,
                         jwt,
                         caller.expires,
                         approved.csr.pem(),
@@ -285,7 +338,8 @@ impl Signer {
             .in_scope(|| self.finish(approved, &signed, SystemTime::now()))
     }
 
-    /// The local checks after authentication: authorization, CSR policy, TTL policy.
+    /// The local checks after authentication: authorization, routing, CSR policy, the
+    /// target's TTL policy.
     pub fn approve(
         &self,
         caller: &Caller,
@@ -298,6 +352,8 @@ impl Signer {
                 self.impersonation.as_ref(),
             )
         })?;
+        // The table is read once: the request finishes on the targets it started with.
+        let decision = self.routes.load().choose(&identity, req.cert_signer)?;
         let csr = tracing::info_span!(target: SPAN_TARGET, "csr.verify")
             .in_scope(|| self.csr_policy.verify(req.csr_pem))?;
         if *csr.requested() != identity {
@@ -307,10 +363,11 @@ impl Signer {
             }
             .into());
         }
-        let (ttl, clamped) = self.ttl.resolve(req.validity_seconds)?;
+        let (ttl, clamped) = decision.target.ttl.resolve(req.validity_seconds)?;
         Ok(Approved {
             identity,
             csr,
+            decision,
             ttl,
             clamped,
         })
@@ -326,10 +383,12 @@ impl Signer {
         let Approved {
             identity,
             csr,
+            decision,
             ttl,
             mut clamped,
         } = approved;
-        let bundle = self.bundle.load_full();
+        let served = self.bundle.load_full();
+        let trust = decision.target.trust();
         let chain = chain::verify_and_assemble(
             signed,
             Expectation {
@@ -337,16 +396,20 @@ impl Signer {
                 identity: &identity,
                 max_not_after: now + ttl + NOT_AFTER_SLACK,
             },
-            &bundle,
+            &trust,
+            &served,
             &self.paths,
             now,
         )
         .inspect_err(|e| {
             tracing::error!(
                 identity = %identity,
+                route = %decision.route,
+                target = %decision.target.name,
+                vault_path = %decision.target.vault.path(),
                 vault_serial = %signed.serial,
                 error = %e,
-                "Vault issued a certificate that fails verification; it was NOT returned. Check the PKI role and issuer."
+                "Vault issued a certificate that fails verification; it was NOT returned. Check the PKI role and issuer of this target."
             );
         })?;
         if clamped {
@@ -369,6 +432,7 @@ impl Signer {
         }
         Ok(Certified {
             identity,
+            routed: Routed::from(&decision),
             chain,
             clamped,
         })

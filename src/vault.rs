@@ -214,15 +214,56 @@ pub struct Issuer {
     pub ca_chain: Vec<String>,
 }
 
-/// Client for one PKI mount and role.
+/// Where workload CSRs are signed: a PKI mount and role, in a Vault namespace. The signing
+/// pipeline chooses one per request; [`VaultClient::sign`] and [`VaultClient::issuers`] take it.
+#[derive(Clone)]
+pub struct SignTarget {
+    mount: String,
+    role: String,
+    /// `X-Vault-Namespace` for this target (the client's own when not set).
+    namespace: Option<HeaderValue>,
+    /// `<addr>/v1/<mount>/`
+    mount_url: Url,
+    /// `<addr>/v1/<mount>/sign/<role>`
+    sign_url: Url,
+}
+
+impl SignTarget {
+    /// `<mount>/sign/<role>`, for logs.
+    pub fn path(&self) -> String {
+        format!("{}/sign/{}", self.mount, self.role)
+    }
+
+    pub fn mount(&self) -> &str {
+        &self.mount
+    }
+
+    pub fn role(&self) -> &str {
+        &self.role
+    }
+}
+
+impl std::fmt::Debug for SignTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignTarget")
+            .field("mount", &self.mount)
+            .field("role", &self.role)
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+/// Client for one Vault (or OpenBao) server: the signer's token, its connection pool, circuit
+/// breaker and retries, shared by every [`SignTarget`].
 #[derive(Clone)]
 pub struct VaultClient {
     http: reqwest::Client,
     /// `<addr>/v1/`
     api: Url,
-    /// `<addr>/v1/<mount>/`
+    /// `<addr>/v1/<vault.mount>/`: the default target's mount (serving certificates).
     base: Url,
-    sign_url: Url,
+    /// `vault.mount` / `vault.role`.
+    default_target: SignTarget,
     namespace: Option<HeaderValue>,
     auth: Arc<AuthState>,
     breaker: Arc<Breaker>,
@@ -281,23 +322,13 @@ impl VaultClient {
         let base = base
             .join("v1/")
             .map_err(|e| VaultError::Unreachable(e.to_string()))?;
-        let sign_url = base
-            .join(&format!("{}/sign/{}", config.mount, config.role))
-            .map_err(|e| VaultError::Unreachable(e.to_string()))?;
-        let namespace =
-            match &config.namespace {
-                Some(ns) => Some(HeaderValue::from_str(ns).map_err(|_| {
-                    VaultError::Token("vault.namespace is not a valid header".into())
-                })?),
-                None => None,
-            };
+        let namespace = namespace_header(config.namespace.as_deref())?;
+        let default_target = make_target(&base, &config.mount, &config.role, None)?;
         Ok(Self {
             http,
-            base: base
-                .join(&format!("{}/", config.mount))
-                .map_err(|e| VaultError::Unreachable(e.to_string()))?,
+            base: default_target.mount_url.clone(),
             api: base,
-            sign_url,
+            default_target,
             namespace,
             auth: Arc::new(AuthState::new()),
             breaker: Arc::new(Breaker::new(
@@ -308,6 +339,21 @@ impl VaultClient {
             timeout: config.timeout,
             retries: config.retries,
         })
+    }
+
+    /// `vault.mount` / `vault.role`: where requests no route claims are signed.
+    pub fn default_target(&self) -> &SignTarget {
+        &self.default_target
+    }
+
+    /// A signing target on this Vault: `mount`, `role` and, if set, its own namespace.
+    pub fn target(
+        &self,
+        mount: &str,
+        role: &str,
+        namespace: Option<&str>,
+    ) -> Result<SignTarget, VaultError> {
+        make_target(&self.api, mount, role, namespace_header(namespace)?)
     }
 
     /// The token's state, for readiness.
@@ -323,15 +369,38 @@ impl VaultClient {
 
     /// A request without the token header (logins), with the namespace header.
     fn unauthenticated(&self, method: reqwest::Method, url: Url) -> reqwest::RequestBuilder {
+        self.unauthenticated_in(method, url, None)
+    }
+
+    /// A request without the token header, in `target`'s namespace if it has its own.
+    fn unauthenticated_in(
+        &self,
+        method: reqwest::Method,
+        url: Url,
+        target: Option<&SignTarget>,
+    ) -> reqwest::RequestBuilder {
         let req = self.http.request(method, url);
-        match &self.namespace {
+        match target
+            .and_then(|t| t.namespace.as_ref())
+            .or(self.namespace.as_ref())
+        {
             Some(ns) => req.header(NAMESPACE_HEADER, ns.clone()),
             None => req,
         }
     }
 
     fn request(&self, method: reqwest::Method, url: Url) -> reqwest::RequestBuilder {
-        self.unauthenticated(method, url)
+        self.request_in(method, url, None)
+    }
+
+    /// A request with the signer's token, in `target`'s namespace if it has its own.
+    fn request_in(
+        &self,
+        method: reqwest::Method,
+        url: Url,
+        target: Option<&SignTarget>,
+    ) -> reqwest::RequestBuilder {
+        self.unauthenticated_in(method, url, target)
             .header(TOKEN_HEADER, self.auth.token.load().0.clone())
     }
 
@@ -340,19 +409,20 @@ impl VaultClient {
         self.breaker.is_open()
     }
 
-    /// `POST <mount>/sign/<role>` with the authorized identity as the only URI SAN.
+    /// `POST <mount>/sign/<role>` of `target` with the authorized identity as the only URI SAN.
     /// Transient failures are retried up to `vault.retries` times with jittered exponential
     /// backoff (the caller's deadline still bounds the whole); a `403` asks for a new token
     /// once and retries once with it.
     pub async fn sign(
         &self,
+        target: &SignTarget,
         csr_pem: &str,
         identity: &SpiffeId,
         ttl: Duration,
     ) -> Result<SignedCert, VaultError> {
         let mut attempt = 0;
         loop {
-            match self.sign_with_relogin(csr_pem, identity, ttl).await {
+            match self.sign_with_relogin(target, csr_pem, identity, ttl).await {
                 Err(e) if e.is_retryable() && attempt < self.retries => {
                     attempt += 1;
                     let base = Duration::from_millis(100) * 2u32.pow(attempt - 1);
@@ -366,19 +436,20 @@ impl VaultClient {
 
     async fn sign_with_relogin(
         &self,
+        target: &SignTarget,
         csr_pem: &str,
         identity: &SpiffeId,
         ttl: Duration,
     ) -> Result<SignedCert, VaultError> {
         let generation = self.auth.generation();
-        match self.sign_once(csr_pem, identity, ttl).await {
+        match self.sign_once(target, csr_pem, identity, ttl).await {
             Err(VaultError::Forbidden(m)) => {
                 if self
                     .auth
                     .replace_after_forbidden(generation, self.timeout)
                     .await
                 {
-                    self.sign_once(csr_pem, identity, ttl).await
+                    self.sign_once(target, csr_pem, identity, ttl).await
                 } else {
                     Err(VaultError::Forbidden(m))
                 }
@@ -389,11 +460,12 @@ impl VaultClient {
 
     async fn sign_once(
         &self,
+        target: &SignTarget,
         csr_pem: &str,
         identity: &SpiffeId,
         ttl: Duration,
     ) -> Result<SignedCert, VaultError> {
-        let req = self.request(reqwest::Method::POST, self.sign_url.clone());
+        let req = self.request_in(reqwest::Method::POST, target.sign_url.clone(), Some(target));
         self.post_sign("sign", req, csr_pem, identity, ttl).await
     }
 
@@ -448,15 +520,18 @@ impl VaultClient {
         signed_from(env)
     }
 
-    /// Every issuer of the mount (`LIST <mount>/issuers`, then `issuer/<id>/json`).
-    pub async fn issuers(&self) -> Result<Vec<Issuer>, VaultError> {
-        let mut url = self
-            .base
+    /// Every issuer of `target`'s mount (`LIST <mount>/issuers`, then `issuer/<id>/json`).
+    pub async fn issuers(&self, target: &SignTarget) -> Result<Vec<Issuer>, VaultError> {
+        let mut url = target
+            .mount_url
             .join("issuers")
             .map_err(|e| VaultError::Malformed(e.to_string()))?;
         url.set_query(Some("list=true"));
         let keys = match self
-            .send::<Envelope<IssuerList>>("issuers", self.request(reqwest::Method::GET, url))
+            .send::<Envelope<IssuerList>>(
+                "issuers",
+                self.request_in(reqwest::Method::GET, url, Some(target)),
+            )
             .await
         {
             Ok(list) => list.data.map(|d| d.keys).unwrap_or_default(),
@@ -472,19 +547,26 @@ impl VaultClient {
             if id.is_empty() || id.contains('/') || id.contains("..") {
                 return Err(VaultError::Malformed(format!("issuer id {id:?}")));
             }
-            let url = self
-                .base
-                .join(&format!("issuer/{id}/json"))
-                .map_err(|e| VaultError::Malformed(e.to_string()))?;
-            let env: Envelope<Issuer> = self
-                .send("issuer", self.request(reqwest::Method::GET, url))
-                .await?;
-            out.push(
-                env.data
-                    .ok_or_else(|| VaultError::Malformed(format!("issuer {id} has no data")))?,
-            );
+            out.push(self.issuer(target, &id).await?);
         }
         Ok(out)
+    }
+
+    /// One issuer of `target`'s mount by id or name (`issuer/<ref>/json`; `default` is the
+    /// mount's default issuer).
+    pub async fn issuer(&self, target: &SignTarget, reference: &str) -> Result<Issuer, VaultError> {
+        let url = target
+            .mount_url
+            .join(&format!("issuer/{reference}/json"))
+            .map_err(|e| VaultError::Malformed(e.to_string()))?;
+        let env: Envelope<Issuer> = self
+            .send(
+                "issuer",
+                self.request_in(reqwest::Method::GET, url, Some(target)),
+            )
+            .await?;
+        env.data
+            .ok_or_else(|| VaultError::Malformed(format!("issuer {reference} has no data")))
     }
 
     /// Sends one request through the circuit breaker; `op` labels its metrics.
@@ -548,6 +630,38 @@ impl VaultClient {
             VaultError::Unreachable(error_chain(&e.without_url()))
         }
     }
+}
+
+fn namespace_header(namespace: Option<&str>) -> Result<Option<HeaderValue>, VaultError> {
+    namespace
+        .map(|ns| {
+            HeaderValue::from_str(ns).map_err(|_| {
+                VaultError::Token(format!("Vault namespace {ns:?} is not a valid header"))
+            })
+        })
+        .transpose()
+}
+
+/// `<api>/<mount>/` and `<api>/<mount>/sign/<role>`.
+fn make_target(
+    api: &Url,
+    mount: &str,
+    role: &str,
+    namespace: Option<HeaderValue>,
+) -> Result<SignTarget, VaultError> {
+    let mount_url = api
+        .join(&format!("{}/", mount.trim_matches('/')))
+        .map_err(|e| VaultError::Malformed(format!("mount {mount:?}: {e}")))?;
+    let sign_url = mount_url
+        .join(&format!("sign/{role}"))
+        .map_err(|e| VaultError::Malformed(format!("role {role:?}: {e}")))?;
+    Ok(SignTarget {
+        mount: mount.to_owned(),
+        role: role.to_owned(),
+        namespace,
+        mount_url,
+        sign_url,
+    })
 }
 
 /// Parses the body of a `sign/<role>` answer (what the signer does with Vault's bytes; the

@@ -242,6 +242,8 @@ fn request_span() -> tracing::Span {
         outcome = Empty,
         reason = Empty,
         serial = Empty,
+        route = Empty,
+        target = Empty,
     )
 }
 
@@ -487,6 +489,7 @@ fn report(
             error,
             caller: None,
             requested: None,
+            routed: None,
         },
     );
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use tonic::{Code, Status};
 
 use crate::authn::Caller;
-use crate::signer::Certified;
+use crate::signer::{Certified, Routed};
 use crate::telemetry::AUDIT_TARGET;
 
 /// Target of the one-line-per-call request log.
@@ -36,12 +36,15 @@ pub struct Refused<'a> {
     pub caller: Option<&'a Caller>,
     /// The identity asked for, when known.
     pub requested: Option<&'a str>,
+    /// Where the call was routed, when it got that far.
+    pub routed: Option<&'a Routed>,
 }
 
 /// Reports an issued certificate.
 pub fn issued(call: &Call<'_>, caller: &Caller, certified: &Certified) {
     let Certified {
         identity,
+        routed,
         chain,
         clamped,
     } = certified;
@@ -54,8 +57,11 @@ pub fn issued(call: &Call<'_>, caller: &Caller, certified: &Certified) {
         .record("caller", tracing::field::display(&caller.identity))
         .record("authn", caller.method.as_str())
         .record("identity", tracing::field::display(identity))
-        .record("serial", tracing::field::display(&chain.serial));
+        .record("serial", tracing::field::display(&chain.serial))
+        .record("route", &*routed.route)
+        .record("target", &*routed.target);
     crate::metrics::request("issued", Code::Ok, None, took);
+    crate::metrics::routed(&routed.route, &routed.target, "issued");
     crate::metrics::issued(chain.not_after);
     tracing::info!(
         target: REQUEST_TARGET,
@@ -68,6 +74,8 @@ pub fn issued(call: &Call<'_>, caller: &Caller, certified: &Certified) {
         serial = %chain.serial,
         not_after = chain.not_after,
         clamped,
+        route = &*routed.route,
+        target = &*routed.target,
         duration_ms = took.as_secs_f64() * 1000.0,
         peer = ?call.peer,
         "CreateCertificate"
@@ -86,6 +94,8 @@ pub fn issued(call: &Call<'_>, caller: &Caller, certified: &Certified) {
         serial = %chain.serial,
         not_after = chain.not_after,
         clamped,
+        route = &*routed.route,
+        target = &*routed.target,
         peer = call.peer.map(|p| p.to_string()).unwrap_or_default(),
         "certificate issued"
     );
@@ -99,6 +109,14 @@ pub fn refused(call: &Call<'_>, r: Refused<'_>) {
         crate::metrics::shed(r.reason);
     }
     crate::metrics::request("refused", code, Some(r.reason), took);
+    let route = r.routed.map(|x| &*x.route);
+    let target = r.routed.map(|x| &*x.target);
+    if let Some(routed) = r.routed {
+        crate::metrics::routed(&routed.route, &routed.target, "refused");
+        call.span
+            .record("route", &*routed.route)
+            .record("target", &*routed.target);
+    }
     let authn = r.caller.map(|c| c.method.as_str());
     let caller_id = r.caller.map(|c| c.identity.to_string());
     call.span
@@ -117,6 +135,8 @@ pub fn refused(call: &Call<'_>, r: Refused<'_>) {
         code = ?code,
         reason = r.reason,
         error = %r.error,
+        route,
+        target,
         duration_ms = took.as_secs_f64() * 1000.0,
         peer = ?call.peer,
         "CreateCertificate"
@@ -133,6 +153,8 @@ pub fn refused(call: &Call<'_>, r: Refused<'_>) {
         requested = r.requested.unwrap_or("-"),
         reason = r.reason,
         error = %r.error,
+        route,
+        target,
         peer = call.peer.map(|p| p.to_string()).unwrap_or_default(),
         "certificate refused"
     );

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::Url;
 
-use super::{SignedCert, VaultClient, VaultError, VaultToken};
+use super::{SignTarget, SignedCert, VaultClient, VaultError, VaultToken};
 use crate::cache::{Digest, ExpiringCache};
 use crate::config::DelegatedConfig;
 use crate::identity::SpiffeId;
@@ -22,36 +22,49 @@ const FAR_FUTURE: Duration = Duration::from_secs(365 * 86400);
 pub struct Delegation {
     mount: String,
     role: String,
-    sign_url: Url,
+    /// `vault.delegated.sign_role`: replaces the default target's role (other targets sign
+    /// with their own role).
+    default_sign_url: Option<Url>,
     tokens: ExpiringCache<VaultToken>,
 }
 
 impl Delegation {
-    pub fn new(
-        vault: &VaultClient,
-        config: &DelegatedConfig,
-        default_role: &str,
-    ) -> Result<Self, VaultError> {
-        let role = config.sign_role.as_deref().unwrap_or(default_role);
-        let sign_url = vault
-            .base
-            .join(&format!("sign/{role}"))
-            .map_err(|e| VaultError::Malformed(e.to_string()))?;
+    pub fn new(vault: &VaultClient, config: &DelegatedConfig) -> Result<Self, VaultError> {
+        let default_sign_url = config
+            .sign_role
+            .as_deref()
+            .map(|role| {
+                vault
+                    .base
+                    .join(&format!("sign/{role}"))
+                    .map_err(|e| VaultError::Malformed(e.to_string()))
+            })
+            .transpose()?;
         Ok(Self {
             mount: config.mount.clone(),
             role: config.role.clone(),
-            sign_url,
+            default_sign_url,
             tokens: ExpiringCache::new(config.cache_size),
         })
+    }
+
+    /// Where a delegated call for `target` signs.
+    fn sign_url(&self, vault: &VaultClient, target: &SignTarget) -> Url {
+        match &self.default_sign_url {
+            Some(url) if target.sign_url == vault.default_target.sign_url => url.clone(),
+            _ => target.sign_url.clone(),
+        }
     }
 }
 
 impl VaultClient {
     /// Signs with a Vault token obtained from the caller's `jwt` (expiring at `jwt_exp`, unix
     /// seconds). A `403` drops the cached token and logs in once more.
+    #[allow(clippy::too_many_arguments)]
     pub async fn delegated_sign(
         &self,
         delegation: &Delegation,
+        target: &SignTarget,
         jwt: &str,
         jwt_exp: Option<u64>,
         csr_pem: &str,
@@ -68,13 +81,13 @@ impl VaultClient {
             }
         };
         match self
-            .sign_as(delegation, &token, csr_pem, identity, ttl)
+            .sign_as(delegation, target, &token, csr_pem, identity, ttl)
             .await
         {
             Err(VaultError::Forbidden(_)) if !fresh => {
                 delegation.tokens.remove(&key);
                 let token = self.delegated_login(delegation, &key, jwt, jwt_exp).await?;
-                self.sign_as(delegation, &token, csr_pem, identity, ttl)
+                self.sign_as(delegation, target, &token, csr_pem, identity, ttl)
                     .await
             }
             r => r,
@@ -116,13 +129,18 @@ impl VaultClient {
     async fn sign_as(
         &self,
         delegation: &Delegation,
+        target: &SignTarget,
         token: &VaultToken,
         csr_pem: &str,
         identity: &SpiffeId,
         ttl: Duration,
     ) -> Result<SignedCert, VaultError> {
         let req = self
-            .unauthenticated(reqwest::Method::POST, delegation.sign_url.clone())
+            .unauthenticated_in(
+                reqwest::Method::POST,
+                delegation.sign_url(self, target),
+                Some(target),
+            )
             .header(super::TOKEN_HEADER, token.0.clone());
         self.post_sign("sign_delegated", req, csr_pem, identity, ttl)
             .await

@@ -1,0 +1,225 @@
+//! `[[targets]]` and `[[routes]]`: several CAs in one mesh. A target is a Vault PKI mount and
+//! role (optionally in its own Vault namespace, pinned to one issuer, with its own lifetime
+//! policy); routes, first match wins, choose a target per request by the requested identity's
+//! namespace and service account and by the `CertSigner` the workload names. The implicit
+//! target `default` is `vault.mount` / `vault.role` with `[ttl]`.
+
+use serde::Deserialize;
+
+use super::{ConfigError, TtlConfig, check_vault_path};
+
+/// The name of the target made of `vault.mount` / `vault.role`.
+pub const DEFAULT_TARGET: &str = "default";
+
+/// Longest target, route or `CertSigner` name: they become metric labels.
+const MAX_NAME_LEN: usize = 63;
+
+/// A named Vault PKI mount and role that can sign.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Used by routes and shown in logs, metrics and audit lines.
+    pub name: String,
+    /// PKI mount path.
+    pub mount: String,
+    /// Role used for `sign/<role>`.
+    pub role: String,
+    /// Vault namespace of the mount (default: `vault.namespace`).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Issuer (name or id) every leaf of this target must be issued by; without it, any issuer
+    /// of the mount.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Lifetime policy of this target (default: `[ttl]`).
+    #[serde(default)]
+    pub ttl: Option<TtlConfig>,
+}
+
+/// Which requests a route claims, and the target that signs them. Every criterion given must
+/// match; one not given matches anything.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Shown in logs, metrics and audit lines.
+    pub name: String,
+    /// A `[[targets]]` name, or `default`.
+    pub target: String,
+    /// Namespaces of the requested identity: names, `*` matching any run of characters.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Service accounts of the requested identity, same syntax.
+    #[serde(default)]
+    pub service_accounts: Vec<String>,
+    /// The `CertSigner` the workload names (`ISTIO_META_CERT_SIGNER`). A route without it
+    /// claims only requests that name no signer; a request naming one that no route lists is
+    /// refused.
+    #[serde(default)]
+    pub cert_signer: Option<String>,
+}
+
+/// Target and route names: short, label-safe.
+fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!("{name:?} must be 1-{MAX_NAME_LEN} characters of [A-Za-z0-9._-]"),
+        ))
+    }
+}
+
+/// A namespace or service-account pattern: a Kubernetes name with `*` wildcards.
+fn check_pattern(key: &str, pattern: &str) -> Result<(), ConfigError> {
+    let ok = !pattern.is_empty()
+        && pattern.len() <= 253
+        && pattern.bytes().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'.' | b'*')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!("{pattern:?} is not a name pattern (lower-case name characters and `*`)"),
+        ))
+    }
+}
+
+/// Targets and routes as a whole: unique names, routes naming existing targets.
+pub fn validate(targets: &[TargetConfig], routes: &[RouteConfig]) -> Result<(), ConfigError> {
+    let mut names = std::collections::HashSet::from([DEFAULT_TARGET]);
+    for (i, t) in targets.iter().enumerate() {
+        let key = format!("targets[{i}]");
+        check_name(&format!("{key}.name"), &t.name)?;
+        if !names.insert(t.name.as_str()) {
+            return Err(ConfigError::invalid(
+                &format!("{key}.name"),
+                format!(
+                    "{:?} is used twice (`default` is vault.mount/vault.role)",
+                    t.name
+                ),
+            ));
+        }
+        check_vault_path(&format!("{key}.mount"), &t.mount)?;
+        check_vault_path(&format!("{key}.role"), &t.role)?;
+        if let Some(issuer) = &t.issuer {
+            check_vault_path(&format!("{key}.issuer"), issuer)?;
+            if issuer.contains('/') {
+                return Err(ConfigError::invalid(
+                    &format!("{key}.issuer"),
+                    "must be an issuer name or id",
+                ));
+            }
+        }
+        if let Some(ns) = &t.namespace
+            && (ns.is_empty() || reqwest::header::HeaderValue::from_str(ns).is_err())
+        {
+            return Err(ConfigError::invalid(
+                &format!("{key}.namespace"),
+                "must be a Vault namespace path",
+            ));
+        }
+        if let Some(ttl) = &t.ttl {
+            ttl.validate(&format!("{key}.ttl"))?;
+        }
+    }
+    let mut route_names = std::collections::HashSet::new();
+    for (i, r) in routes.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        check_name(&format!("{key}.name"), &r.name)?;
+        if !route_names.insert(r.name.as_str()) {
+            return Err(ConfigError::invalid(
+                &format!("{key}.name"),
+                format!("{:?} is used twice", r.name),
+            ));
+        }
+        if !names.contains(r.target.as_str()) {
+            return Err(ConfigError::invalid(
+                &format!("{key}.target"),
+                format!("{:?} is not a [[targets]] name or `default`", r.target),
+            ));
+        }
+        for (j, p) in r.namespaces.iter().enumerate() {
+            check_pattern(&format!("{key}.namespaces[{j}]"), p)?;
+        }
+        for (j, p) in r.service_accounts.iter().enumerate() {
+            check_pattern(&format!("{key}.service_accounts[{j}]"), p)?;
+        }
+        if let Some(signer) = &r.cert_signer {
+            check_name(&format!("{key}.cert_signer"), signer)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(name: &str) -> TargetConfig {
+        TargetConfig {
+            name: name.into(),
+            mount: "pki-b".into(),
+            role: "r".into(),
+            namespace: None,
+            issuer: None,
+            ttl: None,
+        }
+    }
+
+    fn route(name: &str, to: &str) -> RouteConfig {
+        RouteConfig {
+            name: name.into(),
+            target: to.into(),
+            namespaces: vec![],
+            service_accounts: vec![],
+            cert_signer: None,
+        }
+    }
+
+    fn error(targets: &[TargetConfig], routes: &[RouteConfig]) -> String {
+        validate(targets, routes).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn names_targets_and_patterns_are_checked_where_they_are_written() {
+        assert!(validate(&[target("b")], &[route("r", "b"), route("d", "default")]).is_ok());
+        assert!(error(&[target("default")], &[]).starts_with("targets[0].name:"));
+        assert!(error(&[target("b"), target("b")], &[]).starts_with("targets[1].name:"));
+        assert!(error(&[target("b c")], &[]).starts_with("targets[0].name:"));
+        let mut t = target("b");
+        t.mount = "../sys".into();
+        assert!(error(&[t], &[]).starts_with("targets[0].mount:"));
+        let mut t = target("b");
+        t.issuer = Some("a/b".into());
+        assert!(error(&[t], &[]).starts_with("targets[0].issuer:"));
+        let mut t = target("b");
+        t.ttl = Some(TtlConfig {
+            default: std::time::Duration::from_secs(10),
+            max: std::time::Duration::from_secs(5),
+            over_max: crate::ttl::OverMax::Clamp,
+        });
+        assert!(error(&[t], &[]).starts_with("targets[0].ttl.max:"));
+        assert!(error(&[], &[route("r", "nope")]).starts_with("routes[0].target:"));
+        assert!(
+            error(&[], &[route("r", "default"), route("r", "default")])
+                .starts_with("routes[1].name:")
+        );
+        let mut r = route("r", "default");
+        r.namespaces = vec!["Payments".into()];
+        assert!(error(&[], &[r]).starts_with("routes[0].namespaces[0]:"));
+        let mut r = route("r", "default");
+        r.service_accounts = vec![String::new()];
+        assert!(error(&[], &[r]).starts_with("routes[0].service_accounts[0]:"));
+        let mut r = route("r", "default");
+        r.cert_signer = Some("x".repeat(64));
+        assert!(error(&[], &[r]).starts_with("routes[0].cert_signer:"));
+    }
+}

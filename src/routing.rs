@@ -1,0 +1,755 @@
+//! Several CAs in one mesh: which Vault mount and role signs a request.
+//!
+//! A [`RouteTable`] is built from `[[targets]]` and `[[routes]]` (plus the implicit `default`
+//! target, `vault.mount` / `vault.role`), validated as a whole and published through an
+//! [`ArcSwap`]: a request takes the table once and finishes on it, a reload (config file change
+//! or SIGHUP, [`watch`]) swaps in a new one only if it is entirely valid and its targets' trust
+//! could be loaded.
+//!
+//! Each [`Target`] carries its own trust (the roots its leaves must chain to and, when
+//! pinned, the issuer that must have signed them), so a route pointing at the wrong CA is
+//! caught before the leaf is returned. The served bundle (last `cert_chain` element and
+//! `istio-ca-root-cert`) is the union of every target's roots and `bundle.extra_roots_file`,
+//! sorted, so it is byte-identical whichever target signed.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::bundle::{BundleError, SharedBundle, TrustBundle};
+pub use crate::chain::TargetTrust;
+use crate::config::{Config, DEFAULT_TARGET, RouteConfig, TargetConfig};
+use crate::identity::SpiffeId;
+use crate::pem_text;
+use crate::ttl::TtlPolicy;
+use crate::vault::{SignTarget, VaultClient, VaultError};
+
+/// Name of the route a request takes when no `[[routes]]` entry claims it.
+pub const DEFAULT_ROUTE: &str = "default";
+
+/// Why no target may sign a request. Both are permanent: retrying cannot help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("CertSigner {0:?} is not configured on this CA")]
+    UnknownSigner(String),
+    #[error("CertSigner {signer:?} may not sign {identity}")]
+    SignerNotAllowed { signer: String, identity: String },
+}
+
+/// Why a route table cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RoutingError {
+    #[error("target {target:?}: {source}")]
+    Vault {
+        target: String,
+        #[source]
+        source: VaultError,
+    },
+    #[error("target {target:?}: {source}")]
+    Trust {
+        target: String,
+        #[source]
+        source: BundleError,
+    },
+    #[error("target {target:?}: issuer {issuer:?} is not a CA certificate: {message}")]
+    Issuer {
+        target: String,
+        issuer: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Bundle(#[from] BundleError),
+}
+
+impl RoutingError {
+    /// A Vault failure worth retrying (at start-up).
+    pub fn vault_error(&self) -> Option<&VaultError> {
+        match self {
+            Self::Vault { source, .. } => Some(source),
+            Self::Trust {
+                source: BundleError::Vault(e),
+                ..
+            } => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// A named place that signs: a Vault mount and role, its lifetime policy and its trust.
+#[derive(Debug)]
+pub struct Target {
+    pub name: Arc<str>,
+    pub vault: SignTarget,
+    pub ttl: TtlPolicy,
+    /// Issuer (name or id) the leaves must come from.
+    pub issuer: Option<String>,
+    trust: ArcSwap<TargetTrust>,
+    /// What it was built from, to keep it (and its trust) across reloads that leave it alone.
+    source: TargetConfig,
+}
+
+impl Target {
+    /// The trust its leaves are verified against now.
+    pub fn trust(&self) -> Arc<TargetTrust> {
+        self.trust.load_full()
+    }
+}
+
+/// A name pattern: `*` matches any run of characters.
+#[derive(Debug, Clone)]
+struct Glob(String);
+
+impl Glob {
+    fn matches(&self, name: &str) -> bool {
+        let mut parts = self.0.split('*');
+        let first = parts.next().unwrap_or_default();
+        let Some(mut rest) = name.strip_prefix(first) else {
+            return false;
+        };
+        let parts: Vec<&str> = parts.collect();
+        let Some((last, middle)) = parts.split_last() else {
+            return rest.is_empty(); // no `*`: exact
+        };
+        for part in middle {
+            match rest.find(part) {
+                Some(at) => rest = &rest[at + part.len()..],
+                None => return false,
+            }
+        }
+        rest.len() >= last.len() && rest.ends_with(last)
+    }
+}
+
+fn any_matches(patterns: &[Glob], name: &str) -> bool {
+    patterns.is_empty() || patterns.iter().any(|g| g.matches(name))
+}
+
+#[derive(Debug)]
+struct Route {
+    name: Arc<str>,
+    namespaces: Vec<Glob>,
+    service_accounts: Vec<Glob>,
+    cert_signer: Option<String>,
+    target: Arc<Target>,
+}
+
+/// The route a request took and the target that signs it.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub route: Arc<str>,
+    pub target: Arc<Target>,
+}
+
+/// Targets and the ordered routes between them.
+#[derive(Debug)]
+pub struct RouteTable {
+    /// `default` first.
+    targets: Vec<Arc<Target>>,
+    routes: Vec<Route>,
+    default: Decision,
+    /// Every `cert_signer` some route names.
+    signers: HashSet<String>,
+}
+
+/// The table in force, readable without locks on the request path.
+pub type SharedRoutes = Arc<ArcSwap<RouteTable>>;
+
+/// Where the roots come from: each target's Vault issuers, or one file for every target.
+#[derive(Debug, Clone)]
+pub struct TrustSource {
+    /// `bundle.file`: the roots of every target instead of its Vault issuers.
+    pub file: Option<PathBuf>,
+    /// `bundle.extra_roots_file`: served, never used to verify a leaf.
+    pub extra_roots_file: Option<PathBuf>,
+}
+
+impl TrustSource {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            file: config.bundle.file.clone(),
+            extra_roots_file: config.bundle.extra_roots_file.clone(),
+        }
+    }
+}
+
+impl RouteTable {
+    /// Builds the table `config` describes, keeping the targets of `previous` whose settings
+    /// did not change (with their trust) and loading the trust of the others.
+    pub async fn load(
+        config: &Config,
+        vault: &VaultClient,
+        source: &TrustSource,
+        previous: Option<&RouteTable>,
+    ) -> Result<Self, RoutingError> {
+        let default_config = TargetConfig {
+            name: DEFAULT_TARGET.into(),
+            mount: config.vault.mount.clone(),
+            role: config.vault.role.clone(),
+            namespace: None,
+            issuer: None,
+            ttl: Some(config.ttl.clone()),
+        };
+        let mut targets = Vec::with_capacity(1 + config.targets.len());
+        for t in std::iter::once(&default_config).chain(&config.targets) {
+            let kept = previous.and_then(|p| p.targets.iter().find(|old| old.source == *t));
+            let target = match kept {
+                Some(old) => old.clone(),
+                None => Arc::new(new_target(t, &config.ttl, vault, source).await?),
+            };
+            targets.push(target);
+        }
+        let by_name = |name: &str| {
+            targets
+                .iter()
+                .find(|t| &*t.name == name)
+                .cloned()
+                .expect("config validation checked route targets")
+        };
+        let routes: Vec<Route> = config
+            .routes
+            .iter()
+            .map(|r: &RouteConfig| Route {
+                name: r.name.as_str().into(),
+                namespaces: r.namespaces.iter().cloned().map(Glob).collect(),
+                service_accounts: r.service_accounts.iter().cloned().map(Glob).collect(),
+                cert_signer: r.cert_signer.clone(),
+                target: by_name(&r.target),
+            })
+            .collect();
+        let signers = routes
+            .iter()
+            .filter_map(|r| r.cert_signer.clone())
+            .collect();
+        let default = Decision {
+            route: DEFAULT_ROUTE.into(),
+            target: targets[0].clone(),
+        };
+        Ok(Self {
+            targets,
+            routes,
+            default,
+            signers,
+        })
+    }
+
+    /// The first route claiming `identity` (the identity being issued, so an impersonated
+    /// workload's, not its node proxy's) with `cert_signer`; `default` if none and no signer
+    /// was named.
+    pub fn choose(
+        &self,
+        identity: &SpiffeId,
+        cert_signer: Option<&str>,
+    ) -> Result<Decision, RouteError> {
+        let signer = cert_signer.filter(|s| !s.is_empty());
+        if let Some(s) = signer
+            && !self.signers.contains(s)
+        {
+            return Err(RouteError::UnknownSigner(
+                crate::echo::truncated(s).into_owned(),
+            ));
+        }
+        let route = self.routes.iter().find(|r| {
+            r.cert_signer.as_deref() == signer
+                && any_matches(&r.namespaces, identity.namespace())
+                && any_matches(&r.service_accounts, identity.service_account())
+        });
+        match (route, signer) {
+            (Some(r), _) => Ok(Decision {
+                route: r.name.clone(),
+                target: r.target.clone(),
+            }),
+            (None, None) => Ok(self.default.clone()),
+            (None, Some(s)) => Err(RouteError::SignerNotAllowed {
+                signer: s.to_owned(),
+                identity: identity.to_string(),
+            }),
+        }
+    }
+
+    /// Every target, `default` first.
+    pub fn targets(&self) -> &[Arc<Target>] {
+        &self.targets
+    }
+
+    /// Reloads every target's trust (a failure keeps that target's current trust) and returns
+    /// the bundle to serve.
+    pub async fn refresh_trust(
+        &self,
+        vault: &VaultClient,
+        source: &TrustSource,
+    ) -> Result<TrustBundle, RoutingError> {
+        for t in &self.targets {
+            match load_trust(&t.source, &t.vault, vault, source).await {
+                Ok(trust) => t.trust.store(Arc::new(trust)),
+                Err(e) => tracing::warn!(
+                    target_name = %t.name,
+                    error = %e,
+                    "trust refresh failed; keeping this target's current roots"
+                ),
+            }
+        }
+        self.served(source).await
+    }
+
+    /// The union of every target's roots and the extra roots: what every response ends with.
+    pub async fn served(&self, source: &TrustSource) -> Result<TrustBundle, RoutingError> {
+        let mut certs = Vec::new();
+        for t in &self.targets {
+            certs.extend(t.trust.load().anchors.roots().iter().cloned());
+        }
+        if let Some(path) = &source.extra_roots_file {
+            certs.extend(read_roots(path).await?.roots().iter().cloned());
+        }
+        Ok(TrustBundle::from_certs(certs)?)
+    }
+}
+
+async fn new_target(
+    config: &TargetConfig,
+    default_ttl: &crate::config::TtlConfig,
+    vault: &VaultClient,
+    source: &TrustSource,
+) -> Result<Target, RoutingError> {
+    let err = |source: VaultError| RoutingError::Vault {
+        target: config.name.clone(),
+        source,
+    };
+    let sign = if config.name == DEFAULT_TARGET {
+        vault.default_target().clone()
+    } else {
+        vault
+            .target(&config.mount, &config.role, config.namespace.as_deref())
+            .map_err(err)?
+    };
+    let trust = load_trust(config, &sign, vault, source).await?;
+    Ok(Target {
+        name: config.name.as_str().into(),
+        ttl: config.ttl.as_ref().unwrap_or(default_ttl).policy(),
+        issuer: config.issuer.clone(),
+        vault: sign,
+        trust: ArcSwap::from_pointee(trust),
+        source: config.clone(),
+    })
+}
+
+async fn read_roots(path: &PathBuf) -> Result<TrustBundle, BundleError> {
+    let text = tokio::fs::read(path).await.map_err(|e| BundleError::Read {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    TrustBundle::from_pem(&text)
+}
+
+/// A target's roots (its Vault issuers' self-signed certificates, or `bundle.file`) and its
+/// pinned issuer.
+async fn load_trust(
+    config: &TargetConfig,
+    sign: &SignTarget,
+    vault: &VaultClient,
+    source: &TrustSource,
+) -> Result<TargetTrust, RoutingError> {
+    let trust_err = |source: BundleError| RoutingError::Trust {
+        target: config.name.clone(),
+        source,
+    };
+    let pinned = match &config.issuer {
+        Some(reference) => {
+            Some(
+                vault
+                    .issuer(sign, reference)
+                    .await
+                    .map_err(|source| RoutingError::Vault {
+                        target: config.name.clone(),
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let anchors = match (&source.file, &pinned) {
+        (Some(path), _) => read_roots(path).await.map_err(trust_err)?,
+        (None, Some(issuer)) => {
+            TrustBundle::from_issuers(std::slice::from_ref(issuer)).map_err(trust_err)?
+        }
+        (None, None) => {
+            let issuers = vault
+                .issuers(sign)
+                .await
+                .map_err(|e| trust_err(BundleError::Vault(e)))?;
+            TrustBundle::from_issuers(&issuers).map_err(trust_err)?
+        }
+    };
+    let issuer_pem = match &pinned {
+        Some(issuer) => {
+            let bad = |message: String| RoutingError::Issuer {
+                target: config.name.clone(),
+                issuer: config.issuer.clone().unwrap_or_default(),
+                message,
+            };
+            let certs = pem_text::certificates(issuer.certificate.as_bytes())
+                .map_err(|e| bad(e.to_string()))?;
+            let [der] = &certs[..] else {
+                return Err(bad(format!("{} certificates", certs.len())));
+            };
+            if crate::bundle::is_self_signed_ca(der).map_err(trust_err)? {
+                None
+            } else {
+                Some(pem_text::encode("CERTIFICATE", der))
+            }
+        }
+        None => None,
+    };
+    Ok(TargetTrust {
+        anchors: Arc::new(anchors),
+        issuer_pem,
+    })
+}
+
+/// Keeps `routes` and `bundle` current: every `refresh` the targets' trust is re-read; when the
+/// config file changes (checked every `poll`) or on SIGHUP, the file is loaded again and, if
+/// valid as a whole, its targets and routes replace the current ones. Anything else changed
+/// in the file takes effect at the next restart.
+#[allow(clippy::too_many_arguments)]
+pub async fn watch(
+    config: Config,
+    vault: VaultClient,
+    source: TrustSource,
+    routes: SharedRoutes,
+    bundle: SharedBundle,
+    refresh: Duration,
+    poll: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut hangup = hangup_signals();
+    let mut last_text = config_text(&config).await;
+    let mut next_refresh = tokio::time::Instant::now() + refresh;
+    let mut poll_timer = tokio::time::interval(poll);
+    poll_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    enum Wake {
+        Stop,
+        Refresh,
+        Poll,
+        Hangup,
+    }
+    loop {
+        let wake = tokio::select! {
+            r = shutdown.wait_for(|s| *s) => { drop(r); Wake::Stop }
+            _ = tokio::time::sleep_until(next_refresh) => Wake::Refresh,
+            _ = poll_timer.tick() => Wake::Poll,
+            Some(()) = recv_hangup(&mut hangup) => Wake::Hangup,
+        };
+        let reload = match wake {
+            Wake::Stop => return,
+            Wake::Refresh => false,
+            Wake::Hangup => true,
+            Wake::Poll => {
+                let text = config_text(&config).await;
+                if text == last_text {
+                    continue;
+                }
+                last_text = text;
+                true
+            }
+        };
+        if reload {
+            apply_reload(&config, &vault, &source, &routes, &bundle).await;
+        } else {
+            next_refresh = tokio::time::Instant::now() + refresh;
+            let table = routes.load_full();
+            match table.refresh_trust(&vault, &source).await {
+                Ok(new) => publish(&bundle, new),
+                Err(e) => {
+                    tracing::warn!(error = %e, "trust bundle refresh failed; keeping the current roots")
+                }
+            }
+        }
+    }
+}
+
+/// Loads the config file again and swaps in its targets and routes, or keeps the current ones.
+async fn apply_reload(
+    config: &Config,
+    vault: &VaultClient,
+    source: &TrustSource,
+    routes: &SharedRoutes,
+    bundle: &SharedBundle,
+) {
+    let new = match config.reload() {
+        Ok(c) => c,
+        Err(e) => {
+            crate::metrics::config_reload(false);
+            tracing::error!(error = %e, "config reload failed; keeping the current targets and routes");
+            return;
+        }
+    };
+    let current = routes.load_full();
+    let table = match RouteTable::load(&new, vault, source, Some(&current)).await {
+        Ok(t) => t,
+        Err(e) => {
+            crate::metrics::config_reload(false);
+            tracing::error!(error = %e, "config reload failed; keeping the current targets and routes");
+            return;
+        }
+    };
+    let served = match table.served(source).await {
+        Ok(b) => b,
+        Err(e) => {
+            crate::metrics::config_reload(false);
+            tracing::error!(error = %e, "config reload failed; keeping the current targets and routes");
+            return;
+        }
+    };
+    // The bundle first: a request routed to a new target must find its roots served.
+    publish(bundle, served);
+    routes.store(Arc::new(table));
+    crate::metrics::config_reload(true);
+    tracing::info!(
+        targets = new.targets.len() + 1,
+        routes = new.routes.len(),
+        "config reloaded: targets and routes applied (other settings take effect at restart)"
+    );
+}
+
+fn publish(bundle: &SharedBundle, new: TrustBundle) {
+    if new.pem() != bundle.load().pem() {
+        tracing::info!(roots = new.roots().len(), "trust bundle changed");
+        bundle.store(Arc::new(new));
+    }
+}
+
+async fn config_text(config: &Config) -> Option<Vec<u8>> {
+    let path = config.source.as_ref()?;
+    tokio::fs::read(path).await.ok()
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = Option<()>;
+
+#[cfg(unix)]
+fn hangup_signals() -> Hangup {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+#[cfg(not(unix))]
+fn hangup_signals() -> Hangup {
+    None
+}
+
+#[cfg(unix)]
+async fn recv_hangup(h: &mut Hangup) -> Option<()> {
+    match h {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+#[cfg(not(unix))]
+async fn recv_hangup(_: &mut Hangup) -> Option<()> {
+    std::future::pending().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+    fn root(cn: &str) -> String {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap())
+            .unwrap()
+            .pem()
+    }
+
+    /// With `bundle.file`, no Vault call is made: the file's roots are every target's.
+    async fn file_table(path: &std::path::Path) -> (Config, VaultClient, TrustSource, RouteTable) {
+        let mut config = Config::default();
+        config.bundle.file = Some(path.to_owned());
+        let vault = VaultClient::new(&config.vault).unwrap();
+        let source = TrustSource::from_config(&config);
+        let table = RouteTable::load(&config, &vault, &source, None)
+            .await
+            .unwrap();
+        (config, vault, source, table)
+    }
+
+    #[tokio::test]
+    async fn refresh_publishes_only_valid_bundles() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("roots.pem");
+        let (a, b) = (root("a"), root("b"));
+        std::fs::write(&path, &a).unwrap();
+        let (config, vault, source, table) = file_table(&path).await;
+        let shared: SharedBundle =
+            Arc::new(ArcSwap::from_pointee(table.served(&source).await.unwrap()));
+        let routes: SharedRoutes = Arc::new(ArcSwap::from_pointee(table));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(watch(
+            config,
+            vault,
+            source,
+            routes,
+            shared.clone(),
+            Duration::from_millis(20),
+            Duration::from_secs(3600),
+            stop_rx,
+        ));
+
+        let wait_for = |n: usize| {
+            let shared = shared.clone();
+            async move {
+                for _ in 0..200 {
+                    if shared.load().roots().len() == n {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("bundle never reached {n} roots");
+            }
+        };
+        std::fs::write(&path, format!("{a}{b}")).unwrap(); // rotation: old + new
+        wait_for(2).await;
+        std::fs::write(&path, "garbage").unwrap(); // a broken file keeps the last good bundle
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(shared.load().roots().len(), 2);
+        std::fs::write(&path, &b).unwrap(); // old root retired
+        wait_for(1).await;
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    fn id(ns: &str, sa: &str) -> SpiffeId {
+        format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")
+            .parse()
+            .unwrap()
+    }
+
+    fn table_config(roots: &std::path::Path) -> Config {
+        let text = r#"
+            [[targets]]
+            name = "pci"
+            mount = "pki-pci"
+            role = "payments"
+            ttl = { default = "12h", max = "12h" }
+
+            [[targets]]
+            name = "high-assurance"
+            mount = "pki-istio"
+            role = "high-assurance"
+
+            [[routes]]
+            name = "payments"
+            namespaces = ["payments", "payments-*"]
+            target = "pci"
+
+            [[routes]]
+            name = "ha-payments"
+            cert_signer = "high-assurance"
+            namespaces = ["payments"]
+            target = "high-assurance"
+
+            [[routes]]
+            name = "ha-frontends"
+            cert_signer = "high-assurance"
+            service_accounts = ["frontend-*"]
+            target = "high-assurance"
+        "#;
+        let path = roots.with_file_name("config.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut c = Config::load(
+            Some(&path),
+            [
+                (
+                    "IVCA_SERVER__SELF_ISSUED__NAMES".to_string(),
+                    "[\"x\"]".to_string(),
+                ),
+                ("IVCA_SERVER__SELF_ISSUED__ROLE".into(), "serving".into()),
+            ],
+        )
+        .unwrap();
+        c.bundle.file = Some(roots.to_owned());
+        c
+    }
+
+    #[tokio::test]
+    async fn first_matching_route_wins_and_signers_are_explicit() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = dir.path().join("roots.pem");
+        std::fs::write(&roots, root("r")).unwrap();
+        let config = table_config(&roots);
+        let vault = VaultClient::new(&config.vault).unwrap();
+        let source = TrustSource::from_config(&config);
+        let table = RouteTable::load(&config, &vault, &source, None)
+            .await
+            .unwrap();
+        let chosen = |ns: &str, sa: &str, signer: Option<&str>| {
+            table
+                .choose(&id(ns, sa), signer)
+                .map(|d| (d.route.to_string(), d.target.name.to_string()))
+        };
+        let pair = |r: &str, t: &str| Ok((r.to_string(), t.to_string()));
+        assert_eq!(chosen("payments", "api", None), pair("payments", "pci"));
+        assert_eq!(chosen("payments-eu", "api", None), pair("payments", "pci"));
+        assert_eq!(chosen("default", "api", None), pair("default", "default"));
+        assert_eq!(
+            chosen("default", "api", Some("")),
+            pair("default", "default")
+        );
+        assert_eq!(
+            chosen("payments", "api", Some("high-assurance")),
+            pair("ha-payments", "high-assurance")
+        );
+        assert_eq!(
+            chosen("shop", "frontend-web", Some("high-assurance")),
+            pair("ha-frontends", "high-assurance")
+        );
+        // A signer no route names is refused, never sent to the default CA.
+        assert_eq!(
+            chosen("default", "api", Some("nope")),
+            Err(RouteError::UnknownSigner("nope".into()))
+        );
+        // A known signer this identity may not use.
+        assert!(matches!(
+            chosen("shop", "backend", Some("high-assurance")),
+            Err(RouteError::SignerNotAllowed { .. })
+        ));
+        // Each target's lifetime policy.
+        let pci = table.choose(&id("payments", "api"), None).unwrap().target;
+        assert_eq!(pci.ttl.max, Duration::from_secs(12 * 3600));
+        assert_eq!(pci.vault.path(), "pki-pci/sign/payments");
+        let dflt = table.choose(&id("x", "y"), None).unwrap().target;
+        assert_eq!(dflt.ttl, config.ttl.policy());
+
+        // A reload keeps unchanged targets (and their loaded trust) and rebuilds changed ones.
+        let mut changed = config.clone();
+        changed.targets[0].role = "payments-v2".into();
+        let next = RouteTable::load(&changed, &vault, &source, Some(&table))
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&next.targets()[0], &table.targets()[0]));
+        assert!(!Arc::ptr_eq(&next.targets()[1], &table.targets()[1]));
+        assert!(Arc::ptr_eq(&next.targets()[2], &table.targets()[2]));
+        assert_eq!(next.targets()[1].vault.path(), "pki-pci/sign/payments-v2");
+    }
+
+    #[test]
+    fn globs() {
+        let g = |p: &str, n: &str| Glob(p.into()).matches(n);
+        assert!(g("payments", "payments"));
+        assert!(!g("payments", "payments-eu"));
+        assert!(g("payments-*", "payments-eu"));
+        assert!(g("payments-*", "payments-"));
+        assert!(!g("payments-*", "payment"));
+        assert!(g("*", "anything"));
+        assert!(g("*-prod", "team-a-prod"));
+        assert!(!g("*-prod", "prod"));
+        assert!(g("a*b*c", "aXXbYYc"));
+        assert!(g("a*b*c", "abc"));
+        assert!(!g("a*b*c", "acb"));
+        assert!(!g("ab*ba", "aba"), "prefix and suffix must not overlap");
+    }
+}
