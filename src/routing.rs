@@ -190,6 +190,7 @@ impl RouteTable {
             role: config.vault.role.clone(),
             namespace: None,
             issuer: None,
+            roots_file: None,
             ttl: Some(config.ttl.clone()),
         };
         let mut targets = Vec::with_capacity(1 + config.targets.len());
@@ -343,8 +344,8 @@ async fn read_roots(path: &PathBuf) -> Result<TrustBundle, BundleError> {
     TrustBundle::from_pem(&text)
 }
 
-/// A target's roots (its Vault issuers' self-signed certificates, or `bundle.file`) and its
-/// pinned issuer.
+/// A target's roots (its `roots_file`, else `bundle.file`, else the self-signed certificates
+/// of its pinned issuer's chain or of all its mount's issuers) and its pinned issuer.
 async fn load_trust(
     config: &TargetConfig,
     sign: &SignTarget,
@@ -369,7 +370,7 @@ async fn load_trust(
         }
         None => None,
     };
-    let anchors = match (&source.file, &pinned) {
+    let anchors = match (config.roots_file.as_ref().or(source.file.as_ref()), &pinned) {
         (Some(path), _) => read_roots(path).await.map_err(trust_err)?,
         (None, Some(issuer)) => {
             TrustBundle::from_issuers(std::slice::from_ref(issuer)).map_err(trust_err)?

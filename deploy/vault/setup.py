@@ -11,7 +11,11 @@ What it sets up (idempotent: anything already present is kept):
   * the least-privilege policy `istio-vault-ca` (sign with that role, read issuers, manage
     its own token) and, with --token-file, a periodic token holding only that policy;
   * with --serving-cert-dir, a TLS serving certificate for the signer itself (role
-    `istio-vault-ca-serving`), plus `root-cert.pem`: what Istio's `istio-ca-root-cert` holds.
+    `istio-vault-ca-serving`), plus `root-cert.pem`: what Istio's `istio-ca-root-cert` holds;
+  * for several CAs in one mesh (docs/multiple-cas.md): with --extra-mount MOUNT[:ROOT_MOUNT],
+    another issuing mount with its own intermediate under its own root (default root mount
+    `MOUNT-root`), its root written as `root-cert-MOUNT.pem` beside the serving certificate;
+    with --extra-role MOUNT/ROLE[=MAX_TTL], another workload role; the policy covers them all.
 
 The quickstart and the integration tests run this same script against a real OpenBao.
 Only the Python standard library is used, so it runs anywhere Python 3.8+ does.
@@ -120,7 +124,17 @@ def ensure_intermediate(vault, root_mount, mount, common_name, root_pem):
     log(f"installed EC P-256 intermediate in {mount}/ signed by {root_mount}/")
 
 
+def seconds(duration):
+    """Vault duration text (`48h`, `90m`, `3600s`, `3600`) in seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if duration[-1:] in units:
+        return int(duration[:-1]) * units[duration[-1]]
+    return int(duration)
+
+
 def workload_role(trust_domain, max_ttl):
+    # The signer always asks for a TTL; the role's default only has to fit under its max.
+    ttl = "24h" if seconds(max_ttl) >= 86400 else max_ttl
     return {
         "key_type": "any",
         "allowed_uri_sans": [f"spiffe://{trust_domain}/ns/*/sa/*"],
@@ -140,7 +154,7 @@ def workload_role(trust_domain, max_ttl):
         "basic_constraints_valid_for_non_ca": False,
         "no_store": True,
         "generate_lease": False,
-        "ttl": "24h",
+        "ttl": ttl,
         "max_ttl": max_ttl,
         "not_before_duration": "30s",
         # OpenBao: refuse `not_after` outright (Vault ignores the unknown field with a warning).
@@ -185,27 +199,31 @@ def is_ip(name):
         return False
 
 
-def policy(mount, role, serving_role=None):
-    serving = f"""
-path "{mount}/sign/{serving_role}" {{
+def policy(mount, role, serving_role=None, extra_roles=(), extra_mounts=()):
+    """Sign with the workload roles (and the serving role, if given); read the issuers of
+    every mount signed with."""
+    signs = [(mount, role)] + ([(mount, serving_role)] if serving_role else []) + list(extra_roles)
+    mounts = list(dict.fromkeys([mount] + list(extra_mounts) + [m for m, _ in extra_roles]))
+    text = "# istio-vault-ca: sign workload CSRs with its roles and read the trust anchors.\n"
+    for m, r in signs:
+        text += f"""path "{m}/sign/{r}" {{
   capabilities = ["create", "update"]
-}}""" if serving_role else ""
-    return f"""# istio-vault-ca: sign workload CSRs with one role and read the trust anchors.
-path "{mount}/sign/{role}" {{
-  capabilities = ["create", "update"]
-}}{serving}
-path "{mount}/issuers" {{
+}}
+"""
+    for m in mounts:
+        text += f"""path "{m}/issuers" {{
   capabilities = ["list"]
 }}
-path "{mount}/issuer/+/json" {{
+path "{m}/issuer/+/json" {{
   capabilities = ["read"]
 }}
-path "auth/token/lookup-self" {{
+"""
+    return text + """path "auth/token/lookup-self" {
   capabilities = ["read"]
-}}
-path "auth/token/renew-self" {{
+}
+path "auth/token/renew-self" {
   capabilities = ["update"]
-}}
+}
 """
 
 
@@ -293,6 +311,12 @@ def main():
                    help="replace an existing auth/kubernetes/config (default: leave it)")
     p.add_argument("--signer-namespace", default="istio-system")
     p.add_argument("--signer-service-account", default="istio-vault-ca")
+    p.add_argument("--extra-mount", action="append", default=[], metavar="MOUNT[:ROOT_MOUNT]",
+                   help="another issuing mount, its intermediate under ROOT_MOUNT's root (default: its "
+                        "own root mount MOUNT-root); repeatable")
+    p.add_argument("--extra-role", action="append", default=[], metavar="MOUNT/ROLE[=MAX_TTL]",
+                   help="another workload role the signer may sign with (default max TTL: --max-ttl); "
+                        "repeatable")
     p.add_argument("--self-issued-serving", action="store_true",
                    help="let the signer's token sign its own serving certificate (server.self_issued)")
     args = p.parse_args()
@@ -309,13 +333,33 @@ def main():
     ensure_intermediate(vault, args.root_mount, args.mount, f"{args.trust_domain} intermediate CA", root_pem)
     vault.call("POST", f"{args.mount}/roles/{args.role}", workload_role(args.trust_domain, args.max_ttl))
     log(f"role {args.mount}/roles/{args.role} allows spiffe://{args.trust_domain}/ns/*/sa/*, max TTL {args.max_ttl}")
+    extra_roots = {}
+    for spec in args.extra_mount:
+        mount, _, root_mount = spec.partition(":")
+        root_mount = root_mount or f"{mount}-root"
+        ensure_mount(vault, root_mount, "87600h", f"istio-vault-ca root CA for {mount}")
+        ensure_mount(vault, mount, "43800h", "istio-vault-ca issuing CA")
+        extra_root = ensure_root(vault, root_mount, f"{args.trust_domain} {mount} root CA")
+        ensure_intermediate(vault, root_mount, mount, f"{args.trust_domain} {mount} intermediate CA", extra_root)
+        extra_roots[mount] = extra_root
+    extra_roles = []
+    for spec in args.extra_role:
+        path, _, max_ttl = spec.partition("=")
+        mount, sep, role = path.partition("/")
+        if not sep or not mount or not role:
+            p.error(f"--extra-role {spec!r}: expected MOUNT/ROLE[=MAX_TTL]")
+        max_ttl = max_ttl or args.max_ttl
+        vault.call("POST", f"{mount}/roles/{role}", workload_role(args.trust_domain, max_ttl))
+        log(f"role {mount}/roles/{role} allows spiffe://{args.trust_domain}/ns/*/sa/*, max TTL {max_ttl}")
+        extra_roles.append((mount, role))
     serving_role_name = "istio-vault-ca-serving"
     names = [n.strip() for n in args.serving_names.split(",") if n.strip()]
     if args.serving_cert_dir or args.self_issued_serving:
         vault.call("POST", f"{args.mount}/roles/{serving_role_name}", serving_role(names))
         log(f"serving role {args.mount}/roles/{serving_role_name} allows {names}")
     signer_serving = serving_role_name if args.self_issued_serving else None
-    vault.call("PUT", f"sys/policies/acl/{POLICY_NAME}", {"policy": policy(args.mount, args.role, signer_serving)})
+    vault.call("PUT", f"sys/policies/acl/{POLICY_NAME}",
+               {"policy": policy(args.mount, args.role, signer_serving, extra_roles, extra_roots)})
     log(f"policy {POLICY_NAME} written" + (" (may sign its own serving certificate)" if signer_serving else ""))
 
     if args.kubernetes_auth:
@@ -344,6 +388,9 @@ def main():
         write_private(os.path.join(args.serving_cert_dir, "tls.key"), data["private_key"] + "\n")
         with open(os.path.join(args.serving_cert_dir, "root-cert.pem"), "w") as f:
             f.write(root_pem + "\n")
+        for mount, pem in extra_roots.items():
+            with open(os.path.join(args.serving_cert_dir, f"root-cert-{mount}.pem"), "w") as f:
+                f.write(pem + "\n")
         log(f"serving certificate for {names} written to {args.serving_cert_dir}/tls.crt")
     return 0
 

@@ -27,10 +27,15 @@ pub struct TargetConfig {
     /// Vault namespace of the mount (default: `vault.namespace`).
     #[serde(default)]
     pub namespace: Option<String>,
-    /// Issuer (name or id) every leaf of this target must be issued by; without it, any issuer
-    /// of the mount.
+    /// Issuer (name or id, `default` for the mount's default issuer) every leaf of this target
+    /// must be issued by; without it, any issuer of the mount.
     #[serde(default)]
     pub issuer: Option<String>,
+    /// PEM file of the roots this target's leaves must chain to, stated independently of the
+    /// mount (default: the roots of the mount's issuers). A route or target pointing at a
+    /// role on another mount is then caught: its leaves are withheld.
+    #[serde(default)]
+    pub roots_file: Option<std::path::PathBuf>,
     /// Lifetime policy of this target (default: `[ttl]`).
     #[serde(default)]
     pub ttl: Option<TtlConfig>,
@@ -170,6 +175,7 @@ mod tests {
             role: "r".into(),
             namespace: None,
             issuer: None,
+            roots_file: None,
             ttl: None,
         }
     }

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod kube_api;
+pub mod pod_api;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,508 @@
+//! Several CAs in one mesh, end to end: a real OpenBao with two PKI mounts under different
+//! roots (`pki-istio` under `pki-root`, `pki-payments` under `pki-payments-root`, both made by
+//! `deploy/vault/setup.py --extra-mount`), the signer in-process over real TLS, real gRPC
+//! clients shaped like pilot-agent and ztunnel, and the pod list/watch of ztunnel's node
+//! authorization from a loopback server speaking the real JSON (no API server can run here).
+//! The signer's config is a real TOML file, rewritten on disk to test reloads.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use istio_vault_ca::client::{self, CallOptions, Shape};
+use istio_vault_ca::config::Config;
+use istio_vault_ca::pem_text;
+use prost_types::Value;
+use prost_types::value::Kind;
+use support::pod_api::{fake_api, pod, token};
+use support::{Env, OpenBao, id, sample};
+use tonic::Code;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// The Vault side: two mounts with different roots, a 2h role beside the mesh role, and a
+/// payments role created by mistake on the mesh mount.
+async fn two_mounts() -> (OpenBao, std::path::PathBuf) {
+    let bao = OpenBao::start().await;
+    let setup = bao.setup(&[
+        "--extra-mount",
+        "pki-payments",
+        "--extra-role",
+        "pki-payments/payments=12h",
+        "--extra-role",
+        "pki-istio/high-assurance=2h",
+        "--extra-role",
+        "pki-istio/payments-misplaced",
+    ]);
+    (bao, setup)
+}
+
+/// The whole signer config as a file: the test harness's settings plus `routing`.
+fn write_config(path: &Path, c: &Config, routing: &str) {
+    let s = |p: &Option<std::path::PathBuf>| p.as_ref().unwrap().display().to_string();
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+cert_file = "{cert}"
+key_file = "{key}"
+request_timeout = "5s"
+shutdown_grace = "5s"
+reload_interval = "200ms"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[auth.jwt]
+jwks_file = "{jwks}"
+
+[auth.impersonation]
+kubeconfig = "{kubeconfig}"
+
+[vault]
+addr = "{addr}"
+token_file = "{token}"
+timeout = "2s"
+
+{routing}
+"#,
+        cert = s(&c.server.cert_file),
+        key = s(&c.server.key_file),
+        jwks = s(&c.auth.jwt.jwks_file),
+        kubeconfig = s(&c.auth.impersonation.as_ref().unwrap().kubeconfig),
+        addr = c.vault.addr,
+        token = s(&c.vault.token_file),
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+const ROUTING: &str = r#"
+[[targets]]
+name = "payments"
+mount = "pki-payments"
+role = "payments"
+ttl = { default = "12h", max = "12h" }
+
+[[targets]]
+name = "high-assurance"
+mount = "pki-istio"
+role = "high-assurance"
+ttl = { default = "1h", max = "2h" }
+
+[[targets]]
+name = "misrouted"
+mount = "pki-istio"
+role = "payments-misplaced"
+roots_file = "ROOTS_FILE"
+
+[[routes]]
+name = "payments"
+namespaces = ["payments", "payments-*"]
+target = "payments"
+
+[[routes]]
+name = "misrouted"
+namespaces = ["misrouted"]
+target = "misrouted"
+
+[[routes]]
+name = "high-assurance"
+cert_signer = "high-assurance"
+target = "high-assurance"
+"#;
+
+/// Starts the signer from a config file at `dir/config.toml` holding `routing`.
+async fn start(bao: OpenBao, setup: std::path::PathBuf, routing: &str) -> Env {
+    let api = fake_api(vec![
+        pod("istio-system", "ztunnel-a", "zt-a", "ztunnel", "node-a"),
+        pod("payments", "api-1", "api-1", "api", "node-a"),
+    ])
+    .await;
+    // Beside the setup output, inside OpenBao's temporary directory (removed with it).
+    let dir = setup.clone();
+    let kubeconfig = support::kubeconfig(&dir, "local", &api);
+    let routing = routing.replace(
+        "ROOTS_FILE",
+        &setup
+            .join("tls/root-cert-pki-payments.pem")
+            .display()
+            .to_string(),
+    );
+    Env::with_bao(bao, setup, |c| {
+        c.auth.impersonation = Some(istio_vault_ca::config::ImpersonationConfig {
+            kubeconfig: Some(kubeconfig),
+            trusted_node_accounts: vec!["istio-system/ztunnel".into()],
+        });
+        let path = dir.join("config.toml");
+        write_config(&path, c, &routing);
+        *c = Config::load(Some(&path), Vec::<(String, String)>::new()).unwrap();
+    })
+    .await
+}
+
+/// `sign/<role>` requests OpenBao received on any mount, per its audit log.
+fn all_sign_calls(bao: &OpenBao) -> usize {
+    std::fs::read_to_string(bao.audit_log())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"type\":\"request\"") && l.contains("/sign/"))
+        .count()
+}
+
+/// The PEM of a mount's default issuer (its intermediate), as the response's second element.
+async fn intermediate(bao: &OpenBao, mount: &str) -> String {
+    let v = bao
+        .api(
+            "GET",
+            &format!("{mount}/issuer/default/json"),
+            serde_json::json!(null),
+        )
+        .await;
+    v["data"]["certificate"].as_str().unwrap().trim().to_owned()
+}
+
+/// A request of `shape` for `ns/sa` with `cert_signer` (pilot-agent sends `CertSigner`).
+async fn call(
+    env: &Env,
+    shape: Shape,
+    ns: &str,
+    sa: &str,
+    opts: CallOptions,
+    cert_signer: Option<&str>,
+) -> Result<Vec<String>, tonic::Status> {
+    let identity = id(ns, sa);
+    let kc = client::generate_csr(shape, &identity).unwrap();
+    let mut req = client::build_request(shape, &kc.csr_pem, &identity, &opts).unwrap();
+    if let Some(signer) = cert_signer {
+        req.get_mut().metadata.as_mut().unwrap().fields.insert(
+            "CertSigner".into(),
+            Value {
+                kind: Some(Kind::StringValue(signer.into())),
+            },
+        );
+    }
+    let chain = env
+        .client()
+        .await
+        .create_certificate(req)
+        .await?
+        .into_inner()
+        .cert_chain;
+    client::inspect_chain(&chain).expect("chain verifies to the served roots");
+    Ok(chain)
+}
+
+fn not_after(chain: &[String]) -> i64 {
+    let der = pem_text::certificates(chain[0].as_bytes()).unwrap();
+    let (_, leaf) = X509Certificate::from_der(&der[0]).unwrap();
+    leaf.validity().not_after.timestamp()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_namespace_and_signer_gets_its_own_ca() {
+    let (bao, setup) = two_mounts().await;
+    let env = start(bao, setup, ROUTING).await;
+    let mesh = intermediate(&env.bao, "pki-istio").await;
+    let payments = intermediate(&env.bao, "pki-payments").await;
+    assert_ne!(mesh, payments);
+    let mut served = Vec::new();
+
+    // Namespace A (default) from the mesh mount, namespace B (payments) from the payments
+    // mount, in both client shapes.
+    for shape in [Shape::PilotAgent, Shape::Ztunnel] {
+        for (ns, expected) in [("default", &mesh), ("payments", &payments)] {
+            let chain = call(&env, shape, ns, "api", env.opts(ns, "api"), None)
+                .await
+                .unwrap_or_else(|e| panic!("{shape:?} in {ns}: {e}"));
+            assert_eq!(chain[1].trim(), expected.trim(), "{shape:?} in {ns}");
+            served.push(chain.last().unwrap().clone());
+        }
+    }
+
+    // CertSigner=high-assurance: the other role, with its target's lifetime (1h default).
+    let before = support::now_unix();
+    let chain = call(
+        &env,
+        Shape::PilotAgent,
+        "default",
+        "api",
+        CallOptions {
+            ttl_seconds: 0,
+            ..env.opts("default", "api")
+        },
+        Some("high-assurance"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(chain[1].trim(), mesh.trim());
+    let lifetime = not_after(&chain) - before;
+    assert!(
+        (3500..=3700).contains(&lifetime),
+        "high-assurance leaf lives {lifetime}s, not its target's 1h"
+    );
+    // ...and a longer ask is clamped to that target's max (2h), not the mesh's 48h.
+    let chain = call(
+        &env,
+        Shape::PilotAgent,
+        "default",
+        "api",
+        CallOptions {
+            ttl_seconds: 86400,
+            ..env.opts("default", "api")
+        },
+        Some("high-assurance"),
+    )
+    .await
+    .unwrap();
+    assert!(not_after(&chain) - before <= 7300);
+    served.push(chain.last().unwrap().clone());
+
+    // An unknown CertSigner is refused, not sent to the default CA: zero sign calls.
+    let calls = all_sign_calls(&env.bao);
+    let refused = call(
+        &env,
+        Shape::PilotAgent,
+        "default",
+        "api",
+        env.opts("default", "api"),
+        Some("no-such-ca"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("no-such-ca"), "{refused:?}");
+    assert_eq!(all_sign_calls(&env.bao), calls, "no sign call for it");
+
+    // A ztunnel impersonating a workload in payments gets the payments CA, not its own.
+    let zt = token(
+        &env.issuer,
+        "istio-system",
+        "ztunnel",
+        "ztunnel-a",
+        "zt-a",
+        "node-a",
+    );
+    let chain = call(
+        &env,
+        Shape::Ztunnel,
+        "payments",
+        "api",
+        CallOptions {
+            token: Some(zt),
+            cluster_id: Some("Kubernetes".into()),
+            ttl_seconds: 86400,
+            impersonate: Some(id("payments", "api").to_string()),
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(chain[1].trim(), payments.trim());
+    served.push(chain.last().unwrap().clone());
+
+    // Every response ends with the same bytes, holding both roots.
+    assert!(
+        served.windows(2).all(|w| w[0] == w[1]),
+        "served bundles differ"
+    );
+    let roots = pem_text::certificates(served[0].as_bytes()).unwrap();
+    assert_eq!(roots.len(), 2);
+    for root_file in ["root-cert.pem", "root-cert-pki-payments.pem"] {
+        let root = std::fs::read_to_string(env.setup_dir.join("tls").join(root_file)).unwrap();
+        let der = pem_text::certificates(root.as_bytes()).unwrap();
+        assert!(roots.contains(&der[0]), "{root_file} not served");
+    }
+
+    // A target pointed at a role on the wrong mount: Vault signs, the leaf is withheld.
+    let calls = all_sign_calls(&env.bao);
+    let withheld = call(
+        &env,
+        Shape::PilotAgent,
+        "misrouted",
+        "api",
+        env.opts("misrouted", "api"),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(withheld.code(), Code::FailedPrecondition, "{withheld:?}");
+    assert!(withheld.message().contains("withheld"), "{withheld:?}");
+    assert_eq!(all_sign_calls(&env.bao), calls + 1);
+
+    // Route and target names label the outcomes.
+    let text = env.metrics().await;
+    for (series, at_least) in [
+        (
+            r#"istio_vault_ca_routed_requests_total{route="payments",target="payments",outcome="issued"}"#,
+            3.0,
+        ),
+        (
+            r#"istio_vault_ca_routed_requests_total{route="default",target="default",outcome="issued"}"#,
+            2.0,
+        ),
+        (
+            r#"istio_vault_ca_routed_requests_total{route="high-assurance",target="high-assurance",outcome="issued"}"#,
+            2.0,
+        ),
+        (
+            r#"istio_vault_ca_routed_requests_total{route="misrouted",target="misrouted",outcome="refused"}"#,
+            1.0,
+        ),
+        (r#"istio_vault_ca_refusals_total{reason="route"}"#, 1.0),
+    ] {
+        let n = sample(&text, series).unwrap_or(0.0);
+        assert!(n >= at_least, "{series} = {n}\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_reload_while_requests_flow() {
+    let (bao, setup) = two_mounts().await;
+    // `team` starts on the default CA.
+    let env = Arc::new(start(bao, setup, "").await);
+    let config = env.config.source.clone().expect("loaded from a file");
+    let mesh = intermediate(&env.bao, "pki-istio").await;
+    let payments = intermediate(&env.bao, "pki-payments").await;
+
+    // A stream of requests from `team` for the whole test; each records which CA signed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (failed, on_payments) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let flow = {
+        let (env, stop, failed, on_payments, payments) = (
+            env.clone(),
+            stop.clone(),
+            failed.clone(),
+            on_payments.clone(),
+            payments.clone(),
+        );
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                match call(
+                    &env,
+                    Shape::PilotAgent,
+                    "team",
+                    "api",
+                    env.opts("team", "api"),
+                    None,
+                )
+                .await
+                {
+                    Ok(chain) if chain[1].trim() == payments.trim() => {
+                        on_payments.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("request during reload failed: {e:?}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                n += 1;
+            }
+            n
+        })
+    };
+    support::eventually("requests flowing", async || {
+        sample(&env.metrics().await, r#"istio_vault_ca_routed_requests_total{route="default",target="default",outcome="issued"}"#)
+            .is_some_and(|n| n >= 3.0)
+    })
+    .await;
+    assert_eq!(on_payments.load(Ordering::Relaxed), 0);
+
+    // The file changes: `team` now routes to the payments CA.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let moved = format!(
+        "{text}\n{}",
+        r#"
+[[targets]]
+name = "payments"
+mount = "pki-payments"
+role = "payments"
+
+[[routes]]
+name = "team"
+namespaces = ["team"]
+target = "payments"
+"#
+    );
+    std::fs::write(&config, &moved).unwrap();
+    support::eventually("reload applied", async || {
+        sample(
+            &env.metrics().await,
+            r#"istio_vault_ca_config_reloads_total{result="applied"}"#,
+        )
+        .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    support::eventually("requests follow the new route", async || {
+        on_payments.load(Ordering::Relaxed) >= 3
+    })
+    .await;
+    let chain = call(
+        &env,
+        Shape::Ztunnel,
+        "team",
+        "api",
+        env.opts("team", "api"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(chain[1].trim(), payments.trim(), "after the reload");
+    assert_eq!(
+        pem_text::certificates(chain.last().unwrap().as_bytes())
+            .unwrap()
+            .len(),
+        2,
+        "the new target's root is served"
+    );
+
+    // An invalid file (a route to a target that does not exist) is refused as a whole: the
+    // running routes stay.
+    let invalid = moved.replace(
+        "namespaces = [\"team\"]\ntarget = \"payments\"",
+        "namespaces = [\"team\"]\ntarget = \"nowhere\"",
+    );
+    assert_ne!(invalid, moved);
+    std::fs::write(&config, invalid).unwrap();
+    support::eventually("reload refused", async || {
+        sample(
+            &env.metrics().await,
+            r#"istio_vault_ca_config_reloads_total{result="refused"}"#,
+        )
+        .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    let chain = call(
+        &env,
+        Shape::PilotAgent,
+        "team",
+        "api",
+        env.opts("team", "api"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(chain[1].trim(), payments.trim(), "old routes still active");
+    let other = call(
+        &env,
+        Shape::PilotAgent,
+        "default",
+        "api",
+        env.opts("default", "api"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(other[1].trim(), mesh.trim());
+
+    stop.store(true, Ordering::Relaxed);
+    let sent = flow.await.unwrap();
+    assert!(sent >= 6, "only {sent} requests in the stream");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "a request failed because of a reload"
+    );
+}
