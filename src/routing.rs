@@ -318,13 +318,9 @@ async fn new_target(
         target: config.name.clone(),
         source,
     };
-    let sign = if config.name == DEFAULT_TARGET {
-        vault.default_target().clone()
-    } else {
-        vault
-            .target(&config.mount, &config.role, config.namespace.as_deref())
-            .map_err(err)?
-    };
+    let sign = vault
+        .target(&config.mount, &config.role, config.namespace.as_deref())
+        .map_err(err)?;
     let trust = load_trust(config, &sign, vault, source).await?;
     Ok(Target {
         name: config.name.as_str().into(),

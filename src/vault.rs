@@ -341,11 +341,6 @@ impl VaultClient {
         })
     }
 
-    /// `vault.mount` / `vault.role`: where requests no route claims are signed.
-    pub fn default_target(&self) -> &SignTarget {
-        &self.default_target
-    }
-
     /// A signing target on this Vault: `mount`, `role` and, if set, its own namespace.
     pub fn target(
         &self,
