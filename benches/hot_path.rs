@@ -156,7 +156,7 @@ fn handler(c: &mut Criterion) {
         let vault = VaultClient::new(&config.vault).unwrap();
         let source = TrustSource::from_config(&config);
         let table = rt
-            .block_on(RouteTable::load(&config, &vault, &source, None))
+            .block_on(RouteTable::load(&config, &vault, &source, None, None))
             .unwrap();
         let signer = Signer {
             authn: rt

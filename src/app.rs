@@ -103,9 +103,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     };
 
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let namespaces = if config.routes_use_namespace_labels() {
+        let client = crate::kube_client(config.kubernetes.kubeconfig.as_deref())
+            .await
+            .map_err(|e| anyhow::anyhow!("namespace labels (routes[].namespace_selector): {e}"))?;
+        let cache = Arc::new(crate::namespaces::NamespaceLabels::default());
+        tokio::spawn(crate::namespaces::watch(
+            client,
+            cache.clone(),
+            shutdown_rx.clone(),
+        ));
+        Some(cache)
+    } else {
+        None
+    };
     let trust_source = TrustSource::from_config(&config);
     let table = retry_vault("signing targets", Some(STARTUP_VAULT_WAIT), || {
-        RouteTable::load(&config, &vault, &trust_source, None)
+        RouteTable::load(&config, &vault, &trust_source, None, namespaces.clone())
     })
     .await?;
     let initial = table.served(&trust_source).await.context("trust bundle")?;
@@ -131,7 +146,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .context("authenticator")?
         .with_client_verifier(client_verifier.clone());
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let impersonation = match &config.auth.impersonation {
         Some(imp) => Some(start_pod_caches(&config, imp, shutdown_rx.clone()).await?),
         None => None,

@@ -74,12 +74,29 @@ pub struct Config {
     pub targets: Vec<TargetConfig>,
     /// Which target signs which request; first match wins, no match means `default`.
     pub routes: Vec<RouteConfig>,
+    /// Access to the local cluster's API server for namespace labels.
+    pub kubernetes: KubernetesConfig,
     /// The file this configuration was read from (reloaded for `targets` and `routes`).
     #[serde(skip)]
     pub source: Option<PathBuf>,
     /// The `IVCA_*` overrides applied on top of it (applied again on reload).
     #[serde(skip)]
     pub overrides: Vec<(String, String)>,
+}
+
+/// The local cluster's API server, for the namespace labels `routes[].namespace_selector` reads.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// kubeconfig file (default: in-cluster, or `$KUBECONFIG`).
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl Config {
+    /// Whether any route chooses by namespace labels (a namespace watch is then needed).
+    pub fn routes_use_namespace_labels(&self) -> bool {
+        self.routes.iter().any(|r| r.namespace_selector.is_some())
+    }
 }
 
 /// OpenTelemetry trace export over OTLP/gRPC: one span per CreateCertificate call with
@@ -218,6 +235,7 @@ impl Default for Config {
             tracing: TracingConfig::default(),
             targets: Vec::new(),
             routes: Vec::new(),
+            kubernetes: KubernetesConfig::default(),
             source: None,
             overrides: Vec::new(),
         }
@@ -946,7 +964,7 @@ impl Config {
         }
         if let Some(td) = &self.trust_distribution {
             if let Some(selector) = &td.namespace_selector {
-                check_label_selector(selector).map_err(|e| {
+                crate::selector::LabelSelector::parse(selector).map_err(|e| {
                     ConfigError::invalid("trust_distribution.namespace_selector", e)
                 })?;
             }
@@ -1186,106 +1204,9 @@ pub mod duration {
     }
 }
 
-/// Checks a Kubernetes label selector as the API server parses it (`k=v`, `k==v`, `k!=v`, `k`,
-/// `!k`, `k in (a,b)`, `k notin (a,b)`, comma-separated), so a typo fails at start-up naming
-/// the key instead of every watch failing with 400.
-fn check_label_selector(selector: &str) -> Result<(), String> {
-    fn name(s: &str) -> bool {
-        let b = s.as_bytes();
-        !b.is_empty()
-            && b.len() <= 63
-            && b[0].is_ascii_alphanumeric()
-            && b[b.len() - 1].is_ascii_alphanumeric()
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-    }
-    fn key(k: &str) -> bool {
-        match k.split_once('/') {
-            Some((prefix, n)) => {
-                !prefix.is_empty()
-                    && prefix.len() <= 253
-                    && prefix.split('.').all(|l| {
-                        !l.is_empty()
-                            && l.bytes()
-                                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-                    })
-                    && name(n)
-            }
-            None => name(k),
-        }
-    }
-    let value = |v: &str| v.is_empty() || name(v);
-    // Commas separate requirements, except inside a set's parentheses.
-    let mut requirements = Vec::new();
-    let (mut depth, mut start) = (0i32, 0);
-    for (i, c) in selector.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' if depth == 0 => {
-                requirements.push(&selector[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-        if !(0..=1).contains(&depth) {
-            return Err(format!("unbalanced parentheses in {selector:?}"));
-        }
-    }
-    requirements.push(&selector[start..]);
-    for r in requirements.into_iter().map(str::trim) {
-        let ok = if let Some(k) = r.strip_prefix('!') {
-            key(k.trim())
-        } else if let Some((k, set)) = r.split_once(" notin ").or_else(|| r.split_once(" in ")) {
-            let set = set.trim();
-            key(k.trim())
-                && set.starts_with('(')
-                && set.ends_with(')')
-                && set[1..set.len() - 1].split(',').all(|v| value(v.trim()))
-        } else if let Some((k, v)) = r
-            .split_once("!=")
-            .or_else(|| r.split_once("=="))
-            .or_else(|| r.split_once('='))
-        {
-            key(k.trim()) && value(v.trim())
-        } else {
-            key(r)
-        };
-        if !ok {
-            return Err(format!("{r:?} is not a label selector requirement"));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn label_selectors() {
-        for ok in [
-            "istio-injection=enabled",
-            "istio-injection==enabled,team!=infra",
-            "istio.io/rev in (canary, stable),!legacy",
-            "env notin (dev),tier",
-            "example.com/part-of=",
-        ] {
-            assert_eq!(check_label_selector(ok), Ok(()), "{ok}");
-        }
-        for bad in [
-            "",
-            "istio-injection=enabled,",
-            "a in canary",
-            "a in (b",
-            "-bad=x",
-            "a=b c",
-            "Upper.Case/x=y",
-            "a=(b)",
-        ] {
-            assert!(check_label_selector(bad).is_err(), "{bad:?} accepted");
-        }
-    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

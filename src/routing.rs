@@ -23,20 +23,25 @@ use crate::bundle::{BundleError, SharedBundle, TrustBundle};
 pub use crate::chain::TargetTrust;
 use crate::config::{Config, DEFAULT_TARGET, RouteConfig, TargetConfig};
 use crate::identity::SpiffeId;
+use crate::namespaces::NamespaceLabels;
 use crate::pem_text;
+use crate::selector::LabelSelector;
 use crate::ttl::TtlPolicy;
 use crate::vault::{SignTarget, VaultClient, VaultError};
 
 /// Name of the route a request takes when no `[[routes]]` entry claims it.
 pub const DEFAULT_ROUTE: &str = "default";
 
-/// Why no target may sign a request. Both are permanent: retrying cannot help.
+/// Why no target may sign a request. All but [`RouteError::NamespacesNotSynced`] are
+/// permanent: retrying cannot help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
     #[error("CertSigner {0:?} is not configured on this CA")]
     UnknownSigner(String),
     #[error("CertSigner {signer:?} may not sign {identity}")]
     SignerNotAllowed { signer: String, identity: String },
+    #[error("namespace labels are not loaded yet; retry later")]
+    NamespacesNotSynced,
 }
 
 /// Why a route table cannot be built.
@@ -62,6 +67,10 @@ pub enum RoutingError {
     },
     #[error("{0}")]
     Bundle(#[from] BundleError),
+    #[error(
+        "routes[{0}].namespace_selector needs the namespace watch, which starts only when the signer starts with such a route: restart to apply"
+    )]
+    NoNamespaceWatch(usize),
 }
 
 impl RoutingError {
@@ -132,6 +141,7 @@ struct Route {
     name: Arc<str>,
     namespaces: Vec<Glob>,
     service_accounts: Vec<Glob>,
+    namespace_selector: Option<LabelSelector>,
     cert_signer: Option<String>,
     target: Arc<Target>,
 }
@@ -152,6 +162,8 @@ pub struct RouteTable {
     default: Decision,
     /// Every `cert_signer` some route names.
     signers: HashSet<String>,
+    /// Namespace labels, when some route has a `namespace_selector`.
+    namespaces: Option<Arc<NamespaceLabels>>,
 }
 
 /// The table in force, readable without locks on the request path.
@@ -177,13 +189,23 @@ impl TrustSource {
 
 impl RouteTable {
     /// Builds the table `config` describes, keeping the targets of `previous` whose settings
-    /// did not change (with their trust) and loading the trust of the others.
+    /// did not change (with their trust) and loading the trust of the others. Routes with a
+    /// `namespace_selector` read `namespaces`, which must then be given.
     pub async fn load(
         config: &Config,
         vault: &VaultClient,
         source: &TrustSource,
         previous: Option<&RouteTable>,
+        namespaces: Option<Arc<NamespaceLabels>>,
     ) -> Result<Self, RoutingError> {
+        if namespaces.is_none()
+            && let Some(i) = config
+                .routes
+                .iter()
+                .position(|r| r.namespace_selector.is_some())
+        {
+            return Err(RoutingError::NoNamespaceWatch(i));
+        }
         let default_config = TargetConfig {
             name: DEFAULT_TARGET.into(),
             mount: config.vault.mount.clone(),
@@ -216,6 +238,9 @@ impl RouteTable {
                 name: r.name.as_str().into(),
                 namespaces: r.namespaces.iter().cloned().map(Glob).collect(),
                 service_accounts: r.service_accounts.iter().cloned().map(Glob).collect(),
+                namespace_selector: r.namespace_selector.as_deref().map(|s| {
+                    LabelSelector::parse(s).expect("config validation parsed the selector")
+                }),
                 cert_signer: r.cert_signer.clone(),
                 target: by_name(&r.target),
             })
@@ -233,6 +258,7 @@ impl RouteTable {
             routes,
             default,
             signers,
+            namespaces,
         })
     }
 
@@ -252,11 +278,27 @@ impl RouteTable {
                 crate::echo::truncated(s).into_owned(),
             ));
         }
-        let route = self.routes.iter().find(|r| {
-            r.cert_signer.as_deref() == signer
-                && any_matches(&r.namespaces, identity.namespace())
-                && any_matches(&r.service_accounts, identity.service_account())
-        });
+        let mut route = None;
+        for r in &self.routes {
+            if r.cert_signer.as_deref() != signer
+                || !any_matches(&r.namespaces, identity.namespace())
+                || !any_matches(&r.service_accounts, identity.service_account())
+            {
+                continue;
+            }
+            if let Some(selector) = &r.namespace_selector {
+                let labels = self
+                    .namespaces
+                    .as_ref()
+                    .filter(|n| n.synced())
+                    .ok_or(RouteError::NamespacesNotSynced)?;
+                if !labels.matches(identity.namespace(), selector) {
+                    continue;
+                }
+            }
+            route = Some(r);
+            break;
+        }
         match (route, signer) {
             (Some(r), _) => Ok(Decision {
                 route: r.name.clone(),
@@ -483,7 +525,8 @@ async fn apply_reload(
         }
     };
     let current = routes.load_full();
-    let table = match RouteTable::load(&new, vault, source, Some(&current)).await {
+    let namespaces = current.namespaces.clone();
+    let table = match RouteTable::load(&new, vault, source, Some(&current), namespaces).await {
         Ok(t) => t,
         Err(e) => {
             crate::metrics::config_reload(false);
@@ -568,7 +611,7 @@ mod tests {
         config.bundle.file = Some(path.to_owned());
         let vault = VaultClient::new(&config.vault).unwrap();
         let source = TrustSource::from_config(&config);
-        let table = RouteTable::load(&config, &vault, &source, None)
+        let table = RouteTable::load(&config, &vault, &source, None, None)
             .await
             .unwrap();
         (config, vault, source, table)
@@ -680,7 +723,7 @@ mod tests {
         let config = table_config(&roots);
         let vault = VaultClient::new(&config.vault).unwrap();
         let source = TrustSource::from_config(&config);
-        let table = RouteTable::load(&config, &vault, &source, None)
+        let table = RouteTable::load(&config, &vault, &source, None, None)
             .await
             .unwrap();
         let chosen = |ns: &str, sa: &str, signer: Option<&str>| {
@@ -724,7 +767,7 @@ mod tests {
         // A reload keeps unchanged targets (and their loaded trust) and rebuilds changed ones.
         let mut changed = config.clone();
         changed.targets[0].role = "payments-v2".into();
-        let next = RouteTable::load(&changed, &vault, &source, Some(&table))
+        let next = RouteTable::load(&changed, &vault, &source, Some(&table), None)
             .await
             .unwrap();
         assert!(Arc::ptr_eq(&next.targets()[0], &table.targets()[0]));

@@ -16,7 +16,7 @@ use istio_vault_ca::config::Config;
 use istio_vault_ca::pem_text;
 use prost_types::Value;
 use prost_types::value::Kind;
-use support::pod_api::{fake_api, pod, token};
+use support::pod_api::{fake_api_with_namespaces, namespace, pod, token};
 use support::{Env, OpenBao, id, sample};
 use tonic::Code;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -58,6 +58,9 @@ listen = "127.0.0.1:0"
 jwks_file = "{jwks}"
 
 [auth.impersonation]
+kubeconfig = "{kubeconfig}"
+
+[kubernetes]
 kubeconfig = "{kubeconfig}"
 
 [vault]
@@ -102,6 +105,11 @@ namespaces = ["payments", "payments-*"]
 target = "payments"
 
 [[routes]]
+name = "pci-labelled"
+namespace_selector = "compliance=pci"
+target = "payments"
+
+[[routes]]
 name = "misrouted"
 namespaces = ["misrouted"]
 target = "misrouted"
@@ -114,10 +122,17 @@ target = "high-assurance"
 
 /// Starts the signer from a config file at `dir/config.toml` holding `routing`.
 async fn start(bao: OpenBao, setup: std::path::PathBuf, routing: &str) -> Env {
-    let api = fake_api(vec![
-        pod("istio-system", "ztunnel-a", "zt-a", "ztunnel", "node-a"),
-        pod("payments", "api-1", "api-1", "api", "node-a"),
-    ])
+    let api = fake_api_with_namespaces(
+        vec![
+            pod("istio-system", "ztunnel-a", "zt-a", "ztunnel", "node-a"),
+            pod("payments", "api-1", "api-1", "api", "node-a"),
+        ],
+        Default::default(),
+        vec![
+            namespace("cards", serde_json::json!({"compliance": "pci"})),
+            namespace("default", serde_json::json!({})),
+        ],
+    )
     .await;
     // Beside the setup output, inside OpenBao's temporary directory (removed with it).
     let dir = setup.clone();
@@ -219,6 +234,21 @@ async fn each_namespace_and_signer_gets_its_own_ca() {
             served.push(chain.last().unwrap().clone());
         }
     }
+
+    // A namespace labelled compliance=pci (from the watched namespace labels) goes to the
+    // payments CA too.
+    let labelled = call(
+        &env,
+        Shape::PilotAgent,
+        "cards",
+        "api",
+        env.opts("cards", "api"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(labelled[1].trim(), payments.trim());
+    served.push(labelled.last().unwrap().clone());
 
     // CertSigner=high-assurance: the other role, with its target's lifetime (1h default).
     let before = support::now_unix();
@@ -347,6 +377,10 @@ async fn each_namespace_and_signer_gets_its_own_ca() {
         ),
         (
             r#"istio_vault_ca_routed_requests_total{route="misrouted",target="misrouted",outcome="refused"}"#,
+            1.0,
+        ),
+        (
+            r#"istio_vault_ca_routed_requests_total{route="pci-labelled",target="payments",outcome="issued"}"#,
             1.0,
         ),
         (r#"istio_vault_ca_refusals_total{reason="route"}"#, 1.0),

@@ -56,6 +56,10 @@ pub struct RouteConfig {
     /// Service accounts of the requested identity, same syntax.
     #[serde(default)]
     pub service_accounts: Vec<String>,
+    /// A label selector the identity's namespace must satisfy, read from a watch of the
+    /// local cluster's namespaces (`kubernetes.kubeconfig`).
+    #[serde(default)]
+    pub namespace_selector: Option<String>,
     /// The `CertSigner` the workload names (`ISTIO_META_CERT_SIGNER`). A route without it
     /// claims only requests that name no signer; a request naming one that no route lists is
     /// refused.
@@ -160,6 +164,10 @@ pub fn validate(targets: &[TargetConfig], routes: &[RouteConfig]) -> Result<(), 
         if let Some(signer) = &r.cert_signer {
             check_name(&format!("{key}.cert_signer"), signer)?;
         }
+        if let Some(selector) = &r.namespace_selector {
+            crate::selector::LabelSelector::parse(selector)
+                .map_err(|e| ConfigError::invalid(&format!("{key}.namespace_selector"), e))?;
+        }
     }
     Ok(())
 }
@@ -186,6 +194,7 @@ mod tests {
             target: to.into(),
             namespaces: vec![],
             service_accounts: vec![],
+            namespace_selector: None,
             cert_signer: None,
         }
     }
@@ -224,6 +233,9 @@ mod tests {
         let mut r = route("r", "default");
         r.service_accounts = vec![String::new()];
         assert!(error(&[], &[r]).starts_with("routes[0].service_accounts[0]:"));
+        let mut r = route("r", "default");
+        r.namespace_selector = Some("a in b".into());
+        assert!(error(&[], &[r]).starts_with("routes[0].namespace_selector:"));
         let mut r = route("r", "default");
         r.cert_signer = Some("x".repeat(64));
         assert!(error(&[], &[r]).starts_with("routes[0].cert_signer:"));

@@ -28,7 +28,36 @@ pub type Events = Arc<Mutex<Vec<Value>>>;
 
 /// Serves `pods` for list requests; watch requests stream `events` as they are pushed.
 pub async fn fake_api_with_events(pods: Vec<Value>, events: Events) -> String {
-    let app = axum::Router::new().route(
+    fake_api_with_namespaces(pods, events, Vec::new()).await
+}
+
+/// A namespace with `labels`, as the API server lists it.
+pub fn namespace(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels, "resourceVersion": "10"}})
+}
+
+/// [`fake_api_with_events`], also listing `namespaces` at `/api/v1/namespaces` (their watch
+/// stays open without events).
+pub async fn fake_api_with_namespaces(
+    pods: Vec<Value>,
+    events: Events,
+    namespaces: Vec<Value>,
+) -> String {
+    let namespace_route = get(move |RawQuery(q): RawQuery| {
+        let namespaces = namespaces.clone();
+        async move {
+            let q = q.unwrap_or_default();
+            if q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1") {
+                let quiet =
+                    futures_util::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+                axum::response::Response::new(axum::body::Body::from_stream(quiet))
+            } else {
+                let list = json!({"kind": "NamespaceList", "apiVersion": "v1", "metadata": {"resourceVersion": "100"}, "items": namespaces});
+                axum::response::Response::new(axum::body::Body::from(list.to_string()))
+            }
+        }
+    });
+    let app = axum::Router::new().route("/api/v1/namespaces", namespace_route).route(
         "/api/v1/pods",
         get(move |RawQuery(q): RawQuery| {
             let pods = pods.clone();
