@@ -1,0 +1,152 @@
+//! `[server]`: the gRPC+TLS port and its serving certificate (limits and TLS policy have
+//! their own files).
+
+use super::*;
+
+/// The gRPC+TLS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// PEM certificate chain served to clients (leaf first). Reloaded when it changes.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Optional PEM CA bundle: client certificates are verified against it when presented.
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the serving certificate files are checked for changes.
+    #[serde(with = "duration")]
+    pub reload_interval: Duration,
+    /// Upper bound on one CreateCertificate call, Vault included.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// Upper bound on a TLS handshake.
+    #[serde(with = "duration")]
+    pub handshake_timeout: Duration,
+    /// On SIGTERM/SIGINT: how long in-flight requests may take before the process exits.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+    /// Connections older than this are sent GOAWAY so agents reconnect and spread over new
+    /// replicas (pilot-agent and ztunnel keep one connection for hours otherwise).
+    #[serde(with = "duration")]
+    pub max_connection_age: Duration,
+    /// How long in-flight calls on an aged connection may still run.
+    #[serde(with = "duration")]
+    pub max_connection_age_grace: Duration,
+    /// HTTP/2 PING interval on idle connections.
+    #[serde(with = "duration")]
+    pub http2_keepalive_interval: Duration,
+    /// How long to wait for a PING answer before closing the connection.
+    #[serde(with = "duration")]
+    pub http2_keepalive_timeout: Duration,
+    /// Have Vault issue the serving certificate instead of reading `cert_file`/`key_file`.
+    pub self_issued: Option<SelfIssuedConfig>,
+    /// Requests processed at once (size it to what Vault sustains); more wait in a queue.
+    pub max_in_flight: usize,
+    /// How long a request may wait for a slot before it is shed with `ResourceExhausted`.
+    #[serde(with = "duration")]
+    pub queue_timeout: Duration,
+    /// Bounds on connections, streams and queued calls before authentication.
+    pub limits: LimitsConfig,
+    /// TLS versions, cipher suites and key-exchange groups.
+    pub tls: TlsPolicyConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 15012)),
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            reload_interval: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(20),
+            max_in_flight: 256,
+            queue_timeout: Duration::from_secs(2),
+            self_issued: None,
+            max_connection_age: Duration::from_secs(30 * 60),
+            max_connection_age_grace: Duration::from_secs(30),
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
+            limits: LimitsConfig::default(),
+            tls: TlsPolicyConfig::default(),
+        }
+    }
+}
+
+/// A serving certificate the signer obtains from Vault itself (key generated in memory, CSR
+/// signed by `role` on `vault.mount`) and renews at two thirds of its lifetime.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelfIssuedConfig {
+    /// PKI role allowed to sign the signer's own names.
+    pub role: String,
+    /// DNS names and IP addresses to carry: every host clients put in `CA_ADDR`/`CA_ADDRESS`.
+    pub names: Vec<String>,
+    /// Requested lifetime.
+    #[serde(with = "duration")]
+    pub ttl: Duration,
+}
+
+impl Default for SelfIssuedConfig {
+    fn default() -> Self {
+        Self {
+            role: "istio-vault-ca-serving".into(),
+            names: Vec::new(),
+            ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// A setting that must be a positive duration.
+pub(super) fn positive(key: &str, d: Duration) -> Result<(), ConfigError> {
+    if d.is_zero() {
+        return Err(ConfigError::invalid(key, "must be positive"));
+    }
+    Ok(())
+}
+
+impl ServerConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        match &self.self_issued {
+            None => {
+                if self.cert_file.is_none() {
+                    return Err(ConfigError::invalid(
+                        "server.cert_file",
+                        "is required (or configure server.self_issued)",
+                    ));
+                }
+                if self.key_file.is_none() {
+                    return Err(ConfigError::invalid("server.key_file", "is required"));
+                }
+            }
+            Some(s) => {
+                if s.names.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "server.self_issued.names",
+                        "must list the names clients dial",
+                    ));
+                }
+                if s.ttl < Duration::from_secs(5) {
+                    return Err(ConfigError::invalid(
+                        "server.self_issued.ttl",
+                        "must be at least 5s",
+                    ));
+                }
+            }
+        }
+        if self.max_in_flight == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_in_flight",
+                "must be at least 1",
+            ));
+        }
+        self.limits.validate()?;
+        self.tls.validate()?;
+        positive("server.request_timeout", self.request_timeout)?;
+        positive("server.reload_interval", self.reload_interval)?;
+        positive("server.handshake_timeout", self.handshake_timeout)
+    }
+}

@@ -1,0 +1,200 @@
+//! `[vault]`: the Vault (or OpenBao) server, the default target's mount and role, the
+//! signer's own login, delegated mode.
+
+use super::*;
+
+/// The Vault (or OpenBao) PKI role that signs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// Base address, e.g. `https://vault.vault.svc:8200`.
+    pub addr: String,
+    /// PKI mount path.
+    pub mount: String,
+    /// Role used for `sign/<role>`.
+    pub role: String,
+    /// File holding the signer's token; re-read when it changes. Without it the token comes
+    /// from `$VAULT_TOKEN` (or `$BAO_TOKEN`).
+    pub token_file: Option<PathBuf>,
+    /// Vault Enterprise / OpenBao namespace (`X-Vault-Namespace`).
+    pub namespace: Option<String>,
+    /// PEM CA bundle for HTTPS to Vault (default: system roots).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for Vault listeners that require mutual TLS.
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
+    /// Timeout of one HTTP call to Vault.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// How often `token_file` is checked for changes.
+    #[serde(with = "duration")]
+    pub token_reload_interval: Duration,
+    /// Extra attempts of a sign call after a transient failure (within the request deadline).
+    pub retries: u32,
+    /// Consecutive transient failures after which calls fail fast.
+    pub breaker_threshold: u32,
+    /// First fail-fast period; doubles (up to 30s) while probes keep failing.
+    #[serde(with = "duration")]
+    pub breaker_cooldown: Duration,
+    /// How the signer authenticates to Vault.
+    pub auth: VaultAuthConfig,
+    /// Delegated mode: sign with a Vault token obtained by logging in with the caller's JWT.
+    pub delegated: Option<DelegatedConfig>,
+}
+
+/// Vault-delegated signing: each caller's JWT is exchanged at `auth/<mount>/login` (role
+/// `role`) for a Vault token, cached by the JWT's SHA-256 for the shorter of both lifetimes,
+/// and that token signs with `sign_role`, so Vault's own policy and identity templating
+/// decide too. The signer still requires the CSR's SAN to equal the caller's identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DelegatedConfig {
+    /// Auth mount the callers' tokens are exchanged at (`jwt` or `kubernetes` type).
+    pub mount: String,
+    /// Login role at that mount.
+    pub role: String,
+    /// PKI role signed with the delegated token (default: `vault.role`).
+    pub sign_role: Option<String>,
+    /// Exchanged tokens remembered.
+    pub cache_size: usize,
+}
+
+impl Default for DelegatedConfig {
+    fn default() -> Self {
+        Self {
+            mount: "kubernetes".into(),
+            role: "istio-workload".into(),
+            sign_role: None,
+            cache_size: 10_000,
+        }
+    }
+}
+
+/// The signer's own Vault login method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VaultAuthMethod {
+    /// `vault.token_file` (re-read on change) or `$VAULT_TOKEN`; renewed, never logged in.
+    Token,
+    /// `auth/<mount>/login` with `role_id` and the `secret_id` file.
+    AppRole,
+    /// `auth/<mount>/login` with `role` and the pod's service-account token.
+    Kubernetes,
+    /// `auth/<mount>/login` with `role` and a JWT file.
+    Jwt,
+}
+
+/// How the signer obtains and keeps its Vault token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultAuthConfig {
+    pub method: VaultAuthMethod,
+    /// Auth mount path (default: `approle`, `kubernetes` or `jwt`).
+    pub mount: Option<String>,
+    /// Login role for `kubernetes` and `jwt`.
+    pub role: Option<String>,
+    /// AppRole `role_id` (or `role_id_file`).
+    pub role_id: Option<String>,
+    pub role_id_file: Option<PathBuf>,
+    /// AppRole `secret_id` file, re-read at each login.
+    pub secret_id_file: Option<PathBuf>,
+    /// JWT presented at login, re-read at each login (the kubelet rotates it). Default for
+    /// `kubernetes`: `/var/run/secrets/kubernetes.io/serviceaccount/token`.
+    pub jwt_file: Option<PathBuf>,
+    /// Smallest gap between two logins forced by `403` answers (no login storms).
+    #[serde(with = "duration")]
+    pub min_relogin_interval: Duration,
+}
+
+impl Default for VaultAuthConfig {
+    fn default() -> Self {
+        Self {
+            method: VaultAuthMethod::Token,
+            mount: None,
+            role: None,
+            role_id: None,
+            role_id_file: None,
+            secret_id_file: None,
+            jwt_file: None,
+            min_relogin_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        Self {
+            addr: "http://127.0.0.1:8200".into(),
+            mount: "pki-istio".into(),
+            role: "istio-workload".into(),
+            token_file: None,
+            namespace: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            timeout: Duration::from_secs(5),
+            token_reload_interval: Duration::from_secs(10),
+            retries: 2,
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(1),
+            auth: VaultAuthConfig::default(),
+            delegated: None,
+        }
+    }
+}
+
+impl VaultConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        check_http_url("vault.addr", &self.addr)?;
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            return Err(ConfigError::invalid(
+                "vault.client_key_file",
+                "set both vault.client_cert_file and vault.client_key_file, or neither",
+            ));
+        }
+        self.auth.validate()?;
+        check_vault_path("vault.mount", &self.mount)?;
+        check_vault_path("vault.role", &self.role)?;
+        server::positive("vault.timeout", self.timeout)?;
+        server::positive("vault.token_reload_interval", self.token_reload_interval)
+    }
+}
+
+impl VaultAuthConfig {
+    /// What each login method needs: decided here only (`vault::Credentials` relies on it).
+    fn validate(&self) -> Result<(), ConfigError> {
+        match self.method {
+            VaultAuthMethod::Token => {}
+            VaultAuthMethod::AppRole => {
+                if self.role_id.is_none() && self.role_id_file.is_none() {
+                    return Err(ConfigError::invalid(
+                        "vault.auth.role_id",
+                        "approle needs vault.auth.role_id or vault.auth.role_id_file",
+                    ));
+                }
+                if self.secret_id_file.is_none() {
+                    return Err(ConfigError::invalid(
+                        "vault.auth.secret_id_file",
+                        "is required for approle",
+                    ));
+                }
+            }
+            VaultAuthMethod::Kubernetes | VaultAuthMethod::Jwt => {
+                if self.role.is_none() {
+                    return Err(ConfigError::invalid(
+                        "vault.auth.role",
+                        "is required for kubernetes and jwt login",
+                    ));
+                }
+                if self.method == VaultAuthMethod::Jwt && self.jwt_file.is_none() {
+                    return Err(ConfigError::invalid(
+                        "vault.auth.jwt_file",
+                        "is required for jwt",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
