@@ -404,18 +404,21 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     let deadline = limit.map(|l| tokio::time::Instant::now() + l);
-    let mut delay = Duration::from_millis(250);
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     loop {
         match call().await {
             Ok(v) => return Ok(v),
-            Err(e) => match e.transient_vault() {
-                Some(v) if deadline.is_none_or(|d| tokio::time::Instant::now() + delay < d) => {
-                    tracing::warn!(error = %v, "{what}: waiting for Vault");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+            Err(e) => {
+                let delay = backoff.next_delay();
+                match e.transient_vault() {
+                    Some(v) if deadline.is_none_or(|d| tokio::time::Instant::now() + delay < d) => {
+                        tracing::warn!(error = %v, "{what}: waiting for Vault");
+                        tokio::time::sleep(delay).await;
+                    }
+                    _ => return Err(e).context(what.to_owned()),
                 }
-                _ => return Err(e).context(what.to_owned()),
-            },
+            }
         }
     }
 }

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod app;
 pub mod authn;
+pub mod backoff;
 pub mod bundle;
 pub mod cache;
 pub mod chain;

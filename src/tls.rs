@@ -294,7 +294,7 @@ pub async fn maintain_self_issued(
     serving: Arc<ServingCert>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         let remaining = (serving.not_after() - crate::time::now_unix()).max(0) as f64;
         let wait = Duration::from_secs_f64(remaining * 2.0 / 3.0);
@@ -310,16 +310,16 @@ pub async fn maintain_self_issued(
                         not_after = serving.not_after(),
                         "renewed the self-issued serving certificate"
                     );
-                    backoff = Duration::from_secs(1);
+                    backoff.reset();
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "could not renew the serving certificate; keeping the current one");
+                    let retry_in = backoff.next_delay();
+                    tracing::warn!(error = %e, ?retry_in, "could not renew the serving certificate; keeping the current one");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(retry_in) => {}
                         _ = shutdown.changed() => return,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
                 }
             }
         }

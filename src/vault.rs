@@ -14,6 +14,7 @@ use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
+use crate::backoff::Backoff;
 use crate::config::VaultConfig;
 use crate::identity::SpiffeId;
 
@@ -23,6 +24,10 @@ mod delegated;
 pub use auth::{AuthState, Credentials, KUBERNETES_SA_TOKEN, Lease};
 use breaker::Breaker;
 pub use delegated::Delegation;
+
+/// First delay before retrying a sign call after a transient failure; doubles per attempt.
+const SIGN_RETRY_FIRST: Duration = Duration::from_millis(100);
+const SIGN_RETRY_MAX: Duration = Duration::from_secs(2);
 
 const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-vault-token");
 const NAMESPACE_HEADER: HeaderName = HeaderName::from_static("x-vault-namespace");
@@ -416,12 +421,12 @@ impl VaultClient {
         ttl: Duration,
     ) -> Result<SignedCert, VaultError> {
         let mut attempt = 0;
+        let mut backoff = Backoff::new(SIGN_RETRY_FIRST, SIGN_RETRY_MAX).jittered();
         loop {
             match self.sign_with_relogin(target, csr_pem, identity, ttl).await {
                 Err(e) if e.is_retryable() && attempt < self.retries => {
                     attempt += 1;
-                    let base = Duration::from_millis(100) * 2u32.pow(attempt - 1);
-                    tokio::time::sleep(base.mul_f64(0.5 + jitter())).await;
+                    tokio::time::sleep(backoff.next_delay()).await;
                     tracing::debug!(attempt, error = %e, "retrying Vault sign");
                 }
                 r => return r,
@@ -682,14 +687,6 @@ fn signed_from(env: Envelope<SignData>) -> Result<SignedCert, VaultError> {
         serial: data.serial_number,
         warnings: env.warnings.unwrap_or_default(),
     })
-}
-
-/// A number in [0, 1) that varies between calls (for backoff jitter; not for security).
-pub(crate) fn jitter() -> f64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    (nanos % 1000) as f64 / 1000.0
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

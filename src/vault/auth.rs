@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use serde::Deserialize;
@@ -297,7 +297,8 @@ impl VaultClient {
         };
         let mut file_seen = file.as_ref().and_then(|(p, _)| std::fs::read(p).ok());
         let mut last_login = Instant::now();
-        let mut backoff = Duration::from_secs(1);
+        let mut backoff =
+            crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
         // Without a lease yet (Vault was unreachable at start-up), log in right away.
         let mut next = lease
             .as_ref()
@@ -363,13 +364,13 @@ impl VaultClient {
                         "Vault token refreshed"
                     );
                     lease = new;
-                    backoff = Duration::from_secs(1);
+                    backoff.reset();
                     next = renew_delay(&lease).map(|d| tokio::time::Instant::now() + d);
                 }
                 Err(e) => {
-                    tracing::warn!(method = creds.method(), error = %e, retry_in = ?backoff, "could not refresh the Vault token; keeping the current one");
-                    next = Some(tokio::time::Instant::now() + backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    let retry_in = backoff.next_delay();
+                    tracing::warn!(method = creds.method(), error = %e, ?retry_in, "could not refresh the Vault token; keeping the current one");
+                    next = Some(tokio::time::Instant::now() + retry_in);
                 }
             }
         }
@@ -400,10 +401,7 @@ fn renew_delay(lease: &Lease) -> Option<Duration> {
     if lease.ttl.is_zero() {
         return None;
     }
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let jitter = (nanos % 1000) as f64 / 10_000.0; // 0..0.1
+    let jitter = crate::backoff::jitter() / 10.0; // 0..0.1
     // Vault's lease duration is Vault's to choose: renew at least daily, and never compute a
     // deadline past the clock's range.
     Some(
