@@ -15,7 +15,6 @@ use istio_vault_ca::chain::{self, Expectation, PathCache};
 use istio_vault_ca::client::{Shape, generate_csr};
 use istio_vault_ca::config::Config;
 use istio_vault_ca::config::{CsrConfig, JwtConfig};
-use istio_vault_ca::csr::CsrPolicy;
 use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
 use istio_vault_ca::identity::{SpiffeId, TrustDomain};
 use istio_vault_ca::routing::{RouteTable, TrustSource};
@@ -29,7 +28,7 @@ use rcgen::{
 
 fn csr(c: &mut Criterion) {
     let id: SpiffeId = "spiffe://cluster.local/ns/default/sa/demo".parse().unwrap();
-    let policy = CsrPolicy::new(&CsrConfig::default());
+    let policy = CsrConfig::default().policy();
     for (name, shape) in [
         ("csr_verify/ztunnel_p256", Shape::Ztunnel),
         ("csr_verify/agent_rsa2048", Shape::PilotAgent),
@@ -96,9 +95,7 @@ fn canned(kc: &istio_vault_ca::client::KeyAndCsr, id: &SpiffeId) -> (SignedCert,
 fn leaf(c: &mut Criterion) {
     let id: SpiffeId = "spiffe://cluster.local/ns/default/sa/demo".parse().unwrap();
     let kc = generate_csr(Shape::Ztunnel, &id).unwrap();
-    let csr = CsrPolicy::new(&CsrConfig::default())
-        .verify(&kc.csr_pem)
-        .unwrap();
+    let csr = CsrConfig::default().policy().verify(&kc.csr_pem).unwrap();
     let (signed, root) = canned(&kc, &id);
     let bundle = Arc::new(TrustBundle::from_pem(root.as_bytes()).unwrap());
     let trust = chain::TargetTrust {
@@ -162,7 +159,7 @@ fn handler(c: &mut Criterion) {
             authn: rt
                 .block_on(Authenticator::new(&config.auth, td.clone()))
                 .unwrap(),
-            csr_policy: CsrPolicy::new(&config.csr),
+            csr_policy: config.csr.policy(),
             routes: Arc::new(ArcSwap::from_pointee(table)),
             vault,
             bundle: Arc::new(ArcSwap::from_pointee(

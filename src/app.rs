@@ -16,7 +16,6 @@ use tokio::sync::watch;
 use crate::admin::{self, Readiness};
 use crate::authn::Authenticator;
 use crate::config::Config;
-use crate::csr::CsrPolicy;
 use crate::pb::istio_certificate_service_server::IstioCertificateServiceServer;
 use crate::routing::{RouteTable, RoutingError, TrustSource};
 use crate::server::CaService;
@@ -152,7 +151,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     let signer = Arc::new(Signer {
         authn,
-        csr_policy: CsrPolicy::new(&config.csr),
+        csr_policy: config.csr.policy(),
         routes: shared_routes.clone(),
         vault: vault.clone(),
         bundle: shared_bundle.clone(),

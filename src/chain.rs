@@ -465,7 +465,6 @@ mod tests {
     use super::*;
     use crate::client::{Shape, generate_csr};
     use crate::config::CsrConfig;
-    use crate::csr::CsrPolicy;
 
     const ID: &str = "spiffe://cluster.local/ns/default/sa/demo";
 
@@ -560,9 +559,7 @@ mod tests {
 
     fn setup() -> (Pki, crate::client::KeyAndCsr, VerifiedCsr) {
         let kc = generate_csr(Shape::Ztunnel, &ID.parse().unwrap()).unwrap();
-        let csr = CsrPolicy::new(&CsrConfig::default())
-            .verify(&kc.csr_pem)
-            .unwrap();
+        let csr = CsrConfig::default().policy().verify(&kc.csr_pem).unwrap();
         (pki(), kc, csr)
     }
 

@@ -15,7 +15,6 @@ use x509_parser::oid_registry::*;
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 
-use crate::config::{CsrConfig, KeyAlgorithm};
 use crate::identity::SpiffeId;
 
 /// Why a CSR is refused. Every variant is the caller's fault (`InvalidArgument`).
@@ -95,7 +94,19 @@ impl VerifiedCsr {
     }
 }
 
-/// Applies [`CsrConfig`] to incoming CSRs.
+/// A public-key type a CSR may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyAlgorithm {
+    EcdsaP256,
+    EcdsaP384,
+    Rsa2048,
+    Rsa3072,
+    Rsa4096,
+    Ed25519,
+}
+
+/// Checks incoming CSRs against `[csr]` (built by `CsrConfig::policy`).
 #[derive(Debug, Clone)]
 pub struct CsrPolicy {
     max_bytes: usize,
@@ -103,10 +114,10 @@ pub struct CsrPolicy {
 }
 
 impl CsrPolicy {
-    pub fn new(config: &CsrConfig) -> Self {
+    pub fn new(max_bytes: usize, allowed_keys: &[KeyAlgorithm]) -> Self {
         Self {
-            max_bytes: config.max_bytes,
-            allowed_keys: config.allowed_keys.iter().copied().collect(),
+            max_bytes,
+            allowed_keys: allowed_keys.iter().copied().collect(),
         }
     }
 
@@ -375,6 +386,7 @@ fn oid_registry() -> &'static OidRegistry<'static> {
 
 #[cfg(test)]
 mod tests {
+    use crate::config::CsrConfig;
     use crate::pem_text::encode as pem_encode;
     use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
 
@@ -384,7 +396,7 @@ mod tests {
     const ID: &str = "spiffe://cluster.local/ns/default/sa/demo";
 
     fn policy() -> CsrPolicy {
-        CsrPolicy::new(&CsrConfig::default())
+        CsrConfig::default().policy()
     }
 
     fn csr(key: &KeyPair, subject_o: bool, critical: bool) -> String {
@@ -431,10 +443,11 @@ mod tests {
             policy().verify(&csr(&ed, false, true)).unwrap_err(),
             CsrError::KeyNotAllowed("ed25519".into())
         );
-        let only_ed = CsrPolicy::new(&CsrConfig {
+        let only_ed = CsrConfig {
             allowed_keys: vec![KeyAlgorithm::Ed25519],
             ..CsrConfig::default()
-        });
+        }
+        .policy();
         assert!(only_ed.verify(&csr(&ed, false, true)).is_ok());
         let p256 = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         assert!(matches!(

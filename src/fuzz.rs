@@ -30,7 +30,7 @@ fn td() -> TrustDomain {
 /// domain, and that identity survives a round trip through its text form.
 pub fn csr(data: &[u8]) {
     static POLICY: OnceLock<CsrPolicy> = OnceLock::new();
-    let policy = POLICY.get_or_init(|| CsrPolicy::new(&CsrConfig::default()));
+    let policy = POLICY.get_or_init(|| CsrConfig::default().policy());
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
@@ -161,7 +161,8 @@ fn leaf_fixture() -> &'static LeafFixture {
             .parse()
             .expect("id");
         let kc = crate::client::generate_csr(crate::client::Shape::Ztunnel, &id).expect("csr");
-        let csr = CsrPolicy::new(&CsrConfig::default())
+        let csr = CsrConfig::default()
+            .policy()
             .verify(&kc.csr_pem)
             .expect("valid csr");
         let ca = |name: &str| {

@@ -2,17 +2,7 @@
 
 use super::*;
 
-/// A public-key type a CSR may carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum KeyAlgorithm {
-    EcdsaP256,
-    EcdsaP384,
-    Rsa2048,
-    Rsa3072,
-    Rsa4096,
-    Ed25519,
-}
+pub use crate::csr::KeyAlgorithm;
 
 /// What a CSR must look like.
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +28,11 @@ impl Default for CsrConfig {
 const MIN_CSR_BYTES: usize = 256;
 
 impl CsrConfig {
+    /// The policy these settings describe.
+    pub fn policy(&self) -> crate::csr::CsrPolicy {
+        crate::csr::CsrPolicy::new(self.max_bytes, &self.allowed_keys)
+    }
+
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if self.allowed_keys.is_empty() {
             return Err(ConfigError::invalid(
