@@ -38,8 +38,9 @@ async fn two_mounts() -> (OpenBao, std::path::PathBuf) {
     (bao, setup)
 }
 
-/// The whole signer config as a file: the test harness's settings plus `routing`.
-fn write_config(path: &Path, c: &Config, routing: &str) {
+/// The whole signer config as a file: the test harness's settings plus `routing`; the file is
+/// checked for changes every `poll`.
+fn write_config(path: &Path, c: &Config, routing: &str, poll: &str) {
     let s = |p: &Option<std::path::PathBuf>| p.as_ref().unwrap().display().to_string();
     let text = format!(
         r#"
@@ -49,7 +50,7 @@ cert_file = "{cert}"
 key_file = "{key}"
 request_timeout = "5s"
 shutdown_grace = "5s"
-reload_interval = "200ms"
+reload_interval = "{poll}"
 
 [admin]
 listen = "127.0.0.1:0"
@@ -76,6 +77,7 @@ timeout = "2s"
         kubeconfig = s(&c.auth.impersonation.as_ref().unwrap().kubeconfig),
         addr = c.vault.addr,
         token = s(&c.vault.token_file),
+        poll = poll,
     );
     std::fs::write(path, text).unwrap();
 }
@@ -121,7 +123,7 @@ target = "high-assurance"
 "#;
 
 /// Starts the signer from a config file at `dir/config.toml` holding `routing`.
-async fn start(bao: OpenBao, setup: std::path::PathBuf, routing: &str) -> Env {
+async fn start(bao: OpenBao, setup: std::path::PathBuf, routing: &str, poll: &str) -> Env {
     let api = fake_api_with_namespaces(
         vec![
             pod("istio-system", "ztunnel-a", "zt-a", "ztunnel", "node-a"),
@@ -150,7 +152,7 @@ async fn start(bao: OpenBao, setup: std::path::PathBuf, routing: &str) -> Env {
             trusted_node_accounts: vec!["istio-system/ztunnel".into()],
         });
         let path = dir.join("config.toml");
-        write_config(&path, c, &routing);
+        write_config(&path, c, &routing, poll);
         *c = Config::load(Some(&path), Vec::<(String, String)>::new()).unwrap();
     })
     .await
@@ -217,7 +219,7 @@ fn not_after(chain: &[String]) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_namespace_and_signer_gets_its_own_ca() {
     let (bao, setup) = two_mounts().await;
-    let env = start(bao, setup, ROUTING).await;
+    let env = start(bao, setup, ROUTING, "200ms").await;
     let mesh = intermediate(&env.bao, "pki-istio").await;
     let payments = intermediate(&env.bao, "pki-payments").await;
     assert_ne!(mesh, payments);
@@ -394,7 +396,7 @@ async fn each_namespace_and_signer_gets_its_own_ca() {
 async fn routes_reload_while_requests_flow() {
     let (bao, setup) = two_mounts().await;
     // `team` starts on the default CA.
-    let env = Arc::new(start(bao, setup, "").await);
+    let env = Arc::new(start(bao, setup, "", "200ms").await);
     let config = env.config.source.clone().expect("loaded from a file");
     let mesh = intermediate(&env.bao, "pki-istio").await;
     let payments = intermediate(&env.bao, "pki-payments").await;
@@ -539,4 +541,69 @@ target = "payments"
         0,
         "a request failed because of a reload"
     );
+}
+
+/// SIGHUP reloads at once: the file is not polled here (`reload_interval` is an hour), so only
+/// the signal can make requests follow the new route. (Signals reach the whole test process;
+/// the other tests' signers just reload their own unchanged files.)
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_routes() {
+    let (bao, setup) = two_mounts().await;
+    let env = start(bao, setup, "", "1h").await;
+    let config = env.config.source.clone().expect("loaded from a file");
+    let payments = intermediate(&env.bao, "pki-payments").await;
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{text}\n{}",
+            r#"
+[[targets]]
+name = "payments"
+mount = "pki-payments"
+role = "payments"
+
+[[routes]]
+name = "ops"
+namespaces = ["ops"]
+target = "payments"
+"#
+        ),
+    )
+    .unwrap();
+    let before = call(
+        &env,
+        Shape::PilotAgent,
+        "ops",
+        "api",
+        env.opts("ops", "api"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_ne!(
+        before[1].trim(),
+        payments.trim(),
+        "changed file not read without SIGHUP"
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    support::eventually_some("SIGHUP applies the new routes", async || {
+        let chain = call(
+            &env,
+            Shape::PilotAgent,
+            "ops",
+            "api",
+            env.opts("ops", "api"),
+            None,
+        )
+        .await
+        .ok()?;
+        (chain[1].trim() == payments.trim()).then_some(())
+    })
+    .await;
 }
