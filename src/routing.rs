@@ -13,21 +13,24 @@
 //! sorted, so it is byte-identical whichever target signed.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::bundle::{BundleError, SharedBundle, TrustBundle};
+mod reload;
+mod target;
+
+pub use reload::watch;
+pub use target::{Target, TrustSource};
+use target::{load_trust, new_target, read_roots};
+
+use crate::bundle::{BundleError, TrustBundle};
 pub use crate::chain::TargetTrust;
 use crate::config::{Config, DEFAULT_TARGET, RouteConfig, TargetConfig};
 use crate::identity::SpiffeId;
 use crate::namespaces::NamespaceLabels;
-use crate::pem_text;
 use crate::selector::LabelSelector;
-use crate::ttl::TtlPolicy;
-use crate::vault::{SignTarget, VaultClient, VaultError};
+use crate::vault::{VaultClient, VaultError};
 
 /// Name of the route a request takes when no `[[routes]]` entry claims it.
 pub const DEFAULT_ROUTE: &str = "default";
@@ -87,26 +90,6 @@ impl RoutingError {
     }
 }
 
-/// A named place that signs: a Vault mount and role, its lifetime policy and its trust.
-#[derive(Debug)]
-pub struct Target {
-    pub name: Arc<str>,
-    pub vault: SignTarget,
-    pub ttl: TtlPolicy,
-    /// Issuer (name or id) the leaves must come from.
-    pub issuer: Option<String>,
-    trust: ArcSwap<TargetTrust>,
-    /// What it was built from, to keep it (and its trust) across reloads that leave it alone.
-    source: TargetConfig,
-}
-
-impl Target {
-    /// The trust its leaves are verified against now.
-    pub fn trust(&self) -> Arc<TargetTrust> {
-        self.trust.load_full()
-    }
-}
-
 /// A name pattern: `*` matches any run of characters.
 #[derive(Debug, Clone)]
 struct Glob(String);
@@ -163,29 +146,11 @@ pub struct RouteTable {
     /// Every `cert_signer` some route names.
     signers: HashSet<String>,
     /// Namespace labels, when some route has a `namespace_selector`.
-    namespaces: Option<Arc<NamespaceLabels>>,
+    pub(super) namespaces: Option<Arc<NamespaceLabels>>,
 }
 
 /// The table in force, readable without locks on the request path.
 pub type SharedRoutes = Arc<ArcSwap<RouteTable>>;
-
-/// Where the roots come from: each target's Vault issuers, or one file for every target.
-#[derive(Debug, Clone)]
-pub struct TrustSource {
-    /// `bundle.file`: the roots of every target instead of its Vault issuers.
-    pub file: Option<PathBuf>,
-    /// `bundle.extra_roots_file`: served, never used to verify a leaf.
-    pub extra_roots_file: Option<PathBuf>,
-}
-
-impl TrustSource {
-    pub fn from_config(config: &Config) -> Self {
-        Self {
-            file: config.bundle.file.clone(),
-            extra_roots_file: config.bundle.extra_roots_file.clone(),
-        }
-    }
-}
 
 impl RouteTable {
     /// Builds the table `config` describes, keeping the targets of `previous` whose settings
@@ -350,316 +315,20 @@ impl RouteTable {
     }
 }
 
-async fn new_target(
-    config: &TargetConfig,
-    default_ttl: &crate::config::TtlConfig,
-    vault: &VaultClient,
-    source: &TrustSource,
-) -> Result<Target, RoutingError> {
-    let err = |source: VaultError| RoutingError::Vault {
-        target: config.name.clone(),
-        source,
-    };
-    let sign = vault
-        .target(&config.mount, &config.role, config.namespace.as_deref())
-        .map_err(err)?;
-    let trust = load_trust(config, &sign, vault, source).await?;
-    Ok(Target {
-        name: config.name.as_str().into(),
-        ttl: config.ttl.as_ref().unwrap_or(default_ttl).policy(),
-        issuer: config.issuer.clone(),
-        vault: sign,
-        trust: ArcSwap::from_pointee(trust),
-        source: config.clone(),
-    })
-}
-
-async fn read_roots(path: &PathBuf) -> Result<TrustBundle, BundleError> {
-    let text = tokio::fs::read(path).await.map_err(|e| BundleError::Read {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
-    TrustBundle::from_pem(&text)
-}
-
-/// A target's roots (its `roots_file`, else `bundle.file`, else the self-signed certificates
-/// of its pinned issuer's chain or of all its mount's issuers) and its pinned issuer.
-async fn load_trust(
-    config: &TargetConfig,
-    sign: &SignTarget,
-    vault: &VaultClient,
-    source: &TrustSource,
-) -> Result<TargetTrust, RoutingError> {
-    let trust_err = |source: BundleError| RoutingError::Trust {
-        target: config.name.clone(),
-        source,
-    };
-    let pinned = match &config.issuer {
-        Some(reference) => {
-            Some(
-                vault
-                    .issuer(sign, reference)
-                    .await
-                    .map_err(|source| RoutingError::Vault {
-                        target: config.name.clone(),
-                        source,
-                    })?,
-            )
-        }
-        None => None,
-    };
-    let anchors = match (config.roots_file.as_ref().or(source.file.as_ref()), &pinned) {
-        (Some(path), _) => read_roots(path).await.map_err(trust_err)?,
-        (None, Some(issuer)) => {
-            TrustBundle::from_issuers(std::slice::from_ref(issuer)).map_err(trust_err)?
-        }
-        (None, None) => {
-            let issuers = vault
-                .issuers(sign)
-                .await
-                .map_err(|e| trust_err(BundleError::Vault(e)))?;
-            TrustBundle::from_issuers(&issuers).map_err(trust_err)?
-        }
-    };
-    let issuer_pem = match &pinned {
-        Some(issuer) => {
-            let bad = |message: String| RoutingError::Issuer {
-                target: config.name.clone(),
-                issuer: config.issuer.clone().unwrap_or_default(),
-                message,
-            };
-            let certs = pem_text::certificates(issuer.certificate.as_bytes())
-                .map_err(|e| bad(e.to_string()))?;
-            let [der] = &certs[..] else {
-                return Err(bad(format!("{} certificates", certs.len())));
-            };
-            if crate::bundle::is_self_signed_ca(der).map_err(trust_err)? {
-                None
-            } else {
-                Some(pem_text::encode("CERTIFICATE", der))
-            }
-        }
-        None => None,
-    };
-    Ok(TargetTrust {
-        anchors: Arc::new(anchors),
-        issuer_pem,
-    })
-}
-
-/// Keeps `routes` and `bundle` current: every `refresh` the targets' trust is re-read; when the
-/// config file changes (checked every `poll`) or on SIGHUP, the file is loaded again and, if
-/// valid as a whole, its targets and routes replace the current ones. Anything else changed
-/// in the file takes effect at the next restart.
-#[allow(clippy::too_many_arguments)]
-pub async fn watch(
-    config: Config,
-    vault: VaultClient,
-    source: TrustSource,
-    routes: SharedRoutes,
-    bundle: SharedBundle,
-    refresh: Duration,
-    poll: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut hangup = hangup_signals();
-    let mut last_text = config_text(&config).await;
-    let mut next_refresh = tokio::time::Instant::now() + refresh;
-    let mut poll_timer = tokio::time::interval(poll);
-    poll_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    enum Wake {
-        Stop,
-        Refresh,
-        Poll,
-        Hangup,
-    }
-    loop {
-        let wake = tokio::select! {
-            r = shutdown.wait_for(|s| *s) => { drop(r); Wake::Stop }
-            _ = tokio::time::sleep_until(next_refresh) => Wake::Refresh,
-            _ = poll_timer.tick() => Wake::Poll,
-            Some(()) = recv_hangup(&mut hangup) => Wake::Hangup,
-        };
-        let reload = match wake {
-            Wake::Stop => return,
-            Wake::Refresh => false,
-            Wake::Hangup => true,
-            Wake::Poll => {
-                let text = config_text(&config).await;
-                if text == last_text {
-                    continue;
-                }
-                last_text = text;
-                true
-            }
-        };
-        if reload {
-            apply_reload(&config, &vault, &source, &routes, &bundle).await;
-        } else {
-            next_refresh = tokio::time::Instant::now() + refresh;
-            let table = routes.load_full();
-            match table.refresh_trust(&vault, &source).await {
-                Ok(new) => publish(&bundle, new),
-                Err(e) => {
-                    tracing::warn!(error = %e, "trust bundle refresh failed; keeping the current roots")
-                }
-            }
-        }
-    }
-}
-
-/// Loads the config file again and swaps in its targets and routes, or keeps the current ones.
-async fn apply_reload(
-    config: &Config,
-    vault: &VaultClient,
-    source: &TrustSource,
-    routes: &SharedRoutes,
-    bundle: &SharedBundle,
-) {
-    let new = match config.reload() {
-        Ok(c) => c,
-        Err(e) => {
-            crate::metrics::config_reload(false);
-            tracing::error!(error = %e, "config reload failed; keeping the current targets and routes");
-            return;
-        }
-    };
-    let current = routes.load_full();
-    let namespaces = current.namespaces.clone();
-    let table = match RouteTable::load(&new, vault, source, Some(&current), namespaces).await {
-        Ok(t) => t,
-        Err(e) => {
-            crate::metrics::config_reload(false);
-            tracing::error!(error = %e, "config reload failed; keeping the current targets and routes");
-            return;
-        }
-    };
-    let served = match table.served(source).await {
-        Ok(b) => b,
-        Err(e) => {
-            crate::metrics::config_reload(false);
-            tracing::error!(error = %e, "config reload failed; keeping the current targets and routes");
-            return;
-        }
-    };
-    // The bundle first: a request routed to a new target must find its roots served.
-    publish(bundle, served);
-    routes.store(Arc::new(table));
-    crate::metrics::config_reload(true);
-    tracing::info!(
-        targets = new.targets.len() + 1,
-        routes = new.routes.len(),
-        "config reloaded: targets and routes applied (other settings take effect at restart)"
-    );
-}
-
-fn publish(bundle: &SharedBundle, new: TrustBundle) {
-    if new.pem() != bundle.load().pem() {
-        tracing::info!(roots = new.roots().len(), "trust bundle changed");
-        bundle.store(Arc::new(new));
-    }
-}
-
-async fn config_text(config: &Config) -> Option<Vec<u8>> {
-    let path = config.source.as_ref()?;
-    tokio::fs::read(path).await.ok()
-}
-
-#[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-type Hangup = Option<()>;
-
-#[cfg(unix)]
-fn hangup_signals() -> Hangup {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
-}
-#[cfg(not(unix))]
-fn hangup_signals() -> Hangup {
-    None
-}
-
-#[cfg(unix)]
-async fn recv_hangup(h: &mut Hangup) -> Option<()> {
-    match h {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
-    }
-}
-#[cfg(not(unix))]
-async fn recv_hangup(_: &mut Hangup) -> Option<()> {
-    std::future::pending().await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use std::time::Duration;
 
-    fn root(cn: &str) -> String {
+    /// A self-signed root CA, PEM.
+    pub(super) fn root(cn: &str) -> String {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.distinguished_name.push(rcgen::DnType::CommonName, cn);
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap())
             .unwrap()
             .pem()
-    }
-
-    /// With `bundle.file`, no Vault call is made: the file's roots are every target's.
-    async fn file_table(path: &std::path::Path) -> (Config, VaultClient, TrustSource, RouteTable) {
-        let mut config = Config::default();
-        config.bundle.file = Some(path.to_owned());
-        let vault = VaultClient::new(&config.vault).unwrap();
-        let source = TrustSource::from_config(&config);
-        let table = RouteTable::load(&config, &vault, &source, None, None)
-            .await
-            .unwrap();
-        (config, vault, source, table)
-    }
-
-    #[tokio::test]
-    async fn refresh_publishes_only_valid_bundles() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("roots.pem");
-        let (a, b) = (root("a"), root("b"));
-        std::fs::write(&path, &a).unwrap();
-        let (config, vault, source, table) = file_table(&path).await;
-        let shared: SharedBundle =
-            Arc::new(ArcSwap::from_pointee(table.served(&source).await.unwrap()));
-        let routes: SharedRoutes = Arc::new(ArcSwap::from_pointee(table));
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(watch(
-            config,
-            vault,
-            source,
-            routes,
-            shared.clone(),
-            Duration::from_millis(20),
-            Duration::from_secs(3600),
-            stop_rx,
-        ));
-
-        let wait_for = |n: usize| {
-            let shared = shared.clone();
-            async move {
-                for _ in 0..200 {
-                    if shared.load().roots().len() == n {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                panic!("bundle never reached {n} roots");
-            }
-        };
-        std::fs::write(&path, format!("{a}{b}")).unwrap(); // rotation: old + new
-        wait_for(2).await;
-        std::fs::write(&path, "garbage").unwrap(); // a broken file keeps the last good bundle
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(shared.load().roots().len(), 2);
-        std::fs::write(&path, &b).unwrap(); // old root retired
-        wait_for(1).await;
-        stop_tx.send(true).unwrap();
-        task.await.unwrap();
     }
 
     fn id(ns: &str, sa: &str) -> SpiffeId {

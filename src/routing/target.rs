@@ -1,0 +1,151 @@
+//! A signing target: where it signs (a Vault [`SignTarget`]), its lifetime policy, and the
+//! trust its leaves are verified against, loaded from its own Vault issuers, its pinned
+//! issuer, its `roots_file` or `bundle.file`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::RoutingError;
+use crate::bundle::{BundleError, TrustBundle};
+use crate::chain::TargetTrust;
+use crate::config::{Config, TargetConfig, TtlConfig};
+use crate::pem_text;
+use crate::ttl::TtlPolicy;
+use crate::vault::{SignTarget, VaultClient, VaultError};
+
+/// A named place that signs: a Vault mount and role, its lifetime policy and its trust.
+#[derive(Debug)]
+pub struct Target {
+    pub name: Arc<str>,
+    pub vault: SignTarget,
+    pub ttl: TtlPolicy,
+    /// Issuer (name or id) the leaves must come from.
+    pub issuer: Option<String>,
+    pub(super) trust: ArcSwap<TargetTrust>,
+    /// What it was built from, to keep it (and its trust) across reloads that leave it alone.
+    pub(super) source: TargetConfig,
+}
+
+impl Target {
+    /// The trust its leaves are verified against now.
+    pub fn trust(&self) -> Arc<TargetTrust> {
+        self.trust.load_full()
+    }
+}
+
+/// Where the roots come from: each target's Vault issuers, or one file for every target.
+#[derive(Debug, Clone)]
+pub struct TrustSource {
+    /// `bundle.file`: the roots of every target instead of its Vault issuers.
+    pub file: Option<PathBuf>,
+    /// `bundle.extra_roots_file`: served, never used to verify a leaf.
+    pub extra_roots_file: Option<PathBuf>,
+}
+
+impl TrustSource {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            file: config.bundle.file.clone(),
+            extra_roots_file: config.bundle.extra_roots_file.clone(),
+        }
+    }
+}
+
+pub(super) async fn new_target(
+    config: &TargetConfig,
+    default_ttl: &TtlConfig,
+    vault: &VaultClient,
+    source: &TrustSource,
+) -> Result<Target, RoutingError> {
+    let err = |source: VaultError| RoutingError::Vault {
+        target: config.name.clone(),
+        source,
+    };
+    let sign = vault
+        .target(&config.mount, &config.role, config.namespace.as_deref())
+        .map_err(err)?;
+    let trust = load_trust(config, &sign, vault, source).await?;
+    Ok(Target {
+        name: config.name.as_str().into(),
+        ttl: config.ttl.as_ref().unwrap_or(default_ttl).policy(),
+        issuer: config.issuer.clone(),
+        vault: sign,
+        trust: ArcSwap::from_pointee(trust),
+        source: config.clone(),
+    })
+}
+
+pub(super) async fn read_roots(path: &PathBuf) -> Result<TrustBundle, BundleError> {
+    let text = tokio::fs::read(path).await.map_err(|e| BundleError::Read {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    TrustBundle::from_pem(&text)
+}
+
+/// A target's roots (its `roots_file`, else `bundle.file`, else the self-signed certificates
+/// of its pinned issuer's chain or of all its mount's issuers) and its pinned issuer.
+pub(super) async fn load_trust(
+    config: &TargetConfig,
+    sign: &SignTarget,
+    vault: &VaultClient,
+    source: &TrustSource,
+) -> Result<TargetTrust, RoutingError> {
+    let trust_err = |source: BundleError| RoutingError::Trust {
+        target: config.name.clone(),
+        source,
+    };
+    let pinned = match &config.issuer {
+        Some(reference) => {
+            Some(
+                vault
+                    .issuer(sign, reference)
+                    .await
+                    .map_err(|source| RoutingError::Vault {
+                        target: config.name.clone(),
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let anchors = match (config.roots_file.as_ref().or(source.file.as_ref()), &pinned) {
+        (Some(path), _) => read_roots(path).await.map_err(trust_err)?,
+        (None, Some(issuer)) => {
+            TrustBundle::from_issuers(std::slice::from_ref(issuer)).map_err(trust_err)?
+        }
+        (None, None) => {
+            let issuers = vault
+                .issuers(sign)
+                .await
+                .map_err(|e| trust_err(BundleError::Vault(e)))?;
+            TrustBundle::from_issuers(&issuers).map_err(trust_err)?
+        }
+    };
+    let issuer_pem = match &pinned {
+        Some(issuer) => {
+            let bad = |message: String| RoutingError::Issuer {
+                target: config.name.clone(),
+                issuer: config.issuer.clone().unwrap_or_default(),
+                message,
+            };
+            let certs = pem_text::certificates(issuer.certificate.as_bytes())
+                .map_err(|e| bad(e.to_string()))?;
+            let [der] = &certs[..] else {
+                return Err(bad(format!("{} certificates", certs.len())));
+            };
+            if crate::bundle::is_self_signed_ca(der).map_err(trust_err)? {
+                None
+            } else {
+                Some(pem_text::encode("CERTIFICATE", der))
+            }
+        }
+        None => None,
+    };
+    Ok(TargetTrust {
+        anchors: Arc::new(anchors),
+        issuer_pem,
+    })
+}
