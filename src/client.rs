@@ -171,6 +171,9 @@ pub struct CallOptions {
     pub ttl_seconds: i64,
     /// For ztunnel's shape: `ImpersonatedIdentity` (default: the CSR's identity).
     pub impersonate: Option<String>,
+    /// For pilot-agent's shape: `CertSigner` (`ISTIO_META_CERT_SIGNER`; default empty, as
+    /// pilot-agent sends it).
+    pub cert_signer: Option<String>,
 }
 
 /// Builds the request exactly as `shape` sends it.
@@ -185,7 +188,11 @@ pub fn build_request(
     };
     let metadata = match shape {
         Shape::PilotAgent => Struct {
-            fields: [("CertSigner".to_owned(), string(String::new()))].into(),
+            fields: [(
+                "CertSigner".to_owned(),
+                string(opts.cert_signer.clone().unwrap_or_default()),
+            )]
+            .into(),
         },
         Shape::Ztunnel => Struct {
             fields: [(
@@ -322,6 +329,8 @@ pub struct RequestSpec {
     /// Requested lifetime (`validity_duration`).
     pub ttl: Duration,
     pub cluster_id: String,
+    /// `CertSigner` to ask for (pilot-agent's shape), as `ISTIO_META_CERT_SIGNER` would.
+    pub cert_signer: Option<String>,
 }
 
 /// A certificate issued for a [`RequestSpec`] and checked the way the real clients check it,
@@ -352,6 +361,7 @@ pub async fn request(spec: &RequestSpec) -> anyhow::Result<Issued> {
         cluster_id: Some(spec.cluster_id.clone()),
         ttl_seconds: i64::try_from(spec.ttl.as_secs()).unwrap_or(i64::MAX),
         impersonate: None,
+        cert_signer: spec.cert_signer.clone(),
     };
     let req = build_request(spec.shape, &key.csr_pem, &spec.identity, &opts)?;
     let chain = grpc

@@ -257,6 +257,7 @@ impl Target {
                     cluster_id: Some("Kubernetes".into()),
                     ttl_seconds: ttl.as_secs() as i64,
                     impersonate: None,
+                    cert_signer: None,
                 };
                 let req = client::build_request(p.shape, &p.csr_pem, &p.identity, &opts)
                     .map_err(|e| format!("build: {e}"))?;

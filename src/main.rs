@@ -78,6 +78,9 @@ struct RequestArgs {
     ttl: Duration,
     #[arg(long, default_value = "Kubernetes")]
     cluster_id: String,
+    /// `CertSigner` to ask for (pilot-agent shape): a target's route, as ISTIO_META_CERT_SIGNER.
+    #[arg(long)]
+    cert_signer: Option<String>,
     /// Write cert-chain.pem, key.pem and root-cert.pem here.
     #[arg(long)]
     out_dir: Option<PathBuf>,
@@ -198,6 +201,7 @@ async fn request(args: RequestArgs) -> anyhow::Result<()> {
         shape: args.shape,
         ttl: args.ttl,
         cluster_id: args.cluster_id,
+        cert_signer: args.cert_signer,
     };
     let issued = client::request(&spec).await?;
     println!("{}", issued.report());

@@ -160,6 +160,7 @@ level = "warn"
             cluster_id: Some("Kubernetes".into()),
             ttl_seconds: 3600,
             impersonate: None,
+            cert_signer: None,
         };
         if shape == Shape::Ztunnel {
             opts.impersonate = Some(want.to_string());

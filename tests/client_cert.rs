@@ -41,6 +41,7 @@ async fn renew(
         cluster_id: Some("Kubernetes".into()),
         ttl_seconds: 3600,
         impersonate: None,
+        cert_signer: None,
     };
     let req = client::build_request(Shape::PilotAgent, &kc.csr_pem, who, &opts).unwrap();
     grpc.create_certificate(req)

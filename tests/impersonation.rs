@@ -156,6 +156,7 @@ async fn impersonation_matrix() {
                 cluster_id: Some(cluster.into()),
                 ttl_seconds: 3600,
                 impersonate: Some(ghost.to_string()),
+                cert_signer: None,
             };
             let kc = client::generate_csr(Shape::Ztunnel, &ghost).unwrap();
             let req = client::build_request(Shape::Ztunnel, &kc.csr_pem, &ghost, &opts).unwrap();
@@ -182,6 +183,7 @@ async fn impersonation_matrix() {
             cluster_id: Some(cluster.into()),
             ttl_seconds: 3600,
             impersonate: Some(want.to_string()),
+            cert_signer: None,
         };
         let kc = client::generate_csr(Shape::Ztunnel, want).unwrap();
         let req = client::build_request(Shape::Ztunnel, &kc.csr_pem, want, &opts).unwrap();
@@ -273,6 +275,7 @@ async fn finished_and_mirror_pods_never_authorize() {
             cluster_id: Some("lifecycle".into()),
             ttl_seconds: 3600,
             impersonate: Some(want.to_string()),
+            cert_signer: None,
         };
         let kc = client::generate_csr(Shape::Ztunnel, want).unwrap();
         let req = client::build_request(Shape::Ztunnel, &kc.csr_pem, want, &opts).unwrap();

@@ -14,8 +14,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use istio_vault_ca::client::{self, CallOptions, Shape};
 use istio_vault_ca::config::Config;
 use istio_vault_ca::pem_text;
-use prost_types::Value;
-use prost_types::value::Kind;
 use support::pod_api::{fake_api_with_namespaces, namespace, pod, token};
 use support::{Env, OpenBao, id, sample};
 use tonic::Code;
@@ -190,15 +188,11 @@ async fn call(
 ) -> Result<Vec<String>, tonic::Status> {
     let identity = id(ns, sa);
     let kc = client::generate_csr(shape, &identity).unwrap();
-    let mut req = client::build_request(shape, &kc.csr_pem, &identity, &opts).unwrap();
-    if let Some(signer) = cert_signer {
-        req.get_mut().metadata.as_mut().unwrap().fields.insert(
-            "CertSigner".into(),
-            Value {
-                kind: Some(Kind::StringValue(signer.into())),
-            },
-        );
-    }
+    let opts = CallOptions {
+        cert_signer: cert_signer.map(Into::into),
+        ..opts
+    };
+    let req = client::build_request(shape, &kc.csr_pem, &identity, &opts).unwrap();
     let chain = env
         .client()
         .await
@@ -325,6 +319,7 @@ async fn each_namespace_and_signer_gets_its_own_ca() {
             cluster_id: Some("Kubernetes".into()),
             ttl_seconds: 86400,
             impersonate: Some(id("payments", "api").to_string()),
+            cert_signer: None,
         },
         None,
     )

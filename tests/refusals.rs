@@ -239,6 +239,7 @@ async fn refusal_matrix_never_reaches_vault() {
                 .csr_pem,
             opts: CallOptions {
                 impersonate: Some(demo.to_string()),
+                cert_signer: None,
                 ..opts.clone()
             },
             code: PermissionDenied,
@@ -255,6 +256,7 @@ async fn refusal_matrix_never_reaches_vault() {
             .csr_pem,
             opts: CallOptions {
                 impersonate: Some(demo.to_string()),
+                cert_signer: None,
                 ..opts.clone()
             },
             code: PermissionDenied,
@@ -340,6 +342,7 @@ async fn refusal_matrix_never_reaches_vault() {
                 .csr_pem,
             opts: CallOptions {
                 impersonate: Some(id("default", "other").to_string()),
+                cert_signer: None,
                 ..opts.clone()
             },
             code: PermissionDenied,
@@ -351,6 +354,7 @@ async fn refusal_matrix_never_reaches_vault() {
             csr: good(),
             opts: CallOptions {
                 impersonate: Some("default/other".into()),
+                cert_signer: None,
                 ..opts.clone()
             },
             code: PermissionDenied,
@@ -450,6 +454,7 @@ async fn echoed_values_are_truncated_and_early_refusals_counted() {
     let z = client::generate_csr(Shape::Ztunnel, &demo).unwrap();
     let opts = CallOptions {
         impersonate: Some(format!("spiffe://{huge}")),
+        cert_signer: None,
         ..env.opts("default", "demo")
     };
     let req = client::build_request(Shape::Ztunnel, &z.csr_pem, &demo, &opts).unwrap();

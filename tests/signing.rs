@@ -233,6 +233,7 @@ async fn bundled_client_issues_and_writes_output_files() {
         shape: Shape::Ztunnel,
         ttl: Duration::from_secs(3600),
         cluster_id: "Kubernetes".into(),
+        cert_signer: None,
     };
     let issued = client::request(&spec).await.expect("issued and checked");
     assert_eq!(issued.summary.identity, identity.to_string());

@@ -157,8 +157,8 @@ async fn recv_hangup(_: &mut Hangup) -> Option<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arc_swap::ArcSwap;
     use crate::routing::tests::root;
+    use arc_swap::ArcSwap;
 
     /// With `bundle.file`, no Vault call is made: the file's roots are every target's.
     async fn file_table(path: &std::path::Path) -> (Config, VaultClient, TrustSource, RouteTable) {

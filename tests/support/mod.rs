@@ -465,6 +465,7 @@ impl Env {
             cluster_id: Some("Kubernetes".into()),
             ttl_seconds: 86400,
             impersonate: None,
+            cert_signer: None,
         }
     }
 
