@@ -23,6 +23,8 @@ pub struct Readiness {
     pub vault: VaultClient,
     pub bundle: SharedBundle,
     pub serving: Arc<ServingCert>,
+    /// The namespace labels routes choose by, when some route has a `namespace_selector`.
+    pub namespaces: Option<Arc<crate::namespaces::NamespaceLabels>>,
 }
 
 impl Readiness {
@@ -37,6 +39,9 @@ impl Readiness {
         }
         if !self.serving.valid() {
             missing.push("serving certificate expired");
+        }
+        if self.namespaces.as_ref().is_some_and(|n| !n.synced()) {
+            missing.push("namespace labels for routes not loaded yet");
         }
         if missing.is_empty() {
             Ok(())

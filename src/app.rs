@@ -189,6 +189,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         vault: vault.clone(),
         bundle: shared_bundle.clone(),
         serving: serving.clone(),
+        namespaces: namespaces.clone(),
     };
     let admin_addr = match config.admin.listen {
         Some(addr) => {

@@ -122,18 +122,29 @@ target = "high-assurance"
 
 /// Starts the signer from a config file at `dir/config.toml` holding `routing`.
 async fn start(bao: OpenBao, setup: std::path::PathBuf, routing: &str, poll: &str) -> Env {
-    let api = fake_api_with_namespaces(
-        vec![
-            pod("istio-system", "ztunnel-a", "zt-a", "ztunnel", "node-a"),
-            pod("payments", "api-1", "api-1", "api", "node-a"),
-        ],
-        Default::default(),
+    start_with(bao, setup, routing, poll, true).await
+}
+
+/// [`start`]; without `namespaces` the API server answers 404 for namespaces (the namespace
+/// watch never lists).
+async fn start_with(
+    bao: OpenBao,
+    setup: std::path::PathBuf,
+    routing: &str,
+    poll: &str,
+    namespaces: bool,
+) -> Env {
+    let listed = namespaces.then(|| {
         vec![
             namespace("cards", serde_json::json!({"compliance": "pci"})),
             namespace("default", serde_json::json!({})),
-        ],
-    )
-    .await;
+        ]
+    });
+    let pods = vec![
+        pod("istio-system", "ztunnel-a", "zt-a", "ztunnel", "node-a"),
+        pod("payments", "api-1", "api-1", "api", "node-a"),
+    ];
+    let api = fake_api_with_namespaces(pods, Default::default(), listed).await;
     // Beside the setup output, inside OpenBao's temporary directory (removed with it).
     let dir = setup.clone();
     let kubeconfig = support::kubeconfig(&dir, "local", &api);
@@ -601,4 +612,26 @@ target = "payments"
         (chain[1].trim() == payments.trim()).then_some(())
     })
     .await;
+}
+
+/// A signer whose routes choose by namespace labels is not ready until it has listed them:
+/// `/readyz` says so (and such routes answer `Unavailable`, which clients retry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_until_namespace_labels_are_listed() {
+    let (bao, setup) = two_mounts().await;
+    let env = start_with(bao, setup, ROUTING, "1h", false).await;
+    let (code, body) = env.admin("/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("namespace labels"), "{body}");
+    let refused = call(
+        &env,
+        Shape::PilotAgent,
+        "cards",
+        "api",
+        env.opts("cards", "api"),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
 }

@@ -28,7 +28,7 @@ pub type Events = Arc<Mutex<Vec<Value>>>;
 
 /// Serves `pods` for list requests; watch requests stream `events` as they are pushed.
 pub async fn fake_api_with_events(pods: Vec<Value>, events: Events) -> String {
-    fake_api_with_namespaces(pods, events, Vec::new()).await
+    fake_api_with_namespaces(pods, events, None).await
 }
 
 /// A namespace with `labels`, as the API server lists it.
@@ -37,12 +37,15 @@ pub fn namespace(name: &str, labels: Value) -> Value {
 }
 
 /// [`fake_api_with_events`], also listing `namespaces` at `/api/v1/namespaces` (their watch
-/// stays open without events).
+/// stays open without events); `None` answers 404 there, as a server the caller may not
+/// list namespaces on would fail.
 pub async fn fake_api_with_namespaces(
     pods: Vec<Value>,
     events: Events,
-    namespaces: Vec<Value>,
+    namespaces: Option<Vec<Value>>,
 ) -> String {
+    let listed = namespaces.is_some();
+    let namespaces = namespaces.unwrap_or_default();
     let namespace_route = get(move |RawQuery(q): RawQuery| {
         let namespaces = namespaces.clone();
         async move {
@@ -57,7 +60,13 @@ pub async fn fake_api_with_namespaces(
             }
         }
     });
-    let app = axum::Router::new().route("/api/v1/namespaces", namespace_route).route(
+    let app = axum::Router::new();
+    let app = if listed {
+        app.route("/api/v1/namespaces", namespace_route)
+    } else {
+        app
+    };
+    let app = app.route(
         "/api/v1/pods",
         get(move |RawQuery(q): RawQuery| {
             let pods = pods.clone();
