@@ -1,6 +1,6 @@
 //! The admin HTTP port: `/metrics` (Prometheus), `/healthz` (the process is alive) and
-//! `/readyz` (it can sign: a valid
-//! Vault token, a non-empty trust bundle and a valid serving certificate), so Kubernetes stops
+//! `/readyz` (it can sign: a valid Vault token, a non-empty trust bundle, a valid serving
+//! certificate and, when routes choose by namespace labels, those labels), so Kubernetes stops
 //! routing to a replica that cannot sign. The same readiness drives the standard gRPC health
 //! service on the gRPC port (SERVING only when ready).
 
