@@ -308,7 +308,7 @@ impl Signer {
             delegated = delegated_jwt.is_some(),
             identity = %approved.identity,
             route = %approved.decision.route,
-            target = %approved.decision.target.name,
+            sign_target = %approved.decision.target.name,
             vault.path = %approved.decision.target.vault.path(),
             deduplicated = false,
         );
@@ -405,7 +405,7 @@ impl Signer {
             tracing::error!(
                 identity = %identity,
                 route = %decision.route,
-                target = %decision.target.name,
+                sign_target = %decision.target.name,
                 vault_path = %decision.target.vault.path(),
                 vault_serial = %signed.serial,
                 error = %e,

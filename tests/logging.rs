@@ -106,6 +106,14 @@ async fn one_json_line_per_request_and_no_secrets() {
     }
 
     let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    // A field named like a key the JSON formatter writes itself would make duplicate keys.
+    for line in text.lines() {
+        assert_eq!(
+            line.matches("\"target\":").count(),
+            1,
+            "duplicate key: {line}"
+        );
+    }
     let lines: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
@@ -125,6 +133,8 @@ async fn one_json_line_per_request_and_no_secrets() {
     assert_eq!(issued["identity"], demo.to_string());
     assert_eq!(issued["serial"], serial);
     assert!(issued["duration_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(issued["route"], "default");
+    assert_eq!(issued["sign_target"], "default");
     assert_eq!(
         (
             requests[1]["outcome"].as_str(),
@@ -168,6 +178,13 @@ async fn one_json_line_per_request_and_no_secrets() {
 
     // The audit trail: one JSON line per decision, with the issued serial.
     let audit_text = String::from_utf8(audit.0.lock().unwrap().clone()).unwrap();
+    for line in audit_text.lines() {
+        assert_eq!(
+            line.matches("\"target\":").count(),
+            1,
+            "duplicate key: {line}"
+        );
+    }
     let decisions: Vec<serde_json::Value> = audit_text
         .lines()
         .map(|l| {
@@ -184,6 +201,8 @@ async fn one_json_line_per_request_and_no_secrets() {
     assert_eq!(issued["caller_pod"], "default/demo-7d9f");
     assert_eq!(issued["caller_node"], "node-a");
     assert_eq!(issued["cluster"], "Kubernetes");
+    assert_eq!(issued["route"], "default");
+    assert_eq!(issued["sign_target"], "default");
     assert!(issued["not_after"].as_i64().unwrap() > support::now_unix());
     assert!(issued["timestamp"].is_string());
     assert_eq!(

@@ -243,7 +243,7 @@ fn request_span() -> tracing::Span {
         reason = Empty,
         serial = Empty,
         route = Empty,
-        target = Empty,
+        sign_target = Empty,
     )
 }
 

@@ -59,7 +59,7 @@ pub fn issued(call: &Call<'_>, caller: &Caller, certified: &Certified) {
         .record("identity", tracing::field::display(identity))
         .record("serial", tracing::field::display(&chain.serial))
         .record("route", &*routed.route)
-        .record("target", &*routed.target);
+        .record("sign_target", &*routed.target);
     crate::metrics::request("issued", Code::Ok, None, took);
     crate::metrics::routed(&routed.route, &routed.target, "issued");
     crate::metrics::issued(chain.not_after);
@@ -75,7 +75,7 @@ pub fn issued(call: &Call<'_>, caller: &Caller, certified: &Certified) {
         not_after = chain.not_after,
         clamped,
         route = &*routed.route,
-        target = &*routed.target,
+        sign_target = &*routed.target,
         duration_ms = took.as_secs_f64() * 1000.0,
         peer = ?call.peer,
         "CreateCertificate"
@@ -95,7 +95,7 @@ pub fn issued(call: &Call<'_>, caller: &Caller, certified: &Certified) {
         not_after = chain.not_after,
         clamped,
         route = &*routed.route,
-        target = &*routed.target,
+        sign_target = &*routed.target,
         peer = call.peer.map(|p| p.to_string()).unwrap_or_default(),
         "certificate issued"
     );
@@ -110,12 +110,12 @@ pub fn refused(call: &Call<'_>, r: Refused<'_>) {
     }
     crate::metrics::request("refused", code, Some(r.reason), took);
     let route = r.routed.map(|x| &*x.route);
-    let target = r.routed.map(|x| &*x.target);
+    let sign_target = r.routed.map(|x| &*x.target);
     if let Some(routed) = r.routed {
         crate::metrics::routed(&routed.route, &routed.target, "refused");
         call.span
             .record("route", &*routed.route)
-            .record("target", &*routed.target);
+            .record("sign_target", &*routed.target);
     }
     let authn = r.caller.map(|c| c.method.as_str());
     let caller_id = r.caller.map(|c| c.identity.to_string());
@@ -136,7 +136,7 @@ pub fn refused(call: &Call<'_>, r: Refused<'_>) {
         reason = r.reason,
         error = %r.error,
         route,
-        target,
+        sign_target,
         duration_ms = took.as_secs_f64() * 1000.0,
         peer = ?call.peer,
         "CreateCertificate"
@@ -154,7 +154,7 @@ pub fn refused(call: &Call<'_>, r: Refused<'_>) {
         reason = r.reason,
         error = %r.error,
         route,
-        target,
+        sign_target,
         peer = call.peer.map(|p| p.to_string()).unwrap_or_default(),
         "certificate refused"
     );
