@@ -280,6 +280,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ServeOptions {
             limits: config.server.limits.clone(),
             handshake_timeout: config.server.handshake_timeout,
+            tcp_quickack: config.server.tcp_quickack,
             max_connection_age: config.server.max_connection_age,
             max_connection_age_grace: config.server.max_connection_age_grace,
             keepalive_interval: config.server.http2_keepalive_interval,

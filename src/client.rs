@@ -119,8 +119,18 @@ pub async fn connect(
     ca_pem: &[u8],
     server_name: Option<&str>,
 ) -> anyhow::Result<IstioCertificateServiceClient<Channel>> {
+    connect_with(addr, ca_pem, server_name, true).await
+}
+
+/// [`connect`], choosing `TCP_NODELAY` (ztunnel's client leaves it off).
+pub async fn connect_with(
+    addr: &str,
+    ca_pem: &[u8],
+    server_name: Option<&str>,
+    nodelay: bool,
+) -> anyhow::Result<IstioCertificateServiceClient<Channel>> {
     Ok(IstioCertificateServiceClient::new(
-        channel(addr, ca_pem, server_name).await?,
+        tls_channel(addr, ca_pem, server_name, None, nodelay).await?,
     ))
 }
 
@@ -141,6 +151,16 @@ pub async fn channel_with_identity(
     server_name: Option<&str>,
     identity: Option<tonic::transport::Identity>,
 ) -> anyhow::Result<Channel> {
+    tls_channel(addr, ca_pem, server_name, identity, true).await
+}
+
+async fn tls_channel(
+    addr: &str,
+    ca_pem: &[u8],
+    server_name: Option<&str>,
+    identity: Option<tonic::transport::Identity>,
+    nodelay: bool,
+) -> anyhow::Result<Channel> {
     let host = addr
         .rsplit_once(':')
         .map(|(h, _)| h.trim_matches(['[', ']']))
@@ -154,6 +174,7 @@ pub async fn channel_with_identity(
     let channel = Endpoint::from_shared(format!("https://{addr}"))?
         .tls_config(tls)?
         .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(nodelay)
         .connect()
         .await
         .with_context(|| format!("connecting to {addr}"))?;

@@ -55,6 +55,10 @@ pub struct LoadOptions {
     /// HTTP/2 connections to the signer (streams are spread over them).
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
+    /// Leave Nagle's algorithm on (no TCP_NODELAY), as ztunnel's CA client does: shows what
+    /// delayed ACKs on the signer's side cost such a client (`server.tcp_quickack`).
+    #[arg(long)]
+    pub client_nagle: bool,
     /// Stop after this many requests (default: one per identity).
     #[arg(long)]
     pub requests: Option<usize>,
@@ -329,7 +333,13 @@ pub async fn run(opts: &LoadOptions) -> anyhow::Result<Report> {
         let ca = std::fs::read(ca_file).with_context(|| ca_file.display().to_string())?;
         let mut clients = Vec::new();
         for _ in 0..opts.connections.max(1) {
-            let c = client::connect(&opts.addr, &ca, opts.server_name.as_deref()).await?;
+            let c = client::connect_with(
+                &opts.addr,
+                &ca,
+                opts.server_name.as_deref(),
+                !opts.client_nagle,
+            )
+            .await?;
             clients.push(c.max_decoding_message_size(1 << 20));
         }
         Target::Signer(clients)

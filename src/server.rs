@@ -9,6 +9,7 @@
 pub mod gate;
 pub mod listener;
 pub mod outcome;
+pub mod quickack;
 
 use std::sync::Arc;
 use std::time::Duration;

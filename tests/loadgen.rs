@@ -26,6 +26,7 @@ async fn loadgen_through_signer_and_direct() {
         key_pool: 2,
         concurrency: 8,
         connections: 2,
+        client_nagle: false,
         requests: Some(300),
         duration: None,
         ttl: Duration::from_secs(3600),

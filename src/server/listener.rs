@@ -22,6 +22,7 @@ use tonic::service::Routes;
 use tonic::transport::server::Connected;
 
 use super::gate::Gate;
+use super::quickack::QuickAck;
 use crate::config::LimitsConfig;
 
 /// HTTP/2 receive window of one stream: a typical request (1–3 KiB) in one flight; the largest
@@ -41,6 +42,8 @@ const MAX_SEND_BUFFER: usize = 64 * 1024;
 pub struct ServeOptions {
     pub limits: LimitsConfig,
     pub handshake_timeout: Duration,
+    /// `TCP_QUICKACK` on accepted connections ([`QuickAck`]).
+    pub tcp_quickack: bool,
     pub max_connection_age: Duration,
     pub max_connection_age_grace: Duration,
     pub keepalive_interval: Duration,
@@ -251,6 +254,7 @@ async fn connection(
     // Waiting for the ClientHello costs nothing but the connection's slot; the cryptographic
     // part of the handshake holds one of `max_handshakes` permits.
     let handshake = async {
+        let tcp = QuickAck::new(tcp, options.tcp_quickack);
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
         let _permit = handshakes.acquire().await.map_err(std::io::Error::other)?;
         start.into_stream(tls_config).await
