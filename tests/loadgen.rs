@@ -55,6 +55,18 @@ async fn loadgen_through_signer_and_direct() {
     assert!(signer.loadgen_cpu_us_per_request.is_some());
     assert_eq!(env.bao.sign_calls(), 300);
 
+    // A client with Nagle on (as ztunnel's): the same answers (its latency is measured by
+    // scripts/nagle-latency.sh, not here).
+    let nagle = loadgen::run(&LoadOptions {
+        client_nagle: true,
+        requests: Some(20),
+        ..base.clone()
+    })
+    .await
+    .unwrap();
+    assert_eq!((nagle.requests, nagle.ok), (20, 20), "{}", nagle.text());
+    assert_eq!(env.bao.sign_calls(), 320);
+
     let direct = loadgen::run(&LoadOptions {
         direct_vault: true,
         ..base
@@ -68,7 +80,7 @@ async fn loadgen_through_signer_and_direct() {
         direct.text()
     );
     assert_eq!(direct.mode, "direct-vault");
-    assert_eq!(env.bao.sign_calls(), 600);
+    assert_eq!(env.bao.sign_calls(), 620);
     let json = serde_json::to_value(&direct).unwrap();
     assert!(json["throughput_per_s"].as_f64().unwrap() > 0.0);
 }
