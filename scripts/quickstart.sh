@@ -10,8 +10,8 @@ work=$PWD/.quickstart
 rm -rf "$work" && mkdir -p "$work"
 
 BAO=$(scripts/ensure-openbao.sh)
-echo "== building istio-vault-ca"
-cargo build --quiet --locked --bin istio-vault-ca
+echo "== building istio-vault-ca (the first build takes a few minutes; cargo shows its progress)"
+cargo build --locked --bin istio-vault-ca
 bin=$PWD/target/debug/istio-vault-ca
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
