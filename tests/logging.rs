@@ -135,6 +135,18 @@ async fn one_json_line_per_request_and_no_secrets() {
     assert!(issued["duration_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(issued["route"], "default");
     assert_eq!(issued["sign_target"], "default");
+    // For people and log pipelines: the peer as an address, durations to the microsecond.
+    let peer = issued["peer"].as_str().unwrap();
+    assert!(
+        peer.parse::<std::net::SocketAddr>().is_ok(),
+        "peer {peer:?}"
+    );
+    let ms = issued["duration_ms"].as_f64().unwrap();
+    assert_eq!(
+        ms,
+        (ms * 1000.0).round() / 1000.0,
+        "duration_ms {ms} not rounded to µs"
+    );
     assert_eq!(
         (
             requests[1]["outcome"].as_str(),
@@ -203,6 +215,12 @@ async fn one_json_line_per_request_and_no_secrets() {
     assert_eq!(issued["cluster"], "Kubernetes");
     assert_eq!(issued["route"], "default");
     assert_eq!(issued["sign_target"], "default");
+    // For people and log pipelines: the peer as an address, durations to the microsecond.
+    let peer = issued["peer"].as_str().unwrap();
+    assert!(
+        peer.parse::<std::net::SocketAddr>().is_ok(),
+        "peer {peer:?}"
+    );
     assert!(issued["not_after"].as_i64().unwrap() > support::now_unix());
     assert!(issued["timestamp"].is_string());
     assert_eq!(

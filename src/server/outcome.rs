@@ -76,8 +76,8 @@ pub fn issued(call: &Call<'_>, caller: &Caller, certified: &Certified) {
         clamped,
         route = &*routed.route,
         sign_target = &*routed.target,
-        duration_ms = took.as_secs_f64() * 1000.0,
-        peer = ?call.peer,
+        duration_ms = millis(took),
+        peer = %Peer(call.peer),
         "CreateCertificate"
     );
     tracing::info!(
@@ -96,7 +96,7 @@ pub fn issued(call: &Call<'_>, caller: &Caller, certified: &Certified) {
         clamped,
         route = &*routed.route,
         sign_target = &*routed.target,
-        peer = call.peer.map(|p| p.to_string()).unwrap_or_default(),
+        peer = %Peer(call.peer),
         "certificate issued"
     );
 }
@@ -137,8 +137,8 @@ pub fn refused(call: &Call<'_>, r: Refused<'_>) {
         error = %r.error,
         route,
         sign_target,
-        duration_ms = took.as_secs_f64() * 1000.0,
-        peer = ?call.peer,
+        duration_ms = millis(took),
+        peer = %Peer(call.peer),
         "CreateCertificate"
     );
     tracing::info!(
@@ -155,9 +155,26 @@ pub fn refused(call: &Call<'_>, r: Refused<'_>) {
         error = %r.error,
         route,
         sign_target,
-        peer = call.peer.map(|p| p.to_string()).unwrap_or_default(),
+        peer = %Peer(call.peer),
         "certificate refused"
     );
+}
+
+/// A duration in milliseconds rounded to the microsecond (`7.744`, not `7.7438009999999995`).
+fn millis(d: std::time::Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}
+
+/// The caller's address as `ip:port`, `-` when unknown (never `Some(…)`).
+struct Peer(Option<SocketAddr>);
+
+impl Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => write!(f, "{addr}"),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 /// The caller's pod as `namespace/name`, when its credential is bound to a pod: in the audit
