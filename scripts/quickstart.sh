@@ -61,6 +61,7 @@ echo "== creating a development JWT issuer (stands in for the Kubernetes API ser
 "$bin" dev-issuer token --dir "$work/jwt" --namespace default --service-account demo >"$work/jwt/token"
 
 signer_port=$(free_port)
+admin_port=$(free_port)
 cat >"$work/config.toml" <<EOF
 trust_domain = "cluster.local"
 [server]
@@ -72,8 +73,12 @@ jwks_file = "$work/jwt/jwks.json"
 [vault]
 addr = "http://127.0.0.1:$bao_port"
 token_file = "$work/vault-token"
+[admin]
+listen = "127.0.0.1:$admin_port"
+[audit]
+output = "$work/audit.log"
 EOF
-echo "== starting the signer on 127.0.0.1:$signer_port (log: .quickstart/signer.log)"
+echo "== starting the signer on 127.0.0.1:$signer_port (log: .quickstart/signer.log, audit trail: .quickstart/audit.log)"
 "$bin" serve --config "$work/config.toml" >"$work/signer.log" 2>&1 &
 pids+=($!)
 wait_tcp "$signer_port" 30
@@ -82,5 +87,6 @@ echo "== requesting a certificate for spiffe://cluster.local/ns/default/sa/demo 
 "$bin" request --addr "127.0.0.1:$signer_port" --server-name localhost \
   --ca-file "$work/tls/root-cert.pem" --token-file "$work/jwt/token" \
   --identity spiffe://cluster.local/ns/default/sa/demo --shape "$shape" --out-dir "$work/workload"
-echo "== done; the signer's request log:"
+echo "== done; the signer's request log and audit line:"
 grep -h "CreateCertificate" "$work/signer.log" | tail -1
+tail -n 1 "$work/audit.log"
