@@ -319,6 +319,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
+/// What `check-config` verifies beyond the config itself: every file it names exists and is
+/// readable, and the serving certificate and key load as a pair. One line per problem.
+pub fn preflight(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (key, path) in config.referenced_files() {
+        if let Err(e) = std::fs::File::open(path) {
+            problems.push(format!("{key}: {}: {e}", path.display()));
+        }
+    }
+    if problems.is_empty()
+        && let (Some(cert), Some(key)) = (&config.server.cert_file, &config.server.key_file)
+        && let Err(e) = tls::load_certified_key(cert, key)
+    {
+        problems.push(format!("server.cert_file / server.key_file: {e}"));
+    }
+    problems
+}
+
 /// One watched pod cache per cluster that has a way to reach its API server.
 async fn start_pod_caches(
     config: &Config,
@@ -421,5 +439,57 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn self_signed(name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn preflight_names_unreadable_files_and_mismatched_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.server.cert_file = Some(dir.path().join("tls.crt"));
+        config.server.key_file = Some(dir.path().join("tls.key"));
+        config.vault.token_file = Some(dir.path().join("vault-token"));
+        let problems = preflight(&config);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems[0].starts_with("server.cert_file: "),
+            "{problems:?}"
+        );
+        assert!(
+            problems[2].starts_with("vault.token_file: "),
+            "{problems:?}"
+        );
+
+        let ((cert, _), (_, other_key)) = (self_signed("a"), self_signed("b"));
+        std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
+        std::fs::write(dir.path().join("tls.key"), other_key).unwrap();
+        std::fs::write(dir.path().join("vault-token"), "t").unwrap();
+        let problems = preflight(&config);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("key does not match"), "{problems:?}");
+
+        let (cert, key) = self_signed("a");
+        std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
+        std::fs::write(dir.path().join("tls.key"), key).unwrap();
+        assert_eq!(preflight(&config), Vec::<String>::new());
+        let summary = config.summary();
+        assert!(summary.contains("0.0.0.0:15012"), "{summary}");
+        assert!(
+            summary.contains("pki-istio/sign/istio-workload"),
+            "{summary}"
+        );
     }
 }

@@ -52,13 +52,29 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid TOML: {message}")]
-    Syntax { path: PathBuf, message: String },
+    #[error("{}:{line}:{column}: not valid TOML: {message}", path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
 }
 
 impl ConfigError {
+    /// The same error, naming the `IVCA_*` variable that set its key, if one did.
+    fn naming_variables(self, overrides: &[(String, String)]) -> Self {
+        match self {
+            Self::Invalid { key, message } => {
+                let message = set_by(&key, overrides, message);
+                Self::Invalid { key, message }
+            }
+            other => other,
+        }
+    }
+
     fn invalid(key: &str, message: impl Into<String>) -> Self {
         Self::Invalid {
             key: key.to_owned(),
@@ -109,6 +125,189 @@ pub struct KubernetesConfig {
 }
 
 impl Config {
+    /// Every file the configuration names, with its key: what `check-config` verifies exists
+    /// and is readable before the signer depends on it.
+    pub fn referenced_files(&self) -> Vec<(String, &Path)> {
+        let mut files: Vec<(String, Option<&PathBuf>)> = vec![
+            ("server.cert_file".into(), self.server.cert_file.as_ref()),
+            ("server.key_file".into(), self.server.key_file.as_ref()),
+            (
+                "server.client_ca_file".into(),
+                self.server.client_ca_file.as_ref(),
+            ),
+            (
+                "auth.jwt.jwks_file".into(),
+                self.auth.jwt.jwks_file.as_ref(),
+            ),
+            ("auth.jwt.ca_file".into(), self.auth.jwt.ca_file.as_ref()),
+            (
+                "auth.jwt.bearer_token_file".into(),
+                self.auth.jwt.bearer_token_file.as_ref(),
+            ),
+            (
+                "auth.token_review.kubeconfig".into(),
+                self.auth
+                    .token_review
+                    .as_ref()
+                    .and_then(|t| t.kubeconfig.as_ref()),
+            ),
+            (
+                "auth.impersonation.kubeconfig".into(),
+                self.auth
+                    .impersonation
+                    .as_ref()
+                    .and_then(|i| i.kubeconfig.as_ref()),
+            ),
+            ("vault.token_file".into(), self.vault.token_file.as_ref()),
+            ("vault.ca_file".into(), self.vault.ca_file.as_ref()),
+            (
+                "vault.client_cert_file".into(),
+                self.vault.client_cert_file.as_ref(),
+            ),
+            (
+                "vault.client_key_file".into(),
+                self.vault.client_key_file.as_ref(),
+            ),
+            (
+                "vault.auth.role_id_file".into(),
+                self.vault.auth.role_id_file.as_ref(),
+            ),
+            (
+                "vault.auth.secret_id_file".into(),
+                self.vault.auth.secret_id_file.as_ref(),
+            ),
+            (
+                "vault.auth.jwt_file".into(),
+                self.vault.auth.jwt_file.as_ref(),
+            ),
+            ("bundle.file".into(), self.bundle.file.as_ref()),
+            (
+                "bundle.extra_roots_file".into(),
+                self.bundle.extra_roots_file.as_ref(),
+            ),
+            (
+                "trust_distribution.kubeconfig".into(),
+                self.trust_distribution
+                    .as_ref()
+                    .and_then(|t| t.kubeconfig.as_ref()),
+            ),
+            ("tracing.ca_file".into(), self.tracing.ca_file.as_ref()),
+            (
+                "kubernetes.kubeconfig".into(),
+                self.kubernetes.kubeconfig.as_ref(),
+            ),
+        ];
+        for (i, c) in self.auth.remote_clusters.iter().enumerate() {
+            let key = format!("auth.remote_clusters[{i}]");
+            files.push((format!("{key}.kubeconfig"), c.kubeconfig.as_ref()));
+            if let Some(jwt) = &c.jwt {
+                files.push((format!("{key}.jwt.jwks_file"), jwt.jwks_file.as_ref()));
+                files.push((format!("{key}.jwt.ca_file"), jwt.ca_file.as_ref()));
+                files.push((
+                    format!("{key}.jwt.bearer_token_file"),
+                    jwt.bearer_token_file.as_ref(),
+                ));
+            }
+            if let Some(tr) = &c.token_review {
+                files.push((
+                    format!("{key}.token_review.kubeconfig"),
+                    tr.kubeconfig.as_ref(),
+                ));
+            }
+        }
+        for (i, t) in self.targets.iter().enumerate() {
+            files.push((format!("targets[{i}].roots_file"), t.roots_file.as_ref()));
+        }
+        files
+            .into_iter()
+            .filter_map(|(key, path)| Some((key, path?.as_path())))
+            .collect()
+    }
+
+    /// A few lines saying what this configuration will do (no secrets: it holds none, only
+    /// the paths of files that do).
+    pub fn summary(&self) -> String {
+        let mut methods = Vec::new();
+        if self.auth.jwt.jwks_file.is_some() || self.auth.jwt.jwks_url.is_some() {
+            methods.push("service-account JWT");
+        }
+        if self.auth.token_review.is_some() {
+            methods.push("TokenReview");
+        }
+        if self.auth.client_certificates {
+            methods.push("client certificates");
+        }
+        let serving = match &self.server.self_issued {
+            Some(s) => format!("self-issued by Vault for {}", s.names.join(", ")),
+            None => format!(
+                "{}",
+                self.server
+                    .cert_file
+                    .as_deref()
+                    .unwrap_or(Path::new("-"))
+                    .display()
+            ),
+        };
+        let mut lines = vec![
+            format!("trust domain   {}", self.trust_domain.as_str()),
+            format!(
+                "listen         {} (serving certificate: {serving})",
+                self.server.listen
+            ),
+            format!(
+                "callers        {} in cluster {:?}{}{}",
+                if methods.is_empty() {
+                    "none".to_owned()
+                } else {
+                    methods.join(", ")
+                },
+                self.auth.cluster_id,
+                match self.auth.remote_clusters.len() {
+                    0 => String::new(),
+                    n => format!(" and {n} remote cluster(s)"),
+                },
+                if self.auth.impersonation.is_some() {
+                    "; node proxies may impersonate workloads on their node"
+                } else {
+                    ""
+                }
+            ),
+            format!(
+                "vault          {} ({} login), default target {}/sign/{}{}",
+                self.vault.addr,
+                format!("{:?}", self.vault.auth.method).to_ascii_lowercase(),
+                self.vault.mount,
+                self.vault.role,
+                if self.vault.delegated.is_some() {
+                    ", delegated mode"
+                } else {
+                    ""
+                }
+            ),
+            format!(
+                "lifetime       default {}, max {}",
+                humantime::format_duration(self.ttl.default),
+                humantime::format_duration(self.ttl.max)
+            ),
+        ];
+        if !self.targets.is_empty() || !self.routes.is_empty() {
+            lines.push(format!(
+                "routing        {} more target(s), {} route(s)",
+                self.targets.len(),
+                self.routes.len()
+            ));
+        }
+        if self.trust_distribution.is_some() {
+            lines.push("trust dist.    istio-ca-root-cert kept current".into());
+        }
+        if let Some(admin) = self.admin.listen {
+            lines.push(format!(
+                "admin          {admin} (/metrics, /healthz, /readyz)"
+            ));
+        }
+        lines.join("\n")
+    }
+
     /// Whether any route chooses by namespace labels (a namespace watch is then needed).
     pub fn routes_use_namespace_labels(&self) -> bool {
         self.routes.iter().any(|r| r.namespace_selector.is_some())
@@ -179,11 +378,15 @@ impl Config {
                     path: path.to_owned(),
                     source,
                 })?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Syntax {
+                text.parse::<toml::Table>().map_err(|e| {
+                    let (line, column) = line_column(&text, e.span().map_or(0, |s| s.start));
+                    ConfigError::Syntax {
                         path: path.to_owned(),
-                        message: e.message().to_owned(),
-                    })?
+                        line,
+                        column,
+                        message: e.message().trim().to_owned(),
+                    }
+                })?
             }
             None => toml::Table::new(),
         };
@@ -197,9 +400,14 @@ impl Config {
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| {
                 let key = e.path().to_string();
-                ConfigError::invalid(&key, e.into_inner().to_string())
+                // toml appends "in `section`" on a line of its own: the key already says it.
+                let message = e.into_inner().to_string();
+                let message = message.lines().next().unwrap_or_default().to_owned();
+                ConfigError::invalid(&key, set_by(&key, &overrides, message))
             })?;
-        config.validate()?;
+        config
+            .validate()
+            .map_err(|e| e.naming_variables(&overrides))?;
         config.source = path.map(Path::to_owned);
         config.overrides = overrides;
         Ok(config)
@@ -277,6 +485,35 @@ pub(super) fn check_fetch_url(key: &str, url: &str) -> Result<(), ConfigError> {
             "must be https:// (plain http:// only on loopback)",
         ))
     }
+}
+
+/// `message`, followed by `(set by IVCA_A__B)` when that variable set `key` (or its section).
+fn set_by(key: &str, overrides: &[(String, String)], message: String) -> String {
+    let dotted = |name: &str| {
+        name.strip_prefix(ENV_PREFIX).map(|k| {
+            k.split("__")
+                .collect::<Vec<_>>()
+                .join(".")
+                .to_ascii_lowercase()
+        })
+    };
+    let base = key.split('[').next().unwrap_or(key);
+    overrides
+        .iter()
+        .find(|(name, _)| {
+            dotted(name).is_some_and(|d| base == d || base.starts_with(&format!("{d}.")))
+        })
+        .map_or(message.clone(), |(name, _)| {
+            format!("{message} (set by {name})")
+        })
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.chars().rev().take_while(|&c| c != '\n').count() + 1;
+    (line, column)
 }
 
 /// Puts `IVCA_A__B=value` at `a.b` in `table`.
@@ -550,7 +787,24 @@ over_max = "reject"
                 "IVCA_TRUST_DISTRIBUTION__NAMESPACE_SELECTOR",
                 "team in infra"
             )]),
-            r#"trust_distribution.namespace_selector: "team in infra" is not a label selector requirement"#
+            r#"trust_distribution.namespace_selector: "team in infra" is not a label selector requirement (set by IVCA_TRUST_DISTRIBUTION__NAMESPACE_SELECTOR)"#
+        );
+        // A variable's typo is reported with the variable's name.
+        let typo = err_of(&[("IVCA_VAULT__TOKN_FILE", "/x")]);
+        assert!(
+            typo.starts_with("vault.tokn_file: unknown field `tokn_file`")
+                && typo.ends_with("(set by IVCA_VAULT__TOKN_FILE)")
+                && !typo.contains('\n'),
+            "{typo}"
+        );
+        // TOML syntax errors say where.
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "trust_domain = \"a\"\n[server\nlisten = 1\n").unwrap();
+        let syntax = Config::load(Some(&bad), vec![]).unwrap_err().to_string();
+        assert!(
+            syntax.starts_with(&format!("{}:2:8: not valid TOML: ", bad.display())),
+            "{syntax}"
         );
         let missing = Config::load(None, vec![]).unwrap_err().to_string();
         assert_eq!(

@@ -135,7 +135,12 @@ fn main() -> ExitCode {
 }
 
 fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
-    Config::load(path.as_deref(), std::env::vars()).context("invalid config")
+    let hint = if path.is_none() {
+        " (no config file given: --config or IVCA_CONFIG)"
+    } else {
+        ""
+    };
+    Config::load(path.as_deref(), std::env::vars()).with_context(|| format!("invalid config{hint}"))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -160,7 +165,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             result
         }
-        Command::CheckConfig { config } => load_config(config).map(drop),
+        Command::CheckConfig { config } => {
+            let config = load_config(config)?;
+            let problems = app::preflight(&config);
+            if !problems.is_empty() {
+                anyhow::bail!("{}", problems.join("\n       "));
+            }
+            println!("{}\nconfig OK", config.summary());
+            Ok(())
+        }
         Command::Request(args) => {
             telemetry::init(
                 &LogConfig {
