@@ -239,6 +239,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             shutdown_rx.clone(),
         )),
     };
+    if let Some(istiod) = &config.istiod_certificate {
+        let client = crate::kube_client(istiod.kubeconfig.as_deref())
+            .await
+            .map_err(|e| anyhow::anyhow!("istiod_certificate: {e}"))?;
+        tokio::spawn(crate::istiod_cert::maintain(
+            client,
+            vault.clone(),
+            istiod.clone(),
+            shared_bundle.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
     tokio::spawn(vault.clone().maintain_token(
         creds,
         lease,

@@ -20,6 +20,7 @@ pub use crate::ttl::OverMax;
 mod auth;
 mod bundle;
 mod csr;
+mod istiod;
 mod limits;
 mod routing;
 mod server;
@@ -32,6 +33,7 @@ mod vault;
 pub use auth::*;
 pub use bundle::*;
 pub use csr::*;
+pub use istiod::*;
 pub use limits::*;
 pub use routing::{DEFAULT_TARGET, RouteConfig, TargetConfig};
 pub use server::*;
@@ -108,6 +110,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Access to the local cluster's API server for namespace labels.
     pub kubernetes: KubernetesConfig,
+    /// Issue and renew istiod's serving certificate (`istiod-tls`).
+    pub istiod_certificate: Option<IstiodCertificateConfig>,
     /// The file this configuration was read from (reloaded for `targets` and `routes`).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -195,6 +199,12 @@ impl Config {
             (
                 "kubernetes.kubeconfig".into(),
                 self.kubernetes.kubeconfig.as_ref(),
+            ),
+            (
+                "istiod_certificate.kubeconfig".into(),
+                self.istiod_certificate
+                    .as_ref()
+                    .and_then(|i| i.kubeconfig.as_ref()),
             ),
         ];
         for (i, c) in self.auth.remote_clusters.iter().enumerate() {
@@ -332,6 +342,7 @@ impl Default for Config {
             targets: Vec::new(),
             routes: Vec::new(),
             kubernetes: KubernetesConfig::default(),
+            istiod_certificate: None,
             source: None,
             overrides: Vec::new(),
         }
@@ -443,6 +454,9 @@ impl Config {
         self.vault.validate()?;
         self.bundle.validate()?;
         self.log.validate()?;
+        if let Some(istiod) = &self.istiod_certificate {
+            istiod.validate()?;
+        }
         Ok(())
     }
 }

@@ -23,6 +23,7 @@ pub mod echo;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod identity;
+pub mod istiod_cert;
 pub mod loadgen;
 pub mod metrics;
 pub mod namespaces;

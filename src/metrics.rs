@@ -57,6 +57,14 @@ fn describe() {
         "istio_vault_ca_routed_requests_total",
         "Calls that reached a routing decision, by route, target and outcome"
     );
+    describe_gauge!(
+        "istio_vault_ca_istiod_certificate_expiry_timestamp_seconds",
+        "NotAfter of istiod's serving certificate in the istiod-tls Secret the signer keeps"
+    );
+    describe_counter!(
+        "istio_vault_ca_istiod_certificate_writes_total",
+        "Writes of istiod's serving certificate Secret, by result"
+    );
     describe_counter!(
         "istio_vault_ca_config_reloads_total",
         "Reloads of targets and routes from the config file, applied or refused"
@@ -174,6 +182,19 @@ pub fn routed(route: &str, target: &str, outcome: &'static str) {
         "outcome" => outcome
     )
     .increment(1);
+}
+
+/// NotAfter of istiod's certificate as written (or found current).
+pub fn istiod_certificate(not_after: i64) {
+    ::metrics::gauge!("istio_vault_ca_istiod_certificate_expiry_timestamp_seconds")
+        .set(not_after as f64);
+}
+
+/// One attempt to write istiod's certificate Secret.
+pub fn istiod_certificate_write(ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    ::metrics::counter!("istio_vault_ca_istiod_certificate_writes_total", "result" => result)
+        .increment(1);
 }
 
 /// One reload of targets and routes from the config file: applied or refused.

@@ -198,9 +198,69 @@ pub async fn issue_serving(
     vault: &crate::vault::VaultClient,
     cfg: &crate::config::SelfIssuedConfig,
 ) -> Result<CertifiedKey, TlsError> {
+    Ok(issue_for_names(vault, &cfg.role, &cfg.names, cfg.ttl)
+        .await?
+        .certified)
+}
+
+/// A PEM certificate chain and key that load as a pair (the key matches the leaf, the leaf is
+/// valid now).
+pub fn check_pair(chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, TlsError> {
+    let label = Path::new("<secret>");
+    certified_key_from_pem(chain_pem, label, key_pem, label)
+}
+
+/// The DNS names and IP addresses (as text) a certificate's SAN extension carries.
+pub fn dns_and_ip_names(der: &[u8]) -> Result<Vec<String>, TlsError> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| TlsError::Invalid(e.to_string()))?;
+    let names = cert
+        .subject_alternative_name()
+        .map_err(|e| TlsError::Invalid(e.to_string()))?
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(d) => Some(d.to_string()),
+                    GeneralName::IPAddress(b) => match b.len() {
+                        4 => {
+                            Some(std::net::IpAddr::from(<[u8; 4]>::try_from(*b).ok()?).to_string())
+                        }
+                        16 => {
+                            Some(std::net::IpAddr::from(<[u8; 16]>::try_from(*b).ok()?).to_string())
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(names)
+}
+
+/// A key generated here and the certificate Vault signed for it, checked to match each other
+/// and to carry every requested name.
+pub struct IssuedPair {
+    /// Leaf and intermediates, PEM (no root).
+    pub chain_pem: String,
+    /// PKCS#8 private key, PEM. Never logged.
+    pub key_pem: String,
+    pub certified: CertifiedKey,
+}
+
+/// Generates a P-256 key, has Vault's `role` (on `vault.mount`) sign it for `names` (DNS names
+/// and IP addresses) with `ttl`, and checks the result: the key matches the certificate and
+/// every name is in it.
+pub async fn issue_for_names(
+    vault: &crate::vault::VaultClient,
+    role: &str,
+    names: &[String],
+    ttl: Duration,
+) -> Result<IssuedPair, TlsError> {
     use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
-    let (ips, dns): (Vec<String>, Vec<String>) = cfg
-        .names
+    let (ips, dns): (Vec<String>, Vec<String>) = names
         .iter()
         .cloned()
         .partition(|n| n.parse::<std::net::IpAddr>().is_ok());
@@ -229,9 +289,7 @@ pub async fn issue_serving(
         .serialize_request(&key)
         .and_then(|c| c.pem())
         .map_err(|e| TlsError::Invalid(e.to_string()))?;
-    let signed = vault
-        .sign_serving(&cfg.role, &csr, &dns, &ips, cfg.ttl)
-        .await?;
+    let signed = vault.sign_serving(role, &csr, &dns, &ips, ttl).await?;
     // Serve the leaf and its intermediates; clients hold the root.
     let mut chain_pem = signed.certificate.trim().to_owned() + "\n";
     for ca in &signed.ca_chain {
@@ -244,46 +302,22 @@ pub async fn issue_serving(
         }
     }
     let label = Path::new("<vault>");
-    let ck = certified_key_from_pem(
-        chain_pem.as_bytes(),
-        label,
-        key.serialize_pem().as_bytes(),
-        label,
-    )?;
+    let key_pem = key.serialize_pem();
+    let ck = certified_key_from_pem(chain_pem.as_bytes(), label, key_pem.as_bytes(), label)?;
     let leaf = ck
         .end_entity_cert()
         .map_err(|e| TlsError::Invalid(e.to_string()))?;
-    let (_, cert) =
-        X509Certificate::from_der(leaf).map_err(|e| TlsError::Invalid(e.to_string()))?;
-    let sans: Vec<String> = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|s| {
-            s.value
-                .general_names
-                .iter()
-                .map(|n| match n {
-                    x509_parser::extensions::GeneralName::DNSName(d) => d.to_string(),
-                    x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
-                        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(*b).expect("4 bytes"))
-                            .to_string(),
-                        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(*b).expect("16 bytes"))
-                            .to_string(),
-                        _ => String::new(),
-                    },
-                    _ => String::new(),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    if let Some(missing) = cfg.names.iter().find(|n| !sans.iter().any(|s| s == *n)) {
+    let sans = dns_and_ip_names(leaf)?;
+    if let Some(missing) = names.iter().find(|n| !sans.iter().any(|s| s == *n)) {
         return Err(TlsError::Invalid(format!(
-            "Vault issued a serving certificate without {missing}; check the role {}",
-            cfg.role
+            "Vault issued a serving certificate without {missing}; check the role {role}"
         )));
     }
-    Ok(ck)
+    Ok(IssuedPair {
+        chain_pem,
+        key_pem,
+        certified: ck,
+    })
 }
 
 /// Renews the self-issued serving certificate at two thirds of its remaining lifetime until
@@ -433,7 +467,8 @@ impl ClientCertVerifier for BundleVerifier {
     }
 }
 
-fn not_after(ck: &CertifiedKey) -> i64 {
+/// The leaf's NotAfter (unix seconds; 0 if unreadable).
+pub fn not_after(ck: &CertifiedKey) -> i64 {
     ck.end_entity_cert()
         .ok()
         .and_then(|der| {

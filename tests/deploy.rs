@@ -464,3 +464,32 @@ fn grafana_dashboard_queries_exported_metrics() {
         assert!(queried.contains(wanted), "the dashboard shows no {wanted}");
     }
 }
+
+/// The opt-in istiod-certificate component grants exactly one Secret, by name, in istiod's
+/// namespace, to the signer's service account.
+#[test]
+fn istiod_certificate_component_grants_one_secret() {
+    let dir = deploy_dir().join("components/istiod-certificate");
+    let docs = documents(&std::fs::read_to_string(dir.join("rbac.yaml")).unwrap());
+    let role = docs.iter().find(|d| d["kind"] == "Role").expect("a Role");
+    assert_eq!(role["metadata"]["namespace"], "istio-system");
+    let rules = role["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0]["resources"], serde_json::json!(["secrets"]));
+    assert_eq!(rules[0]["resourceNames"], serde_json::json!(["istiod-tls"]));
+    for verb in rules[0]["verbs"].as_array().unwrap() {
+        assert!(
+            matches!(verb.as_str(), Some("get" | "patch" | "create")),
+            "{verb}"
+        );
+    }
+    assert!(docs.iter().all(|d| d["kind"] != "ClusterRole"));
+    let binding = docs.iter().find(|d| d["kind"] == "RoleBinding").unwrap();
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    assert_eq!(
+        binding["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": "istio-vault-ca", "namespace": "istio-system"}])
+    );
+    let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    assert!(kustomization.contains("kind: Component") && kustomization.contains("rbac.yaml"));
+}

@@ -317,6 +317,9 @@ def main():
     p.add_argument("--extra-role", action="append", default=[], metavar="MOUNT/ROLE[=MAX_TTL]",
                    help="another workload role the signer may sign with (default max TTL: --max-ttl); "
                         "repeatable")
+    p.add_argument("--istiod-names", metavar="NAMES",
+                   help="comma-separated DNS names of istiod: creates the role istiod-serving for them "
+                        "and lets the signer sign with it ([istiod_certificate])")
     p.add_argument("--self-issued-serving", action="store_true",
                    help="let the signer's token sign its own serving certificate (server.self_issued)")
     args = p.parse_args()
@@ -358,6 +361,11 @@ def main():
         vault.call("POST", f"{args.mount}/roles/{serving_role_name}", serving_role(names))
         log(f"serving role {args.mount}/roles/{serving_role_name} allows {names}")
     signer_serving = serving_role_name if args.self_issued_serving else None
+    if args.istiod_names:
+        istiod_names = [n.strip() for n in args.istiod_names.split(",") if n.strip()]
+        vault.call("POST", f"{args.mount}/roles/istiod-serving", serving_role(istiod_names))
+        log(f"istiod role {args.mount}/roles/istiod-serving allows {istiod_names}")
+        extra_roles.append((args.mount, "istiod-serving"))
     vault.call("PUT", f"sys/policies/acl/{POLICY_NAME}",
                {"policy": policy(args.mount, args.role, signer_serving, extra_roles, extra_roots)})
     log(f"policy {POLICY_NAME} written" + (" (may sign its own serving certificate)" if signer_serving else ""))
