@@ -493,3 +493,107 @@ fn istiod_certificate_component_grants_one_secret() {
     let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
     assert!(kustomization.contains("kind: Component") && kustomization.contains("rbac.yaml"));
 }
+
+/// docs/install.md step 1, run as written (only Vault's address and the admin token
+/// substituted, plus the guide's own addition for a Vault outside the cluster:
+/// `--kubernetes-host`/`--kubernetes-ca-file`) against a real OpenBao, with and without
+/// `--self-issued-serving`: it succeeds, and the serving role it creates signs exactly the names the self-issued overlay
+/// asks for (the overlay would otherwise crash-loop on a name the role refuses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_guide_vault_step_works_as_written() {
+    let guide =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/install.md"))
+            .unwrap();
+    let step = &guide[guide.find("1. **Prepare Vault**").unwrap()..];
+    let start = step.find("```sh\n").unwrap() + "```sh\n".len();
+    let command = &step[start..start + step[start..].find("```").unwrap()];
+    assert!(command.contains("deploy/vault/setup.py"), "{command}");
+
+    let overlay: toml::Table =
+        std::fs::read_to_string(deploy_dir().join("overlays/self-issued/config.toml"))
+            .unwrap()
+            .parse()
+            .unwrap();
+    let names: Vec<String> = overlay["server"]["self_issued"]["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect();
+    let serving_role = overlay["server"]["self_issued"]["role"].as_str().unwrap();
+
+    for self_issued in [false, true] {
+        let bao = support::OpenBao::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        // Any PEM CA stands in for the API server's (Vault does not contact it at config time).
+        let ca = dir.path().join("api-server-ca.pem");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
+        let setup_py = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/vault/setup.py");
+        let script = command
+            .replace("https://vault.vault.svc:8200", &bao.addr)
+            .replace("deploy/vault/setup.py", setup_py.to_str().unwrap())
+            .replace(
+                "--kubernetes-auth",
+                &format!(
+                    "--kubernetes-auth --kubernetes-host https://10.96.0.1:443 --kubernetes-ca-file {}",
+                    ca.display()
+                ),
+            )
+            .replace(
+                "[--self-issued-serving]",
+                if self_issued {
+                    "--self-issued-serving"
+                } else {
+                    ""
+                },
+            );
+        let status = Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .current_dir(dir.path())
+            .env("ADMIN_TOKEN", &bao.root_token)
+            .status()
+            .unwrap();
+        assert!(status.success(), "the guide's step 1 failed:\n{script}");
+        assert!(
+            dir.path().join("tls/tls.crt").exists(),
+            "--serving-cert-dir ./tls"
+        );
+        let role = bao
+            .api(
+                "GET",
+                &format!("{}/roles/{serving_role}", support::MOUNT),
+                serde_json::Value::Null,
+            )
+            .await;
+        let mut allowed: Vec<String> = role["data"]["allowed_domains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_str().unwrap().to_owned())
+            .collect();
+        allowed.sort();
+        let mut wanted = names.clone();
+        wanted.sort();
+        assert_eq!(
+            allowed, wanted,
+            "serving role vs overlays/self-issued names"
+        );
+        // With --self-issued-serving the signer's policy may sign with that role.
+        let policy = bao
+            .api(
+                "GET",
+                "sys/policies/acl/istio-vault-ca",
+                serde_json::Value::Null,
+            )
+            .await;
+        let text = policy["data"]["policy"].as_str().unwrap();
+        assert_eq!(
+            text.contains(&format!("{}/sign/{serving_role}", support::MOUNT)),
+            self_issued,
+            "{text}"
+        );
+    }
+}
