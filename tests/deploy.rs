@@ -335,13 +335,13 @@ async fn serving_role_allows_only_the_configured_names() {
     }
 }
 
-/// The alerting rules (component `alerts`, rendered by the single-cluster overlay) are
+/// The alerting rules (component `alerts`, rendered by the single-cluster-monitoring overlay) are
 /// well-formed Prometheus Operator rules, and every metric they query is one the signer
 /// exports (docs/metrics.md, which a unit test keeps equal to src/metrics.rs): a renamed
 /// metric cannot leave an alert that silently never fires.
 #[test]
 fn alert_rules_query_exported_metrics() {
-    let rendered = render(&deploy_dir().join("overlays/single-cluster"));
+    let rendered = render(&deploy_dir().join("overlays/single-cluster-monitoring"));
     let rules: Vec<serde_json::Value> = documents(&rendered)
         .into_iter()
         .filter(|d| d["kind"] == "PrometheusRule")
@@ -594,6 +594,27 @@ async fn install_guide_vault_step_works_as_written() {
             text.contains(&format!("{}/sign/{serving_role}", support::MOUNT)),
             self_issued,
             "{text}"
+        );
+    }
+}
+
+/// The default overlays apply on a cluster without the Prometheus Operator: its objects come
+/// only with overlays/single-cluster-monitoring.
+#[test]
+fn prometheus_operator_objects_are_opt_in() {
+    for overlay in overlays() {
+        let name = overlay.file_name().unwrap().to_string_lossy().to_string();
+        let kinds: Vec<String> = documents(&render(&overlay))
+            .iter()
+            .map(|d| d["kind"].as_str().unwrap().to_owned())
+            .collect();
+        let operator = kinds
+            .iter()
+            .any(|k| k == "ServiceMonitor" || k == "PrometheusRule");
+        assert_eq!(
+            operator,
+            name == "single-cluster-monitoring",
+            "{name}: {kinds:?}"
         );
     }
 }
