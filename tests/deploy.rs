@@ -618,3 +618,40 @@ fn prometheus_operator_objects_are_opt_in() {
         );
     }
 }
+
+/// Every overlay's Deployment mounts only volumes it defines (the API server rejects a mount
+/// of a missing volume), and the self-issued overlay needs no serving-certificate Secret.
+#[test]
+fn deployments_mount_only_defined_volumes() {
+    for overlay in overlays() {
+        let name = overlay.file_name().unwrap().to_string_lossy().to_string();
+        for d in documents(&render(&overlay))
+            .iter()
+            .filter(|d| d["kind"] == "Deployment")
+        {
+            let spec = &d["spec"]["template"]["spec"];
+            let volumes: Vec<&str> = spec["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["name"].as_str().unwrap())
+                .collect();
+            for container in spec["containers"].as_array().unwrap() {
+                for mount in container["volumeMounts"].as_array().unwrap() {
+                    let volume = mount["name"].as_str().unwrap();
+                    assert!(
+                        volumes.contains(&volume),
+                        "{name}: mount of {volume}, which is not a volume ({volumes:?})"
+                    );
+                }
+            }
+            assert!(volumes.contains(&"config"), "{name}: {volumes:?}");
+            let secret_volume = spec["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["secret"]["secretName"] == "istio-vault-ca-tls");
+            assert_eq!(secret_volume, name != "self-issued", "{name}: {volumes:?}");
+        }
+    }
+}
