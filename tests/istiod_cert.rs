@@ -213,3 +213,35 @@ async fn refused_rbac_is_reported_not_fatal() {
     })
     .await;
 }
+
+/// A restarted signer keeps a Secret that is still current (valid, same names, same `ca.crt`,
+/// matching key) instead of writing a new one on every start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_current_secret_is_kept_across_restarts() {
+    let secrets = FakeSecrets::default();
+    let api = secrets.start().await;
+    let mut env = start(&api, Duration::from_secs(3600)).await;
+    support::eventually("first write", async || secrets.applied().len() == 1).await;
+    env.shutdown().await;
+    let restarted = istio_vault_ca::app::start(env.config.clone())
+        .await
+        .expect("restarts");
+    // The check of the Secret in place runs first thing; a write would follow at once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(secrets.applied().len(), 1, "rewrote a current Secret");
+    // A Secret that is not current (its ca.crt differs from the bundle) is replaced.
+    restarted.shutdown().await.unwrap();
+    {
+        let mut store = secrets.store.lock().unwrap();
+        let secret = store.get_mut("istio-system/istiod-tls").unwrap();
+        secret["data"]["ca.crt"] = json!(base64::engine::general_purpose::STANDARD.encode("stale"));
+    }
+    let again = istio_vault_ca::app::start(env.config.clone())
+        .await
+        .expect("restarts");
+    support::eventually("stale Secret replaced", async || {
+        secrets.applied().len() == 2
+    })
+    .await;
+    again.shutdown().await.unwrap();
+}
