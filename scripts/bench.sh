@@ -103,6 +103,12 @@ import json, sys, os
 out = sys.argv[1]
 r = {n: json.load(open(os.path.join(out, n + ".json"))) for n in
      ["c1-direct", "c1-signer", "c32-direct", "c32-signer", "storm-direct", "storm-signer"]}
+def ratio(n):
+    s, v = r[n].get("cpu_us_per_request"), r[n].get("vault_cpu_us_per_request")
+    return f"{s / v:.2f}x" if s and v else "-"
+# The headline (issue 12): the signer's CPU per request as a fraction of OpenBao's, same run,
+# same CSRs; absolute microseconds vary with the machine, the ratio much less.
+print(f"\nsigner CPU / OpenBao CPU per request: c=1 {ratio('c1-signer')}, c=32 {ratio('c32-signer')}, storm {ratio('storm-signer')}")
 print("\n| run | requests | errors | throughput/s | p50 ms | p99 ms | max ms | seconds |")
 print("|---|---|---|---|---|---|---|---|")
 for n, x in r.items():
