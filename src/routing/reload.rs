@@ -28,7 +28,9 @@ pub async fn watch(
     let mut hangup = hangup_signals();
     let mut last_text = config_text(&config).await;
     let mut next_refresh = tokio::time::Instant::now() + refresh;
-    let mut poll_timer = tokio::time::interval(poll);
+    // The first check one period from now: the file was just read (an immediate tick could
+    // otherwise see a change made since and apply it without being asked).
+    let mut poll_timer = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
     poll_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     enum Wake {
         Stop,
