@@ -14,8 +14,28 @@ use crate::vault::VaultClient;
 /// config file changes (checked every `poll`) or on SIGHUP, the file is loaded again and, if
 /// valid as a whole, its targets and routes replace the current ones. Anything else changed
 /// in the file takes effect at the next restart.
+///
+/// The SIGHUP handler is installed when this is called, before the returned future first
+/// runs: a SIGHUP sent once the signer has started never meets the default action (exit).
 #[allow(clippy::too_many_arguments)]
-pub async fn watch(
+pub fn watch(
+    config: Config,
+    vault: VaultClient,
+    source: TrustSource,
+    routes: SharedRoutes,
+    bundle: SharedBundle,
+    refresh: Duration,
+    poll: Duration,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send {
+    let hangup = hangup_signals();
+    run(
+        config, vault, source, routes, bundle, refresh, poll, shutdown, hangup,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
     config: Config,
     vault: VaultClient,
     source: TrustSource,
@@ -24,8 +44,8 @@ pub async fn watch(
     refresh: Duration,
     poll: Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
+    mut hangup: Hangup,
 ) {
-    let mut hangup = hangup_signals();
     let mut last_text = config_text(&config).await;
     let mut next_refresh = tokio::time::Instant::now() + refresh;
     // The first check one period from now: the file was just read (an immediate tick could
