@@ -142,12 +142,13 @@ pub fn is_self_signed_ca(der: &[u8]) -> Result<bool, BundleError> {
 pub type SharedBundle = Arc<ArcSwap<TrustBundle>>;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
     use super::*;
 
-    fn root(cn: &str) -> String {
+    /// A self-signed root CA, PEM (shared by the routing tests).
+    pub(crate) fn root(cn: &str) -> String {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.distinguished_name.push(rcgen::DnType::CommonName, cn);
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

@@ -291,7 +291,15 @@ impl RouteTable {
     ) -> Result<TrustBundle, RoutingError> {
         for t in &self.targets {
             match load_trust(&t.source, &t.vault, vault, source).await {
-                Ok(trust) => t.trust.store(Arc::new(trust)),
+                // Unchanged trust keeps its Arc, and with it the verified paths cached for it.
+                Ok(trust) => {
+                    let old = t.trust.load();
+                    if old.anchors.pem() != trust.anchors.pem()
+                        || old.issuer_pem != trust.issuer_pem
+                    {
+                        t.trust.store(Arc::new(trust));
+                    }
+                }
                 Err(e) => tracing::warn!(
                     target_name = %t.name,
                     error = %e,
@@ -318,18 +326,8 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use crate::bundle::tests::root;
     use std::time::Duration;
-
-    /// A self-signed root CA, PEM.
-    pub(super) fn root(cn: &str) -> String {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap())
-            .unwrap()
-            .pem()
-    }
 
     fn id(ns: &str, sa: &str) -> SpiffeId {
         format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")

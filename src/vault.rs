@@ -238,14 +238,6 @@ impl SignTarget {
     pub fn path(&self) -> String {
         format!("{}/sign/{}", self.mount, self.role)
     }
-
-    pub fn mount(&self) -> &str {
-        &self.mount
-    }
-
-    pub fn role(&self) -> &str {
-        &self.role
-    }
 }
 
 impl std::fmt::Debug for SignTarget {

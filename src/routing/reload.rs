@@ -28,65 +28,51 @@ pub fn watch(
     poll: Duration,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> impl Future<Output = ()> + Send {
-    let hangup = hangup_signals();
-    run(
-        config, vault, source, routes, bundle, refresh, poll, shutdown, hangup,
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    config: Config,
-    vault: VaultClient,
-    source: TrustSource,
-    routes: SharedRoutes,
-    bundle: SharedBundle,
-    refresh: Duration,
-    poll: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-    mut hangup: Hangup,
-) {
-    let mut last_text = config_text(&config).await;
-    let mut next_refresh = tokio::time::Instant::now() + refresh;
-    // The first check one period from now: the file was just read (an immediate tick could
-    // otherwise see a change made since and apply it without being asked).
-    let mut poll_timer = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
-    poll_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    enum Wake {
-        Stop,
-        Refresh,
-        Poll,
-        Hangup,
-    }
-    loop {
-        let wake = tokio::select! {
-            r = shutdown.wait_for(|s| *s) => { drop(r); Wake::Stop }
-            _ = tokio::time::sleep_until(next_refresh) => Wake::Refresh,
-            _ = poll_timer.tick() => Wake::Poll,
-            Some(()) = recv_hangup(&mut hangup) => Wake::Hangup,
-        };
-        let reload = match wake {
-            Wake::Stop => return,
-            Wake::Refresh => false,
-            Wake::Hangup => true,
-            Wake::Poll => {
-                let text = config_text(&config).await;
-                if text == last_text {
-                    continue;
+    let mut hangup = hangup_signals();
+    let mut shutdown = shutdown;
+    async move {
+        let mut last_text = config_text(&config).await;
+        let mut next_refresh = tokio::time::Instant::now() + refresh;
+        // The first check one period from now: the file was just read (an immediate tick could
+        // otherwise see a change made since and apply it without being asked).
+        let mut poll_timer = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
+        poll_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        enum Wake {
+            Stop,
+            Refresh,
+            Poll,
+            Hangup,
+        }
+        loop {
+            let wake = tokio::select! {
+                r = shutdown.wait_for(|s| *s) => { drop(r); Wake::Stop }
+                _ = tokio::time::sleep_until(next_refresh) => Wake::Refresh,
+                _ = poll_timer.tick() => Wake::Poll,
+                Some(()) = recv_hangup(&mut hangup) => Wake::Hangup,
+            };
+            let reload = match wake {
+                Wake::Stop => return,
+                Wake::Refresh => false,
+                Wake::Hangup => true,
+                Wake::Poll => {
+                    let text = config_text(&config).await;
+                    if text == last_text {
+                        continue;
+                    }
+                    last_text = text;
+                    true
                 }
-                last_text = text;
-                true
-            }
-        };
-        if reload {
-            apply_reload(&config, &vault, &source, &routes, &bundle).await;
-        } else {
-            next_refresh = tokio::time::Instant::now() + refresh;
-            let table = routes.load_full();
-            match table.refresh_trust(&vault, &source).await {
-                Ok(new) => publish(&bundle, new),
-                Err(e) => {
-                    tracing::warn!(error = %e, "trust bundle refresh failed; keeping the current roots")
+            };
+            if reload {
+                apply_reload(&config, &vault, &source, &routes, &bundle).await;
+            } else {
+                next_refresh = tokio::time::Instant::now() + refresh;
+                let table = routes.load_full();
+                match table.refresh_trust(&vault, &source).await {
+                    Ok(new) => publish(&bundle, new),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "trust bundle refresh failed; keeping the current roots")
+                    }
                 }
             }
         }
@@ -179,7 +165,7 @@ async fn recv_hangup(_: &mut Hangup) -> Option<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::tests::root;
+    use crate::bundle::tests::root;
     use arc_swap::ArcSwap;
 
     /// With `bundle.file`, no Vault call is made: the file's roots are every target's.

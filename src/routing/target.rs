@@ -21,8 +21,6 @@ pub struct Target {
     pub name: Arc<str>,
     pub vault: SignTarget,
     pub ttl: TtlPolicy,
-    /// Issuer (name or id) the leaves must come from.
-    pub issuer: Option<String>,
     pub(super) trust: ArcSwap<TargetTrust>,
     /// What it was built from, to keep it (and its trust) across reloads that leave it alone.
     pub(super) source: TargetConfig,
@@ -70,7 +68,6 @@ pub(super) async fn new_target(
     Ok(Target {
         name: config.name.as_str().into(),
         ttl: config.ttl.as_ref().unwrap_or(default_ttl).policy(),
-        issuer: config.issuer.clone(),
         vault: sign,
         trust: ArcSwap::from_pointee(trust),
         source: config.clone(),
