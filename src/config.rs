@@ -20,10 +20,12 @@ pub use crate::ttl::OverMax;
 mod auth;
 mod bundle;
 mod csr;
+mod env;
 mod istiod;
 mod limits;
 mod routing;
 mod server;
+mod summary;
 mod telemetry;
 mod tls_policy;
 mod trust_distribution;
@@ -33,6 +35,7 @@ mod vault;
 pub use auth::*;
 pub use bundle::*;
 pub use csr::*;
+use env::{apply_override, set_by};
 pub use istiod::*;
 pub use limits::*;
 pub use routing::{DEFAULT_TARGET, RouteConfig, TargetConfig};
@@ -129,195 +132,6 @@ pub struct KubernetesConfig {
 }
 
 impl Config {
-    /// Every file the configuration names, with its key: what `check-config` verifies exists
-    /// and is readable before the signer depends on it.
-    pub fn referenced_files(&self) -> Vec<(String, &Path)> {
-        let mut files: Vec<(String, Option<&PathBuf>)> = vec![
-            ("server.cert_file".into(), self.server.cert_file.as_ref()),
-            ("server.key_file".into(), self.server.key_file.as_ref()),
-            (
-                "server.client_ca_file".into(),
-                self.server.client_ca_file.as_ref(),
-            ),
-            (
-                "auth.jwt.jwks_file".into(),
-                self.auth.jwt.jwks_file.as_ref(),
-            ),
-            ("auth.jwt.ca_file".into(), self.auth.jwt.ca_file.as_ref()),
-            (
-                "auth.jwt.bearer_token_file".into(),
-                self.auth.jwt.bearer_token_file.as_ref(),
-            ),
-            (
-                "auth.token_review.kubeconfig".into(),
-                self.auth
-                    .token_review
-                    .as_ref()
-                    .and_then(|t| t.kubeconfig.as_ref()),
-            ),
-            (
-                "auth.impersonation.kubeconfig".into(),
-                self.auth
-                    .impersonation
-                    .as_ref()
-                    .and_then(|i| i.kubeconfig.as_ref()),
-            ),
-            ("vault.token_file".into(), self.vault.token_file.as_ref()),
-            ("vault.ca_file".into(), self.vault.ca_file.as_ref()),
-            (
-                "vault.client_cert_file".into(),
-                self.vault.client_cert_file.as_ref(),
-            ),
-            (
-                "vault.client_key_file".into(),
-                self.vault.client_key_file.as_ref(),
-            ),
-            (
-                "vault.auth.role_id_file".into(),
-                self.vault.auth.role_id_file.as_ref(),
-            ),
-            (
-                "vault.auth.secret_id_file".into(),
-                self.vault.auth.secret_id_file.as_ref(),
-            ),
-            (
-                "vault.auth.jwt_file".into(),
-                self.vault.auth.jwt_file.as_ref(),
-            ),
-            ("bundle.file".into(), self.bundle.file.as_ref()),
-            (
-                "bundle.extra_roots_file".into(),
-                self.bundle.extra_roots_file.as_ref(),
-            ),
-            (
-                "trust_distribution.kubeconfig".into(),
-                self.trust_distribution
-                    .as_ref()
-                    .and_then(|t| t.kubeconfig.as_ref()),
-            ),
-            ("tracing.ca_file".into(), self.tracing.ca_file.as_ref()),
-            (
-                "kubernetes.kubeconfig".into(),
-                self.kubernetes.kubeconfig.as_ref(),
-            ),
-            (
-                "istiod_certificate.kubeconfig".into(),
-                self.istiod_certificate
-                    .as_ref()
-                    .and_then(|i| i.kubeconfig.as_ref()),
-            ),
-        ];
-        for (i, c) in self.auth.remote_clusters.iter().enumerate() {
-            let key = format!("auth.remote_clusters[{i}]");
-            files.push((format!("{key}.kubeconfig"), c.kubeconfig.as_ref()));
-            if let Some(jwt) = &c.jwt {
-                files.push((format!("{key}.jwt.jwks_file"), jwt.jwks_file.as_ref()));
-                files.push((format!("{key}.jwt.ca_file"), jwt.ca_file.as_ref()));
-                files.push((
-                    format!("{key}.jwt.bearer_token_file"),
-                    jwt.bearer_token_file.as_ref(),
-                ));
-            }
-            if let Some(tr) = &c.token_review {
-                files.push((
-                    format!("{key}.token_review.kubeconfig"),
-                    tr.kubeconfig.as_ref(),
-                ));
-            }
-        }
-        for (i, t) in self.targets.iter().enumerate() {
-            files.push((format!("targets[{i}].roots_file"), t.roots_file.as_ref()));
-        }
-        files
-            .into_iter()
-            .filter_map(|(key, path)| Some((key, path?.as_path())))
-            .collect()
-    }
-
-    /// A few lines saying what this configuration will do (no secrets: it holds none, only
-    /// the paths of files that do).
-    pub fn summary(&self) -> String {
-        let mut methods = Vec::new();
-        if self.auth.jwt.jwks_file.is_some() || self.auth.jwt.jwks_url.is_some() {
-            methods.push("service-account JWT");
-        }
-        if self.auth.token_review.is_some() {
-            methods.push("TokenReview");
-        }
-        if self.auth.client_certificates {
-            methods.push("client certificates");
-        }
-        let serving = match &self.server.self_issued {
-            Some(s) => format!("self-issued by Vault for {}", s.names.join(", ")),
-            None => format!(
-                "{}",
-                self.server
-                    .cert_file
-                    .as_deref()
-                    .unwrap_or(Path::new("-"))
-                    .display()
-            ),
-        };
-        let mut lines = vec![
-            format!("trust domain   {}", self.trust_domain.as_str()),
-            format!(
-                "listen         {} (serving certificate: {serving})",
-                self.server.listen
-            ),
-            format!(
-                "callers        {} in cluster {:?}{}{}",
-                if methods.is_empty() {
-                    "none".to_owned()
-                } else {
-                    methods.join(", ")
-                },
-                self.auth.cluster_id,
-                match self.auth.remote_clusters.len() {
-                    0 => String::new(),
-                    n => format!(" and {n} remote cluster(s)"),
-                },
-                if self.auth.impersonation.is_some() {
-                    "; node proxies may impersonate workloads on their node"
-                } else {
-                    ""
-                }
-            ),
-            format!(
-                "vault          {} ({} login), default target {}/sign/{}{}",
-                self.vault.addr,
-                format!("{:?}", self.vault.auth.method).to_ascii_lowercase(),
-                self.vault.mount,
-                self.vault.role,
-                if self.vault.delegated.is_some() {
-                    ", delegated mode"
-                } else {
-                    ""
-                }
-            ),
-            format!(
-                "lifetime       default {}, max {}",
-                humantime::format_duration(self.ttl.default),
-                humantime::format_duration(self.ttl.max)
-            ),
-        ];
-        if !self.targets.is_empty() || !self.routes.is_empty() {
-            lines.push(format!(
-                "routing        {} more target(s), {} route(s)",
-                self.targets.len(),
-                self.routes.len()
-            ));
-        }
-        if self.trust_distribution.is_some() {
-            lines.push("trust dist.    istio-ca-root-cert kept current".into());
-        }
-        if let Some(admin) = self.admin.listen {
-            lines.push(format!(
-                "admin          {admin} (/metrics, /healthz, /readyz)"
-            ));
-        }
-        lines.join("\n")
-    }
-
     /// Whether any route chooses by namespace labels (a namespace watch is then needed).
     pub fn routes_use_namespace_labels(&self) -> bool {
         self.routes.iter().any(|r| r.namespace_selector.is_some())
@@ -501,80 +315,12 @@ pub(super) fn check_fetch_url(key: &str, url: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// `message`, followed by `(set by IVCA_A__B)` when that variable set `key` (or its section).
-fn set_by(key: &str, overrides: &[(String, String)], message: String) -> String {
-    let dotted = |name: &str| {
-        name.strip_prefix(ENV_PREFIX).map(|k| {
-            k.split("__")
-                .collect::<Vec<_>>()
-                .join(".")
-                .to_ascii_lowercase()
-        })
-    };
-    let base = key.split('[').next().unwrap_or(key);
-    overrides
-        .iter()
-        .find(|(name, _)| {
-            dotted(name).is_some_and(|d| base == d || base.starts_with(&format!("{d}.")))
-        })
-        .map_or(message.clone(), |(name, _)| {
-            format!("{message} (set by {name})")
-        })
-}
-
 /// 1-based line and column of byte `offset` in `text`.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.chars().rev().take_while(|&c| c != '\n').count() + 1;
     (line, column)
-}
-
-/// Puts `IVCA_A__B=value` at `a.b` in `table`.
-fn apply_override(
-    table: &mut toml::Table,
-    env_name: &str,
-    key: &str,
-    value: &str,
-) -> Result<(), ConfigError> {
-    let path: Vec<String> = key.split("__").map(|p| p.to_ascii_lowercase()).collect();
-    if path.iter().any(|p| p.is_empty()) {
-        return Err(ConfigError::invalid(env_name, "malformed override name"));
-    }
-    let (last, parents) = path
-        .split_last()
-        .expect("split yields one element at least");
-    let mut cur = table;
-    for p in parents {
-        let entry = cur
-            .entry(p.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = entry
-            .as_table_mut()
-            .ok_or_else(|| ConfigError::invalid(env_name, format!("{p} is not a section")))?;
-    }
-    cur.insert(last.clone(), env_value(env_name, value)?);
-    Ok(())
-}
-
-fn env_value(env_name: &str, value: &str) -> Result<toml::Value, ConfigError> {
-    let v = value.trim();
-    let looks_typed = v == "true" || v == "false" || v.starts_with('[') || is_number(v);
-    if !looks_typed {
-        return Ok(toml::Value::String(value.to_owned()));
-    }
-    let doc: toml::Table = format!("v = {v}")
-        .parse()
-        .map_err(|e: toml::de::Error| ConfigError::invalid(env_name, e.message().to_owned()))?;
-    Ok(doc.get("v").cloned().expect("parsed key"))
-}
-
-/// `123` or `0.25`: read as TOML numbers (versions like `1.2.3` stay strings).
-fn is_number(v: &str) -> bool {
-    v.starts_with(|c: char| c.is_ascii_digit())
-        && v.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        && v.bytes().filter(|&b| b == b'.').count() <= 1
-        && !v.ends_with('.')
 }
 
 fn de_trust_domain<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TrustDomain, D::Error> {
