@@ -24,6 +24,7 @@ pub mod echo;
 pub mod fuzz;
 pub mod identity;
 pub mod istiod_cert;
+pub mod kube_watch;
 pub mod loadgen;
 pub mod metrics;
 pub mod namespaces;

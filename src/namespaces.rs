@@ -5,9 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher::Event;
 
 use crate::selector::LabelSelector;
 
@@ -92,27 +91,19 @@ impl NamespaceLabels {
 pub async fn watch(
     client: kube::Client,
     cache: std::sync::Arc<NamespaceLabels>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    use kube::runtime::WatchStreamExt;
-    let api: kube::Api<Namespace> = kube::Api::all(client);
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
-    futures_util::pin_mut!(stream);
-    loop {
-        let event = tokio::select! {
-            e = stream.next() => e,
-            _ = shutdown.changed() => return,
-        };
-        match event {
-            None => return,
-            Some(Err(e)) => tracing::warn!(error = %e, "namespace watch failed; retrying"),
-            Some(Ok(event)) => {
-                if cache.handle(event) {
-                    tracing::info!(namespaces = cache.len(), "namespace label cache synced");
-                }
+    crate::kube_watch::each_event::<Namespace>(
+        client,
+        shutdown,
+        |event| {
+            if cache.handle(event) {
+                tracing::info!(namespaces = cache.len(), "namespace label cache synced");
             }
-        }
-    }
+        },
+        |e| tracing::warn!(error = %e, "namespace watch failed; retrying"),
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
 
@@ -251,35 +250,27 @@ pub async fn watch(
     client: kube::Client,
     cluster: String,
     index: Arc<PodIndex>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let metrics = crate::metrics::PodCacheMetrics::new(&cluster);
-    use kube::runtime::WatchStreamExt;
-    let api: kube::Api<Pod> = kube::Api::all(client);
-    let stream = watcher(api, watcher::Config::default()).default_backoff();
-    futures_util::pin_mut!(stream);
     let mut relist = Relist::default();
-    loop {
-        let event = tokio::select! {
-            e = stream.next() => e,
-            _ = shutdown.changed() => return,
-        };
-        match event {
-            None => return,
-            Some(Err(e)) => {
-                metrics.watch_error();
-                tracing::warn!(cluster, error = %e, "pod watch failed; retrying");
+    crate::kube_watch::each_event::<Pod>(
+        client,
+        shutdown,
+        |event| match index.handle(&mut relist, event) {
+            Change::None => {}
+            Change::Synced(pods) => {
+                metrics.synced(pods);
+                tracing::info!(cluster, pods, "pod cache synced");
             }
-            Some(Ok(event)) => match index.handle(&mut relist, event) {
-                Change::None => {}
-                Change::Synced(pods) => {
-                    metrics.synced(pods);
-                    tracing::info!(cluster, pods, "pod cache synced");
-                }
-                Change::Pods(pods) => metrics.pods(pods),
-            },
-        }
-    }
+            Change::Pods(pods) => metrics.pods(pods),
+        },
+        |e| {
+            metrics.watch_error();
+            tracing::warn!(cluster, error = %e, "pod watch failed; retrying");
+        },
+    )
+    .await
 }
 
 #[cfg(test)]
