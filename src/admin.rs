@@ -59,6 +59,11 @@ impl Readiness {
             serving_not_after: self.serving.not_after(),
             vault_token_valid: self.vault.auth().token_valid(),
             vault_failing_fast: self.vault.failing_fast(),
+            vault_nodes: if self.vault.is_cluster() {
+                self.vault.node_status()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -69,11 +74,23 @@ impl Readiness {
         } else {
             ""
         };
+        let mut nodes = String::new();
+        if self.vault.is_cluster() {
+            for n in self.vault.node_status() {
+                nodes.push_str(&format!(
+                    "vault node {} {} calls={} failures={}\n",
+                    n.node,
+                    n.state.as_str(),
+                    n.calls,
+                    n.failures
+                ));
+            }
+        }
         match self.check() {
-            Ok(()) => (StatusCode::OK, format!("ready{vault}\n")),
+            Ok(()) => (StatusCode::OK, format!("ready{vault}\n{nodes}")),
             Err(why) => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: {}{vault}\n", why.join(", ")),
+                format!("not ready: {}{vault}\n{nodes}", why.join(", ")),
             ),
         }
     }

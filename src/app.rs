@@ -82,6 +82,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let creds = Credentials::from_config(&config.vault, |k| std::env::var(k).ok())
         .context("vault credentials")?;
     let vault = VaultClient::new(&config.vault).context("vault client")?;
+    if vault.is_cluster() {
+        // Know the active node before the first login and trust read.
+        vault.probe_nodes().await;
+    }
     // Vault is needed at start-up only when the trust bundle comes from it; otherwise the
     // signer starts anyway (not ready) and keeps trying to authenticate in the background.
     let lease = if config.bundle.file.is_none() {
@@ -250,6 +254,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             shared_bundle.clone(),
             shutdown_rx.clone(),
         ));
+    }
+    if vault.is_cluster() {
+        tokio::spawn(
+            vault
+                .clone()
+                .watch_nodes(config.vault.health_interval, shutdown_rx.clone()),
+        );
     }
     tokio::spawn(vault.clone().maintain_token(
         creds,

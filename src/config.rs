@@ -412,7 +412,7 @@ over_max = "reject"
         assert_eq!(c.server.request_timeout, Duration::from_secs(3));
         assert_eq!(c.ttl.max, Duration::from_secs(12 * 3600));
         assert_eq!(c.ttl.over_max, OverMax::Reject);
-        assert_eq!(c.vault.addr, "https://vault.example:8200");
+        assert_eq!(c.vault.addr.to_string(), "https://vault.example:8200");
         assert_eq!(c.csr.max_bytes, 8192);
         assert_eq!(c.auth.jwt.audiences, vec!["a", "b"]);
     }
@@ -444,6 +444,40 @@ over_max = "reject"
             err_of(&[("IVCA_TRACING__OTLP_ENDPOINT", "https://collector:4317")])
                 .contains("tracing.ca_file")
         );
+    }
+
+    /// `vault.addr` lists a cluster's nodes as an array or comma-separated (the environment).
+    #[test]
+    fn vault_addr_lists_nodes() {
+        let mut e = required();
+        e.extend(env(&[(
+            "IVCA_VAULT__ADDR",
+            "http://10.0.0.1:8200, http://10.0.0.2:8200",
+        )]));
+        let c = Config::load(None, e).unwrap();
+        assert_eq!(c.vault.addr.urls().len(), 2);
+        assert_eq!(
+            c.vault.addr.to_string(),
+            "http://10.0.0.1:8200,http://10.0.0.2:8200"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[vault]\naddr = [\"https://a:8200\", \"https://b:8200\", \"https://c:8200\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), required()).unwrap();
+        assert_eq!(c.vault.addr.urls()[2].as_str(), "https://c:8200/");
+        for bad in [
+            "http://a:8200,http://a:8200",
+            "http://a:8200,https://b:8200",
+            "http://a:8200,",
+            "http://a:8200?x=1",
+        ] {
+            let msg = err_of(&[("IVCA_VAULT__ADDR", bad)]);
+            assert!(msg.starts_with("vault.addr:"), "{bad}: {msg}");
+        }
     }
 
     fn err_of(extra: &[(&str, &str)]) -> String {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rcgen::KeyPair;
+use rcgen::{KeyPair, PublicKeyData};
 use serde::Serialize;
 use tonic::transport::Channel;
 
@@ -23,7 +23,8 @@ use crate::pb::istio_certificate_service_client::IstioCertificateServiceClient;
 /// What to run.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadOptions {
-    /// Signer address, `host:port`.
+    /// Signer address, `host:port`; several, comma-separated, spread the connections over
+    /// them as a Kubernetes Service spreads clients over replicas.
     #[arg(long, default_value = "127.0.0.1:15012")]
     pub addr: String,
     /// Roots that validate the signer's serving certificate.
@@ -79,6 +80,17 @@ pub struct LoadOptions {
     pub vault_mount: String,
     #[arg(long, default_value = "istio-workload")]
     pub vault_role: String,
+    /// Check every answer as a workload would (the chain verifies to its last element's roots
+    /// for server and client use, the only SAN is the identity asked for, the leaf holds the
+    /// CSR's key) and that the last element holds exactly the roots in this file; an answer
+    /// that does not is counted as `WrongChain`.
+    #[arg(long)]
+    pub verify_roots: Option<PathBuf>,
+    /// Retry a request that failed with `Unavailable` (or a broken connection) up to this many
+    /// times on the next connection, as pilot-agent and ztunnel retry; the report counts
+    /// requests, not attempts, and `retried` counts the retries.
+    #[arg(long, default_value_t = 0)]
+    pub retries: usize,
     /// Report this process's peak RSS (VmHWM), e.g. the signer's pid.
     #[arg(long)]
     pub rss_pid: Option<u32>,
@@ -98,7 +110,10 @@ pub struct Report {
     pub concurrency: usize,
     pub requests: usize,
     pub ok: usize,
+    /// Extra attempts made by `--retries`.
+    pub retried: usize,
     /// Failures by gRPC code (or HTTP status in direct mode).
+    /// `WrongChain`: an answer that `--verify-roots` refused.
     pub errors: BTreeMap<String, usize>,
     pub seconds: f64,
     pub throughput_per_s: f64,
@@ -147,6 +162,9 @@ impl Report {
         if let Some(rss) = self.peak_rss_mib {
             s.push_str(&format!("\npeak RSS of pid {rss:.1} MiB"));
         }
+        if self.retried > 0 {
+            s.push_str(&format!("\nretried {} time(s)", self.retried));
+        }
         if let Some(cpu) = self.cpu_us_per_request {
             s.push_str(&format!("\nCPU of pid {cpu:.0} µs per request"));
         }
@@ -168,6 +186,8 @@ struct Prepared {
     identity: SpiffeId,
     csr_pem: String,
     token: String,
+    /// The CSR key's SubjectPublicKeyInfo (DER), for `--verify-roots`.
+    spki: Vec<u8>,
 }
 
 /// Generates keys, CSRs and tokens for every identity (in parallel on all cores).
@@ -223,6 +243,7 @@ fn prepare(opts: &LoadOptions) -> anyhow::Result<Vec<Prepared>> {
                                 identity,
                                 csr_pem,
                                 token,
+                                spki: key.subject_public_key_info(),
                             })
                         })
                         .collect()
@@ -241,9 +262,13 @@ fn prepare(opts: &LoadOptions) -> anyhow::Result<Vec<Prepared>> {
     Ok(out)
 }
 
-/// Sends one prepared request; returns the error label on failure.
+/// Where the requests go.
 enum Target {
-    Signer(Vec<IstioCertificateServiceClient<Channel>>),
+    Signer {
+        clients: Vec<IstioCertificateServiceClient<Channel>>,
+        /// `--verify-roots`: the PEM the last chain element must equal, as a set of roots.
+        roots: Option<Vec<Vec<u8>>>,
+    },
     Vault {
         http: reqwest::Client,
         url: String,
@@ -252,10 +277,11 @@ enum Target {
 }
 
 impl Target {
-    async fn send(&self, worker: usize, p: &Prepared, ttl: Duration) -> Result<(), String> {
+    /// Sends one prepared request over connection `conn`; returns the error label on failure.
+    async fn send(&self, conn: usize, p: &Prepared, ttl: Duration) -> Result<(), String> {
         match self {
-            Self::Signer(clients) => {
-                let mut grpc = clients[worker % clients.len()].clone();
+            Self::Signer { clients, roots } => {
+                let mut grpc = clients[conn % clients.len()].clone();
                 let opts = CallOptions {
                     token: Some(p.token.clone()).filter(|t| !t.is_empty()),
                     cluster_id: Some("Kubernetes".into()),
@@ -266,8 +292,11 @@ impl Target {
                 let req = client::build_request(p.shape, &p.csr_pem, &p.identity, &opts)
                     .map_err(|e| format!("build: {e}"))?;
                 match grpc.create_certificate(req).await {
-                    Ok(resp) if resp.get_ref().cert_chain.len() >= 2 => Ok(()),
-                    Ok(_) => Err("ShortChain".into()),
+                    Ok(resp) if resp.get_ref().cert_chain.len() < 2 => Err("ShortChain".into()),
+                    Ok(resp) => match roots {
+                        Some(roots) => check_chain(&resp.get_ref().cert_chain, p, roots),
+                        None => Ok(()),
+                    },
                     Err(s) => Err(format!("{:?}", s.code())),
                 }
             }
@@ -331,10 +360,11 @@ pub async fn run(opts: &LoadOptions) -> anyhow::Result<Report> {
     } else {
         let ca_file = opts.ca_file.as_ref().context("--ca-file is required")?;
         let ca = std::fs::read(ca_file).with_context(|| ca_file.display().to_string())?;
+        let addrs: Vec<&str> = opts.addr.split(',').map(str::trim).collect();
         let mut clients = Vec::new();
-        for _ in 0..opts.connections.max(1) {
+        for i in 0..opts.connections.max(addrs.len()) {
             let c = client::connect_with(
-                &opts.addr,
+                addrs[i % addrs.len()],
                 &ca,
                 opts.server_name.as_deref(),
                 !opts.client_nagle,
@@ -342,7 +372,14 @@ pub async fn run(opts: &LoadOptions) -> anyhow::Result<Report> {
             .await?;
             clients.push(c.max_decoding_message_size(1 << 20));
         }
-        Target::Signer(clients)
+        let roots = match &opts.verify_roots {
+            Some(path) => {
+                let pem = std::fs::read(path).with_context(|| path.display().to_string())?;
+                Some(root_set(&pem).context("--verify-roots")?)
+            }
+            None => None,
+        };
+        Target::Signer { clients, roots }
     };
 
     let total = match (opts.requests, opts.duration) {
@@ -369,10 +406,11 @@ pub async fn run(opts: &LoadOptions) -> anyhow::Result<Report> {
             done.clone(),
             stop.clone(),
         );
-        let ttl = opts.ttl;
+        let (ttl, retries) = (opts.ttl, opts.retries);
         workers.spawn(async move {
             let mut latencies = Vec::new();
             let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+            let mut retried = 0;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= total
@@ -383,14 +421,23 @@ pub async fn run(opts: &LoadOptions) -> anyhow::Result<Report> {
                 }
                 let p = &prepared[i % prepared.len()];
                 let t = Instant::now();
-                let r = target.send(w, p, ttl).await;
+                let mut r = target.send(w, p, ttl).await;
+                for attempt in 1..=retries {
+                    match &r {
+                        Err(label) if label == "Unavailable" || label == "Unknown" => {
+                            retried += 1;
+                            r = target.send(w + attempt, p, ttl).await;
+                        }
+                        _ => break,
+                    }
+                }
                 latencies.push(t.elapsed());
                 if let Err(label) = r {
                     *errors.entry(label).or_default() += 1;
                 }
                 done.fetch_add(1, Ordering::Relaxed);
             }
-            (latencies, errors)
+            (latencies, errors, retried)
         });
     }
     let progress = (!opts.progress.is_zero()).then(|| {
@@ -411,8 +458,10 @@ pub async fn run(opts: &LoadOptions) -> anyhow::Result<Report> {
     });
     let mut latencies = Vec::new();
     let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+    let mut retried = 0;
     while let Some(r) = workers.join_next().await {
-        let (l, e) = r?;
+        let (l, e, n) = r?;
+        retried += n;
         latencies.extend(l);
         for (k, v) in e {
             *errors.entry(k).or_default() += v;
@@ -451,6 +500,7 @@ pub async fn run(opts: &LoadOptions) -> anyhow::Result<Report> {
         concurrency: opts.concurrency,
         requests,
         ok: requests - failed,
+        retried,
         errors,
         seconds,
         throughput_per_s: requests as f64 / seconds.max(1e-9),
@@ -463,6 +513,41 @@ pub async fn run(opts: &LoadOptions) -> anyhow::Result<Report> {
         vault_cpu_us_per_request,
         loadgen_cpu_us_per_request,
     })
+}
+
+/// The roots in `pem`, as sorted DER, for comparing bundles as sets.
+fn root_set(pem: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut roots: Vec<Vec<u8>> = crate::pem_text::certificates(pem)?
+        .into_iter()
+        .map(|c| c.to_vec())
+        .collect();
+    anyhow::ensure!(!roots.is_empty(), "no certificate");
+    roots.sort();
+    roots.dedup();
+    Ok(roots)
+}
+
+/// `--verify-roots`: the answer is a chain a workload accepts, for the identity and key it
+/// asked for, ending with exactly the expected roots.
+fn check_chain(chain: &[String], p: &Prepared, roots: &[Vec<u8>]) -> Result<(), String> {
+    let wrong = |why: String| {
+        tracing::warn!(identity = %p.identity, "wrong chain: {why}");
+        Err("WrongChain".to_owned())
+    };
+    let summary = match client::inspect_chain(chain) {
+        Ok(s) => s,
+        Err(e) => return wrong(format!("{e:#}")),
+    };
+    if summary.identity != p.identity.to_string() {
+        return wrong(format!("issued for {}", summary.identity));
+    }
+    if summary.leaf_spki != p.spki {
+        return wrong("the leaf does not hold the CSR's key".into());
+    }
+    match chain.last().map(|last| root_set(last.as_bytes())) {
+        Some(Ok(got)) if got == roots => Ok(()),
+        _ => wrong("the last element is not the expected root bundle".into()),
+    }
 }
 
 /// VmHWM of `pid` from /proc, in MiB.

@@ -41,7 +41,7 @@ enum Command {
     /// concurrency and report throughput, latency percentiles and errors by code.
     Loadgen {
         #[command(flatten)]
-        options: istio_vault_ca::loadgen::LoadOptions,
+        options: Box<istio_vault_ca::loadgen::LoadOptions>,
         /// Also write the report as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,

@@ -361,13 +361,15 @@ impl Drop for InFlightGuard {
 }
 
 /// The signer's state as the admin port reads it before each scrape.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct State {
     pub trust_bundle_roots: usize,
     pub trust_bundle_expiry: Option<i64>,
     pub serving_not_after: i64,
     pub vault_token_valid: bool,
     pub vault_failing_fast: bool,
+    /// Each Vault node, when `vault.addr` lists several.
+    pub vault_nodes: Vec<crate::vault::NodeStatus>,
 }
 
 /// State gauges, refreshed before each scrape.
@@ -381,6 +383,16 @@ pub fn state(s: State) {
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
     ::metrics::gauge!("istio_vault_ca_vault_token_valid").set(flag(s.vault_token_valid));
     ::metrics::gauge!("istio_vault_ca_vault_failing_fast").set(flag(s.vault_failing_fast));
+    for n in &s.vault_nodes {
+        for state in crate::vault::NodeState::ALL {
+            ::metrics::gauge!("istio_vault_ca_vault_node_state", "node" => n.node.clone(), "state" => state.as_str())
+                .set(flag(n.state == state));
+        }
+        ::metrics::counter!("istio_vault_ca_vault_node_calls_total", "node" => n.node.clone())
+            .absolute(n.calls);
+        ::metrics::counter!("istio_vault_ca_vault_node_failures_total", "node" => n.node.clone())
+            .absolute(n.failures);
+    }
 }
 
 fn code_name(code: tonic::Code) -> &'static str {

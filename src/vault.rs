@@ -21,9 +21,12 @@ use crate::identity::SpiffeId;
 mod auth;
 mod breaker;
 mod delegated;
+mod nodes;
 pub use auth::{AuthState, Credentials, KUBERNETES_SA_TOKEN, Lease};
 use breaker::Breaker;
 pub use delegated::Delegation;
+pub use nodes::{NodeState, NodeStatus};
+use nodes::{Nodes, Placement};
 
 /// First delay before retrying a sign call after a transient failure; doubles per attempt.
 const SIGN_RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -83,6 +86,15 @@ impl VaultError {
             Self::CircuitOpen(_) => "circuit_open",
             Self::Delegation(_) => "delegation_refused",
         }
+    }
+
+    /// The node that answered cannot serve now (down, sealed, overloaded, failing, or
+    /// redirecting): another node may.
+    fn is_node_fault(&self) -> bool {
+        matches!(
+            self,
+            Self::Unreachable(_) | Self::Timeout(_) | Self::Unavailable { .. }
+        )
     }
 
     /// Transient, and worth another attempt right away (not when failing fast).
@@ -231,6 +243,9 @@ pub struct SignTarget {
     mount_url: Url,
     /// `<addr>/v1/<mount>/sign/<role>`
     sign_url: Url,
+    /// The role lets a standby sign by itself (`no_store`, no lease): signs are spread over
+    /// every node instead of going to the active one ([`VaultClient::check_standby_signing`]).
+    standbys_sign: bool,
 }
 
 impl SignTarget {
@@ -246,17 +261,19 @@ impl std::fmt::Debug for SignTarget {
             .field("mount", &self.mount)
             .field("role", &self.role)
             .field("namespace", &self.namespace)
+            .field("standbys_sign", &self.standbys_sign)
             .finish()
     }
 }
 
-/// Client for one Vault (or OpenBao) server: the signer's token, its connection pool, circuit
-/// breaker and retries, shared by every [`SignTarget`].
+/// Client for one Vault (or OpenBao) server or cluster: the signer's token, its connection
+/// pool, its nodes' health, circuit breaker and retries, shared by every [`SignTarget`].
 #[derive(Clone)]
 pub struct VaultClient {
     http: reqwest::Client,
-    /// `<addr>/v1/`
+    /// `<first addr>/v1/`: requests are built on it, then sent to the node chosen.
     api: Url,
+    nodes: Arc<Nodes>,
     /// `<addr>/v1/<vault.mount>/`: the default target's mount (serving certificates).
     base: Url,
     /// `vault.mount` / `vault.role`.
@@ -286,13 +303,19 @@ impl VaultClient {
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .user_agent(concat!("istio-vault-ca/", env!("CARGO_PKG_VERSION")));
+        let addrs = config.addr.urls();
+        if addrs.len() > 1 {
+            // A standby that cannot serve redirects to the active node's address, which may be
+            // the one just found dead: the next configured node is the better choice.
+            builder = builder.redirect(reqwest::redirect::Policy::none());
+        }
         if let Some(ca) = &config.ca_file {
             let pem = std::fs::read(ca)
                 .map_err(|e| VaultError::Token(format!("vault.ca_file {}: {e}", ca.display())))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| VaultError::Token(format!("vault.ca_file {}: {e}", ca.display())))?;
             builder = builder.tls_certs_only(certs);
-        } else if config.addr.starts_with("http://") {
+        } else if config.addr.is_http() {
             // Plain HTTP needs no roots; skipping the platform verifier also avoids failing on
             // hosts without a system CA store (reqwest#2988).
             builder = builder.tls_certs_only([]);
@@ -310,21 +333,27 @@ impl VaultClient {
         let http = builder
             .build()
             .map_err(|e| VaultError::Unreachable(format!("building HTTP client: {e}")))?;
-        let mut base = Url::parse(&config.addr)
-            .map_err(|e| VaultError::Unreachable(format!("vault.addr: {e}")))?;
-        if !base.path().ends_with('/') {
-            let p = format!("{}/", base.path());
-            base.set_path(&p);
-        }
-        let base = base
-            .join("v1/")
-            .map_err(|e| VaultError::Unreachable(e.to_string()))?;
+        let apis = addrs
+            .iter()
+            .map(|addr| {
+                let mut base = addr.clone();
+                if !base.path().ends_with('/') {
+                    let p = format!("{}/", base.path());
+                    base.set_path(&p);
+                }
+                base.join("v1/")
+                    .map_err(|e| VaultError::Unreachable(format!("vault.addr: {e}")))
+            })
+            .collect::<Result<Vec<Url>, _>>()?;
+        let nodes = Nodes::new(apis);
+        let base = nodes.canonical().clone();
         let namespace = namespace_header(config.namespace.as_deref())?;
         let default_target = make_target(&base, &config.mount, &config.role, None)?;
         Ok(Self {
             http,
             base: default_target.mount_url.clone(),
             api: base,
+            nodes: Arc::new(nodes),
             default_target,
             namespace,
             auth: Arc::new(AuthState::new()),
@@ -396,6 +425,16 @@ impl VaultClient {
             .header(TOKEN_HEADER, self.auth.token.load().0.clone())
     }
 
+    /// Each configured node's state and calls, for metrics and readiness.
+    pub fn node_status(&self) -> Vec<NodeStatus> {
+        self.nodes.status()
+    }
+
+    /// True when `vault.addr` lists several nodes (the health prober then runs).
+    pub fn is_cluster(&self) -> bool {
+        self.nodes.len() > 1
+    }
+
     /// True while Vault is considered down and calls fail fast.
     pub fn failing_fast(&self) -> bool {
         self.breaker.is_open()
@@ -458,13 +497,15 @@ impl VaultClient {
         ttl: Duration,
     ) -> Result<SignedCert, VaultError> {
         let req = self.request_in(reqwest::Method::POST, target.sign_url.clone(), Some(target));
-        self.post_sign("sign", req, csr_pem, identity, ttl).await
+        self.post_sign("sign", target, req, csr_pem, identity, ttl)
+            .await
     }
 
-    /// Posts a workload sign request (`req` carries the URL and the token to use).
+    /// Posts a workload sign request for `target` (`req` carries the URL and the token).
     async fn post_sign(
         &self,
         op: &'static str,
+        target: &SignTarget,
         req: reqwest::RequestBuilder,
         csr_pem: &str,
         identity: &SpiffeId,
@@ -477,7 +518,12 @@ impl VaultClient {
             format: "pem",
             exclude_cn_from_sans: true,
         };
-        let env: Envelope<SignData> = self.send(op, req.json(&body)).await?;
+        let placement = if target.standbys_sign {
+            Placement::Spread
+        } else {
+            Placement::Active
+        };
+        let env: Envelope<SignData> = self.send_placed(op, req.json(&body), placement).await?;
         signed_from(env)
     }
 
@@ -561,16 +607,28 @@ impl VaultClient {
             .ok_or_else(|| VaultError::Malformed(format!("issuer {reference} has no data")))
     }
 
-    /// Sends one request through the circuit breaker; `op` labels its metrics.
+    /// Sends one request (to the active node first, with several nodes) through the circuit
+    /// breaker; `op` labels its metrics.
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
         op: &'static str,
         req: reqwest::RequestBuilder,
     ) -> Result<T, VaultError> {
+        self.send_placed(op, req, Placement::Active).await
+    }
+
+    /// Sends one request through the circuit breaker, trying the nodes in turn as `placement`
+    /// orders them; `op` labels its metrics.
+    async fn send_placed<T: serde::de::DeserializeOwned>(
+        &self,
+        op: &'static str,
+        req: reqwest::RequestBuilder,
+        placement: Placement,
+    ) -> Result<T, VaultError> {
         let started = std::time::Instant::now();
         let result = match self.breaker.admit() {
             Ok(permit) => {
-                let result = self.send_once(req).await;
+                let result = self.send_to_nodes(req, placement).await;
                 permit.record(matches!(&result, Err(e) if e.is_transient()));
                 result
             }
@@ -584,12 +642,71 @@ impl VaultClient {
         result
     }
 
-    async fn send_once<T: serde::de::DeserializeOwned>(
+    /// One attempt per node, in `placement` order, until a node answers (with anything that is
+    /// not the node's fault). With one node this is a single attempt, as before clusters.
+    async fn send_to_nodes<T: serde::de::DeserializeOwned>(
         &self,
         req: reqwest::RequestBuilder,
+        placement: Placement,
     ) -> Result<T, VaultError> {
-        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        let req = req
+            .build()
+            .map_err(|e| VaultError::Malformed(format!("building request: {e}")))?;
+        if self.nodes.len() == 1 {
+            let result = self.send_once(req).await;
+            self.record_attempt(0, &result);
+            return result;
+        }
+        let mut last = None;
+        for i in self.nodes.order(placement) {
+            let Some(mut attempt) = req.try_clone() else {
+                break;
+            };
+            *attempt.url_mut() = self.nodes.rebase(i, req.url());
+            let result = self.send_once(attempt).await;
+            if self.record_attempt(i, &result) {
+                return result;
+            }
+            last = Some(result);
+        }
+        last.unwrap_or_else(|| Err(VaultError::Malformed("request cannot be retried".into())))
+    }
+
+    /// Notes an attempt's outcome on node `i`; false when another node should be tried.
+    fn record_attempt<T>(&self, i: usize, result: &Result<T, VaultError>) -> bool {
+        let node = self.nodes.get(i);
+        let Err(e) = result else {
+            node.answered();
+            return true;
+        };
+        // A rate-limit quota (429) is per node: try another, but the node is healthy.
+        if !e.is_node_fault() || matches!(e, VaultError::Unavailable { status: 429, .. }) {
+            node.answered();
+            return !e.is_node_fault();
+        }
+        let sealed = matches!(e, VaultError::Unavailable { status: 503, message } if message.contains("sealed"));
+        let was = node.failed(sealed);
+        if self.nodes.len() > 1 && was != node.state() {
+            tracing::warn!(node = %node.name, error = %e, "Vault node failed; trying the next node");
+        }
+        false
+    }
+
+    async fn send_once<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::Request,
+    ) -> Result<T, VaultError> {
+        let resp = self
+            .http
+            .execute(req)
+            .await
+            .map_err(|e| self.transport_error(e))?;
         let status = resp.status();
+        let location = status.is_redirection().then(|| {
+            let value = resp.headers().get(reqwest::header::LOCATION);
+            let text = value.and_then(|v| v.to_str().ok()).unwrap_or("?");
+            text.chars().take(200).collect::<String>()
+        });
         let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
         if status.is_success() {
             return serde_json::from_slice(&bytes)
@@ -607,6 +724,12 @@ impl VaultClient {
                     message,
                 }
             }
+            // Only seen with several nodes (one node follows redirects): a standby pointing at
+            // the active node; another configured node is tried instead.
+            s if s.is_redirection() => VaultError::Unavailable {
+                status: s.as_u16(),
+                message: format!("redirected to {}", location.unwrap_or_default()),
+            },
             s => VaultError::Unexpected {
                 status: s.as_u16(),
                 message,
@@ -653,6 +776,7 @@ fn make_target(
         namespace,
         mount_url,
         sign_url,
+        standbys_sign: false,
     })
 }
 

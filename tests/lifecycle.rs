@@ -51,7 +51,7 @@ async fn vault_that_never_answers_times_out_as_unavailable() {
     let env = Env::start_with(|c| {
         // Roots from the file the setup script wrote; Vault itself is unreachable.
         c.bundle.file = Some(support::setup_root_cert(c));
-        c.vault.addr = blackhole;
+        c.vault.addr = blackhole.parse().unwrap();
         c.vault.timeout = Duration::from_millis(500);
     })
     .await;

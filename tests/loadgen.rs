@@ -35,6 +35,8 @@ async fn loadgen_through_signer_and_direct() {
         vault_token_file: Some(env.setup_dir.join("vault-token")),
         vault_mount: support::MOUNT.into(),
         vault_role: support::ROLE.into(),
+        verify_roots: Some(env.setup_dir.join("tls/root-cert.pem")),
+        retries: 0,
         rss_pid: Some(std::process::id()),
         vault_pid: env.bao.pid(),
         progress: Duration::ZERO,

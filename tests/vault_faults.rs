@@ -218,7 +218,7 @@ async fn vault_with_mutual_tls() {
     let setup = bao.setup(&[]);
     let mtls_addr = format!("https://127.0.0.1:{mtls_port}");
     let env = Env::with_bao(bao, setup, |c| {
-        c.vault.addr = mtls_addr.clone();
+        c.vault.addr = mtls_addr.parse().unwrap();
         c.vault.ca_file = Some(ca_file.clone());
         c.vault.client_cert_file = Some(cc.clone());
         c.vault.client_key_file = Some(ck.clone());

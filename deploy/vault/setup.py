@@ -8,7 +8,7 @@ What it sets up (idempotent: anything already present is kept):
   * the workload role (default `istio-workload`) that the signer calls `sign/<role>` on:
     URI SANs limited to `spiffe://<trust-domain>/ns/*/sa/*`, CSR names ignored, no CN,
     server+client EKU, `no_store`, no lease, a max TTL;
-  * the least-privilege policy `istio-vault-ca` (sign with that role, read issuers, manage
+  * the least-privilege policy `istio-vault-ca` (sign with that role, read it and the issuers, manage
     its own token) and, with --token-file, a periodic token holding only that policy;
   * with --serving-cert-dir, a TLS serving certificate for the signer itself (role
     `istio-vault-ca-serving`), plus `root-cert.pem`: what Istio's `istio-ca-root-cert` holds;
@@ -208,6 +208,13 @@ def policy(mount, role, serving_role=None, extra_roles=(), extra_mounts=()):
     for m, r in signs:
         text += f"""path "{m}/sign/{r}" {{
   capabilities = ["create", "update"]
+}}
+"""
+    # Reading a workload role tells the signer whether standbys of an HA cluster sign it
+    # themselves (no_store, no lease), so it can spread signs over every node.
+    for m, r in [(mount, role)] + list(extra_roles):
+        text += f"""path "{m}/roles/{r}" {{
+  capabilities = ["read"]
 }}
 """
     for m in mounts:

@@ -7,8 +7,8 @@ use super::*;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VaultConfig {
-    /// Base address, e.g. `https://vault.vault.svc:8200`.
-    pub addr: String,
+    /// Base address, e.g. `https://vault.vault.svc:8200`, or every node of a cluster.
+    pub addr: VaultAddrs,
     /// PKI mount path.
     pub mount: String,
     /// Role used for `sign/<role>`.
@@ -32,6 +32,10 @@ pub struct VaultConfig {
     pub token_reload_interval: Duration,
     /// Extra attempts of a sign call after a transient failure (within the request deadline).
     pub retries: u32,
+    /// With several `addr` nodes: how often each node's `sys/health` is read (active,
+    /// standby, sealed, down). A node that fails a call is skipped until this says healthy.
+    #[serde(with = "duration")]
+    pub health_interval: Duration,
     /// Consecutive transient failures after which calls fail fast.
     pub breaker_threshold: u32,
     /// First fail-fast period; doubles (up to 30s) while probes keep failing.
@@ -41,6 +45,97 @@ pub struct VaultConfig {
     pub auth: VaultAuthConfig,
     /// Delegated mode: sign with a Vault token obtained by logging in with the caller's JWT.
     pub delegated: Option<DelegatedConfig>,
+}
+
+/// `vault.addr` when unset.
+pub const DEFAULT_VAULT_ADDR: &str = "http://127.0.0.1:8200";
+/// `vault.health_interval` when unset.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// Most nodes `vault.addr` may list (a Vault cluster has 3 or 5).
+pub const MAX_VAULT_NODES: usize = 16;
+
+/// `vault.addr`: one address (a single server, a load balancer, a Kubernetes Service) or the
+/// nodes of one Vault/OpenBao cluster, as a TOML array or a comma-separated string (so
+/// `IVCA_VAULT__ADDR` can list them too). Each is an `http://` or `https://` base URL; all
+/// use the same scheme, so one TLS setting covers them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultAddrs(Vec<reqwest::Url>);
+
+impl VaultAddrs {
+    /// Parses one address or a comma-separated list.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        Self::from_list(text.split(',').map(str::trim))
+    }
+
+    fn from_list<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut urls: Vec<reqwest::Url> = Vec::new();
+        for item in items {
+            let url =
+                reqwest::Url::parse(item).map_err(|e| format!("{item:?}: invalid URL: {e}"))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                return Err(format!("{item:?}: must be an http:// or https:// URL"));
+            }
+            if url.query().is_some() || url.fragment().is_some() {
+                return Err(format!("{item:?}: a base address has no query or fragment"));
+            }
+            if urls.contains(&url) {
+                return Err(format!("{item:?} is listed twice"));
+            }
+            if urls.first().is_some_and(|u| u.scheme() != url.scheme()) {
+                return Err("every node must use the same scheme (http or https)".into());
+            }
+            urls.push(url);
+        }
+        match urls.len() {
+            0 => Err("lists no address".into()),
+            n if n > MAX_VAULT_NODES => Err(format!("lists {n} nodes; at most {MAX_VAULT_NODES}")),
+            _ => Ok(Self(urls)),
+        }
+    }
+
+    /// Every address, in the configured order.
+    pub fn urls(&self) -> &[reqwest::Url] {
+        &self.0
+    }
+
+    /// True for plain-HTTP nodes.
+    pub fn is_http(&self) -> bool {
+        self.0[0].scheme() == "http"
+    }
+}
+
+impl std::str::FromStr for VaultAddrs {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s)
+    }
+}
+
+impl std::fmt::Display for VaultAddrs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list: Vec<&str> = self
+            .0
+            .iter()
+            .map(|u| u.as_str().trim_end_matches('/'))
+            .collect();
+        f.write_str(&list.join(","))
+    }
+}
+
+impl<'de> Deserialize<'de> for VaultAddrs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::One(s) => Self::parse(&s),
+            Raw::Many(v) => Self::from_list(v.iter().map(|s| s.trim())),
+        }
+        .map_err(serde::de::Error::custom)
+    }
 }
 
 /// Vault-delegated signing: each caller's JWT is exchanged at `auth/<mount>/login` (role
@@ -125,7 +220,7 @@ impl Default for VaultAuthConfig {
 impl Default for VaultConfig {
     fn default() -> Self {
         Self {
-            addr: "http://127.0.0.1:8200".into(),
+            addr: VaultAddrs::parse(DEFAULT_VAULT_ADDR).expect("default address parses"),
             mount: "pki-istio".into(),
             role: "istio-workload".into(),
             token_file: None,
@@ -136,6 +231,7 @@ impl Default for VaultConfig {
             timeout: Duration::from_secs(5),
             token_reload_interval: Duration::from_secs(10),
             retries: 2,
+            health_interval: DEFAULT_HEALTH_INTERVAL,
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(1),
             auth: VaultAuthConfig::default(),
@@ -146,7 +242,6 @@ impl Default for VaultConfig {
 
 impl VaultConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        check_http_url("vault.addr", &self.addr)?;
         if self.client_cert_file.is_some() != self.client_key_file.is_some() {
             return Err(ConfigError::invalid(
                 "vault.client_key_file",
@@ -157,6 +252,7 @@ impl VaultConfig {
         check_vault_path("vault.mount", &self.mount)?;
         check_vault_path("vault.role", &self.role)?;
         server::positive("vault.timeout", self.timeout)?;
+        server::positive("vault.health_interval", self.health_interval)?;
         server::positive("vault.token_reload_interval", self.token_reload_interval)
     }
 }

@@ -61,9 +61,10 @@ pub(super) async fn new_target(
         target: config.name.clone(),
         source,
     };
-    let sign = vault
+    let mut sign = vault
         .target(&config.mount, &config.role, config.namespace.as_deref())
         .map_err(err)?;
+    vault.check_standby_signing(&mut sign).await;
     let trust = load_trust(config, &sign, vault, source).await?;
     Ok(Target {
         name: config.name.as_str().into(),

@@ -142,7 +142,7 @@ impl VaultClient {
                 Some(target),
             )
             .header(super::TOKEN_HEADER, token.0.clone());
-        self.post_sign("sign_delegated", req, csr_pem, identity, ttl)
+        self.post_sign("sign_delegated", target, req, csr_pem, identity, ttl)
             .await
     }
 }

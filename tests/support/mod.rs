@@ -5,6 +5,7 @@
 //! calls Vault really received ([`OpenBao::sign_calls`]) and prove a refusal never reached it.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod kube_api;
 pub mod pod_api;
 
@@ -127,6 +128,19 @@ impl OpenBao {
         panic!("OpenBao did not start after 3 attempts");
     }
 
+    /// A handle on a server this value does not own (a [`cluster::Cluster`]'s nodes are owned by
+    /// the cluster): nothing is started or killed through it.
+    pub fn handle(addr: &str, root_token: &str) -> Self {
+        Self {
+            child: None,
+            port: 0,
+            addr: addr.to_owned(),
+            root_token: root_token.to_owned(),
+            dir: tempfile::tempdir().unwrap(),
+            unseal_key: None,
+        }
+    }
+
     /// A server with integrated (raft) storage, initialised and unsealed through the API; it keeps its
     /// PKI, policies and tokens across [`OpenBao::restart`].
     pub async fn start_persistent() -> Self {
@@ -240,6 +254,7 @@ impl OpenBao {
         }
         let child = Command::new(bao_bin())
             .args(&args)
+            .current_dir(self.dir.path())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -426,7 +441,7 @@ impl Env {
         config.server.request_timeout = Duration::from_secs(5);
         config.server.shutdown_grace = Duration::from_secs(5);
         config.auth.jwt.jwks_file = Some(jwks);
-        config.vault.addr = bao.addr.clone();
+        config.vault.addr = bao.addr.parse().unwrap();
         config.vault.token_file = Some(setup_dir.join("vault-token"));
         config.vault.timeout = Duration::from_secs(2);
         customize(&mut config);
@@ -500,7 +515,7 @@ impl Env {
         self.shutdown().await;
         let upstream = self.bao.addr.trim_start_matches("http://").to_owned();
         let mut config = self.config.clone();
-        config.vault.addr = delaying_proxy(Some(upstream), delay).await;
+        config.vault.addr = delaying_proxy(Some(upstream), delay).await.parse().unwrap();
         config.vault.timeout = Duration::from_secs(5);
         config.bundle.file = Some(self.setup_dir.join("tls/root-cert.pem"));
         customize(&mut config);
