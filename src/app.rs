@@ -211,17 +211,37 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     if let Some(td) = &config.trust_distribution {
         let clusters = config.distribution_clusters(td)?;
+        let mut leading = None;
         for (cluster, kubeconfig) in clusters {
             let client = crate::kube_client(kubeconfig.as_deref())
                 .await
                 .map_err(|e| anyhow::anyhow!("trust_distribution in cluster {cluster:?}: {e}"))?;
-            tokio::spawn(crate::distribute::run(
-                client,
-                cluster,
-                td.clone(),
-                shared_bundle.clone(),
-                shutdown_rx.clone(),
-            ));
+            if td.leader_election && leading.is_none() {
+                // The first cluster is this one: the Lease lives here.
+                leading = Some(crate::leader::elect(
+                    client.clone(),
+                    crate::leader::LeaseConfig::trust_distribution(td),
+                    shutdown_rx.clone(),
+                ));
+            }
+            let (td, bundle) = (td.clone(), shared_bundle.clone());
+            let run = move |stop| {
+                crate::distribute::run(
+                    client.clone(),
+                    cluster.clone(),
+                    td.clone(),
+                    bundle.clone(),
+                    stop,
+                )
+            };
+            match &leading {
+                Some(rx) => tokio::spawn(crate::leader::while_leading(
+                    rx.clone(),
+                    shutdown_rx.clone(),
+                    run,
+                )),
+                None => tokio::spawn(run(shutdown_rx.clone())),
+            };
         }
     }
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

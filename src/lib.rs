@@ -25,6 +25,7 @@ pub mod fuzz;
 pub mod identity;
 pub mod istiod_cert;
 pub mod kube_watch;
+pub mod leader;
 pub mod loadgen;
 pub mod metrics;
 pub mod namespaces;

@@ -159,6 +159,7 @@ fn manifests_grant_least_privilege() {
     for (name, yaml) in rendered {
         let docs = documents(&yaml);
         let mut configmap_rules = 0;
+        let mut lease_rules = 0;
         for doc in docs
             .iter()
             .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
@@ -170,6 +171,17 @@ fn manifests_grant_least_privilege() {
                     "{name}: {} reads Secrets",
                     doc["metadata"]["name"]
                 );
+                if resources.iter().any(|r| r == "leases") {
+                    lease_rules += 1;
+                    assert_eq!(doc["kind"], "Role", "{name}: leases only in one namespace");
+                    let verbs = &rule["verbs"];
+                    assert!(
+                        *verbs == serde_json::json!(["create"])
+                            || rule["resourceNames"]
+                                == serde_json::json!(["istio-vault-ca-trust-distribution"]),
+                        "{name}: lease rule {verbs} does not name its Lease"
+                    );
+                }
                 if !resources.iter().any(|r| r == "configmaps") {
                     continue;
                 }
@@ -198,6 +210,9 @@ fn manifests_grant_least_privilege() {
             configmap_rules >= 2,
             "{name}: trust distribution rules missing"
         );
+        if name != "remote-cluster" {
+            assert_eq!(lease_rules, 2, "{name}: trust distribution's Lease rules");
+        }
         for policy in docs.iter().filter(|d| d["kind"] == "NetworkPolicy") {
             for ingress in policy["spec"]["ingress"].as_array().unwrap() {
                 let admin = ingress["ports"]

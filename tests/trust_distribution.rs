@@ -218,3 +218,92 @@ async fn applies_run_concurrently_within_a_bound() {
         "{max} applies were in flight at once"
     );
 }
+
+/// Two replicas against one API server: only the holder of the Lease writes, so each change
+/// (a namespace's first ConfigMap, a repair, a new namespace) is written once, not once per
+/// replica. When the leader shuts down it releases the Lease and the other replica takes over
+/// at its next try; what changes afterwards is still written, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_write_each_change_once() {
+    use istio_vault_ca::config::{DEFAULT_LEASE_NAME, TrustDistributionConfig};
+    let api = FakeApi::new(&[("default", false), ("shop", false), ("web", false)]);
+    let server = api.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = support::kubeconfig(dir.path(), "kubeconfig", &server);
+    let td = TrustDistributionConfig {
+        interval: Duration::from_millis(500),
+        kubeconfig: Some(kubeconfig),
+        lease_namespace: Some("istio-system".into()),
+        lease_duration: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let lease_holder = || api.lease_holder("istio-system", DEFAULT_LEASE_NAME);
+    let first = {
+        let td = td.clone();
+        Env::start_with(move |c| {
+            c.auth.cluster_id = "replicas".into();
+            c.trust_distribution = Some(td);
+        })
+        .await
+    };
+    // The first replica is alone: it takes the Lease.
+    let leader = support::eventually_some("the first replica leads", async || lease_holder()).await;
+    let second = {
+        let td = td.clone();
+        let handle = support::OpenBao::handle(&first.bao.addr, &first.bao.root_token);
+        Env::with_bao(handle, first.setup_dir.clone(), move |c| {
+            c.auth.cluster_id = "replicas".into();
+            c.trust_distribution = Some(td);
+        })
+        .await
+    };
+    let opts = istio_vault_ca::client::CallOptions {
+        cluster_id: Some("replicas".into()),
+        ..second.opts("default", "demo")
+    };
+    let (chain, _) = second
+        .request(Shape::Ztunnel, &id("default", "demo"), &opts)
+        .await
+        .unwrap();
+    let bundle = chain.last().unwrap().clone();
+    let holds = |ns: &str| api.root(ns).as_deref() == Some(bundle.as_str());
+    // Writes settle within a few lease periods; then the count must not grow.
+    let settled = async |want: usize| {
+        eventually("the writes are done", async || api.applies() >= want).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            api.applies(),
+            want,
+            "each change written once, not once per replica"
+        );
+    };
+
+    eventually("every namespace receives the roots", async || {
+        holds("default") && holds("shop") && holds("web")
+    })
+    .await;
+    settled(3).await;
+    api.edit("shop", "tampered");
+    eventually("the edit is repaired", async || holds("shop")).await;
+    settled(4).await;
+    api.create_namespace("fresh", false);
+    eventually("a new namespace is written", async || holds("fresh")).await;
+    settled(5).await;
+    assert_eq!(
+        lease_holder(),
+        Some(leader.clone()),
+        "the first replica still leads"
+    );
+
+    // The leader shuts down: the second replica takes the Lease and keeps the mesh current.
+    let mut first = first;
+    first.shutdown().await;
+    eventually("the second replica takes over", async || {
+        lease_holder().is_some_and(|h| h != leader)
+    })
+    .await;
+    api.create_namespace("later", false);
+    eventually("written by the new leader", async || holds("later")).await;
+    settled(6).await;
+    drop(second);
+}

@@ -19,7 +19,28 @@ pub struct TrustDistributionConfig {
     /// IDs of `auth.remote_clusters` whose namespaces get the ConfigMap too, through that
     /// cluster's kubeconfig: their proxies use this signer, and no istiod writes it there.
     pub remote_clusters: Vec<String>,
+    /// With several replicas, only the holder of a Lease writes (each change once, not once
+    /// per replica). Off: every replica writes (identical server-side applies).
+    pub leader_election: bool,
+    /// Namespace of the Lease (default: `$POD_NAMESPACE`, else the pod's service-account
+    /// namespace, else `istio-system`).
+    pub lease_namespace: Option<String>,
+    /// Name of the Lease.
+    pub lease_name: String,
+    /// How long a leader that stopped renewing keeps the Lease (another replica takes over
+    /// after it; a leader shutting down releases it at once). Renewed every fifth of it.
+    #[serde(with = "duration")]
+    pub lease_duration: Duration,
 }
+
+/// `trust_distribution.lease_name` when unset.
+pub const DEFAULT_LEASE_NAME: &str = "istio-vault-ca-trust-distribution";
+/// `trust_distribution.lease_duration` when unset (client-go's default).
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
+/// The Lease is read and renewed this many times per `lease_duration`.
+pub const LEASE_RENEWALS_PER_DURATION: u32 = 5;
+/// Shortest `lease_duration` (the Lease counts whole seconds).
+const MIN_LEASE_DURATION: Duration = Duration::from_secs(1);
 
 impl Default for TrustDistributionConfig {
     fn default() -> Self {
@@ -29,6 +50,10 @@ impl Default for TrustDistributionConfig {
             interval: Duration::from_secs(30),
             kubeconfig: None,
             remote_clusters: Vec::new(),
+            leader_election: true,
+            lease_namespace: None,
+            lease_name: DEFAULT_LEASE_NAME.into(),
+            lease_duration: DEFAULT_LEASE_DURATION,
         }
     }
 }
@@ -39,6 +64,31 @@ impl TrustDistributionConfig {
             crate::selector::LabelSelector::parse(selector)
                 .map_err(|e| ConfigError::invalid("trust_distribution.namespace_selector", e))?;
         }
+        if self.lease_duration < MIN_LEASE_DURATION {
+            return Err(ConfigError::invalid(
+                "trust_distribution.lease_duration",
+                "must be at least 1s",
+            ));
+        }
+        if self.lease_name.is_empty() {
+            return Err(ConfigError::invalid(
+                "trust_distribution.lease_name",
+                "must not be empty",
+            ));
+        }
         Ok(())
+    }
+
+    /// The Lease's namespace: `lease_namespace`, `$POD_NAMESPACE`, the pod's service-account
+    /// namespace, or `istio-system`.
+    pub fn lease_namespace(&self) -> String {
+        const SA_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+        self.lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .or_else(|| std::fs::read_to_string(SA_NAMESPACE).ok())
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "istio-system".into())
     }
 }

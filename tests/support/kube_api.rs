@@ -1,6 +1,9 @@
 //! A tiny Kubernetes API server on loopback for the trust-distribution tests (no API server
 //! can run here): Namespaces and ConfigMaps named `istio-ca-root-cert`, listable and
-//! watchable with the real JSON shapes, and server-side apply of those ConfigMaps.
+//! watchable with the real JSON shapes, server-side apply of those ConfigMaps, and
+//! `coordination.k8s.io/v1` Leases (get, create, replace) with the API server's optimistic
+//! concurrency: a replace whose `resourceVersion` is not the stored one is a 409 Conflict, a
+//! create of an existing Lease a 409 AlreadyExists.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,7 +13,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch};
+use axum::routing::{get, patch, post};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -34,6 +37,8 @@ pub struct FakeApi {
     /// The most applies ever in flight at once.
     pub max_in_flight: Arc<AtomicU64>,
     version: Arc<AtomicU64>,
+    /// `ns/name` → Lease.
+    pub leases: Arc<Mutex<BTreeMap<String, Value>>>,
     namespace_events: broadcast::Sender<Value>,
     configmap_events: broadcast::Sender<Value>,
 }
@@ -82,6 +87,7 @@ impl FakeApi {
             in_flight: Default::default(),
             max_in_flight: Default::default(),
             version: Arc::new(AtomicU64::new(100)),
+            leases: Default::default(),
             namespace_events: broadcast::channel(64).0,
             configmap_events: broadcast::channel(64).0,
         }
@@ -143,6 +149,102 @@ impl FakeApi {
 
     pub fn applies(&self) -> usize {
         self.applies.lock().unwrap().len()
+    }
+
+    /// `holderIdentity` of Lease `ns/name`, if held.
+    pub fn lease_holder(&self, ns: &str, name: &str) -> Option<String> {
+        self.leases
+            .lock()
+            .unwrap()
+            .get(&format!("{ns}/{name}"))
+            .and_then(|l| {
+                l["spec"]["holderIdentity"]
+                    .as_str()
+                    .filter(|h| !h.is_empty())
+                    .map(str::to_owned)
+            })
+    }
+
+    fn lease_routes(&self) -> axum::Router {
+        fn status(code: StatusCode, reason: &str, message: String) -> Response {
+            let body = json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {},
+                "status": "Failure", "reason": reason, "code": code.as_u16(), "message": message,
+            });
+            (code, axum::Json(body)).into_response()
+        }
+        let api = self.clone();
+        let read = get(move |Path((ns, name)): Path<(String, String)>| {
+            let api = api.clone();
+            async move {
+                match api.leases.lock().unwrap().get(&format!("{ns}/{name}")) {
+                    Some(lease) => axum::Json(lease.clone()).into_response(),
+                    None => status(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        format!("leases.coordination.k8s.io \"{name}\" not found"),
+                    ),
+                }
+            }
+        });
+        let api = self.clone();
+        let replace = move |Path((ns, name)): Path<(String, String)>, body: Bytes| {
+            let api = api.clone();
+            async move {
+                let mut lease: Value = serde_json::from_slice(&body).unwrap();
+                let mut leases = api.leases.lock().unwrap();
+                let key = format!("{ns}/{name}");
+                let Some(stored) = leases.get(&key) else {
+                    return status(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        format!("{name} not found"),
+                    );
+                };
+                if lease["metadata"]["resourceVersion"] != stored["metadata"]["resourceVersion"] {
+                    return status(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        format!(
+                            "Operation cannot be fulfilled on leases.coordination.k8s.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+                        ),
+                    );
+                }
+                lease["metadata"]["resourceVersion"] = json!(api.next_version());
+                leases.insert(key, lease.clone());
+                axum::Json(lease).into_response()
+            }
+        };
+        let api = self.clone();
+        let create = post(move |Path(ns): Path<String>, body: Bytes| {
+            let api = api.clone();
+            async move {
+                let mut lease: Value = serde_json::from_slice(&body).unwrap();
+                let name = lease["metadata"]["name"].as_str().unwrap().to_owned();
+                let mut leases = api.leases.lock().unwrap();
+                let key = format!("{ns}/{name}");
+                if leases.contains_key(&key) {
+                    return status(
+                        StatusCode::CONFLICT,
+                        "AlreadyExists",
+                        format!("leases.coordination.k8s.io \"{name}\" already exists"),
+                    );
+                }
+                lease["metadata"]["namespace"] = json!(ns);
+                lease["metadata"]["resourceVersion"] = json!(api.next_version());
+                leases.insert(key, lease.clone());
+                (StatusCode::CREATED, axum::Json(lease)).into_response()
+            }
+        });
+        axum::Router::new()
+            .route(
+                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
+                read.put(replace),
+            )
+            .route(
+                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
+                create,
+            )
     }
 
     pub async fn start(&self) -> String {
@@ -237,7 +339,8 @@ impl FakeApi {
         let app = axum::Router::new()
             .route("/api/v1/namespaces", namespaces)
             .route("/api/v1/configmaps", configmaps)
-            .route("/api/v1/namespaces/{ns}/configmaps/{name}", apply);
+            .route("/api/v1/namespaces/{ns}/configmaps/{name}", apply)
+            .merge(self.lease_routes());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
