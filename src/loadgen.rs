@@ -86,9 +86,11 @@ pub struct LoadOptions {
     /// that does not is counted as `WrongChain`.
     #[arg(long)]
     pub verify_roots: Option<PathBuf>,
-    /// Retry a request that failed with `Unavailable` (or a broken connection) up to this many
-    /// times on the next connection, as pilot-agent and ztunnel retry; the report counts
-    /// requests, not attempts, and `retried` counts the retries.
+    /// Retry a request that failed with `Unavailable`, a broken connection (`Unknown`) or a
+    /// stream the server refused with its GOAWAY while shutting down (`Cancelled`) up to this
+    /// many times on the next connection, as pilot-agent (grpc-go retries refused streams
+    /// transparently) and ztunnel (retries any failed fetch) do; the report counts requests,
+    /// not attempts, and `retried` counts the retries.
     #[arg(long, default_value_t = 0)]
     pub retries: usize,
     /// Report this process's peak RSS (VmHWM), e.g. the signer's pid.
@@ -101,6 +103,9 @@ pub struct LoadOptions {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub progress: Duration,
 }
+
+/// Error labels `--retries` retries (see [`LoadOptions::retries`]).
+const RETRYABLE: [&str; 3] = ["Unavailable", "Unknown", "Cancelled"];
 
 /// The outcome of one run.
 #[derive(Debug, Clone, Serialize)]
@@ -424,7 +429,7 @@ pub async fn run(opts: &LoadOptions) -> anyhow::Result<Report> {
                 let mut r = target.send(w, p, ttl).await;
                 for attempt in 1..=retries {
                     match &r {
-                        Err(label) if label == "Unavailable" || label == "Unknown" => {
+                        Err(label) if RETRYABLE.contains(&label.as_str()) => {
                             retried += 1;
                             r = target.send(w + attempt, p, ttl).await;
                         }

@@ -11,8 +11,6 @@
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -20,6 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use istio_vault_ca::client::{self, Shape};
 use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
+use support::process::SignerProcess;
 use support::{OpenBao, id, sample};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -31,95 +30,16 @@ const PATH: &str = "/istio.v1.auth.IstioCertificateService/CreateCertificate";
 static ONE_FLOOD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The signer binary in its own process, with the production defaults of `server.limits`.
-struct Signer {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    ca_pem: Vec<u8>,
-    issuer: DevIssuer,
-    _dir: tempfile::TempDir,
-}
+type Signer = SignerProcess;
 
-impl Drop for Signer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Signer {
-    async fn start(bao: &OpenBao, setup: &Path, extra: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
-        let jwks = dir.path().join("jwks.json");
-        std::fs::write(&jwks, issuer.jwks_json()).unwrap();
-        let (port, admin_port) = (free_port(), free_port());
-        let config = format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-cert_file = "{tls}/tls.crt"
-key_file = "{tls}/tls.key"
-{extra}
-[auth.jwt]
-jwks_file = "{jwks}"
-[vault]
-addr = "{vault}"
-token_file = "{setup}/vault-token"
-[admin]
-listen = "127.0.0.1:{admin_port}"
-[audit]
-enabled = false
-[log]
-level = "warn"
-"#,
-            tls = setup.join("tls").display(),
-            jwks = jwks.display(),
-            vault = bao.addr,
-            setup = setup.display(),
-        );
-        let path = dir.path().join("config.toml");
-        std::fs::write(&path, config).unwrap();
-        // ABUSE_BIN: measure another build (e.g. target/release/istio-vault-ca).
-        let bin = std::env::var("ABUSE_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_istio-vault-ca").to_owned());
-        let child = Command::new(bin)
-            .args(["serve", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let signer = Signer {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
-            ca_pem: std::fs::read(setup.join("tls/root-cert.pem")).unwrap(),
-            issuer,
-            _dir: dir,
-        };
-        support::eventually("signer ready", async || {
-            matches!(support::http().get(format!("http://{}/readyz", signer.admin)).send().await,
-                Ok(r) if r.status().is_success())
-        })
-        .await;
-        signer
-    }
-
+impl SignerProcess {
     /// OpenBao, set up, and a signer (`extra` added to `[server]`) that has issued one
     /// certificate, with its RSS then (KiB): the baseline a flood is measured against.
     async fn warmed(extra: &str) -> (OpenBao, Signer, u64) {
         let bao = OpenBao::start().await;
         let setup = bao.setup(&[]);
-        let signer = Signer::start(&bao, &setup, extra).await;
+        let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
+        let signer = Signer::start(&bao.addr, &setup, extra, "warn", issuer).await;
         // The first calls load keys and caches.
         signer
             .legit(Shape::PilotAgent, "warm", Duration::from_secs(10))
@@ -137,17 +57,6 @@ level = "warn"
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
-
-    async fn metrics(&self) -> String {
-        support::http()
-            .get(format!("http://{}/metrics", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
             .unwrap()
     }
 

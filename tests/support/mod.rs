@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod kube_api;
 pub mod pod_api;
+pub mod process;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

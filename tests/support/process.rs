@@ -1,0 +1,153 @@
+//! The signer binary in its own process (`istio-vault-ca serve --config`), as a pod runs it:
+//! its own memory, signals (SIGTERM drains, SIGKILL does not) and exit status. Its log goes
+//! to `log` in its directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use istio_vault_ca::dev::DevIssuer;
+
+/// A running signer process; killed on drop.
+pub struct SignerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    /// Roots that validate its serving certificate.
+    pub ca_pem: Vec<u8>,
+    pub issuer: DevIssuer,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for SignerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl SignerProcess {
+    /// Starts the binary against `vault_addr` with the setup script's output in `setup`,
+    /// trusting `issuer`'s tokens; `server_extra` is added to `[server]`, `log_level` sets
+    /// `[log] level`. Waits until `/readyz` says ready.
+    pub async fn start(
+        vault_addr: &str,
+        setup: &Path,
+        server_extra: &str,
+        log_level: &str,
+        issuer: DevIssuer,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, issuer.jwks_json()).unwrap();
+        let (port, admin_port) = (free_port(), free_port());
+        let config = format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+cert_file = "{tls}/tls.crt"
+key_file = "{tls}/tls.key"
+{server_extra}
+[auth.jwt]
+jwks_file = "{jwks}"
+[vault]
+addr = "{vault_addr}"
+token_file = "{setup}/vault-token"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+[audit]
+enabled = false
+[log]
+level = "{log_level}"
+"#,
+            tls = setup.join("tls").display(),
+            jwks = jwks.display(),
+            setup = setup.display(),
+        );
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        // ABUSE_BIN: measure another build (e.g. target/release/istio-vault-ca).
+        let bin = std::env::var("ABUSE_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_istio-vault-ca").to_owned());
+        let child = Command::new(bin)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let signer = Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            ca_pem: std::fs::read(setup.join("tls/root-cert.pem")).unwrap(),
+            issuer,
+            dir,
+        };
+        super::eventually("signer ready", async || {
+            matches!(super::http().get(format!("http://{}/readyz", signer.admin)).send().await,
+                Ok(r) if r.status().is_success())
+        })
+        .await;
+        signer
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("log")
+    }
+
+    /// `/metrics`.
+    pub async fn metrics(&self) -> String {
+        super::http()
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Sends `signal` (`-KILL`, `-TERM`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal}");
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "signer still running after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
