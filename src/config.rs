@@ -576,6 +576,18 @@ over_max = "reject"
             err_of(&[("IVCA_VAULT__AUTH__METHOD", "kubernetes")]).starts_with("vault.auth.role:")
         );
         assert!(err_of(&[("IVCA_VAULT__AUTH__METHOD", "ldap")]).starts_with("vault.auth.method:"));
+        assert!(
+            err_of(&[("IVCA_VAULT__AUTH__METHOD", "cert")]).starts_with("vault.client_cert_file:")
+        );
+        assert!(
+            err_of(&[
+                ("IVCA_VAULT__AUTH__METHOD", "cert"),
+                ("IVCA_VAULT__CLIENT_CERT_FILE", "/c.pem"),
+                ("IVCA_VAULT__CLIENT_KEY_FILE", "/c.key"),
+            ])
+            .starts_with("vault.addr:"),
+            "cert login over plain HTTP"
+        );
         assert_eq!(
             err_of(&[(
                 "IVCA_TRUST_DISTRIBUTION__NAMESPACE_SELECTOR",

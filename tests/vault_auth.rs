@@ -352,3 +352,73 @@ async fn delegated_mode_signs_with_the_callers_vault_token() {
     );
     signer.shutdown().await.unwrap();
 }
+
+/// TLS certificate auth (`auth/cert`, set up by `setup.py --cert-auth`), as SPIRE's Vault
+/// plug-in offers: the signer has no token file; it logs in with the client certificate it
+/// already presents to a mutual-TLS Vault listener, and logs in the same way again when its
+/// token is revoked. A certificate Vault does not trust gets no token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cert_login_with_the_client_certificate() {
+    let (bao, mtls) = OpenBao::start_mutual_tls().await;
+    let ca = mtls.ca_file.display().to_string();
+    let setup = bao.setup(&["--cert-auth", &ca, "--cert-auth-names", "istio-vault-ca"]);
+    let env = Env::with_bao(bao, setup, |c| {
+        mtls.configure(c);
+        c.vault.token_file = None;
+        c.vault.auth.method = VaultAuthMethod::Cert;
+        c.vault.auth.role = Some("istio-vault-ca".into());
+        c.vault.auth.min_relogin_interval = Duration::ZERO;
+    })
+    .await;
+    let demo = id("default", "demo");
+    let opts = env.opts("default", "demo");
+    env.request(Shape::PilotAgent, &demo, &opts)
+        .await
+        .expect("issued with the cert-login token");
+
+    env.bao
+        .api(
+            "POST",
+            "sys/leases/revoke-prefix/auth/cert",
+            serde_json::json!({}),
+        )
+        .await;
+    env.request(Shape::Ztunnel, &demo, &opts)
+        .await
+        .expect("issued after a forced re-login");
+    let logins = std::fs::read_to_string(env.bao.audit_log())
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.contains("\"type\":\"response\"") && l.contains("\"path\":\"auth/cert/login\"")
+        })
+        .filter(|l| l.contains("\"policies\":[\"istio-vault-ca\"]"))
+        .count();
+    assert_eq!(
+        logins, 2,
+        "two cert logins, each granted the signer's policy"
+    );
+
+    // A role that trusts another CA refuses this certificate.
+    env.bao
+        .api(
+            "POST",
+            "auth/cert/certs/other",
+            serde_json::json!({"certificate": String::from_utf8(env.ca_pem.clone()).unwrap(),
+                               "token_policies": ["istio-vault-ca"]}),
+        )
+        .await;
+    let mut config = env.config.vault.clone();
+    config.auth.role = Some("other".into());
+    let vault = istio_vault_ca::vault::VaultClient::new(&config).unwrap();
+    let creds = istio_vault_ca::vault::Credentials::from_config(&config, |_| None).unwrap();
+    let err = vault.authenticate(&creds).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            istio_vault_ca::vault::VaultError::Rejected(_)
+                | istio_vault_ca::vault::VaultError::Forbidden(_)
+        ),
+        "{err}"
+    );
+}

@@ -168,62 +168,9 @@ async fn vault_over_tls_with_a_configured_ca() {
 /// and without the client certificate it cannot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_with_mutual_tls() {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
-        KeyPair,
-    };
-    let pki = tempfile::tempdir().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf = |names: Vec<String>, eku: ExtendedKeyUsagePurpose| {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(names).unwrap();
-        p.extended_key_usages = vec![eku];
-        (p.signed_by(&key, &ca).unwrap().pem(), key.serialize_pem())
-    };
-    let (server_cert, server_key) = leaf(
-        vec!["127.0.0.1".into()],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    let (client_cert, client_key) = leaf(
-        vec!["istio-vault-ca".into()],
-        ExtendedKeyUsagePurpose::ClientAuth,
-    );
-    let file = |name: &str, text: &str| {
-        let p = pki.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    };
-    let ca_file = file("ca.pem", &ca.pem());
-    let (sc, sk) = (
-        file("server.pem", &server_cert),
-        file("server.key", &server_key),
-    );
-    let (cc, ck) = (
-        file("client.pem", &client_cert),
-        file("client.key", &client_key),
-    );
-    let mtls_port = support::free_port_pair();
-    let listener = format!(
-        "listener \"tcp\" {{\n  address = \"127.0.0.1:{mtls_port}\"\n  cluster_address = \"127.0.0.1:{}\"\n  \
-         tls_cert_file = \"{}\"\n  tls_key_file = \"{}\"\n  tls_client_ca_file = \"{}\"\n  \
-         tls_require_and_verify_client_cert = true\n}}\n",
-        mtls_port + 1,
-        sc.display(),
-        sk.display(),
-        ca_file.display()
-    );
-    let bao = OpenBao::start_with_config(&listener).await;
+    let (bao, mtls) = OpenBao::start_mutual_tls().await;
     let setup = bao.setup(&[]);
-    let mtls_addr = format!("https://127.0.0.1:{mtls_port}");
-    let env = Env::with_bao(bao, setup, |c| {
-        c.vault.addr = mtls_addr.parse().unwrap();
-        c.vault.ca_file = Some(ca_file.clone());
-        c.vault.client_cert_file = Some(cc.clone());
-        c.vault.client_key_file = Some(ck.clone());
-    })
-    .await;
+    let env = Env::with_bao(bao, setup, |c| mtls.configure(c)).await;
     one(&env, Shape::PilotAgent)
         .await
         .expect("issued over mutual TLS");

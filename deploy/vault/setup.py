@@ -276,6 +276,29 @@ def ensure_kubernetes_auth(vault, args):
         f"(audience {args.kubernetes_audience}) -> {POLICY_NAME}")
 
 
+def ensure_cert_auth(vault, args):
+    """auth/cert with a role that maps client certificates issued by --cert-auth's CA (and,
+    with --cert-auth-names, only those common names/DNS SANs) to the policy."""
+    auths = vault.call("GET", "sys/auth")
+    auths = auths.get("data", auths)
+    if "cert/" not in auths:
+        vault.call("POST", "sys/auth/cert", {"type": "cert"})
+        log("enabled auth/cert")
+    with open(args.cert_auth) as f:
+        ca = f.read()
+    role = {
+        "certificate": ca,
+        "token_policies": [POLICY_NAME],
+        "token_no_default_policy": True,
+        "token_period": "1h",
+    }
+    if args.cert_auth_names:
+        role["allowed_common_names"] = args.cert_auth_names
+    vault.call("POST", "auth/cert/certs/istio-vault-ca", role)
+    log(f"auth/cert/certs/istio-vault-ca: client certificates from {args.cert_auth}"
+        + (f" named {args.cert_auth_names}" if args.cert_auth_names else "") + f" -> {POLICY_NAME}")
+
+
 def write_private(path, text):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -327,6 +350,11 @@ def main():
     p.add_argument("--istiod-names", metavar="NAMES",
                    help="comma-separated DNS names of istiod: creates the role istiod-serving for them "
                         "and lets the signer sign with it ([istiod_certificate])")
+    p.add_argument("--cert-auth", metavar="CA_FILE",
+                   help="enable auth/cert with role istio-vault-ca for client certificates issued by this CA "
+                        "(the signer's vault.auth.method = \"cert\"; Vault must serve TLS)")
+    p.add_argument("--cert-auth-names", metavar="NAMES",
+                   help="with --cert-auth: only client certificates with these common names (comma-separated)")
     p.add_argument("--self-issued-serving", action="store_true",
                    help="let the signer's token sign its own serving certificate (server.self_issued)")
     args = p.parse_args()
@@ -379,6 +407,8 @@ def main():
 
     if args.kubernetes_auth:
         ensure_kubernetes_auth(vault, args)
+    if args.cert_auth:
+        ensure_cert_auth(vault, args)
 
     if args.token_file:
         tok = vault.call(

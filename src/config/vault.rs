@@ -178,6 +178,9 @@ pub enum VaultAuthMethod {
     Kubernetes,
     /// `auth/<mount>/login` with `role` and a JWT file.
     Jwt,
+    /// `auth/<mount>/login` (TLS certificate auth) with `vault.client_cert_file`/`key_file`
+    /// presented on the TLS connection; `role` (optional) names the certificate role.
+    Cert,
 }
 
 /// How the signer obtains and keeps its Vault token.
@@ -187,7 +190,8 @@ pub struct VaultAuthConfig {
     pub method: VaultAuthMethod,
     /// Auth mount path (default: `approle`, `kubernetes` or `jwt`).
     pub mount: Option<String>,
-    /// Login role for `kubernetes` and `jwt`.
+    /// Login role for `kubernetes` and `jwt`; for `cert`, the certificate role (optional:
+    /// Vault tries every role that trusts the certificate).
     pub role: Option<String>,
     /// AppRole `role_id` (or `role_id_file`).
     pub role_id: Option<String>,
@@ -249,6 +253,20 @@ impl VaultConfig {
             ));
         }
         self.auth.validate()?;
+        if self.auth.method == VaultAuthMethod::Cert {
+            if self.client_cert_file.is_none() {
+                return Err(ConfigError::invalid(
+                    "vault.client_cert_file",
+                    "is required for cert login (the certificate the signer presents)",
+                ));
+            }
+            if self.addr.is_http() {
+                return Err(ConfigError::invalid(
+                    "vault.addr",
+                    "cert login needs https:// (the certificate is presented in TLS)",
+                ));
+            }
+        }
         check_vault_path("vault.mount", &self.mount)?;
         check_vault_path("vault.role", &self.role)?;
         server::positive("vault.timeout", self.timeout)?;
@@ -261,7 +279,7 @@ impl VaultAuthConfig {
     /// What each login method needs: decided here only (`vault::Credentials` relies on it).
     fn validate(&self) -> Result<(), ConfigError> {
         match self.method {
-            VaultAuthMethod::Token => {}
+            VaultAuthMethod::Token | VaultAuthMethod::Cert => {}
             VaultAuthMethod::AppRole => {
                 if self.role_id.is_none() && self.role_id_file.is_none() {
                     return Err(ConfigError::invalid(

@@ -1,4 +1,4 @@
-//! The signer's own Vault token: obtained by one of four methods, renewed at about two thirds
+//! The signer's own Vault token: obtained by one of five methods, renewed at about two thirds
 //! of its lease, replaced by a new login when renewal stops extending it, and replaced at once
 //! (at most once per `min_relogin_interval`) when a call is answered `403`.
 //!
@@ -36,6 +36,9 @@ pub enum Credentials {
         role: String,
         jwt_file: PathBuf,
     },
+    /// TLS certificate auth: the client's TLS certificate (`vault.client_cert_file`) is the
+    /// credential; `{name}` picks the certificate role when set.
+    Cert { mount: String, role: Option<String> },
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +85,10 @@ impl Credentials {
                     .clone()
                     .unwrap_or_else(|| PathBuf::from(KUBERNETES_SA_TOKEN)),
             },
+            VaultAuthMethod::Cert => Self::Cert {
+                mount: mount("cert"),
+                role: a.role.clone(),
+            },
         })
     }
 
@@ -90,6 +97,7 @@ impl Credentials {
             Self::Token(_) => "token",
             Self::AppRole { .. } => "approle",
             Self::Jwt { .. } => "login",
+            Self::Cert { .. } => "cert",
         }
     }
 }
@@ -232,6 +240,13 @@ impl VaultClient {
                 jwt_file,
             } => {
                 let body = serde_json::json!({"role": role, "jwt": read_secret(jwt_file)?});
+                self.login(mount, body).await?
+            }
+            Credentials::Cert { mount, role } => {
+                let body = match role {
+                    Some(name) => serde_json::json!({ "name": name }),
+                    None => serde_json::json!({}),
+                };
                 self.login(mount, body).await?
             }
         };

@@ -396,6 +396,90 @@ impl Drop for OpenBao {
     }
 }
 
+/// A second OpenBao listener that requires client certificates (mutual TLS), from a test PKI
+/// made with rcgen; the client certificate's common name is `istio-vault-ca`.
+pub struct MutualTls {
+    /// `https://127.0.0.1:<port>` of that listener.
+    pub addr: String,
+    pub ca_file: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl MutualTls {
+    /// Points `config` at the listener with the client certificate.
+    pub fn configure(&self, config: &mut Config) {
+        config.vault.addr = self.addr.parse().unwrap();
+        config.vault.ca_file = Some(self.ca_file.clone());
+        config.vault.client_cert_file = Some(self.client_cert.clone());
+        config.vault.client_key_file = Some(self.client_key.clone());
+    }
+}
+
+impl OpenBao {
+    /// A `-dev` server with, beside its plain listener, one that requires client certificates.
+    pub async fn start_mutual_tls() -> (Self, MutualTls) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
+            KeyPair,
+        };
+        let pki = tempfile::tempdir().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf = |names: Vec<String>, eku: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(names.clone()).unwrap();
+            p.distinguished_name
+                .push(rcgen::DnType::CommonName, names[0].clone());
+            p.extended_key_usages = vec![eku];
+            (p.signed_by(&key, &ca).unwrap().pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(
+            vec!["127.0.0.1".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) = leaf(
+            vec!["istio-vault-ca".into()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        let file = |name: &str, text: &str| {
+            let p = pki.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let ca_file = file("ca.pem", &ca.pem());
+        let (sc, sk) = (
+            file("server.pem", &server_cert),
+            file("server.key", &server_key),
+        );
+        let (cc, ck) = (
+            file("client.pem", &client_cert),
+            file("client.key", &client_key),
+        );
+        let mtls_port = free_port_pair();
+        let listener = format!(
+            "listener \"tcp\" {{\n  address = \"127.0.0.1:{mtls_port}\"\n  cluster_address = \"127.0.0.1:{}\"\n  \
+             tls_cert_file = \"{}\"\n  tls_key_file = \"{}\"\n  tls_client_ca_file = \"{}\"\n  \
+             tls_require_and_verify_client_cert = true\n}}\n",
+            mtls_port + 1,
+            sc.display(),
+            sk.display(),
+            ca_file.display()
+        );
+        let bao = OpenBao::start_with_config(&listener).await;
+        let mtls = MutualTls {
+            addr: format!("https://127.0.0.1:{mtls_port}"),
+            ca_file,
+            client_cert: cc,
+            client_key: ck,
+            _dir: pki,
+        };
+        (bao, mtls)
+    }
+}
+
 /// OpenBao + the signer + a development JWT issuer whose JWKS the signer trusts.
 pub struct Env {
     pub bao: OpenBao,
