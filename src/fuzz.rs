@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
 
 use crate::bundle::TrustBundle;
@@ -324,7 +323,7 @@ impl PodSpec {
         }
     }
 
-    fn pod(&self) -> Pod {
+    fn pod(&self) -> crate::nodes::WatchedPod {
         let mut meta = serde_json::json!({
             "name": format!("p{}", self.uid), "namespace": self.ns, "uid": format!("u{}", self.uid),
         });

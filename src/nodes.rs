@@ -2,13 +2,17 @@
 //! pods (no API call per request), answering "is pod X (uid U) running as service account S,
 //! and on which node?" and "does a pod of service account T run on node N?".
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
 
-/// What the index keeps of a pod.
+mod interner;
+mod watched_pod;
+use interner::Interner;
+pub use watched_pod::{MIRROR_ANNOTATION, WatchedPod};
+
+/// What the index answers about a pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodFacts {
     pub namespace: String,
@@ -18,9 +22,6 @@ pub struct PodFacts {
     pub node: Option<String>,
 }
 
-/// Annotation the kubelet puts on the API server's mirror of a static pod.
-const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
-
 /// The facts of `pod` if it may vouch for an identity on its node, `None` otherwise.
 ///
 /// Only a real, live workload counts: a pod that `Succeeded` or `Failed` runs nothing a node
@@ -28,46 +29,52 @@ const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 /// admitted by the API server's service-account checks: a node's kubelet can create mirror
 /// pods in any namespace, so trusting them would let a compromised node obtain
 /// `…/ns/<any>/sa/default`.
-pub fn workload(pod: &Pod) -> Option<PodFacts> {
-    let spec = pod.spec.as_ref()?;
+pub fn workload(pod: &WatchedPod) -> Option<PodFacts> {
     let finished = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
+        .phase
+        .as_deref()
         .is_some_and(|p| p == "Failed" || p == "Succeeded");
-    let mirror = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.contains_key(MIRROR_ANNOTATION));
-    if finished || mirror {
+    if !pod.has_spec || finished || pod.mirror {
         return None;
     }
     Some(PodFacts {
         namespace: pod.metadata.namespace.clone()?,
         name: pod.metadata.name.clone()?,
         uid: pod.metadata.uid.clone()?,
-        service_account: spec
-            .service_account_name
-            .clone()
-            .filter(|sa| !sa.is_empty())?,
-        node: spec.node_name.clone().filter(|n| !n.is_empty()),
+        service_account: pod.service_account.clone().filter(|sa| !sa.is_empty())?,
+        node: pod.node.clone().filter(|n| !n.is_empty()),
     })
 }
 
-/// The workloads of one cluster, indexed for authorization.
+/// (namespace, service account, node), each shared.
+type SaOnNode = (Arc<str>, Arc<str>, Arc<str>);
+
+/// One cached pod. Namespace, service account and node are shared with every other pod that
+/// has the same value; name and UID are shared between the two maps that key on them.
+#[derive(Debug, Clone)]
+struct Stored {
+    namespace: Arc<str>,
+    name: Arc<str>,
+    service_account: Arc<str>,
+    node: Option<Arc<str>>,
+}
+
+/// The workloads of one cluster, indexed for authorization, in about 300 bytes a pod
+/// (docs/scaling.md).
 #[derive(Debug, Default, Clone)]
 pub struct PodSet {
-    by_uid: HashMap<String, PodFacts>,
-    by_name: HashMap<(String, String), String>,
-    /// (namespace, service account, node) → pod UIDs.
-    by_sa_node: HashMap<(String, String, String), HashSet<String>>,
+    strings: Interner,
+    by_uid: HashMap<Arc<str>, Stored>,
+    /// namespace → name → UID.
+    by_name: HashMap<Arc<str>, HashMap<Arc<str>, Arc<str>>>,
+    /// (namespace, service account, node) → live pods.
+    by_sa_node: HashMap<SaOnNode, u32>,
 }
 
 impl PodSet {
     /// Records a pod as added or changed: kept if it is a live workload ([`workload`]),
     /// forgotten otherwise (it finished, or it never counted).
-    pub fn apply(&mut self, pod: &Pod) {
+    pub fn apply(&mut self, pod: &WatchedPod) {
         if let Some(uid) = pod.metadata.uid.as_deref() {
             self.remove(uid);
         }
@@ -77,7 +84,7 @@ impl PodSet {
     }
 
     /// Forgets a deleted pod.
-    pub fn delete(&mut self, pod: &Pod) {
+    pub fn delete(&mut self, pod: &WatchedPod) {
         if let Some(uid) = pod.metadata.uid.as_deref() {
             self.remove(uid);
         }
@@ -94,57 +101,91 @@ impl PodSet {
     }
 
     /// The live pod `namespace/name`.
-    pub fn pod(&self, namespace: &str, name: &str) -> Option<&PodFacts> {
-        let uid = self.by_name.get(&(namespace.to_owned(), name.to_owned()))?;
-        self.by_uid.get(uid)
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<PodFacts> {
+        let uid = self.by_name.get(namespace)?.get(name)?;
+        let stored = self.by_uid.get(uid)?;
+        Some(PodFacts {
+            namespace: stored.namespace.to_string(),
+            name: stored.name.to_string(),
+            uid: uid.to_string(),
+            service_account: stored.service_account.to_string(),
+            node: stored.node.as_deref().map(str::to_owned),
+        })
     }
 
     /// True if a live pod of `namespace/service_account` runs on `node`.
     pub fn runs_on(&self, namespace: &str, service_account: &str, node: &str) -> bool {
-        self.by_sa_node
-            .get(&(
-                namespace.to_owned(),
-                service_account.to_owned(),
-                node.to_owned(),
-            ))
-            .is_some_and(|uids| !uids.is_empty())
+        let shared = |s: &str| self.strings.get(s).cloned();
+        let (Some(ns), Some(sa), Some(node)) =
+            (shared(namespace), shared(service_account), shared(node))
+        else {
+            return false;
+        };
+        self.by_sa_node.get(&(ns, sa, node)).is_some_and(|n| *n > 0)
     }
 
     fn insert(&mut self, facts: PodFacts) {
-        self.by_name.insert(
-            (facts.namespace.clone(), facts.name.clone()),
-            facts.uid.clone(),
-        );
-        if let Some(node) = &facts.node {
-            self.by_sa_node
-                .entry((
-                    facts.namespace.clone(),
-                    facts.service_account.clone(),
-                    node.clone(),
-                ))
-                .or_default()
-                .insert(facts.uid.clone());
+        let namespace = self.strings.intern(&facts.namespace);
+        let service_account = self.strings.intern(&facts.service_account);
+        let node = facts.node.as_deref().map(|n| self.strings.intern(n));
+        let name: Arc<str> = facts.name.into();
+        let uid: Arc<str> = facts.uid.into();
+        self.by_name
+            .entry(namespace.clone())
+            .or_default()
+            .insert(name.clone(), uid.clone());
+        if let Some(node) = &node {
+            *self
+                .by_sa_node
+                .entry((namespace.clone(), service_account.clone(), node.clone()))
+                .or_default() += 1;
         }
-        self.by_uid.insert(facts.uid.clone(), facts);
+        self.by_uid.insert(
+            uid,
+            Stored {
+                namespace,
+                name,
+                service_account,
+                node,
+            },
+        );
     }
 
     fn remove(&mut self, uid: &str) {
         let Some(old) = self.by_uid.remove(uid) else {
             return;
         };
-        let name = (old.namespace.clone(), old.name.clone());
-        if self.by_name.get(&name).is_some_and(|u| u == uid) {
-            self.by_name.remove(&name);
+        if let Some(names) = self.by_name.get_mut(&old.namespace) {
+            if names.get(&old.name).is_some_and(|u| &**u == uid) {
+                names.remove(&old.name);
+            }
+            if names.is_empty() {
+                self.by_name.remove(&old.namespace);
+            }
         }
-        if let Some(node) = old.node {
-            let key = (old.namespace, old.service_account, node);
-            if let Some(set) = self.by_sa_node.get_mut(&key) {
-                set.remove(uid);
-                if set.is_empty() {
+        if let Some(node) = &old.node {
+            let key = (
+                old.namespace.clone(),
+                old.service_account.clone(),
+                node.clone(),
+            );
+            if let Some(n) = self.by_sa_node.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
                     self.by_sa_node.remove(&key);
                 }
             }
         }
+        self.strings.release(old.namespace);
+        self.strings.release(old.service_account);
+        if let Some(node) = old.node {
+            self.strings.release(node);
+        }
+    }
+
+    /// Distinct namespaces, service accounts and nodes held.
+    pub fn shared_strings(&self) -> usize {
+        self.strings.len()
     }
 }
 
@@ -187,7 +228,7 @@ impl PodIndex {
 
     /// Applies one watcher event. Every path (initial list, re-list, live events) admits pods
     /// through the same [`PodSet::apply`], so a finished or mirror pod never counts.
-    pub fn handle(&self, relist: &mut Relist, event: watcher::Event<Pod>) -> Change {
+    pub fn handle(&self, relist: &mut Relist, event: watcher::Event<WatchedPod>) -> Change {
         match event {
             watcher::Event::Init => {
                 relist.0 = Some(PodSet::default());
@@ -235,7 +276,7 @@ impl PodIndex {
 
     /// The live pod `namespace/name`.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<PodFacts> {
-        self.read().live.pod(namespace, name).cloned()
+        self.read().live.pod(namespace, name)
     }
 
     /// True if a live pod of `namespace/service_account` runs on `node`.
@@ -254,7 +295,7 @@ pub async fn watch(
 ) {
     let metrics = crate::metrics::PodCacheMetrics::new(&cluster);
     let mut relist = Relist::default();
-    crate::kube_watch::each_event::<Pod>(
+    crate::kube_watch::each_event::<WatchedPod>(
         client,
         shutdown,
         |event| match index.handle(&mut relist, event) {
@@ -277,7 +318,7 @@ pub async fn watch(
 mod tests {
     use super::*;
 
-    fn pod(uid: &str, sa: Option<&str>, phase: &str, mirror: bool) -> Pod {
+    fn pod(uid: &str, sa: Option<&str>, phase: &str, mirror: bool) -> WatchedPod {
         let mut meta = serde_json::json!({"name": uid, "namespace": "a", "uid": uid});
         if mirror {
             meta["annotations"] = serde_json::json!({MIRROR_ANNOTATION: "hash"});
@@ -301,6 +342,25 @@ mod tests {
             let events = crate::fuzz::pseudo_random(&mut x, 180);
             crate::fuzz::pods(&events);
         }
+    }
+
+    /// Namespace, service account and node strings are shared while pods use them and
+    /// released with the last one.
+    #[test]
+    fn shared_strings_follow_the_pods() {
+        let mut set = PodSet::default();
+        for uid in ["u1", "u2", "u3"] {
+            set.apply(&pod(uid, Some("x"), "Running", false));
+        }
+        assert_eq!(set.len(), 3);
+        assert_eq!(set.shared_strings(), 3, "a, x and n1, once each");
+        assert!(set.runs_on("a", "x", "n1"));
+        set.delete(&pod("u1", None, "Running", false));
+        set.delete(&pod("u2", None, "Running", false));
+        assert!(set.runs_on("a", "x", "n1"), "u3 still runs there");
+        set.apply(&pod("u3", Some("x"), "Succeeded", false));
+        assert!(!set.runs_on("a", "x", "n1"));
+        assert_eq!((set.len(), set.shared_strings()), (0, 0));
     }
 
     #[test]

@@ -759,16 +759,22 @@ pub async fn delaying_proxy(upstream: Option<String>, delay: Duration) -> String
 
 /// Retries `check` every 100 ms until it yields a value; fails the test naming `what` after
 /// 20 s. For things the signer does on its own timers (refreshes, recovery, readiness).
-pub async fn eventually_some<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+pub async fn eventually_some<T>(what: &str, check: impl AsyncFnMut() -> Option<T>) -> T {
+    eventually_some_within(what, Duration::from_secs(20), check).await
+}
+
+/// [`eventually_some`] with its own time limit.
+pub async fn eventually_some_within<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(value) = check().await {
             return value;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{what} did not happen"
-        );
+        assert!(start.elapsed() < limit, "{what} did not happen");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
