@@ -13,8 +13,11 @@ mod support;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer};
 use istio_vault_ca::loadgen::{self, LoadOptions, Report};
 use support::cluster::Cluster;
+use support::netns::Lab;
+use support::process::SignerProcess;
 use support::{Env, OpenBao, eventually, sample};
 
 /// The signer on `cluster`, every node listed in `vault.addr`.
@@ -32,14 +35,35 @@ async fn signer_on(cluster: &Cluster, setup: PathBuf) -> Env {
 /// `requests` requests from distinct identities (mixed pilot-agent RSA / ztunnel P-256), every
 /// answer verified.
 fn load(env: &Env, identities: usize, requests: usize, concurrency: usize) -> LoadOptions {
-    let key = env.dir.path().join("jwt-key.pem");
-    std::fs::write(&key, env.issuer.key_pem()).unwrap();
+    load_to(
+        &env.addr,
+        &env.setup_dir,
+        &env.issuer,
+        env.dir.path(),
+        identities,
+        requests,
+        concurrency,
+    )
+}
+
+/// [`load`] against the signer at `addr`, set up in `setup`, trusting `issuer`'s tokens.
+fn load_to(
+    addr: &str,
+    setup: &std::path::Path,
+    issuer: &DevIssuer,
+    scratch: &std::path::Path,
+    identities: usize,
+    requests: usize,
+    concurrency: usize,
+) -> LoadOptions {
+    let key = scratch.join("jwt-key.pem");
+    std::fs::write(&key, issuer.key_pem()).unwrap();
     LoadOptions {
-        addr: env.addr.clone(),
-        ca_file: Some(env.setup_dir.join("tls/root-cert.pem")),
+        addr: addr.to_owned(),
+        ca_file: Some(setup.join("tls/root-cert.pem")),
         server_name: Some("localhost".into()),
         jwt_key: Some(key),
-        jwt_issuer: env.issuer.issuer().to_owned(),
+        jwt_issuer: issuer.issuer().to_owned(),
         trust_domain: "cluster.local".into(),
         identities,
         rsa_fraction: 0.5,
@@ -55,7 +79,7 @@ fn load(env: &Env, identities: usize, requests: usize, concurrency: usize) -> Lo
         vault_token_file: None,
         vault_mount: support::MOUNT.into(),
         vault_role: support::ROLE.into(),
-        verify_roots: Some(env.setup_dir.join("tls/root-cert.pem")),
+        verify_roots: Some(setup.join("tls/root-cert.pem")),
         retries: 0,
         rss_pid: None,
         vault_pid: None,
@@ -254,4 +278,89 @@ async fn sealed_node_and_a_stopped_single_address() {
         .is_ok()
     })
     .await;
+}
+
+/// A real partition, where the machine lets tests make network namespaces: each node in its
+/// own namespace, the signer (its own process) in a router namespace between them. The active
+/// node is cut off from the other two while requests stream in; the signer still reaches it.
+/// The two others elect a new leader; every request is answered with a verified chain for
+/// the identity asked, whichever node signed it. Healed, the node rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_active_node_yields_only_verified_chains() {
+    let lab = match Lab::create(3) {
+        Ok(lab) => lab,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED: this machine does not let the test build network namespaces: {why}"
+            );
+            return;
+        }
+    };
+    let cluster = Cluster::start_in(&lab, 3).await;
+    let setup = cluster.setup().await;
+    let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
+    let signer = SignerProcess::start_in(
+        Some(&lab.router()),
+        &lab.router_ip(),
+        &cluster.addrs(),
+        &setup,
+        "",
+        "info",
+        issuer,
+    )
+    .await;
+    let opts = load_to(
+        &signer.addr.to_string(),
+        &setup,
+        &signer.issuer,
+        signer.dir.path(),
+        1500,
+        1500,
+        16,
+    );
+    let answered = async || {
+        let text = signer.metrics().await;
+        text.lines()
+            .filter(|l| l.starts_with("istio_vault_ca_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let stream = tokio::spawn(async move { loadgen::run(&opts).await.unwrap() });
+    eventually("requests under way", async || answered().await >= 200.0).await;
+    let cut = cluster.active().await;
+    lab.isolate(cut);
+    eprintln!("node {cut} (active) cut off from its peers");
+    let others: Vec<usize> = (0..3).filter(|&i| i != cut).collect();
+    support::eventually_some_within(
+        "a new leader among the others",
+        Duration::from_secs(60),
+        async || {
+            for &i in &others {
+                if cluster.health(i).await == 200 {
+                    return Some(i);
+                }
+            }
+            None
+        },
+    )
+    .await;
+    let report = stream.await.unwrap();
+    eprintln!("{}", report.text());
+    assert_all_ok(&report, 1500);
+    let shares: Vec<usize> = (0..3).map(|i| cluster.sign_calls(i)).collect();
+    eprintln!("sign calls per node (audit logs): {shares:?}, node {cut} cut off");
+    lab.heal(cut);
+    cluster.wait_state(cut, &[429, 200]).await;
+    let after = loadgen::run(&load_to(
+        &signer.addr.to_string(),
+        &setup,
+        &signer.issuer,
+        signer.dir.path(),
+        200,
+        200,
+        8,
+    ))
+    .await
+    .unwrap();
+    assert_all_ok(&after, 200);
 }

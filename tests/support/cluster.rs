@@ -22,9 +22,27 @@ impl Cluster {
     /// Starts `n` nodes, initialises the first, joins the others, and waits until all are
     /// raft voters and unsealed.
     pub async fn start(n: usize) -> Self {
+        Self::start_placed(n, |_| {
+            let port = free_port_pair();
+            ("127.0.0.1".to_owned(), port, None)
+        })
+        .await
+    }
+
+    /// [`Cluster::start`] with node `i` in `lab`'s namespace for it, on its own address.
+    pub async fn start_in(lab: &super::netns::Lab, n: usize) -> Self {
+        Self::start_placed(n, |i| (lab.node_ip(i), 8200, Some(lab.node(i)))).await
+    }
+
+    /// Node `i` listens on `place(i)`: (host, port, network namespace).
+    async fn start_placed(
+        n: usize,
+        place: impl Fn(usize) -> (String, u16, Option<String>),
+    ) -> Self {
         let mut nodes = Vec::new();
         for i in 0..n {
-            nodes.push(raft_node(&format!("node{i}")));
+            let (host, port, netns) = place(i);
+            nodes.push(raft_node(&format!("node{i}"), &host, port, netns));
         }
         for node in &nodes {
             node.wait_responding().await;
@@ -197,35 +215,35 @@ impl Cluster {
 }
 
 /// Writes node `id`'s configuration into a new directory and starts it (sealed, not
-/// initialised).
-fn raft_node(id: &str) -> OpenBao {
+/// initialised) on `host:port` (cluster port `port + 1`), in `netns` if given.
+fn raft_node(id: &str, host: &str, port: u16, netns: Option<String>) -> OpenBao {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port_pair();
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
     std::fs::write(
         dir.path().join("server.hcl"),
-        node_config(dir.path(), id, port),
+        node_config(dir.path(), id, host, port),
     )
     .unwrap();
     let mut bao = OpenBao {
         child: None,
         port,
-        addr: format!("http://127.0.0.1:{port}"),
+        addr: format!("http://{host}:{port}"),
         root_token: String::new(),
         dir,
         unseal_key: None,
+        netns,
     };
     bao.spawn();
     bao
 }
 
-fn node_config(dir: &Path, id: &str, port: u16) -> String {
+fn node_config(dir: &Path, id: &str, host: &str, port: u16) -> String {
     format!(
         "storage \"raft\" {{\n  path = \"{data}\"\n  node_id = \"{id}\"\n  performance_multiplier = 1\n}}\n\
-         listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  cluster_address = \"127.0.0.1:{cport}\"\n  tls_disable = true\n}}\n\
-         api_addr = \"http://127.0.0.1:{port}\"\n\
+         listener \"tcp\" {{\n  address = \"{host}:{port}\"\n  cluster_address = \"{host}:{cport}\"\n  tls_disable = true\n}}\n\
+         api_addr = \"http://{host}:{port}\"\n\
          # The cluster port always speaks TLS.\n\
-         cluster_addr = \"https://127.0.0.1:{cport}\"\n\
+         cluster_addr = \"https://{host}:{cport}\"\n\
          # Relative to each node's working directory: the audit table is replicated, so every\n\
          # node must declare the same path, yet each keeps its own log.\n\
          audit \"file\" \"test\" {{\n  options {{\n    file_path = \"audit.log\"\n  }}\n}}\n",

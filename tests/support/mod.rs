@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod kube_api;
+pub mod netns;
 pub mod pod_api;
 pub mod process;
 
@@ -64,6 +65,8 @@ pub struct OpenBao {
     pub dir: tempfile::TempDir,
     /// Set for a persistent server: its unseal key.
     unseal_key: Option<String>,
+    /// The network namespace it runs in (`ip netns exec`), if not this one.
+    netns: Option<String>,
 }
 
 impl OpenBao {
@@ -109,6 +112,7 @@ impl OpenBao {
                 root_token: format!("root-{port}"),
                 dir,
                 unseal_key: None,
+                netns: None,
             };
             if tls {
                 std::fs::create_dir_all(bao.dir.path().join("tls")).unwrap();
@@ -139,6 +143,7 @@ impl OpenBao {
             root_token: root_token.to_owned(),
             dir: tempfile::tempdir().unwrap(),
             unseal_key: None,
+            netns: None,
         }
     }
 
@@ -165,6 +170,7 @@ impl OpenBao {
             root_token: String::new(),
             dir,
             unseal_key: None,
+            netns: None,
         };
         bao.spawn();
         bao.wait_responding().await;
@@ -253,7 +259,15 @@ impl OpenBao {
                 self.dir.path().join("tls").display()
             ));
         }
-        let child = Command::new(bao_bin())
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bao_bin());
+                c
+            }
+            None => Command::new(bao_bin()),
+        };
+        let child = command
             .args(&args)
             .current_dir(self.dir.path())
             .stdout(Stdio::from(log.try_clone().unwrap()))

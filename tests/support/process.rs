@@ -46,6 +46,29 @@ impl SignerProcess {
         log_level: &str,
         issuer: DevIssuer,
     ) -> Self {
+        Self::start_in(
+            None,
+            "127.0.0.1",
+            vault_addr,
+            setup,
+            server_extra,
+            log_level,
+            issuer,
+        )
+        .await
+    }
+
+    /// [`SignerProcess::start`] inside network namespace `netns` (`ip netns exec`), listening
+    /// on `host`.
+    pub async fn start_in(
+        netns: Option<&str>,
+        host: &str,
+        vault_addr: &str,
+        setup: &Path,
+        server_extra: &str,
+        log_level: &str,
+        issuer: DevIssuer,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let jwks = dir.path().join("jwks.json");
         std::fs::write(&jwks, issuer.jwks_json()).unwrap();
@@ -53,7 +76,7 @@ impl SignerProcess {
         let config = format!(
             r#"
 [server]
-listen = "127.0.0.1:{port}"
+listen = "{host}:{port}"
 cert_file = "{tls}/tls.crt"
 key_file = "{tls}/tls.key"
 {server_extra}
@@ -63,7 +86,7 @@ jwks_file = "{jwks}"
 addr = "{vault_addr}"
 token_file = "{setup}/vault-token"
 [admin]
-listen = "127.0.0.1:{admin_port}"
+listen = "{host}:{admin_port}"
 [audit]
 enabled = false
 [log]
@@ -79,7 +102,16 @@ level = "{log_level}"
         // ABUSE_BIN: measure another build (e.g. target/release/istio-vault-ca).
         let bin = std::env::var("ABUSE_BIN")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_istio-vault-ca").to_owned());
-        let child = Command::new(bin)
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let ip: std::net::IpAddr = host.parse().unwrap();
+        let child = command
             .args(["serve", "--config"])
             .arg(&path)
             .stdout(Stdio::null())
@@ -88,8 +120,8 @@ level = "{log_level}"
             .unwrap();
         let signer = Self {
             child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            addr: SocketAddr::new(ip, port),
+            admin: SocketAddr::new(ip, admin_port),
             ca_pem: std::fs::read(setup.join("tls/root-cert.pem")).unwrap(),
             issuer,
             dir,
