@@ -32,58 +32,19 @@ async fn signer_on(cluster: &Cluster, setup: PathBuf) -> Env {
     .await
 }
 
-/// `requests` requests from distinct identities (mixed pilot-agent RSA / ztunnel P-256), every
-/// answer verified.
+/// `requests` verified requests from distinct identities to `env`'s signer.
 fn load(env: &Env, identities: usize, requests: usize, concurrency: usize) -> LoadOptions {
-    load_to(
-        &env.addr,
-        &env.setup_dir,
-        &env.issuer,
-        env.dir.path(),
-        identities,
-        requests,
-        concurrency,
-    )
-}
-
-/// [`load`] against the signer at `addr`, set up in `setup`, trusting `issuer`'s tokens.
-fn load_to(
-    addr: &str,
-    setup: &std::path::Path,
-    issuer: &DevIssuer,
-    scratch: &std::path::Path,
-    identities: usize,
-    requests: usize,
-    concurrency: usize,
-) -> LoadOptions {
-    let key = scratch.join("jwt-key.pem");
-    std::fs::write(&key, issuer.key_pem()).unwrap();
+    let roots = env.setup_dir.join("tls/root-cert.pem");
     LoadOptions {
-        addr: addr.to_owned(),
-        ca_file: Some(setup.join("tls/root-cert.pem")),
-        server_name: Some("localhost".into()),
-        jwt_key: Some(key),
-        jwt_issuer: issuer.issuer().to_owned(),
-        trust_domain: "cluster.local".into(),
         identities,
-        rsa_fraction: 0.5,
-        key_pool: 4,
-        concurrency,
-        connections: 4,
-        client_nagle: false,
-        requests: Some(requests),
-        duration: None,
-        ttl: Duration::from_secs(3600),
-        direct_vault: false,
-        vault_addr: String::new(),
-        vault_token_file: None,
-        vault_mount: support::MOUNT.into(),
-        vault_role: support::ROLE.into(),
-        verify_roots: Some(setup.join("tls/root-cert.pem")),
-        retries: 0,
-        rss_pid: None,
-        vault_pid: None,
-        progress: Duration::ZERO,
+        ..support::verified_load(
+            &env.addr,
+            &roots,
+            &env.issuer,
+            env.dir.path(),
+            requests,
+            concurrency,
+        )
     }
 }
 
@@ -309,22 +270,20 @@ async fn partitioned_active_node_yields_only_verified_chains() {
         issuer,
     )
     .await;
-    let opts = load_to(
-        &signer.addr.to_string(),
-        &setup,
-        &signer.issuer,
-        signer.dir.path(),
-        1500,
-        1500,
-        16,
-    );
-    let answered = async || {
-        let text = signer.metrics().await;
-        text.lines()
-            .filter(|l| l.starts_with("istio_vault_ca_requests_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
+    let roots = setup.join("tls/root-cert.pem");
+    let to_signer = |requests, concurrency| {
+        let addr = signer.addr.to_string();
+        support::verified_load(
+            &addr,
+            &roots,
+            &signer.issuer,
+            signer.dir.path(),
+            requests,
+            concurrency,
+        )
     };
+    let opts = to_signer(1500, 16);
+    let answered = async || support::requests_answered(&signer.metrics().await);
     let stream = tokio::spawn(async move { loadgen::run(&opts).await.unwrap() });
     eventually("requests under way", async || answered().await >= 200.0).await;
     let cut = cluster.active().await;
@@ -351,16 +310,6 @@ async fn partitioned_active_node_yields_only_verified_chains() {
     eprintln!("sign calls per node (audit logs): {shares:?}, node {cut} cut off");
     lab.heal(cut);
     cluster.wait_state(cut, &[429, 200]).await;
-    let after = loadgen::run(&load_to(
-        &signer.addr.to_string(),
-        &setup,
-        &signer.issuer,
-        signer.dir.path(),
-        200,
-        200,
-        8,
-    ))
-    .await
-    .unwrap();
+    let after = loadgen::run(&to_signer(200, 8)).await.unwrap();
     assert_all_ok(&after, 200);
 }

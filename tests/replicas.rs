@@ -15,47 +15,20 @@ use istio_vault_ca::loadgen::{self, LoadOptions};
 use support::process::SignerProcess;
 use support::{OpenBao, eventually, sample};
 
+/// `requests` verified requests spread over both replicas, retried as the agents retry.
 fn load(a: &SignerProcess, b: &SignerProcess, requests: usize) -> LoadOptions {
-    let key = a.dir.path().join("jwt-key.pem");
-    std::fs::write(&key, a.issuer.key_pem()).unwrap();
     let roots = a.dir.path().join("roots.pem");
     std::fs::write(&roots, &a.ca_pem).unwrap();
+    let addrs = format!("{},{}", a.addr, b.addr);
     LoadOptions {
-        addr: format!("{},{}", a.addr, b.addr),
-        ca_file: Some(roots.clone()),
-        server_name: Some("localhost".into()),
-        jwt_key: Some(key),
-        jwt_issuer: a.issuer.issuer().to_owned(),
-        trust_domain: "cluster.local".into(),
-        identities: requests,
-        rsa_fraction: 0.5,
-        key_pool: 4,
-        concurrency: 32,
-        connections: 4,
-        client_nagle: false,
-        requests: Some(requests),
-        duration: None,
-        ttl: Duration::from_secs(3600),
-        direct_vault: false,
-        vault_addr: String::new(),
-        vault_token_file: None,
-        vault_mount: support::MOUNT.into(),
-        vault_role: support::ROLE.into(),
-        verify_roots: Some(roots),
         retries: 3,
-        rss_pid: None,
-        vault_pid: None,
-        progress: Duration::ZERO,
+        ..support::verified_load(&addrs, &roots, &a.issuer, a.dir.path(), requests, 32)
     }
 }
 
 /// Requests a replica has answered (any outcome).
 async fn answered(signer: &SignerProcess) -> f64 {
-    let text = signer.metrics().await;
-    text.lines()
-        .filter(|l| l.starts_with("istio_vault_ca_requests_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    support::requests_answered(&signer.metrics().await)
 }
 
 /// Two replicas trusting the same token issuer, configured by one setup of `bao`; `a` talks

@@ -808,3 +808,55 @@ pub fn setup_root_cert(config: &Config) -> PathBuf {
         .expect("test config has a serving certificate file")
         .with_file_name("root-cert.pem")
 }
+
+/// A load-generator run against the signer(s) at `addr` (comma-separated for several):
+/// `requests` distinct identities, mixed pilot-agent RSA / ztunnel P-256, each answer checked
+/// as a workload would against `roots` (`--verify-roots`), tokens from `issuer` (its key
+/// written into `scratch`), no retries.
+pub fn verified_load(
+    addr: &str,
+    roots: &Path,
+    issuer: &DevIssuer,
+    scratch: &Path,
+    requests: usize,
+    concurrency: usize,
+) -> istio_vault_ca::loadgen::LoadOptions {
+    let key = scratch.join("jwt-key.pem");
+    std::fs::write(&key, issuer.key_pem()).unwrap();
+    istio_vault_ca::loadgen::LoadOptions {
+        addr: addr.to_owned(),
+        ca_file: Some(roots.to_owned()),
+        server_name: Some("localhost".into()),
+        jwt_key: Some(key),
+        jwt_issuer: issuer.issuer().to_owned(),
+        trust_domain: "cluster.local".into(),
+        identities: requests,
+        rsa_fraction: 0.5,
+        key_pool: 4,
+        concurrency,
+        connections: 4,
+        client_nagle: false,
+        requests: Some(requests),
+        duration: None,
+        ttl: Duration::from_secs(3600),
+        direct_vault: false,
+        vault_addr: String::new(),
+        vault_token_file: None,
+        vault_mount: MOUNT.into(),
+        vault_role: ROLE.into(),
+        verify_roots: Some(roots.to_owned()),
+        retries: 0,
+        rss_pid: None,
+        vault_pid: None,
+        progress: Duration::ZERO,
+    }
+}
+
+/// Requests a signer has answered (any outcome), from its `/metrics` text.
+pub fn requests_answered(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("istio_vault_ca_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
