@@ -28,6 +28,30 @@ async fn keep_issuing(env: &Env, period: Duration) -> usize {
 }
 
 /// Enables a JWT auth mount at `mount` that trusts `idp`'s key and issuer.
+/// Revokes every token auth mount `mount` issued, then requests a certificate: the call gets
+/// 403, the signer logs in again once and retries, the caller never sees the failure. Returns
+/// the audit log's responses to `auth/<mount>/login` so far.
+async fn relogin_after_revocation(env: &Env, mount: &str) -> Vec<String> {
+    env.bao
+        .api(
+            "POST",
+            &format!("sys/leases/revoke-prefix/auth/{mount}"),
+            serde_json::json!({}),
+        )
+        .await;
+    let demo = id("default", "demo");
+    env.request(Shape::Ztunnel, &demo, &env.opts("default", "demo"))
+        .await
+        .expect("issued after a forced re-login");
+    let path = format!("\"path\":\"auth/{mount}/login\"");
+    std::fs::read_to_string(env.bao.audit_log())
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"type\":\"response\"") && l.contains(&path))
+        .map(str::to_owned)
+        .collect()
+}
+
 async fn enable_jwt_auth(bao: &OpenBao, mount: &str, idp: &DevIssuer) {
     bao.api(
         "POST",
@@ -175,22 +199,8 @@ async fn jwt_login_and_relogin_after_revocation() {
 
     // Revoke every token the jwt mount issued: the next call gets 403, the signer logs in
     // again once and retries; the caller never sees the failure.
-    env.bao
-        .api(
-            "POST",
-            "sys/leases/revoke-prefix/auth/jwt",
-            serde_json::json!({}),
-        )
-        .await;
-    env.request(Shape::PilotAgent, &demo, &opts)
-        .await
-        .expect("issued after a forced re-login");
-    let logins = std::fs::read_to_string(env.bao.audit_log())
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("\"type\":\"request\"") && l.contains("\"path\":\"auth/jwt/login\""))
-        .count();
-    assert_eq!(logins, 2);
+    let logins = relogin_after_revocation(&env, "jwt").await;
+    assert_eq!(logins.len(), 2);
 }
 
 /// Everything inside an OpenBao namespace: the setup script and the signer send
@@ -376,27 +386,13 @@ async fn cert_login_with_the_client_certificate() {
         .await
         .expect("issued with the cert-login token");
 
-    env.bao
-        .api(
-            "POST",
-            "sys/leases/revoke-prefix/auth/cert",
-            serde_json::json!({}),
-        )
-        .await;
-    env.request(Shape::Ztunnel, &demo, &opts)
-        .await
-        .expect("issued after a forced re-login");
-    let logins = std::fs::read_to_string(env.bao.audit_log())
-        .unwrap()
-        .lines()
-        .filter(|l| {
-            l.contains("\"type\":\"response\"") && l.contains("\"path\":\"auth/cert/login\"")
-        })
-        .filter(|l| l.contains("\"policies\":[\"istio-vault-ca\"]"))
-        .count();
-    assert_eq!(
-        logins, 2,
-        "two cert logins, each granted the signer's policy"
+    let logins = relogin_after_revocation(&env, "cert").await;
+    assert_eq!(logins.len(), 2, "two cert logins");
+    assert!(
+        logins
+            .iter()
+            .all(|l| l.contains("\"policies\":[\"istio-vault-ca\"]")),
+        "each granted the signer's policy"
     );
 
     // A role that trusts another CA refuses this certificate.

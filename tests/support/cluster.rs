@@ -47,17 +47,7 @@ impl Cluster {
         for node in &nodes {
             node.wait_responding().await;
         }
-        let init: serde_json::Value = http()
-            .put(format!("{}/v1/sys/init", nodes[0].addr))
-            .json(&serde_json::json!({"secret_shares": 1, "secret_threshold": 1}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let root_token = init["root_token"].as_str().unwrap().to_owned();
-        let unseal_key = init["keys"][0].as_str().unwrap().to_owned();
+        let (root_token, unseal_key) = nodes[0].init().await;
         for node in &mut nodes {
             node.root_token = root_token.clone();
             node.unseal_key = Some(unseal_key.clone());

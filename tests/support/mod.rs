@@ -174,8 +174,17 @@ impl OpenBao {
         };
         bao.spawn();
         bao.wait_responding().await;
+        let (root_token, unseal_key) = bao.init().await;
+        bao.root_token = root_token;
+        bao.unseal_key = Some(unseal_key);
+        bao.unseal().await;
+        bao
+    }
+
+    /// `sys/init` with one key share: (root token, unseal key).
+    pub async fn init(&self) -> (String, String) {
         let init: serde_json::Value = http()
-            .put(format!("{}/v1/sys/init", bao.addr))
+            .put(format!("{}/v1/sys/init", self.addr))
             .json(&serde_json::json!({"secret_shares": 1, "secret_threshold": 1}))
             .send()
             .await
@@ -183,10 +192,10 @@ impl OpenBao {
             .json()
             .await
             .unwrap();
-        bao.root_token = init["root_token"].as_str().unwrap().to_owned();
-        bao.unseal_key = Some(init["keys"][0].as_str().unwrap().to_owned());
-        bao.unseal().await;
-        bao
+        (
+            init["root_token"].as_str().unwrap().to_owned(),
+            init["keys"][0].as_str().unwrap().to_owned(),
+        )
     }
 
     /// Unseals a persistent server and waits until it is active.
