@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -125,29 +125,40 @@ fn leaf(c: &mut Criterion) {
 
 /// The whole handler minus Vault: authenticate (RS256, as Kubernetes signs), authorize, CSR
 /// policy, TTL, leaf verification and chain assembly against a canned Vault answer.
-fn handler(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = DevIssuer::generate_with(DEFAULT_ISSUER, jsonwebtoken::Algorithm::RS256).unwrap();
-    let jwks = dir.path().join("jwks.json");
-    std::fs::write(&jwks, issuer.jwks_json()).unwrap();
-    let mut config = Config::default();
-    config.auth.jwt.jwks_file = Some(jwks);
-    config.vault.token_file = None;
-    // Every iteration reuses one token: without this the result cache would skip the JWT
-    // verification the figure is meant to include (a new pod's first request).
-    config.auth.cache_size = 0;
-    let td = TrustDomain::new("cluster.local").unwrap();
-    for shape in [Shape::Ztunnel, Shape::PilotAgent] {
+/// Everything one handler call needs, with Vault's answer canned: the route table's roots come
+/// from a file, so building it calls no Vault.
+struct HandlerFixture {
+    rt: tokio::runtime::Runtime,
+    signer: Signer,
+    token: String,
+    csr_pem: String,
+    signed: SignedCert,
+    _dir: tempfile::TempDir,
+}
+
+impl HandlerFixture {
+    fn new(shape: Shape) -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let issuer =
+            DevIssuer::generate_with(DEFAULT_ISSUER, jsonwebtoken::Algorithm::RS256).unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, issuer.jwks_json()).unwrap();
+        let mut config = Config::default();
+        config.auth.jwt.jwks_file = Some(jwks);
+        config.vault.token_file = None;
+        // Every iteration reuses one token: without this the result cache would skip the JWT
+        // verification the figure is meant to include (a new pod's first request).
+        config.auth.cache_size = 0;
+        let td = TrustDomain::new("cluster.local").unwrap();
         let id: SpiffeId = "spiffe://cluster.local/ns/default/sa/demo".parse().unwrap();
         let kc = generate_csr(shape, &id).unwrap();
         let (signed, root) = canned(&kc, &id);
         let token = issuer.token(&TokenSpec::new("default", "demo")).unwrap();
-        // The roots from a file: building the route table calls no Vault.
-        let roots = dir.path().join(format!("root-{shape:?}.pem"));
+        let roots = dir.path().join("root.pem");
         std::fs::write(&roots, &root).unwrap();
         config.bundle.file = Some(roots);
         let vault = VaultClient::new(&config.vault).unwrap();
@@ -170,29 +181,80 @@ fn handler(c: &mut Criterion) {
             delegation: None,
             impersonation: None,
         };
+        Self {
+            rt,
+            signer,
+            token,
+            csr_pem: kc.csr_pem,
+            signed,
+            _dir: dir,
+        }
+    }
+
+    /// One request through the handler: authentication, authorization, CSR policy, TTL, and
+    /// the leaf verification and chain of Vault's (canned) answer. Never inlined, so
+    /// `callgrind --toggle-collect` can count exactly this.
+    #[inline(never)]
+    fn handle_once(&self) {
         let ids = ["Kubernetes"];
         let req = CertificateRequest {
             credentials: Credentials {
-                bearer: Some(&token),
+                bearer: Some(&self.token),
                 cluster_ids: &ids,
                 peer_chain: &[],
             },
-            csr_pem: &kc.csr_pem,
+            csr_pem: &self.csr_pem,
             validity_seconds: 86400,
             impersonated_identity: None,
             cert_signer: None,
         };
+        let caller = self
+            .rt
+            .block_on(self.signer.authn.authenticate(req.credentials))
+            .unwrap();
+        let approved = self.signer.approve(&caller, &req).unwrap();
+        let chain = self
+            .signer
+            .finish(approved, &self.signed, SystemTime::now())
+            .unwrap();
+        std::hint::black_box(chain);
+    }
+}
+
+fn handler(c: &mut Criterion) {
+    for shape in [Shape::Ztunnel, Shape::PilotAgent] {
+        let fixture = HandlerFixture::new(shape);
         c.bench_function(&format!("handler_without_vault/{shape:?}"), |b| {
-            b.iter(|| {
-                let caller = rt
-                    .block_on(signer.authn.authenticate(req.credentials))
-                    .unwrap();
-                let approved = signer.approve(&caller, &req).unwrap();
-                signer.finish(approved, &signed, SystemTime::now()).unwrap()
-            })
+            b.iter(|| fixture.handle_once())
         });
     }
 }
 
+/// `HANDLER_INSTRUCTIONS=<ztunnel|agent>:<n>`: no criterion, just `n` handler calls of that
+/// shape after one warm-up call, for `scripts/instructions.sh` to count under callgrind.
+fn instructions(spec: &str) {
+    let (shape, n) = spec
+        .split_once(':')
+        .expect("HANDLER_INSTRUCTIONS=<shape>:<n>");
+    let shape = match shape {
+        "ztunnel" => Shape::Ztunnel,
+        "agent" => Shape::PilotAgent,
+        other => panic!("unknown shape {other:?}"),
+    };
+    let n: usize = n.parse().expect("a count");
+    let fixture = HandlerFixture::new(shape);
+    fixture.handle_once();
+    for _ in 0..n {
+        fixture.handle_once();
+    }
+}
+
 criterion_group!(benches, csr, jwt, leaf, handler);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(spec) = std::env::var("HANDLER_INSTRUCTIONS") {
+        return instructions(&spec);
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

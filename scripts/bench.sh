@@ -125,3 +125,9 @@ for n, x in r.items():
     print(f"  {n:13s} {f(x.get('cpu_us_per_request')):>5s} | {f(x.get('vault_cpu_us_per_request')):>5s} | {f(x.get('loadgen_cpu_us_per_request')):>5s}")
 print(f"signer process CPU per request: {r['c32-signer']['cpu_us_per_request']:.0f} us at c=32, {r['storm-signer']['cpu_us_per_request']:.0f} us in the storm (TLS, gRPC, JWT, CSR, Vault client, leaf check, logging)")
 PY
+# Instruction counts of the handler alone (repeatable where the timings above are not).
+if command -v valgrind >/dev/null; then
+  scripts/instructions.sh
+else
+  echo "handler instruction counts skipped: valgrind is not installed" >&2
+fi
