@@ -1,24 +1,77 @@
 #!/usr/bin/env bash
-# Instructions per request of the signer's handler (authentication with an RS256 token,
-# authorization, CSR policy and self-signature, TTL, leaf verification and chain of a canned
-# Vault answer; no network), counted by valgrind's callgrind around the never-inlined
-# `handle_once` of benches/hot_path.rs. Counts are repeatable where timings are not: the
-# figure is (instructions of 60 calls - instructions of 10 calls) / 50, so the first call's
-# one-time costs drop out. Release build (the bench profile).
-#   scripts/instructions.sh            # both shapes
+# Instructions per request, counted by valgrind's callgrind (repeatable where timings are not):
+#  1. the handler alone (authentication with an RS256 token, authorization, CSR policy and
+#     self-signature, TTL, leaf verification and chain of a canned Vault answer; no network):
+#     `HandlerFixture::handle_once` of benches/hot_path.rs, both client shapes;
+#  2. the whole signer process (release binary, TLS, HTTP/2, Vault client, logging at info)
+#     serving the load generator's mixed RSA/P-256 requests against a local OpenBao.
+# Each figure is (count for many calls - count for few calls) / the difference, so start-up
+# and first-call costs drop out. User-space instructions only: the kernel's share of the CPU
+# (loopback TCP, epoll, futex) is in the CPU times of scripts/bench.sh.
+#   scripts/instructions.sh            # both
+#   PROCESS=0 scripts/instructions.sh  # the handler only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 2; }
-bin=$(cargo bench --locked --bench hot_path --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))/\1/p' | tail -n 1)
-[ -x "$bin" ] || { echo "bench binary not found" >&2; exit 1; }
+bench=$(cargo bench --locked --bench hot_path --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))/\1/p' | tail -n 1)
+[ -x "$bench" ] || { echo "bench binary not found" >&2; exit 1; }
 out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-count() { # shape calls -> instructions collected inside handle_once
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$out"; }
+trap cleanup EXIT
+collected() { sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$1"; }
+
+handler() { # shape calls -> instructions inside handle_once
   HANDLER_INSTRUCTIONS="$1:$2" valgrind --tool=callgrind --toggle-collect='*handle_once*' \
-    --callgrind-out-file="$out/cg.$1.$2" "$bin" 2>&1 | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
+    --callgrind-out-file="$out/cg.$1.$2" "$bench" 2>"$out/vg.$1.$2"
+  collected "$out/vg.$1.$2"
 }
 for shape in ztunnel agent; do
-  few=$(count "$shape" 10)
-  many=$(count "$shape" 60)
+  few=$(handler "$shape" 10)
+  many=$(handler "$shape" 60)
   echo "handler instructions per request, $shape shape: $(( (many - few) / 50 ))"
 done
+[ "${PROCESS:-1}" = 0 ] && exit 0
+
+cargo build --quiet --release --locked --bin istio-vault-ca
+bin=$PWD/target/release/istio-vault-ca
+BAO=$(scripts/ensure-openbao.sh)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 600); do python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=1)" "$1" 2>/dev/null && return 0; sleep 0.2; done; return 1; }
+bao_port=$(free_port)
+"$BAO" server -dev -dev-root-token-id=root -dev-listen-address="127.0.0.1:$bao_port" -dev-no-store-token >"$out/openbao.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$bao_port/v1/sys/health"
+python3 deploy/vault/setup.py --addr "http://127.0.0.1:$bao_port" --token root \
+  --token-file "$out/vault-token" --serving-cert-dir "$out/tls" 2>/dev/null
+"$bin" dev-issuer init --dir "$out/jwt" 2>/dev/null
+process() { # requests -> instructions of the signer process over its whole life
+  local n=$1 port admin
+  port=$(free_port); admin=$(free_port)
+  cat >"$out/config.toml" <<EOT
+[server]
+listen = "127.0.0.1:$port"
+cert_file = "$out/tls/tls.crt"
+key_file = "$out/tls/tls.key"
+[auth.jwt]
+jwks_file = "$out/jwt/jwks.json"
+[vault]
+addr = "http://127.0.0.1:$bao_port"
+token_file = "$out/vault-token"
+[admin]
+listen = "127.0.0.1:$admin"
+EOT
+  valgrind --tool=callgrind --callgrind-out-file="$out/cg.process.$n" "$bin" serve --config "$out/config.toml" \
+    >/dev/null 2>"$out/vg.process.$n" &
+  local pid=$!
+  wait_http "http://127.0.0.1:$admin/readyz"
+  "$bin" loadgen --addr "127.0.0.1:$port" --ca-file "$out/tls/root-cert.pem" --server-name localhost \
+    --jwt-key "$out/jwt/jwt-key.pem" --identities "$n" --requests "$n" --concurrency 4 --connections 2 \
+    --progress 0s >"$out/load.$n" 2>&1
+  grep -q "errors none" "$out/load.$n" || { cat "$out/load.$n" >&2; exit 1; }
+  kill -TERM "$pid"; wait "$pid" || true
+  collected "$out/vg.process.$n"
+}
+few=$(process 50)
+many=$(process 550)
+echo "signer process instructions per request (mixed shapes, new identity each): $(( (many - few) / 500 ))"
