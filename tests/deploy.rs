@@ -509,13 +509,11 @@ fn istiod_certificate_component_grants_one_secret() {
     assert!(kustomization.contains("kind: Component") && kustomization.contains("rbac.yaml"));
 }
 
-/// docs/install.md step 1, run as written (only Vault's address and the admin token
-/// substituted, plus the guide's own addition for a Vault outside the cluster:
-/// `--kubernetes-host`/`--kubernetes-ca-file`) against a real OpenBao, with and without
-/// `--self-issued-serving`: it succeeds, and the serving role it creates signs exactly the names the self-issued overlay
-/// asks for (the overlay would otherwise crash-loop on a name the role refuses).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn install_guide_vault_step_works_as_written() {
+/// docs/install.md step 1's command, run as written in `dir` against `bao`: only Vault's
+/// address, this checkout's `setup.py` and the admin token substituted, plus the guide's own
+/// addition for a Vault outside the cluster (`--kubernetes-host <api_server>` and
+/// `--kubernetes-ca-file`, here a generated CA), and `--self-issued-serving` or not.
+fn run_guide_step1(bao: &support::OpenBao, dir: &Path, api_server: &str, self_issued: bool) {
     let guide =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/install.md"))
             .unwrap();
@@ -523,7 +521,46 @@ async fn install_guide_vault_step_works_as_written() {
     let start = step.find("```sh\n").unwrap() + "```sh\n".len();
     let command = &step[start..start + step[start..].find("```").unwrap()];
     assert!(command.contains("deploy/vault/setup.py"), "{command}");
+    let ca = dir.join("api-server-ca.pem");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
+    let setup_py = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/vault/setup.py");
+    let script = command
+        .replace("https://vault.vault.svc:8200", &bao.addr)
+        .replace("deploy/vault/setup.py", setup_py.to_str().unwrap())
+        .replace(
+            "--kubernetes-auth",
+            &format!(
+                "--kubernetes-auth --kubernetes-host {api_server} --kubernetes-ca-file {}",
+                ca.display()
+            ),
+        )
+        .replace(
+            "[--self-issued-serving]",
+            if self_issued {
+                "--self-issued-serving"
+            } else {
+                ""
+            },
+        );
+    let status = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(dir)
+        .env("ADMIN_TOKEN", &bao.root_token)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the guide's step 1 failed:\n{script}");
+}
 
+/// docs/install.md step 1, run as written (only Vault's address and the admin token
+/// substituted, plus the guide's own addition for a Vault outside the cluster:
+/// `--kubernetes-host`/`--kubernetes-ca-file`) against a real OpenBao, with and without
+/// `--self-issued-serving`: it succeeds, and the serving role it creates signs exactly the names the self-issued overlay
+/// asks for (the overlay would otherwise crash-loop on a name the role refuses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_guide_vault_step_works_as_written() {
     let overlay: toml::Table =
         std::fs::read_to_string(deploy_dir().join("overlays/self-issued/config.toml"))
             .unwrap()
@@ -540,38 +577,8 @@ async fn install_guide_vault_step_works_as_written() {
     for self_issued in [false, true] {
         let bao = support::OpenBao::start().await;
         let dir = tempfile::tempdir().unwrap();
-        // Any PEM CA stands in for the API server's (Vault does not contact it at config time).
-        let ca = dir.path().join("api-server-ca.pem");
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
-        let setup_py = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/vault/setup.py");
-        let script = command
-            .replace("https://vault.vault.svc:8200", &bao.addr)
-            .replace("deploy/vault/setup.py", setup_py.to_str().unwrap())
-            .replace(
-                "--kubernetes-auth",
-                &format!(
-                    "--kubernetes-auth --kubernetes-host https://10.96.0.1:443 --kubernetes-ca-file {}",
-                    ca.display()
-                ),
-            )
-            .replace(
-                "[--self-issued-serving]",
-                if self_issued {
-                    "--self-issued-serving"
-                } else {
-                    ""
-                },
-            );
-        let status = Command::new("bash")
-            .args(["-euo", "pipefail", "-c", &script])
-            .current_dir(dir.path())
-            .env("ADMIN_TOKEN", &bao.root_token)
-            .status()
-            .unwrap();
-        assert!(status.success(), "the guide's step 1 failed:\n{script}");
+        // Vault does not contact the API server at config time.
+        run_guide_step1(&bao, dir.path(), "https://10.96.0.1:443", self_issued);
         assert!(
             dir.path().join("tls/tls.crt").exists(),
             "--serving-cert-dir ./tls"
@@ -669,4 +676,152 @@ fn deployments_mount_only_defined_volumes() {
             assert_eq!(secret_volume, name != "self-issued", "{name}: {volumes:?}");
         }
     }
+}
+
+/// The runbook end to end: after docs/install.md step 1 (run as written, Vault's Kubernetes
+/// auth pointed at a loopback API server), the signer binary starts from the shipped
+/// `base/config.toml` and serves. Only what a cluster provides is substituted: listen
+/// addresses, Vault's address, the mounted files' paths (serving certificate from the guide's
+/// `./tls`, the API server's CA, the pod's token, the token projected for Vault) and the
+/// API server's JWKS address. The signer logs in to Vault with Kubernetes auth (Vault asks
+/// the API server's TokenReview about the projected token), issues a workload certificate,
+/// and writes `istio-ca-root-cert` (trust distribution, on in the shipped config).
+///
+/// Real: OpenBao, setup.py, the signer binary, TLS. The API server (TokenReview, JWKS,
+/// namespaces, ConfigMaps, Leases) is the loopback stand-in of `support::kube_api`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signer_serves_from_the_shipped_config_after_the_guide() {
+    use istio_vault_ca::client::Shape;
+    use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
+    let api = support::kube_api::FakeApi::new(&[("default", false), ("istio-system", false)]);
+    let api_server = api.start().await;
+    let bao = support::OpenBao::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    run_guide_step1(&bao, dir.path(), &api_server, false);
+
+    // What the cluster would give the pod: its API-server token, one projected for Vault, the
+    // API server's JWKS, and a kubeconfig (in-cluster config stands in for it).
+    let cluster = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
+    *api.jwks.lock().unwrap() = Some(cluster.jwks_json());
+    let mut for_vault = TokenSpec::new("istio-system", "istio-vault-ca");
+    for_vault.audiences = vec!["vault".into()];
+    let vault_jwt = cluster.token(&for_vault).unwrap();
+    api.tokens.lock().unwrap().insert(
+        vault_jwt.clone(),
+        (
+            "system:serviceaccount:istio-system:istio-vault-ca".into(),
+            vec!["vault".into()],
+        ),
+    );
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let vault_token = file("vault-token.jwt", &vault_jwt);
+    let pod_token = file(
+        "pod-token.jwt",
+        &cluster
+            .token(&TokenSpec::new("istio-system", "istio-vault-ca"))
+            .unwrap(),
+    );
+    let api_ca = dir.path().join("api-server-ca.pem");
+    let kubeconfig = support::kubeconfig(dir.path(), "kubeconfig", &api_server);
+
+    let (port, admin) = (support::process::free_port(), support::process::free_port());
+    let shipped = std::fs::read_to_string(deploy_dir().join("base/config.toml")).unwrap();
+    let substitutions = [
+        ("0.0.0.0:15012", format!("127.0.0.1:{port}")),
+        ("0.0.0.0:15014", format!("127.0.0.1:{admin}")),
+        ("https://vault.vault.svc:8200", bao.addr.clone()),
+        (
+            "/etc/istio-vault-ca/tls",
+            dir.path().join("tls").display().to_string(),
+        ),
+        (
+            "https://kubernetes.default.svc/openid/v1/jwks",
+            format!("{api_server}/openid/v1/jwks"),
+        ),
+        (
+            "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+            api_ca.display().to_string(),
+        ),
+        (
+            "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            pod_token.display().to_string(),
+        ),
+        (
+            "/var/run/secrets/tokens/vault/token",
+            vault_token.display().to_string(),
+        ),
+    ];
+    let mut config = shipped.clone();
+    for (from, to) in &substitutions {
+        assert!(
+            config.contains(from),
+            "base/config.toml no longer has {from}"
+        );
+        config = config.replace(from, to);
+    }
+    let config_path = file("config.toml", &config);
+
+    let ca_pem = std::fs::read(dir.path().join("tls/root-cert.pem")).unwrap();
+    let signer = support::process::SignerProcess::start_with_config(
+        &config_path,
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        std::net::SocketAddr::from(([127, 0, 0, 1], admin)),
+        ca_pem.clone(),
+        cluster,
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ("POD_NAMESPACE", "istio-system"),
+        ],
+    )
+    .await;
+
+    // A workload's request, as pilot-agent sends it (the guide names the serving certificate
+    // for the Service; the client checks it for that name).
+    let id = support::id("default", "demo");
+    let kc = istio_vault_ca::client::generate_csr(Shape::PilotAgent, &id).unwrap();
+    let opts = istio_vault_ca::client::CallOptions {
+        token: Some(
+            signer
+                .issuer
+                .token(&TokenSpec::new("default", "demo"))
+                .unwrap(),
+        ),
+        cluster_id: Some("Kubernetes".into()),
+        ttl_seconds: 3600,
+        impersonate: None,
+        cert_signer: None,
+    };
+    let req =
+        istio_vault_ca::client::build_request(Shape::PilotAgent, &kc.csr_pem, &id, &opts).unwrap();
+    let mut client = istio_vault_ca::client::connect(
+        &signer.addr.to_string(),
+        &ca_pem,
+        Some("istio-vault-ca.istio-system.svc"),
+    )
+    .await
+    .unwrap();
+    let chain = client
+        .create_certificate(req)
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}\n{}", signer.log()))
+        .into_inner()
+        .cert_chain;
+    let summary = istio_vault_ca::client::inspect_chain(&chain).unwrap();
+    assert_eq!(summary.identity, id.to_string());
+    let logins = std::fs::read_to_string(bao.audit_log())
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.contains("\"type\":\"response\"") && l.contains("\"path\":\"auth/kubernetes/login\"")
+        })
+        .count();
+    assert!(logins >= 1, "the signer logged in with Kubernetes auth");
+    support::eventually("istio-ca-root-cert written", async || {
+        api.root("default").as_deref() == chain.last().map(String::as_str)
+    })
+    .await;
 }

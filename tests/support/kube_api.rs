@@ -19,6 +19,9 @@ use tokio::sync::broadcast;
 
 const CM: &str = "istio-ca-root-cert";
 
+/// What TokenReview says of a token: the username and the audiences it was issued for.
+pub type Reviewed = (String, Vec<String>);
+
 /// A tiny API server: namespaces and ConfigMaps, each listable and watchable.
 #[derive(Clone)]
 pub struct FakeApi {
@@ -39,6 +42,10 @@ pub struct FakeApi {
     version: Arc<AtomicU64>,
     /// `ns/name` → Lease.
     pub leases: Arc<Mutex<BTreeMap<String, Value>>>,
+    /// Tokens TokenReview accepts: token → (username, audiences it was issued for).
+    pub tokens: Arc<Mutex<BTreeMap<String, Reviewed>>>,
+    /// What `/openid/v1/jwks` serves, if set.
+    pub jwks: Arc<Mutex<Option<String>>>,
     namespace_events: broadcast::Sender<Value>,
     configmap_events: broadcast::Sender<Value>,
 }
@@ -88,6 +95,8 @@ impl FakeApi {
             max_in_flight: Default::default(),
             version: Arc::new(AtomicU64::new(100)),
             leases: Default::default(),
+            tokens: Default::default(),
+            jwks: Default::default(),
             namespace_events: broadcast::channel(64).0,
             configmap_events: broadcast::channel(64).0,
         }
@@ -163,6 +172,53 @@ impl FakeApi {
                     .filter(|h| !h.is_empty())
                     .map(str::to_owned)
             })
+    }
+
+    /// TokenReview (`authentication.k8s.io/v1`) of the tokens in [`FakeApi::tokens`], as the
+    /// API server answers Vault's Kubernetes auth; and the cluster's JWKS document.
+    fn identity_routes(&self) -> axum::Router {
+        let api = self.clone();
+        let review = post(move |body: Bytes| {
+            let api = api.clone();
+            async move {
+                let review: Value = serde_json::from_slice(&body).unwrap();
+                let token = review["spec"]["token"].as_str().unwrap_or_default();
+                let wanted: Vec<String> = review["spec"]["audiences"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let status = match api.tokens.lock().unwrap().get(token) {
+                    Some((user, auds)) if wanted.iter().all(|w| auds.contains(w)) => json!({
+                        "authenticated": true,
+                        "user": {"username": user, "uid": "00000000-0000-4000-8000-000000000001", "groups": ["system:serviceaccounts"]},
+                        "audiences": if wanted.is_empty() { auds.clone() } else { wanted.clone() },
+                    }),
+                    _ => json!({"authenticated": false, "error": "[invalid bearer token]"}),
+                };
+                axum::Json(json!({
+                    "kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                    "metadata": {"creationTimestamp": null}, "spec": review["spec"], "status": status
+                }))
+                .into_response()
+            }
+        });
+        let api = self.clone();
+        let jwks = get(move || {
+            let api = api.clone();
+            async move {
+                match api.jwks.lock().unwrap().clone() {
+                    Some(doc) => ([("content-type", "application/json")], doc).into_response(),
+                    None => StatusCode::NOT_FOUND.into_response(),
+                }
+            }
+        });
+        axum::Router::new()
+            .route("/apis/authentication.k8s.io/v1/tokenreviews", review)
+            .route("/openid/v1/jwks", jwks)
     }
 
     fn lease_routes(&self) -> axum::Router {
@@ -340,7 +396,8 @@ impl FakeApi {
             .route("/api/v1/namespaces", namespaces)
             .route("/api/v1/configmaps", configmaps)
             .route("/api/v1/namespaces/{ns}/configmaps/{name}", apply)
-            .merge(self.lease_routes());
+            .merge(self.lease_routes())
+            .merge(self.identity_routes());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

@@ -134,6 +134,53 @@ level = "{log_level}"
         signer
     }
 
+    /// Starts the binary with a configuration file of the caller's (`addr`/`admin` as it
+    /// listens), extra environment `env`, and waits until ready.
+    pub async fn start_with_config(
+        config: &Path,
+        addr: SocketAddr,
+        admin: SocketAddr,
+        ca_pem: Vec<u8>,
+        issuer: DevIssuer,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let bin = std::env::var("ABUSE_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_istio-vault-ca").to_owned());
+        let child = Command::new(bin)
+            .args(["serve", "--config"])
+            .arg(config)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let signer = Self {
+            child,
+            addr,
+            admin,
+            ca_pem,
+            issuer,
+            dir,
+        };
+        let ready = async || {
+            matches!(super::http().get(format!("http://{}/readyz", signer.admin)).send().await,
+                Ok(r) if r.status().is_success())
+        };
+        if tokio::time::timeout(Duration::from_secs(30), async {
+            while !ready().await {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .is_err()
+        {
+            panic!("signer not ready; its log:\n{}", signer.log());
+        }
+        signer
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
