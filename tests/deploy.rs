@@ -679,8 +679,9 @@ fn deployments_mount_only_defined_volumes() {
 }
 
 /// The runbook end to end: after docs/install.md step 1 (run as written, Vault's Kubernetes
-/// auth pointed at a loopback API server), the signer binary starts from the shipped
-/// `base/config.toml` and serves. Only what a cluster provides is substituted: listen
+/// auth pointed at a loopback API server), the signer binary starts from each shipped config
+/// (`base/config.toml`, and the self-issued overlay's, which obtains its serving certificate
+/// from Vault) and serves. Only what a cluster provides is substituted: listen
 /// addresses, Vault's address, the mounted files' paths (serving certificate from the guide's
 /// `./tls`, the API server's CA, the pod's token, the token projected for Vault) and the
 /// API server's JWKS address. The signer logs in to Vault with Kubernetes auth (Vault asks
@@ -690,14 +691,21 @@ fn deployments_mount_only_defined_volumes() {
 /// Real: OpenBao, setup.py, the signer binary, TLS. The API server (TokenReview, JWKS,
 /// namespaces, ConfigMaps, Leases) is the loopback stand-in of `support::kube_api`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signer_serves_from_the_shipped_config_after_the_guide() {
+async fn signer_serves_from_the_shipped_configs_after_the_guide() {
+    serves_from_shipped_config("base/config.toml", false).await;
+    // The self-issued overlay: the signer obtains its serving certificate from Vault itself.
+    serves_from_shipped_config("overlays/self-issued/config.toml", true).await;
+}
+
+/// [`signer_serves_from_the_shipped_configs_after_the_guide`] for one shipped config.
+async fn serves_from_shipped_config(shipped: &str, self_issued: bool) {
     use istio_vault_ca::client::Shape;
     use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
     let api = support::kube_api::FakeApi::new(&[("default", false), ("istio-system", false)]);
     let api_server = api.start().await;
     let bao = support::OpenBao::start().await;
     let dir = tempfile::tempdir().unwrap();
-    run_guide_step1(&bao, dir.path(), &api_server, false);
+    run_guide_step1(&bao, dir.path(), &api_server, self_issued);
 
     // What the cluster would give the pod: its API-server token, one projected for Vault, the
     // API server's JWKS, and a kubeconfig (in-cluster config stands in for it).
@@ -729,7 +737,7 @@ async fn signer_serves_from_the_shipped_config_after_the_guide() {
     let kubeconfig = support::kubeconfig(dir.path(), "kubeconfig", &api_server);
 
     let (port, admin) = (support::process::free_port(), support::process::free_port());
-    let shipped = std::fs::read_to_string(deploy_dir().join("base/config.toml")).unwrap();
+    let shipped_text = std::fs::read_to_string(deploy_dir().join(shipped)).unwrap();
     let substitutions = [
         ("0.0.0.0:15012", format!("127.0.0.1:{port}")),
         ("0.0.0.0:15014", format!("127.0.0.1:{admin}")),
@@ -755,13 +763,20 @@ async fn signer_serves_from_the_shipped_config_after_the_guide() {
             vault_token.display().to_string(),
         ),
     ];
-    let mut config = shipped.clone();
+    let mut config = shipped_text.clone();
     for (from, to) in &substitutions {
-        assert!(
-            config.contains(from),
-            "base/config.toml no longer has {from}"
-        );
         config = config.replace(from, to);
+    }
+    for cluster_only in [
+        "0.0.0.0",
+        "/var/run/",
+        "/etc/istio-vault-ca",
+        "vault.vault.svc",
+    ] {
+        let line = config
+            .lines()
+            .find(|l| l.contains(cluster_only) && !l.trim_start().starts_with('#'));
+        assert!(line.is_none(), "{shipped}: unsubstituted {line:?}");
     }
     let config_path = file("config.toml", &config);
 
