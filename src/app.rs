@@ -267,13 +267,32 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let client = crate::kube_client(istiod.kubeconfig.as_deref())
             .await
             .map_err(|e| anyhow::anyhow!("istiod_certificate: {e}"))?;
-        tokio::spawn(crate::istiod_cert::maintain(
-            client,
-            vault.clone(),
-            istiod.clone(),
-            shared_bundle.clone(),
-            shutdown_rx.clone(),
-        ));
+        let lease = istiod
+            .leader_election
+            .then(|| crate::leader::LeaseConfig::istiod_certificate(istiod));
+        let (vault, istiod, bundle) = (vault.clone(), istiod.clone(), shared_bundle.clone());
+        let run = {
+            let client = client.clone();
+            move |stop| {
+                crate::istiod_cert::maintain(
+                    client.clone(),
+                    vault.clone(),
+                    istiod.clone(),
+                    bundle.clone(),
+                    stop,
+                )
+            }
+        };
+        if let Some(lease) = lease {
+            let leading = crate::leader::elect(client, lease, shutdown_rx.clone());
+            tokio::spawn(crate::leader::while_leading(
+                leading,
+                shutdown_rx.clone(),
+                run,
+            ));
+        } else {
+            tokio::spawn(run(shutdown_rx.clone()));
+        }
     }
     if vault.is_cluster() {
         tokio::spawn(

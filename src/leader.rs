@@ -33,9 +33,19 @@ pub struct LeaseConfig {
 }
 
 impl LeaseConfig {
-    /// The trust-distribution Lease of this process: `$POD_NAME` (or the host name) plus a
-    /// per-process suffix, so a restarted pod is a new holder.
+    /// The trust-distribution Lease of this process.
     pub fn trust_distribution(td: &crate::config::TrustDistributionConfig) -> Self {
+        Self::new(td.lease_namespace(), &td.lease_name, td.lease_duration)
+    }
+
+    /// The istiod-certificate Lease of this process, beside the Secret.
+    pub fn istiod_certificate(c: &crate::config::IstiodCertificateConfig) -> Self {
+        Self::new(c.namespace.clone(), &c.lease_name, c.lease_duration)
+    }
+
+    /// Lease `namespace/name` held for `duration`, by this process: `$POD_NAME` (or the host
+    /// name) plus a per-process suffix, so a restarted pod is a new holder.
+    pub fn new(namespace: String, name: &str, duration: Duration) -> Self {
         let host = std::env::var("POD_NAME")
             .ok()
             .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
@@ -47,11 +57,11 @@ impl LeaseConfig {
             .unwrap_or_default()
             .subsec_nanos();
         Self {
-            namespace: td.lease_namespace(),
-            name: td.lease_name.clone(),
+            namespace,
+            name: name.to_owned(),
             identity: format!("{host}_{}_{nanos:08x}", std::process::id()),
-            duration: td.lease_duration,
-            retry: td.lease_duration / crate::config::LEASE_RENEWALS_PER_DURATION,
+            duration,
+            retry: duration / crate::config::LEASE_RENEWALS_PER_DURATION,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! istiod's serving certificate kept in the `istiod-tls` Secret by the signer: real OpenBao
 //! (the role made by `deploy/vault/setup.py --istiod-names`), the real `kube` client, and a
 //! loopback server that speaks the Kubernetes Secret GET and server-side-apply PATCH JSON (no
-//! API server can run here), able to refuse writes with 403 as RBAC would.
+//! API server can run here), able to refuse writes with 403 as RBAC would, with the Lease
+//! endpoints of `support::kube_api` for the leader election between replicas.
 
 mod support;
 
@@ -35,7 +36,9 @@ struct FakeSecrets {
 impl FakeSecrets {
     async fn start(&self) -> String {
         let (get_s, patch_s) = (self.clone(), self.clone());
-        let app = axum::Router::new().route(
+        // Leases for the leader election (istiod_certificate.leader_election).
+        let leases = support::kube_api::FakeApi::new(&[]).lease_routes();
+        let app = leases.route(
             "/api/v1/namespaces/{ns}/secrets/{name}",
             get(move |Path((ns, name)): Path<(String, String)>| {
                 let s = get_s.clone();
@@ -244,4 +247,44 @@ async fn a_current_secret_is_kept_across_restarts() {
     })
     .await;
     again.shutdown().await.unwrap();
+}
+
+/// Two replicas: only the Lease holder issues and writes the Secret, so istiod sees one
+/// certificate, not one per replica. When the leader shuts down, the other takes over, checks
+/// the Secret in place and replaces it if it is not current.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_write_the_secret_once() {
+    let secrets = FakeSecrets::default();
+    let api = secrets.start().await;
+    let mut first = start(&api, Duration::from_secs(3600)).await;
+    support::eventually("the first replica writes", async || {
+        secrets.applied().len() == 1
+    })
+    .await;
+    let handle = OpenBao::handle(&first.bao.addr, &first.bao.root_token);
+    let config = first.config.istiod_certificate.clone();
+    let second = Env::with_bao(handle, first.setup_dir.clone(), move |c| {
+        c.istiod_certificate = config;
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        secrets.applied().len(),
+        1,
+        "written once, not once per replica"
+    );
+
+    // The Secret goes stale while the first replica leads; the second finds it on takeover.
+    {
+        let mut store = secrets.store.lock().unwrap();
+        let secret = store.get_mut("istio-system/istiod-tls").unwrap();
+        secret["data"]["ca.crt"] = json!(base64::engine::general_purpose::STANDARD.encode("stale"));
+    }
+    first.shutdown().await;
+    support::eventually(
+        "the second replica takes over and replaces it",
+        async || secrets.applied().len() == 2,
+    )
+    .await;
+    drop(second);
 }

@@ -23,7 +23,18 @@ pub struct IstiodCertificateConfig {
     pub ttl: Duration,
     /// kubeconfig of the cluster istiod runs in (default: in-cluster / `$KUBECONFIG`).
     pub kubeconfig: Option<PathBuf>,
+    /// With several replicas, only the holder of a Lease (in `namespace`) issues and writes
+    /// the Secret, so istiod sees one rotation, not one per replica.
+    pub leader_election: bool,
+    /// Name of that Lease.
+    pub lease_name: String,
+    /// How long a leader that stopped renewing keeps it.
+    #[serde(with = "duration")]
+    pub lease_duration: Duration,
 }
+
+/// `istiod_certificate.lease_name` when unset.
+pub const ISTIOD_LEASE_NAME: &str = "istio-vault-ca-istiod-certificate";
 
 impl Default for IstiodCertificateConfig {
     fn default() -> Self {
@@ -34,6 +45,9 @@ impl Default for IstiodCertificateConfig {
             role: "istiod-serving".into(),
             ttl: ISTIOD_CERT_TTL,
             kubeconfig: None,
+            leader_election: true,
+            lease_name: ISTIOD_LEASE_NAME.into(),
+            lease_duration: DEFAULT_LEASE_DURATION,
         }
     }
 }
@@ -59,6 +73,6 @@ impl IstiodCertificateConfig {
                 "must be at least 5s",
             ));
         }
-        Ok(())
+        trust_distribution::check_lease("istiod_certificate", &self.lease_name, self.lease_duration)
     }
 }

@@ -42,6 +42,27 @@ pub const LEASE_RENEWALS_PER_DURATION: u32 = 5;
 /// Shortest `lease_duration` (the Lease counts whole seconds).
 const MIN_LEASE_DURATION: Duration = Duration::from_secs(1);
 
+/// A leader Lease's name and duration in `section`: decided here for every section that has one.
+pub(super) fn check_lease(
+    section: &str,
+    name: &str,
+    duration: Duration,
+) -> Result<(), ConfigError> {
+    if duration < MIN_LEASE_DURATION {
+        return Err(ConfigError::invalid(
+            &format!("{section}.lease_duration"),
+            "must be at least 1s",
+        ));
+    }
+    if name.is_empty() {
+        return Err(ConfigError::invalid(
+            &format!("{section}.lease_name"),
+            "must not be empty",
+        ));
+    }
+    Ok(())
+}
+
 impl Default for TrustDistributionConfig {
     fn default() -> Self {
         Self {
@@ -64,19 +85,7 @@ impl TrustDistributionConfig {
             crate::selector::LabelSelector::parse(selector)
                 .map_err(|e| ConfigError::invalid("trust_distribution.namespace_selector", e))?;
         }
-        if self.lease_duration < MIN_LEASE_DURATION {
-            return Err(ConfigError::invalid(
-                "trust_distribution.lease_duration",
-                "must be at least 1s",
-            ));
-        }
-        if self.lease_name.is_empty() {
-            return Err(ConfigError::invalid(
-                "trust_distribution.lease_name",
-                "must not be empty",
-            ));
-        }
-        Ok(())
+        check_lease("trust_distribution", &self.lease_name, self.lease_duration)
     }
 
     /// The Lease's namespace: `lease_namespace`, `$POD_NAMESPACE`, the pod's service-account

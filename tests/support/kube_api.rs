@@ -221,7 +221,7 @@ impl FakeApi {
             .route("/openid/v1/jwks", jwks)
     }
 
-    fn lease_routes(&self) -> axum::Router {
+    pub fn lease_routes(&self) -> axum::Router {
         fn status(code: StatusCode, reason: &str, message: String) -> Response {
             let body = json!({
                 "kind": "Status", "apiVersion": "v1", "metadata": {},
