@@ -6,13 +6,12 @@
 //! Tokens are never logged: [`VaultToken`]'s `Debug` is redacted and the header is marked
 //! sensitive.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
-use serde::{Deserialize, Serialize};
 
 use crate::backoff::Backoff;
 use crate::config::VaultConfig;
@@ -21,12 +20,23 @@ use crate::identity::SpiffeId;
 mod auth;
 mod breaker;
 mod delegated;
+mod error;
 mod nodes;
+mod target;
+mod token;
+mod wire;
 pub use auth::{AuthState, Credentials, KUBERNETES_SA_TOKEN, Lease};
 use breaker::Breaker;
 pub use delegated::Delegation;
+pub use error::VaultError;
 pub use nodes::{NodeState, NodeStatus};
 use nodes::{Nodes, Placement};
+pub use target::SignTarget;
+use target::{make_target, namespace_header};
+use token::read_token_file;
+pub use token::{TokenSource, VaultToken};
+use wire::{Envelope, ErrorBody, IssuerList, SignBody, SignData, signed_from};
+pub use wire::{Issuer, SignedCert, parse_sign_response};
 
 /// First delay before retrying a sign call after a transient failure; doubles per attempt.
 const SIGN_RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -34,237 +44,6 @@ const SIGN_RETRY_MAX: Duration = Duration::from_secs(2);
 
 const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-vault-token");
 const NAMESPACE_HEADER: HeaderName = HeaderName::from_static("x-vault-namespace");
-
-/// What went wrong talking to Vault. [`VaultError::is_transient`] says whether a retry may help.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum VaultError {
-    #[error("cannot reach Vault: {0}")]
-    Unreachable(String),
-    #[error("Vault did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("Vault is unavailable (HTTP {status}): {message}")]
-    Unavailable { status: u16, message: String },
-    #[error("Vault refused the request (HTTP 400): {0}")]
-    Rejected(String),
-    #[error("Vault denied the signer's token (HTTP 403): {0}")]
-    Forbidden(String),
-    #[error("Vault answered HTTP {status}: {message}")]
-    Unexpected { status: u16, message: String },
-    #[error("Vault response is malformed: {0}")]
-    Malformed(String),
-    #[error("signer has no Vault token: {0}")]
-    Token(String),
-    #[error("Vault is failing; not calling it for another {0:?}")]
-    CircuitOpen(Duration),
-    #[error("Vault refused the caller's credentials: {0}")]
-    Delegation(String),
-}
-
-impl VaultError {
-    /// Connect errors, timeouts, 5xx, 429 and sealed: worth retrying later.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::Unreachable(_)
-                | Self::Timeout(_)
-                | Self::Unavailable { .. }
-                | Self::CircuitOpen(_)
-        )
-    }
-
-    /// A short label for metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Unreachable(_) => "unreachable",
-            Self::Timeout(_) => "timeout",
-            Self::Unavailable { .. } => "unavailable",
-            Self::Rejected(_) => "rejected",
-            Self::Forbidden(_) => "forbidden",
-            Self::Unexpected { .. } => "unexpected",
-            Self::Malformed(_) => "malformed",
-            Self::Token(_) => "token",
-            Self::CircuitOpen(_) => "circuit_open",
-            Self::Delegation(_) => "delegation_refused",
-        }
-    }
-
-    /// The node that answered cannot serve now (down, sealed, overloaded, failing, or
-    /// redirecting): another node may.
-    fn is_node_fault(&self) -> bool {
-        matches!(
-            self,
-            Self::Unreachable(_) | Self::Timeout(_) | Self::Unavailable { .. }
-        )
-    }
-
-    /// Transient, and worth another attempt right away (not when failing fast).
-    fn is_retryable(&self) -> bool {
-        self.is_transient() && !matches!(self, Self::CircuitOpen(_))
-    }
-}
-
-/// A Vault token. Its `Debug` never shows the value.
-#[derive(Clone)]
-pub struct VaultToken(HeaderValue);
-
-impl VaultToken {
-    pub fn new(token: &str) -> Result<Self, VaultError> {
-        let token = token.trim();
-        if token.is_empty() {
-            return Err(VaultError::Token("token is empty".into()));
-        }
-        let mut v = HeaderValue::from_str(token).map_err(|_| {
-            VaultError::Token("token has characters not allowed in a header".into())
-        })?;
-        v.set_sensitive(true);
-        Ok(Self(v))
-    }
-}
-
-impl VaultToken {
-    /// Stands in until the first login; Vault refuses it.
-    fn placeholder() -> Self {
-        let mut v = HeaderValue::from_static("no-token-yet");
-        v.set_sensitive(true);
-        Self(v)
-    }
-}
-
-impl std::fmt::Debug for VaultToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("VaultToken(<redacted>)")
-    }
-}
-
-/// Where the signer's own token comes from.
-#[derive(Debug, Clone)]
-pub enum TokenSource {
-    /// A fixed token (from the environment).
-    Static(VaultToken),
-    /// A file re-read every `interval`; a bad new content is logged and the old token kept.
-    File { path: PathBuf, interval: Duration },
-}
-
-impl TokenSource {
-    /// `vault.token_file` if set, else `$VAULT_TOKEN` / `$BAO_TOKEN` from `env`.
-    pub fn from_config(
-        config: &VaultConfig,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, VaultError> {
-        if let Some(path) = &config.token_file {
-            return Ok(Self::File {
-                path: path.clone(),
-                interval: config.token_reload_interval,
-            });
-        }
-        let token = env("VAULT_TOKEN")
-            .or_else(|| env("BAO_TOKEN"))
-            .ok_or_else(|| VaultError::Token("set vault.token_file or $VAULT_TOKEN".into()))?;
-        Ok(Self::Static(VaultToken::new(&token)?))
-    }
-}
-
-fn read_token_file(path: &Path) -> Result<VaultToken, VaultError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| VaultError::Token(format!("cannot read {}: {e}", path.display())))?;
-    VaultToken::new(&text)
-}
-
-/// Vault's generic response envelope.
-#[derive(Debug, Deserialize)]
-struct Envelope<T> {
-    data: Option<T>,
-    #[serde(default)]
-    warnings: Option<Vec<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ErrorBody {
-    #[serde(default)]
-    errors: Vec<String>,
-}
-
-#[derive(Serialize)]
-struct SignBody<'a> {
-    csr: &'a str,
-    uri_sans: String,
-    ttl: String,
-    format: &'static str,
-    exclude_cn_from_sans: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct SignData {
-    certificate: String,
-    #[serde(default)]
-    issuing_ca: Option<String>,
-    #[serde(default)]
-    ca_chain: Option<Vec<String>>,
-    #[serde(default)]
-    serial_number: String,
-}
-
-/// What `sign/<role>` returned, before verification.
-#[derive(Debug, Clone)]
-pub struct SignedCert {
-    /// PEM of the leaf.
-    pub certificate: String,
-    /// PEM of the issuing CA and its parents (may include the root).
-    pub ca_chain: Vec<String>,
-    /// Vault's colon-separated hex serial.
-    pub serial: String,
-    /// Vault's warnings, e.g. a TTL clamped to the role's `max_ttl`.
-    pub warnings: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct IssuerList {
-    #[serde(default)]
-    keys: Vec<String>,
-}
-
-/// One issuer of the mount: its certificate and the chain above it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Issuer {
-    pub certificate: String,
-    #[serde(default)]
-    pub ca_chain: Vec<String>,
-}
-
-/// Where workload CSRs are signed: a PKI mount and role, in a Vault namespace. The signing
-/// pipeline chooses one per request; [`VaultClient::sign`] and [`VaultClient::issuers`] take it.
-#[derive(Clone)]
-pub struct SignTarget {
-    mount: String,
-    role: String,
-    /// `X-Vault-Namespace` for this target (the client's own when not set).
-    namespace: Option<HeaderValue>,
-    /// `<addr>/v1/<mount>/`
-    mount_url: Url,
-    /// `<addr>/v1/<mount>/sign/<role>`
-    sign_url: Url,
-    /// The role lets a standby sign by itself (`no_store`, no lease): signs are spread over
-    /// every node instead of going to the active one ([`VaultClient::check_standby_signing`]).
-    standbys_sign: bool,
-}
-
-impl SignTarget {
-    /// `<mount>/sign/<role>`, for logs.
-    pub fn path(&self) -> String {
-        format!("{}/sign/{}", self.mount, self.role)
-    }
-}
-
-impl std::fmt::Debug for SignTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SignTarget")
-            .field("mount", &self.mount)
-            .field("role", &self.role)
-            .field("namespace", &self.namespace)
-            .field("standbys_sign", &self.standbys_sign)
-            .finish()
-    }
-}
 
 /// Client for one Vault (or OpenBao) server or cluster: the signer's token, its connection
 /// pool, its nodes' health, circuit breaker and retries, shared by every [`SignTarget`].
@@ -745,64 +524,6 @@ impl VaultClient {
             VaultError::Unreachable(error_chain(&e.without_url()))
         }
     }
-}
-
-fn namespace_header(namespace: Option<&str>) -> Result<Option<HeaderValue>, VaultError> {
-    namespace
-        .map(|ns| {
-            HeaderValue::from_str(ns).map_err(|_| {
-                VaultError::Token(format!("Vault namespace {ns:?} is not a valid header"))
-            })
-        })
-        .transpose()
-}
-
-/// `<api>/<mount>/` and `<api>/<mount>/sign/<role>`.
-fn make_target(
-    api: &Url,
-    mount: &str,
-    role: &str,
-    namespace: Option<HeaderValue>,
-) -> Result<SignTarget, VaultError> {
-    let mount_url = api
-        .join(&format!("{}/", mount.trim_matches('/')))
-        .map_err(|e| VaultError::Malformed(format!("mount {mount:?}: {e}")))?;
-    let sign_url = mount_url
-        .join(&format!("sign/{role}"))
-        .map_err(|e| VaultError::Malformed(format!("role {role:?}: {e}")))?;
-    Ok(SignTarget {
-        mount: mount.to_owned(),
-        role: role.to_owned(),
-        namespace,
-        mount_url,
-        sign_url,
-        standbys_sign: false,
-    })
-}
-
-/// Parses the body of a `sign/<role>` answer (what the signer does with Vault's bytes; the
-/// fuzz target `leaf` feeds it mutated answers).
-pub fn parse_sign_response(body: &[u8]) -> Result<SignedCert, VaultError> {
-    let env: Envelope<SignData> =
-        serde_json::from_slice(body).map_err(|e| VaultError::Malformed(e.to_string()))?;
-    signed_from(env)
-}
-
-fn signed_from(env: Envelope<SignData>) -> Result<SignedCert, VaultError> {
-    let data = env
-        .data
-        .ok_or_else(|| VaultError::Malformed("sign response has no data".into()))?;
-    let ca_chain = match (data.ca_chain, data.issuing_ca) {
-        (Some(chain), _) if !chain.is_empty() => chain,
-        (_, Some(ca)) => vec![ca],
-        _ => Vec::new(),
-    };
-    Ok(SignedCert {
-        certificate: data.certificate,
-        ca_chain,
-        serial: data.serial_number,
-        warnings: env.warnings.unwrap_or_default(),
-    })
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -1,0 +1,71 @@
+//! What can go wrong talking to Vault, and which failures are worth another attempt.
+
+use std::time::Duration;
+
+/// What went wrong talking to Vault. [`VaultError::is_transient`] says whether a retry may help.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum VaultError {
+    #[error("cannot reach Vault: {0}")]
+    Unreachable(String),
+    #[error("Vault did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Vault is unavailable (HTTP {status}): {message}")]
+    Unavailable { status: u16, message: String },
+    #[error("Vault refused the request (HTTP 400): {0}")]
+    Rejected(String),
+    #[error("Vault denied the signer's token (HTTP 403): {0}")]
+    Forbidden(String),
+    #[error("Vault answered HTTP {status}: {message}")]
+    Unexpected { status: u16, message: String },
+    #[error("Vault response is malformed: {0}")]
+    Malformed(String),
+    #[error("signer has no Vault token: {0}")]
+    Token(String),
+    #[error("Vault is failing; not calling it for another {0:?}")]
+    CircuitOpen(Duration),
+    #[error("Vault refused the caller's credentials: {0}")]
+    Delegation(String),
+}
+
+impl VaultError {
+    /// Connect errors, timeouts, 5xx, 429 and sealed: worth retrying later.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Unreachable(_)
+                | Self::Timeout(_)
+                | Self::Unavailable { .. }
+                | Self::CircuitOpen(_)
+        )
+    }
+
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unreachable(_) => "unreachable",
+            Self::Timeout(_) => "timeout",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Rejected(_) => "rejected",
+            Self::Forbidden(_) => "forbidden",
+            Self::Unexpected { .. } => "unexpected",
+            Self::Malformed(_) => "malformed",
+            Self::Token(_) => "token",
+            Self::CircuitOpen(_) => "circuit_open",
+            Self::Delegation(_) => "delegation_refused",
+        }
+    }
+
+    /// The node that answered cannot serve now (down, sealed, overloaded, failing, or
+    /// redirecting): another node may.
+    pub(super) fn is_node_fault(&self) -> bool {
+        matches!(
+            self,
+            Self::Unreachable(_) | Self::Timeout(_) | Self::Unavailable { .. }
+        )
+    }
+
+    /// Transient, and worth another attempt right away (not when failing fast).
+    pub(super) fn is_retryable(&self) -> bool {
+        self.is_transient() && !matches!(self, Self::CircuitOpen(_))
+    }
+}
