@@ -14,17 +14,7 @@ BAO=$(scripts/ensure-openbao.sh)
 cargo build --quiet --release --locked --bin istio-vault-ca
 bin=$PWD/target/release/istio-vault-ca
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_http() { python3 - "$1" <<'PY'
-import sys, time, urllib.request
-for _ in range(300):
-    try:
-        urllib.request.urlopen(sys.argv[1], timeout=1); sys.exit(0)
-    except Exception:
-        time.sleep(0.1)
-sys.exit("timed out")
-PY
-}
+. scripts/lib.sh
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -32,36 +22,15 @@ trap cleanup EXIT
 # PIN=1: pin Vault to CPU 0 and everything else to CPU 1, so the signer's CPU no longer comes
 # out of Vault's; direct mode gets the same split (its load generator on CPU 1).
 if [ -n "${PIN:-}" ]; then vault_cpu=(taskset -c 0); rest_cpu=(taskset -c 1); else vault_cpu=(); rest_cpu=(); fi
-bao_port=$(free_port)
-"${vault_cpu[@]}" "$BAO" server -dev -dev-root-token-id=root -dev-listen-address="127.0.0.1:$bao_port" -dev-no-store-token >"$out/openbao.log" 2>&1 &
-bao_pid=$!
-pids+=($bao_pid)
-wait_http "http://127.0.0.1:$bao_port/v1/sys/health"
-python3 deploy/vault/setup.py --addr "http://127.0.0.1:$bao_port" --token root \
-  --token-file "$out/vault-token" --serving-cert-dir "$out/tls" 2>/dev/null
-"$bin" dev-issuer init --dir "$out/jwt" 2>/dev/null
+start_openbao "$out" "${vault_cpu[@]}"
 signer_port=$(free_port)
 admin_port=$(free_port)
-cat >"$out/config.toml" <<EOF
-[server]
-listen = "127.0.0.1:$signer_port"
-cert_file = "$out/tls/tls.crt"
-key_file = "$out/tls/tls.key"
-max_in_flight = 512
+signer_config "$out" "$signer_port" "$admin_port" 'max_in_flight = 512
 # The load generator is one address: let it use every slot (per-peer fairness is for meshes).
 [server.limits]
 max_in_flight_per_peer = 512
-max_connections_per_peer = 512
-[auth.jwt]
-jwks_file = "$out/jwt/jwks.json"
-[vault]
-addr = "http://127.0.0.1:$bao_port"
-token_file = "$out/vault-token"
-[admin]
-listen = "127.0.0.1:$admin_port"
-[log]
-level = "${LOG_LEVEL:-info}"
-EOF
+max_connections_per_peer = 512' "[log]
+level = \"${LOG_LEVEL:-info}\""
 "${rest_cpu[@]}" env ${SIGNER_THREADS:+TOKIO_WORKER_THREADS=$SIGNER_THREADS} "$bin" serve --config "$out/config.toml" 2>"$out/signer.log" &
 signer_pid=$!
 pids+=($signer_pid)

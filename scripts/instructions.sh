@@ -36,31 +36,12 @@ done
 cargo build --quiet --release --locked --bin istio-vault-ca
 bin=$PWD/target/release/istio-vault-ca
 BAO=$(scripts/ensure-openbao.sh)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 600); do python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=1)" "$1" 2>/dev/null && return 0; sleep 0.2; done; return 1; }
-bao_port=$(free_port)
-"$BAO" server -dev -dev-root-token-id=root -dev-listen-address="127.0.0.1:$bao_port" -dev-no-store-token >"$out/openbao.log" 2>&1 &
-pids+=($!)
-wait_http "http://127.0.0.1:$bao_port/v1/sys/health"
-python3 deploy/vault/setup.py --addr "http://127.0.0.1:$bao_port" --token root \
-  --token-file "$out/vault-token" --serving-cert-dir "$out/tls" 2>/dev/null
-"$bin" dev-issuer init --dir "$out/jwt" 2>/dev/null
+. scripts/lib.sh
+start_openbao "$out"
 process() { # requests -> instructions of the signer process over its whole life
   local n=$1 port admin
   port=$(free_port); admin=$(free_port)
-  cat >"$out/config.toml" <<EOT
-[server]
-listen = "127.0.0.1:$port"
-cert_file = "$out/tls/tls.crt"
-key_file = "$out/tls/tls.key"
-[auth.jwt]
-jwks_file = "$out/jwt/jwks.json"
-[vault]
-addr = "http://127.0.0.1:$bao_port"
-token_file = "$out/vault-token"
-[admin]
-listen = "127.0.0.1:$admin"
-EOT
+  signer_config "$out" "$port" "$admin"
   valgrind --tool=callgrind --callgrind-out-file="$out/cg.process.$n" "$bin" serve --config "$out/config.toml" \
     >/dev/null 2>"$out/vg.process.$n" &
   local pid=$!

@@ -9,42 +9,17 @@ out=$PWD/target/nagle-latency; rm -rf "$out"; mkdir -p "$out"
 BAO=$(scripts/ensure-openbao.sh)
 cargo build --quiet --locked --bin istio-vault-ca
 bin=$PWD/target/debug/istio-vault-ca
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+. scripts/lib.sh
 pids=(); cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }; trap cleanup EXIT
-bao_port=$(free_port)
-"$BAO" server -dev -dev-root-token-id=root -dev-listen-address="127.0.0.1:$bao_port" -dev-no-store-token >"$out/openbao.log" 2>&1 &
-bao_pid=$!; pids+=($bao_pid)
-python3 -c "import time,urllib.request
-for _ in range(100):
-    try: urllib.request.urlopen(\"http://127.0.0.1:$bao_port/v1/sys/health\", timeout=1); break
-    except Exception: time.sleep(0.1)"
-python3 deploy/vault/setup.py --addr "http://127.0.0.1:$bao_port" --token root --token-file "$out/vault-token" --serving-cert-dir "$out/tls" 2>/dev/null
-"$bin" dev-issuer init --dir "$out/jwt" 2>/dev/null
+start_openbao "$out"
 for qa in true false; do
   port=$(free_port); admin=$(free_port)
-  cat >"$out/config.toml" <<EOT
-[server]
-listen = "127.0.0.1:$port"
-cert_file = "$out/tls/tls.crt"
-key_file = "$out/tls/tls.key"
-tcp_quickack = $qa
-[auth.jwt]
-jwks_file = "$out/jwt/jwks.json"
-[vault]
-addr = "http://127.0.0.1:$bao_port"
-token_file = "$out/vault-token"
-[admin]
-listen = "127.0.0.1:$admin"
-[audit]
+  signer_config "$out" "$port" "$admin" "tcp_quickack = $qa" '[audit]
 enabled = false
 [log]
-level = "warn"
-EOT
+level = "warn"'
   "$bin" serve --config "$out/config.toml" 2>"$out/signer-$qa.log" & spid=$!; pids+=($spid)
-  python3 -c "import time,urllib.request
-for _ in range(100):
-    try: urllib.request.urlopen(\"http://127.0.0.1:$admin/readyz\", timeout=1); break
-    except Exception: time.sleep(0.1)"
+  wait_http "http://127.0.0.1:$admin/readyz"
   for nagle in "" "--client-nagle"; do
     "$bin" loadgen --jwt-key "$out/jwt/jwt-key.pem" --vault-addr "http://127.0.0.1:$bao_port" \
       --vault-token-file "$out/vault-token" --addr "127.0.0.1:$port" --server-name localhost \

@@ -98,40 +98,10 @@ level = "{log_level}"
         );
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("log")).unwrap();
-        // ABUSE_BIN: measure another build (e.g. target/release/istio-vault-ca).
-        let bin = std::env::var("ABUSE_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_istio-vault-ca").to_owned());
-        let mut command = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(bin);
-                c
-            }
-            None => Command::new(bin),
-        };
         let ip: std::net::IpAddr = host.parse().unwrap();
-        let child = command
-            .args(["serve", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        let signer = Self {
-            child,
-            addr: SocketAddr::new(ip, port),
-            admin: SocketAddr::new(ip, admin_port),
-            ca_pem: std::fs::read(setup.join("tls/root-cert.pem")).unwrap(),
-            issuer,
-            dir,
-        };
-        super::eventually("signer ready", async || {
-            matches!(super::http().get(format!("http://{}/readyz", signer.admin)).send().await,
-                Ok(r) if r.status().is_success())
-        })
-        .await;
-        signer
+        let ca_pem = std::fs::read(setup.join("tls/root-cert.pem")).unwrap();
+        let at = (SocketAddr::new(ip, port), SocketAddr::new(ip, admin_port));
+        Self::spawn(netns, &path, dir, at, ca_pem, issuer, &[]).await
     }
 
     /// Starts the binary with a configuration file of the caller's (`addr`/`admin` as it
@@ -145,10 +115,33 @@ level = "{log_level}"
         env: &[(&str, &str)],
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        Self::spawn(None, config, dir, (addr, admin), ca_pem, issuer, env).await
+    }
+
+    /// Runs `serve --config config` (in `netns` if given; log in `dir/log`) and waits up to
+    /// 30 s until `/readyz` on `at.1` says ready, showing the log if it does not.
+    async fn spawn(
+        netns: Option<&str>,
+        config: &Path,
+        dir: tempfile::TempDir,
+        at: (SocketAddr, SocketAddr),
+        ca_pem: Vec<u8>,
+        issuer: DevIssuer,
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        // ABUSE_BIN: measure another build (e.g. target/release/istio-vault-ca).
         let bin = std::env::var("ABUSE_BIN")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_istio-vault-ca").to_owned());
-        let child = Command::new(bin)
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = command
             .args(["serve", "--config"])
             .arg(config)
             .envs(env.iter().copied())
@@ -158,8 +151,8 @@ level = "{log_level}"
             .unwrap();
         let signer = Self {
             child,
-            addr,
-            admin,
+            addr: at.0,
+            admin: at.1,
             ca_pem,
             issuer,
             dir,
@@ -168,15 +161,14 @@ level = "{log_level}"
             matches!(super::http().get(format!("http://{}/readyz", signer.admin)).send().await,
                 Ok(r) if r.status().is_success())
         };
-        if tokio::time::timeout(Duration::from_secs(30), async {
-            while !ready().await {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-        .await
-        .is_err()
-        {
-            panic!("signer not ready; its log:\n{}", signer.log());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready().await {
+            assert!(
+                Instant::now() < deadline,
+                "signer not ready; its log:\n{}",
+                signer.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         signer
     }
