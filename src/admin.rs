@@ -59,11 +59,7 @@ impl Readiness {
             serving_not_after: self.serving.not_after(),
             vault_token_valid: self.vault.auth().token_valid(),
             vault_failing_fast: self.vault.failing_fast(),
-            vault_nodes: if self.vault.is_cluster() {
-                self.vault.node_status()
-            } else {
-                Vec::new()
-            },
+            vault_nodes: self.vault.node_status(),
         }
     }
 
@@ -74,18 +70,20 @@ impl Readiness {
         } else {
             ""
         };
-        let mut nodes = String::new();
-        if self.vault.is_cluster() {
-            for n in self.vault.node_status() {
-                nodes.push_str(&format!(
+        let nodes: String = self
+            .vault
+            .node_status()
+            .iter()
+            .map(|n| {
+                format!(
                     "vault node {} {} calls={} failures={}\n",
                     n.node,
                     n.state.as_str(),
                     n.calls,
                     n.failures
-                ));
-            }
-        }
+                )
+            })
+            .collect();
         match self.check() {
             Ok(()) => (StatusCode::OK, format!("ready{vault}\n{nodes}")),
             Err(why) => (

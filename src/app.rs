@@ -234,14 +234,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     stop,
                 )
             };
-            match &leading {
-                Some(rx) => tokio::spawn(crate::leader::while_leading(
-                    rx.clone(),
-                    shutdown_rx.clone(),
-                    run,
-                )),
-                None => tokio::spawn(run(shutdown_rx.clone())),
-            };
+            crate::leader::spawn_led(leading.clone(), shutdown_rx.clone(), run);
         }
     }
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -267,32 +260,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let client = crate::kube_client(istiod.kubeconfig.as_deref())
             .await
             .map_err(|e| anyhow::anyhow!("istiod_certificate: {e}"))?;
-        let lease = istiod
-            .leader_election
-            .then(|| crate::leader::LeaseConfig::istiod_certificate(istiod));
-        let (vault, istiod, bundle) = (vault.clone(), istiod.clone(), shared_bundle.clone());
-        let run = {
-            let client = client.clone();
-            move |stop| {
-                crate::istiod_cert::maintain(
-                    client.clone(),
-                    vault.clone(),
-                    istiod.clone(),
-                    bundle.clone(),
-                    stop,
-                )
-            }
-        };
-        if let Some(lease) = lease {
-            let leading = crate::leader::elect(client, lease, shutdown_rx.clone());
-            tokio::spawn(crate::leader::while_leading(
-                leading,
+        let leading = istiod.leader_election.then(|| {
+            crate::leader::elect(
+                client.clone(),
+                crate::leader::LeaseConfig::istiod_certificate(istiod),
                 shutdown_rx.clone(),
-                run,
-            ));
-        } else {
-            tokio::spawn(run(shutdown_rx.clone()));
-        }
+            )
+        });
+        let (vault, istiod, bundle) = (vault.clone(), istiod.clone(), shared_bundle.clone());
+        let run = move |stop| {
+            crate::istiod_cert::maintain(
+                client.clone(),
+                vault.clone(),
+                istiod.clone(),
+                bundle.clone(),
+                stop,
+            )
+        };
+        crate::leader::spawn_led(leading, shutdown_rx.clone(), run);
     }
     if vault.is_cluster() {
         tokio::spawn(

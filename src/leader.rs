@@ -223,6 +223,22 @@ fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
+/// Spawns `run`: under `leading` when leader election is on ([`while_leading`]), else at once
+/// with the process's `shutdown`.
+pub fn spawn_led<F, Fut>(
+    leading: Option<watch::Receiver<bool>>,
+    shutdown: watch::Receiver<bool>,
+    run: F,
+) where
+    F: Fn(watch::Receiver<bool>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    match leading {
+        Some(leading) => tokio::spawn(while_leading(leading, shutdown, run)),
+        None => tokio::spawn(run(shutdown)),
+    };
+}
+
 /// Keeps `run` going while this replica leads: started when it becomes leader, told to stop
 /// (its own shutdown receiver fires) when it stops leading or at `shutdown`.
 pub async fn while_leading<F, Fut>(

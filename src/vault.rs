@@ -204,9 +204,14 @@ impl VaultClient {
             .header(TOKEN_HEADER, self.auth.token.load().0.clone())
     }
 
-    /// Each configured node's state and calls, for metrics and readiness.
+    /// Each configured node's state and calls, for metrics and readiness; empty with a single
+    /// address (nothing is probed then).
     pub fn node_status(&self) -> Vec<NodeStatus> {
-        self.nodes.status()
+        if self.is_cluster() {
+            self.nodes.status()
+        } else {
+            Vec::new()
+        }
     }
 
     /// True when `vault.addr` lists several nodes (the health prober then runs).
