@@ -7,7 +7,10 @@
 
 mod client_cert;
 mod jwt;
+mod result_cache;
 mod token_review;
+
+use result_cache::ResultCache;
 
 pub(crate) use client_cert::identity_from_cert;
 pub use jwt::JwtVerifier;
@@ -15,9 +18,8 @@ pub use token_review::{MAX_REVIEW_TOKEN_BYTES, TokenReviewer};
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use crate::cache::{Digest, ExpiringCache};
 use crate::config::{AuthConfig, JwtConfig};
 use crate::identity::{SpiffeId, TrustDomain};
 
@@ -161,37 +163,6 @@ impl TokenVerifier {
     }
 }
 
-/// Verified tokens by SHA-256: an entry lives until the token's `exp` or `max_age`, whichever
-/// is first; failures are never cached.
-struct ResultCache {
-    entries: ExpiringCache<Caller>,
-    max_age: Duration,
-}
-
-impl ResultCache {
-    /// SHA-256 of the cluster ID and the token: a token is judged per cluster.
-    fn key(cluster: &str, token: &str) -> Digest {
-        crate::sha256(&[cluster.as_bytes(), &[0], token.as_bytes()])
-    }
-
-    fn get(&self, key: &Digest) -> Option<Caller> {
-        self.entries.get(key)
-    }
-
-    fn put(&self, key: Digest, caller: &Caller, exp: Option<u64>, max_age: Duration) {
-        let now = Instant::now();
-        let mut until = now + max_age.min(self.max_age);
-        if let Some(exp) = exp {
-            let left = exp.saturating_sub(crate::time::unix(SystemTime::now()).max(0) as u64);
-            // `exp` is the issuer's: a far-future value must not overflow the clock.
-            if let Some(at) = now.checked_add(Duration::from_secs(left)) {
-                until = until.min(at);
-            }
-        }
-        self.entries.insert(key, caller.clone(), until);
-    }
-}
-
 impl Authenticator {
     pub async fn new(config: &AuthConfig, trust_domain: TrustDomain) -> Result<Self, AuthnError> {
         Ok(Self {
@@ -223,10 +194,7 @@ impl Authenticator {
                 clusters
             },
             trust_domain,
-            cache: ResultCache {
-                entries: ExpiringCache::new(config.cache_size),
-                max_age: config.cache_max_age,
-            },
+            cache: ResultCache::new(config.cache_size, config.cache_max_age),
         })
     }
 
