@@ -11,8 +11,11 @@ cd "$(dirname "$0")/.."
 out=$PWD/target/bench
 rm -rf "$out" && mkdir -p "$out"
 BAO=$(scripts/ensure-openbao.sh)
-cargo build --quiet --release --locked --bin istio-vault-ca
-bin=$PWD/target/release/istio-vault-ca
+# BIN=path: measure that build instead (an A/B comparison against an older commit's binary).
+if [ -n "${BIN:-}" ]; then bin=$(realpath "$BIN"); else
+  cargo build --quiet --release --locked --bin istio-vault-ca
+  bin=$PWD/target/release/istio-vault-ca
+fi
 
 . scripts/lib.sh
 pids=()
@@ -95,7 +98,10 @@ for n, x in r.items():
 print(f"signer process CPU per request: {r['c32-signer']['cpu_us_per_request']:.0f} us at c=32, {r['storm-signer']['cpu_us_per_request']:.0f} us in the storm (TLS, gRPC, JWT, CSR, Vault client, leaf check, logging)")
 PY
 # Instruction counts of the handler alone (repeatable where the timings above are not).
-if command -v valgrind >/dev/null; then
+# NO_INSTR=1 skips them (a profiling run, say).
+if [ -n "${NO_INSTR:-}" ]; then
+  echo "instruction counts skipped (NO_INSTR)" >&2
+elif command -v valgrind >/dev/null; then
   scripts/instructions.sh
 else
   echo "handler instruction counts skipped: valgrind is not installed" >&2

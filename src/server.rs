@@ -6,6 +6,7 @@
 //! Each call produces one log line (target `istio_vault_ca::request`) with the identity,
 //! outcome, gRPC code, serial, NotAfter and duration, and never a token, key or CSR.
 
+pub mod cork;
 pub mod gate;
 pub mod listener;
 pub mod outcome;

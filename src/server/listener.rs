@@ -21,6 +21,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use tonic::service::Routes;
 use tonic::transport::server::Connected;
 
+use super::cork::cork;
 use super::gate::Gate;
 use super::quickack::QuickAck;
 use crate::config::LimitsConfig;
@@ -292,8 +293,9 @@ async fn connection(
             }
         })
     };
-    let conn = http.serve_connection(TokioIo::new(tls), service);
-    tokio::pin!(conn);
+    // One write per poll of the connection: a unary answer's three frames leave together.
+    let (io, cork) = cork(tls);
+    let mut conn = cork.drive(http.serve_connection(TokioIo::new(io), service));
     let idle_timeout = options.limits.idle_timeout;
     let age = tokio::time::sleep(options.max_connection_age);
     tokio::pin!(age);
@@ -305,24 +307,26 @@ async fn connection(
         let hard_stop = closing_at.map(|c| c + options.max_connection_age_grace);
         tokio::select! {
             r = &mut conn => {
-                if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "connection ended");
+                match r {
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended"),
+                    Err(e) => tracing::debug!(%peer, error = %e, "connection ended while writing"),
+                    Ok(Ok(())) => {}
                 }
                 return;
             }
             _ = &mut age, if closing_at.is_none() => {
                 closing_at = Some(Instant::now());
-                conn.as_mut().graceful_shutdown();
+                conn.conn().graceful_shutdown();
             }
             _ = &mut stop, if closing_at.is_none() => {
                 closing_at = Some(Instant::now());
-                conn.as_mut().graceful_shutdown();
+                conn.conn().graceful_shutdown();
             }
             _ = tokio::time::sleep_until(idle_check), if closing_at.is_none() => {
                 match activity.idle_deadline(idle_timeout) {
                     Some(at) if at <= Instant::now() => {
                         closing_at = Some(Instant::now());
-                        conn.as_mut().graceful_shutdown();
+                        conn.conn().graceful_shutdown();
                     }
                     Some(at) => idle_check = at,
                     None => idle_check = Instant::now() + idle_timeout,
