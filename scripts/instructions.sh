@@ -10,6 +10,8 @@
 # (loopback TCP, epoll, futex) is in the CPU times of scripts/bench.sh.
 #   scripts/instructions.sh            # both
 #   PROCESS=0 scripts/instructions.sh  # the handler only
+#   SHAPES= scripts/instructions.sh    # the process only
+#   KEEP=dir scripts/instructions.sh   # and keep the callgrind profiles in dir
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 2; }
@@ -17,7 +19,12 @@ bench=$(cargo bench --locked --bench hot_path --no-run 2>&1 | sed -n 's/.*Execut
 [ -x "$bench" ] || { echo "bench binary not found" >&2; exit 1; }
 out=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$out"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+  # KEEP=dir keeps the callgrind profiles (callgrind_annotate --inclusive=yes dir/cg.process.550).
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$out"/cg.* "$KEEP"/ 2>/dev/null || true; fi
+  rm -rf "$out"
+}
 trap cleanup EXIT
 collected() { sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$1"; }
 
@@ -26,7 +33,7 @@ handler() { # shape calls -> instructions inside handle_once
     --callgrind-out-file="$out/cg.$1.$2" "$bench" 2>"$out/vg.$1.$2"
   collected "$out/vg.$1.$2"
 }
-for shape in ztunnel agent; do
+for shape in ${SHAPES-ztunnel agent}; do
   few=$(handler "$shape" 10)
   many=$(handler "$shape" 60)
   echo "handler instructions per request, $shape shape: $(( (many - few) / 50 ))"
