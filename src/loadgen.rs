@@ -60,6 +60,10 @@ pub struct LoadOptions {
     /// delayed ACKs on the signer's side cost such a client (`server.tcp_quickack`).
     #[arg(long)]
     pub client_nagle: bool,
+    /// Pause each worker this long after each answer (callers that are not back to back:
+    /// what an idle gap between calls costs either side). Timer granularity is ~1 ms.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub think_time: Duration,
     /// Stop after this many requests (default: one per identity).
     #[arg(long)]
     pub requests: Option<usize>,
@@ -411,7 +415,7 @@ pub async fn run(opts: &LoadOptions) -> anyhow::Result<Report> {
             done.clone(),
             stop.clone(),
         );
-        let (ttl, retries) = (opts.ttl, opts.retries);
+        let (ttl, retries, think) = (opts.ttl, opts.retries, opts.think_time);
         workers.spawn(async move {
             let mut latencies = Vec::new();
             let mut errors: BTreeMap<String, usize> = BTreeMap::new();
@@ -441,6 +445,9 @@ pub async fn run(opts: &LoadOptions) -> anyhow::Result<Report> {
                     *errors.entry(label).or_default() += 1;
                 }
                 done.fetch_add(1, Ordering::Relaxed);
+                if !think.is_zero() {
+                    tokio::time::sleep(think).await;
+                }
             }
             (latencies, errors, retried)
         });

@@ -27,6 +27,7 @@ async fn loadgen_through_signer_and_direct() {
         concurrency: 8,
         connections: 2,
         client_nagle: false,
+        think_time: Duration::ZERO,
         requests: Some(300),
         duration: None,
         ttl: Duration::from_secs(3600),
@@ -61,6 +62,7 @@ async fn loadgen_through_signer_and_direct() {
     // scripts/nagle-latency.sh, not here).
     let nagle = loadgen::run(&LoadOptions {
         client_nagle: true,
+        think_time: Duration::ZERO,
         requests: Some(20),
         ..base.clone()
     })

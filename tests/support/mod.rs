@@ -845,6 +845,7 @@ pub fn verified_load(
         concurrency,
         connections: 4,
         client_nagle: false,
+        think_time: Duration::ZERO,
         requests: Some(requests),
         duration: None,
         ttl: Duration::from_secs(3600),
