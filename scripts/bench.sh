@@ -6,6 +6,7 @@
 #   QUICK=1 scripts/bench.sh    # short run
 #   PIN=1 scripts/bench.sh      # Vault alone on CPU 0; signer and load generator on CPU 1
 #                               # (both modes), as when Vault runs on its own node
+#   VAULT_TLS=1 scripts/bench.sh  # HTTPS to OpenBao (HTTP/2 by ALPN), as Vault is reached in production
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$PWD/target/bench
@@ -43,7 +44,7 @@ for _ in range(300):
     except OSError: time.sleep(0.1)
 sys.exit('signer did not start')"
 
-common=(--jwt-key "$out/jwt/jwt-key.pem" --vault-addr "http://127.0.0.1:$bao_port"
+common=(--jwt-key "$out/jwt/jwt-key.pem" --vault-addr "$bao_addr" ${bao_ca:+--vault-ca-file "$bao_ca"}
   --vault-token-file "$out/vault-token" --addr "127.0.0.1:$signer_port" --server-name localhost
   --ca-file "$out/tls/root-cert.pem" --progress 0s --vault-pid "$bao_pid")
 run() { # name, args...

@@ -21,7 +21,7 @@ level = "warn"'
   "$bin" serve --config "$out/config.toml" 2>"$out/signer-$qa.log" & spid=$!; pids+=($spid)
   wait_http "http://127.0.0.1:$admin/readyz"
   for nagle in "" "--client-nagle"; do
-    "$bin" loadgen --jwt-key "$out/jwt/jwt-key.pem" --vault-addr "http://127.0.0.1:$bao_port" \
+    "$bin" loadgen --jwt-key "$out/jwt/jwt-key.pem" --vault-addr "$bao_addr" ${bao_ca:+--vault-ca-file "$bao_ca"} \
       --vault-token-file "$out/vault-token" --addr "127.0.0.1:$port" --server-name localhost \
       --ca-file "$out/tls/root-cert.pem" --progress 0s --identities 100 --concurrency 1 --connections 1 \
       --rsa-fraction 0 $nagle --json "$out/qa-$qa${nagle:+-nagle}.json" >/dev/null 2>&1

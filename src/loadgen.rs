@@ -80,6 +80,9 @@ pub struct LoadOptions {
     pub vault_addr: String,
     #[arg(long)]
     pub vault_token_file: Option<PathBuf>,
+    /// PEM CA that validates an `https` Vault address (direct mode).
+    #[arg(long)]
+    pub vault_ca_file: Option<PathBuf>,
     #[arg(long, default_value = "pki-istio")]
     pub vault_mount: String,
     #[arg(long, default_value = "istio-workload")]
@@ -354,8 +357,15 @@ pub async fn run(opts: &LoadOptions) -> anyhow::Result<Report> {
             Some(p) => std::fs::read_to_string(p)?.trim().to_owned(),
             None => std::env::var("VAULT_TOKEN").context("--vault-token-file or $VAULT_TOKEN")?,
         };
+        let roots = match &opts.vault_ca_file {
+            Some(p) => {
+                let pem = std::fs::read(p).with_context(|| p.display().to_string())?;
+                reqwest::Certificate::from_pem_bundle(&pem)?
+            }
+            None => Vec::new(),
+        };
         let http = crate::http_client()
-            .tls_certs_only([])
+            .tls_certs_only(roots)
             .pool_max_idle_per_host(opts.concurrency)
             .timeout(Duration::from_secs(30))
             .build()?;

@@ -34,6 +34,7 @@ async fn loadgen_through_signer_and_direct() {
         direct_vault: false,
         vault_addr: env.bao.addr.clone(),
         vault_token_file: Some(env.setup_dir.join("vault-token")),
+        vault_ca_file: None,
         vault_mount: support::MOUNT.into(),
         vault_role: support::ROLE.into(),
         verify_roots: Some(env.setup_dir.join("tls/root-cert.pem")),

@@ -852,6 +852,7 @@ pub fn verified_load(
         direct_vault: false,
         vault_addr: String::new(),
         vault_token_file: None,
+        vault_ca_file: None,
         vault_mount: MOUNT.into(),
         vault_role: ROLE.into(),
         verify_roots: Some(roots.to_owned()),
