@@ -7,7 +7,7 @@
 //! the connection future: while it polls the connection, the connection's writes and flushes
 //! only fill a buffer ([`CorkedIo`]); when the poll returns, the buffer is written and flushed.
 //! Nothing waits longer than the poll that produced it, and the buffer is bounded
-//! ([`MAX_CORKED`]): a peer that does not read stops the writer as before.
+//! ([`MAX_CORKED`], 16 KiB): a peer that does not read stops the writer as before.
 
 use std::future::Future;
 use std::io;
@@ -18,9 +18,10 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Bytes held back while the connection is polled; past this, writes go through (and wait
-/// for the socket) as if uncorked.
-pub const MAX_CORKED: usize = 64 * 1024;
+/// Bytes held back while the connection is polled: one full TLS record's worth (answers are
+/// 2–5 KiB). Past this, what is held is written first, so a connection never holds more, also
+/// when its peer stops reading (the buffer keeps its capacity, at most this, while open).
+pub const MAX_CORKED: usize = 16 * 1024;
 
 /// The write side shared by the connection (through [`CorkedIo`]) and its driver ([`Corked`]);
 /// both live in the connection's task, so the lock is never contended.
@@ -278,6 +279,26 @@ mod tests {
         assert_eq!(writes[0].len(), 8 + 2048 + 9);
         assert!(writes[0].starts_with(b"headers|") && writes[0].ends_with(b"|trailers"));
         assert!(recorder.flushes.load(Ordering::SeqCst) >= 1, "and flushed");
+    }
+
+    /// A write larger than the bound passes through in pieces no larger than the bound.
+    #[tokio::test]
+    async fn a_write_past_the_bound_goes_out_in_bounded_pieces() {
+        let recorder = Recorder::default();
+        let (mut io, cork) = cork(recorder.clone());
+        let big: Vec<u8> = (0..2 * MAX_CORKED + 500).map(|n| (n % 253) as u8).collect();
+        let sent = big.clone();
+        cork.drive(async move {
+            io.write_all(b"head").await?;
+            io.write_all(&sent).await?;
+            io.flush().await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let writes = recorder.writes();
+        assert!(writes.iter().all(|w| w.len() <= MAX_CORKED));
+        assert_eq!(writes.concat(), [b"head".as_slice(), &big].concat());
     }
 
     #[tokio::test]
