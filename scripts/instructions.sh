@@ -12,6 +12,7 @@
 #   PROCESS=0 scripts/instructions.sh  # the handler only
 #   SHAPES= scripts/instructions.sh    # the process only
 #   KEEP=dir scripts/instructions.sh   # and keep the callgrind profiles in dir
+#   LOG_LEVEL=... scripts/instructions.sh  # the signer's log.level (default info)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 2; }
@@ -48,7 +49,10 @@ start_openbao "$out"
 process() { # requests -> instructions of the signer process over its whole life
   local n=$1 port admin
   port=$(free_port); admin=$(free_port)
-  signer_config "$out" "$port" "$admin"
+  local log_section=""
+  [ -n "${LOG_LEVEL:-}" ] && log_section="[log]
+level = \"$LOG_LEVEL\""
+  signer_config "$out" "$port" "$admin" "" "$log_section"
   valgrind --tool=callgrind --callgrind-out-file="$out/cg.process.$n" "$bin" serve --config "$out/config.toml" \
     >/dev/null 2>"$out/vg.process.$n" &
   local pid=$!

@@ -6,6 +6,7 @@
 #   scripts/syscalls.sh                 # 2,000 requests at c=32
 #   N=500 C=1 scripts/syscalls.sh       # one connection, one call at a time
 #   BIN=/path/to/istio-vault-ca scripts/syscalls.sh   # another build (an A/B comparison)
+#   LOG_LEVEL='info,istio_vault_ca::request=off' scripts/syscalls.sh   # another log.level
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v strace >/dev/null || { echo "strace is needed (apt-get install strace)" >&2; exit 2; }
@@ -23,10 +24,13 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 start_openbao "$out"
 port=$(free_port); admin=$(free_port)
+log_section=""
+[ -n "${LOG_LEVEL:-}" ] && log_section="[log]
+level = \"$LOG_LEVEL\""
 signer_config "$out" "$port" "$admin" 'max_in_flight = 512
 [server.limits]
 max_in_flight_per_peer = 512
-max_connections_per_peer = 512'
+max_connections_per_peer = 512' "$log_section"
 # Request log at info and the audit trail to stdout, as in production (to files here).
 "$bin" serve --config "$out/config.toml" 2>"$out/signer.log" >"$out/audit.log" &
 signer_pid=$!

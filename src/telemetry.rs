@@ -20,6 +20,9 @@ use crate::config::{AuditConfig, LogConfig, LogFormat, TracingConfig};
 /// The target of audit events.
 pub const AUDIT_TARGET: &str = "istio_vault_ca::audit";
 
+/// The target of the one-line-per-call request log (`log.level` directives can name it).
+pub const REQUEST_TARGET: &str = "istio_vault_ca::request";
+
 /// The target of the request spans exported by OTLP (never shown in the log).
 pub const SPAN_TARGET: &str = "istio_vault_ca::span";
 
@@ -180,6 +183,22 @@ pub fn init_with_writers<W, A>(
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
     A: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
+    let _ = subscriber(config, writer, ansi, audit, tracing).try_init();
+}
+
+/// The subscriber [`init_with_writers`] installs: the operational log filtered by
+/// `log.level` (never the audit or span targets), the audit trail, the span exporter.
+fn subscriber<W, A>(
+    config: &LogConfig,
+    writer: W,
+    ansi: bool,
+    audit: Option<A>,
+    tracing: Option<&Tracing>,
+) -> impl tracing::Subscriber + Send + Sync + 'static
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+    A: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(&config.level))
         .add_directive(
@@ -217,5 +236,66 @@ pub fn init_with_writers<W, A>(
     if let Some(t) = tracing {
         layers.push(t.layer().boxed());
     }
-    let _ = tracing_subscriber::registry().with(layers).try_init();
+    tracing_subscriber::registry().with(layers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Capture {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    /// With the audit trail on, `log.level = "info,istio_vault_ca::request=off"` leaves one
+    /// line per call (the README's advice): the request line's call site is disabled, so it is
+    /// not even formatted, while the audit line and other logs stay.
+    #[test]
+    fn the_request_line_can_be_turned_off_and_the_audit_line_stays() {
+        let (log, audit) = (Capture::default(), Capture::default());
+        let config = LogConfig {
+            level: "info,istio_vault_ca::request=off".into(),
+            ..LogConfig::default()
+        };
+        let (l, a) = (log.clone(), audit.clone());
+        let sub = subscriber(
+            &config,
+            move || l.clone(),
+            false,
+            Some(move || a.clone()),
+            None,
+        );
+        tracing::subscriber::with_default(sub, || {
+            assert!(!tracing::enabled!(target: REQUEST_TARGET, tracing::Level::INFO));
+            assert!(tracing::enabled!(target: AUDIT_TARGET, tracing::Level::INFO));
+            tracing::info!(target: REQUEST_TARGET, outcome = "issued", "CreateCertificate");
+            tracing::info!(target: AUDIT_TARGET, outcome = "issued", "certificate issued");
+            tracing::warn!("something else");
+        });
+        let (log, audit) = (log.text(), audit.text());
+        assert!(!log.contains("CreateCertificate"), "{log}");
+        assert!(log.contains("something else"), "{log}");
+        assert!(
+            !log.contains("certificate issued"),
+            "audit never in the log: {log}"
+        );
+        assert_eq!(audit.lines().count(), 1, "{audit}");
+        assert!(audit.contains("\"outcome\":\"issued\""), "{audit}");
+    }
 }

@@ -11,10 +11,7 @@ use tonic::{Code, Status};
 
 use crate::authn::Caller;
 use crate::signer::{Certified, Routed};
-use crate::telemetry::AUDIT_TARGET;
-
-/// Target of the one-line-per-call request log.
-pub const REQUEST_TARGET: &str = "istio_vault_ca::request";
+use crate::telemetry::{AUDIT_TARGET, REQUEST_TARGET};
 
 /// Where and when a call arrived.
 pub struct Call<'a> {
