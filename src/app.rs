@@ -81,7 +81,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let metrics = crate::metrics::install();
     let creds = Credentials::from_config(&config.vault, |k| std::env::var(k).ok())
         .context("vault credentials")?;
-    let vault = VaultClient::new(&config.vault).context("vault client")?;
+    let vault = VaultClient::new(&config.vault)
+        .context("vault client")?
+        .observe(Arc::new(|call| {
+            crate::metrics::vault_call(call.op, call.took, call.error)
+        }));
     if vault.is_cluster() {
         // Know the active node before the first login and trust read.
         vault.probe_nodes().await;

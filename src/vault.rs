@@ -45,6 +45,19 @@ const SIGN_RETRY_MAX: Duration = Duration::from_secs(2);
 const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-vault-token");
 const NAMESPACE_HEADER: HeaderName = HeaderName::from_static("x-vault-namespace");
 
+/// One call to Vault as its caller sees it: which operation, how long it took (failover over
+/// nodes included) and, if it failed, [`VaultError::kind`]. The client keeps no metrics; its
+/// owner records these ([`VaultClient::observe`]).
+#[derive(Debug, Clone, Copy)]
+pub struct CallRecord {
+    pub op: &'static str,
+    pub took: Duration,
+    pub error: Option<&'static str>,
+}
+
+/// Told of every call the client makes.
+pub type CallObserver = Arc<dyn Fn(CallRecord) + Send + Sync>;
+
 /// Client for one Vault (or OpenBao) server or cluster: the signer's token, its connection
 /// pool, its nodes' health, circuit breaker and retries, shared by every [`SignTarget`].
 #[derive(Clone)]
@@ -62,6 +75,7 @@ pub struct VaultClient {
     breaker: Arc<Breaker>,
     timeout: Duration,
     retries: u32,
+    observer: Option<CallObserver>,
 }
 
 impl std::fmt::Debug for VaultClient {
@@ -143,7 +157,14 @@ impl VaultClient {
             )),
             timeout: config.timeout,
             retries: config.retries,
+            observer: None,
         })
+    }
+
+    /// Reports every call to `observer` (the application records them as metrics).
+    pub fn observe(mut self, observer: CallObserver) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// A signing target on this Vault: `mount`, `role` and, if set, its own namespace.
@@ -418,11 +439,13 @@ impl VaultClient {
             }
             Err(open) => Err(VaultError::CircuitOpen(open.retry_in)),
         };
-        crate::metrics::vault_call(
-            op,
-            started.elapsed(),
-            result.as_ref().err().map(VaultError::kind),
-        );
+        if let Some(observer) = &self.observer {
+            observer(CallRecord {
+                op,
+                took: started.elapsed(),
+                error: result.as_ref().err().map(VaultError::kind),
+            });
+        }
         result
     }
 
