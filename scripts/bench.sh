@@ -29,12 +29,7 @@ if [ -n "${PIN:-}" ]; then vault_cpu=(taskset -c 0); rest_cpu=(taskset -c 1); el
 start_openbao "$out" "${vault_cpu[@]}"
 signer_port=$(free_port)
 admin_port=$(free_port)
-signer_config "$out" "$signer_port" "$admin_port" 'max_in_flight = 512
-# The load generator is one address: let it use every slot (per-peer fairness is for meshes).
-[server.limits]
-max_in_flight_per_peer = 512
-max_connections_per_peer = 512' "[log]
-level = \"${LOG_LEVEL:-info}\""
+LOG_LEVEL=${LOG_LEVEL:-info} signer_config "$out" "$signer_port" "$admin_port" "$LOADGEN_LIMITS"
 "${rest_cpu[@]}" env ${SIGNER_THREADS:+TOKIO_WORKER_THREADS=$SIGNER_THREADS} "$bin" serve --config "$out/config.toml" 2>"$out/signer.log" &
 signer_pid=$!
 pids+=($signer_pid)

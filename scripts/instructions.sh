@@ -49,18 +49,12 @@ start_openbao "$out"
 process() { # requests -> instructions of the signer process over its whole life
   local n=$1 port admin
   port=$(free_port); admin=$(free_port)
-  local log_section=""
-  [ -n "${LOG_LEVEL:-}" ] && log_section="[log]
-level = \"$LOG_LEVEL\""
-  signer_config "$out" "$port" "$admin" "" "$log_section"
+  signer_config "$out" "$port" "$admin"
   valgrind --tool=callgrind --callgrind-out-file="$out/cg.process.$n" "$bin" serve --config "$out/config.toml" \
     >/dev/null 2>"$out/vg.process.$n" &
   local pid=$!
   wait_http "http://127.0.0.1:$admin/readyz"
-  "$bin" loadgen --addr "127.0.0.1:$port" --ca-file "$out/tls/root-cert.pem" --server-name localhost \
-    --jwt-key "$out/jwt/jwt-key.pem" --identities "$n" --requests "$n" --concurrency 4 --connections 2 \
-    --progress 0s >"$out/load.$n" 2>&1
-  grep -q "errors none" "$out/load.$n" || { cat "$out/load.$n" >&2; exit 1; }
+  signer_load "$out" "$port" "$n" 4 --connections 2
   kill -TERM "$pid"; wait "$pid" || true
   collected "$out/vg.process.$n"
 }

@@ -48,12 +48,21 @@ start_openbao() {
   "$bin" dev-issuer init --dir "$out/jwt" 2>/dev/null
 }
 
+# [server] lines that let the load generator, one address, use every slot (per-peer fairness
+# is for meshes).
+LOADGEN_LIMITS='max_in_flight = 512
+[server.limits]
+max_in_flight_per_peer = 512
+max_connections_per_peer = 512'
+
 # signer_config OUT PORT ADMIN_PORT [SERVER_LINES] [MORE_SECTIONS]: writes OUT/config.toml for
 # the signer on PORT against start_openbao's server; SERVER_LINES go into [server],
-# MORE_SECTIONS after the rest.
+# MORE_SECTIONS after the rest. LOG_LEVEL, when set, is the signer's log.level.
 signer_config() {
-  local vault_ca_line=""
+  local vault_ca_line="" log_section=""
   [ -n "${bao_ca:-}" ] && vault_ca_line="ca_file = \"$bao_ca\""
+  [ -n "${LOG_LEVEL:-}" ] && log_section="[log]
+level = \"$LOG_LEVEL\""
   cat >"$1/config.toml" <<EOT
 [server]
 listen = "127.0.0.1:$2"
@@ -68,6 +77,17 @@ $vault_ca_line
 token_file = "$1/vault-token"
 [admin]
 listen = "127.0.0.1:$3"
+$log_section
 ${5:-}
 EOT
+}
+
+# signer_load OUT PORT N CONCURRENCY [LOADGEN_ARGS...]: N requests, N new identities, to the
+# signer on PORT; fails (printing the load generator's report) unless every one succeeded.
+signer_load() {
+  local out=$1 port=$2 n=$3 c=$4; shift 4
+  "$bin" loadgen --addr "127.0.0.1:$port" --ca-file "$out/tls/root-cert.pem" --server-name localhost \
+    --jwt-key "$out/jwt/jwt-key.pem" --identities "$n" --requests "$n" --concurrency "$c" "$@" \
+    --progress 0s >"$out/load.$n" 2>&1
+  grep -q "errors none" "$out/load.$n" || { cat "$out/load.$n" >&2; exit 1; }
 }

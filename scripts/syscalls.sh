@@ -24,26 +24,15 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 start_openbao "$out"
 port=$(free_port); admin=$(free_port)
-log_section=""
-[ -n "${LOG_LEVEL:-}" ] && log_section="[log]
-level = \"$LOG_LEVEL\""
-signer_config "$out" "$port" "$admin" 'max_in_flight = 512
-[server.limits]
-max_in_flight_per_peer = 512
-max_connections_per_peer = 512' "$log_section"
+signer_config "$out" "$port" "$admin" "$LOADGEN_LIMITS"
 # Request log at info and the audit trail to stdout, as in production (to files here).
 "$bin" serve --config "$out/config.toml" 2>"$out/signer.log" >"$out/audit.log" &
 signer_pid=$!
 pids+=("$signer_pid")
 wait_http "http://127.0.0.1:$admin/readyz"
-load() {
-  local conns=()
-  [ "$c" = 1 ] && conns=(--connections 1)
-  "$bin" loadgen --addr "127.0.0.1:$port" --ca-file "$out/tls/root-cert.pem" --server-name localhost \
-    --jwt-key "$out/jwt/jwt-key.pem" --identities "$1" --requests "$1" --concurrency "$c" "${conns[@]}" \
-    --progress 0s >"$out/load" 2>&1
-  grep -q "errors none" "$out/load" || { cat "$out/load" >&2; exit 1; }
-}
+conns=()
+[ "$c" = 1 ] && conns=(--connections 1)
+load() { signer_load "$out" "$port" "$1" "$c" "${conns[@]}"; }
 load 200 # warm: connections, caches, OpenBao's first requests
 strace -c -f -p "$signer_pid" -o "$out/strace" 2>/dev/null &
 strace_pid=$!
