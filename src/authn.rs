@@ -5,10 +5,15 @@
 //! the cluster's TokenReview API ([`token_review`]); results are cached by token SHA-256.
 //! Error messages never contain the token.
 
+mod caller;
 mod client_cert;
+mod error;
 mod jwt;
 mod result_cache;
 mod token_review;
+
+pub use caller::{AuthMethod, Caller, PodRef};
+pub use error::AuthnError;
 
 use result_cache::ResultCache;
 
@@ -21,96 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{AuthConfig, JwtConfig};
-use crate::identity::{SpiffeId, TrustDomain};
-
-/// Why a caller is not authenticated.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthnError {
-    #[error("no bearer token in the authorization header")]
-    MissingToken,
-    #[error("client claims to be in cluster {0:?}, which this signer does not serve")]
-    UnknownCluster(String),
-    #[error("more than one clusterid header")]
-    AmbiguousCluster,
-    #[error("token is malformed: {0}")]
-    Malformed(String),
-    #[error("token algorithm {0:?} is not accepted")]
-    Algorithm(String),
-    #[error("token is signed with an unknown key (kid {0:?})")]
-    UnknownKey(Option<String>),
-    #[error("token signature is invalid")]
-    BadSignature,
-    #[error("token issuer is not trusted")]
-    Issuer,
-    #[error("token audience does not include an accepted audience")]
-    Audience,
-    #[error("token has expired")]
-    Expired,
-    #[error("token is not valid yet")]
-    NotYetValid,
-    #[error("token claims do not name a service account: {0}")]
-    Claims(String),
-    #[error("token signing keys are unavailable: {0}")]
-    KeysUnavailable(String),
-    #[error("client certificate does not name a workload of this trust domain: {0}")]
-    ClientCert(String),
-    #[error("the Kubernetes API did not authenticate the token: {0}")]
-    ReviewRejected(String),
-    #[error("TokenReview is unavailable: {0}")]
-    ReviewUnavailable(String),
-    #[error("too many unknown tokens to review at once; retry later")]
-    ReviewThrottled,
-}
-
-impl AuthnError {
-    /// True when the failure is on the signer's side (keys could not be fetched).
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::KeysUnavailable(_) | Self::ReviewUnavailable(_) | Self::ReviewThrottled
-        )
-    }
-}
-
-/// How a caller proved its identity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMethod {
-    Jwt,
-    /// A TLS client certificate that chained to the trust bundle.
-    ClientCert,
-    /// A token the Kubernetes API authenticated (TokenReview).
-    TokenReview,
-}
-
-impl AuthMethod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Jwt => "jwt",
-            Self::ClientCert => "client-cert",
-            Self::TokenReview => "token-review",
-        }
-    }
-}
-
-/// The pod a pod-bound token was issued to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodRef {
-    pub name: String,
-    pub uid: String,
-    pub node: Option<String>,
-}
-
-/// An authenticated caller.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub identity: SpiffeId,
-    pub method: AuthMethod,
-    pub pod: Option<PodRef>,
-    /// When the credential expires (a token's `exp`, unix seconds), if known.
-    pub expires: Option<u64>,
-    /// The cluster the caller authenticated in (`clusterid`, or the local cluster).
-    pub cluster: String,
-}
+use crate::identity::TrustDomain;
 
 /// Credentials carried by one request.
 #[derive(Debug, Clone, Copy, Default)]
