@@ -19,9 +19,13 @@ pub use crate::ttl::OverMax;
 
 mod auth;
 mod bundle;
+mod check;
 mod csr;
+pub mod duration;
 mod env;
+mod error;
 mod istiod;
+mod kubernetes;
 mod limits;
 mod routing;
 mod server;
@@ -37,6 +41,7 @@ pub use bundle::*;
 pub use csr::*;
 use env::{apply_override, set_by};
 pub use istiod::*;
+pub use kubernetes::*;
 pub use limits::*;
 pub use routing::{DEFAULT_TARGET, RouteConfig, TargetConfig};
 pub use server::*;
@@ -46,47 +51,11 @@ pub use trust_distribution::*;
 pub use ttl::*;
 pub use vault::*;
 
+use check::{check_fetch_url, check_vault_path};
+pub use error::ConfigError;
+
 /// Prefix of environment variables that override file settings.
 pub const ENV_PREFIX: &str = "IVCA_";
-
-/// Why the configuration cannot be used. Each variant names the offending key.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{}:{line}:{column}: not valid TOML: {message}", path.display())]
-    Syntax {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
-    #[error("{key}: {message}")]
-    Invalid { key: String, message: String },
-}
-
-impl ConfigError {
-    /// The same error, naming the `IVCA_*` variable that set its key, if one did.
-    fn naming_variables(self, overrides: &[(String, String)]) -> Self {
-        match self {
-            Self::Invalid { key, message } => {
-                let message = set_by(&key, overrides, message);
-                Self::Invalid { key, message }
-            }
-            other => other,
-        }
-    }
-
-    fn invalid(key: &str, message: impl Into<String>) -> Self {
-        Self::Invalid {
-            key: key.to_owned(),
-            message: message.into(),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -121,14 +90,6 @@ pub struct Config {
     /// The `IVCA_*` overrides applied on top of it (applied again on reload).
     #[serde(skip)]
     pub overrides: Vec<(String, String)>,
-}
-
-/// The local cluster's API server, for the namespace labels `routes[].namespace_selector` reads.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KubernetesConfig {
-    /// kubeconfig file (default: in-cluster, or `$KUBECONFIG`).
-    pub kubeconfig: Option<PathBuf>,
 }
 
 impl Config {
@@ -275,46 +236,6 @@ impl Config {
     }
 }
 
-/// A mount, role or issuer path relative to `/v1/`.
-pub(super) fn check_vault_path(key: &str, value: &str) -> Result<(), ConfigError> {
-    if value.is_empty() || value.starts_with('/') || value.contains("..") {
-        return Err(ConfigError::invalid(key, "must be a relative Vault path"));
-    }
-    Ok(())
-}
-
-pub(super) fn check_http_url(key: &str, url: &str) -> Result<(), ConfigError> {
-    match reqwest::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
-        Ok(_) => Err(ConfigError::invalid(
-            key,
-            "must be an http:// or https:// URL",
-        )),
-        Err(e) => Err(ConfigError::invalid(key, format!("invalid URL: {e}"))),
-    }
-}
-
-/// A URL keys are fetched from: `https://`, or `http://` on a loopback host only (a signing
-/// key fetched in the clear could be replaced on the way).
-pub(super) fn check_fetch_url(key: &str, url: &str) -> Result<(), ConfigError> {
-    check_http_url(key, url)?;
-    let u = reqwest::Url::parse(url).map_err(|e| ConfigError::invalid(key, e.to_string()))?;
-    let loopback = u.host_str().is_some_and(|h| {
-        h == "localhost"
-            || h.trim_matches(['[', ']'])
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    });
-    if u.scheme() == "https" || loopback {
-        Ok(())
-    } else {
-        Err(ConfigError::invalid(
-            key,
-            "must be https:// (plain http:// only on loopback)",
-        ))
-    }
-}
-
 /// 1-based line and column of byte `offset` in `text`.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -326,28 +247,6 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 fn de_trust_domain<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TrustDomain, D::Error> {
     let s = String::deserialize(d)?;
     TrustDomain::new(&s).map_err(serde::de::Error::custom)
-}
-
-/// Durations as `"30s"`, `"24h"`, `"1h30m"` (humantime), or a number of seconds.
-pub mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Text(String),
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        match Raw::deserialize(d)? {
-            Raw::Secs(s) => Ok(Duration::from_secs(s)),
-            Raw::Text(t) => humantime::parse_duration(t.trim())
-                .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}"))),
-        }
-    }
 }
 
 #[cfg(test)]

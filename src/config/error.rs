@@ -1,0 +1,44 @@
+//! Why the configuration cannot be used.
+
+use std::path::PathBuf;
+
+use super::env::set_by;
+
+/// Why the configuration cannot be used. Each variant names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: not valid TOML: {message}", path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    /// The same error, naming the `IVCA_*` variable that set its key, if one did.
+    pub(super) fn naming_variables(self, overrides: &[(String, String)]) -> Self {
+        match self {
+            Self::Invalid { key, message } => {
+                let message = set_by(&key, overrides, message);
+                Self::Invalid { key, message }
+            }
+            other => other,
+        }
+    }
+
+    pub(super) fn invalid(key: &str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+}
