@@ -172,7 +172,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CorkedIo<T> {
             return Pin::new(&mut shared.io).poll_write_vectored(cx, bufs);
         }
         // Take what fits under the bound (all of it unless one write is larger).
-        let mut room = MAX_CORKED.saturating_sub(shared.out.len()).max(1);
+        let mut room = MAX_CORKED.saturating_sub(shared.out.len());
         let mut taken = 0;
         for b in bufs {
             let n = b.len().min(room);
