@@ -4,44 +4,25 @@
 
 mod support;
 
-use std::time::Duration;
-
 use istio_vault_ca::loadgen::{self, LoadOptions};
 use support::Env;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_through_signer_and_direct() {
     let env = Env::start().await;
-    let key = env.dir.path().join("jwt-key.pem");
-    std::fs::write(&key, env.issuer.key_pem()).unwrap();
+    // Verified answers (as replicas.rs and ha_cluster.rs load), 300 requests over 200
+    // identities, with Vault's address for the direct run and CPU accounting of all three.
+    let roots = env.setup_dir.join("tls/root-cert.pem");
     let base = LoadOptions {
-        addr: env.addr.clone(),
-        ca_file: Some(env.setup_dir.join("tls/root-cert.pem")),
-        server_name: Some("localhost".into()),
-        jwt_key: Some(key),
-        jwt_issuer: env.issuer.issuer().to_owned(),
-        trust_domain: "cluster.local".into(),
         identities: 200,
         rsa_fraction: 0.25,
         key_pool: 2,
-        concurrency: 8,
         connections: 2,
-        client_nagle: false,
-        think_time: Duration::ZERO,
-        requests: Some(300),
-        duration: None,
-        ttl: Duration::from_secs(3600),
-        direct_vault: false,
         vault_addr: env.bao.addr.clone(),
         vault_token_file: Some(env.setup_dir.join("vault-token")),
-        vault_ca_file: None,
-        vault_mount: support::MOUNT.into(),
-        vault_role: support::ROLE.into(),
-        verify_roots: Some(env.setup_dir.join("tls/root-cert.pem")),
-        retries: 0,
         rss_pid: Some(std::process::id()),
         vault_pid: env.bao.pid(),
-        progress: Duration::ZERO,
+        ..support::verified_load(&env.addr, &roots, &env.issuer, env.dir.path(), 300, 8)
     };
     let signer = loadgen::run(&base).await.unwrap();
     assert_eq!(
@@ -63,7 +44,6 @@ async fn loadgen_through_signer_and_direct() {
     // scripts/nagle-latency.sh, not here).
     let nagle = loadgen::run(&LoadOptions {
         client_nagle: true,
-        think_time: Duration::ZERO,
         requests: Some(20),
         ..base.clone()
     })
