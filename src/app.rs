@@ -290,6 +290,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 .watch_nodes(config.vault.health_interval, shutdown_rx.clone()),
         );
     }
+    tokio::spawn(
+        vault
+            .clone()
+            .watch_tls_files(config.vault.tls_reload_interval, shutdown_rx.clone()),
+    );
     tokio::spawn(vault.clone().maintain_token(
         creds,
         lease,
@@ -371,7 +376,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 }
 
 /// What `check-config` verifies beyond the config itself: every file it names exists and is
-/// readable, and the serving certificate and key load as a pair. One line per problem.
+/// readable, the serving certificate and key load as a pair, and so do Vault's CA bundle and
+/// client certificate. One line per problem.
 pub fn preflight(config: &Config) -> Vec<String> {
     let mut problems = Vec::new();
     for (key, path) in config.referenced_files() {
@@ -384,6 +390,11 @@ pub fn preflight(config: &Config) -> Vec<String> {
         && let Err(e) = tls::load_certified_key(cert, key)
     {
         problems.push(format!("server.cert_file / server.key_file: {e}"));
+    }
+    if problems.is_empty()
+        && let Err(e) = crate::vault::TlsFiles::from_config(&config.vault).check()
+    {
+        problems.push(e.to_string());
     }
     problems
 }
@@ -534,7 +545,23 @@ mod tests {
 
         let (cert, key) = self_signed("a");
         std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
-        std::fs::write(dir.path().join("tls.key"), key).unwrap();
+        std::fs::write(dir.path().join("tls.key"), &key).unwrap();
+        assert_eq!(preflight(&config), Vec::<String>::new());
+
+        // Vault's CA bundle and client certificate go through the same checks as at start.
+        config.vault.ca_file = Some(dir.path().join("vault-ca.pem"));
+        std::fs::write(dir.path().join("vault-ca.pem"), "").unwrap();
+        let problems = preflight(&config);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("vault.ca_file "), "{problems:?}");
+        std::fs::copy(dir.path().join("tls.crt"), dir.path().join("vault-ca.pem")).unwrap();
+        config.vault.client_cert_file = Some(dir.path().join("tls.crt"));
+        config.vault.client_key_file = Some(dir.path().join("vault-client.key"));
+        std::fs::write(dir.path().join("vault-client.key"), self_signed("c").1).unwrap();
+        let problems = preflight(&config);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("key does not match"), "{problems:?}");
+        std::fs::write(dir.path().join("vault-client.key"), key).unwrap();
         assert_eq!(preflight(&config), Vec::<String>::new());
         let summary = config.summary();
         assert!(summary.contains("0.0.0.0:15012"), "{summary}");

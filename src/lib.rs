@@ -13,6 +13,7 @@ pub mod authn;
 pub mod backoff;
 pub mod bundle;
 pub mod cache;
+pub mod cert_pair;
 pub mod chain;
 pub mod client;
 pub mod config;

@@ -231,6 +231,7 @@ fn vault_public(e: &VaultError) -> String {
         VaultError::Unexpected { status, .. } => format!("Vault answered HTTP {status}"),
         VaultError::Malformed(_) => "Vault response is malformed".into(),
         VaultError::Token(_) => "the signer has no Vault token".into(),
+        VaultError::TlsFiles(_) => "the signer's TLS files for Vault are unusable".into(),
         other => other.to_string(),
     }
 }

@@ -16,20 +16,17 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::cert_pair::{self, PairError};
 use crate::config::{CipherSuite, KxGroup, TlsPolicyConfig, TlsVersion};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {message}")]
-    Read { path: PathBuf, message: String },
-    #[error("{path}: no PEM certificate found")]
-    NoCertificate { path: PathBuf },
-    #[error("{path}: no usable PEM private key found")]
-    NoKey { path: PathBuf },
+    #[error(transparent)]
+    Pair(#[from] PairError),
     #[error("serving certificate is invalid: {0}")]
     Invalid(String),
     #[error("TLS configuration failed: {0}")]
@@ -57,50 +54,9 @@ pub fn provider() -> Arc<CryptoProvider> {
     })
 }
 
-/// Reads and validates a certificate chain and its key.
+/// Reads and validates a certificate chain and its key ([`crate::cert_pair`]).
 pub fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
-    let cert_pem = read(cert_path)?;
-    let key_pem = read(key_path)?;
-    certified_key_from_pem(&cert_pem, cert_path, &key_pem, key_path)
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::Read {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })
-}
-
-fn certified_key_from_pem(
-    cert_pem: &[u8],
-    cert_path: &Path,
-    key_pem: &[u8],
-    key_path: &Path,
-) -> Result<CertifiedKey, TlsError> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Invalid(format!("{}: {e}", cert_path.display())))?;
-    let Some(leaf) = chain.first() else {
-        return Err(TlsError::NoCertificate {
-            path: cert_path.to_owned(),
-        });
-    };
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| TlsError::NoKey {
-        path: key_path.to_owned(),
-    })?;
-    let (_, parsed) =
-        X509Certificate::from_der(leaf).map_err(|e| TlsError::Invalid(e.to_string()))?;
-    if !parsed.validity().is_valid() {
-        return Err(TlsError::Invalid(format!(
-            "{} is not valid now (NotBefore {}, NotAfter {})",
-            cert_path.display(),
-            parsed.validity().not_before,
-            parsed.validity().not_after
-        )));
-    }
-    let certified = CertifiedKey::from_der(chain, key, &provider())
-        .map_err(|e| TlsError::Invalid(format!("key does not match certificate: {e}")))?;
-    Ok(certified)
+    Ok(cert_pair::load(cert_path, key_path)?)
 }
 
 /// The current serving certificate, swapped atomically on reload.
@@ -157,11 +113,11 @@ impl CertFiles {
         serving: &ServingCert,
         last: &mut Option<(Vec<u8>, Vec<u8>)>,
     ) -> Result<bool, TlsError> {
-        let contents = (read(&self.cert)?, read(&self.key)?);
+        let contents = (cert_pair::read(&self.cert)?, cert_pair::read(&self.key)?);
         if last.as_ref() == Some(&contents) {
             return Ok(false);
         }
-        let ck = certified_key_from_pem(&contents.0, &self.cert, &contents.1, &self.key)?;
+        let ck = cert_pair::from_pem(&contents.0, &self.cert, &contents.1, &self.key)?;
         serving.publish(ck);
         *last = Some(contents);
         Ok(true)
@@ -175,7 +131,7 @@ impl CertFiles {
         interval: Duration,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut last = match (read(&self.cert), read(&self.key)) {
+        let mut last = match (cert_pair::read(&self.cert), cert_pair::read(&self.key)) {
             (Ok(c), Ok(k)) => Some((c, k)),
             _ => None,
         };
@@ -207,7 +163,7 @@ pub async fn issue_serving(
 /// valid now).
 pub fn check_pair(chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, TlsError> {
     let label = Path::new("<secret>");
-    certified_key_from_pem(chain_pem, label, key_pem, label)
+    Ok(cert_pair::from_pem(chain_pem, label, key_pem, label)?)
 }
 
 /// The DNS names and IP addresses (as text) a certificate's SAN extension carries.
@@ -303,7 +259,7 @@ pub async fn issue_for_names(
     }
     let label = Path::new("<vault>");
     let key_pem = key.serialize_pem();
-    let ck = certified_key_from_pem(chain_pem.as_bytes(), label, key_pem.as_bytes(), label)?;
+    let ck = cert_pair::from_pem(chain_pem.as_bytes(), label, key_pem.as_bytes(), label)?;
     let leaf = ck
         .end_entity_cert()
         .map_err(|e| TlsError::Invalid(e.to_string()))?;
@@ -537,9 +493,10 @@ pub fn client_verifier(
     let provider = provider();
     Ok(match roots {
         ClientRoots::File(path) => {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(&path)?)
-                .collect::<Result<_, _>>()
-                .map_err(|e| TlsError::Invalid(e.to_string()))?;
+            let certs: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(&cert_pair::read(&path)?)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| TlsError::Invalid(e.to_string()))?;
             Some(optional_client_verifier(&certs, &provider)?)
         }
         ClientRoots::Bundle(bundle) => Some(Arc::new(BundleVerifier {

@@ -6,10 +6,10 @@
 //! Tokens are never logged: [`VaultToken`]'s `Debug` is redacted and the header is marked
 //! sensitive.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
 
@@ -23,6 +23,7 @@ mod delegated;
 mod error;
 mod nodes;
 mod target;
+mod tls_files;
 mod token;
 mod wire;
 pub use auth::{AuthState, Credentials, KUBERNETES_SA_TOKEN, Lease};
@@ -33,6 +34,8 @@ pub use nodes::{NodeState, NodeStatus};
 use nodes::{Nodes, Placement};
 pub use target::SignTarget;
 use target::{make_target, namespace_header};
+use tls_files::TlsMaterial;
+pub use tls_files::{TlsFiles, TlsFilesError};
 use token::read_token_file;
 pub use token::{TokenSource, VaultToken};
 use wire::{Envelope, ErrorBody, IssuerList, SignBody, SignData, signed_from};
@@ -58,11 +61,52 @@ pub struct CallRecord {
 /// Told of every call the client makes.
 pub type CallObserver = Arc<dyn Fn(CallRecord) + Send + Sync>;
 
+/// What the HTTP client is built from besides the TLS files; kept to rebuild it on rotation.
+#[derive(Debug, Clone, Copy)]
+struct HttpSettings {
+    timeout: Duration,
+    /// Several nodes: redirects are not followed (see [`HttpSettings::build`]).
+    cluster: bool,
+    plain_http: bool,
+}
+
+/// The pooled HTTP client and the digest of the TLS files it was built from.
+struct HttpClient {
+    client: reqwest::Client,
+    tls_digest: [u8; 32],
+}
+
+impl HttpSettings {
+    fn build(&self, tls: TlsMaterial) -> Result<HttpClient, TlsFilesError> {
+        let mut builder = crate::http_client()
+            .timeout(self.timeout)
+            .connect_timeout(self.timeout.min(Duration::from_secs(3)))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .user_agent(concat!("istio-vault-ca/", env!("CARGO_PKG_VERSION")));
+        if self.cluster {
+            // A standby that cannot serve redirects to the active node's address, which may be
+            // the one just found dead: the next configured node is the better choice.
+            builder = builder.redirect(reqwest::redirect::Policy::none());
+        }
+        let tls_digest = tls.digest;
+        let client = tls
+            .apply(builder, self.plain_http)?
+            .build()
+            .map_err(|e| TlsFilesError::Client(e.to_string()))?;
+        Ok(HttpClient { client, tls_digest })
+    }
+}
+
 /// Client for one Vault (or OpenBao) server or cluster: the signer's token, its connection
 /// pool, its nodes' health, circuit breaker and retries, shared by every [`SignTarget`].
 #[derive(Clone)]
 pub struct VaultClient {
-    http: reqwest::Client,
+    /// Replaced whole when the TLS files change ([`VaultClient::reload_tls`]).
+    http: Arc<ArcSwap<HttpClient>>,
+    settings: HttpSettings,
+    tls_files: TlsFiles,
     /// `<first addr>/v1/`: requests are built on it, then sent to the node chosen.
     api: Url,
     nodes: Arc<Nodes>,
@@ -89,43 +133,14 @@ impl std::fmt::Debug for VaultClient {
 impl VaultClient {
     /// Builds the client. It holds no token until [`VaultClient::authenticate`] succeeds.
     pub fn new(config: &VaultConfig) -> Result<Self, VaultError> {
-        let mut builder = crate::http_client()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(3)))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .user_agent(concat!("istio-vault-ca/", env!("CARGO_PKG_VERSION")));
         let addrs = config.addr.urls();
-        if addrs.len() > 1 {
-            // A standby that cannot serve redirects to the active node's address, which may be
-            // the one just found dead: the next configured node is the better choice.
-            builder = builder.redirect(reqwest::redirect::Policy::none());
-        }
-        if let Some(ca) = &config.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| VaultError::Token(format!("vault.ca_file {}: {e}", ca.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| VaultError::Token(format!("vault.ca_file {}: {e}", ca.display())))?;
-            builder = builder.tls_certs_only(certs);
-        } else if config.addr.is_http() {
-            // Plain HTTP needs no roots; skipping the platform verifier also avoids failing on
-            // hosts without a system CA store (reqwest#2988).
-            builder = builder.tls_certs_only([]);
-        }
-        if let (Some(cert), Some(key)) = (&config.client_cert_file, &config.client_key_file) {
-            let read = |p: &PathBuf| {
-                std::fs::read(p).map_err(|e| VaultError::Token(format!("{}: {e}", p.display())))
-            };
-            let pem = [read(cert)?, b"\n".to_vec(), read(key)?].concat();
-            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                VaultError::Token(format!("vault.client_cert_file/client_key_file: {e}"))
-            })?;
-            builder = builder.identity(identity);
-        }
-        let http = builder
-            .build()
-            .map_err(|e| VaultError::Unreachable(format!("building HTTP client: {e}")))?;
+        let settings = HttpSettings {
+            timeout: config.timeout,
+            cluster: addrs.len() > 1,
+            plain_http: config.addr.is_http(),
+        };
+        let tls_files = TlsFiles::from_config(config);
+        let http = settings.build(tls_files.read()?)?;
         let apis = addrs
             .iter()
             .map(|addr| {
@@ -143,7 +158,9 @@ impl VaultClient {
         let namespace = namespace_header(config.namespace.as_deref())?;
         let default_target = make_target(&base, &config.mount, &config.role, None)?;
         Ok(Self {
-            http,
+            http: Arc::new(ArcSwap::from_pointee(http)),
+            settings,
+            tls_files,
             base: default_target.mount_url.clone(),
             api: base,
             nodes: Arc::new(nodes),
@@ -165,6 +182,41 @@ impl VaultClient {
     pub fn observe(mut self, observer: CallObserver) -> Self {
         self.observer = Some(observer);
         self
+    }
+
+    /// Re-reads `vault.ca_file` and the client certificate files; if they changed and pass
+    /// their checks, new calls use a new HTTP client built from them (calls in flight finish
+    /// on the old one, whose connections close when it is dropped). `Ok(true)` when replaced.
+    pub fn reload_tls(&self) -> Result<bool, TlsFilesError> {
+        let material = self.tls_files.read()?;
+        if material.digest == self.http.load().tls_digest {
+            return Ok(false);
+        }
+        self.http.store(Arc::new(self.settings.build(material)?));
+        Ok(true)
+    }
+
+    /// Calls [`VaultClient::reload_tls`] every `interval` until `shutdown`; a set of files
+    /// that fails its checks (a rotation half written) is logged and the client in use kept.
+    /// Returns at once when no TLS file is configured.
+    pub async fn watch_tls_files(
+        self,
+        interval: Duration,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        if self.tls_files.is_empty() {
+            return;
+        }
+        let mut ticker = crate::periodic::Ticker::new(interval, shutdown);
+        while ticker.tick().await {
+            match self.reload_tls() {
+                Ok(true) => tracing::info!(
+                    "reloaded the TLS files for Vault (CA bundle, client certificate)"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "keeping the current TLS settings for Vault"),
+            }
+        }
     }
 
     /// A signing target on this Vault: `mount`, `role` and, if set, its own namespace.
@@ -200,7 +252,7 @@ impl VaultClient {
         url: Url,
         target: Option<&SignTarget>,
     ) -> reqwest::RequestBuilder {
-        let req = self.http.request(method, url);
+        let req = self.http.load().client.request(method, url);
         match target
             .and_then(|t| t.namespace.as_ref())
             .or(self.namespace.as_ref())
@@ -503,8 +555,8 @@ impl VaultClient {
         &self,
         req: reqwest::Request,
     ) -> Result<T, VaultError> {
-        let resp = self
-            .http
+        let client = self.http.load().client.clone();
+        let resp = client
             .execute(req)
             .await
             .map_err(|e| self.transport_error(e))?;

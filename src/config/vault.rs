@@ -30,6 +30,10 @@ pub struct VaultConfig {
     /// How often `token_file` is checked for changes.
     #[serde(with = "duration")]
     pub token_reload_interval: Duration,
+    /// How often `ca_file`, `client_cert_file` and `client_key_file` are checked for changes
+    /// (a rotated CA bundle or client certificate is used without a restart).
+    #[serde(with = "duration")]
+    pub tls_reload_interval: Duration,
     /// Extra attempts of a sign call after a transient failure (within the request deadline).
     pub retries: u32,
     /// With several `addr` nodes: how often each node's `sys/health` is read (active,
@@ -49,6 +53,10 @@ pub struct VaultConfig {
 
 /// `vault.addr` when unset.
 pub const DEFAULT_VAULT_ADDR: &str = "http://127.0.0.1:8200";
+/// `vault.token_reload_interval` when unset.
+pub const DEFAULT_TOKEN_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+/// `vault.tls_reload_interval` when unset (as for the serving files: three small reads).
+pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 /// `vault.health_interval` when unset.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 /// Most nodes `vault.addr` may list (a Vault cluster has 3 or 5).
@@ -233,7 +241,8 @@ impl Default for VaultConfig {
             client_cert_file: None,
             client_key_file: None,
             timeout: Duration::from_secs(5),
-            token_reload_interval: Duration::from_secs(10),
+            token_reload_interval: DEFAULT_TOKEN_RELOAD_INTERVAL,
+            tls_reload_interval: DEFAULT_TLS_RELOAD_INTERVAL,
             retries: 2,
             health_interval: DEFAULT_HEALTH_INTERVAL,
             breaker_threshold: 5,
@@ -271,7 +280,8 @@ impl VaultConfig {
         check_vault_path("vault.role", &self.role)?;
         server::positive("vault.timeout", self.timeout)?;
         server::positive("vault.health_interval", self.health_interval)?;
-        server::positive("vault.token_reload_interval", self.token_reload_interval)
+        server::positive("vault.token_reload_interval", self.token_reload_interval)?;
+        server::positive("vault.tls_reload_interval", self.tls_reload_interval)
     }
 }
 

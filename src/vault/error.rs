@@ -25,6 +25,8 @@ pub enum VaultError {
     CircuitOpen(Duration),
     #[error("Vault refused the caller's credentials: {0}")]
     Delegation(String),
+    #[error(transparent)]
+    TlsFiles(#[from] super::TlsFilesError),
 }
 
 impl VaultError {
@@ -52,6 +54,7 @@ impl VaultError {
             Self::Token(_) => "token",
             Self::CircuitOpen(_) => "circuit_open",
             Self::Delegation(_) => "delegation_refused",
+            Self::TlsFiles(_) => "tls_files",
         }
     }
 

@@ -427,6 +427,8 @@ pub struct MutualTls {
     pub ca_file: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// The CA of the listener's certificate and of the client certificates it accepts.
+    pub ca: TestCa,
     _dir: tempfile::TempDir,
 }
 
@@ -440,33 +442,58 @@ impl MutualTls {
     }
 }
 
+/// A CA made with rcgen that issues TLS certificates for tests.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        Self {
+            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    /// The CA certificate, PEM.
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A new key and a certificate for `names` (the first is also the common name) with one
+    /// extended key usage: `(cert PEM, key PEM)`.
+    pub fn leaf(&self, names: &[&str], eku: rcgen::ExtendedKeyUsagePurpose) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut p = rcgen::CertificateParams::new(names.clone()).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, names[0].clone());
+        p.extended_key_usages = vec![eku];
+        (
+            p.signed_by(&key, &self.issuer).unwrap().pem(),
+            key.serialize_pem(),
+        )
+    }
+
+    /// A client certificate for the signer (`istio-vault-ca`).
+    pub fn client_pair(&self) -> (String, String) {
+        self.leaf(
+            &["istio-vault-ca"],
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    }
+}
+
 impl OpenBao {
     /// A `-dev` server with, beside its plain listener, one that requires client certificates.
     pub async fn start_mutual_tls() -> (Self, MutualTls) {
-        use rcgen::{
-            BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
-            KeyPair,
-        };
         let pki = tempfile::tempdir().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let leaf = |names: Vec<String>, eku: ExtendedKeyUsagePurpose| {
-            let key = KeyPair::generate().unwrap();
-            let mut p = CertificateParams::new(names.clone()).unwrap();
-            p.distinguished_name
-                .push(rcgen::DnType::CommonName, names[0].clone());
-            p.extended_key_usages = vec![eku];
-            (p.signed_by(&key, &ca).unwrap().pem(), key.serialize_pem())
-        };
-        let (server_cert, server_key) = leaf(
-            vec!["127.0.0.1".into()],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        );
-        let (client_cert, client_key) = leaf(
-            vec!["istio-vault-ca".into()],
-            ExtendedKeyUsagePurpose::ClientAuth,
-        );
+        let ca = TestCa::new();
+        let (server_cert, server_key) =
+            ca.leaf(&["127.0.0.1"], rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+        let (client_cert, client_key) = ca.client_pair();
         let file = |name: &str, text: &str| {
             let p = pki.path().join(name);
             std::fs::write(&p, text).unwrap();
@@ -497,6 +524,7 @@ impl OpenBao {
             ca_file,
             client_cert: cc,
             client_key: ck,
+            ca,
             _dir: pki,
         };
         (bao, mtls)
