@@ -172,6 +172,89 @@ async fn calls_are_spread_and_a_step_down_fails_no_request() {
     eprintln!("{}\nnew active node {new_active}", report.text());
 }
 
+/// A rate-limit quota on the sign path (OpenBao keeps its counts per node and per client
+/// address): a node that answers the signer `429` is passed over within the same request and
+/// not marked down. Node 0's budget is spent by direct calls first; then every request still
+/// gets a verified chain with the signer's own retries off, so the ones placed on node 0 first
+/// were carried by the next node, and node 0 shows calls but no failure and is not down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttling_node_is_passed_over_not_marked_down() {
+    let cluster = Cluster::start(3).await;
+    let setup = cluster.setup().await;
+    let addrs = cluster.addrs();
+    let handle = OpenBao::handle(&cluster.nodes[0].addr, &cluster.root_token);
+    let env = Env::with_bao(handle, setup, move |c| {
+        c.vault.addr = addrs.parse().unwrap();
+        c.vault.health_interval = Duration::from_millis(500);
+        c.vault.retries = 0;
+    })
+    .await;
+    let sign_path = format!("{}/sign/{}", support::MOUNT, support::ROLE);
+    cluster.nodes[0]
+        .api(
+            "POST",
+            "sys/quotas/rate-limit/sign",
+            serde_json::json!({"path": sign_path, "rate": 5, "interval": "10m"}),
+        )
+        .await;
+    // Spend node 0's budget (any call on the path counts, an empty one too).
+    let url = format!("{}/v1/{sign_path}", cluster.nodes[0].addr);
+    let mut statuses = Vec::new();
+    while statuses.last() != Some(&429) {
+        assert!(
+            statuses.len() < 20,
+            "the quota never answered 429: {statuses:?}"
+        );
+        let resp = support::http()
+            .post(&url)
+            .header("X-Vault-Token", &cluster.root_token)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+    }
+    eprintln!("node 0 direct: {statuses:?}");
+
+    let node0 = cluster.nodes[0].addr.trim_start_matches("http://");
+    let calls = |m: &str| {
+        sample(
+            m,
+            &format!("istio_vault_ca_vault_node_calls_total{{node=\"{node0}\"}}"),
+        )
+    };
+    let failures = |m: &str| {
+        sample(
+            m,
+            &format!("istio_vault_ca_vault_node_failures_total{{node=\"{node0}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let before = env.metrics().await;
+    let report = loadgen::run(&load(&env, 6, 6, 1)).await.unwrap();
+    assert_all_ok(&report, 6);
+    let after = env.metrics().await;
+    eprintln!("{}", report.text());
+    assert!(
+        calls(&after).unwrap_or(0.0) > calls(&before).unwrap_or(0.0),
+        "node 0 took its turns (and answered 429)"
+    );
+    assert_eq!(
+        failures(&after),
+        failures(&before),
+        "a 429 is not a node failure"
+    );
+    assert!(
+        !node_state(&after, &cluster.nodes[0], "down"),
+        "node 0 is not marked down"
+    );
+    assert_eq!(
+        cluster.sign_calls(1) + cluster.sign_calls(2),
+        6,
+        "the other nodes signed all six"
+    );
+}
+
 /// The active node sealed under load: with three addresses the signer carries on (zero failed
 /// requests). With a single address pointing at a node that is then stopped, callers get
 /// `Unavailable` within their deadline, and the signer recovers by itself once the node is
