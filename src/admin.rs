@@ -57,6 +57,7 @@ impl Readiness {
             trust_bundle_roots: bundle.roots().len(),
             trust_bundle_expiry: bundle.earliest_expiry(),
             serving_not_after: self.serving.not_after(),
+            vault_client_cert_not_after: self.vault.client_cert_not_after(),
             vault_token_valid: self.vault.auth().token_valid(),
             vault_failing_fast: self.vault.failing_fast(),
             vault_nodes: self.vault.node_status(),

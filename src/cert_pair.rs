@@ -71,6 +71,18 @@ pub fn from_pem(
         .map_err(|e| PairError::Invalid(format!("key does not match certificate: {e}")))
 }
 
+/// The leaf's NotAfter (unix seconds; 0 if unreadable).
+pub fn not_after(ck: &CertifiedKey) -> i64 {
+    ck.end_entity_cert()
+        .ok()
+        .and_then(|der| {
+            X509Certificate::from_der(der)
+                .ok()
+                .map(|(_, c)| c.validity().not_after.timestamp())
+        })
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -145,6 +145,10 @@ fn describe() {
         "NotAfter of the serving certificate"
     );
     describe_gauge!(
+        "istio_vault_ca_vault_client_certificate_expiry_timestamp_seconds",
+        "NotAfter of the client certificate presented to Vault (vault.client_cert_file)"
+    );
+    describe_gauge!(
         "istio_vault_ca_vault_token_valid",
         "1 while the signer holds a valid Vault token"
     );
@@ -366,6 +370,8 @@ pub struct State {
     pub trust_bundle_roots: usize,
     pub trust_bundle_expiry: Option<i64>,
     pub serving_not_after: i64,
+    /// NotAfter of the client certificate presented to Vault, when one is configured.
+    pub vault_client_cert_not_after: Option<i64>,
     pub vault_token_valid: bool,
     pub vault_failing_fast: bool,
     /// Each Vault node, when `vault.addr` lists several.
@@ -380,6 +386,10 @@ pub fn state(s: State) {
     }
     ::metrics::gauge!("istio_vault_ca_serving_certificate_expiry_timestamp_seconds")
         .set(s.serving_not_after as f64);
+    if let Some(exp) = s.vault_client_cert_not_after {
+        ::metrics::gauge!("istio_vault_ca_vault_client_certificate_expiry_timestamp_seconds")
+            .set(exp as f64);
+    }
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
     ::metrics::gauge!("istio_vault_ca_vault_token_valid").set(flag(s.vault_token_valid));
     ::metrics::gauge!("istio_vault_ca_vault_failing_fast").set(flag(s.vault_failing_fast));

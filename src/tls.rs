@@ -20,6 +20,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+pub use crate::cert_pair::not_after;
 use crate::cert_pair::{self, PairError};
 use crate::config::{CipherSuite, KxGroup, TlsPolicyConfig, TlsVersion};
 
@@ -421,18 +422,6 @@ impl ClientCertVerifier for BundleVerifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
-}
-
-/// The leaf's NotAfter (unix seconds; 0 if unreadable).
-pub fn not_after(ck: &CertifiedKey) -> i64 {
-    ck.end_entity_cert()
-        .ok()
-        .and_then(|der| {
-            X509Certificate::from_der(der)
-                .ok()
-                .map(|(_, c)| c.validity().not_after.timestamp())
-        })
-        .unwrap_or(0)
 }
 
 #[derive(Debug)]

@@ -70,10 +70,11 @@ struct HttpSettings {
     plain_http: bool,
 }
 
-/// The pooled HTTP client and the digest of the TLS files it was built from.
+/// The pooled HTTP client and what it was built from.
 struct HttpClient {
     client: reqwest::Client,
     tls_digest: [u8; 32],
+    client_cert_not_after: Option<i64>,
 }
 
 impl HttpSettings {
@@ -90,12 +91,16 @@ impl HttpSettings {
             // the one just found dead: the next configured node is the better choice.
             builder = builder.redirect(reqwest::redirect::Policy::none());
         }
-        let tls_digest = tls.digest;
+        let (tls_digest, client_cert_not_after) = (tls.digest, tls.client_not_after);
         let client = tls
             .apply(builder, self.plain_http)?
             .build()
             .map_err(|e| TlsFilesError::Client(e.to_string()))?;
-        Ok(HttpClient { client, tls_digest })
+        Ok(HttpClient {
+            client,
+            tls_digest,
+            client_cert_not_after,
+        })
     }
 }
 
@@ -194,6 +199,11 @@ impl VaultClient {
         }
         self.http.store(Arc::new(self.settings.build(material)?));
         Ok(true)
+    }
+
+    /// NotAfter (unix seconds) of the client certificate in use, when one is configured.
+    pub fn client_cert_not_after(&self) -> Option<i64> {
+        self.http.load().client_cert_not_after
     }
 
     /// Calls [`VaultClient::reload_tls`] every `interval` until `shutdown`; a set of files

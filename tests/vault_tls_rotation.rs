@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use istio_vault_ca::client::Shape;
-use support::{Env, OpenBao, TestCa, eventually_some, id};
+use support::{Env, OpenBao, TestCa, eventually_some, id, now_unix, sample};
 use tonic::Code;
 
 /// One pilot-agent request: `Ok` when a certificate was issued, else the status code.
@@ -74,9 +74,22 @@ async fn rotated_client_certificate_and_ca_bundle_are_used_without_a_restart() {
         .await
         .expect("issued with the first client certificate");
 
+    let expiry = async || {
+        let metrics = env.metrics().await;
+        sample(
+            &metrics,
+            "istio_vault_ca_vault_client_certificate_expiry_timestamp_seconds",
+        )
+    };
+    assert!(
+        expiry().await.is_some_and(|t| t > now_unix() as f64),
+        "the client certificate's NotAfter is exported"
+    );
+
     // Half-written rotations are never put in service: a renewed certificate beside the old
     // key, then an emptied CA bundle.
-    let renewed = mtls.ca.client_pair();
+    let renewed_until = now_unix() + 30 * 86_400;
+    let renewed = mtls.ca.client_pair_until(renewed_until);
     std::fs::write(&cert, &renewed.0).unwrap();
     keeps_issuing(
         &env,
@@ -101,6 +114,11 @@ async fn rotated_client_certificate_and_ca_bundle_are_used_without_a_restart() {
         issue(&env).await.ok()
     })
     .await;
+    assert_eq!(
+        expiry().await,
+        Some(renewed_until as f64),
+        "the gauge follows the certificate in use"
+    );
 
     // Vault's CA bundle replaced by one without the listener's CA: refused ...
     std::fs::write(&ca, stranger.pem()).unwrap();

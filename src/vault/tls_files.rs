@@ -44,6 +44,8 @@ pub(super) struct TlsMaterial {
     identity_pem: Option<Vec<u8>>,
     /// SHA-256 over every file's bytes: what a later reading is compared with.
     pub(super) digest: [u8; 32],
+    /// NotAfter of the client certificate (unix seconds), when one is configured.
+    pub(super) client_not_after: Option<i64>,
 }
 
 impl TlsFiles {
@@ -78,10 +80,12 @@ impl TlsFiles {
             }
             None => Vec::new(),
         };
+        let mut client_not_after = None;
         let identity_pem = match &self.client {
             Some((cert, key)) => {
                 let (cert_pem, key_pem) = (cert_pair::read(cert)?, cert_pair::read(key)?);
-                cert_pair::from_pem(&cert_pem, cert, &key_pem, key)?;
+                let pair = cert_pair::from_pem(&cert_pem, cert, &key_pem, key)?;
+                client_not_after = Some(cert_pair::not_after(&pair));
                 // Lengths delimit the parts, so moving bytes between the files changes it.
                 for part in [&cert_pem, &key_pem] {
                     digest.update(&(part.len() as u64).to_be_bytes());
@@ -97,6 +101,7 @@ impl TlsFiles {
             ca,
             identity_pem,
             digest: out,
+            client_not_after,
         })
     }
 }

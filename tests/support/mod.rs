@@ -484,6 +484,21 @@ impl TestCa {
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,
         )
     }
+
+    /// A client certificate for the signer with NotAfter at `not_after` (unix seconds).
+    pub fn client_pair_until(&self, not_after: i64) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["istio-vault-ca".to_owned()]).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "istio-vault-ca");
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        p.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+        p.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+        (
+            p.signed_by(&key, &self.issuer).unwrap().pem(),
+            key.serialize_pem(),
+        )
+    }
 }
 
 impl OpenBao {
