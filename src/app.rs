@@ -112,16 +112,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let namespaces = if config.routes_use_namespace_labels() {
-        let client = crate::kube_client(config.kubernetes.kubeconfig.as_deref())
-            .await
-            .map_err(|e| anyhow::anyhow!("namespace labels (routes[].namespace_selector): {e}"))?;
-        let cache = Arc::new(crate::namespaces::NamespaceLabels::default());
-        tokio::spawn(crate::namespaces::watch(
-            client,
-            cache.clone(),
-            shutdown_rx.clone(),
-        ));
-        Some(cache)
+        Some(
+            crate::namespaces::start(config.kubernetes.kubeconfig.as_deref(), shutdown_rx.clone())
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("namespace labels (routes[].namespace_selector): {e}")
+                })?,
+        )
     } else {
         None
     };

@@ -88,6 +88,18 @@ impl NamespaceLabels {
 }
 
 /// Keeps `cache` current until `shutdown` fires; watch errors are retried with backoff.
+/// Connects to the local cluster (`kubeconfig`, else in-cluster) and starts the watch: the
+/// cache returned fills in the background ([`NamespaceLabels::synced`] once listed).
+pub async fn start(
+    kubeconfig: Option<&std::path::Path>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<std::sync::Arc<NamespaceLabels>, String> {
+    let client = crate::kube_client(kubeconfig).await?;
+    let cache = std::sync::Arc::new(NamespaceLabels::default());
+    tokio::spawn(watch(client, cache.clone(), shutdown));
+    Ok(cache)
+}
+
 pub async fn watch(
     client: kube::Client,
     cache: std::sync::Arc<NamespaceLabels>,

@@ -70,9 +70,7 @@ pub enum RoutingError {
     },
     #[error("{0}")]
     Bundle(#[from] BundleError),
-    #[error(
-        "routes[{0}].namespace_selector needs the namespace watch, which starts only when the signer starts with such a route: restart to apply"
-    )]
+    #[error("routes[{0}].namespace_selector needs the namespace watch, which is not running")]
     NoNamespaceWatch(usize),
 }
 

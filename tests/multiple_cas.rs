@@ -635,3 +635,56 @@ async fn not_ready_until_namespace_labels_are_listed() {
     .unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
 }
+
+/// A reload that adds the first `namespace_selector` route starts the namespace watch (the
+/// signer started without one): once the labels are listed, the labelled namespace gets the
+/// route's CA, and a namespace without the label keeps the default one. No restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adding_the_first_label_route_starts_the_namespace_watch() {
+    let (bao, setup) = two_mounts().await;
+    let env = start(bao, setup, "", "200ms").await;
+    let config = env.config.source.clone().expect("loaded from a file");
+    let payments = intermediate(&env.bao, "pki-payments").await;
+    let default_ca = intermediate(&env.bao, "pki-istio").await;
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{text}\n{}",
+            r#"
+[[targets]]
+name = "payments"
+mount = "pki-payments"
+role = "payments"
+
+[[routes]]
+name = "pci-labelled"
+namespace_selector = "compliance=pci"
+target = "payments"
+"#
+        ),
+    )
+    .unwrap();
+    let intermediate_for = async |ns: &str| {
+        call(
+            &env,
+            Shape::PilotAgent,
+            ns,
+            "api",
+            env.opts(ns, "api"),
+            None,
+        )
+        .await
+        .ok()
+        .map(|chain| chain[1].trim().to_owned())
+    };
+    support::eventually_some("the labelled namespace gets the route's CA", async || {
+        (intermediate_for("cards").await? == payments.trim()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        intermediate_for("default").await.as_deref(),
+        Some(default_ca.trim()),
+        "a namespace without the label keeps the default CA"
+    );
+}

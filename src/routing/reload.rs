@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::{RouteTable, SharedRoutes, TrustSource};
 use crate::bundle::{SharedBundle, TrustBundle};
 use crate::config::Config;
+use crate::namespaces::NamespaceLabels;
 use crate::vault::VaultClient;
 
 /// Keeps `routes` and `bundle` current: every `refresh` the targets' trust is re-read; when the
@@ -29,8 +30,12 @@ pub fn watch(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> impl Future<Output = ()> + Send {
     let mut hangup = hangup_signals();
+    let namespace_stop = shutdown.clone();
     let mut shutdown = shutdown;
     async move {
+        // The namespace watch a reload started (the first `namespace_selector` route), kept
+        // for later reloads whether or not that one was applied.
+        let mut namespaces_started = None;
         let mut last_text = config_text(&config).await;
         let mut next_refresh = tokio::time::Instant::now() + refresh;
         // The first check one period from now: the file was just read (an immediate tick could
@@ -64,7 +69,11 @@ pub fn watch(
                 }
             };
             if reload {
-                apply_reload(&config, &vault, &source, &routes, &bundle).await;
+                let namespaces = Namespaces {
+                    started: &mut namespaces_started,
+                    stop: &namespace_stop,
+                };
+                apply_reload(&config, &vault, &source, &routes, &bundle, namespaces).await;
             } else {
                 next_refresh = tokio::time::Instant::now() + refresh;
                 let table = routes.load_full();
@@ -79,6 +88,36 @@ pub fn watch(
     }
 }
 
+/// The namespace watch a reload may have to start: the one started by an earlier reload, and
+/// the shutdown signal a new one ends with.
+struct Namespaces<'a> {
+    started: &'a mut Option<Arc<NamespaceLabels>>,
+    stop: &'a tokio::sync::watch::Receiver<bool>,
+}
+
+impl Namespaces<'_> {
+    /// The labels `new`'s routes read: the watch in use, or one started now for the first
+    /// `namespace_selector` route (its requests answer `Unavailable` until the first list).
+    async fn for_config(
+        self,
+        config: &Config,
+        new: &Config,
+        current: &RouteTable,
+    ) -> Result<Option<Arc<NamespaceLabels>>, String> {
+        let existing = current.namespaces.clone().or_else(|| self.started.clone());
+        if existing.is_some() || !new.routes_use_namespace_labels() {
+            return Ok(existing);
+        }
+        let cache =
+            crate::namespaces::start(config.kubernetes.kubeconfig.as_deref(), self.stop.clone())
+                .await
+                .map_err(|e| format!("namespace labels (routes[].namespace_selector): {e}"))?;
+        tracing::info!("namespace watch started for the reloaded routes");
+        *self.started = Some(cache.clone());
+        Ok(Some(cache))
+    }
+}
+
 /// Loads the config file again and swaps in its targets and routes, or keeps the current ones.
 async fn apply_reload(
     config: &Config,
@@ -86,8 +125,9 @@ async fn apply_reload(
     source: &TrustSource,
     routes: &SharedRoutes,
     bundle: &SharedBundle,
+    namespaces: Namespaces<'_>,
 ) {
-    match prepare(config, vault, source, routes).await {
+    match prepare(config, vault, source, routes, namespaces).await {
         Ok((new, table, served)) => {
             // The bundle first: a request routed to a new target must find its roots served.
             publish(bundle, served);
@@ -113,10 +153,11 @@ async fn prepare(
     vault: &VaultClient,
     source: &TrustSource,
     routes: &SharedRoutes,
+    namespaces: Namespaces<'_>,
 ) -> Result<(Config, RouteTable, TrustBundle), String> {
     let new = config.reload().map_err(|e| e.to_string())?;
     let current = routes.load_full();
-    let namespaces = current.namespaces.clone();
+    let namespaces = namespaces.for_config(config, &new, &current).await?;
     let table = RouteTable::load(&new, vault, source, Some(&current), namespaces)
         .await
         .map_err(|e| e.to_string())?;
