@@ -164,7 +164,13 @@ impl HandlerFixture {
         let vault = VaultClient::new(&config.vault).unwrap();
         let source = TrustSource::from_config(&config);
         let table = rt
-            .block_on(RouteTable::load(&config, &vault, &source, None, None))
+            .block_on(RouteTable::load(
+                &config,
+                &istio_vault_ca::vault::VaultSet::single(vault.clone()),
+                &source,
+                None,
+                None,
+            ))
             .unwrap();
         let signer = Signer {
             authn: rt

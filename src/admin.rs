@@ -15,12 +15,14 @@ use tokio::net::TcpListener;
 
 use crate::bundle::SharedBundle;
 use crate::tls::ServingCert;
-use crate::vault::VaultClient;
+use crate::vault::VaultSet;
 
 /// What readiness looks at.
 #[derive(Clone)]
 pub struct Readiness {
-    pub vault: VaultClient,
+    /// `[vault]` decides readiness; a `[vaults.<name>]` server that cannot sign fails only
+    /// the requests routed to it (`Unavailable`) and shows in `/readyz` and the metrics.
+    pub vaults: VaultSet,
     pub bundle: SharedBundle,
     pub serving: Arc<ServingCert>,
     /// The namespace labels routes choose by, when some route has a `namespace_selector`.
@@ -31,7 +33,7 @@ impl Readiness {
     /// `Ok` when the signer can sign, else the reasons it cannot.
     pub fn check(&self) -> Result<(), Vec<&'static str>> {
         let mut missing = Vec::new();
-        if !self.vault.auth().token_valid() {
+        if !self.vaults.default_client().auth().token_valid() {
             missing.push("no valid Vault token");
         }
         if self.bundle.load().roots().is_empty() {
@@ -53,28 +55,44 @@ impl Readiness {
     /// What the state gauges show.
     fn state(&self) -> crate::metrics::State {
         let bundle = self.bundle.load();
+        let vault = self.vaults.default_client();
         crate::metrics::State {
             trust_bundle_roots: bundle.roots().len(),
             trust_bundle_expiry: bundle.earliest_expiry(),
             serving_not_after: self.serving.not_after(),
-            vault_client_cert_not_after: self.vault.client_cert_not_after(),
-            vault_token_valid: self.vault.auth().token_valid(),
-            vault_failing_fast: self.vault.failing_fast(),
-            vault_nodes: self.vault.node_status(),
+            vault_client_cert_not_after: vault.client_cert_not_after(),
+            vault_token_valid: vault.auth().token_valid(),
+            vault_failing_fast: vault.failing_fast(),
+            vault_nodes: self
+                .vaults
+                .named()
+                .flat_map(|(_, v)| v.node_status())
+                .chain(vault.node_status())
+                .collect(),
+            named_vaults: self
+                .vaults
+                .named()
+                .map(|(name, v)| crate::metrics::NamedVaultState {
+                    name: name.to_owned(),
+                    token_valid: v.auth().token_valid(),
+                    failing_fast: v.failing_fast(),
+                    client_cert_not_after: v.client_cert_not_after(),
+                })
+                .collect(),
         }
     }
 
     /// A human-readable status line for `/readyz`.
     fn report(&self) -> (StatusCode, String) {
-        let vault = if self.vault.failing_fast() {
+        let default = self.vaults.default_client();
+        let vault = if default.failing_fast() {
             " (Vault is failing; calls fail fast)"
         } else {
             ""
         };
-        let nodes: String = self
-            .vault
-            .node_status()
-            .iter()
+        let mut nodes: String = std::iter::once(default)
+            .chain(self.vaults.named().map(|(_, v)| v))
+            .flat_map(|v| v.node_status())
             .map(|n| {
                 format!(
                     "vault node {} {} calls={} failures={}\n",
@@ -85,6 +103,19 @@ impl Readiness {
                 )
             })
             .collect();
+        for (name, v) in self.vaults.named() {
+            let token = if v.auth().token_valid() {
+                "token valid"
+            } else {
+                "no valid token"
+            };
+            let failing = if v.failing_fast() {
+                ", failing; calls fail fast"
+            } else {
+                ""
+            };
+            nodes.push_str(&format!("vaults.{name}: {token}{failing}\n"));
+        }
         match self.check() {
             Ok(()) => (StatusCode::OK, format!("ready{vault}\n{nodes}")),
             Err(why) => (

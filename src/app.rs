@@ -23,7 +23,7 @@ use crate::server::gate::{Gate, GateLimits};
 use crate::server::listener::{self, ServeOptions};
 use crate::signer::Signer;
 use crate::tls::{self, ServingCert};
-use crate::vault::{Credentials, VaultClient, VaultError};
+use crate::vault::{Credentials, VaultClient, VaultError, VaultSet};
 
 /// Room in a request message beside the CSR (validity, metadata with ImpersonatedIdentity).
 const MESSAGE_OVERHEAD: usize = 4 * 1024;
@@ -79,38 +79,17 @@ impl Running {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Before anything calls Vault or the issuer, so start-up calls are counted too.
     let metrics = crate::metrics::install();
-    let creds = Credentials::from_config(&config.vault, |k| std::env::var(k).ok())
-        .context("vault credentials")?;
-    let vault = VaultClient::new(&config.vault)
-        .context("vault client")?
-        .observe(Arc::new(|call| {
-            crate::metrics::vault_call(call.op, call.took, call.error)
-        }));
-    if vault.is_cluster() {
-        // Know the active node before the first login and trust read.
-        vault.probe_nodes().await;
-    }
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // Vault is needed at start-up only when the trust bundle comes from it; otherwise the
     // signer starts anyway (not ready) and keeps trying to authenticate in the background.
-    let lease = if config.bundle.file.is_none() {
-        Some(
-            retry_vault("Vault login", Some(STARTUP_VAULT_WAIT), || {
-                vault.authenticate(&creds)
-            })
-            .await?,
-        )
-    } else {
-        match vault.authenticate(&creds).await {
-            Ok(lease) => Some(lease),
-            Err(e) => {
-                tracing::warn!(error = %e, "Vault login failed at start-up; retrying in the background");
-                vault.use_unverified(&creds);
-                None
-            }
-        }
-    };
-
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let wait = config.bundle.file.is_none();
+    let vault = start_vault(None, &config.vault, wait, &shutdown_rx).await?;
+    let mut named = std::collections::BTreeMap::new();
+    for (name, cfg) in &config.vaults {
+        let client = start_vault(Some(name), cfg, wait, &shutdown_rx).await?;
+        named.insert(name.clone(), client);
+    }
+    let vaults = VaultSet::new(vault.clone(), named);
     let namespaces = if config.routes_use_namespace_labels() {
         Some(
             crate::namespaces::start(config.kubernetes.kubeconfig.as_deref(), shutdown_rx.clone())
@@ -124,7 +103,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     let trust_source = TrustSource::from_config(&config);
     let table = retry_vault("signing targets", Some(STARTUP_VAULT_WAIT), || {
-        RouteTable::load(&config, &vault, &trust_source, None, namespaces.clone())
+        RouteTable::load(&config, &vaults, &trust_source, None, namespaces.clone())
     })
     .await?;
     let initial = table.served(&trust_source).await.context("trust bundle")?;
@@ -191,7 +170,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let local_addr = listener.local_addr()?;
 
     let readiness = Readiness {
-        vault: vault.clone(),
+        vaults: vaults.clone(),
         bundle: shared_bundle.clone(),
         serving: serving.clone(),
         namespaces: namespaces.clone(),
@@ -280,27 +259,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         };
         crate::leader::spawn_led(leading, shutdown_rx.clone(), run);
     }
-    if vault.is_cluster() {
-        tokio::spawn(
-            vault
-                .clone()
-                .watch_nodes(config.vault.health_interval, shutdown_rx.clone()),
-        );
-    }
-    tokio::spawn(
-        vault
-            .clone()
-            .watch_tls_files(config.vault.tls_reload_interval, shutdown_rx.clone()),
-    );
-    tokio::spawn(vault.clone().maintain_token(
-        creds,
-        lease,
-        config.vault.auth.min_relogin_interval,
-        shutdown_rx.clone(),
-    ));
     tokio::spawn(crate::routing::watch(
         config.clone(),
-        vault.clone(),
+        vaults.clone(),
         trust_source,
         shared_routes,
         shared_bundle,
@@ -370,6 +331,68 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown: shutdown_tx,
         task,
     })
+}
+
+/// Starts the client of `[vault]` (`name` None) or of `[vaults.<name>]`: logs in (waiting
+/// for Vault when `wait`, else retrying in the background) and keeps its token, TLS files
+/// and, for a cluster, its nodes' health current until shutdown.
+async fn start_vault(
+    name: Option<&str>,
+    config: &crate::config::VaultConfig,
+    wait: bool,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<VaultClient> {
+    let section = name.map_or_else(|| "vault".to_owned(), |n| format!("vaults.{n}"));
+    let creds = Credentials::from_config(config, |k| std::env::var(k).ok())
+        .with_context(|| format!("{section} credentials"))?;
+    let label = name.map(str::to_owned);
+    let vault = VaultClient::new(config)
+        .with_context(|| format!("{section} client"))?
+        .observe(Arc::new(move |call| {
+            crate::metrics::vault_call(label.as_deref(), call.op, call.took, call.error)
+        }));
+    if vault.is_cluster() {
+        // Know the active node before the first login and trust read.
+        vault.probe_nodes().await;
+    }
+    let lease = if wait {
+        Some(
+            retry_vault(
+                &format!("Vault login ({section})"),
+                Some(STARTUP_VAULT_WAIT),
+                || vault.authenticate(&creds),
+            )
+            .await?,
+        )
+    } else {
+        match vault.authenticate(&creds).await {
+            Ok(lease) => Some(lease),
+            Err(e) => {
+                tracing::warn!(error = %e, vault = %section, "Vault login failed at start-up; retrying in the background");
+                vault.use_unverified(&creds);
+                None
+            }
+        }
+    };
+    if vault.is_cluster() {
+        tokio::spawn(
+            vault
+                .clone()
+                .watch_nodes(config.health_interval, shutdown.clone()),
+        );
+    }
+    tokio::spawn(
+        vault
+            .clone()
+            .watch_tls_files(config.tls_reload_interval, shutdown.clone()),
+    );
+    tokio::spawn(vault.clone().maintain_token(
+        creds,
+        lease,
+        config.auth.min_relogin_interval,
+        shutdown.clone(),
+    ));
+    Ok(vault)
 }
 
 /// What `check-config` verifies beyond the config itself: every file it names exists and is

@@ -68,6 +68,10 @@ pub struct Config {
     pub csr: CsrConfig,
     pub ttl: TtlConfig,
     pub vault: VaultConfig,
+    /// Other Vault (or OpenBao) servers that `[[targets]]` may sign on (`targets[].vault`):
+    /// `[vaults.<name>]` with the keys of `[vault]`; its `mount`, `role` and `delegated` are not
+    /// used (targets name the mount and role). Read at start only.
+    pub vaults: std::collections::BTreeMap<String, VaultConfig>,
     pub bundle: BundleConfig,
     pub log: LogConfig,
     pub audit: AuditConfig,
@@ -108,6 +112,7 @@ impl Default for Config {
             csr: CsrConfig::default(),
             ttl: TtlConfig::default(),
             vault: VaultConfig::default(),
+            vaults: Default::default(),
             bundle: BundleConfig::default(),
             log: LogConfig::default(),
             audit: AuditConfig::default(),
@@ -225,8 +230,19 @@ impl Config {
         }
         self.csr.validate()?;
         self.ttl.validate("ttl")?;
-        routing::validate(&self.targets, &self.routes)?;
+        routing::validate(&self.targets, &self.routes, &self.vaults)?;
         self.vault.validate()?;
+        for (name, vault) in &self.vaults {
+            vault.validate_named(name)?;
+        }
+        if self.vault.delegated.is_some()
+            && let Some(i) = self.targets.iter().position(|t| t.vault.is_some())
+        {
+            return Err(ConfigError::invalid(
+                &format!("targets[{i}].vault"),
+                "vault.delegated signs on [vault] only: a target on another Vault server cannot be delegated",
+            ));
+        }
         self.bundle.validate()?;
         self.log.validate()?;
         if let Some(istiod) = &self.istiod_certificate {
@@ -559,6 +575,56 @@ remote_clusters = ["{distribute_to}"]
                 .unwrap_err()
                 .to_string()
                 .starts_with("server.self_issued.names:")
+        );
+    }
+
+    #[test]
+    fn other_vault_servers_are_checked_by_the_rules_of_vault_and_named_by_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        let load = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            Config::load(Some(&file), required()).map_err(|e| e.to_string())
+        };
+        let ok = load(
+            r#"
+[vaults.team]
+addr = "https://team-vault:8200, https://team-vault-2:8200"
+token_file = "/team/token"
+[[targets]]
+name = "team"
+vault = "team"
+mount = "pki-team"
+role = "workload"
+"#,
+        )
+        .unwrap();
+        assert_eq!(ok.vaults["team"].addr.urls().len(), 2);
+        assert_eq!(ok.targets[0].vault.as_deref(), Some("team"));
+        assert!(
+            ok.referenced_files()
+                .iter()
+                .any(|(key, _)| key == "vaults.team.token_file")
+        );
+        assert_eq!(
+            load("[vaults.team]\ntimeout = \"0s\"\n").unwrap_err(),
+            "vaults.team.timeout: must be positive"
+        );
+        assert!(
+            load("[vaults.team]\n[vaults.team.delegated]\nmount = \"jwt\"\nrole = \"r\"\n")
+                .unwrap_err()
+                .starts_with("vaults.team.delegated:")
+        );
+        let unknown = "[[targets]]\nname = \"t\"\nvault = \"nope\"\nmount = \"m\"\nrole = \"r\"\n";
+        assert!(load(unknown).unwrap_err().starts_with("targets[0].vault:"));
+        let delegated = format!(
+            "[vaults.team]\n[vault.delegated]\nmount = \"jwt\"\nrole = \"r\"\n{}",
+            unknown.replace("nope", "team")
+        );
+        assert!(
+            load(&delegated)
+                .unwrap_err()
+                .starts_with("targets[0].vault:")
         );
     }
 }

@@ -207,12 +207,28 @@ pub fn config_reload(applied: bool) {
     ::metrics::counter!("istio_vault_ca_config_reloads_total", "result" => result).increment(1);
 }
 
-/// One call to Vault: its operation, duration and, if it failed, the error's kind label.
-pub fn vault_call(op: &'static str, took: Duration, error_kind: Option<&'static str>) {
-    ::metrics::histogram!("istio_vault_ca_vault_request_duration_seconds", "op" => op)
+/// One call to Vault: the `[vaults.<name>]` server it went to (`None`: `[vault]`, whose series
+/// carry no `vault` label), its operation, duration and, if it failed, the error's kind.
+pub fn vault_call(
+    server: Option<&str>,
+    op: &'static str,
+    took: Duration,
+    error_kind: Option<&'static str>,
+) {
+    let Some(server) = server else {
+        ::metrics::histogram!("istio_vault_ca_vault_request_duration_seconds", "op" => op)
+            .record(took.as_secs_f64());
+        if let Some(kind) = error_kind {
+            ::metrics::counter!("istio_vault_ca_vault_errors_total", "op" => op, "kind" => kind)
+                .increment(1);
+        }
+        return;
+    };
+    let server = server.to_owned();
+    ::metrics::histogram!("istio_vault_ca_vault_request_duration_seconds", "op" => op, "vault" => server.clone())
         .record(took.as_secs_f64());
     if let Some(kind) = error_kind {
-        ::metrics::counter!("istio_vault_ca_vault_errors_total", "op" => op, "kind" => kind)
+        ::metrics::counter!("istio_vault_ca_vault_errors_total", "op" => op, "kind" => kind, "vault" => server)
             .increment(1);
     }
 }
@@ -374,8 +390,19 @@ pub struct State {
     pub vault_client_cert_not_after: Option<i64>,
     pub vault_token_valid: bool,
     pub vault_failing_fast: bool,
-    /// Each Vault node, when `vault.addr` lists several.
+    /// Each Vault node, when `vault.addr` (or a `[vaults.<name>]` addr) lists several.
     pub vault_nodes: Vec<crate::vault::NodeStatus>,
+    /// Each `[vaults.<name>]` server.
+    pub named_vaults: Vec<NamedVaultState>,
+}
+
+/// A `[vaults.<name>]` server's state: its gauges carry `vault="<name>"`.
+#[derive(Debug, Clone)]
+pub struct NamedVaultState {
+    pub name: String,
+    pub token_valid: bool,
+    pub failing_fast: bool,
+    pub client_cert_not_after: Option<i64>,
 }
 
 /// State gauges, refreshed before each scrape.
@@ -393,6 +420,17 @@ pub fn state(s: State) {
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
     ::metrics::gauge!("istio_vault_ca_vault_token_valid").set(flag(s.vault_token_valid));
     ::metrics::gauge!("istio_vault_ca_vault_failing_fast").set(flag(s.vault_failing_fast));
+    for v in &s.named_vaults {
+        let name = v.name.clone();
+        ::metrics::gauge!("istio_vault_ca_vault_token_valid", "vault" => name.clone())
+            .set(flag(v.token_valid));
+        ::metrics::gauge!("istio_vault_ca_vault_failing_fast", "vault" => name.clone())
+            .set(flag(v.failing_fast));
+        if let Some(exp) = v.client_cert_not_after {
+            ::metrics::gauge!("istio_vault_ca_vault_client_certificate_expiry_timestamp_seconds", "vault" => name)
+                .set(exp as f64);
+        }
+    }
     for n in &s.vault_nodes {
         for state in crate::vault::NodeState::ALL {
             ::metrics::gauge!("istio_vault_ca_vault_node_state", "node" => n.node.clone(), "state" => state.as_str())

@@ -30,7 +30,7 @@ use crate::config::{Config, DEFAULT_TARGET, RouteConfig, TargetConfig};
 use crate::identity::SpiffeId;
 use crate::namespaces::NamespaceLabels;
 use crate::selector::LabelSelector;
-use crate::vault::{VaultClient, VaultError};
+use crate::vault::{VaultError, VaultSet};
 
 /// Name of the route a request takes when no `[[routes]]` entry claims it.
 pub const DEFAULT_ROUTE: &str = "default";
@@ -70,6 +70,10 @@ pub enum RoutingError {
     },
     #[error("{0}")]
     Bundle(#[from] BundleError),
+    #[error(
+        "target {target:?}: Vault server {vault:?} was not configured at start (vaults are read at start only: restart to add one)"
+    )]
+    VaultNotStarted { target: String, vault: String },
     #[error("routes[{0}].namespace_selector needs the namespace watch, which is not running")]
     NoNamespaceWatch(usize),
 }
@@ -156,7 +160,7 @@ impl RouteTable {
     /// `namespace_selector` read `namespaces`, which must then be given.
     pub async fn load(
         config: &Config,
-        vault: &VaultClient,
+        vaults: &VaultSet,
         source: &TrustSource,
         previous: Option<&RouteTable>,
         namespaces: Option<Arc<NamespaceLabels>>,
@@ -173,6 +177,7 @@ impl RouteTable {
             name: DEFAULT_TARGET.into(),
             mount: config.vault.mount.clone(),
             role: config.vault.role.clone(),
+            vault: None,
             namespace: None,
             issuer: None,
             roots_file: None,
@@ -183,7 +188,7 @@ impl RouteTable {
             let kept = previous.and_then(|p| p.targets.iter().find(|old| old.source == *t));
             let target = match kept {
                 Some(old) => old.clone(),
-                None => Arc::new(new_target(t, &config.ttl, vault, source).await?),
+                None => Arc::new(new_target(t, &config.ttl, vaults, source).await?),
             };
             targets.push(target);
         }
@@ -282,13 +287,9 @@ impl RouteTable {
 
     /// Reloads every target's trust (a failure keeps that target's current trust) and returns
     /// the bundle to serve.
-    pub async fn refresh_trust(
-        &self,
-        vault: &VaultClient,
-        source: &TrustSource,
-    ) -> Result<TrustBundle, RoutingError> {
+    pub async fn refresh_trust(&self, source: &TrustSource) -> Result<TrustBundle, RoutingError> {
         for t in &self.targets {
-            match load_trust(&t.source, &t.vault, vault, source).await {
+            match load_trust(&t.source, &t.vault, &t.client, source).await {
                 // Unchanged trust keeps its Arc, and with it the verified paths cached for it.
                 Ok(trust) => {
                     let old = t.trust.load();
@@ -386,7 +387,7 @@ mod tests {
         let roots = dir.path().join("roots.pem");
         std::fs::write(&roots, root("r")).unwrap();
         let config = table_config(&roots);
-        let vault = VaultClient::new(&config.vault).unwrap();
+        let vault = VaultSet::single(crate::vault::VaultClient::new(&config.vault).unwrap());
         let source = TrustSource::from_config(&config);
         let table = RouteTable::load(&config, &vault, &source, None, None)
             .await

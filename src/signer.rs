@@ -160,6 +160,8 @@ pub struct Signer {
     pub csr_policy: CsrPolicy,
     /// Targets and routes; each request reads the table once.
     pub routes: SharedRoutes,
+    /// `[vault]`'s client, for delegated signing (every other sign goes through the client of
+    /// its target's server, `Target::client`).
     pub vault: VaultClient,
     /// The served roots: every target's, and the extra roots.
     pub bundle: SharedBundle,
@@ -329,7 +331,7 @@ impl Signer {
             }
             _ => {
                 self.in_flight
-                    .sign(&self.vault, &approved)
+                    .sign(&approved.decision.target.client, &approved)
                     .instrument(vault_span)
                     .await?
             }

@@ -688,3 +688,110 @@ target = "payments"
         "a namespace without the label keeps the default CA"
     );
 }
+
+/// A target on another Vault server (`[vaults.<name>]`, `targets[].vault`): two OpenBao
+/// servers, each with its own root made by `setup.py`. The routed namespace is signed by the
+/// second server (its intermediate, its audit log), everyone else by the first; every answer
+/// ends with both roots; each server has its own token (`vault_token_valid{vault=…}`). When
+/// the second server stops, only its route fails (`Unavailable`), readiness stays, and
+/// `/readyz` names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_on_another_vault_server() {
+    let first = OpenBao::start().await;
+    let setup = first.setup(&[]);
+    let mut second = OpenBao::start().await;
+    let second_setup = second.setup(&[]);
+    let (second_addr, second_token) = (second.addr.clone(), second_setup.join("vault-token"));
+    let env = Env::with_bao(first, setup, |c| {
+        let vault = istio_vault_ca::config::VaultConfig {
+            addr: second_addr.parse().unwrap(),
+            token_file: Some(second_token),
+            ..Default::default()
+        };
+        c.vaults.insert("second".into(), vault);
+        c.targets.push(istio_vault_ca::config::TargetConfig {
+            name: "team".into(),
+            vault: Some("second".into()),
+            mount: support::MOUNT.into(),
+            role: support::ROLE.into(),
+            namespace: None,
+            issuer: None,
+            roots_file: None,
+            ttl: None,
+        });
+        c.routes.push(istio_vault_ca::config::RouteConfig {
+            name: "team".into(),
+            target: "team".into(),
+            namespaces: vec!["team".into()],
+            service_accounts: vec![],
+            namespace_selector: None,
+            cert_signer: None,
+        });
+    })
+    .await;
+    let first_ca = intermediate(&env.bao, support::MOUNT).await;
+    let second_ca = intermediate(&second, support::MOUNT).await;
+    assert_ne!(first_ca, second_ca);
+
+    let team = call(
+        &env,
+        Shape::Ztunnel,
+        "team",
+        "api",
+        env.opts("team", "api"),
+        None,
+    )
+    .await
+    .expect("signed on the second server");
+    let default = call(
+        &env,
+        Shape::PilotAgent,
+        "default",
+        "demo",
+        env.opts("default", "demo"),
+        None,
+    )
+    .await
+    .expect("signed on the first server");
+    assert_eq!(team[1].trim(), second_ca.trim());
+    assert_eq!(default[1].trim(), first_ca.trim());
+    assert_eq!(team.last(), default.last(), "one served bundle");
+    let roots = pem_text::certificates(team.last().unwrap().as_bytes()).unwrap();
+    assert_eq!(roots.len(), 2, "both servers' roots are served");
+    assert_eq!((all_sign_calls(&env.bao), all_sign_calls(&second)), (1, 1));
+    let metrics = env.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "istio_vault_ca_vault_token_valid{vault=\"second\"}"
+        ),
+        Some(1.0),
+        "the second server's own token"
+    );
+
+    second.stop();
+    let refused = call(
+        &env,
+        Shape::PilotAgent,
+        "team",
+        "api",
+        env.opts("team", "api"),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    call(
+        &env,
+        Shape::PilotAgent,
+        "default",
+        "demo",
+        env.opts("default", "demo"),
+        None,
+    )
+    .await
+    .expect("the first server still signs");
+    let (code, body) = env.admin("/readyz").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("vaults.second: "), "{body}");
+}

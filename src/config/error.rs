@@ -35,6 +35,21 @@ impl ConfigError {
         }
     }
 
+    /// The same error with its key's leading `from` section renamed `to` (a section checked
+    /// by the rules of another, e.g. `[vaults.<name>]` by those of `[vault]`).
+    pub(super) fn moved(self, from: &str, to: &str) -> Self {
+        match self {
+            Self::Invalid { key, message } => {
+                let key = match key.strip_prefix(from) {
+                    Some(rest) if rest.is_empty() || rest.starts_with('.') => format!("{to}{rest}"),
+                    _ => key,
+                };
+                Self::Invalid { key, message }
+            }
+            other => other,
+        }
+    }
+
     pub(super) fn invalid(key: &str, message: impl Into<String>) -> Self {
         Self::Invalid {
             key: key.to_owned(),

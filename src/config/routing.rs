@@ -24,7 +24,10 @@ pub struct TargetConfig {
     pub mount: String,
     /// Role used for `sign/<role>`.
     pub role: String,
-    /// Vault namespace of the mount (default: `vault.namespace`).
+    /// The `[vaults.<name>]` server that holds `mount` (default: `[vault]`).
+    #[serde(default)]
+    pub vault: Option<String>,
+    /// Vault namespace of the mount (default: the server's `namespace`).
     #[serde(default)]
     pub namespace: Option<String>,
     /// Issuer (name or id, `default` for the mount's default issuer) every leaf of this target
@@ -101,8 +104,16 @@ fn check_pattern(key: &str, pattern: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// Targets and routes as a whole: unique names, routes naming existing targets.
-pub fn validate(targets: &[TargetConfig], routes: &[RouteConfig]) -> Result<(), ConfigError> {
+/// Targets and routes as a whole: unique names, routes naming existing targets, targets
+/// naming configured Vault servers.
+pub fn validate(
+    targets: &[TargetConfig],
+    routes: &[RouteConfig],
+    vaults: &std::collections::BTreeMap<String, super::VaultConfig>,
+) -> Result<(), ConfigError> {
+    for name in vaults.keys() {
+        check_name(&format!("vaults.{name}"), name)?;
+    }
     let mut names = std::collections::HashSet::from([DEFAULT_TARGET]);
     for (i, t) in targets.iter().enumerate() {
         let key = format!("targets[{i}]");
@@ -118,6 +129,14 @@ pub fn validate(targets: &[TargetConfig], routes: &[RouteConfig]) -> Result<(), 
         }
         check_vault_path(&format!("{key}.mount"), &t.mount)?;
         check_vault_path(&format!("{key}.role"), &t.role)?;
+        if let Some(vault) = &t.vault
+            && !vaults.contains_key(vault)
+        {
+            return Err(ConfigError::invalid(
+                &format!("{key}.vault"),
+                format!("{vault:?} is not a [vaults.<name>] section"),
+            ));
+        }
         if let Some(issuer) = &t.issuer {
             check_vault_path(&format!("{key}.issuer"), issuer)?;
             if issuer.contains('/') {
@@ -181,6 +200,7 @@ mod tests {
             name: name.into(),
             mount: "pki-b".into(),
             role: "r".into(),
+            vault: None,
             namespace: None,
             issuer: None,
             roots_file: None,
@@ -200,12 +220,27 @@ mod tests {
     }
 
     fn error(targets: &[TargetConfig], routes: &[RouteConfig]) -> String {
-        validate(targets, routes).unwrap_err().to_string()
+        validate(targets, routes, &Default::default())
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
     fn names_targets_and_patterns_are_checked_where_they_are_written() {
-        assert!(validate(&[target("b")], &[route("r", "b"), route("d", "default")]).is_ok());
+        let routes = [route("r", "b"), route("d", "default")];
+        assert!(validate(&[target("b")], &routes, &Default::default()).is_ok());
+        let mut t = target("b");
+        t.vault = Some("other".into());
+        assert!(error(std::slice::from_ref(&t), &[]).starts_with("targets[0].vault:"));
+        let vaults = [("other".to_owned(), super::super::VaultConfig::default())].into();
+        assert!(validate(&[t], &routes, &vaults).is_ok());
+        let vaults = [("a b".to_owned(), super::super::VaultConfig::default())].into();
+        assert!(
+            validate(&[], &[], &vaults)
+                .unwrap_err()
+                .to_string()
+                .starts_with("vaults.a b:")
+        );
         assert!(error(&[target("default")], &[]).starts_with("targets[0].name:"));
         assert!(error(&[target("b"), target("b")], &[]).starts_with("targets[1].name:"));
         assert!(error(&[target("b c")], &[]).starts_with("targets[0].name:"));

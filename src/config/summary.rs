@@ -37,28 +37,6 @@ impl Config {
                     .as_ref()
                     .and_then(|i| i.kubeconfig.as_ref()),
             ),
-            ("vault.token_file".into(), self.vault.token_file.as_ref()),
-            ("vault.ca_file".into(), self.vault.ca_file.as_ref()),
-            (
-                "vault.client_cert_file".into(),
-                self.vault.client_cert_file.as_ref(),
-            ),
-            (
-                "vault.client_key_file".into(),
-                self.vault.client_key_file.as_ref(),
-            ),
-            (
-                "vault.auth.role_id_file".into(),
-                self.vault.auth.role_id_file.as_ref(),
-            ),
-            (
-                "vault.auth.secret_id_file".into(),
-                self.vault.auth.secret_id_file.as_ref(),
-            ),
-            (
-                "vault.auth.jwt_file".into(),
-                self.vault.auth.jwt_file.as_ref(),
-            ),
             ("bundle.file".into(), self.bundle.file.as_ref()),
             (
                 "bundle.extra_roots_file".into(),
@@ -99,6 +77,10 @@ impl Config {
                     tr.kubeconfig.as_ref(),
                 ));
             }
+        }
+        files.extend(self.vault.files("vault"));
+        for (name, v) in &self.vaults {
+            files.extend(v.files(&format!("vaults.{name}")));
         }
         for (i, t) in self.targets.iter().enumerate() {
             files.push((format!("targets[{i}].roots_file"), t.roots_file.as_ref()));

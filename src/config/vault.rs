@@ -254,6 +254,35 @@ impl Default for VaultConfig {
 }
 
 impl VaultConfig {
+    /// The files this section names, keyed under `prefix` (`vault`, `vaults.<name>`).
+    pub(super) fn files(&self, prefix: &str) -> Vec<(String, Option<&PathBuf>)> {
+        [
+            ("token_file", self.token_file.as_ref()),
+            ("ca_file", self.ca_file.as_ref()),
+            ("client_cert_file", self.client_cert_file.as_ref()),
+            ("client_key_file", self.client_key_file.as_ref()),
+            ("auth.role_id_file", self.auth.role_id_file.as_ref()),
+            ("auth.secret_id_file", self.auth.secret_id_file.as_ref()),
+            ("auth.jwt_file", self.auth.jwt_file.as_ref()),
+        ]
+        .into_iter()
+        .map(|(key, path)| (format!("{prefix}.{key}"), path))
+        .collect()
+    }
+
+    /// A `[vaults.<name>]` section: what `[vault]` must be, and no delegated mode (which
+    /// signs on `[vault]` only). Errors name `vaults.<name>.<key>`.
+    pub(super) fn validate_named(&self, name: &str) -> Result<(), ConfigError> {
+        let prefix = format!("vaults.{name}");
+        if self.delegated.is_some() {
+            return Err(ConfigError::invalid(
+                &format!("{prefix}.delegated"),
+                "delegated mode is set in [vault] only",
+            ));
+        }
+        self.validate().map_err(|e| e.moved("vault", &prefix))
+    }
+
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if self.client_cert_file.is_some() != self.client_key_file.is_some() {
             return Err(ConfigError::invalid(

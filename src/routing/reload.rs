@@ -9,7 +9,7 @@ use super::{RouteTable, SharedRoutes, TrustSource};
 use crate::bundle::{SharedBundle, TrustBundle};
 use crate::config::Config;
 use crate::namespaces::NamespaceLabels;
-use crate::vault::VaultClient;
+use crate::vault::VaultSet;
 
 /// Keeps `routes` and `bundle` current: every `refresh` the targets' trust is re-read; when the
 /// config file changes (checked every `poll`) or on SIGHUP, the file is loaded again and, if
@@ -21,7 +21,7 @@ use crate::vault::VaultClient;
 #[allow(clippy::too_many_arguments)]
 pub fn watch(
     config: Config,
-    vault: VaultClient,
+    vaults: VaultSet,
     source: TrustSource,
     routes: SharedRoutes,
     bundle: SharedBundle,
@@ -73,11 +73,11 @@ pub fn watch(
                     started: &mut namespaces_started,
                     stop: &namespace_stop,
                 };
-                apply_reload(&config, &vault, &source, &routes, &bundle, namespaces).await;
+                apply_reload(&config, &vaults, &source, &routes, &bundle, namespaces).await;
             } else {
                 next_refresh = tokio::time::Instant::now() + refresh;
                 let table = routes.load_full();
-                match table.refresh_trust(&vault, &source).await {
+                match table.refresh_trust(&source).await {
                     Ok(new) => publish(&bundle, new),
                     Err(e) => {
                         tracing::warn!(error = %e, "trust bundle refresh failed; keeping the current roots")
@@ -121,13 +121,13 @@ impl Namespaces<'_> {
 /// Loads the config file again and swaps in its targets and routes, or keeps the current ones.
 async fn apply_reload(
     config: &Config,
-    vault: &VaultClient,
+    vaults: &VaultSet,
     source: &TrustSource,
     routes: &SharedRoutes,
     bundle: &SharedBundle,
     namespaces: Namespaces<'_>,
 ) {
-    match prepare(config, vault, source, routes, namespaces).await {
+    match prepare(config, vaults, source, routes, namespaces).await {
         Ok((new, table, served)) => {
             // The bundle first: a request routed to a new target must find its roots served.
             publish(bundle, served);
@@ -150,7 +150,7 @@ async fn apply_reload(
 /// the file cannot be applied.
 async fn prepare(
     config: &Config,
-    vault: &VaultClient,
+    vaults: &VaultSet,
     source: &TrustSource,
     routes: &SharedRoutes,
     namespaces: Namespaces<'_>,
@@ -158,7 +158,7 @@ async fn prepare(
     let new = config.reload().map_err(|e| e.to_string())?;
     let current = routes.load_full();
     let namespaces = namespaces.for_config(config, &new, &current).await?;
-    let table = RouteTable::load(&new, vault, source, Some(&current), namespaces)
+    let table = RouteTable::load(&new, vaults, source, Some(&current), namespaces)
         .await
         .map_err(|e| e.to_string())?;
     let served = table.served(source).await.map_err(|e| e.to_string())?;
@@ -210,10 +210,10 @@ mod tests {
     use arc_swap::ArcSwap;
 
     /// With `bundle.file`, no Vault call is made: the file's roots are every target's.
-    async fn file_table(path: &std::path::Path) -> (Config, VaultClient, TrustSource, RouteTable) {
+    async fn file_table(path: &std::path::Path) -> (Config, VaultSet, TrustSource, RouteTable) {
         let mut config = Config::default();
         config.bundle.file = Some(path.to_owned());
-        let vault = VaultClient::new(&config.vault).unwrap();
+        let vault = VaultSet::single(crate::vault::VaultClient::new(&config.vault).unwrap());
         let source = TrustSource::from_config(&config);
         let table = RouteTable::load(&config, &vault, &source, None, None)
             .await

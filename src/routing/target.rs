@@ -13,12 +13,14 @@ use crate::chain::TargetTrust;
 use crate::config::{Config, TargetConfig, TtlConfig};
 use crate::pem_text;
 use crate::ttl::TtlPolicy;
-use crate::vault::{SignTarget, VaultClient, VaultError};
+use crate::vault::{SignTarget, VaultClient, VaultError, VaultSet};
 
 /// A named place that signs: a Vault mount and role, its lifetime policy and its trust.
 #[derive(Debug)]
 pub struct Target {
     pub name: Arc<str>,
+    /// The client of the Vault server the target signs on (`targets[].vault`).
+    pub client: VaultClient,
     pub vault: SignTarget,
     pub ttl: TtlPolicy,
     pub(super) trust: ArcSwap<TargetTrust>,
@@ -54,13 +56,20 @@ impl TrustSource {
 pub(super) async fn new_target(
     config: &TargetConfig,
     default_ttl: &TtlConfig,
-    vault: &VaultClient,
+    vaults: &VaultSet,
     source: &TrustSource,
 ) -> Result<Target, RoutingError> {
     let err = |source: VaultError| RoutingError::Vault {
         target: config.name.clone(),
         source,
     };
+    let vault =
+        vaults
+            .get(config.vault.as_deref())
+            .ok_or_else(|| RoutingError::VaultNotStarted {
+                target: config.name.clone(),
+                vault: config.vault.clone().unwrap_or_default(),
+            })?;
     let mut sign = vault
         .target(&config.mount, &config.role, config.namespace.as_deref())
         .map_err(err)?;
@@ -68,6 +77,7 @@ pub(super) async fn new_target(
     let trust = load_trust(config, &sign, vault, source).await?;
     Ok(Target {
         name: config.name.as_str().into(),
+        client: vault.clone(),
         ttl: config.ttl.as_ref().unwrap_or(default_ttl).policy(),
         vault: sign,
         trust: ArcSwap::from_pointee(trust),
