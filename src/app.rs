@@ -411,10 +411,15 @@ pub fn preflight(config: &Config) -> Vec<String> {
     {
         problems.push(format!("server.cert_file / server.key_file: {e}"));
     }
-    if problems.is_empty()
-        && let Err(e) = crate::vault::TlsFiles::from_config(&config.vault).check()
-    {
-        problems.push(e.to_string());
+    if problems.is_empty() {
+        if let Err(e) = crate::vault::TlsFiles::from_config(&config.vault).check() {
+            problems.push(e.to_string());
+        }
+        for (name, vault) in &config.vaults {
+            if let Err(e) = crate::vault::TlsFiles::from_config(vault).check() {
+                problems.push(format!("vaults.{name}: {e}"));
+            }
+        }
     }
     problems
 }

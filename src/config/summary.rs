@@ -157,6 +157,13 @@ impl Config {
                 humantime::format_duration(self.ttl.max)
             ),
         ];
+        for (name, v) in &self.vaults {
+            lines.push(format!(
+                "vaults.{name:<8} {} ({} login)",
+                v.addr,
+                format!("{:?}", v.auth.method).to_ascii_lowercase(),
+            ));
+        }
         if !self.targets.is_empty() || !self.routes.is_empty() {
             lines.push(format!(
                 "routing        {} more target(s), {} route(s)",
