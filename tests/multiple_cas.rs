@@ -167,6 +167,32 @@ async fn start_with(
     .await
 }
 
+/// The payments mount as a target, for configs appended at runtime.
+const PAYMENTS_TARGET: &str = r#"
+[[targets]]
+name = "payments"
+mount = "pki-payments"
+role = "payments"
+"#;
+
+/// [`call`] with the identity's own token and no `CertSigner`.
+async fn call_as(
+    env: &Env,
+    shape: Shape,
+    ns: &str,
+    sa: &str,
+) -> Result<Vec<String>, tonic::Status> {
+    call(env, shape, ns, sa, env.opts(ns, sa), None).await
+}
+
+/// Appends the payments target and `route` to the signer's config file (applied by the next
+/// poll or SIGHUP).
+fn add_payments_route(env: &Env, route: &str) {
+    let path = env.config.source.clone().expect("loaded from a file");
+    let before = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{before}\n{PAYMENTS_TARGET}{route}")).unwrap();
+}
+
 /// `sign/<role>` requests OpenBao received on any mount, per its audit log.
 fn all_sign_calls(bao: &OpenBao) -> usize {
     std::fs::read_to_string(bao.audit_log())
@@ -557,27 +583,16 @@ target = "payments"
 async fn sighup_reloads_routes() {
     let (bao, setup) = two_mounts().await;
     let env = start(bao, setup, "", "1h").await;
-    let config = env.config.source.clone().expect("loaded from a file");
     let payments = intermediate(&env.bao, "pki-payments").await;
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "{text}\n{}",
-            r#"
-[[targets]]
-name = "payments"
-mount = "pki-payments"
-role = "payments"
-
+    add_payments_route(
+        &env,
+        r#"
 [[routes]]
 name = "ops"
 namespaces = ["ops"]
 target = "payments"
-"#
-        ),
-    )
-    .unwrap();
+"#,
+    );
     let before = call(
         &env,
         Shape::PilotAgent,
@@ -643,28 +658,17 @@ async fn not_ready_until_namespace_labels_are_listed() {
 async fn a_reload_adding_the_first_label_route_starts_the_namespace_watch() {
     let (bao, setup) = two_mounts().await;
     let env = start(bao, setup, "", "200ms").await;
-    let config = env.config.source.clone().expect("loaded from a file");
     let payments = intermediate(&env.bao, "pki-payments").await;
     let default_ca = intermediate(&env.bao, "pki-istio").await;
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "{text}\n{}",
-            r#"
-[[targets]]
-name = "payments"
-mount = "pki-payments"
-role = "payments"
-
+    add_payments_route(
+        &env,
+        r#"
 [[routes]]
 name = "pci-labelled"
 namespace_selector = "compliance=pci"
 target = "payments"
-"#
-        ),
-    )
-    .unwrap();
+"#,
+    );
     let intermediate_for = async |ns: &str| {
         call(
             &env,
@@ -733,26 +737,12 @@ async fn a_target_on_another_vault_server() {
     let second_ca = intermediate(&second, support::MOUNT).await;
     assert_ne!(first_ca, second_ca);
 
-    let team = call(
-        &env,
-        Shape::Ztunnel,
-        "team",
-        "api",
-        env.opts("team", "api"),
-        None,
-    )
-    .await
-    .expect("signed on the second server");
-    let default = call(
-        &env,
-        Shape::PilotAgent,
-        "default",
-        "demo",
-        env.opts("default", "demo"),
-        None,
-    )
-    .await
-    .expect("signed on the first server");
+    let team = call_as(&env, Shape::Ztunnel, "team", "api")
+        .await
+        .expect("signed on the second server");
+    let default = call_as(&env, Shape::PilotAgent, "default", "demo")
+        .await
+        .expect("signed on the first server");
     assert_eq!(team[1].trim(), second_ca.trim());
     assert_eq!(default[1].trim(), first_ca.trim());
     assert_eq!(team.last(), default.last(), "one served bundle");
@@ -770,27 +760,13 @@ async fn a_target_on_another_vault_server() {
     );
 
     second.stop();
-    let refused = call(
-        &env,
-        Shape::PilotAgent,
-        "team",
-        "api",
-        env.opts("team", "api"),
-        None,
-    )
-    .await
-    .unwrap_err();
+    let refused = call_as(&env, Shape::PilotAgent, "team", "api")
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
-    call(
-        &env,
-        Shape::PilotAgent,
-        "default",
-        "demo",
-        env.opts("default", "demo"),
-        None,
-    )
-    .await
-    .expect("the first server still signs");
+    call_as(&env, Shape::PilotAgent, "default", "demo")
+        .await
+        .expect("the first server still signs");
     let (code, body) = env.admin("/readyz").await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("vaults.second: "), "{body}");
