@@ -343,8 +343,10 @@ async fn start_vault(
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<VaultClient> {
     let section = name.map_or_else(|| "vault".to_owned(), |n| format!("vaults.{n}"));
-    let creds = Credentials::from_config(config, |k| std::env::var(k).ok())
-        .with_context(|| format!("{section} credentials"))?;
+    // `$VAULT_TOKEN` / `$BAO_TOKEN` are `[vault]`'s: another server never sees them.
+    let env = |k: &str| name.is_none().then(|| std::env::var(k).ok()).flatten();
+    let creds =
+        Credentials::from_config(config, env).with_context(|| format!("{section} credentials"))?;
     let label = name.map(str::to_owned);
     let vault = VaultClient::new(config)
         .with_context(|| format!("{section} client"))?

@@ -607,18 +607,23 @@ role = "workload"
                 .any(|(key, _)| key == "vaults.team.token_file")
         );
         assert_eq!(
-            load("[vaults.team]\ntimeout = \"0s\"\n").unwrap_err(),
+            load("[vaults.team]\ntoken_file = \"/t\"\ntimeout = \"0s\"\n").unwrap_err(),
             "vaults.team.timeout: must be positive"
         );
         assert!(
-            load("[vaults.team]\n[vaults.team.delegated]\nmount = \"jwt\"\nrole = \"r\"\n")
+            load("[vaults.team]\n")
+                .unwrap_err()
+                .starts_with("vaults.team.token_file: is required for token login")
+        );
+        assert!(
+            load("[vaults.team]\ntoken_file = \"/t\"\n[vaults.team.delegated]\nmount = \"jwt\"\nrole = \"r\"\n")
                 .unwrap_err()
                 .starts_with("vaults.team.delegated:")
         );
         let unknown = "[[targets]]\nname = \"t\"\nvault = \"nope\"\nmount = \"m\"\nrole = \"r\"\n";
         assert!(load(unknown).unwrap_err().starts_with("targets[0].vault:"));
         let delegated = format!(
-            "[vaults.team]\n[vault.delegated]\nmount = \"jwt\"\nrole = \"r\"\n{}",
+            "[vaults.team]\ntoken_file = \"/t\"\n[vault.delegated]\nmount = \"jwt\"\nrole = \"r\"\n{}",
             unknown.replace("nope", "team")
         );
         assert!(

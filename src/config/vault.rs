@@ -270,14 +270,22 @@ impl VaultConfig {
         .collect()
     }
 
-    /// A `[vaults.<name>]` section: what `[vault]` must be, and no delegated mode (which
-    /// signs on `[vault]` only). Errors name `vaults.<name>.<key>`.
+    /// A `[vaults.<name>]` section: what `[vault]` must be, no delegated mode (which signs on
+    /// `[vault]` only), and its own token file for token login. Errors name
+    /// `vaults.<name>.<key>`.
     pub(super) fn validate_named(&self, name: &str) -> Result<(), ConfigError> {
         let prefix = format!("vaults.{name}");
         if self.delegated.is_some() {
             return Err(ConfigError::invalid(
                 &format!("{prefix}.delegated"),
                 "delegated mode is set in [vault] only",
+            ));
+        }
+        if self.auth.method == VaultAuthMethod::Token && self.token_file.is_none() {
+            // `$VAULT_TOKEN` is `[vault]`'s token: never sent to another server.
+            return Err(ConfigError::invalid(
+                &format!("{prefix}.token_file"),
+                "is required for token login ($VAULT_TOKEN belongs to [vault])",
             ));
         }
         self.validate().map_err(|e| e.moved("vault", &prefix))
