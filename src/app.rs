@@ -86,8 +86,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let vault = start_vault(None, &config.vault, wait, &shutdown_rx).await?;
     let mut named = std::collections::BTreeMap::new();
     for (name, cfg) in &config.vaults {
-        let client = start_vault(Some(name), cfg, wait, &shutdown_rx).await?;
-        named.insert(name.clone(), client);
+        named.insert(
+            name.clone(),
+            start_vault(Some(name), cfg, wait, &shutdown_rx).await?,
+        );
     }
     let vaults = VaultSet::new(vault.clone(), named);
     let namespaces = if config.routes_use_namespace_labels() {
@@ -342,7 +344,7 @@ async fn start_vault(
     wait: bool,
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<VaultClient> {
-    let section = name.map_or_else(|| "vault".to_owned(), |n| format!("vaults.{n}"));
+    let section = crate::config::vault_section(name);
     // `$VAULT_TOKEN` / `$BAO_TOKEN` are `[vault]`'s: another server never sees them.
     let env = |k: &str| name.is_none().then(|| std::env::var(k).ok()).flatten();
     let creds =
@@ -414,12 +416,9 @@ pub fn preflight(config: &Config) -> Vec<String> {
         problems.push(format!("server.cert_file / server.key_file: {e}"));
     }
     if problems.is_empty() {
-        if let Err(e) = crate::vault::TlsFiles::from_config(&config.vault).check() {
-            problems.push(e.to_string());
-        }
-        for (name, vault) in &config.vaults {
+        for (name, vault) in config.vault_servers() {
             if let Err(e) = crate::vault::TlsFiles::from_config(vault).check() {
-                problems.push(format!("vaults.{name}: {e}"));
+                problems.push(format!("{}.{e}", crate::config::vault_section(name)));
             }
         }
     }

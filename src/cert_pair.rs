@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use rustls::sign::CertifiedKey;
+use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// Why a certificate chain and key cannot be used.
@@ -44,8 +44,7 @@ pub fn from_pem(
     key_pem: &[u8],
     key_path: &Path,
 ) -> Result<CertifiedKey, PairError> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<_, _>>()
+    let chain = crate::pem_text::certificates(cert_pem)
         .map_err(|e| PairError::Invalid(format!("{}: {e}", cert_path.display())))?;
     let Some(leaf) = chain.first() else {
         return Err(PairError::NoCertificate {

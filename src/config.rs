@@ -97,6 +97,13 @@ pub struct Config {
 }
 
 impl Config {
+    /// Every Vault server with the section that configures it: `[vault]` (`None`) first, then
+    /// each `[vaults.<name>]`.
+    pub fn vault_servers(&self) -> impl Iterator<Item = (Option<&str>, &VaultConfig)> {
+        std::iter::once((None, &self.vault))
+            .chain(self.vaults.iter().map(|(name, v)| (Some(name.as_str()), v)))
+    }
+
     /// Whether any route chooses by namespace labels (a namespace watch is then needed).
     pub fn routes_use_namespace_labels(&self) -> bool {
         self.routes.iter().any(|r| r.namespace_selector.is_some())

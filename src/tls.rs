@@ -17,7 +17,6 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 pub use crate::cert_pair::not_after;
@@ -482,10 +481,8 @@ pub fn client_verifier(
     let provider = provider();
     Ok(match roots {
         ClientRoots::File(path) => {
-            let certs: Vec<CertificateDer<'static>> =
-                CertificateDer::pem_slice_iter(&cert_pair::read(&path)?)
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| TlsError::Invalid(e.to_string()))?;
+            let certs = crate::pem_text::certificates(&cert_pair::read(&path)?)
+                .map_err(|e| TlsError::Invalid(e.to_string()))?;
             Some(optional_client_verifier(&certs, &provider)?)
         }
         ClientRoots::Bundle(bundle) => Some(Arc::new(BundleVerifier {

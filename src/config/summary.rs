@@ -78,9 +78,8 @@ impl Config {
                 ));
             }
         }
-        files.extend(self.vault.files("vault"));
-        for (name, v) in &self.vaults {
-            files.extend(v.files(&format!("vaults.{name}")));
+        for (name, v) in self.vault_servers() {
+            files.extend(v.files(&vault_section(name)));
         }
         for (i, t) in self.targets.iter().enumerate() {
             files.push((format!("targets[{i}].roots_file"), t.roots_file.as_ref()));

@@ -51,6 +51,12 @@ pub struct VaultConfig {
     pub delegated: Option<DelegatedConfig>,
 }
 
+/// The section of a Vault server's settings: `vault` for `[vault]` (`None`), else
+/// `vaults.<name>`; what its keys are named under in errors.
+pub fn vault_section(name: Option<&str>) -> String {
+    name.map_or_else(|| "vault".to_owned(), |n| format!("vaults.{n}"))
+}
+
 /// `vault.addr` when unset.
 pub const DEFAULT_VAULT_ADDR: &str = "http://127.0.0.1:8200";
 /// `vault.token_reload_interval` when unset.
@@ -274,7 +280,7 @@ impl VaultConfig {
     /// `[vault]` only), and its own token file for token login. Errors name
     /// `vaults.<name>.<key>`.
     pub(super) fn validate_named(&self, name: &str) -> Result<(), ConfigError> {
-        let prefix = format!("vaults.{name}");
+        let prefix = vault_section(Some(name));
         if self.delegated.is_some() {
             return Err(ConfigError::invalid(
                 &format!("{prefix}.delegated"),

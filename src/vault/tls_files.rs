@@ -11,18 +11,19 @@
 use std::path::{Path, PathBuf};
 
 use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::cert_pair::{self, PairError};
 use crate::config::VaultConfig;
+use crate::pem_text;
 
-/// Why the TLS files cannot be used.
+/// Why the TLS files cannot be used. Keys are named within their section (`[vault]` or
+/// `[vaults.<name>]`), which the reporter adds.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TlsFilesError {
-    #[error("vault.ca_file {path}: {message}")]
+    #[error("ca_file {path}: {message}")]
     Ca { path: PathBuf, message: String },
-    #[error("vault.client_cert_file / vault.client_key_file: {0}")]
+    #[error("client_cert_file / client_key_file: {0}")]
     ClientPair(#[from] PairError),
     #[error("building the HTTP client for Vault: {0}")]
     Client(String),
@@ -36,13 +37,22 @@ pub struct TlsFiles {
     client: Option<(PathBuf, PathBuf)>,
 }
 
+/// The files' bytes as read, and their digest: what a reading is compared by before any of it
+/// is parsed. Holds the client's private key: no `Debug`.
+pub(super) struct TlsBytes {
+    ca: Option<Vec<u8>>,
+    client: Option<(Vec<u8>, Vec<u8>)>,
+    /// SHA-256 over every file's bytes, lengths delimiting them.
+    pub(super) digest: [u8; 32],
+}
+
 /// One checked reading of the files. Holds the client's private key: no `Debug`, and dropped
 /// as soon as the HTTP client is built.
 pub(super) struct TlsMaterial {
     ca: Vec<CertificateDer<'static>>,
     /// The client certificate chain and key, PEM, concatenated as reqwest reads them.
     identity_pem: Option<Vec<u8>>,
-    /// SHA-256 over every file's bytes: what a later reading is compared with.
+    /// The digest of the bytes it was checked from.
     pub(super) digest: [u8; 32],
     /// NotAfter of the client certificate (unix seconds), when one is configured.
     pub(super) client_not_after: Option<i64>,
@@ -71,36 +81,59 @@ impl TlsFiles {
 
     /// Reads and checks every file.
     pub(super) fn read(&self) -> Result<TlsMaterial, TlsFilesError> {
-        let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        self.check_bytes(self.read_bytes()?)
+    }
+
+    /// Reads every file and digests the lot; nothing is parsed.
+    pub(super) fn read_bytes(&self) -> Result<TlsBytes, TlsFilesError> {
         let ca = match &self.ca {
-            Some(path) => {
-                let pem = cert_pair::read(path).map_err(|e| ca_error(path, e.to_string()))?;
-                digest.update(&pem);
-                ca_bundle(path, &pem)?
-            }
-            None => Vec::new(),
-        };
-        let mut client_not_after = None;
-        let identity_pem = match &self.client {
-            Some((cert, key)) => {
-                let (cert_pem, key_pem) = (cert_pair::read(cert)?, cert_pair::read(key)?);
-                let pair = cert_pair::from_pem(&cert_pem, cert, &key_pem, key)?;
-                client_not_after = Some(cert_pair::not_after(&pair));
-                // Lengths delimit the parts, so moving bytes between the files changes it.
-                for part in [&cert_pem, &key_pem] {
-                    digest.update(&(part.len() as u64).to_be_bytes());
-                    digest.update(part);
-                }
-                Some([cert_pem, b"\n".to_vec(), key_pem].concat())
-            }
+            Some(path) => Some(cert_pair::read(path).map_err(|e| ca_error(path, e.to_string()))?),
             None => None,
         };
+        let client = match &self.client {
+            Some((cert, key)) => Some((cert_pair::read(cert)?, cert_pair::read(key)?)),
+            None => None,
+        };
+        let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        let (cert, key) = client
+            .as_ref()
+            .map(|(c, k)| (Some(c), Some(k)))
+            .unwrap_or_default();
+        for part in [ca.as_ref(), cert, key].into_iter().flatten() {
+            // Lengths delimit the parts, so moving bytes between the files changes it.
+            digest.update(&(part.len() as u64).to_be_bytes());
+            digest.update(part);
+        }
         let mut out = [0; 32];
         out.copy_from_slice(digest.finish().as_ref());
+        Ok(TlsBytes {
+            ca,
+            client,
+            digest: out,
+        })
+    }
+
+    /// Checks what [`TlsFiles::read_bytes`] read: the bundle holds certificates, the key
+    /// matches a leaf valid now.
+    pub(super) fn check_bytes(&self, bytes: TlsBytes) -> Result<TlsMaterial, TlsFilesError> {
+        let ca = match (&self.ca, &bytes.ca) {
+            (Some(path), Some(pem)) => ca_bundle(path, pem)?,
+            _ => Vec::new(),
+        };
+        let (identity_pem, client_not_after) = match (&self.client, bytes.client) {
+            (Some((cert, key)), Some((cert_pem, key_pem))) => {
+                let pair = cert_pair::from_pem(&cert_pem, cert, &key_pem, key)?;
+                (
+                    Some([cert_pem, b"\n".to_vec(), key_pem].concat()),
+                    Some(cert_pair::not_after(&pair)),
+                )
+            }
+            _ => (None, None),
+        };
         Ok(TlsMaterial {
             ca,
             identity_pem,
-            digest: out,
+            digest: bytes.digest,
             client_not_after,
         })
     }
@@ -146,9 +179,7 @@ fn ca_error(path: &Path, message: String) -> TlsFilesError {
 /// Every certificate of a PEM bundle, each one parsed; an empty bundle (a file truncated
 /// mid-rotation) is refused rather than leaving the client with no roots.
 fn ca_bundle(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsFilesError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| ca_error(path, e.to_string()))?;
+    let certs = pem_text::certificates(pem).map_err(|e| ca_error(path, e.to_string()))?;
     if certs.is_empty() {
         return Err(ca_error(path, "no PEM certificate found".into()));
     }
