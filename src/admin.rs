@@ -55,28 +55,19 @@ impl Readiness {
     /// What the state gauges show.
     fn state(&self) -> crate::metrics::State {
         let bundle = self.bundle.load();
-        let vault = self.vaults.default_client();
         crate::metrics::State {
             trust_bundle_roots: bundle.roots().len(),
             trust_bundle_expiry: bundle.earliest_expiry(),
             serving_not_after: self.serving.not_after(),
-            vault_client_cert_not_after: vault.client_cert_not_after(),
-            vault_token_valid: vault.auth().token_valid(),
-            vault_failing_fast: vault.failing_fast(),
-            vault_nodes: self
+            vaults: self
                 .vaults
-                .named()
-                .flat_map(|(_, v)| v.node_status())
-                .chain(vault.node_status())
-                .collect(),
-            named_vaults: self
-                .vaults
-                .named()
-                .map(|(name, v)| crate::metrics::NamedVaultState {
-                    name: name.to_owned(),
+                .all()
+                .map(|(name, v)| crate::metrics::VaultState {
+                    name: name.map(str::to_owned),
                     token_valid: v.auth().token_valid(),
                     failing_fast: v.failing_fast(),
                     client_cert_not_after: v.client_cert_not_after(),
+                    nodes: v.node_status(),
                 })
                 .collect(),
         }
@@ -90,9 +81,10 @@ impl Readiness {
         } else {
             ""
         };
-        let mut nodes: String = std::iter::once(default)
-            .chain(self.vaults.named().map(|(_, v)| v))
-            .flat_map(|v| v.node_status())
+        let mut nodes: String = self
+            .vaults
+            .all()
+            .flat_map(|(_, v)| v.node_status())
             .map(|n| {
                 format!(
                     "vault node {} {} calls={} failures={}\n",

@@ -386,23 +386,21 @@ pub struct State {
     pub trust_bundle_roots: usize,
     pub trust_bundle_expiry: Option<i64>,
     pub serving_not_after: i64,
-    /// NotAfter of the client certificate presented to Vault, when one is configured.
-    pub vault_client_cert_not_after: Option<i64>,
-    pub vault_token_valid: bool,
-    pub vault_failing_fast: bool,
-    /// Each Vault node, when `vault.addr` (or a `[vaults.<name>]` addr) lists several.
-    pub vault_nodes: Vec<crate::vault::NodeStatus>,
-    /// Each `[vaults.<name>]` server.
-    pub named_vaults: Vec<NamedVaultState>,
+    /// `[vault]` first, then each `[vaults.<name>]`.
+    pub vaults: Vec<VaultState>,
 }
 
-/// A `[vaults.<name>]` server's state: its gauges carry `vault="<name>"`.
+/// One Vault server's state.
 #[derive(Debug, Clone)]
-pub struct NamedVaultState {
-    pub name: String,
+pub struct VaultState {
+    /// `None` for `[vault]`, whose gauges carry no label; else the `vault` label.
+    pub name: Option<String>,
     pub token_valid: bool,
     pub failing_fast: bool,
+    /// NotAfter of the client certificate presented to it, when one is configured.
     pub client_cert_not_after: Option<i64>,
+    /// Each node, when its address lists several.
+    pub nodes: Vec<crate::vault::NodeStatus>,
 }
 
 /// State gauges, refreshed before each scrape.
@@ -413,33 +411,34 @@ pub fn state(s: State) {
     }
     ::metrics::gauge!("istio_vault_ca_serving_certificate_expiry_timestamp_seconds")
         .set(s.serving_not_after as f64);
-    if let Some(exp) = s.vault_client_cert_not_after {
-        ::metrics::gauge!("istio_vault_ca_vault_client_certificate_expiry_timestamp_seconds")
-            .set(exp as f64);
-    }
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
-    ::metrics::gauge!("istio_vault_ca_vault_token_valid").set(flag(s.vault_token_valid));
-    ::metrics::gauge!("istio_vault_ca_vault_failing_fast").set(flag(s.vault_failing_fast));
-    for v in &s.named_vaults {
-        let name = v.name.clone();
-        ::metrics::gauge!("istio_vault_ca_vault_token_valid", "vault" => name.clone())
+    for v in &s.vaults {
+        let labels: Vec<::metrics::Label> = v
+            .name
+            .iter()
+            .map(|n| ::metrics::Label::new("vault", n.clone()))
+            .collect();
+        ::metrics::gauge!("istio_vault_ca_vault_token_valid", labels.clone())
             .set(flag(v.token_valid));
-        ::metrics::gauge!("istio_vault_ca_vault_failing_fast", "vault" => name.clone())
+        ::metrics::gauge!("istio_vault_ca_vault_failing_fast", labels.clone())
             .set(flag(v.failing_fast));
         if let Some(exp) = v.client_cert_not_after {
-            ::metrics::gauge!("istio_vault_ca_vault_client_certificate_expiry_timestamp_seconds", "vault" => name)
-                .set(exp as f64);
+            ::metrics::gauge!(
+                "istio_vault_ca_vault_client_certificate_expiry_timestamp_seconds",
+                labels
+            )
+            .set(exp as f64);
         }
-    }
-    for n in &s.vault_nodes {
-        for state in crate::vault::NodeState::ALL {
-            ::metrics::gauge!("istio_vault_ca_vault_node_state", "node" => n.node.clone(), "state" => state.as_str())
-                .set(flag(n.state == state));
+        for n in &v.nodes {
+            for state in crate::vault::NodeState::ALL {
+                ::metrics::gauge!("istio_vault_ca_vault_node_state", "node" => n.node.clone(), "state" => state.as_str())
+                    .set(flag(n.state == state));
+            }
+            ::metrics::counter!("istio_vault_ca_vault_node_calls_total", "node" => n.node.clone())
+                .absolute(n.calls);
+            ::metrics::counter!("istio_vault_ca_vault_node_failures_total", "node" => n.node.clone())
+                .absolute(n.failures);
         }
-        ::metrics::counter!("istio_vault_ca_vault_node_calls_total", "node" => n.node.clone())
-            .absolute(n.calls);
-        ::metrics::counter!("istio_vault_ca_vault_node_failures_total", "node" => n.node.clone())
-            .absolute(n.failures);
     }
 }
 

@@ -39,6 +39,13 @@ impl VaultSet {
         &self.default
     }
 
+    /// Every client with its server's name: `[vault]` (`None`) first, then each
+    /// `[vaults.<name>]`.
+    pub fn all(&self) -> impl Iterator<Item = (Option<&str>, &VaultClient)> {
+        std::iter::once((None, &self.default))
+            .chain(self.named().map(|(name, client)| (Some(name), client)))
+    }
+
     /// Every `[vaults.<name>]` client, by name.
     pub fn named(&self) -> impl Iterator<Item = (&str, &VaultClient)> {
         self.named
