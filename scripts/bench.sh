@@ -12,13 +12,9 @@ cd "$(dirname "$0")/.."
 out=$PWD/target/bench
 rm -rf "$out" && mkdir -p "$out"
 BAO=$(scripts/ensure-openbao.sh)
-# BIN=path: measure that build instead (an A/B comparison against an older commit's binary).
-if [ -n "${BIN:-}" ]; then bin=$(realpath "$BIN"); else
-  cargo build --quiet --release --locked --bin istio-vault-ca
-  bin=$PWD/target/release/istio-vault-ca
-fi
-
 . scripts/lib.sh
+# BIN=path: measure that build instead (an A/B comparison against an older commit's binary).
+release_signer
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -91,7 +87,8 @@ print("\nCPU per request, µs (signer | Vault | load generator):")
 for n, x in r.items():
     f = lambda v: "-" if v is None else f"{v:.0f}"
     print(f"  {n:13s} {f(x.get('cpu_us_per_request')):>5s} | {f(x.get('vault_cpu_us_per_request')):>5s} | {f(x.get('loadgen_cpu_us_per_request')):>5s}")
-print(f"signer process CPU per request: {r['c32-signer']['cpu_us_per_request']:.0f} us at c=32, {r['storm-signer']['cpu_us_per_request']:.0f} us in the storm (TLS, gRPC, JWT, CSR, Vault client, leaf check, logging)")# The signer's own time per call, from its /metrics before and after each signer run: the
+print(f"signer process CPU per request: {r['c32-signer']['cpu_us_per_request']:.0f} us at c=32, {r['storm-signer']['cpu_us_per_request']:.0f} us in the storm (TLS, gRPC, JWT, CSR, Vault client, leaf check, logging)")
+# The signer's own time per call, from its /metrics before and after each signer run: the
 # mean call (request_duration_seconds) minus the mean Vault sign call inside it. What it adds
 # to a caller's latency, less noisy than the difference of two client-side medians.
 import re

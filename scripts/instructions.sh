@@ -41,10 +41,9 @@ for shape in ${SHAPES-ztunnel agent}; do
 done
 [ "${PROCESS:-1}" = 0 ] && exit 0
 
-cargo build --quiet --release --locked --bin istio-vault-ca
-bin=$PWD/target/release/istio-vault-ca
-BAO=$(scripts/ensure-openbao.sh)
 . scripts/lib.sh
+release_signer
+BAO=$(scripts/ensure-openbao.sh)
 start_openbao "$out"
 process() { # requests -> instructions of the signer process over its whole life
   local n=$1 port admin

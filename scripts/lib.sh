@@ -1,6 +1,6 @@
-# Shared by the measurement scripts (bench.sh, nagle-latency.sh, instructions.sh): free ports,
-# waiting for an HTTP endpoint, a local OpenBao set up like the quickstart, and the signer's
-# config for it. Source it after `cd` to the repository root.
+# Shared by the measurement scripts (bench.sh, syscalls.sh, nagle-latency.sh, instructions.sh): the
+# signer binary to measure, free ports, waiting for an HTTP endpoint, a local OpenBao set up like the
+# quickstart, and the signer's config and load for it. Source it after `cd` to the repository root.
 
 # A free loopback TCP port.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -19,6 +19,14 @@ for _ in range(600):
         time.sleep(0.1)
 sys.exit("timed out waiting for " + sys.argv[1])
 PY
+}
+
+# release_signer: sets bin to $BIN when given (measuring another build, an A/B comparison),
+# else to the release binary, built first.
+release_signer() {
+  if [ -n "${BIN:-}" ]; then bin=$(realpath "$BIN"); return; fi
+  cargo build --quiet --release --locked --bin istio-vault-ca
+  bin=$PWD/target/release/istio-vault-ca
 }
 
 # start_openbao OUT [PREFIX...]: starts `bao server -dev` (through PREFIX, e.g. `taskset -c 0`)

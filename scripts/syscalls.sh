@@ -12,12 +12,9 @@ cd "$(dirname "$0")/.."
 command -v strace >/dev/null || { echo "strace is needed (apt-get install strace)" >&2; exit 2; }
 n=${N:-2000}
 c=${C:-32}
-if [ -n "${BIN:-}" ]; then bin=$(realpath "$BIN"); else
-  cargo build --quiet --release --locked --bin istio-vault-ca
-  bin=$PWD/target/release/istio-vault-ca
-fi
-BAO=$(scripts/ensure-openbao.sh)
 . scripts/lib.sh
+release_signer
+BAO=$(scripts/ensure-openbao.sh)
 out=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$out"; }
