@@ -465,12 +465,23 @@ impl TestCa {
     /// A new key and a certificate for `names` (the first is also the common name) with one
     /// extended key usage: `(cert PEM, key PEM)`.
     pub fn leaf(&self, names: &[&str], eku: rcgen::ExtendedKeyUsagePurpose) -> (String, String) {
+        self.leaf_with(names, eku, |_| {})
+    }
+
+    /// [`TestCa::leaf`] with its parameters adjusted by `tweak` before signing.
+    fn leaf_with(
+        &self,
+        names: &[&str],
+        eku: rcgen::ExtendedKeyUsagePurpose,
+        tweak: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut p = rcgen::CertificateParams::new(names.clone()).unwrap();
         p.distinguished_name
             .push(rcgen::DnType::CommonName, names[0].clone());
         p.extended_key_usages = vec![eku];
+        tweak(&mut p);
         (
             p.signed_by(&key, &self.issuer).unwrap().pem(),
             key.serialize_pem(),
@@ -479,25 +490,23 @@ impl TestCa {
 
     /// A client certificate for the signer (`istio-vault-ca`).
     pub fn client_pair(&self) -> (String, String) {
-        self.leaf(
-            &["istio-vault-ca"],
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        )
+        self.client_pair_with(|_| {})
     }
 
     /// A client certificate for the signer with NotAfter at `not_after` (unix seconds).
     pub fn client_pair_until(&self, not_after: i64) -> (String, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(vec!["istio-vault-ca".to_owned()]).unwrap();
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, "istio-vault-ca");
-        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        p.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
-        p.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
-        (
-            p.signed_by(&key, &self.issuer).unwrap().pem(),
-            key.serialize_pem(),
-        )
+        self.client_pair_with(|p| {
+            p.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+            p.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+        })
+    }
+
+    fn client_pair_with(
+        &self,
+        tweak: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> (String, String) {
+        let eku = rcgen::ExtendedKeyUsagePurpose::ClientAuth;
+        self.leaf_with(&["istio-vault-ca"], eku, tweak)
     }
 }
 
