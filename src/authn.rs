@@ -392,20 +392,66 @@ mod tests {
     /// `127.0.0.1`, another origin) does not receive it.
     #[tokio::test]
     async fn oidc_discovery_from_the_issuer() {
+        let (seen, verified) = discovery_run(|base| format!("{base}/openid/v1/jwks")).await;
         assert_eq!(
-            discovery_bearer_seen(false).await,
+            verified.unwrap().identity.to_string(),
+            "spiffe://cluster.local/ns/ns1/sa/sa1"
+        );
+        assert_eq!(
+            seen,
             vec![true, true],
             "discovery then JWKS, both with the bearer token"
         );
+        let (seen, verified) =
+            discovery_run(|base| base.replace("127.0.0.1", "localhost") + "/openid/v1/jwks").await;
+        assert!(verified.is_ok());
         assert_eq!(
-            discovery_bearer_seen(true).await,
+            seen,
             vec![true, false],
             "the JWKS on another origin gets no bearer token"
         );
+        // A discovery document naming cleartext keys off this machine is not followed (the
+        // `.invalid` name never resolves, so a broken rule fails here without any traffic).
+        let (v, verified, _dir) =
+            discovery_verifier(|_| "http://keys.invalid/openid/v1/jwks".into()).await;
+        assert!(
+            matches!(verified, Err(AuthnError::UnknownKey(_))),
+            "{verified:?}"
+        );
+        let Err(AuthnError::KeysUnavailable(message)) = v.refetch(true).await else {
+            panic!("cleartext jwks_uri accepted");
+        };
+        assert!(
+            message.contains("plain http:// only to a loopback"),
+            "{message}"
+        );
     }
 
-    /// Runs discovery and one verification; whether each request carried the bearer token.
-    async fn discovery_bearer_seen(jwks_elsewhere: bool) -> Vec<bool> {
+    /// Runs discovery (the document names `jwks_uri(base)`) and one verification: whether
+    /// each request carried the bearer token, and what verification returned.
+    async fn discovery_run(
+        jwks_uri: impl Fn(&str) -> String,
+    ) -> (Vec<bool>, Result<Caller, AuthnError>) {
+        let (seen, _, verified, _) = discovery(jwks_uri).await;
+        (seen, verified)
+    }
+
+    /// [`discovery_run`], keeping the verifier instead of what the server saw.
+    async fn discovery_verifier(
+        jwks_uri: impl Fn(&str) -> String,
+    ) -> (JwtVerifier, Result<Caller, AuthnError>, tempfile::TempDir) {
+        let (_, v, verified, dir) = discovery(jwks_uri).await;
+        (v, verified, dir)
+    }
+
+    async fn discovery(
+        jwks_uri: impl Fn(&str) -> String,
+    ) -> (
+        Vec<bool>,
+        JwtVerifier,
+        Result<Caller, AuthnError>,
+        tempfile::TempDir,
+    ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -413,11 +459,7 @@ mod tests {
         let jwks = issuer.jwks_json();
         let discovery = serde_json::json!({
             "issuer": base,
-            "jwks_uri": if jwks_elsewhere {
-                base.replace("127.0.0.1", "localhost") + "/openid/v1/jwks"
-            } else {
-                format!("{base}/openid/v1/jwks")
-            },
+            "jwks_uri": jwks_uri(&base),
             "response_types_supported": ["id_token"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["ES256"],
@@ -463,15 +505,10 @@ mod tests {
             ..JwtConfig::default()
         };
         let v = JwtVerifier::new(&config, td()).await.unwrap();
-        let caller = v
+        let verified = v
             .verify(&issuer.token(&TokenSpec::new("ns1", "sa1")).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(
-            caller.identity.to_string(),
-            "spiffe://cluster.local/ns/ns1/sa/sa1"
-        );
-        seen_auth.lock().unwrap().clone()
+            .await;
+        (seen_auth.lock().unwrap().clone(), v, verified, dir)
     }
 
     #[tokio::test]

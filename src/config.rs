@@ -242,6 +242,7 @@ impl Config {
         for (name, vault) in &self.vaults {
             vault.validate_named(name)?;
         }
+        self.check_login_secrets_unshared()?;
         if self.vault.delegated.is_some()
             && let Some(i) = self.targets.iter().position(|t| t.vault.is_some())
         {
@@ -254,6 +255,35 @@ impl Config {
         self.log.validate()?;
         if let Some(istiod) = &self.istiod_certificate {
             istiod.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// No two Vault servers log in with the same secret file (unless both say
+    /// `auth.shared_login`): what one server receives at login it could replay at the other's
+    /// login role and obtain the signer's policy there.
+    fn check_login_secrets_unshared(&self) -> Result<(), ConfigError> {
+        let mut seen: Vec<(Option<&str>, std::path::PathBuf, bool)> = Vec::new();
+        for (name, vault) in self.vault_servers() {
+            let Some((key, file)) = vault.login_secret() else {
+                continue;
+            };
+            let shared = vault.auth.shared_login;
+            if let Some((other, _, other_shared)) = seen.iter().find(|(_, f, _)| *f == file)
+                && !(shared && *other_shared)
+            {
+                return Err(ConfigError::invalid(
+                    &format!("{}.{key}", vault_section(name)),
+                    format!(
+                        "{} is also [{}]'s login secret: either server could replay it at the other's login; give each server its own (e.g. a token projected with its own audience), or set auth.shared_login = true in both",
+                        file.display(),
+                        vault_section(*other)
+                    ),
+                ));
+            }
+            seen.push((name, file, shared));
         }
         Ok(())
     }
@@ -376,6 +406,14 @@ over_max = "reject"
             "IVCA_VAULT__ADDR",
             "http://10.0.0.1:8200, http://10.0.0.2:8200",
         )]));
+        // Cleartext to another host only when asked for by name.
+        assert!(
+            Config::load(None, e.clone())
+                .unwrap_err()
+                .to_string()
+                .starts_with("vault.addr: http://10.0.0.1:8200: plain http:// only to a loopback"),
+        );
+        e.push(("IVCA_VAULT__ALLOW_INSECURE_HTTP".into(), "true".into()));
         let c = Config::load(None, e).unwrap();
         assert_eq!(c.vault.addr.urls().len(), 2);
         assert_eq!(
@@ -638,5 +676,59 @@ role = "workload"
                 .unwrap_err()
                 .starts_with("targets[0].vault:")
         );
+    }
+
+    /// A login secret read for two servers is refused unless both opt in: the same token
+    /// file, the same JWT file, and the pod's own service-account token that `kubernetes`
+    /// login falls back to. Separate files (one projected token per server) pass.
+    #[test]
+    fn one_login_secret_is_never_sent_to_two_servers_unless_both_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        let load = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            Config::load(Some(&file), required()).map_err(|e| e.to_string())
+        };
+        let k8s = |name: &str, jwt: Option<&str>, shared: bool| {
+            let jwt = jwt
+                .map(|j| format!("jwt_file = \"{j}\"\n"))
+                .unwrap_or_default();
+            format!(
+                "[{name}.auth]\nmethod = \"kubernetes\"\nrole = \"r\"\n{jwt}shared_login = {shared}\n"
+            )
+        };
+        let two = |a: &str, b: &str| format!("{a}{b}");
+        let refused = [
+            two(
+                "[vault]\ntoken_file = \"/t\"\n",
+                "[vaults.team]\ntoken_file = \"/t\"\n",
+            ),
+            two(
+                &k8s("vault", Some("/j"), false),
+                &k8s("vaults.team", Some("/j"), false),
+            ),
+            two(&k8s("vault", None, false), &k8s("vaults.team", None, false)),
+            two(
+                &k8s("vault", Some("/j"), true),
+                &k8s("vaults.team", Some("/j"), false),
+            ),
+        ];
+        for text in &refused {
+            let e = load(text).unwrap_err();
+            assert!(e.starts_with("vaults.team."), "{text}: {e}");
+            assert!(e.contains("is also [vault]'s login secret"), "{text}: {e}");
+        }
+        for text in [
+            two(
+                &k8s("vault", Some("/a"), false),
+                &k8s("vaults.team", Some("/b"), false),
+            ),
+            two(
+                &k8s("vault", Some("/j"), true),
+                &k8s("vaults.team", Some("/j"), true),
+            ),
+        ] {
+            load(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
     }
 }

@@ -367,7 +367,7 @@ fn check_extensions(csr: &X509CertificationRequest<'_>) -> Result<SpiffeId, CsrE
     };
     uri.parse()
         .map_err(|e: crate::identity::IdentityError| CsrError::BadUri {
-            uri: uri.to_owned(),
+            uri: crate::echo::truncated(uri).into_owned(),
             reason: e.to_string(),
         })
 }
@@ -539,5 +539,14 @@ mod tests {
             policy().verify(&pem),
             Err(CsrError::BadUri { .. })
         ));
+
+        // A long URI is echoed cut, like every other value the caller sent.
+        let long = format!("https://example.com/{}", "x".repeat(4000));
+        p.subject_alt_names = vec![SanType::URI(long.as_str().try_into().unwrap())];
+        let pem = p.serialize_request(&key).unwrap().pem().unwrap();
+        let Err(CsrError::BadUri { uri, .. }) = policy().verify(&pem) else {
+            panic!("accepted");
+        };
+        assert_eq!(uri.chars().count(), crate::echo::LIMIT + 1);
     }
 }

@@ -23,6 +23,7 @@ pub mod distribute;
 pub mod echo;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod http_policy;
 pub mod identity;
 pub mod istiod_cert;
 pub mod kube_watch;

@@ -206,9 +206,10 @@ pub fn to_status(err: &IssueError) -> Status {
         IssueError::Vault(VaultError::Delegation(_)) => {
             Status::permission_denied("Vault refused the caller's credentials (delegated signing)")
         }
-        IssueError::Vault(VaultError::Rejected(m)) => {
-            Status::invalid_argument(format!("Vault refused to sign: {m}"))
-        }
+        // Vault's text names its mount, role and policy: the signer's log has it.
+        IssueError::Vault(VaultError::Rejected(_)) => Status::invalid_argument(
+            "Vault refused to sign this request (HTTP 400); the signer's log has its reason",
+        ),
         IssueError::Vault(e) => Status::unavailable(format!(
             "certificate authority unavailable: {}",
             vault_public(e)
@@ -267,6 +268,7 @@ mod tests {
                 IssueError::Vault(VaultError::Malformed(secret.into())),
                 IssueError::Vault(VaultError::Token(secret.into())),
                 IssueError::Vault(VaultError::Delegation(secret.into())),
+                IssueError::Vault(VaultError::Rejected(secret.into())),
             ];
             for e in errors {
                 let status = to_status(&e);

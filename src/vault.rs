@@ -15,6 +15,7 @@ use reqwest::{StatusCode, Url};
 
 use crate::backoff::Backoff;
 use crate::config::VaultConfig;
+use crate::http_policy::BodyError;
 use crate::identity::SpiffeId;
 
 mod auth;
@@ -70,6 +71,8 @@ struct HttpSettings {
     /// Several nodes: redirects are not followed (see [`HttpSettings::build`]).
     cluster: bool,
     plain_http: bool,
+    /// `vault.max_response_bytes`.
+    max_response_bytes: usize,
 }
 
 /// The pooled HTTP client and what it was built from.
@@ -88,11 +91,15 @@ impl HttpSettings {
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .user_agent(concat!("istio-vault-ca/", env!("CARGO_PKG_VERSION")));
-        if self.cluster {
+        builder = if self.cluster {
             // A standby that cannot serve redirects to the active node's address, which may be
             // the one just found dead: the next configured node is the better choice.
-            builder = builder.redirect(reqwest::redirect::Policy::none());
+            builder.redirect(reqwest::redirect::Policy::none())
+        } else {
+            // Same origin only: the token header would follow a redirect anywhere else.
+            builder.redirect(crate::http_policy::redirect_policy())
         }
+        .https_only(!self.plain_http);
         let (tls_digest, client_cert_not_after) = (tls.digest, tls.client_not_after);
         let client = tls
             .apply(builder, self.plain_http)?
@@ -145,6 +152,7 @@ impl VaultClient {
             timeout: config.timeout,
             cluster: addrs.len() > 1,
             plain_http: config.addr.is_http(),
+            max_response_bytes: config.max_response_bytes,
         };
         let tls_files = TlsFiles::from_config(config);
         let http = settings.build(tls_files.read()?)?;
@@ -578,7 +586,12 @@ impl VaultClient {
             let text = value.and_then(|v| v.to_str().ok()).unwrap_or("?");
             text.chars().take(200).collect::<String>()
         });
-        let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+        let bytes = crate::http_policy::read_capped(resp, self.settings.max_response_bytes)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge { .. } => VaultError::Malformed(e.to_string()),
+                BodyError::Transport(e) => self.transport_error(e),
+            })?;
         if status.is_success() {
             return serde_json::from_slice(&bytes)
                 .map_err(|e| VaultError::Malformed(e.to_string()));
@@ -595,8 +608,9 @@ impl VaultClient {
                     message,
                 }
             }
-            // Only seen with several nodes (one node follows redirects): a standby pointing at
-            // the active node; another configured node is tried instead.
+            // A standby pointing at the active node (several nodes: another configured node is
+            // tried instead), or, with one address, a redirect to another origin, which is
+            // never followed (`http_policy::redirect_policy`).
             s if s.is_redirection() => VaultError::Unavailable {
                 status: s.as_u16(),
                 message: format!("redirected to {}", location.unwrap_or_default()),
@@ -613,18 +627,7 @@ impl VaultClient {
             VaultError::Timeout(self.timeout)
         } else {
             // `without_url` keeps the message short; the URL carries no secrets anyway.
-            VaultError::Unreachable(error_chain(&e.without_url()))
+            VaultError::Unreachable(crate::http_policy::error_chain(&e.without_url()))
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::{AuthMethod, AuthnError, Caller, PodRef};
 use crate::config::JwtConfig;
+use crate::http_policy;
 use crate::identity::{SpiffeId, TrustDomain};
 
 /// Where JWKS documents come from.
@@ -82,6 +83,7 @@ impl JwtVerifier {
         };
         let mut http = crate::http_client()
             .timeout(Duration::from_secs(10))
+            .redirect(http_policy::redirect_policy())
             .user_agent(concat!("istio-vault-ca/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &config.ca_file {
             let pem = std::fs::read(ca).map_err(|e| {
@@ -238,7 +240,7 @@ impl JwtVerifier {
     }
 
     /// Fetches the JWKS again unless it was fetched less than `refetch_interval` ago.
-    async fn refetch(&self, force: bool) -> Result<(), AuthnError> {
+    pub(super) async fn refetch(&self, force: bool) -> Result<(), AuthnError> {
         let mut last = self.last_fetch.lock().await;
         if !force && last.is_some_and(|t| t.elapsed() < self.refetch_interval) {
             return Err(AuthnError::KeysUnavailable("refetched recently".into()));
@@ -273,7 +275,12 @@ impl JwtVerifier {
                     issuer.trim_end_matches('/')
                 );
                 let doc: Discovery = self.get_json(&url).await?;
-                self.get_json(&doc.jwks_uri).await
+                // The keys that decide who is who: never fetched in cleartext off this machine.
+                let jwks = reqwest::Url::parse(&doc.jwks_uri)
+                    .map_err(|e| unavailable(format!("{url}: jwks_uri: {e}")))?;
+                http_policy::check_scheme(&jwks, false)
+                    .map_err(|e| unavailable(format!("{url}: jwks_uri {e}")))?;
+                self.get_json(jwks.as_str()).await
             }
         }
     }
@@ -294,9 +301,11 @@ impl JwtVerifier {
             .await
             .and_then(|r| r.error_for_status())
             .map_err(|e| AuthnError::KeysUnavailable(format!("{url}: {}", e.without_url())))?;
-        resp.json()
+        let body = http_policy::read_capped(resp, http_policy::MAX_KEYS_RESPONSE_BYTES)
             .await
-            .map_err(|e| AuthnError::KeysUnavailable(format!("{url}: {}", e.without_url())))
+            .map_err(|e| AuthnError::KeysUnavailable(format!("{url}: {e}")))?;
+        serde_json::from_slice(&body)
+            .map_err(|e| AuthnError::KeysUnavailable(format!("{url}: {e}")))
     }
 }
 

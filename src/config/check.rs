@@ -26,18 +26,6 @@ fn check_http_url(key: &str, url: &str) -> Result<(), ConfigError> {
 pub(super) fn check_fetch_url(key: &str, url: &str) -> Result<(), ConfigError> {
     check_http_url(key, url)?;
     let u = reqwest::Url::parse(url).map_err(|e| ConfigError::invalid(key, e.to_string()))?;
-    let loopback = u.host_str().is_some_and(|h| {
-        h == "localhost"
-            || h.trim_matches(['[', ']'])
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    });
-    if u.scheme() == "https" || loopback {
-        Ok(())
-    } else {
-        Err(ConfigError::invalid(
-            key,
-            "must be https:// (plain http:// only on loopback)",
-        ))
-    }
+    crate::http_policy::check_scheme(&u, false)
+        .map_err(|_| ConfigError::invalid(key, "must be https:// (plain http:// only on loopback)"))
 }

@@ -49,6 +49,11 @@ pub struct VaultConfig {
     pub auth: VaultAuthConfig,
     /// Delegated mode: sign with a Vault token obtained by logging in with the caller's JWT.
     pub delegated: Option<DelegatedConfig>,
+    /// Allows `http://` to a host that is not loopback: the token, CSRs and login
+    /// credentials then cross the network in cleartext. Off: such an `addr` is refused.
+    pub allow_insecure_http: bool,
+    /// Largest answer read from this server; a larger one is refused before it is held whole.
+    pub max_response_bytes: usize,
 }
 
 /// The section of a Vault server's settings: `vault` for `[vault]` (`None`), else
@@ -57,6 +62,8 @@ pub fn vault_section(name: Option<&str>) -> String {
     name.map_or_else(|| "vault".to_owned(), |n| format!("vaults.{n}"))
 }
 
+/// Default service-account token path for Kubernetes login.
+pub const KUBERNETES_SA_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 /// `vault.addr` when unset.
 pub const DEFAULT_VAULT_ADDR: &str = "http://127.0.0.1:8200";
 /// `vault.token_reload_interval` when unset.
@@ -65,6 +72,8 @@ pub const DEFAULT_TOKEN_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 /// `vault.health_interval` when unset.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// Smallest `vault.max_response_bytes` accepted (a sign answer with a chain is ~3-8 KiB).
+pub const MIN_MAX_RESPONSE_BYTES: usize = 16 << 10;
 /// Most nodes `vault.addr` may list (a Vault cluster has 3 or 5).
 pub const MAX_VAULT_NODES: usize = 16;
 
@@ -218,6 +227,9 @@ pub struct VaultAuthConfig {
     /// Smallest gap between two logins forced by `403` answers (no login storms).
     #[serde(with = "duration")]
     pub min_relogin_interval: Duration,
+    /// Allows this server's login secret file to be another server's too. Off: a file sent
+    /// to two servers is refused, since either server could replay it at the other's login.
+    pub shared_login: bool,
 }
 
 impl Default for VaultAuthConfig {
@@ -231,6 +243,7 @@ impl Default for VaultAuthConfig {
             secret_id_file: None,
             jwt_file: None,
             min_relogin_interval: Duration::from_secs(5),
+            shared_login: false,
         }
     }
 }
@@ -255,6 +268,8 @@ impl Default for VaultConfig {
             breaker_cooldown: Duration::from_secs(1),
             auth: VaultAuthConfig::default(),
             delegated: None,
+            allow_insecure_http: false,
+            max_response_bytes: crate::http_policy::DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 }
@@ -274,6 +289,38 @@ impl VaultConfig {
         .into_iter()
         .map(|(key, path)| (format!("{prefix}.{key}"), path))
         .collect()
+    }
+
+    /// The file whose content is sent to this server to log in, and under which key: the
+    /// token (`token_file`), AppRole's `secret_id_file`, or the JWT of `kubernetes` / `jwt`
+    /// login (for `kubernetes` by default the pod's own service-account token). `None` for
+    /// `cert` (the key never leaves the signer) and `$VAULT_TOKEN`.
+    pub fn login_secret(&self) -> Option<(&'static str, PathBuf)> {
+        let a = &self.auth;
+        match a.method {
+            VaultAuthMethod::Token => self.token_file.clone().map(|f| ("token_file", f)),
+            VaultAuthMethod::AppRole => {
+                a.secret_id_file.clone().map(|f| ("auth.secret_id_file", f))
+            }
+            VaultAuthMethod::Jwt => a.jwt_file.clone().map(|f| ("auth.jwt_file", f)),
+            VaultAuthMethod::Kubernetes => Some((
+                "auth.jwt_file",
+                a.jwt_file
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(KUBERNETES_SA_TOKEN)),
+            )),
+            VaultAuthMethod::Cert => None,
+        }
+    }
+
+    /// The JWT file of `kubernetes` and `jwt` login (see [`VaultConfig::login_secret`]).
+    pub fn login_secret_file(&self) -> Option<PathBuf> {
+        match self.auth.method {
+            VaultAuthMethod::Kubernetes | VaultAuthMethod::Jwt => {
+                self.login_secret().map(|(_, f)| f)
+            }
+            _ => None,
+        }
     }
 
     /// A `[vaults.<name>]` section: what `[vault]` must be, no delegated mode (which signs on
@@ -318,6 +365,16 @@ impl VaultConfig {
                     "cert login needs https:// (the certificate is presented in TLS)",
                 ));
             }
+        }
+        for url in self.addr.urls() {
+            crate::http_policy::check_scheme(url, self.allow_insecure_http)
+                .map_err(|e| ConfigError::invalid("vault.addr", e))?;
+        }
+        if self.max_response_bytes < MIN_MAX_RESPONSE_BYTES {
+            return Err(ConfigError::invalid(
+                "vault.max_response_bytes",
+                format!("must be at least {MIN_MAX_RESPONSE_BYTES}"),
+            ));
         }
         check_vault_path("vault.mount", &self.mount)?;
         check_vault_path("vault.role", &self.role)?;

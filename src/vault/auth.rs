@@ -17,8 +17,7 @@ use tokio::sync::{Notify, watch};
 use super::{TokenSource, VaultClient, VaultError, VaultToken, read_token_file};
 use crate::config::{VaultAuthMethod, VaultConfig};
 
-/// Default service-account token path for Kubernetes login.
-pub const KUBERNETES_SA_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+pub use crate::config::KUBERNETES_SA_TOKEN;
 
 /// How to (re)obtain a token.
 #[derive(Debug, Clone)]
@@ -80,9 +79,8 @@ impl Credentials {
                     .role
                     .clone()
                     .ok_or_else(|| VaultError::Token("login needs a role".into()))?,
-                jwt_file: a
-                    .jwt_file
-                    .clone()
+                jwt_file: config
+                    .login_secret_file()
                     .unwrap_or_else(|| PathBuf::from(KUBERNETES_SA_TOKEN)),
             },
             VaultAuthMethod::Cert => Self::Cert {
