@@ -418,3 +418,104 @@ async fn cert_login_with_the_client_certificate() {
         "{err}"
     );
 }
+
+/// Two Vault servers laid out as docs/multiple-cas.md says: each logs the signer in with its
+/// own JWT, projected with its own audience (`vault` for `[vault]`, `vault-team` for
+/// `[vaults.team]`), and each login role binds its audience. Both servers sign; the JWT the
+/// team's server receives at login, replayed at the main server's login role, is refused, so
+/// whoever runs the team's server cannot obtain the signer's policy on the main one. The same
+/// replay with the main server's own JWT succeeds (the replay path itself works).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_jwt_sent_to_one_server_is_useless_at_another() {
+    let main = OpenBao::start().await;
+    let setup = main.setup(&[]);
+    let team = OpenBao::start().await;
+    team.setup(&[]);
+    let idp = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
+    let mut jwt_files = Vec::new();
+    for (bao, audience) in [(&main, "vault"), (&team, "vault-team")] {
+        enable_jwt_auth(bao, "jwt", &idp).await;
+        bao.api(
+            "POST",
+            "auth/jwt/role/signer",
+            serde_json::json!({"role_type": "jwt", "bound_audiences": [audience],
+                               "user_claim": "sub", "token_policies": ["istio-vault-ca"]}),
+        )
+        .await;
+        let mut spec = TokenSpec::new("istio-system", "istio-vault-ca");
+        spec.audiences = vec![audience.into()];
+        let file = setup.join(format!("login-{audience}"));
+        std::fs::write(&file, idp.token(&spec).unwrap()).unwrap();
+        jwt_files.push(file);
+    }
+    let jwt_login = |file: &std::path::Path| {
+        let mut auth = istio_vault_ca::config::VaultAuthConfig {
+            method: VaultAuthMethod::Jwt,
+            role: Some("signer".into()),
+            jwt_file: Some(file.to_owned()),
+            ..Default::default()
+        };
+        auth.min_relogin_interval = Duration::ZERO;
+        auth
+    };
+    let team_addr = team.addr.clone();
+    let env = Env::with_bao(main, setup, |c| {
+        c.vault.token_file = None;
+        c.vault.auth = jwt_login(&jwt_files[0]);
+        c.vaults.insert(
+            "team".into(),
+            istio_vault_ca::config::VaultConfig {
+                addr: team_addr.parse().unwrap(),
+                auth: jwt_login(&jwt_files[1]),
+                ..Default::default()
+            },
+        );
+        c.targets.push(istio_vault_ca::config::TargetConfig {
+            name: "team".into(),
+            vault: Some("team".into()),
+            mount: support::MOUNT.into(),
+            role: support::ROLE.into(),
+            namespace: None,
+            issuer: None,
+            roots_file: None,
+            ttl: None,
+        });
+        c.routes.push(istio_vault_ca::config::RouteConfig {
+            name: "team".into(),
+            target: "team".into(),
+            namespaces: vec!["team".into()],
+            service_accounts: vec![],
+            namespace_selector: None,
+            cert_signer: None,
+        });
+    })
+    .await;
+    for (ns, sa) in [("default", "demo"), ("team", "api")] {
+        env.request(Shape::PilotAgent, &id(ns, sa), &env.opts(ns, sa))
+            .await
+            .unwrap_or_else(|s| panic!("{ns}/{sa}: {s:?}"));
+    }
+    assert_eq!(team.sign_calls(), 1, "the team's route signed on the team's server");
+
+    let replay = |file: &std::path::Path| {
+        let jwt = std::fs::read_to_string(file).unwrap();
+        let url = format!("{}/v1/auth/jwt/login", env.bao.addr);
+        async move {
+            let resp = support::http()
+                .post(url)
+                .json(&serde_json::json!({"role": "signer", "jwt": jwt}))
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    let (status, body) = replay(&jwt_files[1]).await;
+    assert!(
+        (400..500).contains(&status) && !body.contains("client_token"),
+        "the team server's login JWT logged in at the main server: {status} {body}"
+    );
+    assert!(body.contains("aud"), "refused for its audience: {body}");
+    let (status, body) = replay(&jwt_files[0]).await;
+    assert_eq!(status, 200, "the main server's own JWT: {body}");
+}
