@@ -208,6 +208,7 @@ impl HandlerFixture {
                 bearer: Some(&self.token),
                 cluster_ids: &ids,
                 peer_chain: &[],
+                peer: None,
             },
             csr_pem: &self.csr_pem,
             validity_seconds: 86400,

@@ -37,6 +37,8 @@ pub struct Credentials<'a> {
     pub cluster_ids: &'a [&'a str],
     /// The client certificate chain (leaf first) the TLS handshake verified; empty if none.
     pub peer_chain: &'a [rustls_pki_types::CertificateDer<'static>],
+    /// The caller's IP address: whose TokenReview budget a review is charged to.
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// The authenticator chain for this signer.
@@ -185,7 +187,7 @@ impl Authenticator {
             TokenVerifier::Local(jwt) => (jwt.verify(token).await?, self.cache.max_age),
             TokenVerifier::Review(reviewer, max_age) => {
                 let start = Instant::now();
-                let reviewed = reviewer.review(token).await;
+                let reviewed = reviewer.review(token, creds.peer).await;
                 let result = match &reviewed {
                     Ok(_) => "authenticated",
                     Err(AuthnError::ReviewUnavailable(_)) => "unavailable",
@@ -532,6 +534,7 @@ mod tests {
                     bearer: bearer.as_deref(),
                     cluster_ids: ids,
                     peer_chain: &[],
+                    peer: None,
                 })
                 .await
             }
@@ -561,6 +564,7 @@ mod tests {
             bearer: Some(token),
             cluster_ids: &[],
             peer_chain: &[],
+            peer: None,
         }
     }
 

@@ -106,6 +106,7 @@ impl IstioCertificateService for CaService {
                 bearer,
                 cluster_ids: &cluster_ids,
                 peer_chain: peer_certs.as_deref().map_or(&[], Vec::as_slice),
+                peer: call.peer.map(|p| p.ip()),
             },
             csr_pem: &body.csr,
             validity_seconds: body.validity_duration,

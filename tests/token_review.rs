@@ -311,6 +311,10 @@ async fn garbage_tokens_do_not_reach_the_api_server() {
             "no issuer",
             jwt_with(json!({"alg": "RS256"}), json!({"sub": "x"})),
         ),
+        (
+            "no exp",
+            jwt_with(json!({"alg": "RS256"}), json!({"iss": iss, "sub": "x"})),
+        ),
     ];
     for (what, token) in &garbage {
         let err = env
@@ -373,4 +377,120 @@ async fn garbage_tokens_do_not_reach_the_api_server() {
     assert!(throttled >= 3, "only {throttled} throttled");
     assert!(api.reviews.load(Ordering::SeqCst) <= 2 + 3);
     assert_eq!(env.bao.sign_calls(), 0);
+}
+
+/// TokenReview budgets are per source: 16 concurrent streams of unique, well-formed but false
+/// tokens from 127.0.0.2 (each reviewed and refused by the API server, so neither the
+/// pre-filter nor the refusal cache stops them) spend that address's budget only, while a
+/// workload on 127.0.0.1 presenting a fresh real token every 100 ms (plus its call) is issued 60 of 60.
+/// Without the per-source budget the flood (hundreds of calls a second) spends the cluster's
+/// 100/s and the real tokens get `Unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn false_tokens_from_one_address_do_not_starve_real_ones() {
+    use std::sync::atomic::AtomicBool;
+    const REAL: usize = 60;
+    let api = FakeApi::default();
+    for i in 0..REAL {
+        api.allow(
+            &format!("real-{i}"),
+            "system:serviceaccount:default:demo",
+            &["system:serviceaccounts"],
+        );
+    }
+    let env = env_with(&api, Duration::from_secs(30)).await;
+    let demo = id("default", "demo");
+
+    let attacker = tonic::transport::Endpoint::from_shared(format!("https://{}", env.addr))
+        .unwrap()
+        .local_address(Some("127.0.0.2".parse().unwrap()))
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&env.ca_pem))
+                .domain_name("localhost"),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let kc = istio_vault_ca::client::generate_csr(Shape::PilotAgent, &demo).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, throttled) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut flood = Vec::new();
+    for stream in 0..16 {
+        let mut client =
+            istio_vault_ca::pb::istio_certificate_service_client::IstioCertificateServiceClient::new(
+                attacker.clone(),
+            );
+        let (stop, sent, throttled) = (stop.clone(), sent.clone(), throttled.clone());
+        let csr = kc.csr_pem.clone();
+        let demo = demo.clone();
+        let env_opts = env.opts("default", "demo");
+        flood.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let opts = CallOptions {
+                    token: Some(jwt(&format!("false-{stream}-{n}"))),
+                    ..env_opts.clone()
+                };
+                let req =
+                    istio_vault_ca::client::build_request(Shape::PilotAgent, &csr, &demo, &opts)
+                        .unwrap();
+                let status = client.create_certificate(req).await.unwrap_err();
+                sent.fetch_add(1, Ordering::Relaxed);
+                if status.code() == Code::Unavailable {
+                    throttled.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = std::time::Instant::now();
+    let mut issued = 0;
+    let mut refusals = Vec::new();
+    for i in 0..REAL {
+        match env
+            .request(
+                Shape::PilotAgent,
+                &demo,
+                &with_token(&env, &format!("real-{i}")),
+            )
+            .await
+        {
+            Ok(_) => issued += 1,
+            Err(s) => refusals.push(format!("{:?}: {}", s.code(), s.message())),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed().as_secs_f64() + 1.0;
+    stop.store(true, Ordering::Relaxed);
+    for task in flood {
+        task.await.unwrap();
+    }
+    let (sent, throttled) = (
+        sent.load(Ordering::Relaxed),
+        throttled.load(Ordering::Relaxed),
+    );
+    let reviews = api.reviews.load(Ordering::SeqCst);
+    eprintln!(
+        "flood: {sent} calls in {took:.1} s, {throttled} throttled; {reviews} reviews; real: {issued}/{REAL}"
+    );
+    assert_eq!(
+        issued,
+        REAL,
+        "real tokens refused, first: {:?}",
+        refusals.first()
+    );
+    assert!(
+        sent as f64 > 5.0 * 100.0 / 5.0,
+        "the flood ran ({sent} calls)"
+    );
+    // The attacker's reviews: its burst (10) plus 5/s, the real ones one each.
+    let bound = 10.0 + 5.0 * took + REAL as f64 + 5.0;
+    assert!(
+        (reviews as f64) <= bound,
+        "{reviews} reviews > {bound:.0}: the flood spent more than its source's budget"
+    );
 }

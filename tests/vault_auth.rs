@@ -495,7 +495,11 @@ async fn a_login_jwt_sent_to_one_server_is_useless_at_another() {
             .await
             .unwrap_or_else(|s| panic!("{ns}/{sa}: {s:?}"));
     }
-    assert_eq!(team.sign_calls(), 1, "the team's route signed on the team's server");
+    assert_eq!(
+        team.sign_calls(),
+        1,
+        "the team's route signed on the team's server"
+    );
 
     let replay = |file: &std::path::Path| {
         let jwt = std::fs::read_to_string(file).unwrap();

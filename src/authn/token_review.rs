@@ -1,6 +1,8 @@
 //! Token verification by the Kubernetes TokenReview API, behind guards that keep garbage
 //! away from the API server.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -13,9 +15,10 @@ use crate::identity::{SpiffeId, TrustDomain};
 /// UID and node from `status.user.extra` when the token is pod-bound.
 ///
 /// Before any API call a token must look like a service-account JWT (size, shape, a
-/// plausible unverified `iss` and `exp`), must not have been refused in the last
-/// `negative_cache_max_age`, and must fit the per-cluster review rate: garbage cannot drive
-/// API-server load.
+/// plausible unverified `iss` and an unexpired `exp`), must not have been refused in the last
+/// `negative_cache_max_age`, and must fit both its source's review budget and the cluster's:
+/// garbage cannot drive API-server load, and one source sending false tokens spends its own
+/// budget, not everyone's.
 pub struct TokenReviewer {
     api: kube::Api<k8s_openapi::api::authentication::v1::TokenReview>,
     audiences: Vec<String>,
@@ -23,7 +26,8 @@ pub struct TokenReviewer {
     issuers: Vec<String>,
     refused: ExpiringCache<()>,
     refused_for: Duration,
-    rate: Mutex<TokenBucket>,
+    /// Boxed: it would make the reviewer the one large variant of `TokenVerifier`.
+    budget: Box<Mutex<Budget>>,
 }
 
 /// Largest token sent for review (a projected service-account token is ~1 KiB).
@@ -32,6 +36,9 @@ pub const MAX_REVIEW_TOKEN_BYTES: usize = 4096;
 const REFUSED_CAPACITY: usize = 10_000;
 /// Clock skew allowed when judging an unverified `exp` before review.
 const REVIEW_EXP_LEEWAY: u64 = 60;
+/// Sources (caller IP addresses) whose budgets are kept; past it, idle ones are forgotten and
+/// then the newest share one bucket.
+const MAX_REVIEW_SOURCES: usize = 4096;
 
 /// Permits at `rate` per second, up to `2 × rate` saved.
 struct TokenBucket {
@@ -49,16 +56,87 @@ impl TokenBucket {
         }
     }
 
-    fn take(&mut self, now: Instant) -> bool {
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(2.0 * self.rate);
         self.at = now;
-        if self.tokens >= 1.0 {
+    }
+
+    fn has(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= 1.0
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let ok = self.has(now);
+        if ok {
             self.tokens -= 1.0;
-            true
-        } else {
-            false
         }
+        ok
+    }
+
+    /// Gives back a permit (a review that authenticated).
+    fn refund(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(2.0 * self.rate);
+    }
+
+    /// Full again: nothing spent for a while.
+    fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= 2.0 * self.rate
+    }
+}
+
+/// TokenReviews allowed now: the cluster's ceiling (`max_reviews_per_second`) and one bucket
+/// per source (`max_reviews_per_second_per_source`). A source is charged for every review and
+/// refunded for those that authenticate, so a source sending real tokens is bounded only by
+/// the ceiling, and one sending false tokens only spends its own share.
+struct Budget {
+    cluster: TokenBucket,
+    per_source_rate: u32,
+    sources: HashMap<IpAddr, TokenBucket>,
+    /// Shared by sources arriving while [`MAX_REVIEW_SOURCES`] are busy (and by callers
+    /// without an address).
+    overflow: TokenBucket,
+}
+
+impl Budget {
+    fn new(cluster_rate: u32, per_source_rate: u32) -> Self {
+        Self {
+            cluster: TokenBucket::new(cluster_rate),
+            per_source_rate,
+            sources: HashMap::new(),
+            overflow: TokenBucket::new(per_source_rate),
+        }
+    }
+
+    fn source(&mut self, peer: Option<IpAddr>, now: Instant) -> &mut TokenBucket {
+        let Some(ip) = peer else {
+            return &mut self.overflow;
+        };
+        if !self.sources.contains_key(&ip) && self.sources.len() >= MAX_REVIEW_SOURCES {
+            self.sources.retain(|_, b| !b.is_full(now));
+        }
+        if self.sources.contains_key(&ip) || self.sources.len() < MAX_REVIEW_SOURCES {
+            let rate = self.per_source_rate;
+            self.sources
+                .entry(ip)
+                .or_insert_with(|| TokenBucket::new(rate))
+        } else {
+            &mut self.overflow
+        }
+    }
+
+    /// Takes a permit from `peer`'s bucket and the cluster's, or neither.
+    fn take(&mut self, peer: Option<IpAddr>, now: Instant) -> bool {
+        if !self.source(peer, now).has(now) || !self.cluster.take(now) {
+            return false;
+        }
+        self.source(peer, now).take(now)
+    }
+
+    fn refund(&mut self, peer: Option<IpAddr>, now: Instant) {
+        self.source(peer, now).refund();
     }
 }
 
@@ -101,15 +179,14 @@ fn review_prefilter(token: &str, issuers: &[String], now: u64) -> Option<&'stati
     if !issuers.is_empty() && !issuers.iter().any(|i| i == iss) {
         return Some("token issuer is not trusted");
     }
-    match &claims["exp"] {
-        serde_json::Value::Null => {}
-        exp => match exp.as_u64() {
-            Some(exp) if exp.saturating_add(REVIEW_EXP_LEEWAY) >= now => {}
-            Some(_) => return Some("token has expired"),
-            None => return Some("token exp is not a number"),
-        },
+    // Projected service-account tokens always carry `exp`; legacy Secret-based tokens, which
+    // never expire, are not accepted.
+    match claims["exp"].as_u64() {
+        Some(exp) if exp.saturating_add(REVIEW_EXP_LEEWAY) >= now => None,
+        Some(_) => Some("token has expired"),
+        None if claims["exp"].is_null() => Some("token has no exp"),
+        None => Some("token exp is not a number"),
     }
-    None
 }
 
 impl TokenReviewer {
@@ -127,13 +204,16 @@ impl TokenReviewer {
             issuers: config.issuers.clone(),
             refused: ExpiringCache::new(REFUSED_CAPACITY),
             refused_for: config.negative_cache_max_age,
-            rate: Mutex::new(TokenBucket::new(config.max_reviews_per_second)),
+            budget: Box::new(Mutex::new(Budget::new(
+                config.max_reviews_per_second,
+                config.max_reviews_per_second_per_source,
+            ))),
         })
     }
 
-    /// Reviews `token` unless the guards above refuse it first (`Throttled` when the rate
-    /// limit is reached).
-    pub async fn review(&self, token: &str) -> Result<Caller, AuthnError> {
+    /// Reviews `token` from `peer` unless the guards above refuse it first (`Throttled` when
+    /// the source's or the cluster's budget is spent).
+    pub async fn review(&self, token: &str, peer: Option<IpAddr>) -> Result<Caller, AuthnError> {
         let now = crate::time::unix(SystemTime::now()).max(0) as u64;
         if let Some(why) = review_prefilter(token, &self.issuers, now) {
             return Err(AuthnError::Malformed(why.into()));
@@ -144,15 +224,14 @@ impl TokenReviewer {
                 "refused recently; not asking again yet".into(),
             ));
         }
-        if !self
-            .rate
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take(Instant::now())
-        {
+        let budget = || self.budget.lock().unwrap_or_else(|e| e.into_inner());
+        if !budget().take(peer, Instant::now()) {
             return Err(AuthnError::ReviewThrottled);
         }
         let reviewed = self.call(token).await;
+        if reviewed.is_ok() {
+            budget().refund(peer, Instant::now());
+        }
         if let Err(AuthnError::ReviewRejected(_) | AuthnError::Claims(_)) = &reviewed
             && let Some(until) = Instant::now().checked_add(self.refused_for)
         {
@@ -243,5 +322,96 @@ impl TokenReviewer {
             expires: None,
             cluster: String::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> Option<IpAddr> {
+        Some(IpAddr::from([127, 0, 0, last]))
+    }
+
+    /// A source spends its own burst only; reviews that authenticate are refunded; the
+    /// cluster's ceiling still holds over every source.
+    #[test]
+    fn budgets_are_per_source_under_one_ceiling() {
+        let now = Instant::now();
+        let mut b = Budget::new(100, 5);
+        assert_eq!(
+            (0..50).filter(|_| b.take(ip(2), now)).count(),
+            10,
+            "burst 2 × 5"
+        );
+        assert!(b.take(ip(1), now), "another source is untouched");
+        for _ in 0..50 {
+            assert!(b.take(ip(3), now), "refunded reviews never run out");
+            b.refund(ip(3), now);
+        }
+        // 11 + 50 of the ceiling's 200 spent; 20 more sources take 10 each until it runs out.
+        let taken: usize = (10..30)
+            .map(|s| (0..10).filter(|_| b.take(ip(s), now)).count())
+            .sum();
+        assert_eq!(taken, 200 - 61);
+        assert!(!b.take(ip(1), now), "the ceiling binds everyone");
+        let later = now + Duration::from_secs(1);
+        assert!(b.take(ip(1), later), "and refills");
+    }
+
+    /// Sources are bounded in number: idle buckets are dropped; while all are busy, new
+    /// sources share one overflow bucket.
+    #[test]
+    fn sources_are_bounded() {
+        let now = Instant::now();
+        let mut b = Budget::new(u32::MAX / 4, 1);
+        for i in 0..MAX_REVIEW_SOURCES as u32 {
+            assert!(b.take(Some(IpAddr::from(i.to_be_bytes())), now));
+        }
+        assert_eq!(b.sources.len(), MAX_REVIEW_SOURCES);
+        let new = |n: u32| Some(IpAddr::from((u32::MAX - n).to_be_bytes()));
+        assert!(
+            b.take(new(0), now) && b.take(new(1), now),
+            "overflow burst 2"
+        );
+        assert!(!b.take(new(2), now), "overflow spent");
+        assert_eq!(b.sources.len(), MAX_REVIEW_SOURCES);
+        let later = now + Duration::from_secs(10);
+        assert!(b.take(new(3), later), "idle buckets make room");
+        assert_eq!(b.sources.len(), 1);
+    }
+
+    #[test]
+    fn prefilter_wants_an_issuer_and_an_unexpired_exp() {
+        use base64::Engine;
+        let jwt = |claims: serde_json::Value| {
+            let b64 = |v: serde_json::Value| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+            };
+            format!(
+                "{}.{}.c2ln",
+                b64(serde_json::json!({"alg": "RS256"})),
+                b64(claims)
+            )
+        };
+        let iss = vec!["https://k8s".to_owned()];
+        let now = 1_000_000;
+        let check = |c| review_prefilter(&jwt(c), &iss, now);
+        assert_eq!(
+            check(serde_json::json!({"iss": "https://k8s", "exp": now})),
+            None
+        );
+        assert_eq!(
+            check(serde_json::json!({"iss": "https://k8s"})),
+            Some("token has no exp")
+        );
+        assert_eq!(
+            check(serde_json::json!({"iss": "https://other", "exp": now})),
+            Some("token issuer is not trusted")
+        );
+        assert_eq!(
+            check(serde_json::json!({"iss": "https://k8s", "exp": now - 61})),
+            Some("token has expired")
+        );
     }
 }

@@ -98,7 +98,16 @@ pub struct TokenReviewConfig {
     /// TokenReviews per second to this cluster's API server (burst: twice as many); beyond
     /// it, calls with unknown tokens get `Unavailable` at once.
     pub max_reviews_per_second: u32,
+    /// TokenReviews per second charged to one caller IP address (burst: twice as many); a
+    /// review that authenticates is refunded, so this bounds only false tokens.
+    pub max_reviews_per_second_per_source: u32,
 }
+
+/// `max_reviews_per_second` when unset.
+pub const DEFAULT_MAX_REVIEWS_PER_SECOND: u32 = 100;
+/// `max_reviews_per_second_per_source` when unset: 16 sources sending only false tokens
+/// take at most 16 × 5 = 80 of the default 100 per second.
+pub const DEFAULT_MAX_REVIEWS_PER_SECOND_PER_SOURCE: u32 = 5;
 
 impl TokenReviewConfig {
     pub(super) fn validate(&self, key: &str) -> Result<(), ConfigError> {
@@ -110,11 +119,19 @@ impl TokenReviewConfig {
                 "must name at least one audience",
             ));
         }
-        if self.max_reviews_per_second == 0 {
-            return Err(ConfigError::invalid(
-                &format!("{key}.max_reviews_per_second"),
-                "must be at least 1",
-            ));
+        for (name, value) in [
+            ("max_reviews_per_second", self.max_reviews_per_second),
+            (
+                "max_reviews_per_second_per_source",
+                self.max_reviews_per_second_per_source,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(
+                    &format!("{key}.{name}"),
+                    "must be at least 1",
+                ));
+            }
         }
         Ok(())
     }
@@ -128,7 +145,8 @@ impl Default for TokenReviewConfig {
             cache_max_age: Duration::from_secs(30),
             issuers: Vec::new(),
             negative_cache_max_age: Duration::from_secs(10),
-            max_reviews_per_second: 100,
+            max_reviews_per_second: DEFAULT_MAX_REVIEWS_PER_SECOND,
+            max_reviews_per_second_per_source: DEFAULT_MAX_REVIEWS_PER_SECOND_PER_SOURCE,
         }
     }
 }
