@@ -43,7 +43,7 @@ use env::{apply_override, set_by};
 pub use istiod::*;
 pub use kubernetes::*;
 pub use limits::*;
-pub use routing::{DEFAULT_TARGET, RouteConfig, TargetConfig};
+pub use routing::{DEFAULT_TARGET, RouteConfig, TargetConfig, TrustMode};
 pub use server::*;
 pub use telemetry::*;
 pub use tls_policy::*;
@@ -237,7 +237,12 @@ impl Config {
         }
         self.csr.validate()?;
         self.ttl.validate("ttl")?;
-        routing::validate(&self.targets, &self.routes, &self.vaults)?;
+        routing::validate(
+            &self.targets,
+            &self.routes,
+            &self.vaults,
+            self.bundle.file.is_some(),
+        )?;
         self.vault.validate()?;
         for (name, vault) in &self.vaults {
             vault.validate_named(name)?;
@@ -641,6 +646,7 @@ name = "team"
 vault = "team"
 mount = "pki-team"
 role = "workload"
+trust = "follow"
 "#,
         )
         .unwrap();
@@ -665,7 +671,7 @@ role = "workload"
                 .unwrap_err()
                 .starts_with("vaults.team.delegated:")
         );
-        let unknown = "[[targets]]\nname = \"t\"\nvault = \"nope\"\nmount = \"m\"\nrole = \"r\"\n";
+        let unknown = "[[targets]]\nname = \"t\"\nvault = \"nope\"\nmount = \"m\"\nrole = \"r\"\ntrust = \"follow\"\n";
         assert!(load(unknown).unwrap_err().starts_with("targets[0].vault:"));
         let delegated = format!(
             "[vaults.team]\ntoken_file = \"/t\"\n[vault.delegated]\nmount = \"jwt\"\nrole = \"r\"\n{}",

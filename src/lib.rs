@@ -21,6 +21,7 @@ pub mod csr;
 pub mod dev;
 pub mod distribute;
 pub mod echo;
+pub mod fingerprint;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod http_policy;

@@ -54,6 +54,10 @@ fn describe() {
     );
     describe_counter!("istio_vault_ca_refusals_total", "Refused calls by reason");
     describe_counter!(
+        "istio_vault_ca_trust_root_changes_total",
+        "Roots that appeared on or left a target's mount after start, and whether they are served"
+    );
+    describe_counter!(
         "istio_vault_ca_routed_requests_total",
         "Calls that reached a routing decision, by route, target and outcome"
     );
@@ -184,6 +188,17 @@ pub fn routed(route: &str, target: &str, outcome: &'static str) {
         "route" => route.to_owned(),
         "target" => target.to_owned(),
         "outcome" => outcome
+    )
+    .increment(1);
+}
+
+/// A root that appeared on or left a target's trust after start (`target` from the config).
+pub fn trust_root_change(target: &str, change: &'static str, served: bool) {
+    ::metrics::counter!(
+        "istio_vault_ca_trust_root_changes_total",
+        "target" => target.to_owned(),
+        "change" => change,
+        "served" => if served { "true" } else { "false" }
     )
     .increment(1);
 }

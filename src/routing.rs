@@ -12,7 +12,7 @@
 //! `istio-ca-root-cert`) is the union of every target's roots and `bundle.extra_roots_file`,
 //! sorted, so it is byte-identical whichever target signed.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -21,12 +21,13 @@ mod reload;
 mod target;
 
 pub use reload::watch;
+use target::{Loaded, load_trust, new_target, read_roots};
 pub use target::{Target, TrustSource};
-use target::{load_trust, new_target, read_roots};
 
 use crate::bundle::{BundleError, TrustBundle};
 pub use crate::chain::TargetTrust;
-use crate::config::{Config, DEFAULT_TARGET, RouteConfig, TargetConfig};
+use crate::config::{Config, DEFAULT_TARGET, RouteConfig, TargetConfig, TrustMode};
+use crate::fingerprint::Fingerprint;
 use crate::identity::SpiffeId;
 use crate::namespaces::NamespaceLabels;
 use crate::selector::LabelSelector;
@@ -76,6 +77,10 @@ pub enum RoutingError {
     VaultNotStarted { target: String, vault: String },
     #[error("routes[{0}].namespace_selector needs the namespace watch, which is not running")]
     NoNamespaceWatch(usize),
+    #[error(
+        "target {target:?}: none of its root_fingerprints is a root on its mount (see the signer's log for the roots there)"
+    )]
+    NoPinnedRoot { target: String },
 }
 
 impl RoutingError {
@@ -182,6 +187,10 @@ impl RouteTable {
             issuer: None,
             roots_file: None,
             ttl: Some(config.ttl.clone()),
+            // The mesh's own mount is followed (root rotation, docs/root-rotation.md) unless
+            // `bundle.file` pins every target.
+            trust: TrustMode::Follow,
+            root_fingerprints: Vec::new(),
         };
         let mut targets = Vec::with_capacity(1 + config.targets.len());
         for t in std::iter::once(&default_config).chain(&config.targets) {
@@ -286,25 +295,52 @@ impl RouteTable {
     }
 
     /// Reloads every target's trust (a failure keeps that target's current trust) and returns
-    /// the bundle to serve.
+    /// the bundle to serve. Every target's new trust is loaded before any is published, so a
+    /// leaf is never checked against one target's new roots while another's are still being
+    /// fetched. Roots that appear or disappear are reported ([`report_root`]).
     pub async fn refresh_trust(&self, source: &TrustSource) -> Result<TrustBundle, RoutingError> {
+        let mut loaded = Vec::with_capacity(self.targets.len());
         for t in &self.targets {
             match load_trust(&t.source, &t.vault, &t.client, source).await {
-                // Unchanged trust keeps its Arc, and with it the verified paths cached for it.
-                Ok(trust) => {
-                    let old = t.trust.load();
-                    if old.anchors.pem() != trust.anchors.pem()
-                        || old.issuer_pem != trust.issuer_pem
-                    {
-                        t.trust.store(Arc::new(trust));
-                    }
-                }
+                Ok(l) => loaded.push((t, l)),
                 Err(e) => tracing::warn!(
                     target_name = %t.name,
                     error = %e,
                     "trust refresh failed; keeping this target's current roots"
                 ),
             }
+        }
+        for (t, Loaded { trust, unpinned }) in loaded {
+            let old = t.trust.load_full();
+            let mut reported = t.unpinned.lock().unwrap_or_else(|e| e.into_inner());
+            for fingerprint in unpinned.difference(&reported) {
+                report_root(&t.name, *fingerprint, "appeared", false);
+            }
+            *reported = unpinned;
+            drop(reported);
+            // Unchanged trust keeps its Arc, and with it the verified paths cached for it.
+            if old.anchors.pem() == trust.anchors.pem() && old.issuer_pem == trust.issuer_pem {
+                continue;
+            }
+            let before: BTreeSet<Fingerprint> = old
+                .anchors
+                .roots()
+                .iter()
+                .map(|r| Fingerprint::of(r))
+                .collect();
+            let after: BTreeSet<Fingerprint> = trust
+                .anchors
+                .roots()
+                .iter()
+                .map(|r| Fingerprint::of(r))
+                .collect();
+            for fingerprint in after.difference(&before) {
+                report_root(&t.name, *fingerprint, "appeared", true);
+            }
+            for fingerprint in before.difference(&after) {
+                report_root(&t.name, *fingerprint, "disappeared", false);
+            }
+            t.trust.store(Arc::new(trust));
         }
         self.served(source).await
     }
@@ -320,6 +356,36 @@ impl RouteTable {
         }
         Ok(TrustBundle::from_certs(certs)?)
     }
+}
+
+/// A root that appeared on, or left, a target's trust after start: a WARN line, the counter
+/// `istio_vault_ca_trust_root_changes_total`, and an audit line with its fingerprint. `served`
+/// says whether the mesh trusts it now (a root a pinned target leaves out never is).
+fn report_root(target: &str, fingerprint: Fingerprint, change: &'static str, served: bool) {
+    tracing::warn!(
+        target_name = target,
+        %fingerprint,
+        change,
+        served,
+        "a root {change} on this target's mount{}",
+        if served {
+            "; it is in the served bundle now"
+        } else if change == "appeared" {
+            ": not among its root_fingerprints, not trusted"
+        } else {
+            ""
+        }
+    );
+    crate::metrics::trust_root_change(target, change, served);
+    tracing::info!(
+        target: crate::telemetry::AUDIT_TARGET,
+        outcome = "trust-root-change",
+        sign_target = target,
+        %fingerprint,
+        change,
+        served,
+        "trust root {change}"
+    );
 }
 
 #[cfg(test)]
@@ -340,12 +406,14 @@ mod tests {
             name = "pci"
             mount = "pki-pci"
             role = "payments"
+            trust = "follow"
             ttl = { default = "12h", max = "12h" }
 
             [[targets]]
             name = "high-assurance"
             mount = "pki-istio"
             role = "high-assurance"
+            trust = "follow"
 
             [[routes]]
             name = "payments"

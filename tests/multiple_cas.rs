@@ -85,12 +85,14 @@ const ROUTING: &str = r#"
 name = "payments"
 mount = "pki-payments"
 role = "payments"
+trust = "follow"
 ttl = { default = "12h", max = "12h" }
 
 [[targets]]
 name = "high-assurance"
 mount = "pki-istio"
 role = "high-assurance"
+trust = "follow"
 ttl = { default = "1h", max = "2h" }
 
 [[targets]]
@@ -173,6 +175,7 @@ const PAYMENTS_TARGET: &str = r#"
 name = "payments"
 mount = "pki-payments"
 role = "payments"
+trust = "follow"
 "#;
 
 /// [`call`] with the identity's own token and no `CertSigner`.
@@ -487,6 +490,7 @@ async fn routes_reload_while_requests_flow() {
 name = "payments"
 mount = "pki-payments"
 role = "payments"
+trust = "follow"
 
 [[routes]]
 name = "team"
@@ -722,6 +726,8 @@ async fn a_target_on_another_vault_server() {
             issuer: None,
             roots_file: None,
             ttl: None,
+            trust: istio_vault_ca::config::TrustMode::Follow,
+            root_fingerprints: vec![],
         });
         c.routes.push(istio_vault_ca::config::RouteConfig {
             name: "team".into(),
@@ -770,4 +776,103 @@ async fn a_target_on_another_vault_server() {
     let (code, body) = env.admin("/readyz").await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("vaults.second: "), "{body}");
+}
+
+/// Root injection through a target's mount: whoever can create an issuer on a target's mount
+/// generates a new self-signed root there. On a target pinned by `root_fingerprints` it never
+/// reaches the served bundle (nor verifies a leaf): it is counted as appeared and not served.
+/// On a target that follows its mount by name (`trust = "follow"`) it is served, and counted
+/// and audited as such. Refresh every 1 s; the injection is checked after three refreshes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_injected_on_a_pinned_mount_is_never_served() {
+    let (bao, setup) = two_mounts().await;
+    let payments_root = std::fs::read(setup.join("tls/root-cert-pki-payments.pem")).unwrap();
+    let pinned = istio_vault_ca::fingerprint::Fingerprint::of(
+        &pem_text::certificates(&payments_root).unwrap()[0],
+    );
+    let routing = format!(
+        r#"
+[bundle]
+refresh_interval = "1s"
+
+[[targets]]
+name = "payments"
+mount = "pki-payments"
+role = "payments"
+root_fingerprints = ["{pinned}"]
+
+[[targets]]
+name = "high-assurance"
+mount = "pki-istio"
+role = "high-assurance"
+trust = "follow"
+
+[[routes]]
+name = "payments"
+namespaces = ["payments"]
+target = "payments"
+"#
+    );
+    let env = start(bao, setup, &routing, "1s").await;
+    let served_roots = async || {
+        let chain = call_as(&env, Shape::PilotAgent, "payments", "api")
+            .await
+            .expect("payments still signs");
+        pem_text::certificates(chain.last().unwrap().as_bytes()).unwrap()
+    };
+    let before = served_roots().await;
+    assert_eq!(
+        before.len(),
+        2,
+        "the mesh root and the pinned payments root"
+    );
+
+    // A second root appears on each mount, as `root/generate/internal` by a mount admin.
+    for mount in ["pki-payments", "pki-istio"] {
+        env.bao
+            .api(
+                "POST",
+                &format!("{mount}/root/generate/internal"),
+                serde_json::json!({"common_name": format!("evil-{mount}"), "issuer_name": "evil", "key_type": "ec"}),
+            )
+            .await;
+    }
+    let metrics = env
+        .metrics_when("both injections seen", |m| {
+            m.contains("istio_vault_ca_trust_root_changes_total{target=\"payments\"")
+                && m.contains("istio_vault_ca_trust_root_changes_total{target=\"high-assurance\"")
+        })
+        .await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let after = served_roots().await;
+    let names: Vec<String> = after
+        .iter()
+        .map(|der| {
+            let (_, c) = X509Certificate::from_der(der).unwrap();
+            c.subject().to_string()
+        })
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.contains("evil-pki-payments")),
+        "the pinned target's injected root is served: {names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.contains("evil-pki-istio")),
+        "the followed mount's new root is served, as its operator chose: {names:?}"
+    );
+    for (target, served) in [("payments", "false"), ("high-assurance", "true")] {
+        let series = format!(
+            "istio_vault_ca_trust_root_changes_total{{change=\"appeared\",served=\"{served}\",target=\"{target}\"}}"
+        );
+        let line = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("istio_vault_ca_trust_root_changes_total")
+                    && l.contains(&format!("target=\"{target}\""))
+            })
+            .unwrap_or_else(|| panic!("no {series}"));
+        assert!(line.contains(&format!("served=\"{served}\"")), "{line}");
+        assert!(line.contains("change=\"appeared\""), "{line}");
+        assert!(line.ends_with(" 1"), "reported once: {line}");
+    }
 }

@@ -479,6 +479,8 @@ async fn a_login_jwt_sent_to_one_server_is_useless_at_another() {
             issuer: None,
             roots_file: None,
             ttl: None,
+            trust: istio_vault_ca::config::TrustMode::Follow,
+            root_fingerprints: vec![],
         });
         c.routes.push(istio_vault_ca::config::RouteConfig {
             name: "team".into(),

@@ -7,6 +7,7 @@
 use serde::Deserialize;
 
 use super::{ConfigError, TtlConfig, check_vault_path};
+use crate::fingerprint::Fingerprint;
 
 /// The name of the target made of `vault.mount` / `vault.role`.
 pub const DEFAULT_TARGET: &str = "default";
@@ -42,6 +43,27 @@ pub struct TargetConfig {
     /// Lifetime policy of this target (default: `[ttl]`).
     #[serde(default)]
     pub ttl: Option<TtlConfig>,
+    /// How the roots are chosen: `pinned` (the default; `roots_file`, `root_fingerprints` or
+    /// `bundle.file` says which) or `follow` (every self-signed issuer on the mount, re-read on
+    /// each refresh: whoever can create an issuer there adds a root the whole mesh trusts).
+    #[serde(default)]
+    pub trust: TrustMode,
+    /// SHA-256 fingerprints of the roots this target trusts among its mount's issuers (as
+    /// `openssl x509 -fingerprint -sha256` prints them). Any other root on the mount is logged,
+    /// counted and audited, never served.
+    #[serde(default)]
+    pub root_fingerprints: Vec<Fingerprint>,
+}
+
+/// Where a target's roots come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrustMode {
+    /// Stated in config: `roots_file`, `root_fingerprints`, or `bundle.file`.
+    #[default]
+    Pinned,
+    /// Whatever self-signed issuers the mount holds now (automated root rotation).
+    Follow,
 }
 
 /// Which requests a route claims, and the target that signs them. Every criterion given must
@@ -105,11 +127,13 @@ fn check_pattern(key: &str, pattern: &str) -> Result<(), ConfigError> {
 }
 
 /// Targets and routes as a whole: unique names, routes naming existing targets, targets
-/// naming configured Vault servers.
+/// naming configured Vault servers, each target's trust an explicit choice (`bundle_file`:
+/// `bundle.file` pins every target's roots).
 pub fn validate(
     targets: &[TargetConfig],
     routes: &[RouteConfig],
     vaults: &std::collections::BTreeMap<String, super::VaultConfig>,
+    bundle_file: bool,
 ) -> Result<(), ConfigError> {
     for name in vaults.keys() {
         check_name(&format!("vaults.{name}"), name)?;
@@ -156,6 +180,22 @@ pub fn validate(
         }
         if let Some(ttl) = &t.ttl {
             ttl.validate(&format!("{key}.ttl"))?;
+        }
+        let pinned_by_config = t.roots_file.is_some() || !t.root_fingerprints.is_empty();
+        match t.trust {
+            TrustMode::Follow if pinned_by_config => {
+                return Err(ConfigError::invalid(
+                    &format!("{key}.trust"),
+                    "\"follow\" takes the mount's roots; drop roots_file / root_fingerprints, or trust = \"pinned\"",
+                ));
+            }
+            TrustMode::Pinned if !pinned_by_config && !bundle_file => {
+                return Err(ConfigError::invalid(
+                    &format!("{key}.trust"),
+                    "say which roots this target trusts: roots_file or root_fingerprints (pinned), or trust = \"follow\" to take whatever self-signed issuers its mount holds",
+                ));
+            }
+            _ => {}
         }
     }
     let mut route_names = std::collections::HashSet::new();
@@ -205,6 +245,8 @@ mod tests {
             issuer: None,
             roots_file: None,
             ttl: None,
+            trust: TrustMode::Follow,
+            root_fingerprints: vec![],
         }
     }
 
@@ -220,7 +262,7 @@ mod tests {
     }
 
     fn error(targets: &[TargetConfig], routes: &[RouteConfig]) -> String {
-        validate(targets, routes, &Default::default())
+        validate(targets, routes, &Default::default(), false)
             .unwrap_err()
             .to_string()
     }
@@ -228,15 +270,15 @@ mod tests {
     #[test]
     fn names_targets_and_patterns_are_checked_where_they_are_written() {
         let routes = [route("r", "b"), route("d", "default")];
-        assert!(validate(&[target("b")], &routes, &Default::default()).is_ok());
+        assert!(validate(&[target("b")], &routes, &Default::default(), false).is_ok());
         let mut t = target("b");
         t.vault = Some("other".into());
         assert!(error(std::slice::from_ref(&t), &[]).starts_with("targets[0].vault:"));
         let vaults = [("other".to_owned(), super::super::VaultConfig::default())].into();
-        assert!(validate(&[t], &routes, &vaults).is_ok());
+        assert!(validate(&[t], &routes, &vaults, false).is_ok());
         let vaults = [("a b".to_owned(), super::super::VaultConfig::default())].into();
         assert!(
-            validate(&[], &[], &vaults)
+            validate(&[], &[], &vaults, false)
                 .unwrap_err()
                 .to_string()
                 .starts_with("vaults.a b:")
@@ -274,5 +316,35 @@ mod tests {
         let mut r = route("r", "default");
         r.cert_signer = Some("x".repeat(64));
         assert!(error(&[], &[r]).starts_with("routes[0].cert_signer:"));
+    }
+
+    /// A target's trust is an explicit choice: pinned by a file or fingerprints (or
+    /// `bundle.file`), or `follow` by name; never both, never neither.
+    #[test]
+    fn every_target_says_where_its_roots_come_from() {
+        let mut t = target("b");
+        t.trust = TrustMode::Pinned;
+        assert!(
+            error(std::slice::from_ref(&t), &[]).starts_with("targets[0].trust: say which roots")
+        );
+        assert!(validate(std::slice::from_ref(&t), &[], &Default::default(), true).is_ok());
+        t.root_fingerprints = vec![crate::fingerprint::Fingerprint::of(b"root")];
+        assert!(validate(std::slice::from_ref(&t), &[], &Default::default(), false).is_ok());
+        t.trust = TrustMode::Follow;
+        assert!(error(&[t], &[]).starts_with("targets[0].trust: \"follow\""));
+        let text = |fp: &str| {
+            format!("name = \"b\"\nmount = \"m\"\nrole = \"r\"\nroot_fingerprints = [\"{fp}\"]\n")
+        };
+        let bad = toml::from_str::<TargetConfig>(&text("sha256:00")).unwrap_err();
+        assert!(
+            bad.to_string().contains("not a SHA-256 fingerprint"),
+            "{bad}"
+        );
+        let fp = crate::fingerprint::Fingerprint::of(b"root");
+        let good: TargetConfig = toml::from_str(&text(&fp.to_string())).unwrap();
+        assert_eq!(
+            (good.trust, good.root_fingerprints),
+            (TrustMode::Pinned, vec![fp])
+        );
     }
 }
