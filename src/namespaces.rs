@@ -36,13 +36,13 @@ impl NamespaceLabels {
         self.synced.load(Ordering::Acquire)
     }
 
-    /// Whether `namespace`'s labels satisfy `selector` (a namespace not seen has no labels).
-    pub fn matches(&self, namespace: &str, selector: &LabelSelector) -> bool {
+    /// Whether `namespace`'s labels satisfy `selector`; `None` for a namespace the watch has
+    /// not seen (not "unlabelled": it may be labelled, and `!key` must not match it).
+    pub fn matches(&self, namespace: &str, selector: &LabelSelector) -> Option<bool> {
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());
-        match current.get(namespace) {
-            Some(labels) => selector.matches(labels),
-            None => selector.matches(&Labels::new()),
-        }
+        current
+            .get(namespace)
+            .map(|labels| selector.matches(labels))
     }
 
     /// How many namespaces are known.
@@ -139,26 +139,38 @@ mod tests {
         assert!(!cache.synced());
         cache.handle(Event::Init);
         cache.handle(Event::InitApply(ns("cards", &[("compliance", "pci")])));
-        assert!(
-            !cache.matches("cards", &pci),
+        assert_eq!(
+            cache.matches("cards", &pci),
+            None,
             "not visible before the list completes"
         );
         assert!(cache.handle(Event::InitDone));
-        assert!(cache.synced() && cache.matches("cards", &pci));
+        assert!(cache.synced() && cache.matches("cards", &pci) == Some(true));
         cache.handle(Event::Apply(ns("cards", &[])));
-        assert!(!cache.matches("cards", &pci), "label removed");
+        assert_eq!(cache.matches("cards", &pci), Some(false), "label removed");
+        let not_pci = LabelSelector::parse("!compliance").unwrap();
+        assert_eq!(cache.matches("cards", &not_pci), Some(true));
+        assert_eq!(
+            cache.matches("unseen", &not_pci),
+            None,
+            "unknown, not unlabelled"
+        );
         cache.handle(Event::Apply(ns("shop", &[("compliance", "pci")])));
-        assert!(cache.matches("shop", &pci));
+        assert_eq!(cache.matches("shop", &pci), Some(true));
         cache.handle(Event::Delete(ns("shop", &[])));
-        assert!(!cache.matches("shop", &pci));
+        assert_eq!(cache.matches("shop", &pci), None);
         // A re-list replaces everything at once when complete.
         cache.handle(Event::Init);
         cache.handle(Event::InitApply(ns("new", &[("compliance", "pci")])));
-        assert!(
-            !cache.matches("new", &pci),
+        assert_eq!(
+            cache.matches("new", &pci),
+            None,
             "the old set serves until the re-list completes"
         );
         cache.handle(Event::InitDone);
-        assert!(cache.matches("new", &pci) && !cache.matches("cards", &pci));
+        assert_eq!(
+            (cache.matches("new", &pci), cache.matches("cards", &pci)),
+            (Some(true), None)
+        );
     }
 }

@@ -36,8 +36,8 @@ use crate::vault::{VaultError, VaultSet};
 /// Name of the route a request takes when no `[[routes]]` entry claims it.
 pub const DEFAULT_ROUTE: &str = "default";
 
-/// Why no target may sign a request. All but [`RouteError::NamespacesNotSynced`] are
-/// permanent: retrying cannot help.
+/// Why no target may sign a request. All but [`RouteError::NamespacesNotSynced`] and
+/// [`RouteError::NamespaceUnknown`] are permanent: retrying cannot help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
     #[error("CertSigner {0:?} is not configured on this CA")]
@@ -46,6 +46,10 @@ pub enum RouteError {
     SignerNotAllowed { signer: String, identity: String },
     #[error("namespace labels are not loaded yet; retry later")]
     NamespacesNotSynced,
+    #[error("namespace {0:?} is not known yet; retry later")]
+    NamespaceUnknown(String),
+    #[error("{identity} may be issued only by route {route:?}")]
+    Exclusive { identity: String, route: String },
 }
 
 /// Why a route table cannot be built.
@@ -133,7 +137,35 @@ struct Route {
     service_accounts: Vec<Glob>,
     namespace_selector: Option<LabelSelector>,
     cert_signer: Option<String>,
+    /// The identities it claims may be issued by this route only.
+    exclusive: bool,
     target: Arc<Target>,
+}
+
+impl Route {
+    /// Whether it claims `identity` (whatever signer is named): its namespaces, service
+    /// accounts and namespace labels. A namespace the watch has not seen answers `Unavailable`
+    /// rather than "unlabelled".
+    fn claims(
+        &self,
+        identity: &SpiffeId,
+        namespaces: Option<&NamespaceLabels>,
+    ) -> Result<bool, RouteError> {
+        if !any_matches(&self.namespaces, identity.namespace())
+            || !any_matches(&self.service_accounts, identity.service_account())
+        {
+            return Ok(false);
+        }
+        let Some(selector) = &self.namespace_selector else {
+            return Ok(true);
+        };
+        let labels = namespaces
+            .filter(|n| n.synced())
+            .ok_or(RouteError::NamespacesNotSynced)?;
+        labels
+            .matches(identity.namespace(), selector)
+            .ok_or_else(|| RouteError::NamespaceUnknown(identity.namespace().to_owned()))
+    }
 }
 
 /// The route a request took and the target that signs it.
@@ -219,6 +251,7 @@ impl RouteTable {
                     LabelSelector::parse(s).expect("config validation parsed the selector")
                 }),
                 cert_signer: r.cert_signer.clone(),
+                exclusive: r.exclusive,
                 target: by_name(&r.target),
             })
             .collect();
@@ -255,26 +288,24 @@ impl RouteTable {
                 crate::echo::truncated(s).into_owned(),
             ));
         }
+        let namespaces = self.namespaces.as_deref();
         let mut route = None;
         for r in &self.routes {
-            if r.cert_signer.as_deref() != signer
-                || !any_matches(&r.namespaces, identity.namespace())
-                || !any_matches(&r.service_accounts, identity.service_account())
-            {
-                continue;
+            if r.cert_signer.as_deref() == signer && r.claims(identity, namespaces)? {
+                route = Some(r);
+                break;
             }
-            if let Some(selector) = &r.namespace_selector {
-                let labels = self
-                    .namespaces
-                    .as_ref()
-                    .filter(|n| n.synced())
-                    .ok_or(RouteError::NamespacesNotSynced)?;
-                if !labels.matches(identity.namespace(), selector) {
-                    continue;
-                }
+        }
+        // An exclusive route's identities leave it neither by naming another signer nor by
+        // naming none, wherever it stands in the list.
+        let chosen = route.map(|r| &r.name);
+        for r in self.routes.iter().filter(|r| r.exclusive) {
+            if chosen != Some(&r.name) && r.claims(identity, namespaces)? {
+                return Err(RouteError::Exclusive {
+                    identity: identity.to_string(),
+                    route: r.name.to_string(),
+                });
             }
-            route = Some(r);
-            break;
         }
         match (route, signer) {
             (Some(r), _) => Ok(Decision {
@@ -508,6 +539,63 @@ mod tests {
         assert!(!Arc::ptr_eq(&next.targets()[1], &table.targets()[1]));
         assert!(Arc::ptr_eq(&next.targets()[2], &table.targets()[2]));
         assert_eq!(next.targets()[1].vault.path(), "pki-pci/sign/payments-v2");
+    }
+
+    /// An exclusive route keeps its identities whatever signer they name (or do not name),
+    /// wherever it stands; a selector route never treats an unseen namespace as unlabelled.
+    #[tokio::test]
+    async fn exclusive_routes_and_unknown_namespaces() {
+        use kube::runtime::watcher::Event;
+        let dir = tempfile::tempdir().unwrap();
+        let roots = dir.path().join("roots.pem");
+        std::fs::write(&roots, root("r")).unwrap();
+        let mut config = table_config(&roots);
+        config.routes[0].exclusive = true;
+        config.routes.push(RouteConfig {
+            name: "not-legacy".into(),
+            target: "pci".into(),
+            namespaces: vec!["shop".into(), "unseen".into()],
+            service_accounts: vec![],
+            namespace_selector: Some("!legacy".into()),
+            cert_signer: None,
+            exclusive: false,
+        });
+        let labels = Arc::new(NamespaceLabels::default());
+        let ns = |name: &str| {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap()
+        };
+        labels.handle(Event::Init);
+        labels.handle(Event::InitApply(ns("shop")));
+        labels.handle(Event::InitDone);
+        let vault = VaultSet::single(crate::vault::VaultClient::new(&config.vault).unwrap());
+        let source = TrustSource::from_config(&config);
+        let table = RouteTable::load(&config, &vault, &source, None, Some(labels))
+            .await
+            .unwrap();
+        let chosen = |ns: &str, sa: &str, signer: Option<&str>| {
+            table
+                .choose(&id(ns, sa), signer)
+                .map(|d| d.route.to_string())
+        };
+        assert_eq!(chosen("payments", "api", None), Ok("payments".into()));
+        assert_eq!(
+            chosen("payments", "api", Some("high-assurance")),
+            Err(RouteError::Exclusive {
+                identity: id("payments", "api").to_string(),
+                route: "payments".into()
+            }),
+            "an identity of the exclusive route cannot leave it by naming a signer"
+        );
+        assert_eq!(
+            chosen("shop", "frontend-web", Some("high-assurance")),
+            Ok("ha-frontends".into())
+        );
+        assert_eq!(chosen("shop", "api", None), Ok("not-legacy".into()));
+        assert_eq!(
+            chosen("unseen", "api", None),
+            Err(RouteError::NamespaceUnknown("unseen".into())),
+            "an unseen namespace is not unlabelled"
+        );
     }
 
     #[test]

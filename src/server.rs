@@ -201,8 +201,11 @@ pub fn to_status(err: &IssueError) -> Status {
         IssueError::Route(e @ RouteError::SignerNotAllowed { .. }) => {
             Status::permission_denied(e.to_string())
         }
-        IssueError::Route(e @ RouteError::NamespacesNotSynced) => {
-            Status::unavailable(e.to_string())
+        IssueError::Route(
+            e @ (RouteError::NamespacesNotSynced | RouteError::NamespaceUnknown(_)),
+        ) => Status::unavailable(e.to_string()),
+        IssueError::Route(e @ RouteError::Exclusive { .. }) => {
+            Status::permission_denied(e.to_string())
         }
         IssueError::Vault(VaultError::Delegation(_)) => {
             Status::permission_denied("Vault refused the caller's credentials (delegated signing)")

@@ -105,6 +105,7 @@ roots_file = "ROOTS_FILE"
 name = "payments"
 namespaces = ["payments", "payments-*"]
 target = "payments"
+exclusive = true
 
 [[routes]]
 name = "pci-labelled"
@@ -119,6 +120,7 @@ target = "misrouted"
 [[routes]]
 name = "high-assurance"
 cert_signer = "high-assurance"
+namespaces = ["*"]
 target = "high-assurance"
 "#;
 
@@ -140,6 +142,8 @@ async fn start_with(
         vec![
             namespace("cards", serde_json::json!({"compliance": "pci"})),
             namespace("default", serde_json::json!({})),
+            namespace("misrouted", serde_json::json!({})),
+            namespace("team", serde_json::json!({})),
         ]
     });
     let pods = vec![
@@ -339,6 +343,37 @@ async fn each_namespace_and_signer_gets_its_own_ca() {
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().contains("no-such-ca"), "{refused:?}");
     assert_eq!(all_sign_calls(&env.bao), calls, "no sign call for it");
+
+    // payments' route is exclusive: its identities cannot leave for another CA by naming a
+    // signer every other namespace may use.
+    let escaped = call(
+        &env,
+        Shape::PilotAgent,
+        "payments",
+        "api",
+        env.opts("payments", "api"),
+        Some("high-assurance"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(escaped.code(), Code::PermissionDenied, "{escaped:?}");
+    assert!(
+        escaped.message().contains("only by route \"payments\""),
+        "{escaped:?}"
+    );
+    // A namespace the label watch has not seen is not "unlabelled": retried, not defaulted.
+    let unseen = call(
+        &env,
+        Shape::PilotAgent,
+        "brand-new",
+        "api",
+        env.opts("brand-new", "api"),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(unseen.code(), Code::Unavailable, "{unseen:?}");
+    assert_eq!(all_sign_calls(&env.bao), calls, "no sign call for either");
 
     // A ztunnel impersonating a workload in payments gets the payments CA, not its own.
     let zt = token(
@@ -736,6 +771,7 @@ async fn a_target_on_another_vault_server() {
             service_accounts: vec![],
             namespace_selector: None,
             cert_signer: None,
+            exclusive: false,
         });
     })
     .await;

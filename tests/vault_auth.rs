@@ -489,6 +489,7 @@ async fn a_login_jwt_sent_to_one_server_is_useless_at_another() {
             service_accounts: vec![],
             namespace_selector: None,
             cert_signer: None,
+            exclusive: false,
         });
     })
     .await;

@@ -90,6 +90,11 @@ pub struct RouteConfig {
     /// refused.
     #[serde(default)]
     pub cert_signer: Option<String>,
+    /// The identities this route claims (by namespaces, service accounts and labels) are
+    /// issued by it only: a request for one of them naming another `CertSigner`, or none when
+    /// this route names one, is refused instead of routed elsewhere.
+    #[serde(default)]
+    pub exclusive: bool,
 }
 
 /// Target and route names: short, label-safe.
@@ -222,6 +227,16 @@ pub fn validate(
         }
         if let Some(signer) = &r.cert_signer {
             check_name(&format!("{key}.cert_signer"), signer)?;
+            // Any workload can name a signer: one serving everyone must say so.
+            if r.namespaces.is_empty()
+                && r.service_accounts.is_empty()
+                && r.namespace_selector.is_none()
+            {
+                return Err(ConfigError::invalid(
+                    &format!("{key}.cert_signer"),
+                    "a signer route must say whom it serves: namespaces, service_accounts or namespace_selector (namespaces = [\"*\"] for every identity)",
+                ));
+            }
         }
         if let Some(selector) = &r.namespace_selector {
             crate::selector::LabelSelector::parse(selector)
@@ -258,6 +273,7 @@ mod tests {
             service_accounts: vec![],
             namespace_selector: None,
             cert_signer: None,
+            exclusive: false,
         }
     }
 
@@ -316,6 +332,11 @@ mod tests {
         let mut r = route("r", "default");
         r.cert_signer = Some("x".repeat(64));
         assert!(error(&[], &[r]).starts_with("routes[0].cert_signer:"));
+        let mut r = route("r", "default");
+        r.cert_signer = Some("ha".into());
+        assert!(error(&[], std::slice::from_ref(&r)).contains("must say whom it serves"));
+        r.namespaces = vec!["*".into()];
+        assert!(validate(&[], &[r], &Default::default(), false).is_ok());
     }
 
     /// A target's trust is an explicit choice: pinned by a file or fingerprints (or
