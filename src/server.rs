@@ -6,6 +6,7 @@
 //! Each call produces one log line (target `istio_vault_ca::request`) with the identity,
 //! outcome, gRPC code, serial, NotAfter and duration, and never a token, key or CSR.
 
+pub mod connections;
 pub mod cork;
 pub mod gate;
 pub mod listener;
@@ -61,6 +62,11 @@ impl IstioCertificateService for CaService {
             .cloned()
             .unwrap_or_else(Arrival::now);
         arrival.mark_reported();
+        // Set by the listener; a connection whose call authenticates keeps its place.
+        let proof = request
+            .extensions()
+            .get::<connections::ConnectionProof>()
+            .cloned();
         let peer = request.remote_addr();
         let peer_certs = request.peer_certs();
         let md = request.metadata();
@@ -122,6 +128,13 @@ impl IstioCertificateService for CaService {
                 error: IssueError::Vault(VaultError::Timeout(self.request_timeout)),
             }),
         };
+        let authenticated = match &result {
+            Ok(_) => true,
+            Err(refusal) => refusal.caller.is_some(),
+        };
+        if let Some(proof) = proof.filter(|_| authenticated) {
+            proof.prove();
+        }
         match result {
             Ok(Issued { caller, certified }) => {
                 outcome::issued(&call, &caller, &certified);

@@ -504,6 +504,100 @@ async fn rapid_stream_resets_do_not_starve_others() {
     assert_eq!(bao.sign_calls(), took.len() + 1);
 }
 
+/// The connection table held by 16 addresses × 32 connections that never authenticate a call
+/// (half silent TCP that never sends a ClientHello, half idle TLS + HTTP/2), each re-opened
+/// at once when the signer closes it: an agent opening a new connection per call (as one does
+/// when its connection reached `max_connection_age`) is served every time, because a new
+/// connection takes the place of the oldest unproven one of the busiest address, and its own
+/// place is kept once its call authenticated. Before eviction, 1 call in 31 got through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_cannot_lock_agents_out() {
+    let _one = ONE_FLOOD.lock().await;
+    let (bao, signer, idle) = Signer::warmed("").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let mut attackers = Vec::new();
+    for host in 2..18u8 {
+        let src = IpAddr::V4(Ipv4Addr::new(127, 0, 0, host));
+        for c in 0..32 {
+            let (stop, opened, to) = (stop.clone(), opened.clone(), signer.addr);
+            let tls = tls_connector(&signer.ca_pem);
+            attackers.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(tcp) = tcp_from(src, to).await else {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    };
+                    opened.fetch_add(1, Ordering::Relaxed);
+                    if c % 2 == 0 {
+                        // Silent: held until the server closes it.
+                        let mut tcp = tcp;
+                        let mut buf = [0u8; 64];
+                        let _ = tokio::io::AsyncReadExt::read(&mut tcp, &mut buf).await;
+                        continue;
+                    }
+                    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+                    let Ok(tls) = tls.connect(name, tcp).await else {
+                        continue;
+                    };
+                    let Ok((_send, conn)) = h2::client::handshake(tls).await else {
+                        continue;
+                    };
+                    // Idle: the connection future ends when the server closes it.
+                    let _ = conn.await;
+                }
+            }));
+        }
+    }
+    let rss_stop = Arc::new(AtomicBool::new(false));
+    let peak = watch_rss(&signer, rss_stop.clone());
+    support::eventually("the connection table is full", async || {
+        sample(&signer.metrics().await, "istio_vault_ca_connections_open") == Some(512.0)
+    })
+    .await;
+    let mut served = 0;
+    let mut failures = Vec::new();
+    for i in 0..31 {
+        match signer
+            .legit(
+                Shape::PilotAgent,
+                &format!("agent-{i}"),
+                Duration::from_secs(5),
+            )
+            .await
+        {
+            Ok(_) => served += 1,
+            Err(e) => failures.push(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = signer.metrics().await;
+    stop.store(true, Ordering::Relaxed);
+    rss_stop.store(true, Ordering::Relaxed);
+    let peak = peak.await.unwrap();
+    for a in attackers {
+        a.abort();
+    }
+    let evicted = sample(
+        &text,
+        "istio_vault_ca_connections_refused_total{reason=\"evicted-unproven\"}",
+    )
+    .unwrap_or(0.0);
+    eprintln!(
+        "lockout: {} attacking connections opened, {evicted} evicted; {served}/31 agent calls served; RSS idle {} MiB, peak {} MiB",
+        opened.load(Ordering::Relaxed),
+        idle / 1024,
+        peak / 1024
+    );
+    assert_eq!(served, 31, "agent calls refused: {failures:?}");
+    assert!(
+        evicted >= 31.0,
+        "each agent connection displaced an unproven one"
+    );
+    assert!(peak.saturating_sub(idle) <= rss_bound_kib(512));
+    assert_eq!(bao.sign_calls(), 32);
+}
+
 /// A connection that carries no call for `server.limits.idle_timeout` is closed by the signer
 /// (GOAWAY, then EOF): idle connections do not hold their slots forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

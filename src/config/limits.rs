@@ -21,6 +21,10 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 32;
 pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
 /// A connection with no call in progress for this long is closed (GOAWAY); agents reconnect.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// A connection on which no call has authenticated its caller is closed after this long
+/// without a call in progress (agents call right after connecting; a connection held open
+/// without calling is an attacker's or a broken client's).
+pub const DEFAULT_UNPROVEN_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` advertised on every connection (clients queue
 /// calls beyond it; pilot-agent makes one at a time).
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 32;
@@ -50,6 +54,8 @@ pub struct LimitsConfig {
     pub max_handshakes: usize,
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
+    #[serde(with = "duration")]
+    pub unproven_idle_timeout: Duration,
     pub max_concurrent_streams: u32,
     pub max_header_list_size: u32,
     pub max_in_flight_per_peer: usize,
@@ -67,6 +73,7 @@ impl Default for LimitsConfig {
             max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            unproven_idle_timeout: DEFAULT_UNPROVEN_IDLE_TIMEOUT,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
             max_in_flight_per_peer: DEFAULT_MAX_IN_FLIGHT_PER_PEER,
@@ -122,6 +129,10 @@ impl LimitsConfig {
         }
         for (key, d) in [
             ("server.limits.idle_timeout", self.idle_timeout),
+            (
+                "server.limits.unproven_idle_timeout",
+                self.unproven_idle_timeout,
+            ),
             ("server.limits.body_timeout", self.body_timeout),
         ] {
             if d.is_zero() {

@@ -7,7 +7,6 @@
 //! `server.limits.max_connections` (per address: `max_connections_per_peer`), so the memory an
 //! unauthenticated client can take is bounded by configuration, not by its good will.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +20,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use tonic::service::Routes;
 use tonic::transport::server::Connected;
 
+use super::connections::{ConnectionSlot, Connections};
 use super::cork::cork;
 use super::gate::Gate;
 use super::quickack::QuickAck;
@@ -49,57 +49,6 @@ pub struct ServeOptions {
     pub max_connection_age_grace: Duration,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
-}
-
-/// Open connections, in total and per source address.
-struct Connections {
-    max: usize,
-    max_per_peer: usize,
-    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
-}
-
-/// A connection's place among the open ones, released when it closes.
-struct ConnectionSlot {
-    connections: Arc<Connections>,
-    ip: IpAddr,
-}
-
-impl Connections {
-    fn try_open(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, &'static str> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if open.0 >= self.max {
-            return Err("connection-limit");
-        }
-        let per_peer = open.1.entry(ip).or_insert(0);
-        if *per_peer >= self.max_per_peer {
-            return Err("peer-connection-limit");
-        }
-        *per_peer += 1;
-        open.0 += 1;
-        crate::metrics::connections_open(open.0);
-        Ok(ConnectionSlot {
-            connections: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        let mut open = self
-            .connections
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        open.0 -= 1;
-        if let Some(n) = open.1.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.1.remove(&self.ip);
-            }
-        }
-        crate::metrics::connections_open(open.0);
-    }
 }
 
 /// Calls in progress on one connection, and since when it has had none.
@@ -142,11 +91,10 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let options = Arc::new(options);
-    let connections = Arc::new(Connections {
-        max: options.limits.max_connections,
-        max_per_peer: options.limits.max_connections_per_peer,
-        open: Mutex::new((0, HashMap::new())),
-    });
+    let connections = Connections::new(
+        options.limits.max_connections,
+        options.limits.max_connections_per_peer,
+    );
     let handshakes = Arc::new(Semaphore::new(options.limits.max_handshakes));
     let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     let limits = &options.limits;
@@ -242,7 +190,7 @@ fn refused_log(reason: &'static str) {
 async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
-    _slot: ConnectionSlot,
+    slot: ConnectionSlot,
     tls_config: Arc<rustls::ServerConfig>,
     handshakes: Arc<Semaphore>,
     http: hyper::server::conn::http2::Builder<TokioExecutor>,
@@ -260,14 +208,24 @@ async fn connection(
         let _permit = handshakes.acquire().await.map_err(std::io::Error::other)?;
         start.into_stream(tls_config).await
     };
-    let tls = match tokio::time::timeout(options.handshake_timeout, handshake).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
+    let handshake = async {
+        tokio::select! {
+            r = tokio::time::timeout(options.handshake_timeout, handshake) => Some(r),
+            () = slot.evicted() => None,
+        }
+    };
+    let tls = match handshake.await {
+        None => {
+            tracing::debug!(%peer, "connection evicted during its TLS handshake");
+            return;
+        }
+        Some(Ok(Ok(tls))) => tls,
+        Some(Ok(Err(e))) => {
             crate::metrics::connection_refused("handshake-failed");
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
             return;
         }
-        Err(_) => {
+        Some(Err(_)) => {
             crate::metrics::connection_refused("handshake-timeout");
             tracing::debug!(%peer, "TLS handshake timed out");
             return;
@@ -282,9 +240,11 @@ async fn connection(
     });
     let service = {
         let activity = activity.clone();
+        let proof = slot.proof();
         hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             let call = activity.begin();
             req.extensions_mut().insert(info.clone());
+            req.extensions_mut().insert(proof.clone());
             let (gate, routes) = (gate.clone(), routes.clone());
             async move {
                 let response = gate.run(Some(peer), req, routes).await;
@@ -296,13 +256,22 @@ async fn connection(
     // One write per poll of the connection: a unary answer's three frames leave together.
     let (io, cork) = cork(tls);
     let mut conn = cork.drive(http.serve_connection(TokioIo::new(io), service));
-    let idle_timeout = options.limits.idle_timeout;
+    let idle_timeout = || {
+        if slot.is_proven() {
+            options.limits.idle_timeout
+        } else {
+            options
+                .limits
+                .unproven_idle_timeout
+                .min(options.limits.idle_timeout)
+        }
+    };
     let age = tokio::time::sleep(options.max_connection_age);
     tokio::pin!(age);
     let stop = stopped(shutdown);
     tokio::pin!(stop);
     let mut closing_at: Option<Instant> = None;
-    let mut idle_check = Instant::now() + idle_timeout;
+    let mut idle_check = Instant::now() + idle_timeout();
     loop {
         let hard_stop = closing_at.map(|c| c + options.max_connection_age_grace);
         tokio::select! {
@@ -322,14 +291,18 @@ async fn connection(
                 closing_at = Some(Instant::now());
                 conn.conn().graceful_shutdown();
             }
+            () = slot.evicted() => {
+                tracing::debug!(%peer, "connection evicted: the table was full and it had not authenticated a call");
+                return;
+            }
             _ = tokio::time::sleep_until(idle_check), if closing_at.is_none() => {
-                match activity.idle_deadline(idle_timeout) {
+                match activity.idle_deadline(idle_timeout()) {
                     Some(at) if at <= Instant::now() => {
                         closing_at = Some(Instant::now());
                         conn.conn().graceful_shutdown();
                     }
                     Some(at) => idle_check = at,
-                    None => idle_check = Instant::now() + idle_timeout,
+                    None => idle_check = Instant::now() + idle_timeout(),
                 }
             }
             _ = tokio::time::sleep_until(hard_stop.unwrap_or_else(Instant::now)), if hard_stop.is_some() => {
