@@ -3,6 +3,13 @@
 //! backoff after errors, until shutdown.
 
 use futures_util::StreamExt;
+
+/// Objects per list page. The Kubernetes client holds a whole page in memory while decoding it
+/// (the body and a copy), about 2.2 times its size: 500 pods (the watcher's default) of 1 MiB
+/// each took the process past 1 GiB. At 50, a page of the largest objects etcd stores
+/// (1.5 MiB) stays near 165 MiB over the idle process, within the shipped 256Mi limit; a list
+/// of 100,000 pods takes 2,000 requests.
+pub const LIST_PAGE_SIZE: u32 = 10;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 
@@ -22,7 +29,8 @@ pub async fn each_event<K>(
         + 'static,
 {
     let api: kube::Api<K> = kube::Api::all(client);
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let stream = watcher::watcher(api, watcher::Config::default().page_size(LIST_PAGE_SIZE))
+        .default_backoff();
     futures_util::pin_mut!(stream);
     loop {
         let event = tokio::select! {

@@ -23,12 +23,12 @@ use support::{OpenBao, sample};
 /// The shipped memory limit (deploy/kubernetes/base/deployment.yaml), MiB.
 const SHIPPED_LIMIT_MIB: f64 = 256.0;
 
-/// The page size kube's watcher asks for.
-const PAGE: usize = 500;
+/// The page size the signer's watcher asks for.
+const PAGE: usize = istio_vault_ca::kube_watch::LIST_PAGE_SIZE as usize;
 
-/// One `PodList` page of pods `start..end` of `total`.
-fn page(start: usize, end: usize, total: usize) -> String {
-    let items: Vec<Value> = (start..end).map(realistic_pod).collect();
+/// One `PodList` page of pods `start..end` of `total`, each made by `make`.
+fn page_of(make: fn(usize) -> Value, start: usize, end: usize, total: usize) -> String {
+    let items: Vec<Value> = (start..end).map(make).collect();
     let mut metadata = json!({"resourceVersion": "500000"});
     if end < total {
         metadata["continue"] = json!(end.to_string());
@@ -41,7 +41,18 @@ fn page(start: usize, end: usize, total: usize) -> String {
 /// them; watches stay open without events. Pages of the watcher's size are rendered before
 /// it starts (on every core), so the sync time measured is the signer's, not this server's.
 async fn paginated_pod_api(total: usize) -> String {
-    let starts: Vec<usize> = (0..total).step_by(PAGE).collect();
+    pod_api_of(realistic_pod, total, true).await
+}
+
+/// [`paginated_pod_api`] with pods made by `make`, rendered ahead or (`prerender` false) per
+/// request.
+async fn pod_api_of(make: fn(usize) -> Value, total: usize, prerender: bool) -> String {
+    let page = move |start, end, total| page_of(make, start, end, total);
+    let starts: Vec<usize> = if prerender {
+        (0..total).step_by(PAGE).collect()
+    } else {
+        Vec::new()
+    };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let rendered: Vec<(usize, axum::body::Bytes)> = std::thread::scope(|s| {
         let handles: Vec<_> = starts
@@ -50,7 +61,7 @@ async fn paginated_pod_api(total: usize) -> String {
                 s.spawn(move || {
                     part.iter()
                         .map(|&st| (st, page(st, (st + PAGE).min(total), total).into()))
-                        .collect::<Vec<_>>()
+                        .collect::<Vec<(usize, axum::body::Bytes)>>()
                 })
             })
             .collect();
@@ -162,4 +173,65 @@ async fn pod_cache_at_cluster_scale() {
         peak < SHIPPED_LIMIT_MIB,
         "peak RSS {peak:.1} MiB within the shipped limit of {SHIPPED_LIMIT_MIB} MiB"
     );
+}
+
+/// Size of the env value each hostile pod carries.
+const HOSTILE_VALUE: usize = 1 << 20;
+
+/// A pod with a 1 MiB environment value: anyone who may create pods can make them.
+fn hostile_pod(i: usize) -> Value {
+    let mut pod = realistic_pod(i);
+    pod["spec"]["containers"][0]["env"] =
+        json!([{"name": "PADDING", "value": "x".repeat(HOSTILE_VALUE)}]);
+    pod
+}
+
+/// 500 pods of 1 MiB each (what one page of kube's default 500 held, taking the process past
+/// 1 GiB): listed in pages of `LIST_PAGE_SIZE`, the signer's peak RSS stays within its idle
+/// peak plus 4 times one page of them (the client buffers a page's body, grows it and copies
+/// it; measured 3.6x) plus 48 MiB (measured ~33 MiB independent of the page size), and within
+/// the shipped limit. Every pod is cached (they are pods, just large).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_of_huge_pods_stays_within_the_memory_bound() {
+    const PODS: usize = 500;
+    let api = pod_api_of(hostile_pod, PODS, false).await;
+    let bao = OpenBao::start().await;
+    let setup = bao.setup(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = support::kubeconfig(dir.path(), "kubeconfig", &api);
+    let extra = format!(
+        "\n[auth.impersonation]\nkubeconfig = \"{}\"\n",
+        kubeconfig.display()
+    );
+    let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
+    let signer = SignerProcess::start(&bao.addr, &setup, &extra, "warn", issuer).await;
+    let (_, idle_peak) = rss_mib(signer.pid());
+    let text = support::eventually_some_within(
+        "the pod cache synced",
+        Duration::from_secs(300),
+        async || {
+            let text = signer.metrics().await;
+            (sample(
+                &text,
+                "istio_vault_ca_pod_cache_synced{cluster=\"Kubernetes\"}",
+            ) == Some(1.0))
+            .then_some(text)
+        },
+    )
+    .await;
+    let (rss, peak) = rss_mib(signer.pid());
+    let page_mib = (PAGE * HOSTILE_VALUE) as f64 / (1 << 20) as f64;
+    let bound = idle_peak + 4.0 * page_mib + 48.0;
+    eprintln!(
+        "huge pods: {PODS} pods of 1 MiB in pages of {PAGE}: RSS {rss:.1} MiB, peak {peak:.1} MiB (idle peak {idle_peak:.1}, bound {bound:.1})"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "istio_vault_ca_pod_cache_pods{cluster=\"Kubernetes\"}"
+        ),
+        Some(PODS as f64)
+    );
+    assert!(peak <= bound, "peak {peak:.1} MiB > {bound:.1} MiB");
+    assert!(peak < SHIPPED_LIMIT_MIB, "peak {peak:.1} MiB");
 }
