@@ -123,7 +123,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.auth.client_certificates,
     ) {
         (Some(path), _) => tls::ClientRoots::File(path.clone()),
-        (None, true) => tls::ClientRoots::Bundle(shared_bundle.clone()),
+        (None, true) => tls::ClientRoots::Targets(shared_routes.clone()),
         (None, false) => tls::ClientRoots::None,
     };
     let client_verifier = tls::client_verifier(client_roots).context("client certificates")?;

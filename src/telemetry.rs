@@ -49,7 +49,6 @@ impl Tracing {
     /// Must run inside the tokio runtime (the gRPC exporter's channel lives on it).
     pub fn start(config: &TracingConfig) -> Result<Option<Self>, TracingError> {
         use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
-        use opentelemetry_sdk::trace::Sampler;
 
         let Some(endpoint) = config.otlp_endpoint.as_deref() else {
             return Ok(None);
@@ -77,9 +76,9 @@ impl Tracing {
             .build();
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
             .with_batch_exporter(exporter.build()?)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                config.sample_ratio,
-            ))))
+            .with_sampler(CallerCannotForce {
+                ratio: config.sample_ratio,
+            })
             .with_resource(resource)
             .build();
         opentelemetry::global::set_text_map_propagator(
@@ -117,6 +116,59 @@ impl Tracing {
                     .with_target("istio_vault_ca", LevelFilter::WARN),
             )
     }
+}
+
+/// Which spans are exported: a span under a local parent follows it; a request's span is
+/// sampled at `tracing.sample_ratio` by the signer's own random draw, also when the call
+/// carried a sampled `traceparent` (which still links the span into the caller's trace); a
+/// caller's trace flagged not sampled is not exported. A caller flagging its trace as sampled,
+/// or choosing trace IDs that a ratio-by-trace-ID sampler would keep, cannot make the signer
+/// export more than the configured share of its calls.
+#[derive(Debug, Clone)]
+struct CallerCannotForce {
+    ratio: f64,
+}
+
+impl opentelemetry_sdk::trace::ShouldSample for CallerCannotForce {
+    fn should_sample(
+        &self,
+        parent: Option<&opentelemetry::Context>,
+        _trace_id: opentelemetry::trace::TraceId,
+        _name: &str,
+        _kind: &opentelemetry::trace::SpanKind,
+        _attributes: &[opentelemetry::KeyValue],
+        _links: &[opentelemetry::trace::Link],
+    ) -> opentelemetry_sdk::trace::SamplingResult {
+        use opentelemetry::trace::TraceContextExt;
+        use opentelemetry_sdk::trace::SamplingDecision;
+        let parent_span = parent
+            .filter(|cx| cx.has_active_span())
+            .map(|cx| cx.span().span_context().clone());
+        let sampled = match &parent_span {
+            Some(p) if !p.is_remote() || !p.is_sampled() => p.is_sampled(),
+            _ => local_draw() < self.ratio,
+        };
+        opentelemetry_sdk::trace::SamplingResult {
+            decision: if sampled {
+                SamplingDecision::RecordAndSample
+            } else {
+                SamplingDecision::Drop
+            },
+            attributes: Vec::new(),
+            trace_state: parent_span
+                .map(|p| p.trace_state().clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// A uniform number in [0, 1) the caller has no say in.
+fn local_draw() -> f64 {
+    let mut bytes = [0u8; 8];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        return 0.0;
+    }
+    (u64::from_be_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Sets the W3C `traceparent` of an incoming call as the parent of `span`, when tracing is on.
@@ -242,6 +294,64 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A caller's sampled flag does not raise sampling above the ratio; its unsampled flag and
+    /// a local parent's decision are followed.
+    #[test]
+    fn callers_cannot_force_sampling() {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState,
+        };
+        use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
+        let parent = |remote: bool, sampled: bool| {
+            let flags = if sampled {
+                TraceFlags::SAMPLED
+            } else {
+                TraceFlags::default()
+            };
+            let sc = SpanContext::new(
+                TraceId::from_bytes([7; 16]),
+                SpanId::from_bytes([1; 8]),
+                flags,
+                remote,
+                TraceState::default(),
+            );
+            opentelemetry::Context::new().with_remote_span_context(sc)
+        };
+        let decide = |ratio: f64, cx: Option<&opentelemetry::Context>| {
+            (0..200)
+                .filter(|_| {
+                    CallerCannotForce { ratio }
+                        .should_sample(
+                            cx,
+                            TraceId::from_bytes([7; 16]),
+                            "call",
+                            &SpanKind::Server,
+                            &[],
+                            &[],
+                        )
+                        .decision
+                        == SamplingDecision::RecordAndSample
+                })
+                .count()
+        };
+        assert_eq!(
+            decide(0.0, Some(&parent(true, true))),
+            0,
+            "a sampled traceparent"
+        );
+        assert_eq!(decide(1.0, Some(&parent(true, true))), 200);
+        let some = decide(0.5, Some(&parent(true, true)));
+        assert!((50..150).contains(&some), "{some} of 200 at 0.5");
+        assert_eq!(
+            decide(1.0, Some(&parent(true, false))),
+            0,
+            "an unsampled traceparent"
+        );
+        assert_eq!(decide(0.0, None), 0);
+        assert_eq!(decide(1.0, None), 200);
+    }
+
     use std::sync::{Arc, Mutex};
 
     #[derive(Clone, Default)]

@@ -332,16 +332,20 @@ fn optional_client_verifier(
         .map_err(|e| TlsError::Config(e.to_string()))
 }
 
-/// Verifies client certificates against whatever the trust bundle is at handshake time,
-/// rebuilding the webpki verifier when the bundle changes.
+/// Verifies client certificates against the roots the signing targets trust at handshake time
+/// (rotations included), never `bundle.extra_roots_file` (served for other clusters' peers,
+/// not an authority over callers here), rebuilding the webpki verifier when they change.
 struct BundleVerifier {
-    bundle: crate::bundle::SharedBundle,
+    routes: crate::routing::SharedRoutes,
     provider: Arc<CryptoProvider>,
     current: std::sync::Mutex<Option<VerifierFor>>,
 }
 
-/// A webpki verifier and the bundle it was built from.
-type VerifierFor = (Arc<crate::bundle::TrustBundle>, Arc<dyn ClientCertVerifier>);
+/// A webpki verifier and the target roots it was built from.
+type VerifierFor = (
+    Vec<Arc<crate::bundle::TrustBundle>>,
+    Arc<dyn ClientCertVerifier>,
+);
 
 impl std::fmt::Debug for BundleVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -351,16 +355,30 @@ impl std::fmt::Debug for BundleVerifier {
 
 impl BundleVerifier {
     fn verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
-        let bundle = self.bundle.load_full();
+        let anchors: Vec<_> = self
+            .routes
+            .load()
+            .targets()
+            .iter()
+            .map(|t| t.trust().anchors.clone())
+            .collect();
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((b, v)) = current.as_ref()
-            && Arc::ptr_eq(b, &bundle)
+        if let Some((built_from, v)) = current.as_ref()
+            && built_from.len() == anchors.len()
+            && built_from
+                .iter()
+                .zip(&anchors)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
         {
             return Ok(v.clone());
         }
-        let v = optional_client_verifier(bundle.roots(), &self.provider)
+        let roots: Vec<_> = anchors
+            .iter()
+            .flat_map(|a| a.roots().iter().cloned())
+            .collect();
+        let v = optional_client_verifier(&roots, &self.provider)
             .map_err(|e| rustls::Error::General(e.to_string()))?;
-        *current = Some((bundle, v.clone()));
+        *current = Some((anchors, v.clone()));
         Ok(v)
     }
 }
@@ -438,8 +456,9 @@ pub enum ClientRoots {
     None,
     /// A fixed PEM CA file.
     File(PathBuf),
-    /// The current trust bundle (rotations included): mesh certificates authenticate callers.
-    Bundle(crate::bundle::SharedBundle),
+    /// The roots of the signing targets now (rotations included, `bundle.extra_roots_file`
+    /// not): mesh certificates authenticate callers.
+    Targets(crate::routing::SharedRoutes),
 }
 
 /// Builds the server config. Client certificates, when roots are given, are verified if
@@ -485,8 +504,8 @@ pub fn client_verifier(
                 .map_err(|e| TlsError::Invalid(e.to_string()))?;
             Some(optional_client_verifier(&certs, &provider)?)
         }
-        ClientRoots::Bundle(bundle) => Some(Arc::new(BundleVerifier {
-            bundle,
+        ClientRoots::Targets(routes) => Some(Arc::new(BundleVerifier {
+            routes,
             provider,
             current: std::sync::Mutex::new(None),
         })),

@@ -75,10 +75,12 @@ async fn vm_renews_with_its_certificate() {
     assert_eq!(env.bao.sign_calls(), 2);
 }
 
+/// A certificate from a CA the signing targets do not trust authenticates nothing, also when
+/// that CA's root is served in every answer through `bundle.extra_roots_file` (another
+/// cluster's root, for ztunnel's peers): served roots are not authorities over callers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_certificates_are_refused() {
-    let env = Env::start_with(|c| c.auth.client_certificates = true).await;
-    // A CA the bundle does not hold, minting a certificate for a mesh identity.
+    // A CA the targets do not hold, minting a certificate for a mesh identity.
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
@@ -91,15 +93,37 @@ async fn foreign_certificates_are_refused() {
     )];
     let cert = p.signed_by(&key, &ca).unwrap().pem();
     let admin = id("kube-system", "admin");
-    let refused = match mtls_client(&env, &cert, &key.serialize_pem()).await {
-        Err(_) => true,
-        Ok(mut grpc) => renew(&mut grpc, &admin, &admin).await.is_err(),
-    };
-    assert!(
-        refused,
-        "a certificate outside the trust bundle authenticates nothing"
-    );
-    assert_eq!(env.bao.sign_calls(), 0);
+    let dir = tempfile::tempdir().unwrap();
+    let extra = dir.path().join("other-cluster-roots.pem");
+    std::fs::write(&extra, ca.pem()).unwrap();
+    for served in [false, true] {
+        let env = Env::start_with(|c| {
+            c.auth.client_certificates = true;
+            if served {
+                c.bundle.extra_roots_file = Some(extra.clone());
+            }
+        })
+        .await;
+        if served {
+            let (chain, _) = env
+                .request(Shape::PilotAgent, &id("vm", "app"), &env.opts("vm", "app"))
+                .await
+                .unwrap();
+            assert!(
+                chain.last().unwrap().contains(ca.pem().trim()),
+                "the foreign root is served"
+            );
+        }
+        let refused = match mtls_client(&env, &cert, &key.serialize_pem()).await {
+            Err(_) => true,
+            Ok(mut grpc) => renew(&mut grpc, &admin, &admin).await.is_err(),
+        };
+        assert!(
+            refused,
+            "served={served}: a certificate outside the targets' roots authenticates nothing"
+        );
+        assert_eq!(env.bao.sign_calls(), usize::from(served));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
