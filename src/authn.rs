@@ -19,6 +19,7 @@ use result_cache::ResultCache;
 
 pub(crate) use client_cert::identity_from_cert;
 pub use jwt::JwtVerifier;
+pub(crate) use token_review::review_prefilter;
 pub use token_review::{MAX_REVIEW_TOKEN_BYTES, TokenReviewer};
 
 use std::collections::HashMap;

@@ -412,3 +412,308 @@ pub fn pods(data: &[u8]) {
         }
     }
 }
+
+/// CSR policy on DER: the input is the CSR's DER (wrapped in PEM here, so mutations reach the
+/// ASN.1 parser instead of dying in base64). Whatever is accepted is checked independently
+/// with x509-parser: its signature verifies, it asks for exactly one URI SAN and no other
+/// name, and that URI is the identity the policy extracted.
+pub fn csr_der(data: &[u8]) {
+    use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509CertificationRequest};
+    static POLICY: OnceLock<CsrPolicy> = OnceLock::new();
+    let policy = POLICY.get_or_init(|| CsrConfig::default().policy());
+    let pem = crate::pem_text::encode("CERTIFICATE REQUEST", data);
+    let Ok(csr) = policy.verify(&pem) else {
+        return;
+    };
+    let (rest, parsed) = X509CertificationRequest::from_der(data).expect("accepted CSR parses");
+    assert!(rest.is_empty(), "accepted CSR has trailing bytes");
+    parsed
+        .verify_signature()
+        .expect("accepted CSR's signature verifies");
+    let mut names = Vec::new();
+    for ext in parsed.requested_extensions().into_iter().flatten() {
+        if let ParsedExtension::SubjectAlternativeName(san) = ext {
+            names.extend(san.general_names.iter().cloned());
+        }
+    }
+    match &names[..] {
+        [GeneralName::URI(uri)] => assert_eq!(*uri, csr.requested().to_string()),
+        other => panic!("accepted CSR names {other:?}"),
+    }
+    assert!(
+        parsed
+            .certification_request_info
+            .subject
+            .iter_common_name()
+            .next()
+            .is_none(),
+        "accepted CSR has a CN"
+    );
+}
+
+/// TokenReview's pre-filter on a token as sent. Whatever passes is checked independently: at
+/// most `MAX_REVIEW_TOKEN_BYTES`, three dot-separated parts with a non-empty signature, a
+/// header whose `alg` is a public-key one, claims naming the configured issuer and an `exp`
+/// not long past.
+pub fn review_prefilter(data: &[u8]) {
+    use base64::Engine;
+    const NOW: u64 = 1_800_000_000;
+    let issuers = ["https://kubernetes.default.svc.cluster.local".to_owned()];
+    let Ok(token) = std::str::from_utf8(data) else {
+        return;
+    };
+    if crate::authn::review_prefilter(token, &issuers, NOW).is_some() {
+        return;
+    }
+    assert!(token.len() <= crate::authn::MAX_REVIEW_TOKEN_BYTES);
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "passed with {} parts", parts.len());
+    assert!(!parts[2].is_empty(), "passed unsigned");
+    let json = |p: &str| -> serde_json::Value {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .expect("passed part decodes");
+        serde_json::from_slice(&bytes).expect("passed part is JSON")
+    };
+    let alg = json(parts[0])["alg"]
+        .as_str()
+        .map(str::to_owned)
+        .expect("alg");
+    assert!(
+        !alg.eq_ignore_ascii_case("none") && !alg.starts_with("HS"),
+        "alg {alg}"
+    );
+    let claims = json(parts[1]);
+    assert_eq!(claims["iss"].as_str(), Some(issuers[0].as_str()));
+    let exp = claims["exp"]
+        .as_u64()
+        .expect("passed without a numeric exp");
+    assert!(exp + 60 >= NOW, "passed expired");
+}
+
+/// The route table of the `routes` target: a pinned and exclusive payments route, two
+/// signer routes, a selector route, and namespace labels for one namespace.
+fn route_table() -> &'static crate::routing::RouteTable {
+    static TABLE: OnceLock<crate::routing::RouteTable> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("ivca-fuzz-routes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let roots = dir.join("roots.pem");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        std::fs::write(&roots, params.self_signed(&key).expect("root").pem()).expect("roots");
+        let text = format!(
+            r#"
+[bundle]
+file = "{}"
+[[targets]]
+name = "pci"
+mount = "pki-pci"
+role = "payments"
+[[targets]]
+name = "high-assurance"
+mount = "pki-istio"
+role = "high-assurance"
+[[routes]]
+name = "payments"
+namespaces = ["payments", "pay*-eu"]
+target = "pci"
+exclusive = true
+[[routes]]
+name = "ha"
+cert_signer = "high-assurance"
+service_accounts = ["front*"]
+target = "high-assurance"
+[[routes]]
+name = "ha-any"
+cert_signer = "any-ns"
+namespaces = ["*"]
+target = "high-assurance"
+[[routes]]
+name = "not-legacy"
+namespaces = ["shop*"]
+namespace_selector = "!legacy"
+target = "pci"
+"#,
+            roots.display()
+        );
+        let path = dir.join("config.toml");
+        std::fs::write(&path, text).expect("config");
+        let config = crate::config::Config::load(
+            Some(&path),
+            [
+                (
+                    "IVCA_SERVER__SELF_ISSUED__NAMES".to_owned(),
+                    "[\"x\"]".to_owned(),
+                ),
+                (
+                    "IVCA_SERVER__SELF_ISSUED__ROLE".to_owned(),
+                    "serving".to_owned(),
+                ),
+            ],
+        )
+        .expect("config loads");
+        let labels = Arc::new(crate::namespaces::NamespaceLabels::default());
+        let ns = |name: &str, legacy: bool| {
+            let labels = if legacy {
+                serde_json::json!({"legacy": "yes"})
+            } else {
+                serde_json::json!({})
+            };
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": name, "labels": labels}}),
+            )
+            .expect("namespace")
+        };
+        labels.handle(watcher::Event::Init);
+        labels.handle(watcher::Event::InitApply(ns("shop", false)));
+        labels.handle(watcher::Event::InitApply(ns("shop-old", true)));
+        labels.handle(watcher::Event::InitDone);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let vault = crate::vault::VaultSet::single(
+            crate::vault::VaultClient::new(&config.vault).expect("client"),
+        );
+        let source = crate::routing::TrustSource::from_config(&config);
+        runtime
+            .block_on(crate::routing::RouteTable::load(
+                &config,
+                &vault,
+                &source,
+                None,
+                Some(labels),
+            ))
+            .expect("table")
+    })
+}
+
+/// `*` matching any run of characters, by dynamic programming over (pattern, name) prefixes:
+/// the reference for route patterns.
+fn reference_glob(pattern: &[u8], name: &[u8]) -> bool {
+    // row[j]: pattern[..i] matches name[..j].
+    let mut row = vec![false; name.len() + 1];
+    row[0] = true;
+    for &p in pattern {
+        let mut next = vec![false; name.len() + 1];
+        if p == b'*' {
+            let mut any = false;
+            for j in 0..=name.len() {
+                any |= row[j];
+                next[j] = any;
+            }
+        } else {
+            for j in 1..=name.len() {
+                next[j] = row[j - 1] && name[j - 1] == p;
+            }
+        }
+        row = next;
+    }
+    row[name.len()]
+}
+
+/// Route choice: the input is `namespace \0 service account \0 signer [\0 pattern]`. Route
+/// patterns agree with a backtracking reference; for an identity, the decision obeys the
+/// table's rules checked independently: a named signer is served only by a route naming it,
+/// payments identities (an exclusive route) are issued by that route or refused, an unknown
+/// signer is refused, a namespace the labels never saw is never given to the selector route.
+pub fn routes(data: &[u8]) {
+    use crate::routing::RouteError;
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut parts = text.split('\0');
+    let (ns, sa, signer) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+        parts.next(),
+    );
+    if let Some(pattern) = parts.next().filter(|p| p.len() <= 32 && ns.len() <= 64) {
+        assert_eq!(
+            crate::routing::glob_matches(pattern, ns),
+            reference_glob(pattern.as_bytes(), ns.as_bytes()),
+            "{pattern:?} vs {ns:?}"
+        );
+    }
+    let Ok(id) = SpiffeId::new(td(), ns, sa) else {
+        return;
+    };
+    let exclusive = ns == "payments" || reference_glob(b"pay*-eu", ns.as_bytes());
+    let signer = signer.filter(|s| !s.is_empty());
+    match route_table().choose(&id, signer) {
+        Ok(decision) => {
+            let route = &*decision.route;
+            match signer {
+                Some("high-assurance") => assert_eq!(route, "ha"),
+                Some("any-ns") => assert_eq!(route, "ha-any"),
+                Some(other) => panic!("unknown signer {other:?} routed to {route}"),
+                None => assert!(["payments", "not-legacy", "default"].contains(&route)),
+            }
+            if exclusive {
+                assert_eq!(route, "payments", "{id} left its exclusive route");
+            }
+            if route == "not-legacy" {
+                assert_eq!(ns, "shop", "selector route for {ns}");
+            }
+        }
+        Err(RouteError::UnknownSigner(_)) => {
+            assert!(!matches!(signer, Some("high-assurance" | "any-ns")));
+        }
+        Err(RouteError::Exclusive { route, .. }) => {
+            assert!(exclusive && route == "payments" && signer.is_some());
+        }
+        Err(RouteError::SignerNotAllowed { .. }) => {
+            assert_eq!(signer, Some("high-assurance"));
+            assert!(!reference_glob(b"front*", sa.as_bytes()));
+        }
+        Err(RouteError::NamespaceUnknown(n)) => {
+            assert!(reference_glob(b"shop*", n.as_bytes()) && n != "shop" && n != "shop-old");
+        }
+        Err(e) => panic!("{id} {signer:?}: {e}"),
+    }
+}
+
+/// A pod's JSON decoded by the pod cache's slim type, against the full `k8s_openapi` Pod:
+/// whenever the full type decodes, the slim one does too and reads the same name, namespace,
+/// UID, service account, node, phase and mirror annotation.
+pub fn watched_pod(data: &[u8]) {
+    use k8s_openapi::api::core::v1::Pod;
+    let slim = serde_json::from_slice::<crate::nodes::WatchedPod>(data);
+    let Ok(full) = serde_json::from_slice::<Pod>(data) else {
+        return;
+    };
+    let slim = match slim {
+        Ok(slim) => slim,
+        // Stricter than k8s_openapi (which keeps the last of repeated keys): refused, never
+        // read differently. The API server never repeats a key.
+        Err(e) if e.to_string().contains("duplicate field") => return,
+        Err(e) => panic!("the slim type refuses what the full one decodes: {e}"),
+    };
+    let m = &full.metadata;
+    assert_eq!(
+        (
+            &slim.metadata.name,
+            &slim.metadata.namespace,
+            &slim.metadata.uid
+        ),
+        (&m.name, &m.namespace, &m.uid)
+    );
+    let spec = full.spec.as_ref();
+    assert_eq!(slim.has_spec, spec.is_some());
+    assert_eq!(
+        slim.service_account,
+        spec.and_then(|s| s.service_account_name.clone())
+    );
+    assert_eq!(slim.node, spec.and_then(|s| s.node_name.clone()));
+    assert_eq!(
+        slim.phase,
+        full.status.as_ref().and_then(|s| s.phase.clone())
+    );
+    let mirror = m
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(crate::nodes::MIRROR_ANNOTATION));
+    assert_eq!(slim.mirror, mirror);
+}

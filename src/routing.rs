@@ -126,6 +126,12 @@ impl Glob {
     }
 }
 
+/// Whether the route pattern `pattern` (`*` any run of characters) matches `name` (fuzzing
+/// compares it with a reference implementation).
+pub(crate) fn glob_matches(pattern: &str, name: &str) -> bool {
+    Glob(pattern.to_owned()).matches(name)
+}
+
 fn any_matches(patterns: &[Glob], name: &str) -> bool {
     patterns.is_empty() || patterns.iter().any(|g| g.matches(name))
 }

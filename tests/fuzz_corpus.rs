@@ -23,12 +23,16 @@ type Target = fn(&[u8]);
 
 #[test]
 fn every_corpus_input_passes_its_oracle() {
-    let targets: [(&str, Target); 5] = [
+    let targets: [(&str, Target); 9] = [
         ("csr", fuzz::csr),
+        ("csr_der", fuzz::csr_der),
         ("jwt", fuzz::jwt),
         ("identity", fuzz::identity),
         ("leaf", fuzz::leaf),
         ("pods", fuzz::pods),
+        ("review_prefilter", fuzz::review_prefilter),
+        ("routes", fuzz::routes),
+        ("watched_pod", fuzz::watched_pod),
     ];
     for (name, run) in targets {
         let mut n = 0;
@@ -37,7 +41,7 @@ fn every_corpus_input_passes_its_oracle() {
             run(&std::fs::read(&path).unwrap());
             n += 1;
         }
-        assert!(n >= 2, "{name}: only {n} corpus inputs");
+        assert!(n >= 20, "{name}: only {n} corpus inputs");
     }
     // The positive paths run too: the genuine sign answer and signed seed claims are
     // accepted (their oracles then compare identities and keys).
@@ -61,6 +65,21 @@ fn write_seed_corpora() {
             name,
             generate_csr(shape, &id).unwrap().csr_pem.as_bytes(),
         );
+    }
+    // Both shapes for ten identities, as PEM (`csr`) and as DER (`csr_der`).
+    for i in 0..10 {
+        let other: SpiffeId = format!("spiffe://cluster.local/ns/ns-{i}/sa/sa{}", "x".repeat(i))
+            .parse()
+            .unwrap();
+        for (name, shape) in [
+            ("pilot-agent", Shape::PilotAgent),
+            ("ztunnel", Shape::Ztunnel),
+        ] {
+            let pem = generate_csr(shape, &other).unwrap().csr_pem;
+            write("csr", &format!("{name}-{i}"), pem.as_bytes());
+            let der = pem::parse(&pem).unwrap().contents().to_vec();
+            write("csr_der", &format!("{name}-{i}"), &der);
+        }
     }
     for fixture in ["rsa1024.csr", "sha1.csr"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -106,8 +125,261 @@ fn write_seed_corpora() {
     write("leaf", "edit-certificate", &[0, 60, b'X', 0, 200, b'A']);
     write("leaf", "edit-ca-chain", &[2, 0, b'"', 3, 0, b'-']);
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    for seq in 0..3 {
+    for seq in 0..20 {
         let bytes = fuzz::pseudo_random(&mut x, 120);
         write("pods", &format!("events-{seq}"), &bytes);
+    }
+    for i in 0..17 {
+        let edit = fuzz::pseudo_random(&mut x, 3 * (1 + i % 3));
+        write("leaf", &format!("edit-{i}"), &edit);
+    }
+    for (i, (ns, sa)) in [("default", "demo"), ("kube-system", "admin"), ("a", "b")]
+        .iter()
+        .enumerate()
+    {
+        let mut spec = TokenSpec::new(ns, sa);
+        if i == 0 {
+            spec.audiences = vec!["other".into()];
+        }
+        let mut claims = issuer.claims(&spec);
+        claims["exp"] = 4102444800u64.into();
+        write(
+            "jwt",
+            &format!("claims-{ns}"),
+            &[&[1u8][..], claims.to_string().as_bytes()].concat(),
+        );
+    }
+    for (i, variant) in [
+        serde_json::json!({"iss": DEFAULT_ISSUER, "aud": "istio-ca", "exp": 4102444800u64, "sub": "system:serviceaccount:x:y"}),
+        serde_json::json!({"iss": DEFAULT_ISSUER, "aud": ["istio-ca"], "exp": 1, "sub": "system:serviceaccount:x:y"}),
+        serde_json::json!({"iss": "https://evil", "aud": ["istio-ca"], "exp": 4102444800u64}),
+        serde_json::json!({"iss": DEFAULT_ISSUER, "aud": ["istio-ca"], "exp": 4102444800u64, "nbf": 4102444000u64}),
+        serde_json::json!({"iss": DEFAULT_ISSUER, "aud": ["istio-ca"], "exp": 4102444800u64, "kubernetes.io": {"namespace": "a", "serviceaccount": {"name": "b", "uid": "u"}}}),
+        serde_json::json!({"iss": DEFAULT_ISSUER, "aud": ["istio-ca"], "exp": 4102444800u64, "kubernetes.io": {"namespace": "a"}}),
+        serde_json::json!({"iss": DEFAULT_ISSUER, "aud": [], "exp": 4102444800u64}),
+        serde_json::json!({"iss": DEFAULT_ISSUER, "aud": ["istio-ca"], "exp": "soon"}),
+        serde_json::json!({"iss": DEFAULT_ISSUER, "aud": ["istio-ca"], "exp": 4102444800u64, "sub": "system:serviceaccount:a"}),
+        serde_json::json!({"iss": DEFAULT_ISSUER, "aud": ["istio-ca"], "exp": 4102444800u64, "sub": "system:serviceaccount:A:b"}),
+        serde_json::json!({}),
+        serde_json::json!([1, 2]),
+    ]
+    .iter()
+    .enumerate()
+    {
+        write("jwt", &format!("claims-variant-{i}"), &[&[1u8][..], variant.to_string().as_bytes()].concat());
+    }
+    write("jwt", "token-garbage", b"\0a.b.c");
+    write(
+        "jwt",
+        "token-own-key",
+        &[&[0u8][..], issuer.token(&spec).unwrap().as_bytes()].concat(),
+    );
+    for (i, text) in [
+        "spiffe://cluster.local/ns/a/sa/b",
+        "spiffe://other.domain/ns/a/sa/b",
+        "spiffe://cluster.local/ns/a/sa/b/c",
+        "spiffe://cluster.local/ns/a/sa/",
+        "spiffe://cluster.local/sa/b/ns/a",
+        "spiffe://Cluster.local/ns/a/sa/b",
+        "spiffe://cluster.local/ns/a%2f/sa/b",
+        "spiffe://cluster.local/ns/../sa/b",
+        "spiffe://cluster.local:443/ns/a/sa/b",
+        "spiffe://user@cluster.local/ns/a/sa/b",
+        "SPIFFE://cluster.local/ns/a/sa/b",
+        "spiffe://cluster.local/ns/a/sa/b?x=1",
+        "spiffe://cluster.local/ns/a/sa/b#f",
+        "spiffe:///ns/a/sa/b",
+        "https://cluster.local/ns/a/sa/b",
+        "spiffe://cluster.local/ns/a-very-long-namespace-name-that-goes-on/sa/b",
+    ]
+    .iter()
+    .enumerate()
+    {
+        write("identity", &format!("spiffe-{i}"), text.as_bytes());
+    }
+    for (i, uri) in [
+        "spiffe://other/ns/a/sa/b",
+        "spiffe://cluster.local/ns/a/sa/b",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut p = rcgen::CertificateParams::default();
+        p.subject_alt_names = vec![
+            rcgen::SanType::URI((*uri).try_into().unwrap()),
+            rcgen::SanType::DnsName("x.example".try_into().unwrap()),
+        ];
+        write(
+            "identity",
+            &format!("cert-der-{i}"),
+            p.self_signed(&key).unwrap().der(),
+        );
+    }
+    // TokenReview's pre-filter: tokens that pass and each way of failing.
+    let b64 = |v: serde_json::Value| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let iss = "https://kubernetes.default.svc.cluster.local";
+    let token = |header: serde_json::Value, claims: serde_json::Value, sig: &str| {
+        format!("{}.{}.{sig}", b64(header), b64(claims))
+    };
+    let rs = serde_json::json!({"alg": "RS256", "kid": "k"});
+    let review = [
+        token(
+            rs.clone(),
+            serde_json::json!({"iss": iss, "exp": 4102444800u64}),
+            "c2ln",
+        ),
+        token(
+            rs.clone(),
+            serde_json::json!({"iss": iss, "exp": 1_799_999_990u64}),
+            "c2ln",
+        ),
+        token(
+            rs.clone(),
+            serde_json::json!({"iss": iss, "exp": 1_000}),
+            "c2ln",
+        ),
+        token(rs.clone(), serde_json::json!({"iss": iss}), "c2ln"),
+        token(
+            rs.clone(),
+            serde_json::json!({"iss": iss, "exp": "x"}),
+            "c2ln",
+        ),
+        token(
+            rs.clone(),
+            serde_json::json!({"iss": "https://evil", "exp": 4102444800u64}),
+            "c2ln",
+        ),
+        token(
+            rs.clone(),
+            serde_json::json!({"exp": 4102444800u64}),
+            "c2ln",
+        ),
+        token(
+            rs.clone(),
+            serde_json::json!({"iss": iss, "exp": 4102444800u64}),
+            "",
+        ),
+        token(
+            serde_json::json!({"alg": "none"}),
+            serde_json::json!({"iss": iss, "exp": 4102444800u64}),
+            "c2ln",
+        ),
+        token(
+            serde_json::json!({"alg": "HS256"}),
+            serde_json::json!({"iss": iss, "exp": 4102444800u64}),
+            "c2ln",
+        ),
+        token(
+            serde_json::json!({"alg": "ES256"}),
+            serde_json::json!({"iss": iss, "exp": 4102444800u64}),
+            "c2ln",
+        ),
+        token(
+            serde_json::json!({}),
+            serde_json::json!({"iss": iss, "exp": 4102444800u64}),
+            "c2ln",
+        ),
+        token(
+            rs.clone(),
+            serde_json::json!({"iss": iss, "exp": 4102444800u64, "pad": "x".repeat(4000)}),
+            "c2ln",
+        ),
+        token(rs.clone(), serde_json::json!([iss]), "c2ln"),
+        format!(
+            "{}.{}",
+            b64(rs.clone()),
+            b64(serde_json::json!({"iss": iss}))
+        ),
+        format!(
+            "{}.{}.c2ln.extra",
+            b64(rs.clone()),
+            b64(serde_json::json!({"iss": iss, "exp": 4102444800u64}))
+        ),
+        "not-a-jwt".into(),
+        "a.b.c".into(),
+        "..".into(),
+        format!("{}.%%%.c2ln", b64(rs.clone())),
+    ];
+    for (i, t) in review.iter().enumerate() {
+        write("review_prefilter", &format!("token-{i}"), t.as_bytes());
+    }
+    // Route choice: namespace, service account, signer and a pattern for the glob check.
+    for (i, (ns, sa, signer, pattern)) in [
+        ("payments", "api", "", "pay*"),
+        ("payments", "api", "high-assurance", "*ments"),
+        ("payments", "front", "any-ns", "p*y*s"),
+        ("pay-x-eu", "api", "", "pay*-eu"),
+        ("pay-eu", "front-1", "high-assurance", "pay*-eu"),
+        ("default", "front", "high-assurance", "*"),
+        ("default", "back", "high-assurance", "**"),
+        ("default", "api", "any-ns", "d*f*t"),
+        ("default", "api", "nope", ""),
+        ("default", "api", "", "default"),
+        ("shop", "api", "", "shop*"),
+        ("shop-old", "api", "", "shop*"),
+        ("shop-new", "api", "", "shop*"),
+        ("shopping", "front", "", "*op*"),
+        ("shop-new", "api", "any-ns", "*-new"),
+        ("a", "b", "", "a*b"),
+        ("aaa", "b", "", "a*a*a"),
+        ("abc", "b", "", "a*c*"),
+        ("Payments", "api", "", "P*"),
+        ("payments", "", "", "*"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        write(
+            "routes",
+            &format!("route-{i}"),
+            format!("{ns}\0{sa}\0{signer}\0{pattern}").as_bytes(),
+        );
+    }
+    // Pods as the API server sends them, and what the slim type must agree on.
+    let pod = |i: usize| -> serde_json::Value {
+        let mut pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("pod-{i}"), "namespace": "default", "uid": format!("uid-{i}"), "resourceVersion": "1"},
+            "spec": {"serviceAccountName": "sa", "nodeName": "node-a", "containers": [{"name": "app", "image": "app"}]},
+            "status": {"phase": "Running"}
+        });
+        match i % 10 {
+            1 => {
+                pod["metadata"]["annotations"] =
+                    serde_json::json!({"kubernetes.io/config.mirror": "x"})
+            }
+            2 => pod["status"]["phase"] = "Succeeded".into(),
+            3 => {
+                pod.as_object_mut().unwrap().remove("spec");
+            }
+            4 => {
+                pod["spec"].as_object_mut().unwrap().remove("nodeName");
+            }
+            5 => pod["metadata"]["annotations"] = serde_json::json!({"other": "y"}),
+            6 => {
+                pod.as_object_mut().unwrap().remove("status");
+            }
+            7 => pod["spec"]["serviceAccountName"] = serde_json::Value::Null,
+            8 => {
+                pod["metadata"]["managedFields"] =
+                    serde_json::json!([{"manager": "kubelet", "fieldsV1": {"f:status": {}}}])
+            }
+            9 => {
+                pod["spec"]["containers"][0]["env"] =
+                    serde_json::json!([{"name": "A", "value": "x".repeat(200)}])
+            }
+            _ => {}
+        }
+        pod
+    };
+    for i in 0..20 {
+        write(
+            "watched_pod",
+            &format!("pod-{i}"),
+            pod(i).to_string().as_bytes(),
+        );
     }
 }

@@ -141,7 +141,7 @@ impl Budget {
 }
 
 /// Why a token is not even sent for review, or `None` if it may be.
-fn review_prefilter(token: &str, issuers: &[String], now: u64) -> Option<&'static str> {
+pub(crate) fn review_prefilter(token: &str, issuers: &[String], now: u64) -> Option<&'static str> {
     use base64::Engine;
     if token.len() > MAX_REVIEW_TOKEN_BYTES {
         return Some("token is too large");
