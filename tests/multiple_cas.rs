@@ -752,27 +752,7 @@ async fn a_target_on_another_vault_server() {
             ..Default::default()
         };
         c.vaults.insert("second".into(), vault);
-        c.targets.push(istio_vault_ca::config::TargetConfig {
-            name: "team".into(),
-            vault: Some("second".into()),
-            mount: support::MOUNT.into(),
-            role: support::ROLE.into(),
-            namespace: None,
-            issuer: None,
-            roots_file: None,
-            ttl: None,
-            trust: istio_vault_ca::config::TrustMode::Follow,
-            root_fingerprints: vec![],
-        });
-        c.routes.push(istio_vault_ca::config::RouteConfig {
-            name: "team".into(),
-            target: "team".into(),
-            namespaces: vec!["team".into()],
-            service_accounts: vec![],
-            namespace_selector: None,
-            cert_signer: None,
-            exclusive: false,
-        });
+        support::route_namespace_to_server(c, "team", "second");
     })
     .await;
     let first_ca = intermediate(&env.bao, support::MOUNT).await;

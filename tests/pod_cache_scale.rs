@@ -105,6 +105,19 @@ async fn pod_api_of(make: fn(usize) -> Value, total: usize, prerender: bool) -> 
     format!("http://{addr}")
 }
 
+/// The signer's metrics once its pod cache has synced (within `within`).
+async fn synced_metrics(signer: &SignerProcess, within: Duration) -> String {
+    support::eventually_some_within("the pod cache synced", within, async || {
+        let text = signer.metrics().await;
+        (sample(
+            &text,
+            "istio_vault_ca_pod_cache_synced{cluster=\"Kubernetes\"}",
+        ) == Some(1.0))
+        .then_some(text)
+    })
+    .await
+}
+
 /// `VmRSS` and `VmHWM` of `pid`, MiB.
 fn rss_mib(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -142,19 +155,7 @@ async fn pod_cache_at_cluster_scale() {
     let started = Instant::now();
     let signer = SignerProcess::start(&bao.addr, &setup, &extra, "warn", issuer).await;
     let (_, idle_peak) = rss_mib(signer.pid());
-    let text = support::eventually_some_within(
-        "the pod cache synced",
-        Duration::from_secs(600),
-        async || {
-            let text = signer.metrics().await;
-            (sample(
-                &text,
-                "istio_vault_ca_pod_cache_synced{cluster=\"Kubernetes\"}",
-            ) == Some(1.0))
-            .then_some(text)
-        },
-    )
-    .await;
+    let text = synced_metrics(&signer, Duration::from_secs(600)).await;
     let synced_in = started.elapsed();
     let (rss, peak) = rss_mib(signer.pid());
     eprintln!(
@@ -206,19 +207,7 @@ async fn a_list_of_huge_pods_stays_within_the_memory_bound() {
     let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
     let signer = SignerProcess::start(&bao.addr, &setup, &extra, "warn", issuer).await;
     let (_, idle_peak) = rss_mib(signer.pid());
-    let text = support::eventually_some_within(
-        "the pod cache synced",
-        Duration::from_secs(300),
-        async || {
-            let text = signer.metrics().await;
-            (sample(
-                &text,
-                "istio_vault_ca_pod_cache_synced{cluster=\"Kubernetes\"}",
-            ) == Some(1.0))
-            .then_some(text)
-        },
-    )
-    .await;
+    let text = synced_metrics(&signer, Duration::from_secs(300)).await;
     let (rss, peak) = rss_mib(signer.pid());
     let page_mib = (PAGE * HOSTILE_VALUE) as f64 / (1 << 20) as f64;
     let bound = idle_peak + 4.0 * page_mib + 48.0;

@@ -470,27 +470,7 @@ async fn a_login_jwt_sent_to_one_server_is_useless_at_another() {
                 ..Default::default()
             },
         );
-        c.targets.push(istio_vault_ca::config::TargetConfig {
-            name: "team".into(),
-            vault: Some("team".into()),
-            mount: support::MOUNT.into(),
-            role: support::ROLE.into(),
-            namespace: None,
-            issuer: None,
-            roots_file: None,
-            ttl: None,
-            trust: istio_vault_ca::config::TrustMode::Follow,
-            root_fingerprints: vec![],
-        });
-        c.routes.push(istio_vault_ca::config::RouteConfig {
-            name: "team".into(),
-            target: "team".into(),
-            namespaces: vec!["team".into()],
-            service_accounts: vec![],
-            namespace_selector: None,
-            cert_signer: None,
-            exclusive: false,
-        });
+        support::route_namespace_to_server(c, "team", "team");
     })
     .await;
     for (ns, sa) in [("default", "demo"), ("team", "api")] {

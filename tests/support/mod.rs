@@ -774,6 +774,32 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// Adds a target `ns` on the `[vaults.<server>]` server (the setup script's mount and role,
+/// following the mount's roots) and a route sending namespace `ns` to it.
+pub fn route_namespace_to_server(c: &mut Config, ns: &str, server: &str) {
+    c.targets.push(istio_vault_ca::config::TargetConfig {
+        name: ns.into(),
+        vault: Some(server.into()),
+        mount: MOUNT.into(),
+        role: ROLE.into(),
+        namespace: None,
+        issuer: None,
+        roots_file: None,
+        ttl: None,
+        trust: istio_vault_ca::config::TrustMode::Follow,
+        root_fingerprints: vec![],
+    });
+    c.routes.push(istio_vault_ca::config::RouteConfig {
+        name: ns.into(),
+        target: ns.into(),
+        namespaces: vec![ns.into()],
+        service_accounts: vec![],
+        namespace_selector: None,
+        cert_signer: None,
+        exclusive: false,
+    });
+}
+
 pub fn id(ns: &str, sa: &str) -> SpiffeId {
     format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")
         .parse()

@@ -73,6 +73,13 @@ impl SignerProcess {
         let jwks = dir.path().join("jwks.json");
         std::fs::write(&jwks, issuer.jwks_json()).unwrap();
         let (port, admin_port) = (free_port(), free_port());
+        // Inside the test's own network namespaces Vault's nodes have private addresses and
+        // speak plain HTTP: allowed by name, as an operator would have to.
+        let insecure = if netns.is_some() {
+            "allow_insecure_http = true\n"
+        } else {
+            ""
+        };
         let config = format!(
             r#"
 [server]
@@ -85,7 +92,7 @@ jwks_file = "{jwks}"
 [vault]
 addr = "{vault_addr}"
 token_file = "{setup}/vault-token"
-[admin]
+{insecure}[admin]
 listen = "{host}:{admin_port}"
 [audit]
 enabled = false
