@@ -97,6 +97,7 @@ impl IstioCertificateService for CaService {
                     &call,
                     Refused {
                         status: &status,
+                        request_id: outcome::RequestId::next(),
                         reason: "malformed-request",
                         error: &status.message(),
                         caller: None,
@@ -147,11 +148,13 @@ impl IstioCertificateService for CaService {
                 routed,
                 error,
             }) => {
-                let status = to_status(&error);
+                let request_id = outcome::RequestId::next();
+                let status = to_status(&error, request_id);
                 outcome::refused(
                     &call,
                     Refused {
                         status: &status,
+                        request_id,
                         reason: error.reason(),
                         error: &error,
                         caller: caller.as_ref(),
@@ -191,7 +194,9 @@ fn metadata_string<'a>(
 /// Messages say what went wrong without what only the signer's operators should see: no
 /// file paths, URLs, API-server (RBAC) or Vault error text, which stay in the signer's log.
 /// Values the caller sent are echoed truncated ([`crate::echo`]).
-pub fn to_status(err: &IssueError) -> Status {
+///
+/// `request_id` names the call where the status leaves Vault's own reason to the log.
+pub fn to_status(err: &IssueError, request_id: outcome::RequestId) -> Status {
     match err {
         IssueError::Authn(AuthnError::KeysUnavailable(_)) => {
             Status::unavailable("token signing keys are unavailable; retry later")
@@ -224,9 +229,9 @@ pub fn to_status(err: &IssueError) -> Status {
             Status::permission_denied("Vault refused the caller's credentials (delegated signing)")
         }
         // Vault's text names its mount, role and policy: the signer's log has it.
-        IssueError::Vault(VaultError::Rejected(_)) => Status::invalid_argument(
-            "Vault refused to sign this request (HTTP 400); the signer's log has its reason",
-        ),
+        IssueError::Vault(VaultError::Rejected(_)) => Status::invalid_argument(format!(
+            "Vault refused to sign this request (HTTP 400); the signer's log has its reason (request {request_id})"
+        )),
         IssueError::Vault(e) => Status::unavailable(format!(
             "certificate authority unavailable: {}",
             vault_public(e)
@@ -288,7 +293,7 @@ mod tests {
                 IssueError::Vault(VaultError::Rejected(secret.into())),
             ];
             for e in errors {
-                let status = to_status(&e);
+                let status = to_status(&e, outcome::RequestId::next());
                 assert!(
                     !status.message().contains(secret),
                     "{e:?} -> {}",

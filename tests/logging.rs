@@ -105,6 +105,39 @@ async fn one_json_line_per_request_and_no_secrets() {
         assert_eq!(err.code(), code, "{}", err.message());
     }
 
+    // Vault's 400 (its role, rewritten last, no longer allows the mesh's URIs): the caller
+    // reads a stable message naming the request; Vault's text stays in the log line carrying
+    // the same request id.
+    env.bao
+        .api(
+            "POST",
+            &format!("{}/roles/{}", support::MOUNT, support::ROLE),
+            serde_json::json!({"allowed_uri_sans": "spiffe://elsewhere.example/*",
+                               "allow_any_name": false, "use_csr_sans": false}),
+        )
+        .await;
+    let rejected = env
+        .request(
+            Shape::PilotAgent,
+            &id("broken", "app"),
+            &env.opts("broken", "app"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        rejected.code(),
+        tonic::Code::InvalidArgument,
+        "{rejected:?}"
+    );
+    assert!(!rejected.message().contains("elsewhere"), "{rejected:?}");
+    let request_id = rejected
+        .message()
+        .split("(request ")
+        .nth(1)
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("no request id in {:?}", rejected.message()))
+        .to_owned();
+
     let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     // A field named like a key the JSON formatter writes itself would make duplicate keys.
     for line in text.lines() {
@@ -124,8 +157,17 @@ async fn one_json_line_per_request_and_no_secrets() {
         .collect();
     assert_eq!(
         requests.len(),
-        5,
+        6,
         "one line per call, wherever refused: {text}"
+    );
+    assert_eq!(
+        requests[5]["request_id"].as_str(),
+        Some(request_id.as_str())
+    );
+    assert!(
+        requests[5]["error"].as_str().unwrap().contains("HTTP 400"),
+        "Vault's reason in the log: {}",
+        requests[5]
     );
     let issued = requests[0];
     assert_eq!(issued["outcome"], "issued");
@@ -203,7 +245,12 @@ async fn one_json_line_per_request_and_no_secrets() {
             serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line not JSON ({e}): {l}"))
         })
         .collect();
-    assert_eq!(decisions.len(), 5, "{audit_text}");
+    assert_eq!(decisions.len(), 6, "{audit_text}");
+    assert_eq!(
+        decisions[5]["request_id"].as_str(),
+        Some(request_id.as_str())
+    );
+    assert_eq!(decisions[5]["code"].as_str(), Some("InvalidArgument"));
     let issued = &decisions[0];
     assert_eq!(issued["outcome"], "issued");
     assert_eq!(issued["serial"], serial);

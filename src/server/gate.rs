@@ -485,6 +485,7 @@ fn report(
         },
         Refused {
             status,
+            request_id: outcome::RequestId::next(),
             reason,
             error,
             caller: None,

@@ -22,9 +22,37 @@ pub struct Call<'a> {
     pub cluster: &'a str,
 }
 
+/// Names one refused call in the status a caller reads and in the signer's request and audit
+/// lines, so an operator finds the detail a status leaves out: `<process>-<sequence>`, the
+/// process part random per start (replicas and restarts do not collide).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestId(u64);
+
+impl RequestId {
+    /// The next id of this process.
+    pub fn next() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        static PROCESS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+        let process = PROCESS.get_or_init(|| {
+            let mut bytes = [0u8; 4];
+            let _ = aws_lc_rs::rand::fill(&mut bytes);
+            u32::from_be_bytes(bytes)
+        });
+        write!(f, "{process:08x}-{}", self.0)
+    }
+}
+
 /// A refused call.
 pub struct Refused<'a> {
     pub status: &'a Status,
+    /// Named in the status where it leaves details to the log.
+    pub request_id: RequestId,
     /// Short stable label (metrics, logs).
     pub reason: &'static str,
     /// The full reason, for the signer's own log and audit trail.
@@ -132,6 +160,7 @@ pub fn refused(call: &Call<'_>, r: Refused<'_>) {
         code = ?code,
         reason = r.reason,
         error = %r.error,
+        request_id = %r.request_id,
         route,
         sign_target,
         duration_ms = millis(took),
@@ -150,6 +179,7 @@ pub fn refused(call: &Call<'_>, r: Refused<'_>) {
         requested = r.requested.unwrap_or("-"),
         reason = r.reason,
         error = %r.error,
+        request_id = %r.request_id,
         route,
         sign_target,
         peer = %Peer(call.peer),
