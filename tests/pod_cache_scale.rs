@@ -105,6 +105,22 @@ async fn pod_api_of(make: fn(usize) -> Value, total: usize, prerender: bool) -> 
     format!("http://{addr}")
 }
 
+/// OpenBao, set up, and the signer binary watching the pods of the API server at `api` for
+/// node authorization (the directory holds its kubeconfig).
+async fn signer_watching(api: &str) -> (OpenBao, SignerProcess, tempfile::TempDir) {
+    let bao = OpenBao::start().await;
+    let setup = bao.setup(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = support::kubeconfig(dir.path(), "kubeconfig", api);
+    let extra = format!(
+        "\n[auth.impersonation]\nkubeconfig = \"{}\"\n",
+        kubeconfig.display()
+    );
+    let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
+    let signer = SignerProcess::start(&bao.addr, &setup, &extra, "warn", issuer).await;
+    (bao, signer, dir)
+}
+
 /// The signer's metrics once its pod cache has synced (within `within`).
 async fn synced_metrics(signer: &SignerProcess, within: Duration) -> String {
     support::eventually_some_within("the pod cache synced", within, async || {
@@ -143,17 +159,8 @@ async fn pod_cache_at_cluster_scale() {
         realistic_pod(12345).to_string().len()
     );
     let api = paginated_pod_api(pods).await;
-    let bao = OpenBao::start().await;
-    let setup = bao.setup(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = support::kubeconfig(dir.path(), "kubeconfig", &api);
-    let extra = format!(
-        "\n[auth.impersonation]\nkubeconfig = \"{}\"\n",
-        kubeconfig.display()
-    );
-    let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
     let started = Instant::now();
-    let signer = SignerProcess::start(&bao.addr, &setup, &extra, "warn", issuer).await;
+    let (_bao, signer, _dir) = signer_watching(&api).await;
     let (_, idle_peak) = rss_mib(signer.pid());
     let text = synced_metrics(&signer, Duration::from_secs(600)).await;
     let synced_in = started.elapsed();
@@ -189,28 +196,20 @@ fn hostile_pod(i: usize) -> Value {
 
 /// 500 pods of 1 MiB each (what one page of kube's default 500 held, taking the process past
 /// 1 GiB): listed in pages of `LIST_PAGE_SIZE`, the signer's peak RSS stays within its idle
-/// peak plus 4 times one page of them (the client buffers a page's body, grows it and copies
-/// it; measured 3.6x) plus 48 MiB (measured ~33 MiB independent of the page size), and within
-/// the shipped limit. Every pod is cached (they are pods, just large).
+/// peak plus 5 times one page of them (the client buffers a page's body, grows it and copies
+/// it; measured 3.6x) plus 64 MiB (measured 33-45 MiB independent of the page size, more on
+/// a busy machine), and within the shipped limit. Every pod is cached (they are pods, just
+/// large). Pages of 50 would fail it (+210 MiB measured).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_of_huge_pods_stays_within_the_memory_bound() {
     const PODS: usize = 500;
     let api = pod_api_of(hostile_pod, PODS, false).await;
-    let bao = OpenBao::start().await;
-    let setup = bao.setup(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = support::kubeconfig(dir.path(), "kubeconfig", &api);
-    let extra = format!(
-        "\n[auth.impersonation]\nkubeconfig = \"{}\"\n",
-        kubeconfig.display()
-    );
-    let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
-    let signer = SignerProcess::start(&bao.addr, &setup, &extra, "warn", issuer).await;
+    let (_bao, signer, _dir) = signer_watching(&api).await;
     let (_, idle_peak) = rss_mib(signer.pid());
     let text = synced_metrics(&signer, Duration::from_secs(300)).await;
     let (rss, peak) = rss_mib(signer.pid());
     let page_mib = (PAGE * HOSTILE_VALUE) as f64 / (1 << 20) as f64;
-    let bound = idle_peak + 4.0 * page_mib + 48.0;
+    let bound = idle_peak + 5.0 * page_mib + 64.0;
     eprintln!(
         "huge pods: {PODS} pods of 1 MiB in pages of {PAGE}: RSS {rss:.1} MiB, peak {peak:.1} MiB (idle peak {idle_peak:.1}, bound {bound:.1})"
     );
