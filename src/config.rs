@@ -247,7 +247,7 @@ impl Config {
         for (name, vault) in &self.vaults {
             vault.validate_named(name)?;
         }
-        self.check_login_secrets_unshared()?;
+        vault::check_login_secrets_unshared(self.vault_servers())?;
         if self.vault.delegated.is_some()
             && let Some(i) = self.targets.iter().position(|t| t.vault.is_some())
         {
@@ -260,35 +260,6 @@ impl Config {
         self.log.validate()?;
         if let Some(istiod) = &self.istiod_certificate {
             istiod.validate()?;
-        }
-        Ok(())
-    }
-}
-
-impl Config {
-    /// No two Vault servers log in with the same secret file (unless both say
-    /// `auth.shared_login`): what one server receives at login it could replay at the other's
-    /// login role and obtain the signer's policy there.
-    fn check_login_secrets_unshared(&self) -> Result<(), ConfigError> {
-        let mut seen: Vec<(Option<&str>, std::path::PathBuf, bool)> = Vec::new();
-        for (name, vault) in self.vault_servers() {
-            let Some((key, file)) = vault.login_secret() else {
-                continue;
-            };
-            let shared = vault.auth.shared_login;
-            if let Some((other, _, other_shared)) = seen.iter().find(|(_, f, _)| *f == file)
-                && !(shared && *other_shared)
-            {
-                return Err(ConfigError::invalid(
-                    &format!("{}.{key}", vault_section(name)),
-                    format!(
-                        "{} is also [{}]'s login secret: either server could replay it at the other's login; give each server its own (e.g. a token projected with its own audience), or set auth.shared_login = true in both",
-                        file.display(),
-                        vault_section(*other)
-                    ),
-                ));
-            }
-            seen.push((name, file, shared));
         }
         Ok(())
     }

@@ -63,10 +63,7 @@ impl IstioCertificateService for CaService {
             .unwrap_or_else(Arrival::now);
         arrival.mark_reported();
         // Set by the listener; a connection whose call authenticates keeps its place.
-        let proof = request
-            .extensions()
-            .get::<connections::ConnectionProof>()
-            .cloned();
+        let proof = request.extensions().get::<connections::ConnectionProof>();
         let peer = request.remote_addr();
         let peer_certs = request.peer_certs();
         let md = request.metadata();

@@ -28,7 +28,7 @@ mod target;
 mod tls_files;
 mod token;
 mod wire;
-pub use auth::{AuthState, Credentials, KUBERNETES_SA_TOKEN, Lease};
+pub use auth::{AuthState, Credentials, Lease};
 use breaker::Breaker;
 pub use delegated::Delegation;
 pub use error::VaultError;

@@ -313,16 +313,6 @@ impl VaultConfig {
         }
     }
 
-    /// The JWT file of `kubernetes` and `jwt` login (see [`VaultConfig::login_secret`]).
-    pub fn login_secret_file(&self) -> Option<PathBuf> {
-        match self.auth.method {
-            VaultAuthMethod::Kubernetes | VaultAuthMethod::Jwt => {
-                self.login_secret().map(|(_, f)| f)
-            }
-            _ => None,
-        }
-    }
-
     /// A `[vaults.<name>]` section: what `[vault]` must be, no delegated mode (which signs on
     /// `[vault]` only), and its own token file for token login. Errors name
     /// `vaults.<name>.<key>`.
@@ -383,6 +373,35 @@ impl VaultConfig {
         server::positive("vault.token_reload_interval", self.token_reload_interval)?;
         server::positive("vault.tls_reload_interval", self.tls_reload_interval)
     }
+}
+
+/// No two Vault servers (`[vault]` and each `[vaults.<name>]`) log in with the same secret
+/// file (unless both say `auth.shared_login`): what one server receives at login it could
+/// replay at the other's login role and obtain the signer's policy there.
+pub(super) fn check_login_secrets_unshared<'a>(
+    servers: impl Iterator<Item = (Option<&'a str>, &'a VaultConfig)>,
+) -> Result<(), ConfigError> {
+    let mut seen: Vec<(Option<&str>, std::path::PathBuf, bool)> = Vec::new();
+    for (name, vault) in servers {
+        let Some((key, file)) = vault.login_secret() else {
+            continue;
+        };
+        let shared = vault.auth.shared_login;
+        if let Some((other, _, other_shared)) = seen.iter().find(|(_, f, _)| *f == file)
+            && !(shared && *other_shared)
+        {
+            return Err(ConfigError::invalid(
+                &format!("{}.{key}", vault_section(name)),
+                format!(
+                    "{} is also [{}]'s login secret: either server could replay it at the other's login; give each server its own (e.g. a token projected with its own audience), or set auth.shared_login = true in both",
+                    file.display(),
+                    vault_section(*other)
+                ),
+            ));
+        }
+        seen.push((name, file, shared));
+    }
+    Ok(())
 }
 
 impl VaultAuthConfig {

@@ -17,8 +17,6 @@ use tokio::sync::{Notify, watch};
 use super::{TokenSource, VaultClient, VaultError, VaultToken, read_token_file};
 use crate::config::{VaultAuthMethod, VaultConfig};
 
-pub use crate::config::KUBERNETES_SA_TOKEN;
-
 /// How to (re)obtain a token.
 #[derive(Debug, Clone)]
 pub enum Credentials {
@@ -79,9 +77,11 @@ impl Credentials {
                     .role
                     .clone()
                     .ok_or_else(|| VaultError::Token("login needs a role".into()))?,
+                // The JWT file, or for `kubernetes` the pod's own token: decided in config.
                 jwt_file: config
-                    .login_secret_file()
-                    .unwrap_or_else(|| PathBuf::from(KUBERNETES_SA_TOKEN)),
+                    .login_secret()
+                    .map(|(_, file)| file)
+                    .ok_or_else(|| VaultError::Token("jwt login needs a jwt_file".into()))?,
             },
             VaultAuthMethod::Cert => Self::Cert {
                 mount: mount("cert"),
