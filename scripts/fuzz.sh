@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(csr csr_der jwt identity leaf pods review_prefilter routes watched_pod)
+[ ${#targets[@]} -gt 0 ] || targets=(csr csr_der jwt identity leaf pods review_prefilter routes sign_answers watched_pod)
 jobs="${JOBS:-2}"
 triple=$(rustc -vV | sed -n 's/^host: //p')
 flags="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4"

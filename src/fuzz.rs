@@ -3,7 +3,7 @@
 //! call these; the ordinary test run replays every seed corpus through them too
 //! (`tests/fuzz_corpus.rs`), so a crash the fuzzer found stays fixed. One file per input
 //! kind: `csr` (`csr`, `csr_der`), `jwt`, `identity`, `leaf`, `pods` (`pods`,
-//! `watched_pod`), `review` (`review_prefilter`), `routes`.
+//! `watched_pod`), `review` (`review_prefilter`), `routes`, `sign_answers`.
 
 mod csr;
 mod identity;
@@ -12,6 +12,7 @@ mod leaf;
 mod pods;
 mod review;
 mod routes;
+mod sign_answers;
 
 pub use csr::{csr, csr_der};
 pub use identity::identity;
@@ -20,6 +21,7 @@ pub use leaf::{leaf, leaf_accepted};
 pub use pods::{pods, pseudo_random, watched_pod};
 pub use review::review_prefilter;
 pub use routes::routes;
+pub use sign_answers::{sign_answers, sign_answers_accepted, sign_answers_genuine};
 
 use crate::identity::TrustDomain;
 

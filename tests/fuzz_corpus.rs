@@ -23,7 +23,7 @@ type Target = fn(&[u8]);
 
 #[test]
 fn every_corpus_input_passes_its_oracle() {
-    let targets: [(&str, Target); 9] = [
+    let targets: [(&str, Target); 10] = [
         ("csr", fuzz::csr),
         ("csr_der", fuzz::csr_der),
         ("jwt", fuzz::jwt),
@@ -32,6 +32,7 @@ fn every_corpus_input_passes_its_oracle() {
         ("pods", fuzz::pods),
         ("review_prefilter", fuzz::review_prefilter),
         ("routes", fuzz::routes),
+        ("sign_answers", fuzz::sign_answers),
         ("watched_pod", fuzz::watched_pod),
     ];
     for (name, run) in targets {
@@ -46,6 +47,18 @@ fn every_corpus_input_passes_its_oracle() {
     // The positive paths run too: the genuine sign answer and signed seed claims are
     // accepted (their oracles then compare identities and keys).
     assert!(fuzz::leaf_accepted(&[]));
+    // Target A takes a1's leaves at all three moments; target B takes b1's and b1sub's now
+    // (b1 has expired by the later moments) and x's through its cross-signature at all three:
+    // (2 x 3 + (4 + 2 x 3)) answers, each accepted twice (the second from the path cache).
+    assert_eq!(fuzz::sign_answers_genuine(), 2 * (2 * 3 + 4 + 2 * 3));
+    let accepted: usize = std::fs::read_dir(corpus("sign_answers"))
+        .unwrap()
+        .map(|e| fuzz::sign_answers_accepted(&std::fs::read(e.unwrap().path()).unwrap()))
+        .sum();
+    assert!(
+        accepted > 0,
+        "no sign_answers seed reaches an accepted chain"
+    );
 }
 
 #[test]
@@ -132,6 +145,22 @@ fn write_seed_corpora() {
     for i in 0..17 {
         let edit = fuzz::pseudo_random(&mut x, 3 * (1 + i % 3));
         write("leaf", &format!("edit-{i}"), &edit);
+    }
+    // sign_answers: sessions found by search, half with accepted calls, half without.
+    let (mut with, mut without) = (0, 0);
+    let mut y: u64 = 0x9E37_79B9_7F4A_7C15;
+    while with < 12 || without < 12 {
+        let len = 64 + (y % 448) as usize;
+        let bytes = fuzz::pseudo_random(&mut y, len);
+        if fuzz::sign_answers_accepted(&bytes) > 0 {
+            if with < 12 {
+                write("sign_answers", &format!("accepted-{with}"), &bytes);
+                with += 1;
+            }
+        } else if without < 12 {
+            write("sign_answers", &format!("refused-{without}"), &bytes);
+            without += 1;
+        }
     }
     for (i, (ns, sa)) in [("default", "demo"), ("kube-system", "admin"), ("a", "b")]
         .iter()
