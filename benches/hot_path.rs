@@ -186,6 +186,7 @@ impl HandlerFixture {
             in_flight: Default::default(),
             delegation: None,
             impersonation: None,
+            ledger: None,
         };
         Self {
             rt,

@@ -135,6 +135,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Some(imp) => Some(start_pod_caches(&config, imp, shutdown_rx.clone()).await?),
         None => None,
     };
+    let (ledger, ledger_closing) = match &config.ledger {
+        Some(cfg) => {
+            let (ledger, closing) = start_ledger(cfg, &vaults, shutdown_rx.clone())?;
+            (Some(ledger), Some(closing))
+        }
+        None => (None, None),
+    };
     let signer = Arc::new(Signer {
         authn,
         csr_policy: config.csr.policy(),
@@ -148,6 +155,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             None => None,
         },
         impersonation,
+        ledger,
     });
 
     let serving = match &config.server.self_issued {
@@ -313,7 +321,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             r = &mut server => return r.context("gRPC server"),
             _ = stop.changed() => {}
         }
-        match tokio::time::timeout(grace, &mut server).await {
+        let drained = match tokio::time::timeout(grace, &mut server).await {
             Ok(r) => r.context("gRPC server"),
             Err(_) => {
                 tracing::warn!(
@@ -323,7 +331,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 server.abort();
                 Ok(())
             }
+        };
+        // No call can issue any more: the ledger writes what is queued, then stops.
+        if let Some(closing) = ledger_closing {
+            closing.finish().await;
         }
+        drained
     });
     tracing::info!(addr = %local_addr, trust_domain = %config.trust_domain, "serving IstioCertificateService");
     Ok(Running {
@@ -333,6 +346,66 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown: shutdown_tx,
         task,
     })
+}
+
+/// The ledger's writer, stopped after the last call: [`LedgerClosing::finish`].
+struct LedgerClosing {
+    closing: watch::Sender<bool>,
+    writer: tokio::task::JoinHandle<usize>,
+}
+
+impl LedgerClosing {
+    /// Writes what is queued (bounded by `ledger::FINAL_FLUSH_LIMIT`) and reports any loss.
+    async fn finish(self) {
+        let _ = self.closing.send(true);
+        let limit = crate::ledger::FINAL_FLUSH_LIMIT + Duration::from_secs(1);
+        match tokio::time::timeout(limit, self.writer).await {
+            Ok(Ok(0)) => tracing::info!("issued-certificate ledger written"),
+            Ok(Ok(lost)) => {
+                crate::metrics::ledger_lost(lost);
+                tracing::error!(
+                    lost,
+                    "issued-certificate ledger: records not written at shutdown"
+                );
+            }
+            _ => tracing::error!("issued-certificate ledger writer did not finish"),
+        }
+    }
+}
+
+/// Starts the ledger's writer (batches from the signing path) and its pruner on the Vault
+/// server `[ledger].vault` names.
+fn start_ledger(
+    cfg: &crate::config::LedgerConfig,
+    vaults: &VaultSet,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(crate::ledger::Ledger, LedgerClosing)> {
+    use crate::ledger::{LedgerStore, LedgerWriter};
+    let client = vaults
+        .get(cfg.vault.as_deref())
+        .context("ledger.vault names no Vault server")?
+        .clone();
+    let store = LedgerStore::new(client, cfg);
+    let (ledger, writer) = LedgerWriter::new(store.clone(), cfg);
+    let (closing, closing_rx) = watch::channel(false);
+    let queue = ledger.clone();
+    let writer = tokio::spawn(writer.run(closing_rx, move |flush| {
+        crate::metrics::ledger_flush(flush, queue.pending())
+    }));
+    tokio::spawn(crate::ledger::prune_periodically(
+        store,
+        cfg.prune_interval,
+        shutdown,
+        |result| match result {
+            Ok(n) => crate::metrics::ledger_pruned(Some(n)),
+            Err(e) => {
+                crate::metrics::ledger_pruned(None);
+                tracing::warn!(error = %e, "pruning the issued-certificate ledger failed");
+            }
+        },
+    ));
+    tracing::info!(mount = %cfg.mount, prefix = %cfg.prefix, flush_interval = ?cfg.flush_interval, "issued-certificate ledger on");
+    Ok((ledger, LedgerClosing { closing, writer }))
 }
 
 /// Starts the client of `[vault]` (`name` None) or of `[vaults.<name>]`: logs in (waiting

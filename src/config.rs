@@ -26,6 +26,7 @@ mod env;
 mod error;
 mod istiod;
 mod kubernetes;
+mod ledger;
 mod limits;
 mod routing;
 mod server;
@@ -42,6 +43,7 @@ pub use csr::*;
 use env::{apply_override, set_by};
 pub use istiod::*;
 pub use kubernetes::*;
+pub use ledger::*;
 pub use limits::*;
 pub use routing::{DEFAULT_TARGET, RouteConfig, TargetConfig, TrustMode};
 pub use server::*;
@@ -88,6 +90,8 @@ pub struct Config {
     pub kubernetes: KubernetesConfig,
     /// Issue and renew istiod's serving certificate (`istiod-tls`).
     pub istiod_certificate: Option<IstiodCertificateConfig>,
+    /// Record every issued certificate in a KV mount all replicas share (off when absent).
+    pub ledger: Option<LedgerConfig>,
     /// The file this configuration was read from (reloaded for `targets` and `routes`).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -130,6 +134,7 @@ impl Default for Config {
             routes: Vec::new(),
             kubernetes: KubernetesConfig::default(),
             istiod_certificate: None,
+            ledger: None,
             source: None,
             overrides: Vec::new(),
         }
@@ -221,6 +226,9 @@ impl Config {
         self.server.validate()?;
         self.auth.validate()?;
         self.tracing.validate()?;
+        if let Some(ledger) = &self.ledger {
+            ledger.validate(&self.vaults)?;
+        }
         if let Some(td) = &self.trust_distribution {
             td.validate()?;
             // Which clusters: the remote ones must be `auth.remote_clusters` with API access.

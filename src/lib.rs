@@ -29,6 +29,7 @@ pub mod identity;
 pub mod istiod_cert;
 pub mod kube_watch;
 pub mod leader;
+pub mod ledger;
 pub mod loadgen;
 pub mod metrics;
 pub mod namespaces;

@@ -54,6 +54,22 @@ fn describe() {
     );
     describe_counter!("istio_vault_ca_refusals_total", "Refused calls by reason");
     describe_counter!(
+        "istio_vault_ca_ledger_records_total",
+        "Issued certificates by ledger outcome: queued, written, dropped (queue full), lost (not written at shutdown)"
+    );
+    describe_counter!(
+        "istio_vault_ca_ledger_failures_total",
+        "Failed ledger writes and pruning rounds, by operation"
+    );
+    describe_gauge!(
+        "istio_vault_ca_ledger_pending",
+        "Issued certificates queued for the ledger, not yet written"
+    );
+    describe_counter!(
+        "istio_vault_ca_ledger_pruned_batches_total",
+        "Ledger batches deleted because every certificate in them expired"
+    );
+    describe_counter!(
         "istio_vault_ca_trust_root_changes_total",
         "Roots that appeared on or left a target's mount after start, and whether they are served"
     );
@@ -245,6 +261,44 @@ pub fn vault_call(
     if let Some(kind) = error_kind {
         ::metrics::counter!("istio_vault_ca_vault_errors_total", "op" => op, "kind" => kind, "vault" => server)
             .increment(1);
+    }
+}
+
+/// A certificate handed to the ledger's queue, or dropped because it was full.
+pub fn ledger_record(queued: bool) {
+    let outcome = if queued { "queued" } else { "dropped" };
+    ::metrics::counter!("istio_vault_ca_ledger_records_total", "outcome" => outcome).increment(1);
+}
+
+/// One batch write of the ledger; `pending` records wait after it.
+pub fn ledger_flush(flush: crate::ledger::Flush, pending: usize) {
+    match flush {
+        crate::ledger::Flush::Written(n) => {
+            ::metrics::counter!("istio_vault_ca_ledger_records_total", "outcome" => "written")
+                .increment(n as u64)
+        }
+        crate::ledger::Flush::Failed => {
+            ::metrics::counter!("istio_vault_ca_ledger_failures_total", "op" => "write")
+                .increment(1)
+        }
+    }
+    ::metrics::gauge!("istio_vault_ca_ledger_pending").set(pending as f64);
+}
+
+/// Records a shutdown could not write.
+pub fn ledger_lost(n: usize) {
+    ::metrics::counter!("istio_vault_ca_ledger_records_total", "outcome" => "lost")
+        .increment(n as u64);
+}
+
+/// One pruning round: batches deleted, or a failure.
+pub fn ledger_pruned(deleted: Option<usize>) {
+    match deleted {
+        Some(n) => {
+            ::metrics::counter!("istio_vault_ca_ledger_pruned_batches_total").increment(n as u64)
+        }
+        None => ::metrics::counter!("istio_vault_ca_ledger_failures_total", "op" => "prune")
+            .increment(1),
     }
 }
 

@@ -173,6 +173,8 @@ pub struct Signer {
     pub delegation: Option<crate::vault::Delegation>,
     /// Node-authorized impersonation, when enabled.
     pub impersonation: Option<Impersonation>,
+    /// The issued-certificate ledger, when `[ledger]` is on.
+    pub ledger: Option<crate::ledger::Ledger>,
 }
 
 /// What makes two requests identical: same target, identity, CSR bytes and TTL.
@@ -267,7 +269,12 @@ impl Signer {
         };
         let routed = Routed::from(&approved.decision);
         match self.sign_approved(&caller, req, approved).await {
-            Ok(certified) => Ok(Issued { caller, certified }),
+            Ok(certified) => {
+                if let Some(ledger) = &self.ledger {
+                    record(ledger, &caller, &certified);
+                }
+                Ok(Issued { caller, certified })
+            }
             Err(error) => Err(Refusal {
                 caller: Some(caller),
                 routed: Some(routed),
@@ -438,6 +445,41 @@ impl Signer {
             chain,
             clamped,
         })
+    }
+}
+
+/// Hands an issued certificate to the ledger (never waits; a full queue drops it, counted).
+fn record(ledger: &crate::ledger::Ledger, caller: &Caller, certified: &Certified) {
+    let Certified {
+        identity,
+        routed,
+        chain,
+        ..
+    } = certified;
+    let record = crate::ledger::Record {
+        serial: chain.serial.clone(),
+        identity: identity.to_string(),
+        namespace: identity.namespace().to_owned(),
+        service_account: identity.service_account().to_owned(),
+        caller: caller.identity.to_string(),
+        caller_pod: caller
+            .pod
+            .as_ref()
+            .map(|p| format!("{}/{}", caller.identity.namespace(), p.name)),
+        node: caller.pod.as_ref().and_then(|p| p.node.clone()),
+        target: routed.target.to_string(),
+        route: routed.route.to_string(),
+        // Filled in by the writer, off the request's path.
+        issuer_key_id: String::new(),
+        issued_at: crate::time::now_unix(),
+        not_before: chain.not_before,
+        not_after: chain.not_after,
+        certificate: chain.elements.first().cloned().unwrap_or_default(),
+    };
+    let queued = ledger.record(record) == crate::ledger::Queued::Queued;
+    crate::metrics::ledger_record(queued);
+    if !queued {
+        tracing::warn!(identity = %identity, serial = %chain.serial, "issued-certificate ledger queue full: this certificate is not recorded (see ledger.max_pending)");
     }
 }
 

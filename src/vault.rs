@@ -22,6 +22,7 @@ mod auth;
 mod breaker;
 mod delegated;
 mod error;
+mod kv;
 mod nodes;
 mod set;
 mod target;
@@ -32,6 +33,7 @@ pub use auth::{AuthState, Credentials, Lease};
 use breaker::Breaker;
 pub use delegated::Delegation;
 pub use error::VaultError;
+pub use kv::KvPath;
 pub use nodes::{NodeState, NodeStatus};
 use nodes::{Nodes, Placement};
 pub use set::VaultSet;
@@ -593,8 +595,9 @@ impl VaultClient {
                 BodyError::Transport(e) => self.transport_error(e),
             })?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes)
-                .map_err(|e| VaultError::Malformed(e.to_string()));
+            // `204 No Content` (a KV delete) reads as JSON `null`.
+            let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+            return serde_json::from_slice(bytes).map_err(|e| VaultError::Malformed(e.to_string()));
         }
         let message = serde_json::from_slice::<ErrorBody>(&bytes)
             .map(|b| b.errors.join("; "))

@@ -15,7 +15,10 @@ What it sets up (idempotent: anything already present is kept):
   * for several CAs in one mesh (docs/multiple-cas.md): with --extra-mount MOUNT[:ROOT_MOUNT],
     another issuing mount with its own intermediate under its own root (default root mount
     `MOUNT-root`), its root written as `root-cert-MOUNT.pem` beside the serving certificate;
-    with --extra-role MOUNT/ROLE[=MAX_TTL], another workload role; the policy covers them all.
+    with --extra-role MOUNT/ROLE[=MAX_TTL], another workload role; the policy covers them all;
+  * the issued-certificate ledger's KV version 2 mount (default `istio-vault-ca-ledger`,
+    `--ledger-mount`; `--no-ledger` skips it), which the policy lets the signer write, read,
+    list and prune (`[ledger]` in the signer's config; docs/revocation.md).
 
 The quickstart and the integration tests run this same script against a real OpenBao.
 Only the Python standard library is used, so it runs anywhere Python 3.8+ does.
@@ -78,6 +81,15 @@ def ensure_mount(vault, path, max_ttl, description):
         vault.call("POST", f"sys/mounts/{path}", {"type": "pki", "description": description})
         log(f"enabled PKI mount {path}/")
     vault.call("POST", f"sys/mounts/{path}/tune", {"max_lease_ttl": max_ttl})
+
+
+def ensure_kv_mount(vault, path, description):
+    mounts = vault.call("GET", "sys/mounts")
+    mounts = mounts.get("data", mounts)
+    if f"{path}/" not in mounts:
+        vault.call("POST", f"sys/mounts/{path}",
+                   {"type": "kv", "options": {"version": "2"}, "description": description})
+        log(f"enabled KV v2 mount {path}/")
 
 
 def has_default_issuer(vault, mount):
@@ -199,9 +211,9 @@ def is_ip(name):
         return False
 
 
-def policy(mount, role, serving_role=None, extra_roles=(), extra_mounts=()):
+def policy(mount, role, serving_role=None, extra_roles=(), extra_mounts=(), ledger_mount=None):
     """Sign with the workload roles (and the serving role, if given); read the issuers of
-    every mount signed with."""
+    every mount signed with; keep the ledger, if given."""
     signs = [(mount, role)] + ([(mount, serving_role)] if serving_role else []) + list(extra_roles)
     mounts = list(dict.fromkeys([mount] + list(extra_mounts) + [m for m, _ in extra_roles]))
     text = "# istio-vault-ca: sign workload CSRs with its roles and read the trust anchors.\n"
@@ -223,6 +235,15 @@ def policy(mount, role, serving_role=None, extra_roles=(), extra_mounts=()):
 }}
 path "{m}/issuer/+/json" {{
   capabilities = ["read"]
+}}
+"""
+    if ledger_mount:
+        text += f"""# The issued-certificate ledger: batches written, read back, listed and pruned.
+path "{ledger_mount}/data/*" {{
+  capabilities = ["create", "update", "read"]
+}}
+path "{ledger_mount}/metadata/*" {{
+  capabilities = ["list", "delete"]
 }}
 """
     return text + """path "auth/token/lookup-self" {
@@ -355,6 +376,9 @@ def main():
                         "(the signer's vault.auth.method = \"cert\"; Vault must serve TLS)")
     p.add_argument("--cert-auth-names", metavar="NAMES",
                    help="with --cert-auth: only client certificates with these common names (comma-separated)")
+    p.add_argument("--ledger-mount", default="istio-vault-ca-ledger",
+                   help="KV v2 mount of the issued-certificate ledger (the signer's [ledger].mount)")
+    p.add_argument("--no-ledger", action="store_true", help="do not enable the ledger's mount")
     p.add_argument("--self-issued-serving", action="store_true",
                    help="let the signer's token sign its own serving certificate (server.self_issued)")
     args = p.parse_args()
@@ -401,8 +425,12 @@ def main():
         vault.call("POST", f"{args.mount}/roles/istiod-serving", serving_role(istiod_names))
         log(f"istiod role {args.mount}/roles/istiod-serving allows {istiod_names}")
         extra_roles.append((args.mount, "istiod-serving"))
+    ledger_mount = None if args.no_ledger else args.ledger_mount
+    if ledger_mount:
+        ensure_kv_mount(vault, ledger_mount, "istio-vault-ca issued-certificate ledger")
     vault.call("PUT", f"sys/policies/acl/{POLICY_NAME}",
-               {"policy": policy(args.mount, args.role, signer_serving, extra_roles, extra_roots)})
+               {"policy": policy(args.mount, args.role, signer_serving, extra_roles, extra_roots,
+                                 ledger_mount)})
     log(f"policy {POLICY_NAME} written" + (" (may sign its own serving certificate)" if signer_serving else ""))
 
     if args.kubernetes_auth:

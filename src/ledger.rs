@@ -1,0 +1,22 @@
+//! The issued-certificate ledger: every certificate the signer hands out, recorded in a KV
+//! version 2 mount of Vault that all replicas share and that outlives them, so that an
+//! operator can later find (and revoke) what was issued to an identity, a namespace or a node.
+//! Vault's PKI role runs with `no_store`, so this is the only place the certificates are kept.
+//!
+//! Signing never waits for the ledger: a call hands its record to a bounded queue and goes on;
+//! one writer per replica writes the queue in batches (one KV value per batch, at most every
+//! `ledger.flush_interval`). What a crash loses is what was queued and not yet written: at most
+//! one `flush_interval` of certificates plus a write in flight (docs/revocation.md). A
+//! shutdown writes everything queued before the process exits.
+//!
+//! Layout: `<mount>/<prefix>/<partition>/<replica>-<millis>-<seq>`, where `partition` is the
+//! start (Unix seconds) of the `ledger.partition`-wide window holding the records' NotAfter:
+//! once a window has passed, everything in it has expired and the folder is deleted whole.
+
+mod record;
+mod store;
+mod writer;
+
+pub use record::Record;
+pub use store::LedgerStore;
+pub use writer::{FINAL_FLUSH_LIMIT, Flush, Ledger, LedgerWriter, Queued, prune_periodically};
