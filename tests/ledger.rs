@@ -285,6 +285,17 @@ async fn expired_windows_are_pruned_and_live_ones_kept() {
         not_after,
         certificate: String::new(),
     };
+    // A full batch (ledger.max_batch records, PEM-sized) passes OpenBao's request limits
+    // (at most 1,000 JSON strings per body, 32 MiB).
+    let full: Vec<Record> = (0..LedgerConfig::default().max_batch)
+        .map(|i| Record {
+            certificate: "A".repeat(900),
+            ..record(&format!("f{i}"), now + 7200)
+        })
+        .collect();
+    store.write("replica-full", &full).await.unwrap();
+    assert_eq!(store.live(now).await.unwrap(), full);
+    assert_eq!(store.prune(now + 7200 + 120).await.unwrap(), 1);
     let expired = [record("01", now - 3600), record("02", now - 120)];
     let live = [record("03", now + 30), record("04", now + 3600)];
     store.write("replica-1", &expired).await.unwrap();

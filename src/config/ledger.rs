@@ -16,7 +16,7 @@ pub struct LedgerConfig {
     /// Records wait at most this long before they are written (the loss window of a crash).
     #[serde(with = "duration")]
     pub flush_interval: Duration,
-    /// Records per write at most (one KV value; raft's entry limit is 1 MiB).
+    /// Records per write at most (one KV value; raft's entry limit is 1 MiB): 1 to 500.
     pub max_batch: usize,
     /// Records waiting to be written at most; more (Vault unreachable for long) are dropped
     /// and counted, never block signing.
@@ -44,8 +44,9 @@ pub const DEFAULT_LEDGER_MAX_PENDING: usize = 100_000;
 pub const DEFAULT_LEDGER_PARTITION: Duration = Duration::from_secs(3600);
 /// `ledger.prune_interval` when unset.
 pub const DEFAULT_LEDGER_PRUNE_INTERVAL: Duration = Duration::from_secs(600);
-/// Largest `ledger.max_batch`: 900 records of ~1.1 KiB stay under raft's 1 MiB entry.
-const MAX_LEDGER_BATCH: usize = 900;
+/// Largest `ledger.max_batch`: 500 records of ~1.2 KiB stay under raft's 1 MiB entry and
+/// under `vault.max_response_bytes`' default when read back.
+const MAX_LEDGER_BATCH: usize = 500;
 
 impl Default for LedgerConfig {
     fn default() -> Self {

@@ -19,10 +19,51 @@ pub struct LedgerStore {
     partition: i64,
 }
 
-/// One KV value: a batch of records.
+/// One KV value: a batch of records, one JSON record per line in a single string. Vault and
+/// OpenBao refuse a request body with more than `max_request_json_strings` strings (1,000 by
+/// default since HCSEC-2025-24), keys included: as JSON objects, a batch of 40 records would
+/// already exceed it; as one string, any batch within raft's entry size fits.
 #[derive(Serialize, Deserialize)]
 struct Batch {
-    records: Vec<Record>,
+    /// [`BATCH_FORMAT`].
+    format: String,
+    records: String,
+}
+
+/// `format` of the batches this version writes and reads.
+const BATCH_FORMAT: &str = "jsonl-1";
+
+impl Batch {
+    fn encode(records: &[Record]) -> Self {
+        let mut lines = String::new();
+        for r in records {
+            if !lines.is_empty() {
+                lines.push('\n');
+            }
+            lines.push_str(&serde_json::to_string(r).expect("a record serializes"));
+        }
+        Self {
+            format: BATCH_FORMAT.into(),
+            records: lines,
+        }
+    }
+
+    fn decode(self) -> Result<Vec<Record>, VaultError> {
+        if self.format != BATCH_FORMAT {
+            return Err(VaultError::Malformed(format!(
+                "ledger batch in format {:?}, expected {BATCH_FORMAT:?}",
+                self.format
+            )));
+        }
+        self.records
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .map_err(|e| VaultError::Malformed(format!("ledger record: {e}")))
+            })
+            .collect()
+    }
 }
 
 impl LedgerStore {
@@ -60,7 +101,7 @@ impl LedgerStore {
         for (window, records) in by_window {
             let path = self.path(&[&window.to_string(), name])?;
             self.vault
-                .kv_put(&self.mount, &path, &Batch { records })
+                .kv_put(&self.mount, &path, &Batch::encode(&records))
                 .await?;
         }
         Ok(())
@@ -89,7 +130,7 @@ impl LedgerStore {
             }
             let path = self.path(&[&window.to_string(), &key])?;
             if let Some(batch) = self.vault.kv_get::<Batch>(&self.mount, &path).await? {
-                out.extend(batch.records);
+                out.extend(batch.decode()?);
             }
         }
         Ok(out)
