@@ -77,6 +77,7 @@ token_file = "$work/vault-token"
 listen = "127.0.0.1:$admin_port"
 [audit]
 output = "$work/audit.log"
+[ledger]
 EOF
 echo "== starting the signer on 127.0.0.1:$signer_port (log: .quickstart/signer.log, audit trail: .quickstart/audit.log)"
 "$bin" serve --config "$work/config.toml" >"$work/signer.log" 2>&1 &

@@ -382,6 +382,34 @@ over_max = "reject"
         );
     }
 
+    /// `[ledger]` is off unless present; present, its defaults are the named constants and
+    /// each value is checked with its key.
+    #[test]
+    fn ledger_off_by_default_and_validated() {
+        assert!(Config::load(None, required()).unwrap().ledger.is_none());
+        let mut e = required();
+        e.push(("IVCA_LEDGER__MOUNT".into(), DEFAULT_LEDGER_MOUNT.into()));
+        let ledger = Config::load(None, e).unwrap().ledger.unwrap();
+        assert_eq!(ledger.prefix, DEFAULT_LEDGER_PREFIX);
+        assert_eq!(ledger.flush_interval, DEFAULT_LEDGER_FLUSH_INTERVAL);
+        assert_eq!(ledger.max_batch, DEFAULT_LEDGER_MAX_BATCH);
+        assert_eq!(ledger.partition, DEFAULT_LEDGER_PARTITION);
+        for (key, value, says) in [
+            ("IVCA_LEDGER__MOUNT", "/kv", "ledger.mount"),
+            ("IVCA_LEDGER__PREFIX", "issued/../x", "ledger.prefix"),
+            ("IVCA_LEDGER__PREFIX", "a//b", "ledger.prefix"),
+            ("IVCA_LEDGER__VAULT", "team", "no [vaults.team] section"),
+            ("IVCA_LEDGER__FLUSH_INTERVAL", "0s", "ledger.flush_interval"),
+            ("IVCA_LEDGER__MAX_BATCH", "501", "ledger.max_batch"),
+            ("IVCA_LEDGER__MAX_BATCH", "0", "ledger.max_batch"),
+            ("IVCA_LEDGER__MAX_PENDING", "10", "ledger.max_pending"),
+            ("IVCA_LEDGER__PARTITION", "500ms", "ledger.partition"),
+        ] {
+            let err = err_of(&[(key, value)]);
+            assert!(err.contains(says), "{key}={value}: {err}");
+        }
+    }
+
     /// `vault.addr` lists a cluster's nodes as an array or comma-separated (the environment).
     #[test]
     fn vault_addr_lists_nodes() {
