@@ -317,20 +317,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut stop = shutdown_rx;
     let task = tokio::spawn(async move {
         let mut server = tokio::spawn(server);
-        tokio::select! {
-            r = &mut server => return r.context("gRPC server"),
-            _ = stop.changed() => {}
-        }
-        let drained = match tokio::time::timeout(grace, &mut server).await {
-            Ok(r) => r.context("gRPC server"),
-            Err(_) => {
-                tracing::warn!(
-                    ?grace,
-                    "drain deadline passed; closing remaining connections"
-                );
-                server.abort();
-                Ok(())
-            }
+        // The server ends by itself only on error, or as soon as it saw the shutdown (it
+        // watches it too): either way the ledger below is still written.
+        let ended = tokio::select! {
+            r = &mut server => Some(r.context("gRPC server")),
+            _ = stop.changed() => None,
+        };
+        let drained = match ended {
+            Some(r) => r,
+            None => match tokio::time::timeout(grace, &mut server).await {
+                Ok(r) => r.context("gRPC server"),
+                Err(_) => {
+                    tracing::warn!(
+                        ?grace,
+                        "drain deadline passed; closing remaining connections"
+                    );
+                    server.abort();
+                    Ok(())
+                }
+            },
         };
         // No call can issue any more: the ledger writes what is queued, then stops.
         if let Some(closing) = ledger_closing {

@@ -14,9 +14,45 @@
 //! once a window has passed, everything in it has expired and the folder is deleted whole.
 
 mod record;
+mod select;
 mod store;
 mod writer;
 
 pub use record::Record;
+pub use select::Selector;
 pub use store::LedgerStore;
 pub use writer::{FINAL_FLUSH_LIMIT, Flush, Ledger, LedgerWriter, Queued, prune_periodically};
+
+/// The ledger `config` names, as an operator's tool opens it: the `[ledger]` section's Vault
+/// server, logged in with that server's own credentials (`env` supplies `$VAULT_TOKEN` and the
+/// like for `[vault]`).
+pub async fn open(
+    config: &crate::config::Config,
+    env: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<LedgerStore> {
+    use anyhow::Context;
+    let ledger = config
+        .ledger
+        .as_ref()
+        .context("the configuration has no [ledger] section")?;
+    let (section, vault) = match &ledger.vault {
+        None => (None, &config.vault),
+        Some(name) => (
+            Some(name.as_str()),
+            config
+                .vaults
+                .get(name)
+                .with_context(|| format!("ledger.vault: no [vaults.{name}]"))?,
+        ),
+    };
+    let client = crate::vault::VaultClient::new(vault)?;
+    let creds = crate::vault::Credentials::from_config(vault, |k| {
+        if section.is_none() { env(k) } else { None }
+    })
+    .with_context(|| format!("{} credentials", crate::config::vault_section(section)))?;
+    client
+        .authenticate(&creds)
+        .await
+        .context("logging in to the ledger's Vault server")?;
+    Ok(LedgerStore::new(client, ledger))
+}

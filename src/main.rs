@@ -46,12 +46,38 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// List the still-valid certificates the issued-certificate ledger holds (docs/revocation.md):
+    /// all of them, or those of one serial, identity, namespace or node. Reads `[ledger]`'s
+    /// Vault server with the configured credentials; prints a table, or JSON lines.
+    Ledger(LedgerArgs),
     /// Development JWT issuer (no Kubernetes needed): `init` writes a key and JWKS,
     /// `token` prints a service-account token.
     DevIssuer {
         #[command(subcommand)]
         command: DevCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct LedgerArgs {
+    #[arg(long, short, env = "IVCA_CONFIG")]
+    config: Option<PathBuf>,
+    /// One certificate, by serial (hex, colons optional).
+    #[arg(long, group = "by")]
+    serial: Option<String>,
+    /// Every certificate of this SPIFFE ID.
+    #[arg(long, group = "by")]
+    identity: Option<String>,
+    /// Every certificate of identities in this namespace.
+    #[arg(long, group = "by")]
+    namespace: Option<String>,
+    /// Every certificate obtained by callers whose pod ran on this node (ztunnel's, for the
+    /// workloads on it).
+    #[arg(long, group = "by")]
+    node: Option<String>,
+    /// One JSON record per line (with the PEM) instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -143,6 +169,65 @@ fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
     Config::load(path.as_deref(), std::env::vars()).with_context(|| format!("invalid config{hint}"))
 }
 
+/// Warnings only, no audit trail: for the commands an operator runs by hand.
+fn quiet_logs() -> anyhow::Result<()> {
+    telemetry::init(
+        &LogConfig {
+            level: "warn".into(),
+            ..LogConfig::default()
+        },
+        &istio_vault_ca::config::AuditConfig {
+            enabled: false,
+            ..Default::default()
+        },
+        None,
+    )?;
+    Ok(())
+}
+
+/// `ledger`: the selected live records, as a table or JSON lines.
+async fn ledger(args: LedgerArgs) -> anyhow::Result<()> {
+    use istio_vault_ca::ledger::Selector;
+    let config = load_config(args.config)?;
+    let selector = match (args.serial, args.identity, args.namespace, args.node) {
+        (Some(s), ..) => Selector::Serial(s),
+        (_, Some(id), ..) => Selector::Identity(id),
+        (_, _, Some(ns), _) => Selector::Namespace(ns),
+        (.., Some(node)) => Selector::Node(node),
+        _ => Selector::All,
+    };
+    let store = istio_vault_ca::ledger::open(&config, |k| std::env::var(k).ok()).await?;
+    let mut records: Vec<_> = store
+        .live(istio_vault_ca::time::now_unix())
+        .await
+        .context("reading the ledger")?
+        .into_iter()
+        .filter(|r| selector.matches(r))
+        .collect();
+    records.sort_by(|a, b| (a.issued_at, &a.serial).cmp(&(b.issued_at, &b.serial)));
+    if args.json {
+        for r in &records {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else {
+        println!("SERIAL\tIDENTITY\tCALLER\tNODE\tNOT_AFTER\tTARGET");
+        for r in &records {
+            let not_after = std::time::UNIX_EPOCH + Duration::from_secs(r.not_after.max(0) as u64);
+            println!(
+                "{}\t{}\t{}\t{}\t{}\t{}",
+                r.serial,
+                r.identity,
+                r.caller,
+                r.node.as_deref().unwrap_or("-"),
+                humantime::format_rfc3339_seconds(not_after),
+                r.target
+            );
+        }
+    }
+    eprintln!("{} certificate(s)", records.len());
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
@@ -175,20 +260,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Request(args) => {
-            telemetry::init(
-                &LogConfig {
-                    level: "warn".into(),
-                    ..LogConfig::default()
-                },
-                &istio_vault_ca::config::AuditConfig {
-                    enabled: false,
-                    ..Default::default()
-                },
-                None,
-            )?;
+            quiet_logs()?;
             request(args).await
         }
         Command::DevIssuer { command } => dev_issuer(command),
+        Command::Ledger(args) => {
+            quiet_logs()?;
+            ledger(args).await
+        }
         Command::Loadgen { options, json } => {
             let report = istio_vault_ca::loadgen::run(&options).await?;
             println!("{}", report.text());

@@ -177,6 +177,59 @@ async fn every_issued_certificate_is_recorded_and_a_shutdown_loses_none() {
     for g in &got {
         check_recorded(&records, g);
     }
+
+    // The operator's view: `istio-vault-ca ledger` with the signer's own config.
+    let config = s.dir.path().join("config.toml");
+    let serials = |by: &[&str]| -> Vec<String> {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_istio-vault-ca"))
+            .args(["ledger", "--json", "--config"])
+            .arg(&config)
+            .args(by)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut serials: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Record>(l).unwrap().serial)
+            .collect();
+        serials.sort();
+        serials
+    };
+    let expect = |pick: &dyn Fn(&Record) -> bool| -> Vec<String> {
+        let mut v: Vec<String> = records
+            .iter()
+            .filter(|r| pick(r))
+            .map(|r| r.serial.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(serials(&[]).len(), 6);
+    assert_eq!(
+        serials(&["--node", "node-a"]),
+        expect(&|r| r.node.as_deref() == Some("node-a"))
+    );
+    assert_eq!(serials(&["--node", "node-a"]).len(), 3);
+    assert_eq!(
+        serials(&["--namespace", "ns-1"]),
+        expect(&|r| r.namespace == "ns-1")
+    );
+    assert_eq!(serials(&["--namespace", "ns-1"]).len(), 2);
+    let one = &records[0];
+    assert_eq!(
+        serials(&["--identity", &one.identity]),
+        [one.serial.clone()]
+    );
+    assert_eq!(
+        serials(&["--serial", &one.serial.to_uppercase()]),
+        [one.serial.clone()]
+    );
+    assert!(serials(&["--node", "node-z"]).is_empty());
 }
 
 /// The loss window: a SIGKILL loses at most what was queued in the last `flush_interval` (and
