@@ -187,6 +187,7 @@ impl HandlerFixture {
             delegation: None,
             impersonation: None,
             ledger: None,
+            denied: None,
         };
         Self {
             rt,

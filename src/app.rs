@@ -135,12 +135,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Some(imp) => Some(start_pod_caches(&config, imp, shutdown_rx.clone()).await?),
         None => None,
     };
-    let (ledger, ledger_closing) = match &config.ledger {
+    let (ledger, denied, ledger_closing) = match &config.ledger {
         Some(cfg) => {
-            let (ledger, closing) = start_ledger(cfg, &vaults, shutdown_rx.clone())?;
-            (Some(ledger), Some(closing))
+            let (ledger, denied, closing) = start_ledger(cfg, &vaults, shutdown_rx.clone())?;
+            (Some(ledger), Some(denied), Some(closing))
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let signer = Arc::new(Signer {
         authn,
@@ -156,6 +156,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         },
         impersonation,
         ledger,
+        denied,
     });
 
     let serving = match &config.server.self_issued {
@@ -378,13 +379,17 @@ impl LedgerClosing {
     }
 }
 
-/// Starts the ledger's writer (batches from the signing path) and its pruner on the Vault
-/// server `[ledger].vault` names.
+/// Starts the ledger's writer (batches from the signing path), its pruner and the deny
+/// list's refresh on the Vault server `[ledger].vault` names.
 fn start_ledger(
     cfg: &crate::config::LedgerConfig,
     vaults: &VaultSet,
     shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<(crate::ledger::Ledger, LedgerClosing)> {
+) -> anyhow::Result<(
+    crate::ledger::Ledger,
+    crate::ledger::SharedDenyList,
+    LedgerClosing,
+)> {
     use crate::ledger::{LedgerStore, LedgerWriter};
     let client = vaults
         .get(cfg.vault.as_deref())
@@ -397,6 +402,20 @@ fn start_ledger(
     let writer = tokio::spawn(writer.run(closing_rx, move |flush| {
         crate::metrics::ledger_flush(flush, queue.pending())
     }));
+    let denied = crate::ledger::SharedDenyList::default();
+    tokio::spawn(crate::ledger::refresh_deny_list(
+        store.clone(),
+        denied.clone(),
+        cfg.deny_refresh,
+        shutdown.clone(),
+        |result| match result {
+            Ok(list) => crate::metrics::deny_list(Some(list.len())),
+            Err(e) => {
+                crate::metrics::deny_list(None);
+                tracing::warn!(error = %e, "reading the deny list failed; the last one read stays in force");
+            }
+        },
+    ));
     tokio::spawn(crate::ledger::prune_periodically(
         store,
         cfg.prune_interval,
@@ -410,7 +429,7 @@ fn start_ledger(
         },
     ));
     tracing::info!(mount = %cfg.mount, prefix = %cfg.prefix, flush_interval = ?cfg.flush_interval, "issued-certificate ledger on");
-    Ok((ledger, LedgerClosing { closing, writer }))
+    Ok((ledger, denied, LedgerClosing { closing, writer }))
 }
 
 /// Starts the client of `[vault]` (`name` None) or of `[vaults.<name>]`: logs in (waiting

@@ -13,11 +13,17 @@
 //! start (Unix seconds) of the `ledger.partition`-wide window holding the records' NotAfter:
 //! once a window has passed, everything in it has expired and the folder is deleted whole.
 
+mod deny;
 mod record;
 mod select;
 mod store;
 mod writer;
 
+pub use deny::{DenyEntry, DenyKind, DenyList};
+
+/// The deny list as every call reads it: `None` until this replica has read it once (until
+/// then nothing is issued: a restart must not open a window for revoked identities).
+pub type SharedDenyList = std::sync::Arc<arc_swap::ArcSwapOption<DenyList>>;
 pub use record::Record;
 pub use select::Selector;
 pub use store::LedgerStore;
@@ -55,4 +61,28 @@ pub async fn open(
         .await
         .context("logging in to the ledger's Vault server")?;
     Ok(LedgerStore::new(client, ledger))
+}
+
+/// Re-reads the deny list every `interval` into `shared` until `shutdown`; `report` gets each
+/// read's outcome (entries in force, or the error; a failed read keeps the last list).
+pub async fn refresh_deny_list(
+    store: LedgerStore,
+    shared: SharedDenyList,
+    interval: std::time::Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    report: impl Fn(Result<&DenyList, crate::vault::VaultError>) + Send,
+) {
+    loop {
+        match store.deny_list().await {
+            Ok(list) => {
+                report(Ok(&list));
+                shared.store(Some(std::sync::Arc::new(list)));
+            }
+            Err(e) => report(Err(e)),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
 }

@@ -36,6 +36,7 @@ pub mod namespaces;
 pub mod nodes;
 pub mod pem_text;
 pub mod periodic;
+pub mod revocation;
 pub mod routing;
 pub mod selector;
 pub mod server;

@@ -50,6 +50,13 @@ enum Command {
     /// all of them, or those of one serial, identity, namespace or node. Reads `[ledger]`'s
     /// Vault server with the configured credentials; prints a table, or JSON lines.
     Ledger(LedgerArgs),
+    /// Revoke, at Vault, every live certificate the ledger holds for a serial, identity,
+    /// namespace or node, and (but for a serial) refuse new ones until `unrevoke`
+    /// (docs/revocation.md). `--dry-run` lists them and changes nothing.
+    Revoke(RevokeArgs),
+    /// Lift the deny-list entry of an identity, namespace or node: it may obtain certificates
+    /// again (revoked certificates stay revoked).
+    Unrevoke(UnrevokeArgs),
     /// Development JWT issuer (no Kubernetes needed): `init` writes a key and JWKS,
     /// `token` prints a service-account token.
     DevIssuer {
@@ -58,10 +65,9 @@ enum Command {
     },
 }
 
+/// Which certificates: one of these (none: all, where a command allows it).
 #[derive(clap::Args)]
-struct LedgerArgs {
-    #[arg(long, short, env = "IVCA_CONFIG")]
-    config: Option<PathBuf>,
+struct Select {
     /// One certificate, by serial (hex, colons optional).
     #[arg(long, group = "by")]
     serial: Option<String>,
@@ -75,9 +81,52 @@ struct LedgerArgs {
     /// workloads on it).
     #[arg(long, group = "by")]
     node: Option<String>,
+}
+
+impl Select {
+    fn selector(self) -> istio_vault_ca::ledger::Selector {
+        use istio_vault_ca::ledger::Selector;
+        match (self.serial, self.identity, self.namespace, self.node) {
+            (Some(s), ..) => Selector::Serial(s),
+            (_, Some(id), ..) => Selector::Identity(id),
+            (_, _, Some(ns), _) => Selector::Namespace(ns),
+            (.., Some(node)) => Selector::Node(node),
+            _ => Selector::All,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct LedgerArgs {
+    #[arg(long, short, env = "IVCA_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    by: Select,
     /// One JSON record per line (with the PEM) instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::Args)]
+struct RevokeArgs {
+    #[arg(long, short, env = "IVCA_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    by: Select,
+    /// Why (recorded with the deny-list entry and in the audit trail), e.g. keyCompromise.
+    #[arg(long, default_value = "unspecified")]
+    reason: String,
+    /// List what would be revoked; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(clap::Args)]
+struct UnrevokeArgs {
+    #[arg(long, short, env = "IVCA_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    by: Select,
 }
 
 #[derive(clap::Args)]
@@ -187,15 +236,8 @@ fn quiet_logs() -> anyhow::Result<()> {
 
 /// `ledger`: the selected live records, as a table or JSON lines.
 async fn ledger(args: LedgerArgs) -> anyhow::Result<()> {
-    use istio_vault_ca::ledger::Selector;
     let config = load_config(args.config)?;
-    let selector = match (args.serial, args.identity, args.namespace, args.node) {
-        (Some(s), ..) => Selector::Serial(s),
-        (_, Some(id), ..) => Selector::Identity(id),
-        (_, _, Some(ns), _) => Selector::Namespace(ns),
-        (.., Some(node)) => Selector::Node(node),
-        _ => Selector::All,
-    };
+    let selector = args.by.selector();
     let store = istio_vault_ca::ledger::open(&config, |k| std::env::var(k).ok()).await?;
     let mut records: Vec<_> = store
         .live(istio_vault_ca::time::now_unix())
@@ -205,13 +247,18 @@ async fn ledger(args: LedgerArgs) -> anyhow::Result<()> {
         .filter(|r| selector.matches(r))
         .collect();
     records.sort_by(|a, b| (a.issued_at, &a.serial).cmp(&(b.issued_at, &b.serial)));
-    if args.json {
-        for r in &records {
+    print_records(&records, args.json)
+}
+
+/// Records as a table, or JSON lines; their count on stderr.
+fn print_records(records: &[istio_vault_ca::ledger::Record], json: bool) -> anyhow::Result<()> {
+    if json {
+        for r in records {
             println!("{}", serde_json::to_string(r)?);
         }
     } else {
         println!("SERIAL\tIDENTITY\tCALLER\tNODE\tNOT_AFTER\tTARGET");
-        for r in &records {
+        for r in records {
             let not_after = std::time::UNIX_EPOCH + Duration::from_secs(r.not_after.max(0) as u64);
             println!(
                 "{}\t{}\t{}\t{}\t{}\t{}",
@@ -225,6 +272,87 @@ async fn ledger(args: LedgerArgs) -> anyhow::Result<()> {
         }
     }
     eprintln!("{} certificate(s)", records.len());
+    Ok(())
+}
+
+/// Logs for `revoke` and `unrevoke`: warnings, and the configured audit trail (on stderr
+/// where it would go to stdout, which carries the command's own output).
+fn audited_logs(config: &Config) -> anyhow::Result<()> {
+    let mut audit = config.audit.clone();
+    if audit.output == "stdout" {
+        audit.output = "stderr".into();
+    }
+    let log = LogConfig {
+        level: "warn".into(),
+        ..config.log.clone()
+    };
+    telemetry::init(&log, &audit, None).context("audit.output")?;
+    Ok(())
+}
+
+/// `revoke`: deny first, then revoke each live certificate at its target's mount.
+async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
+    use istio_vault_ca::telemetry::AUDIT_TARGET;
+    let config = load_config(args.config)?;
+    audited_logs(&config)?;
+    let selector = args.by.selector();
+    anyhow::ensure!(
+        selector != istio_vault_ca::ledger::Selector::All,
+        "say what to revoke: --serial, --identity, --namespace or --node"
+    );
+    let revoker =
+        istio_vault_ca::revocation::Revoker::open(&config, |k| std::env::var(k).ok()).await?;
+    let now = istio_vault_ca::time::now_unix();
+    if args.dry_run {
+        let records = revoker.plan(&selector, now).await?;
+        if let Some((kind, value)) = istio_vault_ca::revocation::deny_kind(&selector) {
+            eprintln!("would deny {} {value:?} and revoke:", kind.as_str());
+        }
+        return print_records(&records, false);
+    }
+    let done = revoker.revoke(&selector, &args.reason, now).await?;
+    if let Some(entry) = &done.denied {
+        tracing::info!(target: AUDIT_TARGET, outcome = "denied", kind = entry.kind.as_str(), value = %entry.value, reason = %entry.reason, "deny-list entry in force");
+        println!(
+            "denied {} {:?} until unrevoke",
+            entry.kind.as_str(),
+            entry.value
+        );
+    }
+    for (r, at) in &done.revoked {
+        tracing::info!(target: AUDIT_TARGET, outcome = "revoked", serial = %r.serial, identity = %r.identity, node = r.node.as_deref(), sign_target = %r.target, reason = %args.reason, revocation_time = at, "certificate revoked");
+        println!("revoked {} {}", r.serial, r.identity);
+    }
+    for (r, why) in &done.failed {
+        tracing::warn!(target: AUDIT_TARGET, outcome = "revoke-failed", serial = %r.serial, identity = %r.identity, error = %why, "certificate NOT revoked");
+        eprintln!("NOT revoked {} {}: {why}", r.serial, r.identity);
+    }
+    eprintln!(
+        "{} certificate(s) revoked, {} failed",
+        done.revoked.len(),
+        done.failed.len()
+    );
+    anyhow::ensure!(
+        done.failed.is_empty(),
+        "some certificates were not revoked; run again"
+    );
+    Ok(())
+}
+
+/// `unrevoke`: lift a deny-list entry.
+async fn unrevoke(args: UnrevokeArgs) -> anyhow::Result<()> {
+    use istio_vault_ca::telemetry::AUDIT_TARGET;
+    let config = load_config(args.config)?;
+    audited_logs(&config)?;
+    let selector = args.by.selector();
+    let revoker =
+        istio_vault_ca::revocation::Revoker::open(&config, |k| std::env::var(k).ok()).await?;
+    if revoker.unrevoke(&selector).await? {
+        tracing::info!(target: AUDIT_TARGET, outcome = "unrevoked", selector = ?selector, "deny-list entry lifted");
+        println!("lifted: it may obtain certificates again");
+    } else {
+        println!("nothing to lift: no deny-list entry for it");
+    }
     Ok(())
 }
 
@@ -268,6 +396,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             quiet_logs()?;
             ledger(args).await
         }
+        Command::Revoke(args) => revoke(args).await,
+        Command::Unrevoke(args) => unrevoke(args).await,
         Command::Loadgen { options, json } => {
             let report = istio_vault_ca::loadgen::run(&options).await?;
             println!("{}", report.text());

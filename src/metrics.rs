@@ -65,6 +65,10 @@ fn describe() {
         "istio_vault_ca_ledger_pending",
         "Issued certificates queued for the ledger, not yet written"
     );
+    describe_gauge!(
+        "istio_vault_ca_deny_list_entries",
+        "Identities, namespaces and nodes revoked until lifted, as this replica last read them"
+    );
     describe_counter!(
         "istio_vault_ca_ledger_pruned_batches_total",
         "Ledger batches deleted because every certificate in them expired"
@@ -283,6 +287,15 @@ pub fn ledger_flush(flush: crate::ledger::Flush, pending: usize) {
         }
     }
     ::metrics::gauge!("istio_vault_ca_ledger_pending").set(pending as f64);
+}
+
+/// One read of the deny list: entries in force, or a failure.
+pub fn deny_list(entries: Option<usize>) {
+    match entries {
+        Some(n) => ::metrics::gauge!("istio_vault_ca_deny_list_entries").set(n as f64),
+        None => ::metrics::counter!("istio_vault_ca_ledger_failures_total", "op" => "deny_list")
+            .increment(1),
+    }
 }
 
 /// Records a shutdown could not write.

@@ -206,7 +206,9 @@ pub fn to_status(err: &IssueError, request_id: outcome::RequestId) -> Status {
             Status::unauthenticated(err.to_string())
         }
         IssueError::Authn(e) => Status::unauthenticated(format!("authentication failed: {e}")),
-        IssueError::Authz(AuthzError::PodCacheNotSynced(_)) => Status::unavailable(err.to_string()),
+        IssueError::Authz(AuthzError::PodCacheNotSynced(_) | AuthzError::DenyListNotLoaded) => {
+            Status::unavailable(err.to_string())
+        }
         IssueError::Authz(e) => Status::permission_denied(e.to_string()),
         IssueError::Csr(e) => Status::invalid_argument(e.to_string()),
         IssueError::Ttl(e) => Status::invalid_argument(e.to_string()),

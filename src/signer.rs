@@ -39,6 +39,15 @@ pub enum AuthzError {
     },
     #[error("the pod cache of cluster {0:?} is not synced yet; retry later")]
     PodCacheNotSynced(String),
+    #[error("{identity} may not obtain certificates: its {kind} {value:?} was revoked ({reason})")]
+    Revoked {
+        identity: String,
+        kind: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("the deny list of revoked identities has not been read yet; retry later")]
+    DenyListNotLoaded,
 }
 
 /// Every way a CreateCertificate call can fail.
@@ -77,6 +86,7 @@ impl IssueError {
         match self {
             Self::Authn(_) => "authn",
             Self::Authz(AuthzError::IdentityMismatch { .. }) => "authz",
+            Self::Authz(AuthzError::Revoked { .. } | AuthzError::DenyListNotLoaded) => "revoked",
             Self::Authz(_) => "impersonation",
             Self::Csr(_) => "csr-policy",
             Self::Ttl(_) => "ttl",
@@ -175,6 +185,8 @@ pub struct Signer {
     pub impersonation: Option<Impersonation>,
     /// The issued-certificate ledger, when `[ledger]` is on.
     pub ledger: Option<crate::ledger::Ledger>,
+    /// Identities, namespaces and nodes revoked until lifted, when `[ledger]` is on.
+    pub denied: Option<crate::ledger::SharedDenyList>,
 }
 
 /// What makes two requests identical: same target, identity, CSR bytes and TTL.
@@ -361,6 +373,9 @@ impl Signer {
                 self.impersonation.as_ref(),
             )
         })?;
+        if let Some(denied) = &self.denied {
+            check_denied(denied, caller, &identity)?;
+        }
         // The table is read once: the request finishes on the targets it started with.
         let decision = self.routes.load().choose(&identity, req.cert_signer)?;
         let csr = tracing::info_span!(target: SPAN_TARGET, "csr.verify")
@@ -445,6 +460,32 @@ impl Signer {
             chain,
             clamped,
         })
+    }
+}
+
+/// Refuses an identity whose certificates were revoked by identity, namespace or the node its
+/// caller runs on, and everything until the deny list has been read once.
+fn check_denied(
+    denied: &crate::ledger::SharedDenyList,
+    caller: &Caller,
+    identity: &SpiffeId,
+) -> Result<(), AuthzError> {
+    let list = denied.load();
+    let Some(list) = list.as_deref() else {
+        return Err(AuthzError::DenyListNotLoaded);
+    };
+    if list.is_empty() {
+        return Ok(());
+    }
+    let node = caller.pod.as_ref().and_then(|p| p.node.as_deref());
+    match list.denies(&identity.to_string(), identity.namespace(), node) {
+        None => Ok(()),
+        Some(entry) => Err(AuthzError::Revoked {
+            identity: identity.to_string(),
+            kind: entry.kind.as_str(),
+            value: entry.value.clone(),
+            reason: entry.reason.clone(),
+        }),
     }
 }
 

@@ -439,6 +439,34 @@ impl VaultClient {
         signed_from(env)
     }
 
+    /// Revokes a certificate of `target`'s mount by its PEM (`POST <mount>/revoke` with
+    /// `certificate`: how a `no_store` certificate is revoked); returns Vault's revocation
+    /// time (Unix seconds). The issuer's CRL lists it from its next rebuild on.
+    pub async fn revoke(
+        &self,
+        target: &SignTarget,
+        certificate_pem: &str,
+    ) -> Result<i64, VaultError> {
+        #[derive(serde::Deserialize)]
+        struct Revoked {
+            #[serde(default)]
+            revocation_time: i64,
+        }
+        let url = target
+            .mount_url
+            .join("revoke")
+            .map_err(|e| VaultError::Malformed(e.to_string()))?;
+        let body = serde_json::json!({ "certificate": certificate_pem });
+        let env: Envelope<Revoked> = self
+            .send(
+                "revoke",
+                self.request_in(reqwest::Method::POST, url, Some(target))
+                    .json(&body),
+            )
+            .await?;
+        Ok(env.data.map_or(0, |d| d.revocation_time))
+    }
+
     /// Every issuer of `target`'s mount (`LIST <mount>/issuers`, then `issuer/<id>/json`).
     pub async fn issuers(&self, target: &SignTarget) -> Result<Vec<Issuer>, VaultError> {
         let mut url = target

@@ -230,6 +230,12 @@ def policy(mount, role, serving_role=None, extra_roles=(), extra_mounts=(), ledg
 }}
 """
     for m in mounts:
+        # `istio-vault-ca revoke` revokes a no_store certificate by its PEM from the ledger.
+        text += f"""path "{m}/revoke" {{
+  capabilities = ["update"]
+}}
+"""
+    for m in mounts:
         text += f"""path "{m}/issuers" {{
   capabilities = ["list"]
 }}

@@ -28,6 +28,10 @@ pub struct LedgerConfig {
     /// How often expired folders are looked for.
     #[serde(with = "duration")]
     pub prune_interval: Duration,
+    /// How often each replica re-reads the deny list (`revoke` by identity, namespace or
+    /// node): the longest a revoked identity may still renew.
+    #[serde(with = "duration")]
+    pub deny_refresh: Duration,
 }
 
 /// `ledger.mount` when unset.
@@ -44,6 +48,8 @@ pub const DEFAULT_LEDGER_MAX_PENDING: usize = 100_000;
 pub const DEFAULT_LEDGER_PARTITION: Duration = Duration::from_secs(3600);
 /// `ledger.prune_interval` when unset.
 pub const DEFAULT_LEDGER_PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+/// `ledger.deny_refresh` when unset.
+pub const DEFAULT_LEDGER_DENY_REFRESH: Duration = Duration::from_secs(10);
 /// Largest `ledger.max_batch`: 500 records of ~1.2 KiB stay under raft's 1 MiB entry and
 /// under `vault.max_response_bytes`' default when read back.
 const MAX_LEDGER_BATCH: usize = 500;
@@ -59,6 +65,7 @@ impl Default for LedgerConfig {
             max_pending: DEFAULT_LEDGER_MAX_PENDING,
             partition: DEFAULT_LEDGER_PARTITION,
             prune_interval: DEFAULT_LEDGER_PRUNE_INTERVAL,
+            deny_refresh: DEFAULT_LEDGER_DENY_REFRESH,
         }
     }
 }
@@ -92,6 +99,7 @@ impl LedgerConfig {
         };
         positive("ledger.flush_interval", self.flush_interval)?;
         positive("ledger.prune_interval", self.prune_interval)?;
+        positive("ledger.deny_refresh", self.deny_refresh)?;
         if self.partition < Duration::from_secs(1) {
             return Err(ConfigError::invalid(
                 "ledger.partition",

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::Record;
+use super::{DenyEntry, DenyKind, DenyList, Record};
 use crate::config::LedgerConfig;
 use crate::vault::{KvPath, VaultClient, VaultError};
 
@@ -171,5 +171,44 @@ impl LedgerStore {
             }
         }
         Ok(deleted)
+    }
+
+    /// Puts `entry` in force (replacing one for the same value).
+    pub async fn deny(&self, entry: &DenyEntry) -> Result<(), VaultError> {
+        let path = self.path(&["deny", entry.kind.as_str(), &DenyEntry::key(&entry.value)])?;
+        self.vault.kv_put(&self.mount, &path, entry).await
+    }
+
+    /// Lifts the entry for `value`; false when there was none.
+    pub async fn undeny(&self, kind: DenyKind, value: &str) -> Result<bool, VaultError> {
+        let path = self.path(&["deny", kind.as_str(), &DenyEntry::key(value)])?;
+        if self
+            .vault
+            .kv_get::<DenyEntry>(&self.mount, &path)
+            .await?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        self.vault.kv_delete(&self.mount, &path).await?;
+        Ok(true)
+    }
+
+    /// Every entry in force.
+    pub async fn deny_list(&self) -> Result<DenyList, VaultError> {
+        let mut entries = Vec::new();
+        for kind in DenyKind::ALL {
+            let folder = self.path(&["deny", kind.as_str()])?;
+            for key in self.vault.kv_list(&self.mount, &folder).await? {
+                if key.ends_with('/') {
+                    continue;
+                }
+                let path = self.path(&["deny", kind.as_str(), &key])?;
+                if let Some(entry) = self.vault.kv_get::<DenyEntry>(&self.mount, &path).await? {
+                    entries.push(entry);
+                }
+            }
+        }
+        Ok(DenyList::new(entries))
     }
 }

@@ -1,0 +1,323 @@
+//! Revocation by what an operator knows (serial, identity, namespace, node), end to end: the
+//! certificates the ledger recorded are revoked at Vault from their PEM, Vault's CRL lists
+//! exactly them, a TLS verifier given that CRL (as ztunnel is given `istio-ca-crl`) refuses
+//! them and accepts the others, and the deny list stops revoked identities from renewing
+//! until `unrevoke`.
+//!
+//! Real parts: OpenBao (dev server, set up by `deploy/vault/setup.py`), the signer and the
+//! `istio-vault-ca revoke` / `unrevoke` commands as their own processes, TLS and gRPC
+//! clients shaped like pilot-agent and ztunnel, rustls' WebPKI verifier with Vault's CRL.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use istio_vault_ca::client::{self, CallOptions, Shape};
+use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
+use support::process::SignerProcess;
+use support::{MOUNT, OpenBao, id, sample};
+use tonic::Code;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+struct Issued {
+    serial: String,
+    leaf_der: Vec<u8>,
+    chain: Vec<String>,
+}
+
+/// One call for `ns/sa` of `shape`, its token bound to a pod on `node` when given.
+async fn call(
+    s: &SignerProcess,
+    shape: Shape,
+    ns: &str,
+    sa: &str,
+    node: Option<&str>,
+) -> Result<Issued, tonic::Status> {
+    let want = id(ns, sa);
+    let mut spec = TokenSpec::new(ns, sa);
+    if let Some(node) = node {
+        spec.pod = Some((format!("{sa}-pod"), format!("uid-{ns}-{sa}"), node.into()));
+    }
+    let opts = CallOptions {
+        token: Some(s.issuer.token(&spec).unwrap()),
+        cluster_id: Some("Kubernetes".into()),
+        ttl_seconds: 3600,
+        impersonate: None,
+        cert_signer: None,
+    };
+    let kc = client::generate_csr(shape, &want).unwrap();
+    let req = client::build_request(shape, &kc.csr_pem, &want, &opts).unwrap();
+    let chain = client::connect(&s.addr.to_string(), &s.ca_pem, Some("localhost"))
+        .await
+        .unwrap()
+        .create_certificate(req)
+        .await?
+        .into_inner()
+        .cert_chain;
+    let leaf_der = pem::parse(&chain[0]).unwrap().into_contents();
+    let (_, cert) = X509Certificate::from_der(&leaf_der).unwrap();
+    let serial = cert
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    Ok(Issued {
+        serial,
+        leaf_der,
+        chain,
+    })
+}
+
+/// Runs `istio-vault-ca <args> --config <the signer's config>`; its stdout.
+fn cli(s: &SignerProcess, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_istio-vault-ca"))
+        .args(args)
+        .arg("--config")
+        .arg(s.dir.path().join("config.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?}: {stderr}");
+    String::from_utf8(out.stdout).unwrap() + &stderr
+}
+
+/// Serials (lower-case colon hex) that the issuing mount's CRL lists, fetched from Vault.
+async fn crl_serials(bao: &OpenBao) -> (Vec<String>, Vec<u8>) {
+    let pem_text = support::http()
+        .get(format!("{}/v1/{MOUNT}/crl/pem", bao.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let der = pem::parse(pem_text.trim()).unwrap().into_contents();
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der).unwrap();
+    let mut serials: Vec<String> = crl
+        .iter_revoked_certificates()
+        .map(|r| {
+            r.raw_serial()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        })
+        .collect();
+    serials.sort();
+    (serials, der)
+}
+
+/// Whether a rustls server given the roots and `crl` accepts `issued` as a client certificate
+/// (ztunnel checks peers' leaves against the CRLs it loads the same way).
+fn accepted_with_crl(ca_root: &[u8], crl: &[u8], issued: &Issued) -> bool {
+    use rustls::server::WebPkiClientVerifier;
+    use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+    istio_vault_ca::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for der in pem::parse_many(ca_root).unwrap() {
+        roots
+            .add(CertificateDer::from(der.into_contents()))
+            .unwrap();
+    }
+    let verifier = WebPkiClientVerifier::builder(roots.into())
+        .with_crls([CertificateRevocationListDer::from(crl.to_vec())])
+        .only_check_end_entity_revocation()
+        .build()
+        .unwrap();
+    let intermediates: Vec<CertificateDer<'static>> = issued.chain[1..issued.chain.len() - 1]
+        .iter()
+        .map(|p| CertificateDer::from(pem::parse(p).unwrap().into_contents()))
+        .collect();
+    verifier
+        .verify_client_cert(
+            &CertificateDer::from(issued.leaf_der.clone()),
+            &intermediates,
+            UnixTime::now(),
+        )
+        .is_ok()
+}
+
+/// Calls until one is refused (the deny list is re-read every second); its status.
+async fn refused_soon(
+    s: &SignerProcess,
+    shape: Shape,
+    ns: &str,
+    sa: &str,
+    node: Option<&str>,
+) -> tonic::Status {
+    support::eventually_some("the deny list applies", async || {
+        call(s, shape, ns, sa, node).await.err()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_by_serial_identity_namespace_and_node() {
+    let bao = OpenBao::start().await;
+    let setup = bao.setup(&[]);
+    let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
+    let ledger = "\n[ledger]\nflush_interval = \"200ms\"\ndeny_refresh = \"1s\"\n";
+    let s = SignerProcess::start(&bao.addr, &setup, ledger, "info", issuer).await;
+    let cart = call(&s, Shape::PilotAgent, "shop", "cart", None)
+        .await
+        .unwrap();
+    let web = call(&s, Shape::PilotAgent, "shop", "web", Some("node-a"))
+        .await
+        .unwrap();
+    let api = call(&s, Shape::Ztunnel, "pay", "api", Some("node-b"))
+        .await
+        .unwrap();
+    let db = call(&s, Shape::Ztunnel, "pay", "db", Some("node-a"))
+        .await
+        .unwrap();
+    let misc = call(&s, Shape::PilotAgent, "misc", "x", None)
+        .await
+        .unwrap();
+    support::eventually("five records written", async || {
+        let text = s.metrics().await;
+        sample(
+            &text,
+            "istio_vault_ca_ledger_records_total{outcome=\"written\"}",
+        ) == Some(5.0)
+    })
+    .await;
+    let root = std::fs::read(setup.join("tls/root-cert.pem")).unwrap();
+
+    // --dry-run lists exactly the node's certificates and changes nothing.
+    let plan = cli(&s, &["revoke", "--node", "node-a", "--dry-run"]);
+    assert!(
+        plan.contains(&web.serial) && plan.contains(&db.serial),
+        "{plan}"
+    );
+    for other in [&cart, &api, &misc] {
+        assert!(!plan.contains(&other.serial), "{plan}");
+    }
+    assert!(crl_serials(&bao).await.0.is_empty());
+    call(&s, Shape::PilotAgent, "other", "z", Some("node-a"))
+        .await
+        .unwrap();
+
+    // By node: both revoked at Vault, and the node's callers get nothing new.
+    let out = cli(
+        &s,
+        &["revoke", "--node", "node-a", "--reason", "keyCompromise"],
+    );
+    assert!(out.contains("2 certificate(s) revoked, 0 failed"), "{out}");
+    let (listed, crl) = crl_serials(&bao).await;
+    let mut want = vec![web.serial.clone(), db.serial.clone()];
+    want.sort();
+    assert_eq!(listed, want);
+    assert!(!accepted_with_crl(&root, &crl, &web));
+    assert!(!accepted_with_crl(&root, &crl, &db));
+    assert!(accepted_with_crl(&root, &crl, &cart));
+    assert!(accepted_with_crl(&root, &crl, &api));
+    let denied = refused_soon(&s, Shape::PilotAgent, "other", "z", Some("node-a")).await;
+    assert_eq!(
+        denied.code(),
+        Code::PermissionDenied,
+        "{}",
+        denied.message()
+    );
+    assert!(denied.message().contains("revoked"), "{}", denied.message());
+    call(&s, Shape::Ztunnel, "pay", "api", Some("node-b"))
+        .await
+        .unwrap();
+
+    // By identity, then by namespace.
+    cli(
+        &s,
+        &["revoke", "--identity", &id("shop", "cart").to_string()],
+    );
+    let denied = refused_soon(&s, Shape::PilotAgent, "shop", "cart", None).await;
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    call(&s, Shape::PilotAgent, "shop", "other", None)
+        .await
+        .unwrap();
+    cli(&s, &["revoke", "--namespace", "pay"]);
+    let denied = refused_soon(&s, Shape::PilotAgent, "pay", "new", Some("node-b")).await;
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    // By serial: that certificate only; its identity may renew.
+    cli(&s, &["revoke", "--serial", &misc.serial]);
+    call(&s, Shape::PilotAgent, "misc", "x", None)
+        .await
+        .unwrap();
+
+    let (listed, crl) = crl_serials(&bao).await;
+    assert!(listed.contains(&cart.serial) && listed.contains(&misc.serial));
+    assert!(
+        listed.contains(&api.serial),
+        "the namespace's earlier certificates too"
+    );
+    assert!(!accepted_with_crl(&root, &crl, &api));
+    let metrics = s.metrics().await;
+    assert!(
+        sample(
+            &metrics,
+            "istio_vault_ca_refusals_total{reason=\"revoked\"}"
+        )
+        .unwrap_or(0.0)
+            >= 3.0,
+        "{metrics}"
+    );
+
+    // unrevoke lifts the node's entry: its callers are served again (the revoked serials stay
+    // revoked; the new certificate has a new serial).
+    let out = cli(&s, &["unrevoke", "--node", "node-a"]);
+    assert!(out.contains("lifted"), "{out}");
+    let again = support::eventually_some("the node is served again", async || {
+        call(&s, Shape::PilotAgent, "other", "z", Some("node-a"))
+            .await
+            .ok()
+    })
+    .await;
+    assert!(!listed.contains(&again.serial));
+    assert!(cli(&s, &["unrevoke", "--node", "node-a"]).contains("nothing to lift"));
+}
+
+/// Until a replica has read the deny list once, it issues nothing (Unavailable): a restart
+/// must not open a window for revoked identities.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_issued_before_the_deny_list_is_read() {
+    let bao = OpenBao::start().await;
+    let setup = bao.setup(&[]);
+    // The signer's policy loses read access to the ledger: the deny list cannot be read.
+    let policy = bao
+        .api(
+            "GET",
+            "sys/policies/acl/istio-vault-ca",
+            serde_json::Value::Null,
+        )
+        .await["data"]["policy"]
+        .as_str()
+        .unwrap()
+        .replace("\"create\", \"update\", \"read\"", "\"create\", \"update\"")
+        .replace("\"list\", \"delete\"", "\"delete\"");
+    bao.api(
+        "PUT",
+        "sys/policies/acl/istio-vault-ca",
+        serde_json::json!({ "policy": policy }),
+    )
+    .await;
+    let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
+    let ledger = "\n[ledger]\ndeny_refresh = \"1s\"\n";
+    let s = SignerProcess::start(&bao.addr, &setup, ledger, "info", issuer).await;
+    let refused = call(&s, Shape::PilotAgent, "shop", "cart", None)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
+    assert!(
+        refused.message().contains("deny list"),
+        "{}",
+        refused.message()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        call(&s, Shape::PilotAgent, "shop", "cart", None)
+            .await
+            .is_err()
+    );
+}
