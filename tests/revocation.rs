@@ -321,3 +321,37 @@ async fn nothing_is_issued_before_the_deny_list_is_read() {
             .is_err()
     );
 }
+
+/// Two replicas share one ledger: a certificate issued by replica A is found and revoked
+/// through replica B's configuration, and both replicas then refuse the identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_revokes_what_another_issued() {
+    let bao = OpenBao::start().await;
+    let setup = bao.setup(&[]);
+    let key = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
+    let same = DevIssuer::load(DEFAULT_ISSUER, key.key_pem()).unwrap();
+    let ledger = "\n[ledger]\nflush_interval = \"200ms\"\ndeny_refresh = \"1s\"\n";
+    let a = SignerProcess::start(&bao.addr, &setup, ledger, "info", key).await;
+    let b = SignerProcess::start(&bao.addr, &setup, ledger, "info", same).await;
+    let issued = call(&a, Shape::Ztunnel, "shop", "cart", Some("node-a"))
+        .await
+        .unwrap();
+    support::eventually("A's record written", async || {
+        let text = a.metrics().await;
+        sample(
+            &text,
+            "istio_vault_ca_ledger_records_total{outcome=\"written\"}",
+        ) == Some(1.0)
+    })
+    .await;
+    let out = cli(
+        &b,
+        &["revoke", "--identity", &id("shop", "cart").to_string()],
+    );
+    assert!(out.contains(&format!("revoked {}", issued.serial)), "{out}");
+    assert_eq!(crl_serials(&bao).await.0, [issued.serial.clone()]);
+    for replica in [&a, &b] {
+        let denied = refused_soon(replica, Shape::PilotAgent, "shop", "cart", None).await;
+        assert_eq!(denied.code(), Code::PermissionDenied);
+    }
+}
