@@ -17,6 +17,7 @@ pub mod cert_pair;
 pub mod chain;
 pub mod client;
 pub mod config;
+pub mod crl;
 pub mod csr;
 pub mod dev;
 pub mod distribute;

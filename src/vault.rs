@@ -467,6 +467,43 @@ impl VaultClient {
         Ok(env.data.map_or(0, |d| d.revocation_time))
     }
 
+    /// The CRL of one issuer of `target`'s mount, DER (`issuer/<id>/crl`): what Vault last
+    /// built; check it with `crl::check` before trusting it.
+    pub async fn issuer_crl(
+        &self,
+        target: &SignTarget,
+        issuer_id: &str,
+    ) -> Result<Vec<u8>, VaultError> {
+        #[derive(serde::Deserialize)]
+        struct Crl {
+            crl: String,
+        }
+        if issuer_id.is_empty()
+            || !issuer_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(VaultError::Malformed(format!("issuer id {issuer_id:?}")));
+        }
+        let url = target
+            .mount_url
+            .join(&format!("issuer/{issuer_id}/crl"))
+            .map_err(|e| VaultError::Malformed(e.to_string()))?;
+        let env: Envelope<Crl> = self
+            .send(
+                "crl",
+                self.request_in(reqwest::Method::GET, url, Some(target)),
+            )
+            .await?;
+        let pem_text = env
+            .data
+            .ok_or_else(|| VaultError::Malformed(format!("issuer {issuer_id} CRL has no data")))?
+            .crl;
+        pem::parse(pem_text.trim())
+            .map(pem::Pem::into_contents)
+            .map_err(|e| VaultError::Malformed(format!("issuer {issuer_id} CRL: {e}")))
+    }
+
     /// Every issuer of `target`'s mount (`LIST <mount>/issuers`, then `issuer/<id>/json`).
     pub async fn issuers(&self, target: &SignTarget) -> Result<Vec<Issuer>, VaultError> {
         let mut url = target

@@ -358,3 +358,168 @@ async fn one_replica_revokes_what_another_issued() {
         assert_eq!(denied.code(), Code::PermissionDenied);
     }
 }
+
+/// Two issuers on one mount (a second intermediate beside the setup's): a certificate of each
+/// is revoked, and each issuer's CRL, fetched and checked as the signer will before publishing
+/// it (`crl::check`: parses, names and is signed by its issuer, current), lists only its own
+/// serial. Given both CRLs (`crl::bundle`, what `ca-crl.pem` will hold), a rustls verifier
+/// refuses each revoked leaf and accepts the others of both issuers (istio #61075: a single
+/// merged CRL would not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_issuer_keeps_its_own_crl() {
+    use istio_vault_ca::config::VaultConfig;
+    use istio_vault_ca::vault::{Credentials, VaultClient};
+    let bao = OpenBao::start().await;
+    let setup = bao.setup(&[]);
+    // The second intermediate, signed by the same root, imported on the same mount.
+    let csr = bao
+        .api(
+            "POST",
+            &format!("{MOUNT}/intermediate/generate/internal"),
+            serde_json::json!({"common_name": "second intermediate", "key_type": "ec", "key_bits": 256}),
+        )
+        .await["data"]["csr"]
+        .clone();
+    let cert = bao
+        .api(
+            "POST",
+            "pki-root/root/sign-intermediate",
+            serde_json::json!({"csr": csr, "ttl": "8760h", "common_name": "second intermediate"}),
+        )
+        .await["data"]["certificate"]
+        .clone();
+    let second = bao
+        .api(
+            "POST",
+            &format!("{MOUNT}/intermediate/set-signed"),
+            serde_json::json!({"certificate": cert}),
+        )
+        .await["data"]["imported_issuers"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first = bao
+        .api(
+            "GET",
+            &format!("{MOUNT}/issuer/default/json"),
+            serde_json::Value::Null,
+        )
+        .await["data"]["issuer_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Two leaves from each issuer, signed at Vault with the workload role.
+    let mut leaves = Vec::new();
+    for (issuer, sa) in [
+        (&first, "a1"),
+        (&first, "a2"),
+        (&second, "b1"),
+        (&second, "b2"),
+    ] {
+        let want = id("default", sa);
+        let kc = client::generate_csr(Shape::PilotAgent, &want).unwrap();
+        let data = bao
+            .api(
+                "POST",
+                &format!("{MOUNT}/issuer/{issuer}/sign/{}", support::ROLE),
+                serde_json::json!({"csr": kc.csr_pem, "uri_sans": want.to_string(), "ttl": "1h"}),
+            )
+            .await["data"]
+            .clone();
+        let chain: Vec<String> = vec![
+            data["certificate"].as_str().unwrap().to_owned(),
+            data["issuing_ca"].as_str().unwrap().to_owned(),
+            String::new(),
+        ];
+        let leaf_der = pem::parse(&chain[0]).unwrap().into_contents();
+        let serial = data["serial_number"].as_str().unwrap().to_owned();
+        leaves.push(Issued {
+            serial,
+            leaf_der,
+            chain,
+        });
+    }
+    // The signer's own token revokes one of each and reads the issuers' CRLs.
+    let config = VaultConfig {
+        addr: bao.addr.parse().unwrap(),
+        token_file: Some(setup.join("vault-token")),
+        ..VaultConfig::default()
+    };
+    let vault = VaultClient::new(&config).unwrap();
+    vault
+        .authenticate(&Credentials::from_config(&config, |_| None).unwrap())
+        .await
+        .unwrap();
+    let target = vault.target(MOUNT, support::ROLE, None).unwrap();
+    for i in [0, 2] {
+        let pem_text = &leaves[i].chain[0];
+        assert!(vault.revoke(&target, pem_text).await.unwrap() > 0);
+    }
+    let now = support::now_unix();
+    let mut crls = Vec::new();
+    for issuer in vault.issuers(&target).await.unwrap() {
+        if issuer.issuer_id != first && issuer.issuer_id != second {
+            continue; // the root, imported beside them without its key
+        }
+        let der = vault.issuer_crl(&target, &issuer.issuer_id).await.unwrap();
+        let issuer_der = pem::parse(&issuer.certificate).unwrap().into_contents();
+        let checked = istio_vault_ca::crl::check(&der, &issuer_der, now).unwrap();
+        let own = if issuer.issuer_id == first { 0 } else { 2 };
+        assert_eq!(
+            checked.revoked,
+            [leaves[own].serial.clone()],
+            "{}",
+            issuer.issuer_id
+        );
+        // Not the CRL of the other issuer.
+        let other = pem::parse(&leaves[2 - own].chain[1])
+            .unwrap()
+            .into_contents();
+        assert_eq!(
+            istio_vault_ca::crl::check(&der, &other, now),
+            Err(istio_vault_ca::crl::CrlError::OtherIssuer)
+        );
+        crls.push(checked);
+    }
+    assert_eq!(crls.len(), 2);
+    let ca_crl_pem = istio_vault_ca::crl::bundle(&crls);
+    let root = std::fs::read(setup.join("tls/root-cert.pem")).unwrap();
+    let verdicts: Vec<bool> = leaves
+        .iter()
+        .map(|l| accepted_with_crls(&root, &ca_crl_pem, l))
+        .collect();
+    assert_eq!(verdicts, [false, true, false, true]);
+}
+
+/// [`accepted_with_crl`] with every CRL of a `ca-crl.pem`.
+fn accepted_with_crls(ca_root: &[u8], ca_crl_pem: &str, issued: &Issued) -> bool {
+    use rustls::server::WebPkiClientVerifier;
+    use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+    istio_vault_ca::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for der in pem::parse_many(ca_root).unwrap() {
+        roots
+            .add(CertificateDer::from(der.into_contents()))
+            .unwrap();
+    }
+    let crls = pem::parse_many(ca_crl_pem)
+        .unwrap()
+        .into_iter()
+        .map(|p| CertificateRevocationListDer::from(p.into_contents()));
+    let verifier = WebPkiClientVerifier::builder(roots.into())
+        .with_crls(crls)
+        .only_check_end_entity_revocation()
+        .build()
+        .unwrap();
+    let intermediates: Vec<CertificateDer<'static>> = issued.chain[1..issued.chain.len() - 1]
+        .iter()
+        .map(|p| CertificateDer::from(pem::parse(p).unwrap().into_contents()))
+        .collect();
+    verifier
+        .verify_client_cert(
+            &CertificateDer::from(issued.leaf_der.clone()),
+            &intermediates,
+            UnixTime::now(),
+        )
+        .is_ok()
+}

@@ -242,6 +242,9 @@ def policy(mount, role, serving_role=None, extra_roles=(), extra_mounts=(), ledg
 path "{m}/issuer/+/json" {{
   capabilities = ["read"]
 }}
+path "{m}/issuer/+/crl" {{
+  capabilities = ["read"]
+}}
 """
     if ledger_mount:
         text += f"""# The issued-certificate ledger: batches written, read back, listed and pruned.

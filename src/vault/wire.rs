@@ -61,6 +61,9 @@ pub(super) struct IssuerList {
 /// One issuer of the mount: its certificate and the chain above it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Issuer {
+    /// Vault's id of the issuer (what `issuer/<id>/…` paths take).
+    #[serde(default)]
+    pub issuer_id: String,
     pub certificate: String,
     #[serde(default)]
     pub ca_chain: Vec<String>,
