@@ -327,6 +327,11 @@ async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
         tracing::warn!(target: AUDIT_TARGET, outcome = "revoke-failed", serial = %r.serial, identity = %r.identity, error = %why, "certificate NOT revoked");
         eprintln!("NOT revoked {} {}: {why}", r.serial, r.identity);
     }
+    for (target, why) in &done.not_rotated {
+        eprintln!(
+            "target {target}: Vault did not rebuild its CRL now ({why}); it lists the revocations from its next rebuild"
+        );
+    }
     eprintln!(
         "{} certificate(s) revoked, {} failed",
         done.revoked.len(),

@@ -26,6 +26,9 @@ pub struct Revoked {
     pub revoked: Vec<(Record, i64)>,
     /// Certificates Vault did not revoke, with why (they stay valid: retry).
     pub failed: Vec<(Record, String)>,
+    /// Targets whose CRLs Vault was asked to rebuild, and any that refused.
+    pub rotated: Vec<String>,
+    pub not_rotated: Vec<(String, String)>,
     /// The deny-list entry put in force, for an identity, namespace or node.
     pub denied: Option<DenyEntry>,
 }
@@ -147,6 +150,17 @@ impl Revoker {
             match client.revoke(target, &record.certificate).await {
                 Ok(at) => out.revoked.push((record, at)),
                 Err(e) => out.failed.push((record, e.to_string())),
+            }
+        }
+        // Rebuild now what the revocations changed (mounts with `auto_rebuild` would wait).
+        let mut touched: Vec<&str> = out.revoked.iter().map(|(r, _)| r.target.as_str()).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        for name in touched {
+            let (client, target) = &self.targets[name];
+            match client.rotate_crl(target).await {
+                Ok(()) => out.rotated.push(name.to_owned()),
+                Err(e) => out.not_rotated.push((name.to_owned(), e.to_string())),
             }
         }
         Ok(out)

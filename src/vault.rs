@@ -467,6 +467,22 @@ impl VaultClient {
         Ok(env.data.map_or(0, |d| d.revocation_time))
     }
 
+    /// Has Vault rebuild the CRLs of `target`'s mount now (`crl/rotate`): with
+    /// `auto_rebuild` on, a revocation alone waits for the next periodic rebuild.
+    pub async fn rotate_crl(&self, target: &SignTarget) -> Result<(), VaultError> {
+        let url = target
+            .mount_url
+            .join("crl/rotate")
+            .map_err(|e| VaultError::Malformed(e.to_string()))?;
+        let _: serde_json::Value = self
+            .send(
+                "crl_rotate",
+                self.request_in(reqwest::Method::GET, url, Some(target)),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// The CRL of one issuer of `target`'s mount, DER (`issuer/<id>/crl`): what Vault last
     /// built; check it with `crl::check` before trusting it.
     pub async fn issuer_crl(

@@ -205,6 +205,10 @@ async fn revoke_by_serial_identity_namespace_and_node() {
         &["revoke", "--node", "node-a", "--reason", "keyCompromise"],
     );
     assert!(out.contains("2 certificate(s) revoked, 0 failed"), "{out}");
+    assert!(
+        !out.contains("did not rebuild"),
+        "crl/rotate allowed by the policy: {out}"
+    );
     let (listed, crl) = crl_serials(&bao).await;
     let mut want = vec![web.serial.clone(), db.serial.clone()];
     want.sort();

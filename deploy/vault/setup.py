@@ -234,6 +234,9 @@ def policy(mount, role, serving_role=None, extra_roles=(), extra_mounts=(), ledg
         text += f"""path "{m}/revoke" {{
   capabilities = ["update"]
 }}
+path "{m}/crl/rotate" {{
+  capabilities = ["read"]
+}}
 """
     for m in mounts:
         text += f"""path "{m}/issuers" {{
