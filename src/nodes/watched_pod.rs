@@ -60,8 +60,9 @@ impl<'de> Deserialize<'de> for WatchedPod {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         struct Raw {
+            /// `null` reads as absent, as k8s_openapi reads it (found by fuzzing).
             #[serde(default)]
-            metadata: RawMeta,
+            metadata: Option<RawMeta>,
             #[serde(default)]
             spec: Option<RawSpec>,
             #[serde(default)]
@@ -88,15 +89,16 @@ impl<'de> Deserialize<'de> for WatchedPod {
             phase: Option<String>,
         }
         let raw = Raw::deserialize(d)?;
+        let meta = raw.metadata.unwrap_or_default();
         Ok(Self {
             metadata: ObjectMeta {
-                name: raw.metadata.name,
-                namespace: raw.metadata.namespace,
-                uid: raw.metadata.uid,
-                resource_version: raw.metadata.resource_version,
+                name: meta.name,
+                namespace: meta.namespace,
+                uid: meta.uid,
+                resource_version: meta.resource_version,
                 ..Default::default()
             },
-            mirror: raw.metadata.annotations.is_some_and(|m| m.0),
+            mirror: meta.annotations.is_some_and(|m| m.0),
             has_spec: raw.spec.is_some(),
             service_account: raw
                 .spec
