@@ -239,14 +239,10 @@ async fn ledger(args: LedgerArgs) -> anyhow::Result<()> {
     let config = load_config(args.config)?;
     let selector = args.by.selector();
     let store = istio_vault_ca::ledger::open(&config, |k| std::env::var(k).ok()).await?;
-    let mut records: Vec<_> = store
-        .live(istio_vault_ca::time::now_unix())
+    let records = store
+        .select(&selector, istio_vault_ca::time::now_unix())
         .await
-        .context("reading the ledger")?
-        .into_iter()
-        .filter(|r| selector.matches(r))
-        .collect();
-    records.sort_by(|a, b| (a.issued_at, &a.serial).cmp(&(b.issued_at, &b.serial)));
+        .context("reading the ledger")?;
     print_records(&records, args.json)
 }
 

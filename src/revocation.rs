@@ -103,16 +103,10 @@ impl Revoker {
 
     /// The live certificates `selector` picks (what `--dry-run` shows).
     pub async fn plan(&self, selector: &Selector, now: i64) -> anyhow::Result<Vec<Record>> {
-        let mut records: Vec<Record> = self
-            .store
-            .live(now)
+        self.store
+            .select(selector, now)
             .await
-            .context("reading the ledger")?
-            .into_iter()
-            .filter(|r| selector.matches(r))
-            .collect();
-        records.sort_by(|a, b| (a.issued_at, &a.serial).cmp(&(b.issued_at, &b.serial)));
-        Ok(records)
+            .context("reading the ledger")
     }
 
     /// Puts the deny entry in force first (so nothing new is issued meanwhile), then revokes

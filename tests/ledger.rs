@@ -12,9 +12,9 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use istio_vault_ca::client::{self, CallOptions, Shape};
+use istio_vault_ca::client::Shape;
 use istio_vault_ca::config::{LedgerConfig, VaultConfig};
-use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
+use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer};
 use istio_vault_ca::ledger::{LedgerStore, Record};
 use istio_vault_ca::vault::{Credentials, VaultClient};
 use support::process::SignerProcess;
@@ -49,31 +49,9 @@ struct Got {
 
 /// One call of `shape` for `ns/sa`, with a token bound to a pod on `node` when given.
 async fn issue(s: &SignerProcess, shape: Shape, ns: &str, sa: &str, node: Option<&str>) -> Got {
-    let want = id(ns, sa);
-    let mut spec = TokenSpec::new(ns, sa);
-    if let Some(node) = node {
-        spec.pod = Some((format!("{sa}-pod"), format!("uid-{sa}"), node.into()));
-    }
-    let opts = CallOptions {
-        token: Some(s.issuer.token(&spec).unwrap()),
-        cluster_id: Some("Kubernetes".into()),
-        ttl_seconds: 3600,
-        impersonate: None,
-        cert_signer: None,
-    };
-    let kc = client::generate_csr(shape, &want).unwrap();
-    let req = client::build_request(shape, &kc.csr_pem, &want, &opts).unwrap();
-    let chain = client::connect(&s.addr.to_string(), &s.ca_pem, Some("localhost"))
-        .await
-        .unwrap()
-        .create_certificate(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .cert_chain;
     Got {
-        identity: want.to_string(),
-        chain,
+        identity: id(ns, sa).to_string(),
+        chain: s.issue(shape, ns, sa, node).await.unwrap(),
         node: node.map(str::to_owned),
     }
 }

@@ -13,8 +13,8 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use istio_vault_ca::client::{self, CallOptions, Shape};
-use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
+use istio_vault_ca::client::{self, Shape};
+use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer};
 use support::process::SignerProcess;
 use support::{MOUNT, OpenBao, id, sample};
 use tonic::Code;
@@ -34,27 +34,7 @@ async fn call(
     sa: &str,
     node: Option<&str>,
 ) -> Result<Issued, tonic::Status> {
-    let want = id(ns, sa);
-    let mut spec = TokenSpec::new(ns, sa);
-    if let Some(node) = node {
-        spec.pod = Some((format!("{sa}-pod"), format!("uid-{ns}-{sa}"), node.into()));
-    }
-    let opts = CallOptions {
-        token: Some(s.issuer.token(&spec).unwrap()),
-        cluster_id: Some("Kubernetes".into()),
-        ttl_seconds: 3600,
-        impersonate: None,
-        cert_signer: None,
-    };
-    let kc = client::generate_csr(shape, &want).unwrap();
-    let req = client::build_request(shape, &kc.csr_pem, &want, &opts).unwrap();
-    let chain = client::connect(&s.addr.to_string(), &s.ca_pem, Some("localhost"))
-        .await
-        .unwrap()
-        .create_certificate(req)
-        .await?
-        .into_inner()
-        .cert_chain;
+    let chain = s.issue(shape, ns, sa, node).await?;
     let leaf_der = pem::parse(&chain[0]).unwrap().into_contents();
     let (_, cert) = X509Certificate::from_der(&leaf_der).unwrap();
     let serial = cert
@@ -112,31 +92,8 @@ async fn crl_serials(bao: &OpenBao) -> (Vec<String>, Vec<u8>) {
 /// Whether a rustls server given the roots and `crl` accepts `issued` as a client certificate
 /// (ztunnel checks peers' leaves against the CRLs it loads the same way).
 fn accepted_with_crl(ca_root: &[u8], crl: &[u8], issued: &Issued) -> bool {
-    use rustls::server::WebPkiClientVerifier;
-    use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
-    istio_vault_ca::install_crypto_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    for der in pem::parse_many(ca_root).unwrap() {
-        roots
-            .add(CertificateDer::from(der.into_contents()))
-            .unwrap();
-    }
-    let verifier = WebPkiClientVerifier::builder(roots.into())
-        .with_crls([CertificateRevocationListDer::from(crl.to_vec())])
-        .only_check_end_entity_revocation()
-        .build()
-        .unwrap();
-    let intermediates: Vec<CertificateDer<'static>> = issued.chain[1..issued.chain.len() - 1]
-        .iter()
-        .map(|p| CertificateDer::from(pem::parse(p).unwrap().into_contents()))
-        .collect();
-    verifier
-        .verify_client_cert(
-            &CertificateDer::from(issued.leaf_der.clone()),
-            &intermediates,
-            UnixTime::now(),
-        )
-        .is_ok()
+    let pem_text = pem::encode(&pem::Pem::new("X509 CRL", crl.to_vec()));
+    accepted_with_crls(ca_root, &pem_text, issued)
 }
 
 /// Calls until one is refused (the deny list is re-read every second); its status.

@@ -153,6 +153,23 @@ impl LedgerStore {
         Ok(out)
     }
 
+    /// The live records `selector` picks, oldest issued first (what `ledger` lists and
+    /// `revoke` revokes).
+    pub async fn select(
+        &self,
+        selector: &super::Selector,
+        now: i64,
+    ) -> Result<Vec<Record>, VaultError> {
+        let mut records: Vec<Record> = self
+            .live(now)
+            .await?
+            .into_iter()
+            .filter(|r| selector.matches(r))
+            .collect();
+        records.sort_by(|a, b| (a.issued_at, &a.serial).cmp(&(b.issued_at, &b.serial)));
+        Ok(records)
+    }
+
     /// Deletes every window that ended at or before `now`; returns how many batches went.
     pub async fn prune(&self, now: i64) -> Result<usize, VaultError> {
         let mut deleted = 0;

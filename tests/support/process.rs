@@ -194,6 +194,41 @@ level = "{log_level}"
     }
 
     /// `/metrics`.
+    /// One call of `shape` for `ns/sa` over a new TLS connection, its token bound to a pod on
+    /// `node` when given (as projected tokens are); the chain it returned.
+    pub async fn issue(
+        &self,
+        shape: istio_vault_ca::client::Shape,
+        ns: &str,
+        sa: &str,
+        node: Option<&str>,
+    ) -> Result<Vec<String>, tonic::Status> {
+        use istio_vault_ca::client;
+        let want = super::id(ns, sa);
+        let mut spec = istio_vault_ca::dev::TokenSpec::new(ns, sa);
+        if let Some(node) = node {
+            spec.pod = Some((format!("{sa}-pod"), format!("uid-{ns}-{sa}"), node.into()));
+        }
+        let opts = client::CallOptions {
+            token: Some(self.issuer.token(&spec).unwrap()),
+            cluster_id: Some("Kubernetes".into()),
+            ttl_seconds: 3600,
+            impersonate: None,
+            cert_signer: None,
+        };
+        let kc = client::generate_csr(shape, &want).unwrap();
+        let req = client::build_request(shape, &kc.csr_pem, &want, &opts).unwrap();
+        Ok(
+            client::connect(&self.addr.to_string(), &self.ca_pem, Some("localhost"))
+                .await
+                .unwrap()
+                .create_certificate(req)
+                .await?
+                .into_inner()
+                .cert_chain,
+        )
+    }
+
     pub async fn metrics(&self) -> String {
         super::http()
             .get(format!("http://{}/metrics", self.admin))
