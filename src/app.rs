@@ -200,6 +200,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         None => None,
     };
+    // Every replica reads the CRLs (cheap, and its metrics show them); the leader publishes.
+    let crls: Option<crate::distribute::Published> = config.crl.as_ref().map(|crl| {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        tokio::spawn(crate::crl_set::run(
+            crl.clone(),
+            shared_routes.clone(),
+            tx,
+            shutdown_rx.clone(),
+        ));
+        crate::distribute::Published {
+            configmap: crl.configmap.clone(),
+            key: crate::distribute::CRL_KEY,
+            content: crate::distribute::Content::Crls(rx),
+        }
+    });
     if let Some(td) = &config.trust_distribution {
         let clusters = config.distribution_clusters(td)?;
         let mut leading = None;
@@ -215,17 +230,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     shutdown_rx.clone(),
                 ));
             }
-            let (td, bundle) = (td.clone(), shared_bundle.clone());
-            let run = move |stop| {
-                crate::distribute::run(
-                    client.clone(),
-                    cluster.clone(),
-                    td.clone(),
-                    bundle.clone(),
-                    stop,
-                )
-            };
-            crate::leader::spawn_led(leading.clone(), shutdown_rx.clone(), run);
+            let mut published = vec![crate::distribute::Published::roots(
+                td,
+                shared_bundle.clone(),
+            )];
+            published.extend(crls.clone());
+            for published in published {
+                let (client, cluster, td) = (client.clone(), cluster.clone(), td.clone());
+                let run = move |stop| {
+                    crate::distribute::run(
+                        client.clone(),
+                        cluster.clone(),
+                        td.clone(),
+                        published.clone(),
+                        stop,
+                    )
+                };
+                crate::leader::spawn_led(leading.clone(), shutdown_rx.clone(), run);
+            }
         }
     }
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

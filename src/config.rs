@@ -20,6 +20,7 @@ pub use crate::ttl::OverMax;
 mod auth;
 mod bundle;
 mod check;
+mod crl;
 mod csr;
 pub mod duration;
 mod env;
@@ -39,6 +40,7 @@ mod vault;
 
 pub use auth::*;
 pub use bundle::*;
+pub use crl::*;
 pub use csr::*;
 use env::{apply_override, set_by};
 pub use istiod::*;
@@ -92,6 +94,9 @@ pub struct Config {
     pub istiod_certificate: Option<IstiodCertificateConfig>,
     /// Record every issued certificate in a KV mount all replicas share (off when absent).
     pub ledger: Option<LedgerConfig>,
+    /// Publish every issuer's CRL in `istio-ca-crl` (off when absent; needs
+    /// `[trust_distribution]`).
+    pub crl: Option<CrlConfig>,
     /// The file this configuration was read from (reloaded for `targets` and `routes`).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -135,6 +140,7 @@ impl Default for Config {
             kubernetes: KubernetesConfig::default(),
             istiod_certificate: None,
             ledger: None,
+            crl: None,
             source: None,
             overrides: Vec::new(),
         }
@@ -228,6 +234,9 @@ impl Config {
         self.tracing.validate()?;
         if let Some(ledger) = &self.ledger {
             ledger.validate(&self.vaults)?;
+        }
+        if let Some(crl) = &self.crl {
+            crl.validate(self.trust_distribution.as_ref())?;
         }
         if let Some(td) = &self.trust_distribution {
             td.validate()?;
@@ -406,6 +415,29 @@ over_max = "reject"
             ("IVCA_LEDGER__PARTITION", "500ms", "ledger.partition"),
         ] {
             let err = err_of(&[(key, value)]);
+            assert!(err.contains(says), "{key}={value}: {err}");
+        }
+    }
+
+    /// `[crl]` is off unless present; it needs `[trust_distribution]`, a name of its own and
+    /// sane sizes.
+    #[test]
+    fn crl_needs_trust_distribution() {
+        assert!(Config::load(None, required()).unwrap().crl.is_none());
+        let err = err_of(&[("IVCA_CRL__CONFIGMAP", DEFAULT_CRL_CONFIGMAP)]);
+        assert!(err.contains("needs [trust_distribution]"), "{err}");
+        let td = ("IVCA_TRUST_DISTRIBUTION__LEADER_ELECTION", "true");
+        let mut e = required();
+        e.extend(env(&[td, ("IVCA_CRL__CONFIGMAP", DEFAULT_CRL_CONFIGMAP)]));
+        let crl = Config::load(None, e).unwrap().crl.unwrap();
+        assert_eq!(crl.refresh_interval, DEFAULT_CRL_REFRESH_INTERVAL);
+        assert_eq!(crl.max_bytes, DEFAULT_CRL_MAX_BYTES);
+        for (key, value, says) in [
+            ("IVCA_CRL__CONFIGMAP", "istio-ca-root-cert", "crl.configmap"),
+            ("IVCA_CRL__REFRESH_INTERVAL", "0s", "crl.refresh_interval"),
+            ("IVCA_CRL__MAX_BYTES", "2000000", "crl.max_bytes"),
+        ] {
+            let err = err_of(&[td, (key, value)]);
             assert!(err.contains(says), "{key}={value}: {err}");
         }
     }

@@ -1,6 +1,7 @@
 //! Trust distribution: keeps the `istio-ca-root-cert` ConfigMap (key `root-cert.pem`) equal
 //! to the trust bundle in every selected namespace, as istiod does while its own CA is on
-//! (it stops once `ENABLE_CA_SERVER=false`).
+//! (it stops once `ENABLE_CA_SERVER=false`), and, with `[crl]`, `istio-ca-crl` (key
+//! `ca-crl.pem`) equal to every issuer's checked CRL, which ztunnel loads (`CRL_PATH`).
 //!
 //! A controller, like istiod's namespace controller: it watches the selected namespaces and
 //! the ConfigMaps of that name, and applies (server-side apply, one field manager) only where
@@ -11,6 +12,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
+
+use std::sync::Arc;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -28,14 +31,57 @@ pub const FIELD_MANAGER: &str = "istio-vault-ca";
 /// The key that holds the roots, as istiod writes it.
 pub const ROOT_CERT_KEY: &str = "root-cert.pem";
 
+/// The key that holds the CRLs, as istiod writes it (`istio-ca-crl`).
+pub const CRL_KEY: &str = "ca-crl.pem";
+
+/// One ConfigMap the controller keeps current in every selected namespace: its name, the
+/// key it owns, and where that key's value comes from.
+#[derive(Clone)]
+pub struct Published {
+    pub configmap: String,
+    pub key: &'static str,
+    pub content: Content,
+}
+
+/// Where a published value comes from.
+#[derive(Clone)]
+pub enum Content {
+    /// The served trust bundle.
+    Roots(SharedBundle),
+    /// Every issuer's checked CRL (`crate::crl_set`); `None` until a complete set is known,
+    /// and nothing is written before.
+    Crls(tokio::sync::watch::Receiver<Option<Arc<str>>>),
+}
+
+impl Content {
+    /// The value to publish now, if any.
+    fn current(&self) -> Option<Arc<str>> {
+        match self {
+            Content::Roots(bundle) => Some(Arc::from(bundle.load().pem())),
+            Content::Crls(crls) => crls.borrow().clone(),
+        }
+    }
+}
+
+impl Published {
+    /// `istio-ca-root-cert` (or the configured name) holding the served bundle.
+    pub fn roots(config: &TrustDistributionConfig, bundle: SharedBundle) -> Self {
+        Self {
+            configmap: config.configmap.clone(),
+            key: ROOT_CERT_KEY,
+            content: Content::Roots(bundle),
+        }
+    }
+}
+
 /// ConfigMap applies in flight at once (per cluster and replica).
 const APPLY_CONCURRENCY: usize = 8;
 
 /// How often the controller looks at the bundle and at retries due when no event arrives.
 const CHECK_PERIOD: Duration = Duration::from_secs(1);
 
-/// SHA-256 of a `root-cert.pem` value: what the controller remembers of each ConfigMap (32
-/// bytes instead of the PEM, compared in one step).
+/// SHA-256 of a published value: what the controller remembers of each ConfigMap (32 bytes
+/// instead of the PEM, compared in one step).
 pub fn digest(pem: &str) -> Digest {
     crate::sha256(&[pem.as_bytes()])
 }
@@ -63,12 +109,14 @@ impl Dirty {
 
 /// What the controller knows from its two watches, and which applies failed. No I/O: the
 /// loop in [`run`] feeds it events and asks it what to write. Work is proportional to what
-/// changed: an event marks its namespace, a new bundle or a re-list marks all of them.
-#[derive(Debug, Default)]
+/// changed: an event marks its namespace, a new value or a re-list marks all of them.
+#[derive(Debug)]
 pub struct State {
+    /// The key this ConfigMap's value lives under.
+    key: &'static str,
     /// Selected namespaces, from the namespace watch (`None` until its first list is done).
     namespaces: Option<BTreeSet<String>>,
-    /// Namespace → digest of its ConfigMap's `root-cert.pem` (`None` when the key is
+    /// Namespace → digest of its ConfigMap's value under `key` (`None` when the key is
     /// missing), from the ConfigMap watch (`None` until its first list is done).
     configmaps: Option<HashMap<String, Option<Digest>>>,
     /// Lists in progress (a watcher re-lists after errors).
@@ -93,6 +141,20 @@ pub struct Distributed {
 }
 
 impl State {
+    /// Knows nothing yet; compares the values under `key`.
+    pub fn new(key: &'static str) -> Self {
+        Self {
+            key,
+            namespaces: None,
+            configmaps: None,
+            listing_namespaces: None,
+            listing_configmaps: None,
+            failed: HashMap::new(),
+            dirty: Dirty::default(),
+            bundle: None,
+        }
+    }
+
     pub fn namespace_event(&mut self, event: watcher::Event<Namespace>) {
         let name = |ns: &Namespace| ns.metadata.name.clone();
         match event {
@@ -132,11 +194,12 @@ impl State {
     }
 
     pub fn configmap_event(&mut self, event: watcher::Event<ConfigMap>) {
+        let key = self.key;
         let entry = |cm: &ConfigMap| {
             let roots = cm
                 .data
                 .as_ref()
-                .and_then(|d| d.get(ROOT_CERT_KEY))
+                .and_then(|d| d.get(key))
                 .map(|pem| digest(pem));
             cm.metadata.namespace.clone().map(|ns| (ns, roots))
         };
@@ -235,12 +298,13 @@ impl State {
     }
 }
 
-/// Applies the ConfigMap holding `bundle_pem` to `namespace`.
+/// Applies ConfigMap `configmap` holding `value` under `key` to `namespace`.
 pub async fn apply(
     client: &kube::Client,
     configmap: &str,
+    key: &str,
     namespace: &str,
-    bundle_pem: &str,
+    value: &str,
 ) -> Result<(), kube::Error> {
     let cm = ConfigMap {
         metadata: ObjectMeta {
@@ -252,10 +316,7 @@ pub async fn apply(
             )])),
             ..Default::default()
         },
-        data: Some(BTreeMap::from([(
-            ROOT_CERT_KEY.to_owned(),
-            bundle_pem.to_owned(),
-        )])),
+        data: Some(BTreeMap::from([(key.to_owned(), value.to_owned())])),
         ..Default::default()
     };
     let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), namespace);
@@ -268,16 +329,17 @@ pub async fn apply(
     .map(drop)
 }
 
-/// Runs the controller for one cluster (`cluster` names it in logs and metrics) until
-/// `shutdown`. `config.interval` is how long a namespace whose apply failed waits before the
-/// next attempt.
+/// Runs the controller for one cluster (`cluster` names it in logs and metrics) and one
+/// ConfigMap until `shutdown`. `config.interval` is how long a namespace whose apply failed
+/// waits before the next attempt.
 pub async fn run(
     client: kube::Client,
     cluster: String,
     config: TrustDistributionConfig,
-    bundle: SharedBundle,
+    published: Published,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let configmap = published.configmap.as_str();
     let mut ns_watch = watcher::Config::default();
     if let Some(selector) = &config.namespace_selector {
         ns_watch = ns_watch.labels(selector);
@@ -285,8 +347,7 @@ pub async fn run(
     let namespaces = watcher(kube::Api::<Namespace>::all(client.clone()), ns_watch)
         .default_backoff()
         .boxed();
-    let cm_watch =
-        watcher::Config::default().fields(&format!("metadata.name={}", config.configmap));
+    let cm_watch = watcher::Config::default().fields(&format!("metadata.name={configmap}"));
     let configmaps = watcher(kube::Api::<ConfigMap>::all(client.clone()), cm_watch)
         .default_backoff()
         .boxed();
@@ -294,7 +355,7 @@ pub async fn run(
         namespaces.map(|e| e.map(Change::Namespace)),
         configmaps.map(|e| e.map(Change::ConfigMap)),
     );
-    let mut state = State::default();
+    let mut state = State::new(published.key);
     let mut reported: Option<Distributed> = None;
     let mut next_report = Instant::now();
     loop {
@@ -306,53 +367,54 @@ pub async fn run(
         tokio::select! {
             event = events.next() => match event {
                 None => return,
-                Some(Err(e)) => tracing::warn!(cluster, error = %e, "trust distribution watch failed; retrying"),
+                Some(Err(e)) => tracing::warn!(cluster, configmap, error = %e, "trust distribution watch failed; retrying"),
                 Some(Ok(Change::Namespace(e))) => state.namespace_event(e),
                 Some(Ok(Change::ConfigMap(e))) => state.configmap_event(e),
             },
             _ = tokio::time::sleep_until(wake) => {}
             _ = shutdown.changed() => return,
         }
-        // An owned snapshot: the applies below await, and must not pin the swap slot.
-        let current = bundle.load_full();
-        let pem = current.pem();
-        let pem_digest = digest(pem);
-        // A bundle change touches every namespace: a few applies in flight at once, so a
+        // An owned snapshot: the applies below await, and must not pin the source.
+        let Some(value) = published.content.current() else {
+            continue;
+        };
+        let value_digest = digest(&value);
+        // A new value touches every namespace: a few applies in flight at once, so a
         // rotation reaches thousands of namespaces in seconds without flooding the API server.
-        let due = state.due(pem_digest, Instant::now());
+        let due = state.due(value_digest, Instant::now());
         let mut applies = futures_util::stream::iter(due)
             .map(|namespace| {
-                let client = &client;
-                let configmap = config.configmap.as_str();
+                let (client, value) = (&client, &value);
                 async move {
-                    let result = apply(client, configmap, &namespace, pem).await;
+                    let result = apply(client, configmap, published.key, &namespace, value).await;
                     (namespace, result)
                 }
             })
             .buffer_unordered(APPLY_CONCURRENCY);
         while let Some((namespace, result)) = applies.next().await {
-            crate::metrics::trust_distribution_apply(&cluster, result.is_ok());
+            crate::metrics::trust_distribution_apply(&cluster, configmap, result.is_ok());
             match &result {
-                Ok(()) => tracing::debug!(cluster, namespace, "wrote {}", config.configmap),
+                Ok(()) => tracing::debug!(cluster, namespace, "wrote {configmap}"),
                 Err(e) => tracing::warn!(
                     cluster,
                     namespace,
                     error = %e,
                     retry_in = ?config.interval,
-                    "could not write {}",
-                    config.configmap
+                    "could not write {configmap}"
                 ),
             }
             let retry_at = Instant::now() + config.interval;
-            state.applied(&namespace, pem_digest, result.is_ok(), retry_at);
+            state.applied(&namespace, value_digest, result.is_ok(), retry_at);
         }
         // Counting is a pass over the namespaces: at most once per period.
         if Instant::now() >= next_report {
             next_report = Instant::now() + CHECK_PERIOD;
-            let now = state.distributed(pem_digest);
+            let now = state.distributed(value_digest);
             if now.is_some() && now != reported {
                 let d = now.unwrap_or_default();
-                crate::metrics::trust_distributed(&cluster, d.selected, d.current, d.failed);
+                crate::metrics::trust_distributed(
+                    &cluster, configmap, d.selected, d.current, d.failed,
+                );
                 reported = now;
             }
         }
@@ -403,7 +465,7 @@ mod tests {
     fn writes_only_where_the_roots_differ() {
         let now = Instant::now();
         let later = now + Duration::from_secs(30);
-        let mut state = State::default();
+        let mut state = State::new(ROOT_CERT_KEY);
         assert!(
             state.due(d("R1"), now).is_empty(),
             "nothing before both lists"
@@ -460,7 +522,7 @@ mod tests {
     #[test]
     fn a_relist_replaces_what_was_known() {
         let now = Instant::now();
-        let mut state = State::default();
+        let mut state = State::new(ROOT_CERT_KEY);
         listed(&mut state, &["a", "b"], &[("a", "R1"), ("b", "R1")]);
         assert!(state.due(d("R1"), now).is_empty());
         // The watch broke and re-listed: b is gone, c is new, a's ConfigMap was deleted.

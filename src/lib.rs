@@ -18,6 +18,7 @@ pub mod chain;
 pub mod client;
 pub mod config;
 pub mod crl;
+pub mod crl_set;
 pub mod csr;
 pub mod dev;
 pub mod distribute;

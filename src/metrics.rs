@@ -117,6 +117,32 @@ fn describe() {
         "ConfigMap applies by trust distribution, by result"
     );
     describe_gauge!(
+        "istio_vault_ca_crl_this_update_seconds",
+        Unit::Seconds,
+        "thisUpdate of each issuer's published CRL (Unix time)"
+    );
+    describe_gauge!(
+        "istio_vault_ca_crl_next_update_seconds",
+        Unit::Seconds,
+        "nextUpdate of each issuer's published CRL (Unix time)"
+    );
+    describe_gauge!(
+        "istio_vault_ca_crl_revoked",
+        "Serials each issuer's CRL lists"
+    );
+    describe_counter!(
+        "istio_vault_ca_crl_refresh_failures_total",
+        "CRL refreshes that kept the last good CRL, by target and reason"
+    );
+    describe_gauge!(
+        "istio_vault_ca_crl_publishable",
+        "1 when every issuer holds a current CRL and the set is published"
+    );
+    describe_counter!(
+        "istio_vault_ca_crl_withheld_total",
+        "CRL refreshes whose set was not published, by reason"
+    );
+    describe_gauge!(
         "istio_vault_ca_pod_cache_synced",
         "1 once the pod cache of a cluster (impersonation) has loaded its first list"
     );
@@ -368,9 +394,15 @@ pub fn token_review(cluster: &str, took: Duration, result: &'static str) {
     .record(took.as_secs_f64());
 }
 
-/// Where trust distribution stands in `cluster`: namespaces selected, holding the current
-/// bundle, and waiting to retry a failed apply.
-pub fn trust_distributed(cluster: &str, selected: usize, current: usize, failed: usize) {
+/// Where trust distribution of `configmap` stands in `cluster`: namespaces selected, holding
+/// the current value, and waiting to retry a failed apply.
+pub fn trust_distributed(
+    cluster: &str,
+    configmap: &str,
+    selected: usize,
+    current: usize,
+    failed: usize,
+) {
     for (state, n) in [
         ("selected", selected),
         ("current", current),
@@ -379,21 +411,55 @@ pub fn trust_distributed(cluster: &str, selected: usize, current: usize, failed:
         ::metrics::gauge!(
             "istio_vault_ca_trust_distribution_namespaces",
             "cluster" => cluster.to_owned(),
+            "configmap" => configmap.to_owned(),
             "state" => state
         )
         .set(n as f64);
     }
 }
 
-/// One ConfigMap apply by trust distribution in `cluster`.
-pub fn trust_distribution_apply(cluster: &str, ok: bool) {
+/// One apply of `configmap` by trust distribution in `cluster`.
+pub fn trust_distribution_apply(cluster: &str, configmap: &str, ok: bool) {
     let result = if ok { "ok" } else { "error" };
     ::metrics::counter!(
         "istio_vault_ca_trust_distribution_applies_total",
         "cluster" => cluster.to_owned(),
+        "configmap" => configmap.to_owned(),
         "result" => result
     )
     .increment(1);
+}
+
+/// One issuer's held CRL (`[crl]`): its thisUpdate and nextUpdate (Unix seconds) and how
+/// many serials it lists. Age is `time() - this_update`; the alert compares it with half the
+/// CRL's lifetime.
+pub fn crl_held(issuer: &str, this_update: i64, next_update: i64, revoked: usize) {
+    let gauge = |name: &'static str, v: f64| {
+        ::metrics::gauge!(name, "issuer" => issuer.to_owned()).set(v);
+    };
+    gauge("istio_vault_ca_crl_this_update_seconds", this_update as f64);
+    gauge("istio_vault_ca_crl_next_update_seconds", next_update as f64);
+    gauge("istio_vault_ca_crl_revoked", revoked as f64);
+}
+
+/// A CRL refresh that kept the last good CRL, by target and why.
+pub fn crl_refresh_failure(target: &str, reason: &'static str) {
+    ::metrics::counter!(
+        "istio_vault_ca_crl_refresh_failures_total",
+        "target" => target.to_owned(),
+        "reason" => reason
+    )
+    .increment(1);
+}
+
+/// Whether the last refresh found a publishable CRL set.
+pub fn crl_complete(complete: bool) {
+    ::metrics::gauge!("istio_vault_ca_crl_publishable").set(if complete { 1.0 } else { 0.0 });
+}
+
+/// A refresh whose set was not published, and why.
+pub fn crl_withheld(reason: &'static str) {
+    ::metrics::counter!("istio_vault_ca_crl_withheld_total", "reason" => reason).increment(1);
 }
 
 /// The pod cache of one cluster (node-authorized impersonation): handles registered once, so
