@@ -235,6 +235,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 shared_bundle.clone(),
             )];
             published.extend(crls.clone());
+            if let Some(name) = &td.cluster_trust_bundle {
+                let (client, cluster) = (client.clone(), cluster.clone());
+                let (name, retry, bundle) = (name.clone(), td.interval, shared_bundle.clone());
+                let run = move |stop| {
+                    crate::cluster_trust_bundle::run(
+                        client.clone(),
+                        cluster.clone(),
+                        name.clone(),
+                        retry,
+                        bundle.clone(),
+                        stop,
+                    )
+                };
+                crate::leader::spawn_led(leading.clone(), shutdown_rx.clone(), run);
+            }
             for published in published {
                 let (client, cluster, td) = (client.clone(), cluster.clone(), td.clone());
                 let run = move |stop| {

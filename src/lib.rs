@@ -16,6 +16,7 @@ pub mod cache;
 pub mod cert_pair;
 pub mod chain;
 pub mod client;
+pub mod cluster_trust_bundle;
 pub mod config;
 pub mod crl;
 pub mod crl_set;

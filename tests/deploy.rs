@@ -139,7 +139,7 @@ print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))
 }
 
 /// Least privilege in what the manifests grant: every ConfigMap permission but `create` is
-/// limited to `istio-ca-root-cert` (in every overlay and in remote-cluster access), no role
+/// limited to `istio-ca-root-cert` and `istio-ca-crl` (in every overlay and in remote-cluster access), no role
 /// reads Secrets, and the admin port (metrics) is not open to every pod.
 #[test]
 fn manifests_grant_least_privilege() {
@@ -204,7 +204,7 @@ fn manifests_grant_least_privilege() {
                 );
                 assert_eq!(
                     rule["resourceNames"],
-                    serde_json::json!(["istio-ca-root-cert"]),
+                    serde_json::json!(["istio-ca-root-cert", "istio-ca-crl"]),
                     "{name}: ConfigMap rule {verbs:?} does not name its resource"
                 );
             }
@@ -481,6 +481,48 @@ fn grafana_dashboard_queries_exported_metrics() {
     ] {
         assert!(queried.contains(wanted), "the dashboard shows no {wanted}");
     }
+}
+
+/// The opt-in cluster-trust-bundle component grants exactly one ClusterTrustBundle by name
+/// (create unnamed, as the API requires), `attest` on the one signer Istio's bundles name, and
+/// nothing else; its YAML validates.
+#[test]
+fn cluster_trust_bundle_component_grants_one_object() {
+    let dir = deploy_dir().join("components/cluster-trust-bundle");
+    let yaml = std::fs::read_to_string(dir.join("rbac.yaml")).unwrap();
+    validate("cluster-trust-bundle", &yaml);
+    let docs = documents(&yaml);
+    let role = docs.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
+    let rules = role["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 3);
+    assert_eq!(
+        rules[0]["resourceNames"],
+        serde_json::json!([istio_vault_ca::cluster_trust_bundle::object_name(
+            "root-cert"
+        )])
+    );
+    assert_eq!(
+        rules[0]["verbs"],
+        serde_json::json!(["get", "list", "watch", "patch"])
+    );
+    assert_eq!(rules[1]["verbs"], serde_json::json!(["create"]));
+    assert!(rules[1].get("resourceNames").is_none());
+    assert_eq!(rules[2]["resources"], serde_json::json!(["signers"]));
+    assert_eq!(
+        rules[2]["resourceNames"],
+        serde_json::json!([istio_vault_ca::cluster_trust_bundle::SIGNER_NAME])
+    );
+    assert_eq!(rules[2]["verbs"], serde_json::json!(["attest"]));
+    for r in rules {
+        assert_eq!(r["apiGroups"], serde_json::json!(["certificates.k8s.io"]));
+    }
+    let binding = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRoleBinding")
+        .unwrap();
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    assert!(kustomization.contains("kind: Component") && kustomization.contains("rbac.yaml"));
 }
 
 /// The opt-in istiod-certificate component grants exactly one Secret, by name, in istiod's

@@ -19,6 +19,10 @@ pub struct TrustDistributionConfig {
     /// IDs of `auth.remote_clusters` whose namespaces get the ConfigMap too, through that
     /// cluster's kubeconfig: their proxies use this signer, and no istiod writes it there.
     pub remote_clusters: Vec<String>,
+    /// Also publish the served bundle as ClusterTrustBundle `istio.io:istiod-ca:<name>`
+    /// (Kubernetes 1.33+, `certificates.k8s.io/v1beta1`; Istio's `global.trustBundleName`,
+    /// usually `root-cert`), for ztunnel's `ENABLE_CLUSTER_TRUST_BUNDLE_API`. Unset: none.
+    pub cluster_trust_bundle: Option<String>,
     /// With several replicas, only the holder of a Lease writes (each change once, not once
     /// per replica). Off: every replica writes (identical server-side applies).
     pub leader_election: bool,
@@ -71,6 +75,7 @@ impl Default for TrustDistributionConfig {
             interval: Duration::from_secs(30),
             kubeconfig: None,
             remote_clusters: Vec::new(),
+            cluster_trust_bundle: None,
             leader_election: true,
             lease_namespace: None,
             lease_name: DEFAULT_LEASE_NAME.into(),
@@ -84,6 +89,23 @@ impl TrustDistributionConfig {
         if let Some(selector) = &self.namespace_selector {
             crate::selector::LabelSelector::parse(selector)
                 .map_err(|e| ConfigError::invalid("trust_distribution.namespace_selector", e))?;
+        }
+        if let Some(name) = &self.cluster_trust_bundle {
+            // The object name is a DNS subdomain of at most 253 characters.
+            let full = crate::cluster_trust_bundle::object_name(name);
+            let label_ok = |l: &str| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            };
+            if full.len() > 253 || !name.split('.').all(label_ok) {
+                return Err(ConfigError::invalid(
+                    "trust_distribution.cluster_trust_bundle",
+                    "must be lower-case letters, digits, '-' and '.' (e.g. \"root-cert\")",
+                ));
+            }
         }
         check_lease("trust_distribution", &self.lease_name, self.lease_duration)
     }
