@@ -2,6 +2,9 @@
 //! signing target's mount, the newest CRL that passed [`crate::crl::check`], re-read from
 //! Vault every `crl.refresh_interval`.
 //!
+//! Issuers imported without their key (a root kept beside its intermediate) sign nothing
+//! and have no CRL; they are left out.
+//!
 //! Rules, decided here: a CRL that fails a check is never taken (the issuer keeps its last
 //! good one); a CRL older than the one held (a lagging node) is not taken either; the set is
 //! published only when it is complete (every issuer listed on every target's mount holds a
@@ -188,7 +191,8 @@ pub async fn refresh(set: &mut CrlSet, routes: &SharedRoutes, now: i64) {
                 continue;
             }
         };
-        for issuer in issuers {
+        // An issuer without its key signs nothing: it has no CRL to publish.
+        for issuer in issuers.into_iter().filter(|i| !i.key_id.is_empty()) {
             let Ok(der) = pem::parse(issuer.certificate.trim()).map(pem::Pem::into_contents) else {
                 tracing::warn!(target_name = %target.name, issuer_id = issuer.issuer_id, "an issuer's certificate does not parse; its CRL is not published");
                 crate::metrics::crl_refresh_failure(&target.name, "unparseable");

@@ -527,27 +527,29 @@ impl VaultClient {
             .join("issuers")
             .map_err(|e| VaultError::Malformed(e.to_string()))?;
         url.set_query(Some("list=true"));
-        let keys = match self
+        let mut list = match self
             .send::<Envelope<IssuerList>>(
                 "issuers",
                 self.request_in(reqwest::Method::GET, url, Some(target)),
             )
             .await
         {
-            Ok(list) => list.data.map(|d| d.keys).unwrap_or_default(),
+            Ok(list) => list.data.unwrap_or_default(),
             // Vault answers an empty LIST with 404 and `{"errors":[]}`.
             Err(VaultError::Unexpected {
                 status: 404,
                 message,
-            }) if message.is_empty() => Vec::new(),
+            }) if message.is_empty() => IssuerList::default(),
             Err(e) => return Err(e),
         };
-        let mut out = Vec::with_capacity(keys.len());
-        for id in keys {
+        let mut out = Vec::with_capacity(list.keys.len());
+        for id in list.keys {
             if id.is_empty() || id.contains('/') || id.contains("..") {
                 return Err(VaultError::Malformed(format!("issuer id {id:?}")));
             }
-            out.push(self.issuer(target, &id).await?);
+            let mut issuer = self.issuer(target, &id).await?;
+            issuer.key_id = list.key_info.remove(&id).unwrap_or_default().key_id;
+            out.push(issuer);
         }
         Ok(out)
     }

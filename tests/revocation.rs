@@ -332,43 +332,7 @@ async fn each_issuer_keeps_its_own_crl() {
     use istio_vault_ca::vault::{Credentials, VaultClient};
     let bao = OpenBao::start().await;
     let setup = bao.setup(&[]);
-    // The second intermediate, signed by the same root, imported on the same mount.
-    let csr = bao
-        .api(
-            "POST",
-            &format!("{MOUNT}/intermediate/generate/internal"),
-            serde_json::json!({"common_name": "second intermediate", "key_type": "ec", "key_bits": 256}),
-        )
-        .await["data"]["csr"]
-        .clone();
-    let cert = bao
-        .api(
-            "POST",
-            "pki-root/root/sign-intermediate",
-            serde_json::json!({"csr": csr, "ttl": "8760h", "common_name": "second intermediate"}),
-        )
-        .await["data"]["certificate"]
-        .clone();
-    let second = bao
-        .api(
-            "POST",
-            &format!("{MOUNT}/intermediate/set-signed"),
-            serde_json::json!({"certificate": cert}),
-        )
-        .await["data"]["imported_issuers"][0]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let first = bao
-        .api(
-            "GET",
-            &format!("{MOUNT}/issuer/default/json"),
-            serde_json::Value::Null,
-        )
-        .await["data"]["issuer_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (first, second) = second_issuer(&bao).await;
     // Two leaves from each issuer, signed at Vault with the workload role.
     let mut leaves = Vec::new();
     for (issuer, sa) in [
@@ -450,6 +414,276 @@ async fn each_issuer_keeps_its_own_crl() {
         .map(|l| accepted_with_crls(&root, &ca_crl_pem, l))
         .collect();
     assert_eq!(verdicts, [false, true, false, true]);
+}
+
+/// What a `ca-crl.pem` says: issuer DN → the serials its CRL lists (sorted); each issuer
+/// once.
+fn published_crls(ca_crl_pem: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for block in pem::parse_many(ca_crl_pem).unwrap() {
+        assert_eq!(block.tag(), "X509 CRL");
+        let (_, crl) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(block.contents())
+                .unwrap();
+        let mut serials: Vec<String> = crl
+            .iter_revoked_certificates()
+            .map(|r| {
+                r.raw_serial()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":")
+            })
+            .collect();
+        serials.sort();
+        let issuer = crl.issuer().to_string();
+        assert!(
+            out.insert(issuer.clone(), serials).is_none(),
+            "{issuer} twice"
+        );
+    }
+    out
+}
+
+/// The DN of the intermediate that issued `issued`.
+fn issuer_dn(issued: &Issued) -> String {
+    let der = pem::parse(&issued.chain[1]).unwrap().into_contents();
+    X509Certificate::from_der(&der)
+        .unwrap()
+        .1
+        .subject()
+        .to_string()
+}
+
+/// CRL distribution end to end, the way ztunnel consumes it. Two targets on one mount, each
+/// with its own issuer (`pay` is routed to the second intermediate); the signer publishes
+/// every keyed issuer's CRL as `ca-crl.pem` in `istio-ca-crl` in every namespace, and the
+/// served roots as ClusterTrustBundle `istio.io:istiod-ca:root-cert`. Revocations by node and
+/// by serial reach the published CRLs under the right issuer; a rustls verifier given the
+/// published roots and CRLs refuses exactly the revoked leaves. A restarted replica finds
+/// the certificates issued before the restart in the ledger, revokes one, and the published
+/// CRLs follow.
+///
+/// Real: OpenBao, the signer and the CLI as processes, rustls. The Kubernetes API is the
+/// loopback server of `support::kube_api` (real JSON shapes, list + watch, server-side apply).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_crls_follow_revocations() {
+    use support::kube_api::FakeApi;
+    let bao = OpenBao::start().await;
+    let setup = bao.setup(&["--extra-role", &format!("{MOUNT}/second")]);
+    let (_first, second) = second_issuer(&bao).await;
+    // Role `second` (setup made it a workload role the signer may use) signs with the
+    // second issuer, for target `second`.
+    let mut role = bao
+        .api(
+            "GET",
+            &format!("{MOUNT}/roles/second"),
+            serde_json::Value::Null,
+        )
+        .await["data"]
+        .clone();
+    role["issuer_ref"] = serde_json::json!(second);
+    bao.api("POST", &format!("{MOUNT}/roles/second"), role)
+        .await;
+    let api = FakeApi::new(&[("default", false), ("shop", false), ("pay", false)]);
+    let server = api.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = support::kubeconfig(dir.path(), "kubeconfig", &server);
+    let extra = format!(
+        r#"
+[ledger]
+flush_interval = "200ms"
+deny_refresh = "1s"
+[trust_distribution]
+kubeconfig = "{kubeconfig}"
+interval = "500ms"
+cluster_trust_bundle = "root-cert"
+[crl]
+refresh_interval = "1s"
+[[targets]]
+name = "second"
+mount = "{MOUNT}"
+role = "second"
+issuer = "{second}"
+roots_file = "{root}"
+[[routes]]
+name = "pay"
+namespaces = ["pay"]
+target = "second"
+"#,
+        kubeconfig = kubeconfig.display(),
+        root = setup.join("tls/root-cert.pem").display(),
+    );
+    let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
+    let key = issuer.key_pem().to_owned();
+    let mut s = SignerProcess::start(&bao.addr, &setup, &extra, "info", issuer).await;
+    let cart = call(&s, Shape::PilotAgent, "shop", "cart", None)
+        .await
+        .unwrap();
+    let web = call(&s, Shape::PilotAgent, "shop", "web", Some("node-a"))
+        .await
+        .unwrap();
+    let api_leaf = call(&s, Shape::Ztunnel, "pay", "api", Some("node-b"))
+        .await
+        .unwrap();
+    let db = call(&s, Shape::Ztunnel, "pay", "db", Some("node-a"))
+        .await
+        .unwrap();
+    let (first_dn, second_dn) = (issuer_dn(&cart), issuer_dn(&db));
+    assert_ne!(first_dn, second_dn, "pay is signed by the second issuer");
+    assert_eq!(issuer_dn(&api_leaf), second_dn);
+    assert_eq!(issuer_dn(&web), first_dn);
+    let bundle = cart.chain.last().unwrap().clone();
+
+    // Before any revocation: both keyed issuers' CRLs, empty, in every namespace (the root
+    // on the mount has no key and no CRL), and the ClusterTrustBundle, field by field.
+    let namespaces = ["default", "shop", "pay"];
+    let published = async |want: &std::collections::BTreeMap<String, Vec<String>>| {
+        namespaces
+            .iter()
+            .all(|ns| api.crl(ns).is_some_and(|pem| published_crls(&pem) == *want))
+    };
+    let mut want = std::collections::BTreeMap::from([
+        (first_dn.clone(), Vec::new()),
+        (second_dn.clone(), Vec::new()),
+    ]);
+    support::eventually("empty CRLs of both issuers published", async || {
+        published(&want).await
+    })
+    .await;
+    let cm = api.configmap("pay", "istio-ca-crl").unwrap();
+    assert_eq!(cm["apiVersion"], "v1");
+    assert_eq!(cm["kind"], "ConfigMap");
+    assert_eq!(cm["metadata"]["namespace"], "pay");
+    assert_eq!(
+        cm["data"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["ca-crl.pem"]
+    );
+    let ctb = support::eventually_some("the ClusterTrustBundle is written", async || {
+        api.cluster_trust_bundle("istio.io:istiod-ca:root-cert")
+    })
+    .await;
+    assert_eq!(ctb["apiVersion"], "certificates.k8s.io/v1beta1");
+    assert_eq!(ctb["kind"], "ClusterTrustBundle");
+    assert_eq!(ctb["metadata"]["name"], "istio.io:istiod-ca:root-cert");
+    assert_eq!(ctb["spec"]["signerName"], "istio.io/istiod-ca");
+    assert_eq!(ctb["spec"]["trustBundle"], bundle.as_str());
+    assert_eq!(api.root("pay").as_deref(), Some(bundle.as_str()));
+
+    // By node: one leaf of each issuer, each listed under its own issuer only.
+    support::eventually("four records written", async || {
+        let text = s.metrics().await;
+        sample(
+            &text,
+            "istio_vault_ca_ledger_records_total{outcome=\"written\"}",
+        ) == Some(4.0)
+    })
+    .await;
+    let out = cli(&s, &["revoke", "--node", "node-a"]);
+    assert!(out.contains("2 certificate(s) revoked, 0 failed"), "{out}");
+    want.insert(first_dn.clone(), vec![web.serial.clone()]);
+    want.insert(second_dn.clone(), vec![db.serial.clone()]);
+    support::eventually("the node's serials published", async || {
+        published(&want).await
+    })
+    .await;
+    let root = std::fs::read(setup.join("tls/root-cert.pem")).unwrap();
+    let ca_crl = api.crl("shop").unwrap();
+    let verdicts: Vec<bool> = [&cart, &web, &api_leaf, &db]
+        .iter()
+        .map(|l| accepted_with_crls(&root, &ca_crl, l))
+        .collect();
+    assert_eq!(verdicts, [true, false, true, false]);
+
+    // By serial.
+    cli(&s, &["revoke", "--serial", &cart.serial]);
+    let mut first_revoked = vec![web.serial.clone(), cart.serial.clone()];
+    first_revoked.sort();
+    want.insert(first_dn.clone(), first_revoked);
+    support::eventually("the serial published", async || published(&want).await).await;
+
+    // A replica restarts (SIGTERM, a new process with the same configuration): the ledger
+    // still knows what the old one issued, and the CRLs it publishes follow.
+    s.signal("-TERM");
+    s.wait_exit(Duration::from_secs(10)).await;
+    let issuer = DevIssuer::load(DEFAULT_ISSUER, &key).unwrap();
+    let s = SignerProcess::start(&bao.addr, &setup, &extra, "info", issuer).await;
+    let plan = cli(
+        &s,
+        &[
+            "revoke",
+            "--identity",
+            &id("pay", "api").to_string(),
+            "--dry-run",
+        ],
+    );
+    assert!(plan.contains(&api_leaf.serial), "{plan}");
+    cli(&s, &["revoke", "--identity", &id("pay", "api").to_string()]);
+    let mut second_revoked = vec![db.serial.clone(), api_leaf.serial.clone()];
+    second_revoked.sort();
+    want.insert(second_dn.clone(), second_revoked);
+    support::eventually("the restarted replica publishes", async || {
+        published(&want).await
+    })
+    .await;
+    let ca_crl = api.crl("default").unwrap();
+    let verdicts: Vec<bool> = [&cart, &web, &api_leaf, &db]
+        .iter()
+        .map(|l| accepted_with_crls(&root, &ca_crl, l))
+        .collect();
+    assert_eq!(verdicts, [false, false, false, false]);
+    let fresh = call(&s, Shape::PilotAgent, "shop", "new", None)
+        .await
+        .unwrap();
+    assert!(accepted_with_crls(&root, &ca_crl, &fresh));
+    let metrics = s.metrics().await;
+    assert_eq!(
+        sample(&metrics, "istio_vault_ca_crl_publishable"),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+/// Adds a second intermediate, signed by the setup's root, to the workload mount beside the
+/// setup's own; returns (the mount's default issuer, the new one).
+async fn second_issuer(bao: &OpenBao) -> (String, String) {
+    let csr = bao
+        .api(
+            "POST",
+            &format!("{MOUNT}/intermediate/generate/internal"),
+            serde_json::json!({"common_name": "second intermediate", "key_type": "ec", "key_bits": 256}),
+        )
+        .await["data"]["csr"]
+        .clone();
+    let cert = bao
+        .api(
+            "POST",
+            "pki-root/root/sign-intermediate",
+            serde_json::json!({"csr": csr, "ttl": "8760h", "common_name": "second intermediate"}),
+        )
+        .await["data"]["certificate"]
+        .clone();
+    let second = bao
+        .api(
+            "POST",
+            &format!("{MOUNT}/intermediate/set-signed"),
+            serde_json::json!({"certificate": cert}),
+        )
+        .await["data"]["imported_issuers"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first = bao
+        .api(
+            "GET",
+            &format!("{MOUNT}/issuer/default/json"),
+            serde_json::Value::Null,
+        )
+        .await["data"]["issuer_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (first, second)
 }
 
 /// [`accepted_with_crl`] with every CRL of a `ca-crl.pem`.

@@ -19,7 +19,7 @@ fn namespaces(text: &str, cluster: &str, state: &str) -> Option<f64> {
     sample(
         text,
         &format!(
-            "istio_vault_ca_trust_distribution_namespaces{{cluster=\"{cluster}\",state=\"{state}\"}}"
+            "istio_vault_ca_trust_distribution_namespaces{{cluster=\"{cluster}\",configmap=\"istio-ca-root-cert\",state=\"{state}\"}}"
         ),
     )
 }
@@ -117,7 +117,7 @@ async fn keeps_root_configmaps_current() {
         sample(
             &text,
             &format!(
-                "istio_vault_ca_trust_distribution_applies_total{{cluster=\"Kubernetes\",result=\"{result}\"}}"
+                "istio_vault_ca_trust_distribution_applies_total{{cluster=\"Kubernetes\",configmap=\"istio-ca-root-cert\",result=\"{result}\"}}"
             ),
         )
         .unwrap_or(0.0)

@@ -52,10 +52,20 @@ pub struct SignedCert {
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub(super) struct IssuerList {
     #[serde(default)]
     pub(super) keys: Vec<String>,
+    /// Per issuer id: what LIST tells of it (the key it signs with).
+    #[serde(default)]
+    pub(super) key_info: std::collections::HashMap<String, IssuerListInfo>,
+}
+
+/// One issuer's entry in the `key_info` of `LIST <mount>/issuers`.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct IssuerListInfo {
+    #[serde(default)]
+    pub(super) key_id: String,
 }
 
 /// One issuer of the mount: its certificate and the chain above it.
@@ -64,6 +74,11 @@ pub struct Issuer {
     /// Vault's id of the issuer (what `issuer/<id>/…` paths take).
     #[serde(default)]
     pub issuer_id: String,
+    /// The key it signs with (from `LIST <mount>/issuers`; `issuer/<id>/json` does not say);
+    /// empty for an issuer imported without its key (a root beside its intermediate), which
+    /// signs nothing and so has no CRL of its own.
+    #[serde(default)]
+    pub key_id: String,
     pub certificate: String,
     #[serde(default)]
     pub ca_chain: Vec<String>,

@@ -1,6 +1,8 @@
 //! A tiny Kubernetes API server on loopback for the trust-distribution tests (no API server
-//! can run here): Namespaces and ConfigMaps named `istio-ca-root-cert`, listable and
-//! watchable with the real JSON shapes, server-side apply of those ConfigMaps, and
+//! can run here): Namespaces and ConfigMaps (`istio-ca-root-cert`, `istio-ca-crl`), listable
+//! and watchable (narrowed by name, as the signer asks) with the real JSON shapes,
+//! server-side apply of those ConfigMaps and of `certificates.k8s.io/v1beta1`
+//! ClusterTrustBundles (list, watch, apply), and
 //! `coordination.k8s.io/v1` Leases (get, create, replace) with the API server's optimistic
 //! concurrency: a replace whose `resourceVersion` is not the stored one is a 409 Conflict, a
 //! create of an existing Lease a 409 AlreadyExists.
@@ -18,6 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 const CM: &str = "istio-ca-root-cert";
+const CRL_CM: &str = "istio-ca-crl";
 
 /// What TokenReview says of a token: the username and the audiences it was issued for.
 pub type Reviewed = (String, Vec<String>);
@@ -27,8 +30,10 @@ pub type Reviewed = (String, Vec<String>);
 pub struct FakeApi {
     /// name → whether it carries `istio-injection=enabled`.
     pub namespaces: Arc<Mutex<BTreeMap<String, bool>>>,
-    /// namespace → the applied ConfigMap.
-    pub configmaps: Arc<Mutex<BTreeMap<String, Value>>>,
+    /// (namespace, name) → the applied ConfigMap.
+    pub configmaps: Arc<Mutex<BTreeMap<(String, String), Value>>>,
+    /// name → the applied ClusterTrustBundle.
+    pub cluster_trust_bundles: Arc<Mutex<BTreeMap<String, Value>>>,
     /// Every apply's content type and query string.
     pub applies: Arc<Mutex<Vec<(String, String)>>>,
     /// While set, applies in namespace `locked` are refused with 403, as when the signer's
@@ -48,6 +53,19 @@ pub struct FakeApi {
     pub jwks: Arc<Mutex<Option<String>>>,
     namespace_events: broadcast::Sender<Value>,
     configmap_events: broadcast::Sender<Value>,
+    ctb_events: broadcast::Sender<Value>,
+}
+
+/// The name a `fieldSelector=metadata.name=<name>` query asks for (URL-encoded or not).
+fn selected_name(query: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let v = kv.strip_prefix("fieldSelector=")?;
+        let v = v
+            .replace("%3D", "=")
+            .replace("%3A", ":")
+            .replace("%2F", "/");
+        v.strip_prefix("metadata.name=").map(str::to_owned)
+    })
 }
 
 fn is_watch(query: &str) -> bool {
@@ -88,6 +106,7 @@ impl FakeApi {
                     .collect(),
             )),
             configmaps: Default::default(),
+            cluster_trust_bundles: Default::default(),
             applies: Default::default(),
             locked: Default::default(),
             apply_delay_ms: Default::default(),
@@ -99,6 +118,7 @@ impl FakeApi {
             jwks: Default::default(),
             namespace_events: broadcast::channel(64).0,
             configmap_events: broadcast::channel(64).0,
+            ctb_events: broadcast::channel(64).0,
         }
     }
 
@@ -130,7 +150,7 @@ impl FakeApi {
     pub fn edit(&self, ns: &str, roots: &str) {
         let cm = {
             let mut cms = self.configmaps.lock().unwrap();
-            let cm = cms.get_mut(ns).unwrap();
+            let cm = cms.get_mut(&(ns.to_owned(), CM.to_owned())).unwrap();
             cm["data"]["root-cert.pem"] = json!(roots);
             cm["metadata"]["resourceVersion"] = json!(self.next_version());
             cm.clone()
@@ -142,18 +162,58 @@ impl FakeApi {
 
     /// Someone deletes the ConfigMap.
     pub fn delete(&self, ns: &str) {
-        let cm = self.configmaps.lock().unwrap().remove(ns).unwrap();
+        let cm = self
+            .configmaps
+            .lock()
+            .unwrap()
+            .remove(&(ns.to_owned(), CM.to_owned()))
+            .unwrap();
         let _ = self
             .configmap_events
             .send(json!({"type": "DELETED", "object": cm}));
     }
 
     pub fn root(&self, ns: &str) -> Option<String> {
+        self.value(ns, CM, "root-cert.pem")
+    }
+
+    /// `ca-crl.pem` of `istio-ca-crl` in `ns`, if written.
+    pub fn crl(&self, ns: &str) -> Option<String> {
+        self.value(ns, CRL_CM, "ca-crl.pem")
+    }
+
+    /// ConfigMap `name` in `ns`, as last applied.
+    pub fn configmap(&self, ns: &str, name: &str) -> Option<Value> {
         self.configmaps
             .lock()
             .unwrap()
-            .get(ns)
-            .and_then(|cm| cm["data"]["root-cert.pem"].as_str().map(str::to_owned))
+            .get(&(ns.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    fn value(&self, ns: &str, name: &str, key: &str) -> Option<String> {
+        self.configmap(ns, name)
+            .and_then(|cm| cm["data"][key].as_str().map(str::to_owned))
+    }
+
+    /// ClusterTrustBundle `name`, as last applied.
+    pub fn cluster_trust_bundle(&self, name: &str) -> Option<Value> {
+        self.cluster_trust_bundles
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+    }
+
+    /// Applies of ConfigMap `name` so far.
+    pub fn applies_of(&self, name: &str) -> usize {
+        let path = format!("/{name}?");
+        self.applies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, q)| q.starts_with(&path))
+            .count()
     }
 
     pub fn applies(&self) -> usize {
@@ -219,6 +279,72 @@ impl FakeApi {
         axum::Router::new()
             .route("/apis/authentication.k8s.io/v1/tokenreviews", review)
             .route("/openid/v1/jwks", jwks)
+    }
+
+    /// `certificates.k8s.io/v1beta1` ClusterTrustBundles: list and watch narrowed to one name,
+    /// server-side apply (the content type is checked) by name.
+    fn cluster_trust_bundle_routes(&self) -> axum::Router {
+        let api = self.clone();
+        let list = get(move |RawQuery(q): RawQuery| {
+            let api = api.clone();
+            async move {
+                let q = q.unwrap_or_default();
+                let name = selected_name(&q).unwrap_or_else(|| {
+                    panic!("the ClusterTrustBundle watch is narrowed to one name: {q}")
+                });
+                if is_watch(&q) {
+                    let mut rx = api.ctb_events.subscribe();
+                    return watch_filtered(&mut rx, move |e| {
+                        e["object"]["metadata"]["name"] == name.as_str()
+                    });
+                }
+                let items: Vec<Value> = api
+                    .cluster_trust_bundles
+                    .lock()
+                    .unwrap()
+                    .get(&name)
+                    .cloned()
+                    .into_iter()
+                    .collect();
+                axum::Json(json!({"kind": "ClusterTrustBundleList", "apiVersion": "certificates.k8s.io/v1beta1", "metadata": {"resourceVersion": api.next_version()}, "items": items})).into_response()
+            }
+        });
+        let api = self.clone();
+        let apply = patch(
+            move |Path(name): Path<String>, headers: HeaderMap, body: Bytes| {
+                let api = api.clone();
+                async move {
+                    assert_eq!(
+                        headers.get("content-type").and_then(|v| v.to_str().ok()),
+                        Some("application/apply-patch+yaml"),
+                        "ClusterTrustBundles are written by server-side apply"
+                    );
+                    let mut ctb: Value = serde_json::from_slice(&body).unwrap();
+                    assert_eq!(ctb["metadata"]["name"], name.as_str());
+                    ctb["metadata"]["resourceVersion"] = json!(api.next_version());
+                    let existed = api
+                        .cluster_trust_bundles
+                        .lock()
+                        .unwrap()
+                        .insert(name, ctb.clone())
+                        .is_some();
+                    let kind = if existed { "MODIFIED" } else { "ADDED" };
+                    let _ = api
+                        .ctb_events
+                        .send(json!({"type": kind, "object": ctb.clone()}));
+                    axum::Json(ctb)
+                }
+            },
+        );
+        axum::Router::new()
+            .route(
+                "/apis/certificates.k8s.io/v1beta1/clustertrustbundles",
+                list,
+            )
+            .route(
+                "/apis/certificates.k8s.io/v1beta1/clustertrustbundles/{name}",
+                apply,
+            )
     }
 
     pub fn lease_routes(&self) -> axum::Router {
@@ -334,15 +460,22 @@ impl FakeApi {
             let api = api.clone();
             async move {
                 let q = q.unwrap_or_default();
-                assert!(
-                    q.contains(&format!("fieldSelector=metadata.name%3D{CM}")),
-                    "the ConfigMap watch is narrowed to one name: {q}"
-                );
+                let name = selected_name(&q)
+                    .unwrap_or_else(|| panic!("the ConfigMap watch is narrowed to one name: {q}"));
                 if is_watch(&q) {
                     let mut rx = api.configmap_events.subscribe();
-                    return watch_filtered(&mut rx, |_| true);
+                    return watch_filtered(&mut rx, move |e| {
+                        e["object"]["metadata"]["name"] == name.as_str()
+                    });
                 }
-                let items: Vec<Value> = api.configmaps.lock().unwrap().values().cloned().collect();
+                let items: Vec<Value> = api
+                    .configmaps
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|((_, n), _)| *n == name)
+                    .map(|(_, cm)| cm.clone())
+                    .collect();
                 axum::Json(json!({"kind": "ConfigMapList", "apiVersion": "v1", "metadata": {"resourceVersion": api.next_version()}, "items": items})).into_response()
             }
         });
@@ -375,14 +508,19 @@ impl FakeApi {
                     api.applies
                         .lock()
                         .unwrap()
-                        .push((ct, q.unwrap_or_default()));
+                        .push((ct, format!("/{name}?{}", q.unwrap_or_default())));
                     let mut cm: Value = serde_json::from_slice(&body).unwrap();
+                    assert_eq!(
+                        cm["metadata"]["name"],
+                        name.as_str(),
+                        "the body names the object"
+                    );
                     cm["metadata"]["resourceVersion"] = json!(api.next_version());
                     let existed = api
                         .configmaps
                         .lock()
                         .unwrap()
-                        .insert(ns, cm.clone())
+                        .insert((ns, name), cm.clone())
                         .is_some();
                     let kind = if existed { "MODIFIED" } else { "ADDED" };
                     let _ = api
@@ -393,6 +531,7 @@ impl FakeApi {
             },
         );
         let app = axum::Router::new()
+            .merge(self.cluster_trust_bundle_routes())
             .route("/api/v1/namespaces", namespaces)
             .route("/api/v1/configmaps", configmaps)
             .route("/api/v1/namespaces/{ns}/configmaps/{name}", apply)
