@@ -218,6 +218,29 @@ pub async fn refresh(set: &mut CrlSet, routes: &SharedRoutes, now: i64) {
         }
     }
     set.retain(&listed);
+    // Vault rebuilds a CRL on revocation, and before it expires only with `auto_rebuild`: past
+    // half its lifetime, ask for a rebuild (the next refresh reads it).
+    for target in table.targets() {
+        let stale = set.issuers.values().any(|h| {
+            h.target == target.name && h.crl.as_ref().is_some_and(|c| past_half_life(c, now))
+        });
+        if stale {
+            match target.client.rotate_crl(&target.vault).await {
+                Ok(()) => {
+                    tracing::info!(target_name = %target.name, "a CRL passed half its lifetime; asked Vault to rebuild the mount's CRLs")
+                }
+                Err(e) => {
+                    tracing::warn!(target_name = %target.name, error = %e, "a CRL passed half its lifetime and Vault did not rebuild it");
+                    crate::metrics::crl_refresh_failure(&target.name, "rotate");
+                }
+            }
+        }
+    }
+}
+
+/// Whether `crl` has lived more than half of thisUpdate..nextUpdate at `now`.
+fn past_half_life(crl: &IssuerCrl, now: i64) -> bool {
+    now - crl.this_update > (crl.next_update - crl.this_update) / 2
 }
 
 /// Keeps `ca-crl.pem` current in `published` until `shutdown`: a refresh every
@@ -348,6 +371,8 @@ mod tests {
         ));
         assert_eq!(set.issuers[&key(1)].crl.as_ref().unwrap().revoked, ["01"]);
         assert_eq!(set.earliest_next_update(), Some(1_500));
+        assert!(!past_half_life(&crl(900, 1_500, &[]), 1_200));
+        assert!(past_half_life(&crl(900, 1_500, &[]), 1_201));
 
         // Once a held CRL expires, nothing is published until a current one is read.
         assert!(matches!(

@@ -283,17 +283,35 @@ async fn nothing_is_issued_before_the_deny_list_is_read() {
     );
 }
 
-/// Two replicas share one ledger: a certificate issued by replica A is found and revoked
-/// through replica B's configuration, and both replicas then refuse the identity.
+/// Two replicas share one ledger and one Kubernetes API: a certificate issued by replica A is
+/// found and revoked through replica B's configuration, both replicas then refuse the
+/// identity, and each CRL set reaches every namespace's `istio-ca-crl` once, written by the
+/// leader only (not once per replica).
+///
+/// Real: OpenBao, both signers and the CLI as processes. The Kubernetes API (ConfigMaps,
+/// Leases) is the loopback server of `support::kube_api`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replica_revokes_what_another_issued() {
+    use support::kube_api::FakeApi;
     let bao = OpenBao::start().await;
     let setup = bao.setup(&[]);
     let key = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
     let same = DevIssuer::load(DEFAULT_ISSUER, key.key_pem()).unwrap();
-    let ledger = "\n[ledger]\nflush_interval = \"200ms\"\ndeny_refresh = \"1s\"\n";
-    let a = SignerProcess::start(&bao.addr, &setup, ledger, "info", key).await;
-    let b = SignerProcess::start(&bao.addr, &setup, ledger, "info", same).await;
+    let kube = FakeApi::new(&[("default", false), ("shop", false)]);
+    let server = kube.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Each replica its own API credential, so the API server can tell who wrote.
+    let extra = |replica: &str| {
+        let kubeconfig = support::kubeconfig_with_token(dir.path(), replica, &server, replica);
+        format!(
+            "\n[ledger]\nflush_interval = \"200ms\"\ndeny_refresh = \"1s\"\n\
+             [trust_distribution]\nkubeconfig = \"{}\"\ninterval = \"500ms\"\n\
+             [crl]\nrefresh_interval = \"1s\"\n",
+            kubeconfig.display()
+        )
+    };
+    let a = SignerProcess::start(&bao.addr, &setup, &extra("replica-a"), "info", key).await;
+    let b = SignerProcess::start(&bao.addr, &setup, &extra("replica-b"), "info", same).await;
     let issued = call(&a, Shape::Ztunnel, "shop", "cart", Some("node-a"))
         .await
         .unwrap();
@@ -318,6 +336,33 @@ async fn one_replica_revokes_what_another_issued() {
         let denied = refused_soon(replica, Shape::PilotAgent, "shop", "cart", None).await;
         assert_eq!(denied.code(), Code::PermissionDenied);
     }
+    support::eventually("the revocation is published", async || {
+        ["default", "shop"].iter().all(|ns| {
+            kube.crl(ns).is_some_and(|pem| {
+                published_crls(&pem)
+                    .values()
+                    .any(|serials| serials.contains(&issued.serial))
+            })
+        })
+    })
+    .await;
+    // Both replicas hold the same CRLs; only the leader wrote them, each value once per
+    // namespace.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes = kube.writes_of("istio-ca-crl");
+    assert!(
+        writes.len() >= 4,
+        "two values in two namespaces: {writes:?}"
+    );
+    assert!(
+        writes.values().all(|n| *n == 1),
+        "a CRL value written more than once: {writes:?}"
+    );
+    assert_eq!(
+        kube.writers_of("istio-ca-crl").len(),
+        1,
+        "one replica (the leader) writes"
+    );
 }
 
 /// Two issuers on one mount (a second intermediate beside the setup's): a certificate of each
@@ -641,6 +686,59 @@ target = "second"
         sample(&metrics, "istio_vault_ca_crl_publishable"),
         Some(1.0),
         "{metrics}"
+    );
+}
+
+/// A mount whose CRLs live 8 s and are never rebuilt by Vault on its own (`auto_rebuild`
+/// off): the signer asks for a rebuild once a CRL has passed half its lifetime, so the CRL
+/// published in `istio-ca-crl` is renewed again and again and never seen expired.
+///
+/// Real: OpenBao, the signer as a process. The Kubernetes API is the loopback server of
+/// `support::kube_api`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crls_are_rebuilt_before_they_expire() {
+    use support::kube_api::FakeApi;
+    let bao = OpenBao::start().await;
+    let setup = bao.setup(&[]);
+    bao.api(
+        "POST",
+        &format!("{MOUNT}/config/crl"),
+        serde_json::json!({"expiry": "8s", "auto_rebuild": false}),
+    )
+    .await;
+    bao.api(
+        "GET",
+        &format!("{MOUNT}/crl/rotate"),
+        serde_json::Value::Null,
+    )
+    .await;
+    let api = FakeApi::new(&[("default", false)]);
+    let server = api.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = support::kubeconfig(dir.path(), "kubeconfig", &server);
+    let extra = format!(
+        "\n[trust_distribution]\nkubeconfig = \"{}\"\ninterval = \"500ms\"\n[crl]\nrefresh_interval = \"1s\"\n",
+        kubeconfig.display()
+    );
+    let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
+    let _s = SignerProcess::start(&bao.addr, &setup, &extra, "info", issuer).await;
+    // Over three lifetimes, every CRL seen published is current, and they keep changing.
+    let mut this_updates = std::collections::BTreeSet::new();
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < until {
+        if let Some(pem_text) = api.crl("default") {
+            let der = pem::parse(pem_text.trim()).unwrap().into_contents();
+            let (_, crl) =
+                x509_parser::revocation_list::CertificateRevocationList::from_der(&der).unwrap();
+            let next = crl.next_update().unwrap().timestamp();
+            assert!(next > support::now_unix(), "an expired CRL is published");
+            this_updates.insert(crl.last_update().timestamp());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        this_updates.len() >= 3,
+        "rebuilt and republished before each expiry: {this_updates:?}"
     );
 }
 

@@ -22,6 +22,16 @@ use tokio::sync::broadcast;
 const CM: &str = "istio-ca-root-cert";
 const CRL_CM: &str = "istio-ca-crl";
 
+/// One ConfigMap apply as the API server received it.
+#[derive(Clone, Debug)]
+pub struct Written {
+    pub namespace: String,
+    pub name: String,
+    pub data: Value,
+    /// The bearer token of the client that wrote it.
+    pub bearer: String,
+}
+
 /// What TokenReview says of a token: the username and the audiences it was issued for.
 pub type Reviewed = (String, Vec<String>);
 
@@ -36,6 +46,9 @@ pub struct FakeApi {
     pub cluster_trust_bundles: Arc<Mutex<BTreeMap<String, Value>>>,
     /// Every apply's content type and query string.
     pub applies: Arc<Mutex<Vec<(String, String)>>>,
+    /// Every ConfigMap apply: namespace, name, the `data` written, and the bearer token that
+    /// wrote it (which replica, when each has its own kubeconfig).
+    pub written: Arc<Mutex<Vec<Written>>>,
     /// While set, applies in namespace `locked` are refused with 403, as when the signer's
     /// RBAC does not reach it.
     pub locked: Arc<AtomicBool>,
@@ -108,6 +121,7 @@ impl FakeApi {
             configmaps: Default::default(),
             cluster_trust_bundles: Default::default(),
             applies: Default::default(),
+            written: Default::default(),
             locked: Default::default(),
             apply_delay_ms: Default::default(),
             in_flight: Default::default(),
@@ -196,6 +210,17 @@ impl FakeApi {
             .and_then(|cm| cm["data"][key].as_str().map(str::to_owned))
     }
 
+    /// The bearer tokens that wrote ConfigMap `name`.
+    pub fn writers_of(&self, name: &str) -> std::collections::BTreeSet<String> {
+        self.written
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|w| w.name == name)
+            .map(|w| w.bearer.clone())
+            .collect()
+    }
+
     /// ClusterTrustBundle `name`, as last applied.
     pub fn cluster_trust_bundle(&self, name: &str) -> Option<Value> {
         self.cluster_trust_bundles
@@ -205,15 +230,17 @@ impl FakeApi {
             .cloned()
     }
 
-    /// Applies of ConfigMap `name` so far.
-    pub fn applies_of(&self, name: &str) -> usize {
-        let path = format!("/{name}?");
-        self.applies
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, q)| q.starts_with(&path))
-            .count()
+    /// How many times each distinct value of ConfigMap `name` was written to each namespace:
+    /// (namespace, data) → writes.
+    pub fn writes_of(&self, name: &str) -> BTreeMap<(String, String), usize> {
+        let mut out = BTreeMap::new();
+        for w in self.written.lock().unwrap().iter() {
+            if w.name == name {
+                *out.entry((w.namespace.clone(), w.data.to_string()))
+                    .or_default() += 1;
+            }
+        }
+        out
     }
 
     pub fn applies(&self) -> usize {
@@ -515,6 +542,18 @@ impl FakeApi {
                         name.as_str(),
                         "the body names the object"
                     );
+                    let bearer = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .trim_start_matches("Bearer ")
+                        .to_owned();
+                    api.written.lock().unwrap().push(Written {
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                        data: cm["data"].clone(),
+                        bearer,
+                    });
                     cm["metadata"]["resourceVersion"] = json!(api.next_version());
                     let existed = api
                         .configmaps

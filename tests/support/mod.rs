@@ -722,12 +722,17 @@ impl Env {
 /// Writes a kubeconfig `name` in `dir` pointing at `server` (a loopback fake API server) with
 /// a static bearer token, the way a remote secret or an operator's kubeconfig would look.
 pub fn kubeconfig(dir: &Path, name: &str, server: &str) -> PathBuf {
+    kubeconfig_with_token(dir, name, server, "reviewer-token")
+}
+
+/// [`kubeconfig`] whose user presents `token` (to tell clients apart at the API server).
+pub fn kubeconfig_with_token(dir: &Path, name: &str, server: &str, token: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(
         &path,
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n\
-             users:\n- name: u\n  user:\n    token: reviewer-token\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\n\
+             users:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\n\
              current-context: c\n"
         ),
     )
