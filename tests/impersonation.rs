@@ -314,3 +314,93 @@ async fn finished_and_mirror_pods_never_authorize() {
     })
     .await;
 }
+
+/// With `[ledger]`, a certificate ztunnel obtained for a workload on its node is recorded
+/// with the workload's identity and ztunnel as the caller (its pod and node): `revoke --node`
+/// finds it by the node, not by the workload's own pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impersonated_certificates_are_recorded_under_the_node() {
+    use istio_vault_ca::config::{LedgerConfig, VaultConfig};
+    use istio_vault_ca::ledger::{LedgerStore, Selector};
+    use istio_vault_ca::vault::{Credentials, VaultClient};
+    let api = fake_api(vec![
+        pod("istio-system", "ztunnel-a", "zt-a", "ztunnel", "node-a"),
+        pod("shop", "cart-1", "cart-1", "cart", "node-a"),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = support::kubeconfig(dir.path(), "local", &api);
+    let env = Env::start_with(|c| {
+        c.auth.cluster_id = "ledger".into();
+        c.auth.impersonation = Some(ImpersonationConfig {
+            kubeconfig: Some(kc.clone()),
+            ..Default::default()
+        });
+        c.ledger = Some(LedgerConfig {
+            flush_interval: Duration::from_millis(100),
+            ..Default::default()
+        });
+    })
+    .await;
+    let zt = token(
+        &env.issuer,
+        "istio-system",
+        "ztunnel",
+        "ztunnel-a",
+        "zt-a",
+        "node-a",
+    );
+    let cart = id("shop", "cart");
+    let opts = CallOptions {
+        token: Some(zt),
+        cluster_id: Some("ledger".into()),
+        ttl_seconds: 3600,
+        impersonate: Some(cart.to_string()),
+        cert_signer: None,
+    };
+    let (chain, _) = support::eventually_some("pod cache synced", async || {
+        env.request(Shape::Ztunnel, &cart, &opts).await.ok()
+    })
+    .await;
+    let config = VaultConfig {
+        addr: env.bao.addr.parse().unwrap(),
+        token_file: Some(env.setup_dir.join("vault-token")),
+        ..VaultConfig::default()
+    };
+    let vault = VaultClient::new(&config).unwrap();
+    vault
+        .authenticate(&Credentials::from_config(&config, |_| None).unwrap())
+        .await
+        .unwrap();
+    let store = LedgerStore::new(vault, &LedgerConfig::default());
+    let now = support::now_unix();
+    let records = support::eventually_some("the record is written", async || {
+        let r = store
+            .select(&Selector::Node("node-a".into()), now)
+            .await
+            .ok()?;
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(
+        pem::parse(&r.certificate).unwrap().contents(),
+        pem::parse(&chain[0]).unwrap().contents()
+    );
+    assert_eq!(r.identity, cart.to_string());
+    assert_eq!(
+        (r.namespace.as_str(), r.service_account.as_str()),
+        ("shop", "cart")
+    );
+    assert_eq!(r.caller, id("istio-system", "ztunnel").to_string());
+    assert_eq!(r.caller_pod.as_deref(), Some("istio-system/ztunnel-a"));
+    assert_eq!(r.node.as_deref(), Some("node-a"));
+    assert!(
+        store
+            .select(&Selector::Node("node-b".into()), now)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
