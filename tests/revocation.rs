@@ -506,8 +506,8 @@ fn issuer_dn(issued: &Issued) -> String {
 /// served roots as ClusterTrustBundle `istio.io:istiod-ca:root-cert`. Revocations by node and
 /// by serial reach the published CRLs under the right issuer; a rustls verifier given the
 /// published roots and CRLs refuses exactly the revoked leaves. A restarted replica finds
-/// the certificates issued before the restart in the ledger, revokes one, and the published
-/// CRLs follow.
+/// the certificates issued before the restart in the ledger, revokes one by identity, then a
+/// namespace, and the published CRLs follow.
 ///
 /// Real: OpenBao, the signer and the CLI as processes, rustls. The Kubernetes API is the
 /// loopback server of `support::kube_api` (real JSON shapes, list + watch, server-side apply).
@@ -681,6 +681,28 @@ target = "second"
         .await
         .unwrap();
     assert!(accepted_with_crls(&root, &ca_crl, &fresh));
+
+    // By namespace: the new certificate too, and shop gets nothing new.
+    support::eventually("the new record written", async || {
+        let text = s.metrics().await;
+        sample(
+            &text,
+            "istio_vault_ca_ledger_records_total{outcome=\"written\"}",
+        ) == Some(1.0)
+    })
+    .await;
+    cli(&s, &["revoke", "--namespace", "shop"]);
+    let mut first_revoked = vec![
+        web.serial.clone(),
+        cart.serial.clone(),
+        fresh.serial.clone(),
+    ];
+    first_revoked.sort();
+    want.insert(first_dn.clone(), first_revoked);
+    support::eventually("the namespace published", async || published(&want).await).await;
+    assert!(!accepted_with_crls(&root, &api.crl("pay").unwrap(), &fresh));
+    let denied = refused_soon(&s, Shape::PilotAgent, "shop", "newer", None).await;
+    assert_eq!(denied.code(), Code::PermissionDenied);
     let metrics = s.metrics().await;
     assert_eq!(
         sample(&metrics, "istio_vault_ca_crl_publishable"),
