@@ -327,12 +327,7 @@ fn check_profile(
             not_after,
         });
     }
-    let serial = cert
-        .raw_serial()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
+    let serial = crate::serial::colon_hex(cert.raw_serial());
     Ok((not_before, not_after, serial))
 }
 

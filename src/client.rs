@@ -320,12 +320,7 @@ pub fn inspect_chain(chain: &[String]) -> anyhow::Result<ChainSummary> {
     ensure!(uris.len() == 1, "leaf has {} URI SANs", uris.len());
     Ok(ChainSummary {
         identity: uris[0].clone(),
-        serial: cert
-            .raw_serial()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":"),
+        serial: crate::serial::colon_hex(cert.raw_serial()),
         not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),
         intermediates: intermediates.len(),

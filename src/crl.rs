@@ -64,13 +64,7 @@ pub fn check(der: &[u8], issuer_der: &[u8], now: i64) -> Result<IssuerCrl, CrlEr
     }
     let revoked = crl
         .iter_revoked_certificates()
-        .map(|r| {
-            r.raw_serial()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        })
+        .map(|r| crate::serial::colon_hex(r.raw_serial()))
         .collect();
     Ok(IssuerCrl {
         der: der.to_vec(),

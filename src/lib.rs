@@ -42,6 +42,7 @@ pub mod periodic;
 pub mod revocation;
 pub mod routing;
 pub mod selector;
+pub mod serial;
 pub mod server;
 pub mod signer;
 pub mod telemetry;

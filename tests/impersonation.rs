@@ -320,9 +320,8 @@ async fn finished_and_mirror_pods_never_authorize() {
 /// finds it by the node, not by the workload's own pod.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn impersonated_certificates_are_recorded_under_the_node() {
-    use istio_vault_ca::config::{LedgerConfig, VaultConfig};
+    use istio_vault_ca::config::LedgerConfig;
     use istio_vault_ca::ledger::{LedgerStore, Selector};
-    use istio_vault_ca::vault::{Credentials, VaultClient};
     let api = fake_api(vec![
         pod("istio-system", "ztunnel-a", "zt-a", "ztunnel", "node-a"),
         pod("shop", "cart-1", "cart-1", "cart", "node-a"),
@@ -362,16 +361,7 @@ async fn impersonated_certificates_are_recorded_under_the_node() {
         env.request(Shape::Ztunnel, &cart, &opts).await.ok()
     })
     .await;
-    let config = VaultConfig {
-        addr: env.bao.addr.parse().unwrap(),
-        token_file: Some(env.setup_dir.join("vault-token")),
-        ..VaultConfig::default()
-    };
-    let vault = VaultClient::new(&config).unwrap();
-    vault
-        .authenticate(&Credentials::from_config(&config, |_| None).unwrap())
-        .await
-        .unwrap();
+    let vault = support::signer_vault(&env.bao.addr, &env.setup_dir).await;
     let store = LedgerStore::new(vault, &LedgerConfig::default());
     let now = support::now_unix();
     let records = support::eventually_some("the record is written", async || {

@@ -13,10 +13,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use istio_vault_ca::client::Shape;
-use istio_vault_ca::config::{LedgerConfig, VaultConfig};
+use istio_vault_ca::config::LedgerConfig;
 use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer};
 use istio_vault_ca::ledger::{LedgerStore, Record};
-use istio_vault_ca::vault::{Credentials, VaultClient};
 use support::process::SignerProcess;
 use support::{OpenBao, id, sample};
 use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
@@ -29,14 +28,7 @@ async fn signer(bao: &OpenBao, setup: &Path, ledger: &str, issuer: DevIssuer) ->
 
 /// The ledger as an operator's tool reads it, with the signer's token.
 async fn store(bao: &OpenBao, setup: &Path) -> LedgerStore {
-    let config = VaultConfig {
-        addr: bao.addr.parse().unwrap(),
-        token_file: Some(setup.join("vault-token")),
-        ..VaultConfig::default()
-    };
-    let vault = VaultClient::new(&config).unwrap();
-    let creds = Credentials::from_config(&config, |_| None).unwrap();
-    vault.authenticate(&creds).await.unwrap();
+    let vault = support::signer_vault(&bao.addr, setup).await;
     LedgerStore::new(vault, &LedgerConfig::default())
 }
 
@@ -68,12 +60,7 @@ fn hex(bytes: &[u8]) -> String {
 fn check_recorded(records: &[Record], got: &Got) {
     let leaf = der(&got.chain[0]);
     let (_, cert) = X509Certificate::from_der(&leaf).unwrap();
-    let serial = hex(cert.raw_serial())
-        .as_bytes()
-        .chunks(2)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect::<Vec<_>>()
-        .join(":");
+    let serial = istio_vault_ca::serial::colon_hex(cert.raw_serial());
     let matching: Vec<&Record> = records.iter().filter(|r| r.serial == serial).collect();
     assert_eq!(
         matching.len(),
@@ -284,16 +271,7 @@ async fn a_crash_loses_at_most_the_last_flush_interval() {
 async fn expired_windows_are_pruned_and_live_ones_kept() {
     let bao = OpenBao::start().await;
     let setup = bao.setup(&[]);
-    let config = VaultConfig {
-        addr: bao.addr.parse().unwrap(),
-        token_file: Some(setup.join("vault-token")),
-        ..VaultConfig::default()
-    };
-    let vault = VaultClient::new(&config).unwrap();
-    vault
-        .authenticate(&Credentials::from_config(&config, |_| None).unwrap())
-        .await
-        .unwrap();
+    let vault = support::signer_vault(&bao.addr, &setup).await;
     let ledger = LedgerConfig {
         partition: Duration::from_secs(60),
         ..LedgerConfig::default()

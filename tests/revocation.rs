@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use istio_vault_ca::client::{self, Shape};
 use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer};
+use istio_vault_ca::serial::colon_hex;
 use support::process::SignerProcess;
 use support::{MOUNT, OpenBao, id, sample};
 use tonic::Code;
@@ -37,17 +38,24 @@ async fn call(
     let chain = s.issue(shape, ns, sa, node).await?;
     let leaf_der = pem::parse(&chain[0]).unwrap().into_contents();
     let (_, cert) = X509Certificate::from_der(&leaf_der).unwrap();
-    let serial = cert
-        .raw_serial()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
+    let serial = colon_hex(cert.raw_serial());
     Ok(Issued {
         serial,
         leaf_der,
         chain,
     })
+}
+
+/// shop/cart (pilot-agent), shop/web (pilot-agent, node-a), pay/api (ztunnel, node-b) and
+/// pay/db (ztunnel, node-a), in that order.
+async fn four_callers(s: &SignerProcess) -> [Issued; 4] {
+    [
+        call(s, Shape::PilotAgent, "shop", "cart", None).await,
+        call(s, Shape::PilotAgent, "shop", "web", Some("node-a")).await,
+        call(s, Shape::Ztunnel, "pay", "api", Some("node-b")).await,
+        call(s, Shape::Ztunnel, "pay", "db", Some("node-a")).await,
+    ]
+    .map(Result::unwrap)
 }
 
 /// Runs `istio-vault-ca <args> --config <the signer's config>`; its stdout.
@@ -77,13 +85,7 @@ async fn crl_serials(bao: &OpenBao) -> (Vec<String>, Vec<u8>) {
     let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der).unwrap();
     let mut serials: Vec<String> = crl
         .iter_revoked_certificates()
-        .map(|r| {
-            r.raw_serial()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        })
+        .map(|r| colon_hex(r.raw_serial()))
         .collect();
     serials.sort();
     (serials, der)
@@ -117,18 +119,7 @@ async fn revoke_by_serial_identity_namespace_and_node() {
     let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
     let ledger = "\n[ledger]\nflush_interval = \"200ms\"\ndeny_refresh = \"1s\"\n";
     let s = SignerProcess::start(&bao.addr, &setup, ledger, "info", issuer).await;
-    let cart = call(&s, Shape::PilotAgent, "shop", "cart", None)
-        .await
-        .unwrap();
-    let web = call(&s, Shape::PilotAgent, "shop", "web", Some("node-a"))
-        .await
-        .unwrap();
-    let api = call(&s, Shape::Ztunnel, "pay", "api", Some("node-b"))
-        .await
-        .unwrap();
-    let db = call(&s, Shape::Ztunnel, "pay", "db", Some("node-a"))
-        .await
-        .unwrap();
+    let [cart, web, api, db] = four_callers(&s).await;
     let misc = call(&s, Shape::PilotAgent, "misc", "x", None)
         .await
         .unwrap();
@@ -373,8 +364,6 @@ async fn one_replica_revokes_what_another_issued() {
 /// merged CRL would not).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_issuer_keeps_its_own_crl() {
-    use istio_vault_ca::config::VaultConfig;
-    use istio_vault_ca::vault::{Credentials, VaultClient};
     let bao = OpenBao::start().await;
     let setup = bao.setup(&[]);
     let (first, second) = second_issuer(&bao).await;
@@ -410,16 +399,7 @@ async fn each_issuer_keeps_its_own_crl() {
         });
     }
     // The signer's own token revokes one of each and reads the issuers' CRLs.
-    let config = VaultConfig {
-        addr: bao.addr.parse().unwrap(),
-        token_file: Some(setup.join("vault-token")),
-        ..VaultConfig::default()
-    };
-    let vault = VaultClient::new(&config).unwrap();
-    vault
-        .authenticate(&Credentials::from_config(&config, |_| None).unwrap())
-        .await
-        .unwrap();
+    let vault = support::signer_vault(&bao.addr, &setup).await;
     let target = vault.target(MOUNT, support::ROLE, None).unwrap();
     for i in [0, 2] {
         let pem_text = &leaves[i].chain[0];
@@ -472,13 +452,7 @@ fn published_crls(ca_crl_pem: &str) -> std::collections::BTreeMap<String, Vec<St
                 .unwrap();
         let mut serials: Vec<String> = crl
             .iter_revoked_certificates()
-            .map(|r| {
-                r.raw_serial()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<Vec<_>>()
-                    .join(":")
-            })
+            .map(|r| colon_hex(r.raw_serial()))
             .collect();
         serials.sort();
         let issuer = crl.issuer().to_string();
@@ -562,18 +536,7 @@ target = "second"
     let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
     let key = issuer.key_pem().to_owned();
     let mut s = SignerProcess::start(&bao.addr, &setup, &extra, "info", issuer).await;
-    let cart = call(&s, Shape::PilotAgent, "shop", "cart", None)
-        .await
-        .unwrap();
-    let web = call(&s, Shape::PilotAgent, "shop", "web", Some("node-a"))
-        .await
-        .unwrap();
-    let api_leaf = call(&s, Shape::Ztunnel, "pay", "api", Some("node-b"))
-        .await
-        .unwrap();
-    let db = call(&s, Shape::Ztunnel, "pay", "db", Some("node-a"))
-        .await
-        .unwrap();
+    let [cart, web, api_leaf, db] = four_callers(&s).await;
     let (first_dn, second_dn) = (issuer_dn(&cart), issuer_dn(&db));
     assert_ne!(first_dn, second_dn, "pay is signed by the second issuer");
     assert_eq!(issuer_dn(&api_leaf), second_dn);

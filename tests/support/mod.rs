@@ -721,6 +721,23 @@ impl Env {
 
 /// Writes a kubeconfig `name` in `dir` pointing at `server` (a loopback fake API server) with
 /// a static bearer token, the way a remote secret or an operator's kubeconfig would look.
+/// A Vault client logged in to `addr` with the signer's own token from the setup script's
+/// output in `setup` (what an operator's tool run with the signer's credentials can do).
+pub async fn signer_vault(addr: &str, setup: &Path) -> istio_vault_ca::vault::VaultClient {
+    use istio_vault_ca::vault::{Credentials, VaultClient};
+    let config = istio_vault_ca::config::VaultConfig {
+        addr: addr.parse().unwrap(),
+        token_file: Some(setup.join("vault-token")),
+        ..Default::default()
+    };
+    let vault = VaultClient::new(&config).unwrap();
+    vault
+        .authenticate(&Credentials::from_config(&config, |_| None).unwrap())
+        .await
+        .unwrap();
+    vault
+}
+
 pub fn kubeconfig(dir: &Path, name: &str, server: &str) -> PathBuf {
     kubeconfig_with_token(dir, name, server, "reviewer-token")
 }
