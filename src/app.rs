@@ -512,13 +512,13 @@ async fn start_vault(
             }
         }
     };
-    if vault.is_cluster() {
-        tokio::spawn(
-            vault
-                .clone()
-                .watch_nodes(config.health_interval, shutdown.clone()),
-        );
-    }
+    // Every server, one node or several: the prober brings skipped nodes back, moves calls
+    // off a node that stopped answering, and closes the breaker as soon as Vault answers.
+    tokio::spawn(
+        vault
+            .clone()
+            .watch_nodes(config.health_interval, shutdown.clone()),
+    );
     tokio::spawn(
         vault
             .clone()

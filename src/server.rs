@@ -254,6 +254,7 @@ fn vault_public(e: &VaultError) -> String {
         VaultError::Malformed(_) => "Vault response is malformed".into(),
         VaultError::Token(_) => "the signer has no Vault token".into(),
         VaultError::TlsFiles(_) => "the signer's TLS files for Vault are unusable".into(),
+        VaultError::NodeDown(_) => "Vault stopped answering (its health check failed)".into(),
         other => other.to_string(),
     }
 }

@@ -115,6 +115,22 @@ impl HttpSettings {
     }
 }
 
+/// How one attempt on one node ended.
+enum Attempt<T> {
+    Answered(Result<T, VaultError>),
+    /// The health prober marked the node down while the call waited (its name).
+    NodeMarkedDown(String),
+}
+
+impl<T> Attempt<T> {
+    fn result(self) -> Result<T, VaultError> {
+        match self {
+            Attempt::Answered(r) => r,
+            Attempt::NodeMarkedDown(node) => Err(VaultError::NodeDown(node)),
+        }
+    }
+}
+
 /// Client for one Vault (or OpenBao) server or cluster: the signer's token, its connection
 /// pool, its nodes' health, circuit breaker and retries, shared by every [`SignTarget`].
 #[derive(Clone)]
@@ -619,23 +635,46 @@ impl VaultClient {
             .build()
             .map_err(|e| VaultError::Malformed(format!("building request: {e}")))?;
         if self.nodes.len() == 1 {
-            let result = self.send_once(req).await;
+            let result = self.attempt(0, req).await.result();
             self.record_attempt(0, &result);
             return result;
         }
         let mut last = None;
+        let mut gave_up = false;
         for i in self.nodes.order(placement) {
+            // After a node was found down under a waiting call, only nodes known to serve are
+            // worth the rest of the budget (when every node stopped, the call ends now).
+            if gave_up && !self.nodes.get(i).state().usable() {
+                continue;
+            }
             let Some(mut attempt) = req.try_clone() else {
                 break;
             };
             *attempt.url_mut() = self.nodes.rebase(i, req.url());
-            let result = self.send_once(attempt).await;
+            let outcome = self.attempt(i, attempt).await;
+            gave_up |= matches!(outcome, Attempt::NodeMarkedDown(_));
+            let result = outcome.result();
             if self.record_attempt(i, &result) {
                 return result;
             }
             last = Some(result);
         }
         last.unwrap_or_else(|| Err(VaultError::Malformed("request cannot be retried".into())))
+    }
+
+    /// One request to node `i`, given up as soon as the health prober marks that node down
+    /// (a hung node: the call goes to another instead of waiting out `vault.timeout`).
+    async fn attempt<T: serde::de::DeserializeOwned>(
+        &self,
+        i: usize,
+        req: reqwest::Request,
+    ) -> Attempt<T> {
+        let node = self.nodes.get(i);
+        let mut marked_down = node.watch_marked_down();
+        tokio::select! {
+            result = self.send_once(req) => Attempt::Answered(result),
+            Ok(()) = marked_down.changed() => Attempt::NodeMarkedDown(node.name.clone()),
+        }
     }
 
     /// Notes an attempt's outcome on node `i`; false when another node should be tried.

@@ -187,3 +187,124 @@ async fn vault_with_mutual_tls() {
         "{err}"
     );
 }
+
+/// After an outage long enough for the circuit breaker's cool-down to grow (here 20 s), the
+/// signer uses Vault again as soon as its health check sees it answer, not when the
+/// cool-down ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_follows_the_health_check_not_the_cooldown() {
+    let bao = OpenBao::start_persistent().await;
+    let setup = bao.setup(&[]);
+    let mut env = Env::with_bao(bao, setup, |c| {
+        c.vault.timeout = Duration::from_secs(1);
+        c.vault.breaker_threshold = 2;
+        c.vault.breaker_cooldown = Duration::from_secs(20);
+        c.vault.health_interval = Duration::from_millis(200);
+    })
+    .await;
+    one(&env, Shape::PilotAgent).await.expect("issued");
+    env.bao.stop();
+    let mut last = String::new();
+    for _ in 0..4 {
+        let err = one(&env, Shape::Ztunnel).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
+        last = err.message().to_owned();
+    }
+    assert!(
+        last.contains("not calling it"),
+        "the breaker is open: {last}"
+    );
+    env.bao.restart().await;
+    let back = Instant::now();
+    eventually("the signer uses Vault again", async || {
+        one(&env, Shape::Ztunnel).await.is_ok()
+    })
+    .await;
+    // Without the health check closing it, the breaker would refuse for ~20 s more.
+    assert!(
+        back.elapsed() < Duration::from_secs(5),
+        "recovered {:?} after Vault answered",
+        back.elapsed()
+    );
+}
+
+/// One of two nodes hangs (its TCP connections stay up, nothing is answered): a call waiting
+/// on it moves to the other node as soon as the health check marks it down, instead of
+/// waiting out `vault.timeout` (8 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_on_a_hung_node_moves_to_another() {
+    let bao = OpenBao::start().await;
+    let setup = bao.setup(&[]);
+    let upstream = bao.addr.trim_start_matches("http://").to_owned();
+    let (proxy, hung) = support::hanging_proxy(upstream).await;
+    let direct = bao.addr.clone();
+    let env = Env::with_bao(bao, setup, |c| {
+        c.vault.addr = format!("{proxy}, {direct}").parse().unwrap();
+        c.vault.timeout = Duration::from_secs(8);
+        c.server.request_timeout = Duration::from_secs(20);
+        c.vault.health_interval = Duration::from_millis(200);
+    })
+    .await;
+    one(&env, Shape::PilotAgent).await.expect("issued");
+    hung.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Two at once: whichever node order each call takes, one tries the hung node first.
+    let timed = async || {
+        let started = Instant::now();
+        one(&env, Shape::Ztunnel)
+            .await
+            .expect("served by the other node");
+        started.elapsed()
+    };
+    let (a, b) = tokio::join!(timed(), timed());
+    let slowest = a.max(b);
+    assert!(
+        slowest > Duration::from_millis(500),
+        "a call waited on the hung node ({a:?}, {b:?})"
+    );
+    assert!(
+        slowest < Duration::from_secs(6),
+        "moved off the hung node before vault.timeout ({a:?}, {b:?})"
+    );
+}
+
+/// The only node hangs (SIGSTOP) while a call waits on it: the call ends `Unavailable` once
+/// the health check finds the node down, not after `vault.timeout` (8 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_on_a_hung_vault_ends_when_the_health_check_fails() {
+    let bao = OpenBao::start().await;
+    let setup = bao.setup(&[]);
+    let env = Env::with_bao(bao, setup, |c| {
+        c.vault.timeout = Duration::from_secs(8);
+        c.server.request_timeout = Duration::from_secs(20);
+        c.vault.health_interval = Duration::from_millis(200);
+    })
+    .await;
+    one(&env, Shape::PilotAgent).await.expect("issued");
+    let pid = env.bao.pid().unwrap().to_string();
+    let signal = |s: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([s, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP");
+    let started = Instant::now();
+    let err = one(&env, Shape::Ztunnel).await.unwrap_err();
+    let took = started.elapsed();
+    signal("-CONT");
+    assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
+    // Not "did not answer within 8s": given up on when the health check failed.
+    assert!(
+        err.message().contains("health check failed"),
+        "{}",
+        err.message()
+    );
+    assert!(took < Duration::from_secs(6), "ended after {took:?}");
+    eventually("served again after SIGCONT", async || {
+        one(&env, Shape::Ztunnel).await.is_ok()
+    })
+    .await;
+}

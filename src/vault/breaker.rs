@@ -3,7 +3,9 @@
 //! After `threshold` consecutive transient failures the breaker opens: calls fail at once
 //! with `Unavailable` instead of piling up on a dead Vault (every agent retries, so waiting
 //! helps nobody). After a cool-down one call is let through as a probe; success closes the
-//! breaker, failure re-opens it with a doubled cool-down (capped).
+//! breaker, failure re-opens it with a doubled cool-down (capped). A health check that sees a
+//! node answer closes it at once (Vault back after a long outage is used within one
+//! `vault.health_interval`, not after a cool-down of up to 30 s).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -108,6 +110,16 @@ impl Breaker {
         };
     }
 
+    /// A health check saw Vault answer: closes an open breaker at once instead of after its
+    /// cool-down. A probe in flight keeps its say (it reports as usual).
+    pub fn close_after_health_check(&self) {
+        let mut state = self.lock();
+        if let State::Open { .. } = *state {
+            tracing::info!("a health check sees Vault answer; closing the circuit breaker");
+            *state = State::Closed { failures: 0 };
+        }
+    }
+
     /// True while calls are being refused.
     pub fn is_open(&self) -> bool {
         !matches!(*self.lock(), State::Closed { .. })
@@ -157,6 +169,18 @@ mod tests {
         assert!(b.admit().is_err(), "still open after the first cool-down");
         std::thread::sleep(Duration::from_millis(50));
         b.admit().unwrap().record(false);
+        assert!(!b.is_open());
+        b.admit().unwrap().record(false);
+    }
+
+    #[test]
+    fn a_health_check_closes_it_at_once() {
+        let b = Breaker::new(1, Duration::from_secs(30), Duration::from_secs(60));
+        b.close_after_health_check();
+        assert!(!b.is_open(), "closed stays closed");
+        b.admit().unwrap().record(true);
+        assert!(b.admit().is_err(), "open for 30 s");
+        b.close_after_health_check();
         assert!(!b.is_open());
         b.admit().unwrap().record(false);
     }

@@ -23,6 +23,10 @@ pub enum VaultError {
     Token(String),
     #[error("Vault is failing; not calling it for another {0:?}")]
     CircuitOpen(Duration),
+    /// The health prober found the node down while the call waited on it, and no node known
+    /// to serve was left to try (not retried: the prober says there is nowhere to go).
+    #[error("Vault node {0} failed its health check while the call waited")]
+    NodeDown(String),
     #[error("Vault refused the caller's credentials: {0}")]
     Delegation(String),
     #[error(transparent)]
@@ -38,6 +42,7 @@ impl VaultError {
                 | Self::Timeout(_)
                 | Self::Unavailable { .. }
                 | Self::CircuitOpen(_)
+                | Self::NodeDown(_)
         )
     }
 
@@ -53,6 +58,7 @@ impl VaultError {
             Self::Malformed(_) => "malformed",
             Self::Token(_) => "token",
             Self::CircuitOpen(_) => "circuit_open",
+            Self::NodeDown(_) => "node_down",
             Self::Delegation(_) => "delegation_refused",
             Self::TlsFiles(_) => "tls_files",
         }
@@ -63,12 +69,12 @@ impl VaultError {
     pub(super) fn is_node_fault(&self) -> bool {
         matches!(
             self,
-            Self::Unreachable(_) | Self::Timeout(_) | Self::Unavailable { .. }
+            Self::Unreachable(_) | Self::Timeout(_) | Self::Unavailable { .. } | Self::NodeDown(_)
         )
     }
 
     /// Transient, and worth another attempt right away (not when failing fast).
     pub(super) fn is_retryable(&self) -> bool {
-        self.is_transient() && !matches!(self, Self::CircuitOpen(_))
+        self.is_transient() && !matches!(self, Self::CircuitOpen(_) | Self::NodeDown(_))
     }
 }

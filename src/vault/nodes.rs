@@ -67,7 +67,7 @@ impl NodeState {
     }
 
     /// May calls go there before trying the nodes known to be unhealthy?
-    fn usable(self) -> bool {
+    pub(super) fn usable(self) -> bool {
         matches!(self, Self::Unknown | Self::Active | Self::Standby)
     }
 
@@ -92,9 +92,17 @@ pub(super) struct Node {
     state: AtomicU8,
     calls: AtomicU64,
     failures: AtomicU64,
+    /// Bumped each time the health prober finds the node no longer usable: calls waiting
+    /// on it give up at once and go to a usable node instead of waiting out `vault.timeout`.
+    marked_down: tokio::sync::watch::Sender<u64>,
 }
 
 impl Node {
+    /// Fires when the prober marks this node down after this call.
+    pub(super) fn watch_marked_down(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.marked_down.subscribe()
+    }
+
     pub(super) fn state(&self) -> NodeState {
         NodeState::from_u8(self.state.load(Ordering::Relaxed))
     }
@@ -170,6 +178,7 @@ impl Nodes {
                 state: AtomicU8::new(NodeState::Unknown as u8),
                 calls: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
+                marked_down: tokio::sync::watch::Sender::new(0),
             })
             .collect();
         Self {
@@ -253,7 +262,9 @@ struct RoleData {
 impl VaultClient {
     /// Reads every node's `sys/health` now and then every `interval` until `shutdown`, so a
     /// node skipped after a failure takes calls again once it is healthy (a restarted,
-    /// unsealed node rejoins by itself). State changes are logged.
+    /// unsealed node rejoins by itself), calls waiting on a node found unhealthy go to
+    /// another, and an open circuit breaker closes as soon as a node answers. State changes
+    /// are logged.
     pub async fn watch_nodes(
         self,
         interval: Duration,
@@ -279,6 +290,11 @@ impl VaultClient {
                 Err(_) => NodeState::Down,
             };
             let was = node.set_state(state);
+            if !state.usable() {
+                // Calls still waiting on it go elsewhere now (even if a failed call marked it
+                // down first: others may be waiting on the same hung node).
+                node.marked_down.send_modify(|g| *g += 1);
+            }
             if was == state {
                 return;
             }
@@ -289,6 +305,11 @@ impl VaultClient {
             }
         });
         futures_util::future::join_all(probes).await;
+        // A node answers its health check again: calls may go at once, not after the
+        // breaker's cool-down (which doubles up to 30 s during an outage).
+        if self.nodes.iter().any(|n| n.state().usable()) {
+            self.breaker.close_after_health_check();
+        }
     }
 
     /// With several nodes, reads `target`'s role: when it neither stores certificates nor
