@@ -8,7 +8,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
 /// Installs the process-wide recorder once and returns the handle that renders it.
@@ -97,6 +97,15 @@ fn describe() {
         "istio_vault_ca_request_duration_seconds",
         Unit::Seconds,
         "End-to-end CreateCertificate latency"
+    );
+    describe_histogram!(
+        "istio_vault_ca_queue_wait_seconds",
+        Unit::Seconds,
+        "How long calls that found no free slot waited for one (served or refused)"
+    );
+    describe_gauge!(
+        "istio_vault_ca_queued_requests",
+        "CreateCertificate calls waiting for a slot"
     );
     describe_histogram!(
         "istio_vault_ca_vault_request_duration_seconds",
@@ -370,6 +379,17 @@ pub fn connections_open(n: usize) {
 /// queue-full, message-too-large).
 pub fn shed(reason: &'static str) {
     ::metrics::counter!("istio_vault_ca_shed_total", "reason" => reason).increment(1);
+}
+
+/// A call starts waiting for a slot.
+pub fn queue_entered() {
+    ::metrics::gauge!("istio_vault_ca_queued_requests").increment(1.0);
+}
+
+/// A call stopped waiting for a slot (granted, refused or cancelled) after `waited`.
+pub fn queue_left(waited: Duration) {
+    ::metrics::gauge!("istio_vault_ca_queued_requests").decrement(1.0);
+    ::metrics::histogram!("istio_vault_ca_queue_wait_seconds").record(waited.as_secs_f64());
 }
 
 pub fn deduplicated() {

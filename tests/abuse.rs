@@ -19,11 +19,9 @@ use bytes::Bytes;
 use istio_vault_ca::client::{self, Shape};
 use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
 use support::process::SignerProcess;
+use support::raw_h2::{PATH, tcp_from, tls_connector};
 use support::{OpenBao, id, sample};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
-
-const PATH: &str = "/istio.v1.auth.IstioCertificateService/CreateCertificate";
 
 /// One flood at a time: each test measures its own signer's memory and latency, which a
 /// concurrent flood on the same two cores would distort.
@@ -99,27 +97,6 @@ impl SignerProcess {
             Err(_) => Err(format!("no answer within {deadline:?}")),
         }
     }
-}
-
-fn tls_connector(ca_pem: &[u8]) -> tokio_rustls::TlsConnector {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    istio_vault_ca::install_crypto_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
-async fn tcp_from(src: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(src, 0))?;
-    socket.connect(to).await
 }
 
 /// What the flood observed.

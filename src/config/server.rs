@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// `server.queue_timeout`: a renewal storm's wait (see its doc).
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The gRPC+TLS listener.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -47,7 +50,10 @@ pub struct ServerConfig {
     pub self_issued: Option<SelfIssuedConfig>,
     /// Requests processed at once (size it to what Vault sustains); more wait in a queue.
     pub max_in_flight: usize,
-    /// How long a request may wait for a slot before it is shed with `ResourceExhausted`.
+    /// How long a call without a `grpc-timeout` (pilot-agent and ztunnel send none) may wait
+    /// for a slot before it is shed with `ResourceExhausted`; a call with one waits as long
+    /// as its deadline allows. Sized for a renewal storm: waiting beats a refusal, which
+    /// pilot-agent retries within ~3 s and agentgateway turns into an outage.
     #[serde(with = "duration")]
     pub queue_timeout: Duration,
     /// Bounds on connections, streams and queued calls before authentication.
@@ -69,7 +75,7 @@ impl Default for ServerConfig {
             tcp_quickack: true,
             shutdown_grace: Duration::from_secs(20),
             max_in_flight: 256,
-            queue_timeout: Duration::from_secs(2),
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
             self_issued: None,
             max_connection_age: Duration::from_secs(30 * 60),
             max_connection_age_grace: Duration::from_secs(30),

@@ -1,6 +1,11 @@
 //! The gate every call passes before its message is read: a slot among
 //! `server.max_in_flight` (and `server.limits.max_in_flight_per_peer` for its source address),
-//! a bounded wait for one, and a deadline for the message to arrive.
+//! a wait for one bounded by the call's own deadline, and a deadline for the message to arrive.
+//!
+//! A call waits as long as its deadline allows: its `grpc-timeout` less the signer's recent
+//! service time (what it still needs once it holds a slot), or `server.queue_timeout` when it
+//! carries none (pilot-agent and ztunnel send none). It is refused before that only when the
+//! queue is full, or at once when its deadline leaves no time to wait.
 //!
 //! Nothing of a call is buffered until it holds a slot: while it waits, the HTTP/2 flow-control
 //! window of its connection bounds what the client can push. Calls refused here, and calls
@@ -10,7 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -32,16 +37,30 @@ pub struct GateLimits {
     pub max_in_flight: usize,
     pub max_in_flight_per_peer: usize,
     pub max_queued: usize,
+    /// Longest wait for a slot of a call that carries no `grpc-timeout`.
     pub queue_timeout: Duration,
     pub body_timeout: Duration,
     /// Largest request message tonic accepts (to word the refusal).
     pub max_message_bytes: usize,
 }
 
+/// Longest wait for a slot whatever the call's `grpc-timeout` says (an hour-long deadline
+/// would otherwise hold a queue place for an hour).
+pub const MAX_QUEUE_WAIT: Duration = Duration::from_secs(300);
+
+/// What a call is assumed to need once it holds a slot, before any call was served.
+const INITIAL_SERVICE_ESTIMATE: Duration = Duration::from_millis(100);
+
+/// The least a call with a deadline keeps for its own service when it waits.
+const MIN_SERVICE_RESERVE: Duration = Duration::from_millis(20);
+
 /// Admission before decoding, shared by all connections.
 pub struct Gate {
     limits: GateLimits,
     state: Mutex<State>,
+    /// Moving average of how long served calls took once admitted (nanoseconds): what a
+    /// waiting call with a deadline keeps in reserve.
+    service_nanos: AtomicU64,
 }
 
 /// Slots and waiters. Freed slots go to waiting peers in turn (round robin over source
@@ -177,6 +196,12 @@ pub enum Shed {
     QueueFull(usize),
     #[error("signer is overloaded: no slot within {0:?}; retry later")]
     Overloaded(Duration),
+    /// The call's deadline left no time to wait (its `grpc-timeout`, what serving needs).
+    #[error(
+        "signer is overloaded: the call's deadline ({0:?}) leaves no time to wait for a slot \
+         (serving takes ~{1:?}); retry later"
+    )]
+    NoTimeToWait(Duration, Duration),
     #[error("too many calls from this address at once: no slot within {0:?}; retry later")]
     PeerOverloaded(Duration),
 }
@@ -185,7 +210,7 @@ impl Shed {
     fn reason(self) -> &'static str {
         match self {
             Self::QueueFull(_) => "queue-full",
-            Self::Overloaded(_) => "overloaded",
+            Self::Overloaded(_) | Self::NoTimeToWait(..) => "overloaded",
             Self::PeerOverloaded(_) => "peer-overloaded",
         }
     }
@@ -255,17 +280,51 @@ impl Gate {
                 ..State::default()
             }),
             limits,
+            service_nanos: AtomicU64::new(INITIAL_SERVICE_ESTIMATE.as_nanos() as u64),
         })
+    }
+
+    /// What a call still needs once it holds a slot (recent served calls, averaged).
+    fn service_estimate(&self) -> Duration {
+        Duration::from_nanos(self.service_nanos.load(Ordering::Relaxed))
+    }
+
+    /// Folds a served call's time after admission into the estimate (weight 1/8).
+    fn observe_service(&self, took: Duration) {
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .service_nanos
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(old - old / 8 + took / 8)
+            });
+    }
+
+    /// How long a call that arrived at `arrival` with `timeout` (its `grpc-timeout`) may
+    /// wait for a slot: until its deadline less what serving it takes.
+    fn wait_limit(&self, timeout: Option<Duration>) -> Result<Duration, Shed> {
+        let Some(timeout) = timeout else {
+            return Ok(self.limits.queue_timeout);
+        };
+        let reserve = self.service_estimate().max(MIN_SERVICE_RESERVE);
+        match timeout.checked_sub(reserve) {
+            Some(wait) if !wait.is_zero() => Ok(wait.min(MAX_QUEUE_WAIT)),
+            _ => Err(Shed::NoTimeToWait(timeout, reserve)),
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits (boundedly, in turn with other peers) for a slot for a call from `ip`.
-    pub async fn enter(self: &Arc<Self>, ip: IpAddr) -> Result<Pass, Shed> {
+    /// Waits (in turn with other peers, as long as the call's `timeout` allows: see
+    /// [`Gate::wait_limit`]) for a slot for a call from `ip`.
+    pub async fn enter(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        timeout: Option<Duration>,
+    ) -> Result<Pass, Shed> {
         let per_peer = self.limits.max_in_flight_per_peer;
-        let (id, granted) = {
+        let (id, granted, wait) = {
             let mut state = self.state();
             if state.free > 0 && state.running(ip) < per_peer && !state.waiting.contains_key(&ip) {
                 state.free -= 1;
@@ -275,6 +334,8 @@ impl Gate {
                     ip,
                 });
             }
+            // Waiting is pointless when the deadline cannot be met after it.
+            let wait = self.wait_limit(timeout)?;
             if state.queued >= self.limits.max_queued && !state.make_room(ip) {
                 return Err(Shed::QueueFull(self.limits.max_queued));
             }
@@ -289,7 +350,7 @@ impl Gate {
             state.queued += 1;
             // A slot may be free while this peer is at its limit or others wait: nothing to
             // hand over now; releases do it.
-            (id, granted)
+            (id, granted, wait)
         };
         /// The call's place in the queue. If the call is cancelled while it waits (the client
         /// reset the stream), the waiter is removed, or, if a slot was handed to it in the
@@ -300,9 +361,11 @@ impl Gate {
             id: u64,
             granted: oneshot::Receiver<()>,
             armed: bool,
+            since: Instant,
         }
         impl Drop for Waiting<'_> {
             fn drop(&mut self) {
+                crate::metrics::queue_left(self.since.elapsed());
                 if !self.armed {
                     return;
                 }
@@ -319,8 +382,9 @@ impl Gate {
             id,
             granted,
             armed: true,
+            since: Instant::now(),
         };
-        let wait = self.limits.queue_timeout;
+        crate::metrics::queue_entered();
         let result = tokio::time::timeout(wait, &mut waiting.granted).await;
         let pass = || Pass {
             gate: self.clone(),
@@ -381,24 +445,38 @@ impl Gate {
         let span = arrival
             .as_ref()
             .map_or_else(tracing::Span::none, |a| a.span.clone());
+        let refuse = |status: Status, reason, error: &dyn std::fmt::Display| {
+            if let Some(arrival) = &arrival {
+                let cluster = req.headers().get("clusterid");
+                report(arrival, cluster, peer, &status, reason, error);
+            }
+            status.into_http()
+        };
+        let timeout = match grpc_timeout(req.headers()) {
+            Ok(timeout) => timeout,
+            Err(e) => {
+                return refuse(
+                    Status::invalid_argument(e.to_string()),
+                    "malformed-request",
+                    &e,
+                );
+            }
+        };
         let admission = tracing::info_span!(target: SPAN_TARGET, parent: &span, "admission");
         let entered = {
             use tracing::Instrument;
             let ip = peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip());
-            self.enter(ip).instrument(admission).await
+            self.enter(ip, timeout).instrument(admission).await
         };
         let pass = match entered {
             Ok(pass) => pass,
             Err(shed) => {
                 let status = Status::resource_exhausted(shed.to_string());
-                if let Some(arrival) = &arrival {
-                    let cluster = req.headers().get("clusterid");
-                    report(arrival, cluster, peer, &status, shed.reason(), &shed);
-                }
-                return status.into_http();
+                return refuse(status, shed.reason(), &shed);
             }
         };
-        let deadline = Instant::now() + self.limits.body_timeout;
+        let admitted = Instant::now();
+        let deadline = admitted + self.limits.body_timeout;
         if let Some(arrival) = &arrival {
             req.extensions_mut().insert(arrival.clone());
         }
@@ -413,6 +491,11 @@ impl Gate {
         };
         drop(pass);
         let Some(arrival) = arrival.filter(|a| !a.reported()) else {
+            // An answered certificate call (trailers carry its status; an error the handler
+            // reported comes as a trailers-only response with grpc-status in the headers).
+            if certificate_call && !response.headers().contains_key(Status::GRPC_STATUS) {
+                self.observe_service(admitted.elapsed());
+            }
             return response;
         };
         // The handler never ran: tonic refused the message. Say precisely why.
@@ -461,6 +544,38 @@ impl Gate {
         );
         status.into_http()
     }
+}
+
+/// A `grpc-timeout` header that does not follow the gRPC wire format.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed grpc-timeout header (expected 1-8 digits and a unit of H, M, S, m, u or n)")]
+pub struct MalformedTimeout;
+
+/// The call's own deadline (`grpc-timeout`: 1–8 digits then `H`, `M`, `S`, `m`, `u` or `n`),
+/// if it sent one.
+fn grpc_timeout(headers: &http::HeaderMap) -> Result<Option<Duration>, MalformedTimeout> {
+    let Some(value) = headers.get("grpc-timeout") else {
+        return Ok(None);
+    };
+    let value = value.as_bytes();
+    let (&unit, digits) = value.split_last().ok_or(MalformedTimeout)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(MalformedTimeout);
+    }
+    // At most 8 digits: no overflow below.
+    let n = digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    let timeout = match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return Err(MalformedTimeout),
+    };
+    Ok(Some(timeout))
 }
 
 fn report(
@@ -580,10 +695,10 @@ mod tests {
     #[tokio::test]
     async fn cancelled_waiters_never_keep_a_slot() {
         let g = gate(1, 1);
-        let first = g.enter(ip(1)).await.unwrap();
+        let first = g.enter(ip(1), None).await.unwrap();
         let waiter = tokio::spawn({
             let g = g.clone();
-            async move { g.enter(ip(2)).await.map(|_| ()) }
+            async move { g.enter(ip(2), None).await.map(|_| ()) }
         });
         tokio::task::yield_now().await;
         while g.state().queued == 0 {
@@ -593,7 +708,7 @@ mod tests {
         drop(first);
         waiter.abort();
         let _ = waiter.await;
-        let third = tokio::time::timeout(Duration::from_millis(100), g.enter(ip(3)))
+        let third = tokio::time::timeout(Duration::from_millis(100), g.enter(ip(3), None))
             .await
             .expect("the slot was not leaked")
             .unwrap();
@@ -607,19 +722,19 @@ mod tests {
     #[tokio::test]
     async fn slots_are_handed_out_in_turn() {
         let g = gate(1, 8);
-        let held = g.enter(ip(1)).await.unwrap();
+        let held = g.enter(ip(1), None).await.unwrap();
         let mut busy = Vec::new();
         for _ in 0..4 {
             let g = g.clone();
             // The task's output (its pass) is kept until it is joined: slots stay taken.
-            busy.push(tokio::spawn(async move { g.enter(ip(1)).await.ok() }));
+            busy.push(tokio::spawn(async move { g.enter(ip(1), None).await.ok() }));
         }
         while g.state().queued < 4 {
             tokio::task::yield_now().await;
         }
         let quiet = tokio::spawn({
             let g = g.clone();
-            async move { g.enter(ip(2)).await.map(|pass| (pass.ip, pass)) }
+            async move { g.enter(ip(2), None).await.map(|pass| (pass.ip, pass)) }
         });
         while g.state().queued < 5 {
             tokio::task::yield_now().await;
@@ -634,5 +749,78 @@ mod tests {
             b.abort();
         }
         quiet.abort();
+    }
+    #[test]
+    fn grpc_timeout_follows_the_wire_format() {
+        let parse = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("grpc-timeout", http::HeaderValue::from_str(v).unwrap());
+            grpc_timeout(&h).ok().flatten()
+        };
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()).unwrap(), None);
+        assert_eq!(parse("20S"), Some(Duration::from_secs(20)));
+        assert_eq!(parse("1000m"), Some(Duration::from_secs(1)));
+        assert_eq!(parse("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse("99999999H"),
+            Some(Duration::from_secs(99_999_999 * 3600))
+        );
+        assert_eq!(parse("5u"), Some(Duration::from_micros(5)));
+        assert_eq!(parse("7n"), Some(Duration::from_nanos(7)));
+        for bad in [
+            "",
+            "S",
+            "10",
+            "10s",
+            "123456789S",
+            "-1S",
+            "1.5S",
+            " 1S",
+            "1 S",
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+    }
+
+    /// A call with a deadline waits until its deadline less what serving takes; one whose
+    /// deadline leaves nothing is refused before it waits; no deadline: `queue_timeout`.
+    #[test]
+    fn the_wait_follows_the_deadline() {
+        let g = gate(1, 1);
+        assert_eq!(g.wait_limit(None), Ok(Duration::from_secs(5)));
+        assert_eq!(
+            g.wait_limit(Some(Duration::from_secs(20))),
+            Ok(Duration::from_secs(20) - INITIAL_SERVICE_ESTIMATE)
+        );
+        assert_eq!(
+            g.wait_limit(Some(Duration::from_secs(3600))),
+            Ok(MAX_QUEUE_WAIT)
+        );
+        assert!(matches!(
+            g.wait_limit(Some(Duration::from_millis(50))),
+            Err(Shed::NoTimeToWait(..))
+        ));
+        // Served calls took 2 s: a 1 s deadline cannot be met after any wait.
+        for _ in 0..64 {
+            g.observe_service(Duration::from_secs(2));
+        }
+        assert!(g.service_estimate() > Duration::from_millis(1900));
+        assert!(matches!(
+            g.wait_limit(Some(Duration::from_secs(1))),
+            Err(Shed::NoTimeToWait(..))
+        ));
+    }
+
+    /// A call that must queue and whose deadline cannot be met is refused at once; with a
+    /// free slot it is served whatever its deadline.
+    #[tokio::test]
+    async fn a_hopeless_deadline_is_refused_without_waiting() {
+        let g = gate(1, 1);
+        let short = Some(Duration::from_millis(10));
+        let held = g.enter(ip(1), short).await.expect("a free slot is taken");
+        let refused = g.enter(ip(2), short).await.map(|_| ()).unwrap_err();
+        assert!(matches!(refused, Shed::NoTimeToWait(..)), "{refused}");
+        assert_eq!(g.state().queued, 0, "nothing was queued");
+        drop(held);
     }
 }

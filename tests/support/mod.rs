@@ -10,6 +10,7 @@ pub mod kube_api;
 pub mod netns;
 pub mod pod_api;
 pub mod process;
+pub mod raw_h2;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
