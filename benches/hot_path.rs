@@ -188,6 +188,7 @@ impl HandlerFixture {
             impersonation: None,
             ledger: None,
             denied: None,
+            limits: istio_vault_ca::issuance_limits::IssuanceLimits::new(config.rate_limits),
         };
         Self {
             rt,

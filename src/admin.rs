@@ -68,6 +68,7 @@ impl Readiness {
                     failing_fast: v.failing_fast(),
                     client_cert_not_after: v.client_cert_not_after(),
                     nodes: v.node_status(),
+                    outbound: v.outbound_status(),
                 })
                 .collect(),
         }

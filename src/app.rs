@@ -157,6 +157,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         impersonation,
         ledger,
         denied,
+        limits: crate::issuance_limits::IssuanceLimits::new(config.rate_limits),
     });
 
     let serving = match &config.server.self_issued {

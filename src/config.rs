@@ -29,6 +29,7 @@ mod istiod;
 mod kubernetes;
 mod ledger;
 mod limits;
+mod rate_limits;
 mod routing;
 mod server;
 mod summary;
@@ -47,6 +48,7 @@ pub use istiod::*;
 pub use kubernetes::*;
 pub use ledger::*;
 pub use limits::*;
+pub use rate_limits::*;
 pub use routing::{DEFAULT_TARGET, RouteConfig, TargetConfig, TrustMode};
 pub use server::*;
 pub use telemetry::*;
@@ -97,6 +99,8 @@ pub struct Config {
     /// Publish every issuer's CRL in `istio-ca-crl` (off when absent; needs
     /// `[trust_distribution]`).
     pub crl: Option<CrlConfig>,
+    /// Certificates per identity and per node.
+    pub rate_limits: RateLimitsConfig,
     /// The file this configuration was read from (reloaded for `targets` and `routes`).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -141,6 +145,7 @@ impl Default for Config {
             istiod_certificate: None,
             ledger: None,
             crl: None,
+            rate_limits: RateLimitsConfig::default(),
             source: None,
             overrides: Vec::new(),
         }

@@ -103,6 +103,14 @@ fn describe() {
         Unit::Seconds,
         "How long calls that found no free slot waited for one (served or refused)"
     );
+    describe_counter!(
+        "istio_vault_ca_vault_outbound_delayed_total",
+        "Calls to Vault that waited for a turn under vault.max_requests_per_second"
+    );
+    describe_counter!(
+        "istio_vault_ca_vault_outbound_wait_milliseconds_total",
+        "Time calls to Vault spent waiting for a turn under vault.max_requests_per_second, summed"
+    );
     describe_gauge!(
         "istio_vault_ca_queued_requests",
         "CreateCertificate calls waiting for a slot"
@@ -569,6 +577,8 @@ pub struct VaultState {
     pub client_cert_not_after: Option<i64>,
     /// Each node, when its address lists several.
     pub nodes: Vec<crate::vault::NodeStatus>,
+    /// What `max_requests_per_second` did, when set.
+    pub outbound: Option<crate::vault::OutboundStatus>,
 }
 
 /// State gauges, refreshed before each scrape.
@@ -590,6 +600,18 @@ pub fn state(s: State) {
             .set(flag(v.token_valid));
         ::metrics::gauge!("istio_vault_ca_vault_failing_fast", labels.clone())
             .set(flag(v.failing_fast));
+        if let Some(o) = v.outbound {
+            ::metrics::counter!(
+                "istio_vault_ca_vault_outbound_delayed_total",
+                labels.clone()
+            )
+            .absolute(o.delayed);
+            ::metrics::counter!(
+                "istio_vault_ca_vault_outbound_wait_milliseconds_total",
+                labels.clone()
+            )
+            .absolute(u64::try_from(o.waited.as_millis()).unwrap_or(u64::MAX));
+        }
         if let Some(exp) = v.client_cert_not_after {
             ::metrics::gauge!(
                 "istio_vault_ca_vault_client_certificate_expiry_timestamp_seconds",

@@ -238,6 +238,9 @@ pub fn to_status(err: &IssueError, request_id: outcome::RequestId) -> Status {
         IssueError::Leaf(crate::chain::LeafError::Untrusted(_)) => Status::unavailable(
             "issued certificate does not chain to the current trust bundle; retry later",
         ),
+        // Retried by pilot-agent (backoff) and ztunnel (per-identity backoff); the message
+        // says when.
+        IssueError::RateLimited(e) => Status::resource_exhausted(e.to_string()),
         IssueError::Leaf(_) => Status::failed_precondition(
             "the certificate authority issued a certificate that failed verification; it was withheld (see signer logs)",
         ),
@@ -255,6 +258,9 @@ fn vault_public(e: &VaultError) -> String {
         VaultError::Token(_) => "the signer has no Vault token".into(),
         VaultError::TlsFiles(_) => "the signer's TLS files for Vault are unusable".into(),
         VaultError::NodeDown(_) => "Vault stopped answering (its health check failed)".into(),
+        VaultError::Throttled(_) => {
+            "the signer's limit of calls to Vault is reached (vault.max_requests_per_second)".into()
+        }
         other => other.to_string(),
     }
 }

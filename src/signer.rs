@@ -13,6 +13,7 @@ use crate::bundle::SharedBundle;
 use crate::chain::{self, Expectation, IssuedChain, LeafError, PathCache};
 use crate::csr::{CsrError, CsrPolicy, VerifiedCsr};
 use crate::identity::SpiffeId;
+use crate::issuance_limits::{IssuanceLimits, RateLimited};
 use crate::routing::{Decision, RouteError, SharedRoutes};
 use crate::telemetry::SPAN_TARGET;
 use crate::ttl::TtlError;
@@ -67,6 +68,8 @@ pub enum IssueError {
     Vault(#[from] VaultError),
     #[error(transparent)]
     Leaf(#[from] LeafError),
+    #[error(transparent)]
+    RateLimited(#[from] RateLimited),
 }
 
 impl IssueError {
@@ -93,6 +96,7 @@ impl IssueError {
             Self::Route(_) => "route",
             Self::Vault(_) => "vault",
             Self::Leaf(_) => "leaf-verification",
+            Self::RateLimited(_) => "rate-limited",
         }
     }
 }
@@ -139,6 +143,8 @@ pub struct CertificateRequest<'a> {
 #[derive(Debug, Clone)]
 pub struct Approved {
     pub identity: SpiffeId,
+    /// The node of the node proxy asking on behalf of one of its pods (impersonation).
+    pub for_node: Option<String>,
     pub csr: VerifiedCsr,
     /// Which route claimed the request and the target that signs it.
     pub decision: Decision,
@@ -187,6 +193,8 @@ pub struct Signer {
     pub ledger: Option<crate::ledger::Ledger>,
     /// Identities, namespaces and nodes revoked until lifted, when `[ledger]` is on.
     pub denied: Option<crate::ledger::SharedDenyList>,
+    /// Certificates per identity and per node (`[rate_limits]`).
+    pub limits: IssuanceLimits,
 }
 
 /// What makes two requests identical: same target, identity, CSR bytes and TTL.
@@ -280,6 +288,18 @@ impl Signer {
             }
         };
         let routed = Routed::from(&approved.decision);
+        let limited = self.limits.check(
+            &caller.cluster,
+            &approved.identity,
+            approved.for_node.as_deref(),
+        );
+        if let Err(e) = limited {
+            return Err(Refusal {
+                caller: Some(caller),
+                routed: Some(routed),
+                error: e.into(),
+            });
+        }
         match self.sign_approved(&caller, req, approved).await {
             Ok(certified) => {
                 if let Some(ledger) = &self.ledger {
@@ -366,13 +386,14 @@ impl Signer {
         caller: &Caller,
         req: &CertificateRequest<'_>,
     ) -> Result<Approved, IssueError> {
-        let identity = tracing::info_span!(target: SPAN_TARGET, "authorize").in_scope(|| {
-            authorize(
-                caller,
-                req.impersonated_identity,
-                self.impersonation.as_ref(),
-            )
-        })?;
+        let (identity, for_node) =
+            tracing::info_span!(target: SPAN_TARGET, "authorize").in_scope(|| {
+                authorize(
+                    caller,
+                    req.impersonated_identity,
+                    self.impersonation.as_ref(),
+                )
+            })?;
         if let Some(denied) = &self.denied {
             check_denied(denied, caller, &identity)?;
         }
@@ -390,6 +411,7 @@ impl Signer {
         let (ttl, clamped) = decision.target.ttl.resolve(req.validity_seconds)?;
         Ok(Approved {
             identity,
+            for_node,
             csr,
             decision,
             ttl,
@@ -406,6 +428,7 @@ impl Signer {
     ) -> Result<Certified, IssueError> {
         let Approved {
             identity,
+            for_node: _,
             csr,
             decision,
             ttl,
@@ -535,7 +558,8 @@ pub struct Impersonation {
 impl Impersonation {
     /// istiod's rule: the caller is a trusted node account; its token names its own running
     /// pod (name and UID); a pod of the requested service account runs on that pod's node.
-    fn check(&self, caller: &Caller, requested: &SpiffeId) -> Result<(), AuthzError> {
+    /// Returns that node.
+    fn check(&self, caller: &Caller, requested: &SpiffeId) -> Result<String, AuthzError> {
         let deny = |reason: String| AuthzError::NodeAuthorization {
             caller: caller.identity.to_string(),
             requested: requested.to_string(),
@@ -589,29 +613,31 @@ impl Impersonation {
                 requested.service_account()
             )));
         }
-        Ok(())
+        Ok(node)
     }
 }
 
 /// Decides which identity the caller gets: its own, or (node proxies only) the
-/// `ImpersonatedIdentity` it names. That value equal to the caller's own identity is always
-/// accepted (shared-mode ztunnel sends it for itself).
+/// `ImpersonatedIdentity` it names, with the node it was authorized on. That value equal to
+/// the caller's own identity is always accepted (shared-mode ztunnel sends it for itself).
 fn authorize(
     caller: &Caller,
     impersonated: Option<&str>,
     impersonation: Option<&Impersonation>,
-) -> Result<SpiffeId, AuthzError> {
+) -> Result<(SpiffeId, Option<String>), AuthzError> {
     let Some(requested) = impersonated.filter(|s| !s.is_empty()) else {
-        return Ok(caller.identity.clone());
+        return Ok((caller.identity.clone(), None));
     };
     let requested: SpiffeId = requested.parse().map_err(|_| {
         AuthzError::BadImpersonatedIdentity(crate::echo::truncated(requested).into_owned())
     })?;
     if requested == caller.identity {
-        return Ok(requested);
+        return Ok((requested, None));
     }
     match impersonation {
-        Some(imp) => imp.check(caller, &requested).map(|()| requested),
+        Some(imp) => imp
+            .check(caller, &requested)
+            .map(|node| (requested, Some(node))),
         None => Err(AuthzError::Impersonation {
             caller: caller.identity.to_string(),
             requested: requested.to_string(),
@@ -637,8 +663,8 @@ mod tests {
     #[test]
     fn impersonation_of_self_only() {
         let zt = caller("istio-system", "ztunnel");
-        assert_eq!(authorize(&zt, None, None).unwrap(), zt.identity);
-        assert_eq!(authorize(&zt, Some(""), None).unwrap(), zt.identity);
+        assert_eq!(authorize(&zt, None, None).unwrap().0, zt.identity);
+        assert_eq!(authorize(&zt, Some(""), None).unwrap().0, zt.identity);
         assert_eq!(
             authorize(
                 &zt,
@@ -646,7 +672,8 @@ mod tests {
                 None
             )
             .unwrap(),
-            zt.identity
+            (zt.identity.clone(), None),
+            "its own identity is not impersonation: no node budget spent"
         );
         assert!(matches!(
             authorize(&zt, Some("spiffe://cluster.local/ns/default/sa/app"), None),

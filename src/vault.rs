@@ -24,6 +24,7 @@ mod delegated;
 mod error;
 mod kv;
 mod nodes;
+mod outbound;
 mod set;
 mod target;
 mod tls_files;
@@ -36,6 +37,8 @@ pub use error::VaultError;
 pub use kv::KvPath;
 pub use nodes::{NodeState, NodeStatus};
 use nodes::{Nodes, Placement};
+use outbound::Outbound;
+pub use outbound::OutboundStatus;
 pub use set::VaultSet;
 pub use target::SignTarget;
 use target::{make_target, namespace_header};
@@ -152,6 +155,8 @@ pub struct VaultClient {
     timeout: Duration,
     retries: u32,
     observer: Option<CallObserver>,
+    /// `vault.max_requests_per_second`, when set.
+    outbound: Option<Arc<Outbound>>,
 }
 
 impl std::fmt::Debug for VaultClient {
@@ -208,6 +213,7 @@ impl VaultClient {
             timeout: config.timeout,
             retries: config.retries,
             observer: None,
+            outbound: config.outbound_rate().map(|r| Arc::new(Outbound::new(r))),
         })
     }
 
@@ -330,6 +336,11 @@ impl VaultClient {
     /// True when `vault.addr` lists several nodes (the health prober then runs).
     pub fn is_cluster(&self) -> bool {
         self.nodes.len() > 1
+    }
+
+    /// What the outbound limit did, when `vault.max_requests_per_second` is set.
+    pub fn outbound_status(&self) -> Option<OutboundStatus> {
+        self.outbound.as_ref().map(|o| o.status())
     }
 
     /// True while Vault is considered down and calls fail fast.
@@ -609,7 +620,7 @@ impl VaultClient {
         let result = match self.breaker.admit() {
             Ok(permit) => {
                 let result = self.send_to_nodes(req, placement).await;
-                permit.record(matches!(&result, Err(e) if e.is_transient()));
+                permit.record(matches!(&result, Err(e) if e.is_vault_failure()));
                 result
             }
             Err(open) => Err(VaultError::CircuitOpen(open.retry_in)),
@@ -684,6 +695,10 @@ impl VaultClient {
             node.answered();
             return true;
         };
+        // The signer's own limit: the node was not called.
+        if matches!(e, VaultError::Throttled(_)) {
+            return true;
+        }
         // A rate-limit quota (429) is per node: try another, but the node is healthy.
         if !e.is_node_fault() || matches!(e, VaultError::Unavailable { status: 429, .. }) {
             node.answered();
@@ -701,6 +716,10 @@ impl VaultClient {
         &self,
         req: reqwest::Request,
     ) -> Result<T, VaultError> {
+        // Every attempt takes a turn (retries and failover included: no amplification).
+        if let Some(outbound) = &self.outbound {
+            outbound.turn(self.timeout).await?;
+        }
         // The call holds its own reference to the client; the guard is gone before it waits.
         let call = self.http.load().client.execute(req);
         let resp = call.await.map_err(|e| self.transport_error(e))?;

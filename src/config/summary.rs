@@ -151,6 +151,18 @@ impl Config {
                 }
             ),
             format!(
+                "limits         {} calls at once, a call waits up to {} for one; {}/min per identity (burst {}), {}/min per node (burst {}){}",
+                self.server.max_in_flight,
+                humantime::format_duration(self.server.queue_timeout),
+                self.rate_limits.per_identity.per_minute,
+                self.rate_limits.per_identity.burst,
+                self.rate_limits.per_node.per_minute,
+                self.rate_limits.per_node.burst,
+                self.vault
+                    .max_requests_per_second
+                    .map_or(String::new(), |n| format!("; Vault at most {n}/s"))
+            ),
+            format!(
                 "lifetime       default {}, max {}",
                 humantime::format_duration(self.ttl.default),
                 humantime::format_duration(self.ttl.max)

@@ -1,6 +1,8 @@
 //! `[vault]`: the Vault (or OpenBao) server, the default target's mount and role, the
 //! signer's own login, delegated mode.
 
+use std::num::NonZeroU32;
+
 use super::*;
 
 /// The Vault (or OpenBao) PKI role that signs.
@@ -54,6 +56,15 @@ pub struct VaultConfig {
     pub allow_insecure_http: bool,
     /// Largest answer read from this server; a larger one is refused before it is held whole.
     pub max_response_bytes: usize,
+    /// Calls per second this replica makes to this server at most (each attempt counts: a
+    /// retry or failover spends the same budget). Set it to Vault's rate-limit quota for the
+    /// signer divided by the replicas, so a `429` is never how the rate is learnt. Calls wait
+    /// their turn up to `timeout`. Unlimited when unset. Health checks do not count (Vault
+    /// exempts `sys/health` from quotas).
+    pub max_requests_per_second: Option<NonZeroU32>,
+    /// Calls allowed at once above `max_requests_per_second` (default: a tenth of it, at
+    /// least 1).
+    pub request_burst: Option<NonZeroU32>,
 }
 
 /// The section of a Vault server's settings: `vault` for `[vault]` (`None`), else
@@ -70,6 +81,21 @@ pub const DEFAULT_VAULT_ADDR: &str = "http://127.0.0.1:8200";
 pub const DEFAULT_TOKEN_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 /// `vault.tls_reload_interval` when unset (as for the serving files: three small reads).
 pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+impl VaultConfig {
+    /// The outbound limit of this server, when `max_requests_per_second` is set.
+    pub fn outbound_rate(&self) -> Option<crate::rate::Rate> {
+        let per_second = self.max_requests_per_second?;
+        let burst = self.request_burst.unwrap_or_else(|| {
+            NonZeroU32::new(per_second.get().div_ceil(10)).unwrap_or(NonZeroU32::MIN)
+        });
+        Some(crate::rate::Rate::new(
+            per_second,
+            Duration::from_secs(1),
+            burst,
+        ))
+    }
+}
+
 /// `vault.health_interval` when unset.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 /// Smallest `vault.max_response_bytes` accepted (a sign answer with a chain is ~3-8 KiB).
@@ -270,6 +296,8 @@ impl Default for VaultConfig {
             delegated: None,
             allow_insecure_http: false,
             max_response_bytes: crate::http_policy::DEFAULT_MAX_RESPONSE_BYTES,
+            max_requests_per_second: None,
+            request_burst: None,
         }
     }
 }

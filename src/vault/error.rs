@@ -27,6 +27,10 @@ pub enum VaultError {
     /// to serve was left to try (not retried: the prober says there is nowhere to go).
     #[error("Vault node {0} failed its health check while the call waited")]
     NodeDown(String),
+    /// The signer's own outbound limit (`vault.max_requests_per_second`) has no turn soon
+    /// enough (the next in this long); Vault was not called.
+    #[error("the signer's limit of calls to Vault is reached; next turn in {0:?}")]
+    Throttled(Duration),
     #[error("Vault refused the caller's credentials: {0}")]
     Delegation(String),
     #[error(transparent)]
@@ -43,7 +47,14 @@ impl VaultError {
                 | Self::Unavailable { .. }
                 | Self::CircuitOpen(_)
                 | Self::NodeDown(_)
+                | Self::Throttled(_)
         )
+    }
+
+    /// Says Vault itself is failing (what the circuit breaker counts): transient, and not the
+    /// signer's own limit.
+    pub(super) fn is_vault_failure(&self) -> bool {
+        self.is_transient() && !matches!(self, Self::Throttled(_))
     }
 
     /// A short label for metrics.
@@ -59,6 +70,7 @@ impl VaultError {
             Self::Token(_) => "token",
             Self::CircuitOpen(_) => "circuit_open",
             Self::NodeDown(_) => "node_down",
+            Self::Throttled(_) => "throttled",
             Self::Delegation(_) => "delegation_refused",
             Self::TlsFiles(_) => "tls_files",
         }
@@ -75,6 +87,10 @@ impl VaultError {
 
     /// Transient, and worth another attempt right away (not when failing fast).
     pub(super) fn is_retryable(&self) -> bool {
-        self.is_transient() && !matches!(self, Self::CircuitOpen(_) | Self::NodeDown(_))
+        self.is_transient()
+            && !matches!(
+                self,
+                Self::CircuitOpen(_) | Self::NodeDown(_) | Self::Throttled(_)
+            )
     }
 }

@@ -719,6 +719,18 @@ impl Env {
             s.shutdown().await.unwrap();
         }
     }
+
+    /// Replaces the running signer with one whose config `customize` changed (kept for later
+    /// restarts); `self.addr` points at the new one.
+    pub async fn restart_with(&mut self, customize: impl FnOnce(&mut Config)) {
+        self.shutdown().await;
+        customize(&mut self.config);
+        let signer = app::start(self.config.clone())
+            .await
+            .expect("signer starts");
+        self.addr = format!("127.0.0.1:{}", signer.local_addr().port());
+        self.signer = Some(signer);
+    }
 }
 
 /// Writes a kubeconfig `name` in `dir` pointing at `server` (a loopback fake API server) with
