@@ -4,6 +4,8 @@
 //! to Vault's `sign/<role>` at the same concurrency, so the signer's overhead is the ratio of
 //! two runs on one machine.
 
+pub mod fleet;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;

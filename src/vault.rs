@@ -718,7 +718,7 @@ impl VaultClient {
     ) -> Result<T, VaultError> {
         // Every attempt takes a turn (retries and failover included: no amplification).
         if let Some(outbound) = &self.outbound {
-            outbound.turn(self.timeout).await?;
+            outbound.turn(outbound::MAX_WAIT).await?;
         }
         // The call holds its own reference to the client; the guard is gone before it waits.
         let call = self.http.load().client.execute(req);

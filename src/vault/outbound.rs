@@ -8,6 +8,10 @@ use std::time::Duration;
 use super::VaultError;
 use crate::rate::{Limiter, Rate};
 
+/// Longest wait for a turn: a call further back is refused at once (`Throttled`). Calls are
+/// normally ended sooner by their request deadline (`server.request_timeout`).
+pub(super) const MAX_WAIT: Duration = Duration::from_secs(60);
+
 /// The limiter and what it did, for the metrics.
 pub(super) struct Outbound {
     limiter: Limiter,
@@ -33,7 +37,8 @@ impl Outbound {
         }
     }
 
-    /// Waits for the next turn; refuses at once when it is more than `max_wait` away.
+    /// Waits for the next turn; refuses at once when it is more than `max_wait` away (the
+    /// caller's own deadline, `server.request_timeout`, usually ends the wait first).
     pub(super) async fn turn(&self, max_wait: Duration) -> Result<(), VaultError> {
         let wait = self
             .limiter

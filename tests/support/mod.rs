@@ -893,6 +893,40 @@ pub async fn hanging_proxy(upstream: String) -> (String, Arc<std::sync::atomic::
     (addr, hung)
 }
 
+/// A loopback TCP proxy to `upstream` that can be cut: while the returned sender holds `true`,
+/// open connections are closed and new ones are closed at once (Vault unreachable, as when
+/// a network policy or a partition cuts it off); back to `false`, it forwards again.
+pub async fn cuttable_proxy(upstream: String) -> (String, tokio::sync::watch::Sender<bool>) {
+    let (cut, watch) = tokio::sync::watch::channel(false);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                // Out of descriptors for a moment (a storm of reconnects): keep serving.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let mut cut = watch.clone();
+            if *cut.borrow_and_update() {
+                continue;
+            }
+            let up = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(up).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    // Only a cut ends it (not the sender going away).
+                    Ok(_) = cut.wait_for(|c| *c) => {}
+                }
+            });
+        }
+    });
+    (addr, cut)
+}
+
 /// A loopback TCP proxy to `upstream` that holds every client→upstream chunk for `delay`:
 /// a slow Vault, which OpenBao itself cannot be made into. `None` upstream = a black hole
 /// that accepts connections and never answers.

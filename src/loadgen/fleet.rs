@@ -1,0 +1,652 @@
+//! Fleet simulation: a mesh's workloads holding certificates over time, not a request count.
+//!
+//! Every workload requests a certificate when it starts, keeps it, and renews it at a fraction
+//! of its lifetime with jitter (pilot-agent and ztunnel renew at ~50 %), retrying failures as
+//! the clients do (pilot-agent: five quick retries from 100 ms, then, like ztunnel, backoff
+//! from 1 s doubling with ±20 % jitter up to a cap). Lifetimes are real but short: a 24 h
+//! certificate compressed 144× lasts 10 minutes. New pods arrive at a rate; a drain restarts
+//! many pods at once (each then holds no certificate until it gets one). Events outside the
+//! simulator (Vault killed or cut off, a signer restarted) are scripted by the caller, which
+//! names the phases so the report splits at them.
+//!
+//! The report says, per phase: calls, latency p50/p99/max, refusals by code, the largest
+//! queue and Vault sign rate seen on the signer's metrics, and the workload-seconds without a
+//! valid certificate (a certificate that expired before its renewal succeeded, or a new pod
+//! still waiting after [`NEW_POD_GRACE`]). Every chain is checked as the clients check it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rcgen::KeyPair;
+use serde::Serialize;
+use tokio::sync::Notify;
+use tonic::transport::Channel;
+
+use crate::client::{self, CallOptions, Shape};
+use crate::dev::{DevIssuer, TokenSpec};
+use crate::identity::{SpiffeId, TrustDomain};
+use crate::pb::istio_certificate_service_client::IstioCertificateServiceClient;
+
+/// A new pod without a certificate this long after it started counts as uncovered.
+pub const NEW_POD_GRACE: Duration = Duration::from_secs(5);
+
+/// Codes pilot-agent's interceptor retries at once (`pkg/security/retry.go`).
+const QUICK_RETRY: [tonic::Code; 6] = [
+    tonic::Code::Cancelled,
+    tonic::Code::DeadlineExceeded,
+    tonic::Code::ResourceExhausted,
+    tonic::Code::Aborted,
+    tonic::Code::Internal,
+    tonic::Code::Unavailable,
+];
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// Pods at the start.
+    pub workloads: usize,
+    /// Pods per service account (they share its SPIFFE identity).
+    pub pods_per_identity: usize,
+    /// Nodes; each has its own connection to the signer, shared by its pods.
+    pub nodes: usize,
+    /// Share of pods asking in ztunnel's shape (P-256, no quick retries); the rest are
+    /// pilot-agent's (RSA-2048).
+    pub ztunnel_fraction: f64,
+    /// Requested certificate lifetime (real time).
+    pub lifetime: Duration,
+    /// Renewal point as a fraction of the lifetime, and its jitter (± this fraction).
+    pub renew_at: f64,
+    pub jitter: f64,
+    /// Longest wait between two attempts after failures.
+    pub max_backoff: Duration,
+    pub duration: Duration,
+    /// New pods per second (each a new pod of an existing identity).
+    pub new_pods_per_second: f64,
+    pub drain: Option<Drain>,
+    /// Phase names and start offsets, in order (the first should start at zero).
+    pub phases: Vec<(Duration, String)>,
+    /// The signer's `/metrics` URL, read every second for queue depth and Vault sign calls.
+    pub metrics_url: Option<String>,
+    /// The signer's pid, for RSS and CPU (a separate process).
+    pub signer_pid: Option<u32>,
+    pub trust_domain: String,
+    pub cluster_id: String,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        Self {
+            workloads: 300,
+            pods_per_identity: 3,
+            nodes: 8,
+            ztunnel_fraction: 0.5,
+            lifetime: Duration::from_secs(30),
+            renew_at: 0.5,
+            jitter: 0.1,
+            max_backoff: Duration::from_secs(8),
+            duration: Duration::from_secs(30),
+            new_pods_per_second: 1.0,
+            drain: None,
+            phases: vec![(Duration::ZERO, "steady".into())],
+            metrics_url: None,
+            signer_pid: None,
+            trust_domain: "cluster.local".into(),
+            cluster_id: "Kubernetes".into(),
+        }
+    }
+}
+
+/// A drain: `pods` pods restarted, spread evenly over `over`, starting `at`.
+#[derive(Debug, Clone, Copy)]
+pub struct Drain {
+    pub at: Duration,
+    pub pods: usize,
+    pub over: Duration,
+}
+
+/// One second of the run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Second {
+    pub ok: usize,
+    pub errors: BTreeMap<String, usize>,
+    #[serde(skip)]
+    latencies_ms: Vec<f32>,
+    /// Workloads without a valid certificate at the end of this second.
+    pub uncovered: usize,
+    /// Of them, pods whose certificate expired (the rest are new pods past the grace).
+    pub expired: usize,
+    pub pods: usize,
+    /// From the signer's metrics (when given).
+    pub queued: Option<f64>,
+    pub vault_signs: Option<f64>,
+    pub signer_rss_mib: Option<f64>,
+    pub signer_cpu_s: Option<f64>,
+}
+
+/// Totals of one phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseReport {
+    pub name: String,
+    pub from_s: usize,
+    pub to_s: usize,
+    pub calls: usize,
+    pub ok: usize,
+    pub errors: BTreeMap<String, usize>,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Workload-seconds without a valid certificate, and of them from expired certificates.
+    pub uncovered_workload_seconds: usize,
+    pub expired_workload_seconds: usize,
+    pub max_queued: Option<f64>,
+    /// Largest number of Vault sign calls in one second.
+    pub max_vault_signs_per_s: Option<f64>,
+}
+
+/// The outcome of a fleet run.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetReport {
+    pub phases: Vec<PhaseReport>,
+    pub timeline: Vec<Second>,
+    pub pods_at_end: usize,
+    pub peak_rss_mib: Option<f64>,
+    /// Signer CPU seconds over the run.
+    pub signer_cpu_s: Option<f64>,
+}
+
+impl FleetReport {
+    /// One line per phase.
+    pub fn text(&self) -> String {
+        let mut out = String::from(
+            "phase                 s    calls      ok  p50 ms  p99 ms  max ms  uncovered  expired  queue  vault/s  errors\n",
+        );
+        for p in &self.phases {
+            // `+ 0.0` turns a gauge's -0 into 0.
+            let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{:.0}", v + 0.0));
+            out.push_str(&format!(
+                "{:<18} {:>3}-{:<3} {:>6} {:>7} {:>7.1} {:>7.1} {:>7.1} {:>10} {:>8} {:>6} {:>8}  {:?}\n",
+                p.name,
+                p.from_s,
+                p.to_s,
+                p.calls,
+                p.ok,
+                p.p50_ms,
+                p.p99_ms,
+                p.max_ms,
+                p.uncovered_workload_seconds,
+                p.expired_workload_seconds,
+                opt(p.max_queued),
+                opt(p.max_vault_signs_per_s),
+                p.errors
+            ));
+        }
+        if let Some(rss) = self.peak_rss_mib {
+            out.push_str(&format!("signer peak RSS {rss:.0} MiB"));
+        }
+        if let Some(cpu) = self.signer_cpu_s {
+            out.push_str(&format!(", CPU {cpu:.1} s\n"));
+        }
+        out
+    }
+
+    /// The timeline as CSV (one row per second), for plotting.
+    pub fn csv(&self) -> String {
+        let mut out = String::from(
+            "second,ok,errors,p50_ms,p99_ms,uncovered,expired,pods,queued,vault_signs\n",
+        );
+        for (i, s) in self.timeline.iter().enumerate() {
+            let mut l = s.latencies_ms.clone();
+            let (p50, p99) = (percentile(&mut l, 0.5), percentile(&mut l, 0.99));
+            let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v}"));
+            out.push_str(&format!(
+                "{i},{},{},{p50:.1},{p99:.1},{},{},{},{},{}\n",
+                s.ok,
+                s.errors.values().sum::<usize>(),
+                s.uncovered,
+                s.expired,
+                s.pods,
+                opt(s.queued),
+                opt(s.vault_signs)
+            ));
+        }
+        out
+    }
+}
+
+fn percentile(v: &mut [f32], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_unstable_by(f32::total_cmp);
+    let idx = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+    f64::from(v[idx])
+}
+
+/// One pod: what it asks for and what it holds.
+struct Pod {
+    shape: Shape,
+    identity: SpiffeId,
+    csr_pem: String,
+    token: Arc<str>,
+    node: usize,
+    /// NotAfter of the certificate it holds (unix ms), 0 for none.
+    not_after_ms: AtomicI64,
+    /// When it (re)started (unix ms).
+    born_ms: AtomicI64,
+    restart: Notify,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Calls and their latencies by second.
+struct Recorder {
+    start: Instant,
+    seconds: std::sync::Mutex<Vec<Second>>,
+}
+
+impl Recorder {
+    fn record(&self, took: Duration, result: Result<(), String>) {
+        let at = (self.start.elapsed().as_secs()) as usize;
+        let mut s = self.seconds.lock().unwrap_or_else(|e| e.into_inner());
+        if s.len() <= at {
+            s.resize_with(at + 1, Second::default);
+        }
+        let second = &mut s[at];
+        second.latencies_ms.push(took.as_secs_f32() * 1000.0);
+        match result {
+            Ok(()) => second.ok += 1,
+            Err(code) => *second.errors.entry(code).or_default() += 1,
+        }
+    }
+
+    fn sample(&self, at: usize, f: impl FnOnce(&mut Second)) {
+        let mut s = self.seconds.lock().unwrap_or_else(|e| e.into_inner());
+        if s.len() <= at {
+            s.resize_with(at + 1, Second::default);
+        }
+        f(&mut s[at]);
+    }
+}
+
+/// Runs the fleet against the signer behind `clients` (one per node, reused round-robin when
+/// fewer), minting tokens with `issuer`.
+pub async fn run(
+    opts: &FleetOptions,
+    clients: Vec<IstioCertificateServiceClient<Channel>>,
+    issuer: &DevIssuer,
+) -> anyhow::Result<FleetReport> {
+    anyhow::ensure!(!clients.is_empty(), "no connection to the signer");
+    anyhow::ensure!(opts.workloads > 0 && opts.nodes > 0, "an empty fleet");
+    let td = TrustDomain::new(&opts.trust_domain)?;
+    let extra = (opts.new_pods_per_second * opts.duration.as_secs_f64()).ceil() as usize;
+    let pods = Arc::new(prepare(opts, &td, issuer, opts.workloads + extra)?);
+    let active = Arc::new(AtomicUsize::new(opts.workloads));
+    let stop = Arc::new(AtomicBool::new(false));
+    let recorder = Arc::new(Recorder {
+        start: Instant::now(),
+        seconds: Default::default(),
+    });
+    let clients = Arc::new(clients);
+    let mut tasks = tokio::task::JoinSet::new();
+    let spawn_pod = |tasks: &mut tokio::task::JoinSet<()>, i: usize| {
+        let (pods, clients, recorder, stop, opts) = (
+            pods.clone(),
+            clients.clone(),
+            recorder.clone(),
+            stop.clone(),
+            opts.clone(),
+        );
+        tasks.spawn(async move { live(i, &pods, &clients, &recorder, &stop, &opts).await });
+    };
+    for i in 0..opts.workloads {
+        pods[i].born_ms.store(now_ms(), Ordering::Relaxed);
+        spawn_pod(&mut tasks, i);
+    }
+    let cpu_start = opts.signer_pid.and_then(super::cpu_seconds);
+    let http = reqwest::Client::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let start = recorder.start;
+    let mut drained = 0;
+    let mut born = 0usize;
+    let mut last_signs = None;
+    tick.tick().await;
+    while start.elapsed() < opts.duration {
+        // Each tick: new pods, the drain's share, then a sample of the second that ended.
+        let elapsed = start.elapsed();
+        let due_new = (opts.new_pods_per_second * elapsed.as_secs_f64()) as usize;
+        while born < due_new.min(extra) {
+            let i = opts.workloads + born;
+            pods[i].born_ms.store(now_ms(), Ordering::Relaxed);
+            active.fetch_add(1, Ordering::Relaxed);
+            spawn_pod(&mut tasks, i);
+            born += 1;
+        }
+        if let Some(d) = opts.drain.filter(|d| elapsed >= d.at) {
+            let progress =
+                ((elapsed - d.at).as_secs_f64() / d.over.as_secs_f64().max(1e-3)).min(1.0);
+            let due = ((d.pods as f64 * progress).ceil() as usize).min(d.pods);
+            while drained < due {
+                let pod = &pods[drained % opts.workloads];
+                pod.not_after_ms.store(0, Ordering::Relaxed);
+                pod.born_ms.store(now_ms(), Ordering::Relaxed);
+                pod.restart.notify_one();
+                drained += 1;
+            }
+        }
+        let second = elapsed.as_secs().saturating_sub(1) as usize;
+        let now = now_ms();
+        let grace = NEW_POD_GRACE.as_millis() as i64;
+        let (mut expired, mut waiting) = (0, 0);
+        let n = active.load(Ordering::Relaxed);
+        for pod in &pods[..n] {
+            match pod.not_after_ms.load(Ordering::Relaxed) {
+                0 if now - pod.born_ms.load(Ordering::Relaxed) > grace => waiting += 1,
+                0 => {}
+                t if t <= now => expired += 1,
+                _ => {}
+            }
+        }
+        let metrics = match &opts.metrics_url {
+            Some(url) => match http.get(url).send().await {
+                Ok(r) => r.text().await.ok(),
+                Err(_) => None,
+            },
+            None => None,
+        };
+        // Sign calls that reached Vault: not those the breaker or the outbound limit stopped.
+        let signs = metrics.as_deref().map(|m| {
+            series_sum(
+                m,
+                "istio_vault_ca_vault_request_duration_seconds_count",
+                "op=\"sign\"",
+            ) - series_sum(
+                m,
+                "istio_vault_ca_vault_errors_total",
+                "op=\"sign\",kind=\"circuit_open\"",
+            ) - series_sum(
+                m,
+                "istio_vault_ca_vault_errors_total",
+                "op=\"sign\",kind=\"throttled\"",
+            )
+        });
+        let queued = metrics
+            .as_deref()
+            .map(|m| series_sum(m, "istio_vault_ca_queued_requests", ""));
+        let rate = match (last_signs, signs) {
+            (Some(a), Some(b)) => Some(f64::max(b - a, 0.0)),
+            _ => None,
+        };
+        last_signs = signs.or(last_signs);
+        let rss = opts.signer_pid.and_then(rss_mib);
+        let cpu = opts.signer_pid.and_then(super::cpu_seconds);
+        recorder.sample(second, |s| {
+            s.uncovered = expired + waiting;
+            s.expired = expired;
+            s.pods = n;
+            s.queued = queued;
+            s.vault_signs = rate;
+            s.signer_rss_mib = rss;
+            s.signer_cpu_s = cpu;
+        });
+        tick.tick().await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for pod in pods.iter() {
+        pod.restart.notify_one();
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    let mut timeline =
+        std::mem::take(&mut *recorder.seconds.lock().unwrap_or_else(|e| e.into_inner()));
+    timeline.truncate(opts.duration.as_secs() as usize);
+    let phases = phase_reports(&opts.phases, &timeline);
+    Ok(FleetReport {
+        phases,
+        pods_at_end: active.load(Ordering::Relaxed),
+        peak_rss_mib: opts.signer_pid.and_then(super::peak_rss_mib),
+        signer_cpu_s: match (cpu_start, opts.signer_pid.and_then(super::cpu_seconds)) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        },
+        timeline,
+    })
+}
+
+/// Sum of the samples of `name` whose labels contain `labels` in Prometheus text.
+fn series_sum(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            (rest.is_empty() || rest.starts_with('{') && rest.contains(labels))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn phase_reports(phases: &[(Duration, String)], timeline: &[Second]) -> Vec<PhaseReport> {
+    let mut out = Vec::new();
+    for (k, (from, name)) in phases.iter().enumerate() {
+        let from_s = from.as_secs() as usize;
+        let to_s = phases
+            .get(k + 1)
+            .map_or(timeline.len(), |(t, _)| t.as_secs() as usize)
+            .min(timeline.len());
+        let seconds = timeline.get(from_s..to_s).unwrap_or(&[]);
+        let mut lat: Vec<f32> = seconds
+            .iter()
+            .flat_map(|s| s.latencies_ms.iter().copied())
+            .collect();
+        let mut errors = BTreeMap::new();
+        for s in seconds {
+            for (c, n) in &s.errors {
+                *errors.entry(c.clone()).or_default() += n;
+            }
+        }
+        let ok: usize = seconds.iter().map(|s| s.ok).sum();
+        let max = |f: fn(&Second) -> Option<f64>| {
+            seconds
+                .iter()
+                .filter_map(f)
+                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
+        };
+        out.push(PhaseReport {
+            name: name.clone(),
+            from_s,
+            to_s,
+            calls: ok + errors.values().sum::<usize>(),
+            ok,
+            errors,
+            p50_ms: percentile(&mut lat, 0.5),
+            p99_ms: percentile(&mut lat, 0.99),
+            max_ms: lat.last().map_or(0.0, |v| f64::from(*v)),
+            uncovered_workload_seconds: seconds.iter().map(|s| s.uncovered).sum(),
+            expired_workload_seconds: seconds.iter().map(|s| s.expired).sum(),
+            max_queued: max(|s| s.queued),
+            max_vault_signs_per_s: max(|s| s.vault_signs),
+        });
+    }
+    out
+}
+
+/// Keys (a pool per shape), CSRs and tokens for `total` pods.
+fn prepare(
+    opts: &FleetOptions,
+    td: &TrustDomain,
+    issuer: &DevIssuer,
+    total: usize,
+) -> anyhow::Result<Vec<Pod>> {
+    let rsa: Vec<KeyPair> = (0..4)
+        .map(|_| KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256))
+        .collect::<Result<_, _>>()?;
+    let ec: Vec<KeyPair> = (0..4)
+        .map(|_| KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256))
+        .collect::<Result<_, _>>()?;
+    let per_identity = opts.pods_per_identity.max(1);
+    let mut tokens: BTreeMap<usize, Arc<str>> = BTreeMap::new();
+    let mut out = Vec::with_capacity(total);
+    for i in 0..total {
+        // New pods (beyond `workloads`) join existing identities.
+        let id_index = (i % opts.workloads) / per_identity;
+        let (ns, sa) = (
+            format!("fleet-{}", id_index / 100),
+            format!("sa-{id_index}"),
+        );
+        let identity = SpiffeId::new(td.clone(), &ns, &sa)?;
+        let ztunnel = (id_index as f64 * opts.ztunnel_fraction).floor()
+            != ((id_index + 1) as f64 * opts.ztunnel_fraction).floor();
+        let (shape, key) = if ztunnel {
+            (Shape::Ztunnel, &ec[i % ec.len()])
+        } else {
+            (Shape::PilotAgent, &rsa[i % rsa.len()])
+        };
+        let token = match tokens.get(&id_index) {
+            Some(t) => t.clone(),
+            None => {
+                let t: Arc<str> = issuer.token(&TokenSpec::new(&ns, &sa))?.into();
+                tokens.insert(id_index, t.clone());
+                t
+            }
+        };
+        out.push(Pod {
+            shape,
+            csr_pem: client::csr_for_key(shape, &identity, key)?,
+            identity,
+            token,
+            node: i % opts.nodes,
+            not_after_ms: AtomicI64::new(0),
+            born_ms: AtomicI64::new(0),
+            restart: Notify::new(),
+        });
+    }
+    Ok(out)
+}
+
+/// One pod's life: obtain, hold, renew; start over when restarted.
+async fn live(
+    i: usize,
+    pods: &[Pod],
+    clients: &[IstioCertificateServiceClient<Channel>],
+    recorder: &Recorder,
+    stop: &AtomicBool,
+    opts: &FleetOptions,
+) {
+    let pod = &pods[i];
+    let mut client = clients[pod.node % clients.len()].clone();
+    let request_opts = CallOptions {
+        token: Some(pod.token.to_string()),
+        cluster_id: Some(opts.cluster_id.clone()),
+        ttl_seconds: opts.lifetime.as_secs().max(1) as i64,
+        impersonate: None,
+        cert_signer: None,
+    };
+    let mut rng_state = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut random = move || {
+        // xorshift: jitter only, no security use.
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        (rng_state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    while !stop.load(Ordering::Relaxed) {
+        // Obtain (with the clients' retries), then hold until the renewal point or a restart.
+        let mut backoff = Duration::from_secs(1);
+        let mut quick = 0;
+        let not_after = loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let Ok(req) =
+                client::build_request(pod.shape, &pod.csr_pem, &pod.identity, &request_opts)
+            else {
+                return;
+            };
+            let t = Instant::now();
+            let result = client.create_certificate(req).await;
+            let took = t.elapsed();
+            let checked = result.map_err(|s| s.code()).and_then(|r| {
+                client::inspect_chain(&r.into_inner().cert_chain).map_err(|_| tonic::Code::DataLoss)
+            });
+            match checked {
+                Ok(summary) => {
+                    recorder.record(took, Ok(()));
+                    break summary.not_after * 1000;
+                }
+                Err(code) => {
+                    recorder.record(took, Err(format!("{code:?}")));
+                    let wait = if pod.shape == Shape::PilotAgent
+                        && quick < 5
+                        && QUICK_RETRY.contains(&code)
+                    {
+                        quick += 1;
+                        Duration::from_millis(100 << (quick - 1))
+                    } else {
+                        let w = backoff.mul_f64(0.8 + 0.4 * random());
+                        backoff = (backoff * 2).min(opts.max_backoff);
+                        w
+                    };
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        };
+        pod.not_after_ms.store(not_after, Ordering::Relaxed);
+        let fraction = opts.renew_at + opts.jitter * (2.0 * random() - 1.0);
+        let hold = opts.lifetime.mul_f64(fraction.clamp(0.05, 0.95));
+        tokio::select! {
+            () = tokio::time::sleep(hold) => {}
+            () = pod.restart.notified() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_summed_by_name_and_labels() {
+        let text = "# HELP x\n\
+            istio_vault_ca_queued_requests 3\n\
+            istio_vault_ca_vault_request_duration_seconds_count{op=\"sign\"} 10\n\
+            istio_vault_ca_vault_request_duration_seconds_count{op=\"sign\",vault=\"b\"} 5\n\
+            istio_vault_ca_vault_request_duration_seconds_count{op=\"login\"} 7\n\
+            istio_vault_ca_vault_request_duration_seconds_sum{op=\"sign\"} 99\n";
+        let count = "istio_vault_ca_vault_request_duration_seconds_count";
+        assert_eq!(series_sum(text, count, "op=\"sign\""), 15.0);
+        assert_eq!(series_sum(text, "istio_vault_ca_queued_requests", ""), 3.0);
+        assert_eq!(series_sum(text, "absent", ""), 0.0);
+    }
+
+    #[test]
+    fn phases_split_the_timeline() {
+        let mut timeline = vec![Second::default(); 4];
+        timeline[0].ok = 2;
+        timeline[0].latencies_ms = vec![1.0, 3.0];
+        timeline[3].errors.insert("Unavailable".into(), 1);
+        timeline[3].latencies_ms = vec![5.0];
+        timeline[3].uncovered = 2;
+        let phases = vec![
+            (Duration::ZERO, "a".to_owned()),
+            (Duration::from_secs(3), "b".to_owned()),
+        ];
+        let r = phase_reports(&phases, &timeline);
+        assert_eq!((r[0].calls, r[0].ok, r[0].max_ms), (2, 2, 3.0));
+        assert_eq!((r[1].from_s, r[1].to_s, r[1].calls), (3, 4, 1));
+        assert_eq!(r[1].uncovered_workload_seconds, 2);
+    }
+}
