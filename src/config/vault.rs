@@ -59,7 +59,7 @@ pub struct VaultConfig {
     /// Calls per second this replica makes to this server at most (each attempt counts: a
     /// retry or failover spends the same budget). Set it to Vault's rate-limit quota for the
     /// signer divided by the replicas, so a `429` is never how the rate is learnt. Calls wait
-    /// their turn up to `timeout`. Unlimited when unset. Health checks do not count (Vault
+    /// their turn within their request deadline (`server.request_timeout`). Unlimited when unset. Health checks do not count (Vault
     /// exempts `sys/health` from quotas).
     pub max_requests_per_second: Option<NonZeroU32>,
     /// Calls allowed at once above `max_requests_per_second` (default: a tenth of it, at
