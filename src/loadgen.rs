@@ -576,8 +576,13 @@ fn check_chain(chain: &[String], p: &Prepared, roots: &[Vec<u8>]) -> Result<(), 
 
 /// VmHWM of `pid` from /proc, in MiB.
 pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    proc_status_mib(pid, "VmHWM:")
+}
+
+/// A memory field of `/proc/<pid>/status` (`VmHWM:`, `VmRSS:`), in MiB.
+pub fn proc_status_mib(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }

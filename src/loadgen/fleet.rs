@@ -384,7 +384,9 @@ pub async fn run(
             _ => None,
         };
         last_signs = signs.or(last_signs);
-        let rss = opts.signer_pid.and_then(rss_mib);
+        let rss = opts
+            .signer_pid
+            .and_then(|p| super::proc_status_mib(p, "VmRSS:"));
         let cpu = opts.signer_pid.and_then(super::cpu_seconds);
         recorder.sample(second, |s| {
             s.uncovered = expired + waiting;
@@ -430,13 +432,6 @@ fn series_sum(text: &str, name: &str, labels: &str) -> f64 {
                 .then(|| value.parse::<f64>().ok())?
         })
         .sum()
-}
-
-fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
 }
 
 fn phase_reports(phases: &[(Duration, String)], timeline: &[Second]) -> Vec<PhaseReport> {
