@@ -531,9 +531,22 @@ async fn unauthenticated_connections_cannot_lock_agents_out() {
     }
     let rss_stop = Arc::new(AtomicBool::new(false));
     let peak = watch_rss(&signer, rss_stop.clone());
-    support::eventually("the connection table is full", async || {
-        sample(&signer.metrics().await, "istio_vault_ca_connections_open") == Some(512.0)
-    })
+    // Full: every place taken, or attackers already evicting each other (on a loaded machine
+    // the gauge can sit a few below 512 while evicted attackers reconnect).
+    support::eventually_some_within(
+        "the connection table is full",
+        Duration::from_secs(60),
+        async || {
+            let text = signer.metrics().await;
+            let open = sample(&text, "istio_vault_ca_connections_open").unwrap_or(0.0);
+            let evicted = sample(
+                &text,
+                "istio_vault_ca_connections_refused_total{reason=\"evicted-unproven\"}",
+            )
+            .unwrap_or(0.0);
+            (open == 512.0 || evicted > 0.0).then_some(())
+        },
+    )
     .await;
     let mut served = 0;
     let mut failures = Vec::new();
