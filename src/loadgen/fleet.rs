@@ -29,6 +29,8 @@ use crate::dev::{DevIssuer, TokenSpec};
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::pb::istio_certificate_service_client::IstioCertificateServiceClient;
 
+pub mod plot;
+
 /// A new pod without a certificate this long after it started counts as uncovered.
 pub const NEW_POD_GRACE: Duration = Duration::from_secs(5);
 
@@ -54,6 +56,13 @@ pub struct FleetOptions {
     /// Share of pods asking in ztunnel's shape (P-256, no quick retries); the rest are
     /// pilot-agent's (RSA-2048).
     pub ztunnel_fraction: f64,
+    /// ztunnel-shaped pods ask through their node's ztunnel (its pod-bound token, the pod's
+    /// identity in `ImpersonatedIdentity`), as ambient mode does; the signer must authorize
+    /// nodes against a pod API listing [`placements`] and [`ztunnel_placement`]s.
+    pub impersonate: bool,
+    /// The pods present at the start join evenly over this time (a cluster coming up); zero
+    /// starts them all at once.
+    pub ramp: Duration,
     /// Requested certificate lifetime (real time).
     pub lifetime: Duration,
     /// Renewal point as a fraction of the lifetime, and its jitter (± this fraction).
@@ -82,6 +91,8 @@ impl Default for FleetOptions {
             pods_per_identity: 3,
             nodes: 8,
             ztunnel_fraction: 0.5,
+            impersonate: false,
+            ramp: Duration::ZERO,
             lifetime: Duration::from_secs(30),
             renew_at: 0.5,
             jitter: 0.1,
@@ -191,14 +202,25 @@ impl FleetReport {
         out
     }
 
+    /// Latency p50 and p99 (ms) of each second's calls (0 for a second without calls).
+    pub fn latency_percentiles(&self) -> (Vec<f64>, Vec<f64>) {
+        self.timeline
+            .iter()
+            .map(|s| {
+                let mut l = s.latencies_ms.clone();
+                (percentile(&mut l, 0.5), percentile(&mut l, 0.99))
+            })
+            .unzip()
+    }
+
     /// The timeline as CSV (one row per second), for plotting.
     pub fn csv(&self) -> String {
         let mut out = String::from(
             "second,ok,errors,p50_ms,p99_ms,uncovered,expired,pods,queued,vault_signs\n",
         );
+        let (p50, p99) = self.latency_percentiles();
         for (i, s) in self.timeline.iter().enumerate() {
-            let mut l = s.latencies_ms.clone();
-            let (p50, p99) = (percentile(&mut l, 0.5), percentile(&mut l, 0.99));
+            let (p50, p99) = (p50[i], p99[i]);
             let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v}"));
             out.push_str(&format!(
                 "{i},{},{},{p50:.1},{p99:.1},{},{},{},{},{}\n",
@@ -230,6 +252,8 @@ struct Pod {
     identity: SpiffeId,
     csr_pem: String,
     token: Arc<str>,
+    /// Asks as its node's ztunnel, for its own identity.
+    impersonate: bool,
     node: usize,
     /// NotAfter of the certificate it holds (unix ms), 0 for none.
     not_after_ms: AtomicI64,
@@ -274,18 +298,44 @@ impl Recorder {
     }
 }
 
-/// Runs the fleet against the signer behind `clients` (one per node, reused round-robin when
-/// fewer), minting tokens with `issuer`.
-pub async fn run(
+/// A fleet ready to run: its pods' keys, CSRs and tokens made (the slow part, done before the
+/// clock starts so that a caller's scripted events line up with the report's seconds).
+pub struct Fleet {
+    opts: FleetOptions,
+    pods: Arc<Vec<Pod>>,
+}
+
+impl Fleet {
+    /// Prepares every pod of `opts`, minting tokens with `issuer`.
+    pub fn prepare(opts: FleetOptions, issuer: &DevIssuer) -> anyhow::Result<Self> {
+        anyhow::ensure!(opts.workloads > 0 && opts.nodes > 0, "an empty fleet");
+        let td = TrustDomain::new(&opts.trust_domain)?;
+        let pods = Arc::new(prepare(
+            &opts,
+            &td,
+            issuer,
+            opts.workloads + new_pods(&opts),
+        )?);
+        Ok(Self { opts, pods })
+    }
+
+    /// Runs the fleet against the signer behind `clients` (one per node, reused round-robin
+    /// when fewer); second 0 of the report is when this is called.
+    pub async fn run(
+        self,
+        clients: Vec<IstioCertificateServiceClient<Channel>>,
+    ) -> anyhow::Result<FleetReport> {
+        run(&self.opts, self.pods, clients).await
+    }
+}
+
+async fn run(
     opts: &FleetOptions,
+    pods: Arc<Vec<Pod>>,
     clients: Vec<IstioCertificateServiceClient<Channel>>,
-    issuer: &DevIssuer,
 ) -> anyhow::Result<FleetReport> {
     anyhow::ensure!(!clients.is_empty(), "no connection to the signer");
-    anyhow::ensure!(opts.workloads > 0 && opts.nodes > 0, "an empty fleet");
-    let td = TrustDomain::new(&opts.trust_domain)?;
-    let extra = (opts.new_pods_per_second * opts.duration.as_secs_f64()).ceil() as usize;
-    let pods = Arc::new(prepare(opts, &td, issuer, opts.workloads + extra)?);
+    let extra = new_pods(opts);
     let active = Arc::new(AtomicUsize::new(opts.workloads));
     let stop = Arc::new(AtomicBool::new(false));
     let recorder = Arc::new(Recorder {
@@ -294,7 +344,7 @@ pub async fn run(
     });
     let clients = Arc::new(clients);
     let mut tasks = tokio::task::JoinSet::new();
-    let spawn_pod = |tasks: &mut tokio::task::JoinSet<()>, i: usize| {
+    let spawn_pod = |tasks: &mut tokio::task::JoinSet<()>, i: usize, delay: Duration| {
         let (pods, clients, recorder, stop, opts) = (
             pods.clone(),
             clients.clone(),
@@ -302,11 +352,18 @@ pub async fn run(
             stop.clone(),
             opts.clone(),
         );
-        tasks.spawn(async move { live(i, &pods, &clients, &recorder, &stop, &opts).await });
+        tasks.spawn(async move {
+            tokio::time::sleep(delay).await;
+            live(i, &pods, &clients, &recorder, &stop, &opts).await
+        });
     };
     for i in 0..opts.workloads {
-        pods[i].born_ms.store(now_ms(), Ordering::Relaxed);
-        spawn_pod(&mut tasks, i);
+        // A pod that has not started yet is born in the future: not yet counted as waiting.
+        let delay = opts.ramp.mul_f64(i as f64 / opts.workloads as f64);
+        pods[i]
+            .born_ms
+            .store(now_ms() + delay.as_millis() as i64, Ordering::Relaxed);
+        spawn_pod(&mut tasks, i, delay);
     }
     let cpu_start = opts.signer_pid.and_then(super::cpu_seconds);
     let http = reqwest::Client::new();
@@ -325,7 +382,7 @@ pub async fn run(
             let i = opts.workloads + born;
             pods[i].born_ms.store(now_ms(), Ordering::Relaxed);
             active.fetch_add(1, Ordering::Relaxed);
-            spawn_pod(&mut tasks, i);
+            spawn_pod(&mut tasks, i, Duration::ZERO);
             born += 1;
         }
         if let Some(d) = opts.drain.filter(|d| elapsed >= d.at) {
@@ -479,6 +536,71 @@ fn phase_reports(phases: &[(Duration, String)], timeline: &[Second]) -> Vec<Phas
     out
 }
 
+/// Where pod `i` of a fleet runs and whose it is: what the simulator asks for and what a pod
+/// API serving the fleet lists (for node authorization).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub namespace: String,
+    pub service_account: String,
+    pub pod: String,
+    pub uid: String,
+    pub node: String,
+    pub node_index: usize,
+    /// Asks in ztunnel's shape (through its node's ztunnel when the fleet impersonates).
+    pub ztunnel: bool,
+}
+
+/// Pod `i`: pods beyond `workloads` (new pods) join existing identities; pods spread over
+/// nodes round-robin; 100 identities a namespace.
+pub fn placement(opts: &FleetOptions, i: usize) -> Placement {
+    let id_index = (i % opts.workloads.max(1)) / opts.pods_per_identity.max(1);
+    let (namespace, service_account) = (
+        format!("fleet-{}", id_index / 100),
+        format!("sa-{id_index}"),
+    );
+    let ztunnel = (id_index as f64 * opts.ztunnel_fraction).floor()
+        != ((id_index + 1) as f64 * opts.ztunnel_fraction).floor();
+    let node_index = i % opts.nodes.max(1);
+    Placement {
+        pod: format!("{service_account}-{i}"),
+        uid: format!("uid-{i}"),
+        namespace,
+        service_account,
+        node: node_name(node_index),
+        node_index,
+        ztunnel,
+    }
+}
+
+/// Every pod the run may start (those at the start and the new pods).
+pub fn placements(opts: &FleetOptions) -> Vec<Placement> {
+    (0..opts.workloads + new_pods(opts))
+        .map(|i| placement(opts, i))
+        .collect()
+}
+
+/// The ztunnel pod (`istio-system/ztunnel`) on node `n`.
+pub fn ztunnel_placement(n: usize) -> Placement {
+    Placement {
+        namespace: "istio-system".into(),
+        service_account: "ztunnel".into(),
+        pod: format!("ztunnel-{n}"),
+        uid: format!("ztunnel-uid-{n}"),
+        node: node_name(n),
+        node_index: n,
+        ztunnel: true,
+    }
+}
+
+fn node_name(n: usize) -> String {
+    format!("node-{n:03}")
+}
+
+/// New pods over the whole run.
+fn new_pods(opts: &FleetOptions) -> usize {
+    (opts.new_pods_per_second * opts.duration.as_secs_f64()).ceil() as usize
+}
+
 /// Keys (a pool per shape), CSRs and tokens for `total` pods.
 fn prepare(
     opts: &FleetOptions,
@@ -492,29 +614,32 @@ fn prepare(
     let ec: Vec<KeyPair> = (0..4)
         .map(|_| KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256))
         .collect::<Result<_, _>>()?;
-    let per_identity = opts.pods_per_identity.max(1);
-    let mut tokens: BTreeMap<usize, Arc<str>> = BTreeMap::new();
+    let mut tokens: BTreeMap<String, Arc<str>> = BTreeMap::new();
     let mut out = Vec::with_capacity(total);
     for i in 0..total {
-        // New pods (beyond `workloads`) join existing identities.
-        let id_index = (i % opts.workloads) / per_identity;
-        let (ns, sa) = (
-            format!("fleet-{}", id_index / 100),
-            format!("sa-{id_index}"),
-        );
-        let identity = SpiffeId::new(td.clone(), &ns, &sa)?;
-        let ztunnel = (id_index as f64 * opts.ztunnel_fraction).floor()
-            != ((id_index + 1) as f64 * opts.ztunnel_fraction).floor();
-        let (shape, key) = if ztunnel {
+        let place = placement(opts, i);
+        let identity = SpiffeId::new(td.clone(), &place.namespace, &place.service_account)?;
+        let (shape, key) = if place.ztunnel {
             (Shape::Ztunnel, &ec[i % ec.len()])
         } else {
             (Shape::PilotAgent, &rsa[i % rsa.len()])
         };
-        let token = match tokens.get(&id_index) {
+        let impersonate = place.ztunnel && opts.impersonate;
+        // An impersonating ztunnel presents its own pod-bound token; a sidecar its workload's.
+        let spec = if impersonate {
+            let zt = ztunnel_placement(place.node_index);
+            let mut spec = TokenSpec::new(&zt.namespace, &zt.service_account);
+            spec.pod = Some((zt.pod, zt.uid, zt.node));
+            spec
+        } else {
+            TokenSpec::new(&place.namespace, &place.service_account)
+        };
+        let key_of = format!("{}/{}/{:?}", spec.namespace, spec.service_account, spec.pod);
+        let token = match tokens.get(&key_of) {
             Some(t) => t.clone(),
             None => {
-                let t: Arc<str> = issuer.token(&TokenSpec::new(&ns, &sa))?.into();
-                tokens.insert(id_index, t.clone());
+                let t: Arc<str> = issuer.token(&spec)?.into();
+                tokens.insert(key_of, t.clone());
                 t
             }
         };
@@ -523,7 +648,8 @@ fn prepare(
             csr_pem: client::csr_for_key(shape, &identity, key)?,
             identity,
             token,
-            node: i % opts.nodes,
+            impersonate,
+            node: place.node_index,
             not_after_ms: AtomicI64::new(0),
             born_ms: AtomicI64::new(0),
             restart: Notify::new(),
@@ -547,7 +673,7 @@ async fn live(
         token: Some(pod.token.to_string()),
         cluster_id: Some(opts.cluster_id.clone()),
         ttl_seconds: opts.lifetime.as_secs().max(1) as i64,
-        impersonate: None,
+        impersonate: pod.impersonate.then(|| pod.identity.to_string()),
         cert_signer: None,
     };
     let mut rng_state = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -18,6 +18,44 @@ pub struct SignerProcess {
     pub ca_pem: Vec<u8>,
     pub issuer: DevIssuer,
     pub dir: tempfile::TempDir,
+    /// How it was started, to start it again.
+    launch: Launch,
+}
+
+/// The command line of a signer process: namespace, config file, extra environment.
+struct Launch {
+    netns: Option<String>,
+    config: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Launch {
+    fn spawn(&self, log: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        // ABUSE_BIN: measure another build (e.g. target/release/istio-vault-ca).
+        let bin = std::env::var("ABUSE_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_istio-vault-ca").to_owned());
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        command
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap()
+    }
 }
 
 impl Drop for SignerProcess {
@@ -136,26 +174,15 @@ level = "{log_level}"
         issuer: DevIssuer,
         env: &[(&str, &str)],
     ) -> Self {
-        let log = std::fs::File::create(dir.path().join("log")).unwrap();
-        // ABUSE_BIN: measure another build (e.g. target/release/istio-vault-ca).
-        let bin = std::env::var("ABUSE_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_istio-vault-ca").to_owned());
-        let mut command = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(bin);
-                c
-            }
-            None => Command::new(bin),
+        let launch = Launch {
+            netns: netns.map(str::to_owned),
+            config: config.to_path_buf(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
-        let child = command
-            .args(["serve", "--config"])
-            .arg(config)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
+        let child = launch.spawn(&dir.path().join("log"));
         let signer = Self {
             child,
             addr: at.0,
@@ -163,7 +190,25 @@ level = "{log_level}"
             ca_pem,
             issuer,
             dir,
+            launch,
         };
+        signer.wait_ready().await;
+        signer
+    }
+
+    /// Kills the process (SIGKILL, as a node failure or an OOM kill would) and starts it again
+    /// on the same addresses with the same configuration; waits until it is ready. Its log
+    /// continues in the same file.
+    pub async fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = self.launch.spawn(&self.log_path());
+        self.wait_ready().await;
+    }
+
+    /// Waits up to 30 s until `/readyz` says ready, showing the log if it does not.
+    async fn wait_ready(&self) {
+        let signer = self;
         let ready = async || {
             matches!(super::http().get(format!("http://{}/readyz", signer.admin)).send().await,
                 Ok(r) if r.status().is_success())
@@ -177,7 +222,6 @@ level = "{log_level}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        signer
     }
 
     pub fn pid(&self) -> u32 {
