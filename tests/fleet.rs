@@ -24,7 +24,8 @@ const LIMIT: u32 = 40;
 async fn a_small_fleet_keeps_its_certificates_through_a_drain_and_a_vault_outage() {
     let bao = OpenBao::start().await;
     let setup = bao.setup(&[]);
-    let (proxy, cut) = support::cuttable_proxy(bao.addr.trim_start_matches("http://").into()).await;
+    let (proxy, cut) =
+        support::proxy::cuttable_proxy(bao.addr.trim_start_matches("http://").into()).await;
     let env = Env::with_bao(bao, setup, |c| {
         c.vault.addr = proxy.parse().unwrap();
         c.vault.health_interval = Duration::from_millis(500);
@@ -225,7 +226,7 @@ async fn fleet_at_scale() {
     let mut cuts = Vec::new();
     for node in &cluster.nodes {
         let (addr, cut) =
-            support::cuttable_proxy(node.addr.trim_start_matches("http://").into()).await;
+            support::proxy::cuttable_proxy(node.addr.trim_start_matches("http://").into()).await;
         proxies.push(addr);
         cuts.push(cut);
     }

@@ -47,7 +47,7 @@ async fn vault_stopped_gives_unavailable_within_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_that_never_answers_times_out_as_unavailable() {
-    let blackhole = support::delaying_proxy(None, Duration::ZERO).await;
+    let blackhole = support::proxy::delaying_proxy(None, Duration::ZERO).await;
     let env = Env::start_with(|c| {
         // Roots from the file the setup script wrote; Vault itself is unreachable.
         c.bundle.file = Some(support::setup_root_cert(c));

@@ -176,7 +176,8 @@ async fn burst(env: &Env, n: usize, concurrency: usize) -> (usize, Option<tonic:
 /// OpenBao enforces a real rate-limit quota of 10 calls/s on the PKI mount. Without an
 /// outbound limit a burst of 60 calls at concurrency 16 meets `429`s (retries off, so they
 /// reach the callers); with `vault.max_requests_per_second = 8` the same burst is paced below
-/// the quota: every call served, no 429, the waits counted.
+/// the quota: every call served, no 429, the waits counted. The 429s never open the circuit
+/// breaker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outbound_limit_keeps_vault_below_its_quota() {
     let mut env = Env::start_with(|c| c.vault.retries = 0).await;
@@ -198,6 +199,16 @@ async fn the_outbound_limit_keeps_vault_below_its_quota() {
     assert!(
         failed > 0 && throttled_by_vault > 0.0,
         "the quota is real: an unpaced burst meets 429s"
+    );
+    // A throttling Vault is answering: its 429s never open the circuit breaker.
+    assert_eq!(
+        sample(
+            &metrics,
+            "istio_vault_ca_vault_errors_total{op=\"sign\",kind=\"circuit_open\"}"
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "no call failed fast because of 429s"
     );
 
     // Past the quota's window, the same burst paced by the signer.

@@ -79,7 +79,7 @@ async fn a_replica_killed_mid_storm_costs_only_retries() {
 async fn a_replica_terminated_mid_storm_drains_in_flight_requests() {
     let bao = OpenBao::start().await;
     // Vault answers slowly through this proxy, so calls are surely in flight at SIGTERM.
-    let slow = support::delaying_proxy(
+    let slow = support::proxy::delaying_proxy(
         Some(bao.addr.trim_start_matches("http://").to_owned()),
         Duration::from_millis(300),
     )

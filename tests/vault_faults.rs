@@ -236,7 +236,7 @@ async fn a_call_on_a_hung_node_moves_to_another() {
     let bao = OpenBao::start().await;
     let setup = bao.setup(&[]);
     let upstream = bao.addr.trim_start_matches("http://").to_owned();
-    let (proxy, hung) = support::hanging_proxy(upstream).await;
+    let (proxy, hung) = support::proxy::hanging_proxy(upstream).await;
     let direct = bao.addr.clone();
     let env = Env::with_bao(bao, setup, |c| {
         c.vault.addr = format!("{proxy}, {direct}").parse().unwrap();

@@ -51,10 +51,15 @@ impl VaultError {
         )
     }
 
-    /// Says Vault itself is failing (what the circuit breaker counts): transient, and not the
-    /// signer's own limit.
+    /// Says Vault itself is failing (what the circuit breaker counts): transient, and neither
+    /// the signer's own limit nor Vault's rate-limit quota (a `429` comes from a healthy Vault
+    /// that answers at once; opening the breaker would turn throttling into an outage).
     pub(super) fn is_vault_failure(&self) -> bool {
-        self.is_transient() && !matches!(self, Self::Throttled(_))
+        self.is_transient()
+            && !matches!(
+                self,
+                Self::Throttled(_) | Self::Unavailable { status: 429, .. }
+            )
     }
 
     /// A short label for metrics.
@@ -92,5 +97,26 @@ impl VaultError {
                 self,
                 Self::CircuitOpen(_) | Self::NodeDown(_) | Self::Throttled(_)
             )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_failing_vault_counts_for_the_breaker() {
+        let unavailable = |status| VaultError::Unavailable {
+            status,
+            message: String::new(),
+        };
+        assert!(unavailable(503).is_vault_failure());
+        assert!(VaultError::Timeout(std::time::Duration::from_secs(5)).is_vault_failure());
+        // Vault's quota and the signer's own pacing: Vault is healthy.
+        assert!(unavailable(429).is_transient());
+        assert!(!unavailable(429).is_vault_failure());
+        assert!(!VaultError::Throttled(std::time::Duration::from_secs(1)).is_vault_failure());
+        // Permanent refusals are the caller's problem, not Vault's health.
+        assert!(!VaultError::Rejected("bad".into()).is_vault_failure());
     }
 }

@@ -10,12 +10,12 @@ pub mod kube_api;
 pub mod netns;
 pub mod pod_api;
 pub mod process;
+pub mod proxy;
 pub mod raw_h2;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use istio_vault_ca::app::{self, Running};
@@ -677,7 +677,10 @@ impl Env {
         self.shutdown().await;
         let upstream = self.bao.addr.trim_start_matches("http://").to_owned();
         let mut config = self.config.clone();
-        config.vault.addr = delaying_proxy(Some(upstream), delay).await.parse().unwrap();
+        config.vault.addr = proxy::delaying_proxy(Some(upstream), delay)
+            .await
+            .parse()
+            .unwrap();
         config.vault.timeout = Duration::from_secs(5);
         config.bundle.file = Some(self.setup_dir.join("tls/root-cert.pem"));
         customize(&mut config);
@@ -847,129 +850,6 @@ pub fn now_unix() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
-}
-
-/// A loopback TCP proxy to `upstream` that forwards until the returned flag is set, then
-/// holds every client→upstream chunk (on open and new connections) until it is cleared: a
-/// node that hangs (as under SIGSTOP) while its TCP connections stay up.
-pub async fn hanging_proxy(upstream: String) -> (String, Arc<std::sync::atomic::AtomicBool>) {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let hung = Arc::new(AtomicBool::new(false));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = format!("http://{}", listener.local_addr().unwrap());
-    let flag = hung.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((client, _)) = listener.accept().await else {
-                return;
-            };
-            let (up, hung) = (upstream.clone(), flag.clone());
-            tokio::spawn(async move {
-                let Ok(server) = tokio::net::TcpStream::connect(up).await else {
-                    return;
-                };
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
-                });
-                let mut buf = vec![0u8; 16 * 1024];
-                loop {
-                    let n = match cr.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    while hung.load(Ordering::SeqCst) {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    if sw.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, hung)
-}
-
-/// A loopback TCP proxy to `upstream` that can be cut: while the returned sender holds `true`,
-/// open connections are closed and new ones are closed at once (Vault unreachable, as when
-/// a network policy or a partition cuts it off); back to `false`, it forwards again.
-pub async fn cuttable_proxy(upstream: String) -> (String, tokio::sync::watch::Sender<bool>) {
-    let (cut, watch) = tokio::sync::watch::channel(false);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut client, _)) = listener.accept().await else {
-                // Out of descriptors for a moment (a storm of reconnects): keep serving.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            };
-            let mut cut = watch.clone();
-            if *cut.borrow_and_update() {
-                continue;
-            }
-            let up = upstream.clone();
-            tokio::spawn(async move {
-                let Ok(mut server) = tokio::net::TcpStream::connect(up).await else {
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                    // Only a cut ends it (not the sender going away).
-                    Ok(_) = cut.wait_for(|c| *c) => {}
-                }
-            });
-        }
-    });
-    (addr, cut)
-}
-
-/// A loopback TCP proxy to `upstream` that holds every client→upstream chunk for `delay`:
-/// a slow Vault, which OpenBao itself cannot be made into. `None` upstream = a black hole
-/// that accepts connections and never answers.
-pub async fn delaying_proxy(upstream: Option<String>, delay: Duration) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut client, _)) = listener.accept().await else {
-                return;
-            };
-            let upstream = upstream.clone();
-            tokio::spawn(async move {
-                let Some(up) = upstream else {
-                    // Hold the connection open and silent until the peer gives up.
-                    let mut buf = [0u8; 1024];
-                    while matches!(client.read(&mut buf).await, Ok(n) if n > 0) {}
-                    return;
-                };
-                let Ok(server) = tokio::net::TcpStream::connect(up).await else {
-                    return;
-                };
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
-                });
-                let mut buf = vec![0u8; 16 * 1024];
-                loop {
-                    let n = match cr.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    tokio::time::sleep(delay).await;
-                    if sw.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 /// Retries `check` every 100 ms until it yields a value; fails the test naming `what` after
