@@ -12,21 +12,23 @@
 //! that tonic refuses while decoding (oversized or malformed messages), are reported through
 //! [`outcome`](super::outcome) like every other refusal, with a precise code.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use tokio::sync::oneshot;
 use tonic::{Code, Status};
 
 use super::outcome::{self, Call, Refused};
 use crate::telemetry::SPAN_TARGET;
+use deadline::{Deadline, grpc_timeout};
+use queue::State;
+
+mod deadline;
+mod queue;
 
 /// The gRPC path of the certificate service's one method.
 pub const CREATE_CERTIFICATE: &str = "/istio.v1.auth.IstioCertificateService/CreateCertificate";
@@ -61,117 +63,6 @@ pub struct Gate {
     /// Moving average of how long served calls took once admitted (nanoseconds): what a
     /// waiting call with a deadline keeps in reserve.
     service_nanos: AtomicU64,
-}
-
-/// Slots and waiters. Freed slots go to waiting peers in turn (round robin over source
-/// addresses), so a peer with a thousand waiting calls delays a peer with one by at most one
-/// turn, and a full queue drops the newest waiter of the peer with the most.
-#[derive(Default)]
-struct State {
-    free: usize,
-    in_flight: HashMap<IpAddr, usize>,
-    waiting: HashMap<IpAddr, VecDeque<Waiter>>,
-    /// Peers with waiters, in the order they get the next slot.
-    turn: VecDeque<IpAddr>,
-    queued: usize,
-    next_id: u64,
-}
-
-struct Waiter {
-    id: u64,
-    grant: oneshot::Sender<()>,
-}
-
-impl State {
-    fn running(&self, ip: IpAddr) -> usize {
-        self.in_flight.get(&ip).copied().unwrap_or(0)
-    }
-
-    fn start(&mut self, ip: IpAddr) {
-        *self.in_flight.entry(ip).or_insert(0) += 1;
-    }
-
-    fn finish(&mut self, ip: IpAddr) {
-        if let Some(n) = self.in_flight.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                self.in_flight.remove(&ip);
-            }
-        }
-    }
-
-    /// Removes waiter `id` of `ip`, if it still waits.
-    fn forget(&mut self, ip: IpAddr, id: u64) -> bool {
-        let Some(queue) = self.waiting.get_mut(&ip) else {
-            return false;
-        };
-        let Some(at) = queue.iter().position(|w| w.id == id) else {
-            return false;
-        };
-        queue.remove(at);
-        self.queued -= 1;
-        if queue.is_empty() {
-            self.waiting.remove(&ip);
-            self.turn.retain(|p| *p != ip);
-        }
-        true
-    }
-
-    /// Gives a free slot to the next waiting peer below its own limit; keeps it free if none.
-    fn hand_over(&mut self, per_peer: usize) {
-        let mut tried = 0;
-        while tried < self.turn.len() {
-            let Some(ip) = self.turn.pop_front() else {
-                break;
-            };
-            if self.running(ip) >= per_peer {
-                self.turn.push_back(ip);
-                tried += 1;
-                continue;
-            }
-            let Some(queue) = self.waiting.get_mut(&ip) else {
-                continue;
-            };
-            let waiter = queue.pop_front();
-            if queue.is_empty() {
-                self.waiting.remove(&ip);
-            } else {
-                self.turn.push_back(ip);
-            }
-            let Some(waiter) = waiter else { continue };
-            self.queued -= 1;
-            // A waiter whose call was cancelled is gone: try the next one.
-            if waiter.grant.send(()).is_ok() {
-                self.start(ip);
-                return;
-            }
-            tried = 0;
-        }
-        self.free += 1;
-    }
-
-    /// Makes room in a full queue for a call from `ip`: drops the newest waiter of the peer
-    /// with the most, if that peer has more waiters than `ip` would.
-    fn make_room(&mut self, ip: IpAddr) -> bool {
-        let mine = self.waiting.get(&ip).map_or(0, VecDeque::len);
-        let Some((&hog, len)) = self
-            .waiting
-            .iter()
-            .map(|(p, q)| (p, q.len()))
-            .max_by_key(|(_, n)| *n)
-        else {
-            return false;
-        };
-        if len <= mine + 1 {
-            return false;
-        }
-        if let Some(queue) = self.waiting.get_mut(&hog) {
-            // Dropping the sender tells the waiter it was dropped from the queue.
-            queue.pop_back();
-            self.queued -= 1;
-        }
-        true
-    }
 }
 
 /// A call's place in the signer: released (and handed to the next waiting peer) when the
@@ -275,10 +166,7 @@ fn request_span() -> tracing::Span {
 impl Gate {
     pub fn new(limits: GateLimits) -> Arc<Self> {
         Arc::new(Self {
-            state: Mutex::new(State {
-                free: limits.max_in_flight,
-                ..State::default()
-            }),
+            state: Mutex::new(State::new(limits.max_in_flight)),
             limits,
             service_nanos: AtomicU64::new(INITIAL_SERVICE_ESTIMATE.as_nanos() as u64),
         })
@@ -326,9 +214,7 @@ impl Gate {
         let per_peer = self.limits.max_in_flight_per_peer;
         let (id, granted, wait) = {
             let mut state = self.state();
-            if state.free > 0 && state.running(ip) < per_peer && !state.waiting.contains_key(&ip) {
-                state.free -= 1;
-                state.start(ip);
+            if state.try_start(ip, per_peer) {
                 return Ok(Pass {
                     gate: self.clone(),
                     ip,
@@ -336,18 +222,9 @@ impl Gate {
             }
             // Waiting is pointless when the deadline cannot be met after it.
             let wait = self.wait_limit(timeout)?;
-            if state.queued >= self.limits.max_queued && !state.make_room(ip) {
+            let Some((id, granted)) = state.enqueue(ip, self.limits.max_queued) else {
                 return Err(Shed::QueueFull(self.limits.max_queued));
-            }
-            let id = state.next_id;
-            state.next_id += 1;
-            let (grant, granted) = oneshot::channel();
-            let queue = state.waiting.entry(ip).or_default();
-            queue.push_back(Waiter { id, grant });
-            if queue.len() == 1 {
-                state.turn.push_back(ip);
-            }
-            state.queued += 1;
+            };
             // A slot may be free while this peer is at its limit or others wait: nothing to
             // hand over now; releases do it.
             (id, granted, wait)
@@ -546,38 +423,6 @@ impl Gate {
     }
 }
 
-/// A `grpc-timeout` header that does not follow the gRPC wire format.
-#[derive(Debug, thiserror::Error)]
-#[error("malformed grpc-timeout header (expected 1-8 digits and a unit of H, M, S, m, u or n)")]
-pub struct MalformedTimeout;
-
-/// The call's own deadline (`grpc-timeout`: 1–8 digits then `H`, `M`, `S`, `m`, `u` or `n`),
-/// if it sent one.
-fn grpc_timeout(headers: &http::HeaderMap) -> Result<Option<Duration>, MalformedTimeout> {
-    let Some(value) = headers.get("grpc-timeout") else {
-        return Ok(None);
-    };
-    let value = value.as_bytes();
-    let (&unit, digits) = value.split_last().ok_or(MalformedTimeout)?;
-    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
-        return Err(MalformedTimeout);
-    }
-    // At most 8 digits: no overflow below.
-    let n = digits
-        .iter()
-        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-    let timeout = match unit {
-        b'H' => Duration::from_secs(n * 3600),
-        b'M' => Duration::from_secs(n * 60),
-        b'S' => Duration::from_secs(n),
-        b'm' => Duration::from_millis(n),
-        b'u' => Duration::from_micros(n),
-        b'n' => Duration::from_nanos(n),
-        _ => return Err(MalformedTimeout),
-    };
-    Ok(Some(timeout))
-}
-
 fn report(
     arrival: &Arrival,
     cluster: Option<&http::HeaderValue>,
@@ -608,67 +453,6 @@ fn report(
             routed: None,
         },
     );
-}
-
-/// A request body that must end by a deadline: a client that sends headers and then trickles
-/// (or never finishes) its message holds its slot for at most `server.limits.body_timeout`.
-struct Deadline<B> {
-    inner: B,
-    sleep: Pin<Box<tokio::time::Sleep>>,
-    timeout: Duration,
-    done: bool,
-}
-
-impl<B> Deadline<B> {
-    fn new(inner: B, deadline: Instant, timeout: Duration) -> Self {
-        Self {
-            inner,
-            sleep: Box::pin(tokio::time::sleep_until(deadline.into())),
-            timeout,
-            done: false,
-        }
-    }
-}
-
-impl<B> Body for Deadline<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            if frame
-                .as_ref()
-                .is_none_or(|f| f.as_ref().is_ok_and(|f| f.is_trailers()))
-            {
-                this.done = true;
-            }
-            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
-        }
-        if !this.done && this.sleep.as_mut().poll(cx).is_ready() {
-            this.done = true;
-            return Poll::Ready(Some(Err(Box::new(Status::deadline_exceeded(format!(
-                "request message not received within {:?}",
-                this.timeout
-            ))))));
-        }
-        Poll::Pending
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 #[cfg(test)]
