@@ -80,7 +80,7 @@ pub fn write_png(
                     .collect(),
             },
             Series {
-                label: "Vault signs/s",
+                label: "Vault signs/s (metrics' replica)",
                 color: RGBColor(44, 160, 44),
                 points: t
                     .clone()
@@ -90,7 +90,7 @@ pub fn write_png(
         ];
         if let Some(limit) = limit {
             rates.push(Series {
-                label: "outbound limit",
+                label: "outbound limit (per replica)",
                 color: RGBColor(127, 127, 127),
                 points: vec![(0.0, limit), (report.timeline.len() as f64, limit)],
             });
@@ -118,7 +118,7 @@ pub fn write_png(
         ];
         let backlog = vec![
             Series {
-                label: "queued calls",
+                label: "queued calls (metrics' replica)",
                 color: RGBColor(148, 103, 189),
                 points: t
                     .clone()
@@ -171,7 +171,8 @@ where
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.1))
         .fold(1.0f64, f64::max)
-        * 1.1;
+        // Headroom for the legend under the phase names.
+        * 1.5;
     let mut chart = ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 16))
         .margin(8)
@@ -211,9 +212,11 @@ where
             .label(s.label)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
     }
+    // Below the phase names, at the right.
+    let (width, _) = chart.plotting_area().dim_in_pixel();
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(SeriesLabelPosition::Coordinate(width as i32 - 330, 20))
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
