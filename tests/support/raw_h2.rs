@@ -26,9 +26,12 @@ pub fn tls_connector(ca_pem: &[u8]) -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
-/// A TCP connection to `to` from loopback address `src`.
+/// A TCP connection to `to` from loopback address `src`. `SO_REUSEADDR` lets the kernel pick
+/// a local port still in TIME_WAIT from an earlier test's connections: floods leave tens of
+/// thousands, and without it a later test's attackers could not connect at all.
 pub async fn tcp_from(src: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
     socket.bind(SocketAddr::new(src, 0))?;
     socket.connect(to).await
 }
