@@ -1,7 +1,8 @@
 //! The signer's configuration: one TOML file plus `IVCA_*` environment overrides.
 //!
 //! Every option has a default (see README "Configuration"); an invalid value is reported with
-//! the dotted key that holds it, e.g. `invalid config: vault.timeout: invalid duration`.
+//! the dotted key that holds it and where the file holds it, e.g. `invalid config:
+//! config.toml:13:11: vault.timeout: "soon" is not a duration …`; [`check`] finds every problem.
 //!
 //! Environment overrides: `IVCA_<SECTION>__<KEY>` (double underscore between levels, keys
 //! upper-cased), e.g. `IVCA_VAULT__ADDR=https://vault:8200`, `IVCA_TRUST_DOMAIN=mesh.example`,
@@ -26,31 +27,38 @@ pub mod duration;
 mod env;
 mod error;
 mod istiod;
+mod key_path;
 mod kubernetes;
 mod ledger;
 mod limits;
+mod positions;
+mod problems;
 mod rate_limits;
 mod routing;
 mod server;
+mod source;
 mod summary;
 mod telemetry;
 mod tls_policy;
 mod trust_distribution;
 mod ttl;
 mod vault;
+mod wording;
 
 pub use auth::*;
 pub use bundle::*;
 pub use crl::*;
 pub use csr::*;
-use env::{apply_override, set_by};
 pub use istiod::*;
 pub use kubernetes::*;
 pub use ledger::*;
 pub use limits::*;
+pub use positions::Position;
+pub use problems::{Checked, Problem, check};
 pub use rate_limits::*;
 pub use routing::{DEFAULT_TARGET, RouteConfig, TargetConfig, TrustMode};
 pub use server::*;
+use source::Source;
 pub use telemetry::*;
 pub use tls_policy::*;
 pub use trust_distribution::*;
@@ -182,49 +190,14 @@ impl Config {
     }
 
     /// Loads `path` (if any), applies `IVCA_*` overrides from `env`, and validates the result.
+    /// The first problem found is the error, placed at its line:column where the file has it;
+    /// [`check`] finds them all.
     pub fn load(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut table = match path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                text.parse::<toml::Table>().map_err(|e| {
-                    let (line, column) = line_column(&text, e.span().map_or(0, |s| s.start));
-                    ConfigError::Syntax {
-                        path: path.to_owned(),
-                        line,
-                        column,
-                        message: e.message().trim().to_owned(),
-                    }
-                })?
-            }
-            None => toml::Table::new(),
-        };
-        let mut overrides = Vec::new();
-        for (name, value) in env {
-            if let Some(key) = name.strip_prefix(ENV_PREFIX) {
-                apply_override(&mut table, &name, key, &value)?;
-                overrides.push((name, value));
-            }
-        }
-        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| {
-                let key = e.path().to_string();
-                // toml appends "in `section`" on a line of its own: the key already says it.
-                let message = e.into_inner().to_string();
-                let message = message.lines().next().unwrap_or_default().to_owned();
-                ConfigError::invalid(&key, set_by(&key, &overrides, message))
-            })?;
-        config
-            .validate()
-            .map_err(|e| e.naming_variables(&overrides))?;
-        config.source = path.map(Path::to_owned);
-        config.overrides = overrides;
-        Ok(config)
+        let source = Source::read(path, env)?;
+        source.config().map_err(|e| source.locate(e))
     }
 
     /// Reads the same file with the same overrides again (for a reload).
@@ -285,14 +258,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-/// 1-based line and column of byte `offset` in `text`.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.chars().rev().take_while(|&c| c != '\n').count() + 1;
-    (line, column)
 }
 
 fn de_trust_domain<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TrustDomain, D::Error> {
@@ -508,7 +473,7 @@ over_max = "reject"
             std::fs::write(&path, text).unwrap();
             Config::load(Some(&path), vec![])
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.unplaced().to_string())
         };
         let file = "jwks_file = \"/jwks\"\nissuer = \"https://west\"";
         assert!(remote(file).is_ok());
@@ -607,8 +572,9 @@ over_max = "reject"
         // A variable's typo is reported with the variable's name.
         let typo = err_of(&[("IVCA_VAULT__TOKN_FILE", "/x")]);
         assert!(
-            typo.starts_with("vault.tokn_file: unknown field `tokn_file`")
-                && typo.ends_with("(set by IVCA_VAULT__TOKN_FILE)")
+            typo.starts_with(
+                "vault.tokn_file: unknown key `tokn_file`; did you mean `token_file`?"
+            ) && typo.ends_with("(set by IVCA_VAULT__TOKN_FILE)")
                 && !typo.contains('\n'),
             "{typo}"
         );
@@ -620,6 +586,13 @@ over_max = "reject"
         assert!(
             syntax.starts_with(&format!("{}:2:8: not valid TOML: ", bad.display())),
             "{syntax}"
+        );
+        // So do bad values, for `serve` too (check-config reports them all).
+        std::fs::write(&bad, "[vault]\ntimeout = \"soon\"\n").unwrap();
+        let value = Config::load(Some(&bad), vec![]).unwrap_err().to_string();
+        assert!(
+            value.starts_with(&format!("{}:2:11: vault.timeout: ", bad.display())),
+            "{value}"
         );
         let missing = Config::load(None, vec![]).unwrap_err().to_string();
         assert_eq!(
@@ -644,7 +617,7 @@ remote_clusters = ["{distribute_to}"]
                 ),
             )
             .unwrap();
-            Config::load(Some(&file), required()).map_err(|e| e.to_string())
+            Config::load(Some(&file), required()).map_err(|e| e.unplaced().to_string())
         };
         let with_kc = r#"kubeconfig = "/etc/west/kubeconfig""#;
         assert_eq!(
@@ -678,7 +651,7 @@ remote_clusters = ["{distribute_to}"]
         let file = dir.path().join("c.toml");
         let load = |text: &str| {
             std::fs::write(&file, text).unwrap();
-            Config::load(Some(&file), required()).map_err(|e| e.to_string())
+            Config::load(Some(&file), required()).map_err(|e| e.unplaced().to_string())
         };
         let ok = load(
             r#"
@@ -737,7 +710,7 @@ trust = "follow"
         let file = dir.path().join("c.toml");
         let load = |text: &str| {
             std::fs::write(&file, text).unwrap();
-            Config::load(Some(&file), required()).map_err(|e| e.to_string())
+            Config::load(Some(&file), required()).map_err(|e| e.unplaced().to_string())
         };
         let k8s = |name: &str, jwt: Option<&str>, shared: bool| {
             let jwt = jwt

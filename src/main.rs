@@ -30,10 +30,25 @@ enum Command {
         #[arg(long, short, env = "IVCA_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Load and validate the configuration, print nothing on success.
+    /// Check a configuration as `serve` would read it (the file and the `IVCA_*` variables),
+    /// without starting anything or calling Vault.
+    ///
+    /// Prints every problem, in file order, one per line as `FILE:LINE:COLUMN: KEY: MESSAGE`
+    /// (a key set by an `IVCA_*` variable names the variable instead of a position): TOML
+    /// syntax, unknown keys (with the nearest key the section takes), values of the wrong type,
+    /// bad values and rules between keys. Then, if the values are right, every file the
+    /// configuration names is opened and the serving certificate and Vault's client
+    /// certificate are checked against their keys. Exit status 1 on any problem.
+    ///
+    /// On success prints a summary (listen address, caller authentication, Vault servers and
+    /// targets, lifetimes, routes, admin port), any notes, and `config OK`.
     CheckConfig {
         #[arg(long, short, env = "IVCA_CONFIG")]
         config: Option<PathBuf>,
+        /// Away from where the signer runs (a workstation, CI): files that do not exist here
+        /// (mounted only in the pod) are notes, not problems; files that exist are checked.
+        #[arg(long)]
+        offline: bool,
     },
     /// Request a workload certificate like pilot-agent or ztunnel would, and check it.
     Request(RequestArgs),
@@ -218,6 +233,42 @@ fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
     Config::load(path.as_deref(), std::env::vars()).with_context(|| format!("invalid config{hint}"))
 }
 
+/// `check-config`: every problem of the configuration, then of the files it names.
+fn check_config(path: Option<PathBuf>, offline: bool) -> anyhow::Result<()> {
+    let checked = istio_vault_ca::config::check(path.as_deref(), std::env::vars());
+    let Some(config) = checked.config.as_ref() else {
+        eprint!("{checked}");
+        let n = checked.problems.len();
+        let hint = if path.is_none() {
+            " (no config file given: --config or IVCA_CONFIG)"
+        } else {
+            ""
+        };
+        anyhow::bail!("{n} problem{} in the configuration{hint}", plural(n));
+    };
+    let found = app::preflight(config, offline);
+    let file = path
+        .as_deref()
+        .map_or(String::new(), |p| format!("{}: ", p.display()));
+    if !found.problems.is_empty() {
+        for problem in &found.problems {
+            eprintln!("{file}{problem}");
+        }
+        let n = found.problems.len();
+        anyhow::bail!("{n} problem{} with the files it names", plural(n));
+    }
+    println!("{}", config.summary());
+    for note in &found.notes {
+        println!("note: {note}");
+    }
+    println!("config OK");
+    Ok(())
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
 /// Warnings only, no audit trail: for the commands an operator runs by hand.
 fn quiet_logs() -> anyhow::Result<()> {
     telemetry::init(
@@ -379,15 +430,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             result
         }
-        Command::CheckConfig { config } => {
-            let config = load_config(config)?;
-            let problems = app::preflight(&config);
-            if !problems.is_empty() {
-                anyhow::bail!("{}", problems.join("\n       "));
-            }
-            println!("{}\nconfig OK", config.summary());
-            Ok(())
-        }
+        Command::CheckConfig { config, offline } => check_config(config, offline),
         Command::Request(args) => {
             quiet_logs()?;
             request(args).await

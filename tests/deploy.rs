@@ -1,7 +1,7 @@
 //! The deployment artefacts are checked, not just shipped: every Kustomize overlay renders
 //! (`kubectl kustomize`) and validates strictly against the Kubernetes schemas
 //! (`kubernetes-validate`, installed by scripts/test.sh); every shipped `config.toml` loads in
-//! the signer; and `setup.py --kubernetes-auth` configures Kubernetes auth on a real OpenBao.
+//! the signer (`check-config --offline`, as an operator checks one off the cluster); and `setup.py --kubernetes-auth` configures Kubernetes auth on a real OpenBao.
 
 mod support;
 
@@ -241,8 +241,21 @@ fn shipped_configs_load() {
     );
     assert!(configs.len() >= 2);
     for path in configs {
-        istio_vault_ca::config::Config::load(Some(&path), Vec::<(String, String)>::new())
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // As an operator checks one before applying it: off the cluster, where the mounted
+        // files are not.
+        let out = Command::new(env!("CARGO_BIN_EXE_istio-vault-ca"))
+            .args(["check-config", "--offline", "--config"])
+            .arg(&path)
+            .env_remove("IVCA_CONFIG")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.ends_with("config OK\n"),
+            "{}:\n{stdout}{}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 

@@ -5,6 +5,14 @@ use super::*;
 
 /// `message`, followed by `(set by IVCA_A__B)` when that variable set `key` (or its section).
 pub(super) fn set_by(key: &str, overrides: &[(String, String)], message: String) -> String {
+    match setter(key, overrides) {
+        Some(name) => format!("{message} (set by {name})"),
+        None => message,
+    }
+}
+
+/// The `IVCA_*` variable that set `key` (or its section), if one did.
+pub(super) fn setter<'a>(key: &str, overrides: &'a [(String, String)]) -> Option<&'a str> {
     let dotted = |name: &str| {
         name.strip_prefix(ENV_PREFIX).map(|k| {
             k.split("__")
@@ -19,9 +27,7 @@ pub(super) fn set_by(key: &str, overrides: &[(String, String)], message: String)
         .find(|(name, _)| {
             dotted(name).is_some_and(|d| base == d || base.starts_with(&format!("{d}.")))
         })
-        .map_or(message.clone(), |(name, _)| {
-            format!("{message} (set by {name})")
-        })
+        .map(|(name, _)| name.as_str())
 }
 
 /// Puts `IVCA_A__B=value` at `a.b` in `table`.

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use super::env::set_by;
+use super::positions::Position;
 
 /// Why the configuration cannot be used. Each variant names the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,13 @@ pub enum ConfigError {
     },
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
+    /// An error about a key, with where the file holds it.
+    #[error("{}:{at}: {error}", file.display())]
+    At {
+        file: PathBuf,
+        at: Position,
+        error: Box<ConfigError>,
+    },
 }
 
 impl ConfigError {
@@ -46,6 +54,14 @@ impl ConfigError {
                 };
                 Self::Invalid { key, message }
             }
+            other => other,
+        }
+    }
+
+    /// The error without its position in the file.
+    pub fn unplaced(&self) -> &ConfigError {
+        match self {
+            Self::At { error, .. } => error,
             other => other,
         }
     }

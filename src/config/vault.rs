@@ -173,17 +173,28 @@ impl std::fmt::Display for VaultAddrs {
 
 impl<'de> Deserialize<'de> for VaultAddrs {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            One(String),
-            Many(Vec<String>),
+        struct AddrsVisitor;
+        impl<'de> serde::de::Visitor<'de> for AddrsVisitor {
+            type Value = VaultAddrs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a URL, or a list of URLs (one per node)")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<VaultAddrs, E> {
+                VaultAddrs::parse(s).map_err(E::custom)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<VaultAddrs, A::Error> {
+                let mut list = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    list.push(s);
+                }
+                VaultAddrs::from_list(list.iter().map(|s| s.trim()))
+                    .map_err(serde::de::Error::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::One(s) => Self::parse(&s),
-            Raw::Many(v) => Self::from_list(v.iter().map(|s| s.trim())),
-        }
-        .map_err(serde::de::Error::custom)
+        d.deserialize_any(AddrsVisitor)
     }
 }
 
