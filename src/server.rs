@@ -195,17 +195,17 @@ fn metadata_string<'a>(
 /// `request_id` names the call where the status leaves Vault's own reason to the log.
 pub fn to_status(err: &IssueError, request_id: outcome::RequestId) -> Status {
     match err {
-        IssueError::Authn(AuthnError::KeysUnavailable(_)) => {
-            Status::unavailable("token signing keys are unavailable; retry later")
-        }
-        IssueError::Authn(AuthnError::ReviewUnavailable(_)) => {
-            Status::unavailable("TokenReview is unavailable; retry later")
-        }
-        IssueError::Authn(e @ AuthnError::ReviewThrottled) => Status::unavailable(e.to_string()),
-        IssueError::Authn(AuthnError::UnknownCluster(_) | AuthnError::AmbiguousCluster) => {
-            Status::unauthenticated(err.to_string())
-        }
-        IssueError::Authn(e) => Status::unauthenticated(format!("authentication failed: {e}")),
+        IssueError::Authn(e) => match e.transient_reason() {
+            Some(reason) => Status::unavailable(reason),
+            None if matches!(
+                e,
+                AuthnError::UnknownCluster(_) | AuthnError::AmbiguousCluster
+            ) =>
+            {
+                Status::unauthenticated(err.to_string())
+            }
+            None => Status::unauthenticated(format!("authentication failed: {e}")),
+        },
         IssueError::Authz(AuthzError::PodCacheNotSynced(_) | AuthzError::DenyListNotLoaded) => {
             Status::unavailable(err.to_string())
         }

@@ -40,11 +40,20 @@ pub enum AuthnError {
 }
 
 impl AuthnError {
-    /// True when the failure is on the signer's side (keys could not be fetched).
+    /// For a failure on the signer's side (keys could not be fetched, TokenReview unavailable
+    /// or throttled: worth a retry), what the caller is told; the detail stays in the log.
+    /// `None` for a refusal of the caller's credentials.
+    pub fn transient_reason(&self) -> Option<&'static str> {
+        match self {
+            Self::KeysUnavailable(_) => Some("token signing keys are unavailable; retry later"),
+            Self::ReviewUnavailable(_) => Some("TokenReview is unavailable; retry later"),
+            Self::ReviewThrottled => Some("too many unknown tokens to review at once; retry later"),
+            _ => None,
+        }
+    }
+
+    /// True when the failure is on the signer's side and a retry may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::KeysUnavailable(_) | Self::ReviewUnavailable(_) | Self::ReviewThrottled
-        )
+        self.transient_reason().is_some()
     }
 }
