@@ -120,8 +120,7 @@ pub async fn maintain(
 
 /// Two thirds into what is left of the certificate's life, from now.
 fn renewal_time(c: &Current) -> tokio::time::Instant {
-    let left = (c.not_after - crate::time::now_unix()).max(0) as f64;
-    tokio::time::Instant::now() + Duration::from_secs_f64(left * 2.0 / 3.0)
+    tokio::time::Instant::now() + crate::time::renewal_wait_until(c.not_after)
 }
 
 /// The Secret in place, if it is current: its pair loads (key matches, valid now), it names

@@ -105,7 +105,7 @@ pub fn elect(
                 }
                 Err(e) => {
                     tracing::warn!(lease = %config.name, error = %e, "cannot read or renew the leader lease; retrying");
-                    let deadline = config.duration * 2 / 3;
+                    let deadline = crate::time::renewal_wait(config.duration);
                     if leading && last_renew.is_none_or(|t| t.elapsed() >= deadline) {
                         tracing::warn!(lease = %config.name, "lease not renewed in time; no longer leading");
                         tx.send_replace(false);

@@ -286,8 +286,7 @@ pub async fn maintain_self_issued(
 ) {
     let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
-        let remaining = (serving.not_after() - crate::time::now_unix()).max(0) as f64;
-        let wait = Duration::from_secs_f64(remaining * 2.0 / 3.0);
+        let wait = crate::time::renewal_wait_until(serving.not_after());
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,

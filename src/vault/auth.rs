@@ -421,7 +421,7 @@ fn renew_delay(lease: &Lease) -> Option<Duration> {
         lease
             .ttl
             .min(MAX_LEASE_CONSIDERED)
-            .mul_f64(2.0 / 3.0 - jitter)
+            .mul_f64(crate::time::RENEW_AT - jitter)
             .max(Duration::from_millis(200)),
     )
 }
