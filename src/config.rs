@@ -587,6 +587,20 @@ over_max = "reject"
             syntax.starts_with(&format!("{}:2:8: not valid TOML: ", bad.display())),
             "{syntax}"
         );
+        // A selector is parsed as it is read: a bad one names its key.
+        std::fs::write(
+            &bad,
+            "[[routes]]\nname = \"r\"\ntarget = \"default\"\nnamespace_selector = \"a in b\"\n",
+        )
+        .unwrap();
+        let selector = Config::load(Some(&bad), required()).unwrap_err();
+        assert!(
+            selector
+                .unplaced()
+                .to_string()
+                .starts_with("routes[0].namespace_selector: "),
+            "{selector}"
+        );
         // So do bad values, for `serve` too (check-config reports them all).
         std::fs::write(&bad, "[vault]\ntimeout = \"soon\"\n").unwrap();
         let value = Config::load(Some(&bad), vec![]).unwrap_err().to_string();

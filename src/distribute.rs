@@ -342,7 +342,7 @@ pub async fn run(
     let configmap = published.configmap.as_str();
     let mut ns_watch = watcher::Config::default();
     if let Some(selector) = &config.namespace_selector {
-        ns_watch = ns_watch.labels(selector);
+        ns_watch = ns_watch.labels(selector.as_str());
     }
     let namespaces = watcher(kube::Api::<Namespace>::all(client.clone()), ns_watch)
         .default_backoff()

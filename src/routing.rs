@@ -253,9 +253,7 @@ impl RouteTable {
                 name: r.name.as_str().into(),
                 namespaces: r.namespaces.iter().cloned().map(Glob).collect(),
                 service_accounts: r.service_accounts.iter().cloned().map(Glob).collect(),
-                namespace_selector: r.namespace_selector.as_deref().map(|s| {
-                    LabelSelector::parse(s).expect("config validation parsed the selector")
-                }),
+                namespace_selector: r.namespace_selector.clone(),
                 cert_signer: r.cert_signer.clone(),
                 exclusive: r.exclusive,
                 target: by_name(&r.target),
@@ -562,7 +560,7 @@ mod tests {
             target: "pci".into(),
             namespaces: vec!["shop".into(), "unseen".into()],
             service_accounts: vec![],
-            namespace_selector: Some("!legacy".into()),
+            namespace_selector: Some(LabelSelector::parse("!legacy").unwrap()),
             cert_signer: None,
             exclusive: false,
         });

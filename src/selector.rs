@@ -22,8 +22,9 @@ enum Requirement {
     Absent(String),
 }
 
-/// A parsed selector: every requirement must hold.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A parsed selector: every requirement must hold. Read from config text as a string.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub struct LabelSelector {
     text: String,
     requirements: Vec<Requirement>,
@@ -57,6 +58,14 @@ fn key(k: &str) -> bool {
 
 fn value(v: &str) -> bool {
     v.is_empty() || name(v)
+}
+
+impl TryFrom<String> for LabelSelector {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        Self::parse(&text)
+    }
 }
 
 impl LabelSelector {

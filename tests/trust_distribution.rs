@@ -38,7 +38,9 @@ async fn keeps_root_configmaps_current() {
     let kubeconfig = support::kubeconfig(dir.path(), "kubeconfig", &server);
     let env = Env::start_with(|c| {
         c.trust_distribution = Some(istio_vault_ca::config::TrustDistributionConfig {
-            namespace_selector: Some("istio-injection=enabled".into()),
+            namespace_selector: Some(
+                istio_vault_ca::selector::LabelSelector::parse("istio-injection=enabled").unwrap(),
+            ),
             interval: Duration::from_millis(500),
             kubeconfig: Some(kubeconfig.clone()),
             ..Default::default()

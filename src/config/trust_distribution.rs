@@ -7,7 +7,7 @@ use super::*;
 #[serde(deny_unknown_fields, default)]
 pub struct TrustDistributionConfig {
     /// Label selector of namespaces to write to (default: all).
-    pub namespace_selector: Option<String>,
+    pub namespace_selector: Option<crate::selector::LabelSelector>,
     /// ConfigMap name (key `root-cert.pem`).
     pub configmap: String,
     /// How long a namespace whose write failed waits for the next attempt. Everything else
@@ -86,10 +86,6 @@ impl Default for TrustDistributionConfig {
 
 impl TrustDistributionConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(selector) = &self.namespace_selector {
-            crate::selector::LabelSelector::parse(selector)
-                .map_err(|e| ConfigError::invalid("trust_distribution.namespace_selector", e))?;
-        }
         if let Some(name) = &self.cluster_trust_bundle {
             // The object name is a DNS subdomain of at most 253 characters.
             let full = crate::cluster_trust_bundle::object_name(name);
