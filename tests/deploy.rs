@@ -585,22 +585,40 @@ fn istiod_certificate_component_grants_one_secret() {
 /// address, this checkout's `setup.py` and the admin token substituted, plus the guide's own
 /// addition for a Vault outside the cluster (`--kubernetes-host <api_server>` and
 /// `--kubernetes-ca-file`, here a generated CA), and `--self-issued-serving` or not.
-fn run_guide_step1(bao: &support::OpenBao, dir: &Path, api_server: &str, self_issued: bool) {
+/// The `n`th shell block of docs/install.md's step 1.
+fn guide_step1_command(n: usize) -> String {
     let guide =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/install.md"))
             .unwrap();
     let step = &guide[guide.find("1. **Prepare Vault**").unwrap()..];
-    let start = step.find("```sh\n").unwrap() + "```sh\n".len();
-    let command = &step[start..start + step[start..].find("```").unwrap()];
+    let step = &step[..step.find("2. **Trust roots").unwrap()];
+    let block = step
+        .split("```sh\n")
+        .nth(n + 1)
+        .expect("the step's shell block");
+    let command = &block[..block.find("```").unwrap()];
     assert!(command.contains("deploy/vault/setup.py"), "{command}");
+    command.to_owned()
+}
+
+/// Runs `command` (a block of step 1) in `dir` with the admin token in `$ADMIN_TOKEN`, after
+/// `replace` and the guide's own addition for a Vault outside the cluster
+/// (`--kubernetes-host`/`--kubernetes-ca-file`); whether it succeeded.
+fn run_guide_command(
+    command: &str,
+    replace: &[(&str, &str)],
+    bao: &support::OpenBao,
+    dir: &Path,
+    api_server: &str,
+    self_issued: bool,
+) -> bool {
     let ca = dir.join("api-server-ca.pem");
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
     let setup_py = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/vault/setup.py");
-    let script = command
-        .replace("https://vault.vault.svc:8200", &bao.addr)
+    let mut script = command
         .replace("deploy/vault/setup.py", setup_py.to_str().unwrap())
         .replace(
             "--kubernetes-auth",
@@ -617,13 +635,81 @@ fn run_guide_step1(bao: &support::OpenBao, dir: &Path, api_server: &str, self_is
                 ""
             },
         );
-    let status = Command::new("bash")
+    for (from, to) in replace {
+        assert!(
+            script.contains(from),
+            "{from:?} is not in the guide's command:\n{script}"
+        );
+        script = script.replace(from, to);
+    }
+    Command::new("bash")
         .args(["-euo", "pipefail", "-c", &script])
         .current_dir(dir)
         .env("ADMIN_TOKEN", &bao.root_token)
+        .env_remove("VAULT_TLS_SERVER_NAME")
         .status()
-        .unwrap();
-    assert!(status.success(), "the guide's step 1 failed:\n{script}");
+        .unwrap()
+        .success()
+}
+
+fn run_guide_step1(bao: &support::OpenBao, dir: &Path, api_server: &str, self_issued: bool) {
+    let command = guide_step1_command(0);
+    let replace = [("https://vault.vault.svc:8200", bao.addr.as_str())];
+    assert!(
+        run_guide_command(&command, &replace, bao, dir, api_server, self_issued),
+        "the guide's step 1 failed:\n{command}"
+    );
+}
+
+/// docs/install.md step 1 from a workstation, as written: Vault listens over TLS with a
+/// certificate for its in-cluster name only (`vault.vault.svc`, from a test CA), on loopback;
+/// the one substitution is the port-forward itself (`kubectl port-forward` is a loopback relay
+/// to that listener: the test uses the listener's port). The command succeeds, and without
+/// `--tls-server-name` it fails (the certificate does not name 127.0.0.1), so the flag the
+/// guide gives is what makes it work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_guide_vault_step_works_from_a_workstation() {
+    let (bao, tls) = support::OpenBao::start_named_tls(&["vault.vault.svc"]).await;
+    let command = guide_step1_command(1);
+    let port = format!("127.0.0.1:{}", tls.port);
+    let ca = tls.ca_file.to_str().unwrap();
+    let forward = "kubectl -n vault port-forward svc/vault 8200:8200 &\n";
+    let replace = [
+        (forward, ""),
+        ("kill %1\n", ""),
+        ("127.0.0.1:8200", port.as_str()),
+        ("vault-ca.pem", ca),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        run_guide_command(
+            &command,
+            &replace,
+            &bao,
+            dir.path(),
+            "https://10.96.0.1:443",
+            false
+        ),
+        "the guide's workstation command failed:\n{command}"
+    );
+    assert!(
+        dir.path().join("tls/tls.crt").exists(),
+        "--serving-cert-dir ./tls"
+    );
+
+    let without_name = command.replace("--tls-server-name vault.vault.svc", "");
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        !run_guide_command(
+            &without_name,
+            &replace,
+            &bao,
+            dir.path(),
+            "https://10.96.0.1:443",
+            false
+        ),
+        "without --tls-server-name the certificate must not be accepted for 127.0.0.1"
+    );
 }
 
 /// docs/install.md step 1, run as written (only Vault's address and the admin token

@@ -40,16 +40,35 @@ class VaultError(Exception):
         self.status = status
 
 
+def https_opener(context, server_name):
+    """An opener whose TLS connections verify the server as `server_name` instead of the host
+    they connect to: Vault reached through a port-forward (127.0.0.1) keeps its certificate
+    checked under its in-cluster name."""
+    import http.client
+
+    class Connection(http.client.HTTPSConnection):
+        def connect(self):
+            http.client.HTTPConnection.connect(self)
+            self.sock = self._context.wrap_socket(self.sock, server_hostname=server_name)
+
+    class Handler(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(Connection, req, context=context)
+
+    return urllib.request.build_opener(Handler())
+
+
 class Vault:
-    def __init__(self, addr, token, namespace=None, cacert=None):
+    def __init__(self, addr, token, namespace=None, cacert=None, tls_server_name=None):
         self.addr = addr.rstrip("/")
         self.token = token
         self.namespace = namespace
         self.context = None
-        if cacert:
+        if cacert or tls_server_name:
             import ssl
 
             self.context = ssl.create_default_context(cafile=cacert)
+        self.opener = https_opener(self.context, tls_server_name) if tls_server_name else None
 
     def call(self, method, path, body=None):
         data = json.dumps(body).encode() if body is not None else None
@@ -59,7 +78,11 @@ class Vault:
         if self.namespace:
             req.add_header("X-Vault-Namespace", self.namespace)
         try:
-            with urllib.request.urlopen(req, context=self.context, timeout=30) as resp:
+            if self.opener:
+                resp = self.opener.open(req, timeout=30)
+            else:
+                resp = urllib.request.urlopen(req, context=self.context, timeout=30)
+            with resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             raise VaultError(method, path, e.code, e.read().decode(errors="replace")) from None
@@ -353,6 +376,9 @@ def main():
     p.add_argument("--admin-token-file", help="read the admin token from this file")
     p.add_argument("--namespace", default=os.environ.get("VAULT_NAMESPACE"))
     p.add_argument("--cacert", default=os.environ.get("VAULT_CACERT"))
+    p.add_argument("--tls-server-name", default=os.environ.get("VAULT_TLS_SERVER_NAME"),
+                   help="verify Vault's certificate for this name instead of --addr's host "
+                        "(Vault reached through kubectl port-forward)")
     p.add_argument("--trust-domain", default="cluster.local")
     p.add_argument("--root-mount", default="pki-root")
     p.add_argument("--mount", default="pki-istio")
@@ -400,7 +426,7 @@ def main():
     if not args.token:
         p.error("an admin token is required ($BAO_TOKEN, $VAULT_TOKEN, --admin-token-file or --token)")
 
-    vault = Vault(args.addr, args.token, args.namespace, args.cacert)
+    vault = Vault(args.addr, args.token, args.namespace, args.cacert, args.tls_server_name)
     ensure_mount(vault, args.root_mount, "87600h", "istio-vault-ca root CA")
     ensure_mount(vault, args.mount, "43800h", "istio-vault-ca issuing CA")
     root_pem = ensure_root(vault, args.root_mount, f"{args.trust_domain} root CA")

@@ -512,37 +512,30 @@ impl TestCa {
     }
 }
 
+/// A second OpenBao listener over TLS whose certificate names only the names it was made for.
+pub struct NamedTls {
+    /// The listener's port on 127.0.0.1.
+    pub port: u16,
+    /// The CA of the listener's certificate.
+    pub ca_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
 impl OpenBao {
     /// A `-dev` server with, beside its plain listener, one that requires client certificates.
     pub async fn start_mutual_tls() -> (Self, MutualTls) {
         let pki = tempfile::tempdir().unwrap();
         let ca = TestCa::new();
-        let (server_cert, server_key) =
-            ca.leaf(&["127.0.0.1"], rcgen::ExtendedKeyUsagePurpose::ServerAuth);
         let (client_cert, client_key) = ca.client_pair();
+        let (mtls_port, ca_file, listener) = tls_listener(pki.path(), &ca, &["127.0.0.1"], true);
         let file = |name: &str, text: &str| {
             let p = pki.path().join(name);
             std::fs::write(&p, text).unwrap();
             p
         };
-        let ca_file = file("ca.pem", &ca.pem());
-        let (sc, sk) = (
-            file("server.pem", &server_cert),
-            file("server.key", &server_key),
-        );
         let (cc, ck) = (
             file("client.pem", &client_cert),
             file("client.key", &client_key),
-        );
-        let mtls_port = free_port_pair();
-        let listener = format!(
-            "listener \"tcp\" {{\n  address = \"127.0.0.1:{mtls_port}\"\n  cluster_address = \"127.0.0.1:{}\"\n  \
-             tls_cert_file = \"{}\"\n  tls_key_file = \"{}\"\n  tls_client_ca_file = \"{}\"\n  \
-             tls_require_and_verify_client_cert = true\n}}\n",
-            mtls_port + 1,
-            sc.display(),
-            sk.display(),
-            ca_file.display()
         );
         let bao = OpenBao::start_with_config(&listener).await;
         let mtls = MutualTls {
@@ -555,6 +548,56 @@ impl OpenBao {
         };
         (bao, mtls)
     }
+
+    /// A `-dev` server with, beside its plain listener, a TLS one on 127.0.0.1 whose
+    /// certificate names only `names` (Vault's in-cluster name, reached by a port-forward).
+    pub async fn start_named_tls(names: &[&str]) -> (Self, NamedTls) {
+        let pki = tempfile::tempdir().unwrap();
+        let (port, ca_file, listener) = tls_listener(pki.path(), &TestCa::new(), names, false);
+        let bao = OpenBao::start_with_config(&listener).await;
+        let tls = NamedTls {
+            port,
+            ca_file,
+            _dir: pki,
+        };
+        (bao, tls)
+    }
+}
+
+/// An OpenBao `listener` stanza on a free loopback port, over TLS with a certificate from `ca`
+/// for `names` (files written into `dir`), optionally requiring client certificates from `ca`:
+/// `(port, CA file, stanza)`.
+fn tls_listener(
+    dir: &Path,
+    ca: &TestCa,
+    names: &[&str],
+    require_client_cert: bool,
+) -> (u16, PathBuf, String) {
+    let (cert, key) = ca.leaf(names, rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+    let file = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca_file = file("ca.pem", &ca.pem());
+    let (cert, key) = (file("server.pem", &cert), file("server.key", &key));
+    let port = free_port_pair();
+    let client = if require_client_cert {
+        format!(
+            "  tls_client_ca_file = \"{}\"\n  tls_require_and_verify_client_cert = true\n",
+            ca_file.display()
+        )
+    } else {
+        String::new()
+    };
+    let stanza = format!(
+        "listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  cluster_address = \"127.0.0.1:{}\"\n  \
+         tls_cert_file = \"{}\"\n  tls_key_file = \"{}\"\n{client}}}\n",
+        port + 1,
+        cert.display(),
+        key.display(),
+    );
+    (port, ca_file, stanza)
 }
 
 /// OpenBao + the signer + a development JWT issuer whose JWKS the signer trusts.
