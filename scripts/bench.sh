@@ -26,7 +26,9 @@ start_openbao "$out" "${vault_cpu[@]}"
 signer_port=$(free_port)
 admin_port=$(free_port)
 LOG_LEVEL=${LOG_LEVEL:-info} signer_config "$out" "$signer_port" "$admin_port" "$LOADGEN_LIMITS"
-"${rest_cpu[@]}" env ${SIGNER_THREADS:+TOKIO_WORKER_THREADS=$SIGNER_THREADS} "$bin" serve --config "$out/config.toml" 2>"$out/signer.log" &
+# The signer's logs and audit lines (one per call) go to its log file, not the console.
+echo "bench: OpenBao on $bao_addr, signer on 127.0.0.1:$signer_port; logs in $out/signer.log and $out/openbao.log" >&2
+"${rest_cpu[@]}" env ${SIGNER_THREADS:+TOKIO_WORKER_THREADS=$SIGNER_THREADS} "$bin" serve --config "$out/config.toml" >"$out/signer.log" 2>&1 &
 signer_pid=$!
 pids+=($signer_pid)
 python3 -c "import socket,time,sys

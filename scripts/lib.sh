@@ -25,8 +25,12 @@ PY
 # else to the release binary, built first.
 release_signer() {
   if [ -n "${BIN:-}" ]; then bin=$(realpath "$BIN"); return; fi
-  cargo build --quiet --release --locked --bin istio-vault-ca
   bin=$PWD/target/release/istio-vault-ca
+  local began
+  began=$(date +%s)
+  echo "building the release binary $bin (a first build takes ~10 minutes on 2 cores)..." >&2
+  cargo build --release --locked --bin istio-vault-ca
+  echo "built in $(( $(date +%s) - began ))s" >&2
 }
 
 # start_openbao OUT [PREFIX...]: starts `bao server -dev` (through PREFIX, e.g. `taskset -c 0`)

@@ -18,7 +18,7 @@ for qa in true false; do
 enabled = false
 [log]
 level = "warn"'
-  "$bin" serve --config "$out/config.toml" 2>"$out/signer-$qa.log" & spid=$!; pids+=($spid)
+  "$bin" serve --config "$out/config.toml" >"$out/signer-$qa.log" 2>&1 & spid=$!; pids+=($spid)
   wait_http "http://127.0.0.1:$admin/readyz"
   for nagle in "" "--client-nagle"; do
     "$bin" loadgen --jwt-key "$out/jwt/jwt-key.pem" --vault-addr "$bao_addr" ${bao_ca:+--vault-ca-file "$bao_ca"} \
