@@ -185,9 +185,8 @@ impl HandlerFixture {
             paths: PathCache::default(),
             in_flight: Default::default(),
             delegation: None,
-            impersonation: None,
+            authz: Default::default(),
             ledger: None,
-            denied: None,
             limits: istio_vault_ca::issuance_limits::IssuanceLimits::new(config.rate_limits),
         };
         Self {

@@ -154,9 +154,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             Some(d) => Some(crate::vault::Delegation::new(&vault, d).context("vault.delegated")?),
             None => None,
         },
-        impersonation,
+        authz: crate::authz::Authorizer {
+            impersonation,
+            denied,
+        },
         ledger,
-        denied,
         limits: crate::issuance_limits::IssuanceLimits::new(config.rate_limits),
     });
 
@@ -595,7 +597,7 @@ async fn start_pod_caches(
     config: &Config,
     imp: &crate::config::ImpersonationConfig,
     shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<crate::signer::Impersonation> {
+) -> anyhow::Result<crate::authz::Impersonation> {
     let mut clusters = vec![(config.auth.cluster_id.clone(), imp.kubeconfig.clone())];
     for remote in &config.auth.remote_clusters {
         if let Some(kubeconfig) = remote.api_kubeconfig() {
@@ -616,13 +618,10 @@ async fn start_pod_caches(
         ));
         pods.insert(cluster, index);
     }
-    let trusted = imp
-        .trusted_node_accounts
-        .iter()
-        .filter_map(|a| a.split_once('/'))
-        .map(|(ns, sa)| (ns.to_owned(), sa.to_owned()))
-        .collect();
-    Ok(crate::signer::Impersonation { trusted, pods })
+    Ok(crate::authz::Impersonation {
+        trusted: imp.trusted_node_accounts.clone(),
+        pods,
+    })
 }
 
 fn serving_files(config: &Config) -> anyhow::Result<tls::CertFiles> {

@@ -544,6 +544,15 @@ over_max = "reject"
         );
         assert!(err_of(&[("IVCA_VAULT__ADDR", "vault:8200")]).starts_with("vault.addr:"));
         assert!(
+            err_of(&[(
+                "IVCA_AUTH__IMPERSONATION__TRUSTED_NODE_ACCOUNTS",
+                r#"["ztunnel"]"#
+            )])
+            .starts_with(
+                r#"auth.impersonation.trusted_node_accounts[0]: "ztunnel" is not namespace/serviceaccount"#
+            )
+        );
+        assert!(
             err_of(&[("IVCA_VAULT__AUTH__METHOD", "approle")]).starts_with("vault.auth.role_id:")
         );
         assert!(

@@ -105,6 +105,55 @@ impl SpiffeId {
     }
 }
 
+/// A service account named `namespace/name`, as the config lists node proxies
+/// (`auth.impersonation.trusted_node_accounts`); both parts valid Kubernetes names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct ServiceAccountRef {
+    namespace: String,
+    name: String,
+}
+
+impl ServiceAccountRef {
+    /// Whether `identity` is this service account's (in any trust domain).
+    pub fn is(&self, namespace: &str, service_account: &str) -> bool {
+        self.namespace == namespace && self.name == service_account
+    }
+}
+
+impl FromStr for ServiceAccountRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (namespace, name) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not namespace/serviceaccount"))?;
+        if !is_dns1123_label(namespace) || !is_dns1123_subdomain(name) {
+            return Err(format!(
+                "{s:?} is not namespace/serviceaccount (two Kubernetes names)"
+            ));
+        }
+        Ok(Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl TryFrom<String> for ServiceAccountRef {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for ServiceAccountRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -153,6 +202,22 @@ fn is_dns1123_subdomain(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_account_refs() {
+        let a: ServiceAccountRef = "istio-system/ztunnel".parse().unwrap();
+        assert!(a.is("istio-system", "ztunnel") && !a.is("istio-system", "istiod"));
+        assert_eq!(a.to_string(), "istio-system/ztunnel");
+        for bad in [
+            "ztunnel",
+            "/ztunnel",
+            "istio-system/",
+            "Istio/ztunnel",
+            "a/b/c",
+        ] {
+            assert!(bad.parse::<ServiceAccountRef>().is_err(), "{bad}");
+        }
+    }
 
     fn td() -> TrustDomain {
         TrustDomain::new("cluster.local").unwrap()

@@ -2,7 +2,7 @@
 //! that has a Vault or OpenBao PKI role sign every workload certificate.
 //!
 //! Request path: [`server`] (port limits, admission gate, gRPC, status codes, request log) → [`signer`] (the pipeline) →
-//! [`authn`] (who is calling) → [`csr`] (what is asked) → [`vault`] (signing) → [`chain`]
+//! [`authn`] (who is calling) → [`authz`] (which identity it may have) → [`csr`] (what is asked) → [`vault`] (signing) → [`chain`]
 //! (verify what Vault issued, lay out the response) with roots from [`bundle`].
 //! [`app`] wires it together; [`tls`] serves it; [`client`] and [`dev`] are the bundled client
 //! and the development token issuer.
@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod app;
 pub mod authn;
+pub mod authz;
 pub mod backoff;
 pub mod bundle;
 pub mod cache;

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::authn::{AuthMethod, Authenticator, AuthnError, Caller, Credentials};
+pub use crate::authz::AuthzError;
+use crate::authz::{Authorized, Authorizer};
 use crate::bundle::SharedBundle;
 use crate::chain::{self, Expectation, IssuedChain, LeafError, PathCache};
 use crate::csr::{CsrError, CsrPolicy, VerifiedCsr};
@@ -22,34 +24,6 @@ use tracing::Instrument;
 
 /// Slack allowed between the TTL asked of Vault and the leaf's NotAfter (clock skew, rounding).
 const NOT_AFTER_SLACK: Duration = Duration::from_secs(300);
-
-/// Why the caller may not have the identity it asked for.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthzError {
-    #[error("caller {caller} may not request a certificate for {requested}")]
-    IdentityMismatch { caller: String, requested: String },
-    #[error("caller {caller} may not impersonate {requested}: impersonation is not enabled")]
-    Impersonation { caller: String, requested: String },
-    #[error("ImpersonatedIdentity {0:?} is not a workload SPIFFE ID")]
-    BadImpersonatedIdentity(String),
-    #[error("caller {caller} may not impersonate {requested}: {reason}")]
-    NodeAuthorization {
-        caller: String,
-        requested: String,
-        reason: String,
-    },
-    #[error("the pod cache of cluster {0:?} is not synced yet; retry later")]
-    PodCacheNotSynced(String),
-    #[error("{identity} may not obtain certificates: its {kind} {value:?} was revoked ({reason})")]
-    Revoked {
-        identity: String,
-        kind: &'static str,
-        value: String,
-        reason: String,
-    },
-    #[error("the deny list of revoked identities has not been read yet; retry later")]
-    DenyListNotLoaded,
-}
 
 /// Every way a CreateCertificate call can fail.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -187,12 +161,10 @@ pub struct Signer {
     pub in_flight: InFlight,
     /// Delegated mode: sign with a Vault token from the caller's own JWT.
     pub delegation: Option<crate::vault::Delegation>,
-    /// Node-authorized impersonation, when enabled.
-    pub impersonation: Option<Impersonation>,
+    /// Which identity a caller may have: its own, a workload on its node, none revoked.
+    pub authz: Authorizer,
     /// The issued-certificate ledger, when `[ledger]` is on.
     pub ledger: Option<crate::ledger::Ledger>,
-    /// Identities, namespaces and nodes revoked until lifted, when `[ledger]` is on.
-    pub denied: Option<crate::ledger::SharedDenyList>,
     /// Certificates per identity and per node (`[rate_limits]`).
     pub limits: IssuanceLimits,
 }
@@ -386,28 +358,14 @@ impl Signer {
         caller: &Caller,
         req: &CertificateRequest<'_>,
     ) -> Result<Approved, IssueError> {
-        let (identity, for_node) =
-            tracing::info_span!(target: SPAN_TARGET, "authorize").in_scope(|| {
-                authorize(
-                    caller,
-                    req.impersonated_identity,
-                    self.impersonation.as_ref(),
-                )
-            })?;
-        if let Some(denied) = &self.denied {
-            check_denied(denied, caller, &identity)?;
-        }
+        let Authorized { identity, for_node } =
+            tracing::info_span!(target: SPAN_TARGET, "authorize")
+                .in_scope(|| self.authz.authorize(caller, req.impersonated_identity))?;
         // The table is read once: the request finishes on the targets it started with.
         let decision = self.routes.load().choose(&identity, req.cert_signer)?;
         let csr = tracing::info_span!(target: SPAN_TARGET, "csr.verify")
             .in_scope(|| self.csr_policy.verify(req.csr_pem))?;
-        if *csr.requested() != identity {
-            return Err(AuthzError::IdentityMismatch {
-                caller: identity.to_string(),
-                requested: csr.requested().to_string(),
-            }
-            .into());
-        }
+        crate::authz::csr_names(csr.requested(), &identity)?;
         let (ttl, clamped) = decision.target.ttl.resolve(req.validity_seconds)?;
         Ok(Approved {
             identity,
@@ -486,32 +444,6 @@ impl Signer {
     }
 }
 
-/// Refuses an identity whose certificates were revoked by identity, namespace or the node its
-/// caller runs on, and everything until the deny list has been read once.
-fn check_denied(
-    denied: &crate::ledger::SharedDenyList,
-    caller: &Caller,
-    identity: &SpiffeId,
-) -> Result<(), AuthzError> {
-    let list = denied.load();
-    let Some(list) = list.as_deref() else {
-        return Err(AuthzError::DenyListNotLoaded);
-    };
-    if list.is_empty() {
-        return Ok(());
-    }
-    let node = caller.pod.as_ref().and_then(|p| p.node.as_deref());
-    match list.denies(&identity.to_string(), identity.namespace(), node) {
-        None => Ok(()),
-        Some(entry) => Err(AuthzError::Revoked {
-            identity: identity.to_string(),
-            kind: entry.kind.as_str(),
-            value: entry.value.clone(),
-            reason: entry.reason.clone(),
-        }),
-    }
-}
-
 /// Hands an issued certificate to the ledger (never waits; a full queue drops it, counted).
 fn record(ledger: &crate::ledger::Ledger, caller: &Caller, certified: &Certified) {
     let Certified {
@@ -544,144 +476,5 @@ fn record(ledger: &crate::ledger::Ledger, caller: &Caller, certified: &Certified
     crate::metrics::ledger_record(queued);
     if !queued {
         tracing::warn!(identity = %identity, serial = %chain.serial, "issued-certificate ledger queue full: this certificate is not recorded (see ledger.max_pending)");
-    }
-}
-
-/// Node-authorized impersonation: which callers are node proxies, and each cluster's pods.
-pub struct Impersonation {
-    /// `(namespace, service account)` of trusted node proxies.
-    pub trusted: std::collections::HashSet<(String, String)>,
-    /// Pod caches by cluster ID.
-    pub pods: std::collections::HashMap<String, Arc<crate::nodes::PodIndex>>,
-}
-
-impl Impersonation {
-    /// istiod's rule: the caller is a trusted node account; its token names its own running
-    /// pod (name and UID); a pod of the requested service account runs on that pod's node.
-    /// Returns that node.
-    fn check(&self, caller: &Caller, requested: &SpiffeId) -> Result<String, AuthzError> {
-        let deny = |reason: String| AuthzError::NodeAuthorization {
-            caller: caller.identity.to_string(),
-            requested: requested.to_string(),
-            reason,
-        };
-        let (ns, sa) = (
-            caller.identity.namespace(),
-            caller.identity.service_account(),
-        );
-        if !self.trusted.contains(&(ns.to_owned(), sa.to_owned())) {
-            return Err(deny("the caller is not a trusted node account".into()));
-        }
-        if requested.trust_domain() != caller.identity.trust_domain() {
-            return Err(deny(
-                "the requested identity is in another trust domain".into(),
-            ));
-        }
-        let pods = self
-            .pods
-            .get(&caller.cluster)
-            .ok_or_else(|| deny(format!("no pod cache for cluster {:?}", caller.cluster)))?;
-        if !pods.synced() {
-            return Err(AuthzError::PodCacheNotSynced(caller.cluster.clone()));
-        }
-        let claimed = caller
-            .pod
-            .as_ref()
-            .ok_or_else(|| deny("the caller's credential is not bound to a pod".into()))?;
-        let pod = pods.pod(ns, &claimed.name).ok_or_else(|| {
-            deny(format!(
-                "the caller's pod {ns}/{} is not running",
-                claimed.name
-            ))
-        })?;
-        if pod.uid != claimed.uid || pod.service_account != sa {
-            return Err(deny(format!(
-                "pod {ns}/{} is not the caller's",
-                claimed.name
-            )));
-        }
-        let node = pod
-            .node
-            .ok_or_else(|| deny("the caller's pod is not scheduled on a node".into()))?;
-        if claimed.node.as_ref().is_some_and(|n| *n != node) {
-            return Err(deny("the token's node does not match the pod's".into()));
-        }
-        if !pods.runs_on(requested.namespace(), requested.service_account(), &node) {
-            return Err(deny(format!(
-                "no pod of {}/{} runs on node {node}",
-                requested.namespace(),
-                requested.service_account()
-            )));
-        }
-        Ok(node)
-    }
-}
-
-/// Decides which identity the caller gets: its own, or (node proxies only) the
-/// `ImpersonatedIdentity` it names, with the node it was authorized on. That value equal to
-/// the caller's own identity is always accepted (shared-mode ztunnel sends it for itself).
-fn authorize(
-    caller: &Caller,
-    impersonated: Option<&str>,
-    impersonation: Option<&Impersonation>,
-) -> Result<(SpiffeId, Option<String>), AuthzError> {
-    let Some(requested) = impersonated.filter(|s| !s.is_empty()) else {
-        return Ok((caller.identity.clone(), None));
-    };
-    let requested: SpiffeId = requested.parse().map_err(|_| {
-        AuthzError::BadImpersonatedIdentity(crate::echo::truncated(requested).into_owned())
-    })?;
-    if requested == caller.identity {
-        return Ok((requested, None));
-    }
-    match impersonation {
-        Some(imp) => imp
-            .check(caller, &requested)
-            .map(|node| (requested, Some(node))),
-        None => Err(AuthzError::Impersonation {
-            caller: caller.identity.to_string(),
-            requested: requested.to_string(),
-        }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::identity::TrustDomain;
-
-    fn caller(ns: &str, sa: &str) -> Caller {
-        Caller {
-            identity: SpiffeId::new(TrustDomain::new("cluster.local").unwrap(), ns, sa).unwrap(),
-            method: AuthMethod::Jwt,
-            pod: None,
-            expires: None,
-            cluster: "Kubernetes".into(),
-        }
-    }
-
-    #[test]
-    fn impersonation_of_self_only() {
-        let zt = caller("istio-system", "ztunnel");
-        assert_eq!(authorize(&zt, None, None).unwrap().0, zt.identity);
-        assert_eq!(authorize(&zt, Some(""), None).unwrap().0, zt.identity);
-        assert_eq!(
-            authorize(
-                &zt,
-                Some("spiffe://cluster.local/ns/istio-system/sa/ztunnel"),
-                None
-            )
-            .unwrap(),
-            (zt.identity.clone(), None),
-            "its own identity is not impersonation: no node budget spent"
-        );
-        assert!(matches!(
-            authorize(&zt, Some("spiffe://cluster.local/ns/default/sa/app"), None),
-            Err(AuthzError::Impersonation { .. })
-        ));
-        assert!(matches!(
-            authorize(&zt, Some("not-an-id"), None),
-            Err(AuthzError::BadImpersonatedIdentity(_))
-        ));
     }
 }

@@ -164,7 +164,7 @@ async fn start_with(
     Env::with_bao(bao, setup, |c| {
         c.auth.impersonation = Some(istio_vault_ca::config::ImpersonationConfig {
             kubeconfig: Some(kubeconfig),
-            trusted_node_accounts: vec!["istio-system/ztunnel".into()],
+            trusted_node_accounts: vec!["istio-system/ztunnel".parse().unwrap()],
         });
         let path = dir.join("config.toml");
         write_config(&path, c, &routing, poll);

@@ -37,7 +37,7 @@ pub struct AuthConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ImpersonationConfig {
     /// `namespace/serviceaccount` of the node proxies.
-    pub trusted_node_accounts: Vec<String>,
+    pub trusted_node_accounts: Vec<crate::identity::ServiceAccountRef>,
     /// kubeconfig for watching the local cluster's pods (default: in-cluster / `$KUBECONFIG`).
     pub kubeconfig: Option<PathBuf>,
 }
@@ -45,7 +45,7 @@ pub struct ImpersonationConfig {
 impl Default for ImpersonationConfig {
     fn default() -> Self {
         Self {
-            trusted_node_accounts: vec!["istio-system/ztunnel".into()],
+            trusted_node_accounts: vec!["istio-system/ztunnel".parse().expect("valid default")],
             kubeconfig: None,
         }
     }
@@ -271,18 +271,6 @@ impl AuthConfig {
                     &key,
                     "set exactly one of jwt or token_review",
                 ));
-            }
-        }
-        if let Some(imp) = &self.impersonation {
-            for (i, a) in imp.trusted_node_accounts.iter().enumerate() {
-                if a.split_once('/')
-                    .is_none_or(|(ns, sa)| ns.is_empty() || sa.is_empty())
-                {
-                    return Err(ConfigError::invalid(
-                        &format!("auth.impersonation.trusted_node_accounts[{i}]"),
-                        "must be namespace/serviceaccount",
-                    ));
-                }
             }
         }
         self.jwt.validate("auth.jwt", self.token_review.is_some())?;
