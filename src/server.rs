@@ -117,15 +117,11 @@ impl IstioCertificateService for CaService {
             impersonated_identity: impersonated,
             cert_signer,
         };
-        let issue = self.signer.issue(req).instrument(arrival.span.clone());
-        let result = match tokio::time::timeout(self.request_timeout, issue).await {
-            Ok(r) => r,
-            Err(_) => Err(Refusal {
-                caller: None,
-                routed: None,
-                error: IssueError::Vault(VaultError::Timeout(self.request_timeout)),
-            }),
-        };
+        let result = self
+            .signer
+            .issue(req, self.request_timeout)
+            .instrument(arrival.span.clone())
+            .await;
         let authenticated = match &result {
             Ok(_) => true,
             Err(refusal) => refusal.caller.is_some(),
@@ -235,6 +231,7 @@ pub fn to_status(err: &IssueError, request_id: outcome::RequestId) -> Status {
             "certificate authority unavailable: {}",
             vault_public(e)
         )),
+        IssueError::Deadline { .. } => Status::unavailable(err.to_string()),
         IssueError::Leaf(crate::chain::LeafError::Untrusted(_)) => Status::unavailable(
             "issued certificate does not chain to the current trust bundle; retry later",
         ),

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::authn::{AuthMethod, Authenticator, AuthnError, Caller, Credentials};
+use crate::authn::{Authenticator, AuthnError, Caller, Credentials};
 pub use crate::authz::AuthzError;
 use crate::authz::{Authorized, Authorizer};
 use crate::bundle::SharedBundle;
@@ -44,6 +44,12 @@ pub enum IssueError {
     Leaf(#[from] LeafError),
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
+    /// The request outlived `server.request_timeout` while waiting for `during`.
+    #[error("the request did not finish within {timeout:?} (still waiting for {during}); retry")]
+    Deadline {
+        during: &'static str,
+        timeout: Duration,
+    },
 }
 
 impl IssueError {
@@ -71,6 +77,7 @@ impl IssueError {
             Self::Vault(_) => "vault",
             Self::Leaf(_) => "leaf-verification",
             Self::RateLimited(_) => "rate-limited",
+            Self::Deadline { .. } => "deadline",
         }
     }
 }
@@ -236,19 +243,31 @@ impl Drop for Slot<'_> {
 }
 
 impl Signer {
-    /// Runs the whole pipeline for one request.
-    pub async fn issue(&self, req: CertificateRequest<'_>) -> Result<Issued, Refusal> {
+    /// Runs the whole pipeline for one request within `timeout` (`server.request_timeout`): a
+    /// request that outlives it is refused naming what it was waiting for, who asked and
+    /// where it was routed, as far as that was known.
+    pub async fn issue(
+        &self,
+        req: CertificateRequest<'_>,
+        timeout: Duration,
+    ) -> Result<Issued, Refusal> {
         let _in_flight = crate::metrics::InFlightGuard::new();
-        let caller = self
+        let deadline = tokio::time::Instant::now() + timeout;
+        let late = |during| IssueError::Deadline { during, timeout };
+        let authenticate = self
             .authn
             .authenticate(req.credentials)
-            .instrument(tracing::info_span!(target: SPAN_TARGET, "authenticate"))
-            .await
-            .map_err(|e| Refusal {
-                caller: None,
-                routed: None,
-                error: e.into(),
-            })?;
+            .instrument(tracing::info_span!(target: SPAN_TARGET, "authenticate"));
+        let caller = match tokio::time::timeout_at(deadline, authenticate).await {
+            Ok(Ok(caller)) => Ok(caller),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(late("authentication")),
+        }
+        .map_err(|error| Refusal {
+            caller: None,
+            routed: None,
+            error,
+        })?;
         let approved = match self.approve(&caller, &req) {
             Ok(a) => a,
             Err(error) => {
@@ -272,7 +291,8 @@ impl Signer {
                 error: e.into(),
             });
         }
-        match self.sign_approved(&caller, req, approved).await {
+        let signed = tokio::time::timeout_at(deadline, self.sign_approved(&caller, req, approved));
+        match signed.await.unwrap_or_else(|_| Err(late("Vault"))) {
             Ok(certified) => {
                 if let Some(ledger) = &self.ledger {
                     record(ledger, &caller, &certified);
@@ -297,22 +317,18 @@ impl Signer {
         // Delegated mode signs only with the caller's own Vault credentials: a bearer token
         // (verified locally or by TokenReview) is exchanged; any other caller is refused, never
         // signed for with the signer's own token.
-        let delegated_jwt = match (&self.delegation, caller.method) {
-            (None, _) => None,
-            (Some(_), AuthMethod::Jwt | AuthMethod::TokenReview) => Some(
-                req.credentials
-                    .bearer
-                    .map(str::trim)
-                    .ok_or(VaultError::Delegation(
-                        "the caller has no token to delegate".into(),
-                    ))?,
-            ),
-            (Some(_), AuthMethod::ClientCert) => {
-                return Err(VaultError::Delegation(
-                    "a client certificate cannot be delegated to Vault".into(),
-                )
+        let delegated_jwt = match &self.delegation {
+            None => None,
+            Some(_) if !caller.method.can_delegate() => {
+                return Err(VaultError::Delegation(format!(
+                    "a {} credential cannot be delegated to Vault",
+                    caller.method.as_str()
+                ))
                 .into());
             }
+            Some(_) => Some(req.credentials.bearer.map(str::trim).ok_or(
+                VaultError::Delegation("the caller has no token to delegate".into()),
+            )?),
         };
         let vault_span = tracing::info_span!(
             target: SPAN_TARGET,

@@ -150,6 +150,43 @@ async fn slow_vault_hits_the_timeout() {
     signer.shutdown().await.unwrap();
 }
 
+/// The request deadline (`server.request_timeout`) is the pipeline's: a call still waiting for
+/// a slow Vault (per-call timeout longer than the deadline) is refused `Unavailable` saying
+/// what it was waiting for, and counted as reason `deadline` with the caller and route known
+/// (before, it was reported as a Vault timeout of no one in particular).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_deadline_says_what_the_call_waited_for() {
+    let mut env = Env::start().await;
+    let signer = env
+        .restart_with_slow_vault(Duration::from_secs(3), |c| {
+            c.vault.timeout = Duration::from_secs(10);
+            c.server.request_timeout = Duration::from_secs(1);
+        })
+        .await;
+    let err = one(&env, Shape::Ztunnel).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
+    assert!(
+        err.message()
+            .contains("did not finish within 1s (still waiting for Vault)"),
+        "{}",
+        err.message()
+    );
+    let admin = signer.admin_addr().unwrap();
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // The recorder is process-wide: other tests of this file may add to the count.
+    let deadline = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"istio_vault_ca_refusals_total{reason="deadline"} "#))
+        .and_then(|n| n.parse::<f64>().ok());
+    assert!(deadline.is_some_and(|n| n >= 1.0), "{metrics}");
+    signer.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_over_tls_with_a_configured_ca() {
     let bao = OpenBao::start_tls().await;

@@ -13,6 +13,12 @@ pub enum AuthMethod {
 }
 
 impl AuthMethod {
+    /// Whether this credential can be handed to Vault for delegated signing (`vault.delegated`):
+    /// a bearer token can be exchanged at Vault's login; a client certificate cannot.
+    pub fn can_delegate(self) -> bool {
+        matches!(self, Self::Jwt | Self::TokenReview)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Jwt => "jwt",
@@ -40,4 +46,16 @@ pub struct Caller {
     pub expires: Option<u64>,
     /// The cluster the caller authenticated in (`clusterid`, or the local cluster).
     pub cluster: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_tokens_can_be_delegated() {
+        assert!(AuthMethod::Jwt.can_delegate());
+        assert!(AuthMethod::TokenReview.can_delegate());
+        assert!(!AuthMethod::ClientCert.can_delegate());
+    }
 }
