@@ -552,11 +552,26 @@ over_max = "reject"
                 r#"auth.impersonation.trusted_node_accounts[0]: "ztunnel" is not namespace/serviceaccount"#
             )
         );
-        assert!(
-            err_of(&[("IVCA_VAULT__AUTH__METHOD", "approle")]).starts_with("vault.auth.role_id:")
+        // What a login method needs is checked as [vault.auth] is read: the section is named.
+        assert_eq!(
+            err_of(&[("IVCA_VAULT__AUTH__METHOD", "approle")]),
+            "vault.auth: approle needs role_id or role_id_file (set by IVCA_VAULT__AUTH__METHOD)"
         );
-        assert!(
-            err_of(&[("IVCA_VAULT__AUTH__METHOD", "kubernetes")]).starts_with("vault.auth.role:")
+        assert_eq!(
+            err_of(&[("IVCA_VAULT__AUTH__METHOD", "kubernetes")]),
+            "vault.auth: role is required for kubernetes login (set by IVCA_VAULT__AUTH__METHOD)"
+        );
+        assert_eq!(
+            err_of(&[
+                ("IVCA_VAULT__AUTH__METHOD", "jwt"),
+                ("IVCA_VAULT__AUTH__ROLE", "r")
+            ]),
+            "vault.auth: jwt_file is required for jwt login (set by IVCA_VAULT__AUTH__METHOD)"
+        );
+        // A key the method does not read is refused, not ignored.
+        assert_eq!(
+            err_of(&[("IVCA_VAULT__AUTH__ROLE", "r")]),
+            "vault.auth: role is not used by token login (set by IVCA_VAULT__AUTH__ROLE)"
         );
         assert!(err_of(&[("IVCA_VAULT__AUTH__METHOD", "ldap")]).starts_with("vault.auth.method:"));
         assert!(

@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use istio_vault_ca::client::Shape;
-use istio_vault_ca::config::VaultAuthMethod;
+use istio_vault_ca::config::{RoleId, VaultLogin};
 use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
 use support::{Env, OpenBao, id};
 
@@ -146,9 +146,10 @@ async fn approle_renews_then_logs_in_again_past_max_ttl() {
     std::fs::write(&secret_file, &secret_id).unwrap();
     let env = Env::with_bao(bao, setup, |c| {
         c.vault.token_file = None;
-        c.vault.auth.method = VaultAuthMethod::AppRole;
-        c.vault.auth.role_id = Some(role_id);
-        c.vault.auth.secret_id_file = Some(secret_file.clone());
+        c.vault.auth.login = VaultLogin::AppRole {
+            role_id: RoleId::Value(role_id),
+            secret_id_file: secret_file.clone(),
+        };
     })
     .await;
     // Two max TTLs: renewals, then logins when renewal stops extending the token.
@@ -185,9 +186,10 @@ async fn jwt_login_and_relogin_after_revocation() {
     std::fs::write(&jwt_file, signer_idp.token(&spec).unwrap()).unwrap();
     let env = Env::with_bao(bao, setup, |c| {
         c.vault.token_file = None;
-        c.vault.auth.method = VaultAuthMethod::Jwt;
-        c.vault.auth.role = Some("signer".into());
-        c.vault.auth.jwt_file = Some(jwt_file.clone());
+        c.vault.auth.login = VaultLogin::Jwt {
+            role: "signer".into(),
+            jwt_file: jwt_file.clone(),
+        };
         c.vault.auth.min_relogin_interval = Duration::ZERO;
     })
     .await;
@@ -375,8 +377,9 @@ async fn cert_login_with_the_client_certificate() {
     let env = Env::with_bao(bao, setup, |c| {
         mtls.configure(c);
         c.vault.token_file = None;
-        c.vault.auth.method = VaultAuthMethod::Cert;
-        c.vault.auth.role = Some("istio-vault-ca".into());
+        c.vault.auth.login = VaultLogin::Cert {
+            role: Some("istio-vault-ca".into()),
+        };
         c.vault.auth.min_relogin_interval = Duration::ZERO;
     })
     .await;
@@ -405,7 +408,9 @@ async fn cert_login_with_the_client_certificate() {
         )
         .await;
     let mut config = env.config.vault.clone();
-    config.auth.role = Some("other".into());
+    config.auth.login = VaultLogin::Cert {
+        role: Some("other".into()),
+    };
     let vault = istio_vault_ca::vault::VaultClient::new(&config).unwrap();
     let creds = istio_vault_ca::vault::Credentials::from_config(&config, |_| None).unwrap();
     let err = vault.authenticate(&creds).await.unwrap_err();
@@ -450,9 +455,10 @@ async fn a_login_jwt_sent_to_one_server_is_useless_at_another() {
     }
     let jwt_login = |file: &std::path::Path| {
         let mut auth = istio_vault_ca::config::VaultAuthConfig {
-            method: VaultAuthMethod::Jwt,
-            role: Some("signer".into()),
-            jwt_file: Some(file.to_owned()),
+            login: VaultLogin::Jwt {
+                role: "signer".into(),
+                jwt_file: file.to_owned(),
+            },
             ..Default::default()
         };
         auth.min_relogin_interval = Duration::ZERO;

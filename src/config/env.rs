@@ -11,7 +11,7 @@ pub(super) fn set_by(key: &str, overrides: &[(String, String)], message: String)
     }
 }
 
-/// The `IVCA_*` variable that set `key` (or its section), if one did.
+/// The `IVCA_*` variable that set `key` (or its section, or a key within it), if one did.
 pub(super) fn setter<'a>(key: &str, overrides: &'a [(String, String)]) -> Option<&'a str> {
     let dotted = |name: &str| {
         name.strip_prefix(ENV_PREFIX).map(|k| {
@@ -25,7 +25,13 @@ pub(super) fn setter<'a>(key: &str, overrides: &'a [(String, String)]) -> Option
     overrides
         .iter()
         .find(|(name, _)| {
-            dotted(name).is_some_and(|d| base == d || base.starts_with(&format!("{d}.")))
+            // The key itself, a section containing it, or (an error about a whole section,
+            // e.g. `[vault.auth]`'s login) a key within it.
+            dotted(name).is_some_and(|d| {
+                base == d
+                    || base.starts_with(&format!("{d}."))
+                    || d.starts_with(&format!("{base}."))
+            })
         })
         .map(|(name, _)| name.as_str())
 }

@@ -141,7 +141,7 @@ impl Config {
             format!(
                 "vault          {} ({} login), default target {}/sign/{}{}",
                 self.vault.addr,
-                format!("{:?}", self.vault.auth.method).to_ascii_lowercase(),
+                self.vault.auth.login.method().as_str(),
                 self.vault.mount,
                 self.vault.role,
                 if self.vault.delegated.is_some() {
@@ -172,7 +172,7 @@ impl Config {
             lines.push(format!(
                 "vaults.{name:<8} {} ({} login)",
                 v.addr,
-                format!("{:?}", v.auth.method).to_ascii_lowercase(),
+                v.auth.login.method().as_str(),
             ));
         }
         if !self.targets.is_empty() || !self.routes.is_empty() {

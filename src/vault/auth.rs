@@ -15,7 +15,7 @@ use serde::Deserialize;
 use tokio::sync::{Notify, watch};
 
 use super::{TokenSource, VaultClient, VaultError, VaultToken, read_token_file};
-use crate::config::{VaultAuthMethod, VaultConfig};
+use crate::config::{RoleId, VaultConfig, VaultLogin};
 
 /// How to (re)obtain a token.
 #[derive(Debug, Clone)]
@@ -38,54 +38,37 @@ pub enum Credentials {
     Cert { mount: String, role: Option<String> },
 }
 
-#[derive(Debug, Clone)]
-pub enum RoleId {
-    Value(String),
-    File(PathBuf),
-}
-
 impl Credentials {
     pub fn from_config(
         config: &VaultConfig,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, VaultError> {
         let a = &config.auth;
-        let mount = |default: &str| a.mount.clone().unwrap_or_else(|| default.to_owned());
-        Ok(match a.method {
-            VaultAuthMethod::Token => Self::Token(TokenSource::from_config(config, env)?),
-            VaultAuthMethod::AppRole => Self::AppRole {
-                mount: mount("approle"),
-                role_id: match (&a.role_id, &a.role_id_file) {
-                    (Some(v), _) => RoleId::Value(v.clone()),
-                    (None, Some(f)) => RoleId::File(f.clone()),
-                    (None, None) => {
-                        return Err(VaultError::Token("approle needs a role_id".into()));
-                    }
-                },
-                secret_id_file: a
-                    .secret_id_file
-                    .clone()
-                    .ok_or_else(|| VaultError::Token("approle needs a secret_id file".into()))?,
+        let mount = a
+            .mount
+            .clone()
+            .unwrap_or_else(|| a.login.default_mount().to_owned());
+        // What each method needs was decided as the config was read (VaultLogin).
+        Ok(match &a.login {
+            VaultLogin::Token => Self::Token(TokenSource::from_config(config, env)?),
+            VaultLogin::AppRole {
+                role_id,
+                secret_id_file,
+            } => Self::AppRole {
+                mount,
+                role_id: role_id.clone(),
+                secret_id_file: secret_id_file.clone(),
             },
-            VaultAuthMethod::Kubernetes | VaultAuthMethod::Jwt => Self::Jwt {
-                mount: mount(if a.method == VaultAuthMethod::Jwt {
-                    "jwt"
-                } else {
-                    "kubernetes"
-                }),
-                role: a
-                    .role
-                    .clone()
-                    .ok_or_else(|| VaultError::Token("login needs a role".into()))?,
-                // The JWT file, or for `kubernetes` the pod's own token: decided in config.
-                jwt_file: config
-                    .login_secret()
-                    .map(|(_, file)| file)
-                    .ok_or_else(|| VaultError::Token("jwt login needs a jwt_file".into()))?,
-            },
-            VaultAuthMethod::Cert => Self::Cert {
-                mount: mount("cert"),
-                role: a.role.clone(),
+            VaultLogin::Kubernetes { role, jwt_file } | VaultLogin::Jwt { role, jwt_file } => {
+                Self::Jwt {
+                    mount,
+                    role: role.clone(),
+                    jwt_file: jwt_file.clone(),
+                }
+            }
+            VaultLogin::Cert { role } => Self::Cert {
+                mount,
+                role: role.clone(),
             },
         })
     }
