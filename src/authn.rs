@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{AuthConfig, JwtConfig};
+use crate::config::{AuthConfig, CallerVerifier};
 use crate::identity::TrustDomain;
 
 /// Credentials carried by one request.
@@ -63,20 +63,16 @@ enum TokenVerifier {
 
 impl TokenVerifier {
     async fn new(
-        jwt: Option<&JwtConfig>,
-        review: Option<&crate::config::TokenReviewConfig>,
+        verifier: &CallerVerifier,
         trust_domain: &TrustDomain,
     ) -> Result<Self, AuthnError> {
-        Ok(match (review, jwt) {
-            (Some(tr), _) => Self::Review(
+        Ok(match verifier {
+            CallerVerifier::TokenReview(tr) => Self::Review(
                 TokenReviewer::new(tr, trust_domain.clone()).await?,
                 tr.cache_max_age,
             ),
-            (None, Some(jwt)) => Self::Local(JwtVerifier::new(jwt, trust_domain.clone()).await?),
-            (None, None) => {
-                return Err(AuthnError::KeysUnavailable(
-                    "cluster has neither jwt nor token_review configured".into(),
-                ));
+            CallerVerifier::Jwt(jwt) => {
+                Self::Local(JwtVerifier::new(jwt, trust_domain.clone()).await?)
             }
         })
     }
@@ -90,25 +86,9 @@ impl Authenticator {
             client_verifier: None,
             clusters: {
                 let mut clusters = HashMap::new();
-                clusters.insert(
-                    config.cluster_id.clone(),
-                    TokenVerifier::new(
-                        Some(&config.jwt),
-                        config.token_review.as_ref(),
-                        &trust_domain,
-                    )
-                    .await?,
-                );
-                for remote in &config.remote_clusters {
-                    clusters.insert(
-                        remote.id.clone(),
-                        TokenVerifier::new(
-                            remote.jwt.as_ref(),
-                            remote.token_review.as_ref(),
-                            &trust_domain,
-                        )
-                        .await?,
-                    );
+                for (id, verifier) in config.clusters() {
+                    let checker = TokenVerifier::new(&verifier, &trust_domain).await?;
+                    clusters.insert(id.to_owned(), checker);
                 }
                 clusters
             },
@@ -209,6 +189,7 @@ impl Authenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::JwtConfig;
     use crate::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
     use jsonwebtoken::Algorithm;
 

@@ -674,6 +674,36 @@ remote_clusters = ["{distribute_to}"]
             remote("west", "").unwrap_err(),
             r#"trust_distribution.remote_clusters[0]: auth.remote_clusters "west" has no kubeconfig"#
         );
+        // A remote cluster's tokens are checked one way: jwt or token_review, never both or none.
+        let verifier = |tables: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("config.toml");
+            std::fs::write(
+                &file,
+                format!("[[auth.remote_clusters]]\nid = \"west\"\n{tables}"),
+            )
+            .unwrap();
+            Config::load(Some(&file), required()).map_err(|e| e.unplaced().to_string())
+        };
+        let jwt = "[auth.remote_clusters.jwt]\nissuer = \"https://oidc.west.example\"\n";
+        let review = "[auth.remote_clusters.token_review]\nkubeconfig = \"/k\"\n";
+        for tables in ["", &format!("{jwt}{review}")] {
+            assert_eq!(
+                verifier(tables).unwrap_err(),
+                "auth.remote_clusters[0]: set exactly one of jwt or token_review"
+            );
+        }
+        let config = verifier(review).unwrap();
+        let clusters = config.auth.clusters();
+        assert_eq!(clusters.len(), 2);
+        assert!(matches!(
+            clusters[0],
+            ("Kubernetes", CallerVerifier::Jwt(_))
+        ));
+        assert!(matches!(
+            clusters[1],
+            ("west", CallerVerifier::TokenReview(_))
+        ));
         let self_issued = Config::load(None, env(&[("IVCA_SERVER__SELF_ISSUED__ROLE", "serving")]));
         assert!(
             self_issued

@@ -51,30 +51,85 @@ impl Default for ImpersonationConfig {
     }
 }
 
+/// How one cluster's bearer tokens are checked.
+#[derive(Debug, Clone)]
+pub enum CallerVerifier {
+    /// Locally: signature against the cluster's JWKS, issuer, audience, lifetime.
+    Jwt(JwtConfig),
+    /// By the cluster's API server (TokenReview).
+    TokenReview(TokenReviewConfig),
+}
+
 /// A remote cluster's token verification.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawRemoteCluster")]
 pub struct RemoteCluster {
     /// The `clusterid` its proxies send (`ISTIO_META_CLUSTER_ID`).
     pub id: String,
-    /// Local verification of its tokens (its own issuer and JWKS)...
-    #[serde(default)]
-    pub jwt: Option<JwtConfig>,
-    /// ...or TokenReview against its API server (e.g. a kubeconfig from a remote secret).
-    #[serde(default)]
-    pub token_review: Option<TokenReviewConfig>,
+    /// How its tokens are checked: `jwt` (its own issuer and JWKS) or `token_review` (e.g. a
+    /// kubeconfig from a remote secret), exactly one of them.
+    pub verifier: CallerVerifier,
     /// kubeconfig for its API server (pod watch for impersonation, trust distribution);
     /// default: the TokenReview one.
-    #[serde(default)]
     pub kubeconfig: Option<PathBuf>,
+}
+
+/// `[[auth.remote_clusters]]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemoteCluster {
+    id: String,
+    #[serde(default)]
+    jwt: Option<JwtConfig>,
+    #[serde(default)]
+    token_review: Option<TokenReviewConfig>,
+    #[serde(default)]
+    kubeconfig: Option<PathBuf>,
+}
+
+impl TryFrom<RawRemoteCluster> for RemoteCluster {
+    type Error = &'static str;
+
+    fn try_from(raw: RawRemoteCluster) -> Result<Self, Self::Error> {
+        let verifier = match (raw.jwt, raw.token_review) {
+            (Some(jwt), None) => CallerVerifier::Jwt(jwt),
+            (None, Some(tr)) => CallerVerifier::TokenReview(tr),
+            _ => return Err("set exactly one of jwt or token_review"),
+        };
+        Ok(Self {
+            id: raw.id,
+            verifier,
+            kubeconfig: raw.kubeconfig,
+        })
+    }
+}
+
+impl AuthConfig {
+    /// Every cluster whose callers this signer serves, with how its tokens are checked: the
+    /// local one (`auth.token_review` when set, else `auth.jwt`), then each
+    /// `auth.remote_clusters` entry.
+    pub fn clusters(&self) -> Vec<(&str, CallerVerifier)> {
+        let local = match &self.token_review {
+            Some(tr) => CallerVerifier::TokenReview(tr.clone()),
+            None => CallerVerifier::Jwt(self.jwt.clone()),
+        };
+        std::iter::once((self.cluster_id.as_str(), local))
+            .chain(
+                self.remote_clusters
+                    .iter()
+                    .map(|r| (r.id.as_str(), r.verifier.clone())),
+            )
+            .collect()
+    }
 }
 
 impl RemoteCluster {
     /// How to reach its API server, if configured: `kubeconfig`, else the TokenReview one.
     pub fn api_kubeconfig(&self) -> Option<&std::path::Path> {
-        self.kubeconfig
-            .as_deref()
-            .or_else(|| self.token_review.as_ref()?.kubeconfig.as_deref())
+        self.kubeconfig.as_deref().or(match &self.verifier {
+            CallerVerifier::TokenReview(tr) => tr.kubeconfig.as_deref(),
+            CallerVerifier::Jwt(_) => None,
+        })
     }
 }
 
@@ -266,23 +321,19 @@ impl AuthConfig {
                     "must be non-empty and unique",
                 ));
             }
-            if c.jwt.is_some() == c.token_review.is_some() {
-                return Err(ConfigError::invalid(
-                    &key,
-                    "set exactly one of jwt or token_review",
-                ));
-            }
         }
         self.jwt.validate("auth.jwt", self.token_review.is_some())?;
         if let Some(tr) = &self.token_review {
             tr.validate("auth.token_review")?;
         }
         for (i, c) in self.remote_clusters.iter().enumerate() {
-            if let Some(jwt) = &c.jwt {
-                jwt.validate(&format!("auth.remote_clusters[{i}].jwt"), false)?;
-            }
-            if let Some(tr) = &c.token_review {
-                tr.validate(&format!("auth.remote_clusters[{i}].token_review"))?;
+            match &c.verifier {
+                CallerVerifier::Jwt(jwt) => {
+                    jwt.validate(&format!("auth.remote_clusters[{i}].jwt"), false)?
+                }
+                CallerVerifier::TokenReview(tr) => {
+                    tr.validate(&format!("auth.remote_clusters[{i}].token_review"))?
+                }
             }
         }
         Ok(())

@@ -63,19 +63,19 @@ impl Config {
         for (i, c) in self.auth.remote_clusters.iter().enumerate() {
             let key = format!("auth.remote_clusters[{i}]");
             files.push((format!("{key}.kubeconfig"), c.kubeconfig.as_ref()));
-            if let Some(jwt) = &c.jwt {
-                files.push((format!("{key}.jwt.jwks_file"), jwt.jwks_file.as_ref()));
-                files.push((format!("{key}.jwt.ca_file"), jwt.ca_file.as_ref()));
-                files.push((
-                    format!("{key}.jwt.bearer_token_file"),
-                    jwt.bearer_token_file.as_ref(),
-                ));
-            }
-            if let Some(tr) = &c.token_review {
-                files.push((
+            match &c.verifier {
+                CallerVerifier::Jwt(jwt) => {
+                    files.push((format!("{key}.jwt.jwks_file"), jwt.jwks_file.as_ref()));
+                    files.push((format!("{key}.jwt.ca_file"), jwt.ca_file.as_ref()));
+                    files.push((
+                        format!("{key}.jwt.bearer_token_file"),
+                        jwt.bearer_token_file.as_ref(),
+                    ));
+                }
+                CallerVerifier::TokenReview(tr) => files.push((
                     format!("{key}.token_review.kubeconfig"),
                     tr.kubeconfig.as_ref(),
-                ));
+                )),
             }
         }
         for (name, v) in self.vault_servers() {

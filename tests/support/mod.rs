@@ -829,12 +829,11 @@ pub fn remote_jwt_cluster(
     std::fs::write(&jwks, issuer.jwks_json()).unwrap();
     istio_vault_ca::config::RemoteCluster {
         id: id.into(),
-        jwt: Some(istio_vault_ca::config::JwtConfig {
+        verifier: istio_vault_ca::config::CallerVerifier::Jwt(istio_vault_ca::config::JwtConfig {
             issuer: issuer.issuer().into(),
             jwks_file: Some(jwks),
             ..Default::default()
         }),
-        token_review: None,
         kubeconfig,
     }
 }
