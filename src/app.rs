@@ -77,6 +77,20 @@ impl Running {
 
 /// Builds everything from `config` and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    // What this configuration does, once, as check-config prints it (it holds no secrets, only
+    // the paths of files that do; variables are named, not their values).
+    let variables: Vec<&str> = config.overrides.iter().map(|(n, _)| n.as_str()).collect();
+    tracing::info!(
+        file = ?config.source,
+        variables = ?variables,
+        "configuration: {}",
+        config
+            .summary()
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
     // Before anything calls Vault or the issuer, so start-up calls are counted too.
     let metrics = crate::metrics::install();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
