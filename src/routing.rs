@@ -81,6 +81,8 @@ pub enum RoutingError {
     VaultNotStarted { target: String, vault: String },
     #[error("routes[{0}].namespace_selector needs the namespace watch, which is not running")]
     NoNamespaceWatch(usize),
+    #[error("routes[{route}].target: {target:?} is not a target")]
+    UnknownTarget { route: usize, target: String },
     #[error(
         "target {target:?}: none of its root_fingerprints is a root on its mount (see the signer's log for the roots there)"
     )]
@@ -239,26 +241,34 @@ impl RouteTable {
             };
             targets.push(target);
         }
-        let by_name = |name: &str| {
+        // Config validation refuses a route naming no target; a table built from anything
+        // else says so rather than panicking.
+        let by_name = |i: usize, name: &str| {
             targets
                 .iter()
                 .find(|t| &*t.name == name)
                 .cloned()
-                .expect("config validation checked route targets")
+                .ok_or_else(|| RoutingError::UnknownTarget {
+                    route: i,
+                    target: name.to_owned(),
+                })
         };
         let routes: Vec<Route> = config
             .routes
             .iter()
-            .map(|r: &RouteConfig| Route {
-                name: r.name.as_str().into(),
-                namespaces: r.namespaces.iter().cloned().map(Glob).collect(),
-                service_accounts: r.service_accounts.iter().cloned().map(Glob).collect(),
-                namespace_selector: r.namespace_selector.clone(),
-                cert_signer: r.cert_signer.clone(),
-                exclusive: r.exclusive,
-                target: by_name(&r.target),
+            .enumerate()
+            .map(|(i, r): (usize, &RouteConfig)| {
+                Ok(Route {
+                    name: r.name.as_str().into(),
+                    namespaces: r.namespaces.iter().cloned().map(Glob).collect(),
+                    service_accounts: r.service_accounts.iter().cloned().map(Glob).collect(),
+                    namespace_selector: r.namespace_selector.clone(),
+                    cert_signer: r.cert_signer.clone(),
+                    exclusive: r.exclusive,
+                    target: by_name(i, &r.target)?,
+                })
             })
-            .collect();
+            .collect::<Result<_, RoutingError>>()?;
         let signers = routes
             .iter()
             .filter_map(|r| r.cert_signer.clone())
