@@ -998,3 +998,71 @@ async fn serves_from_shipped_config(shipped: &str, self_issued: bool) {
     })
     .await;
 }
+
+/// Copies `from` into `to` recursively (the deploy tree, to edit a copy).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// docs/install.md step 4 as a person follows it: for every overlay, the guide names the
+/// `config.toml` to edit (the base one, or the overlay's own that replaces it). In a copy of
+/// `deploy/kubernetes`, a marker line is added to that file and the overlay rendered: the
+/// marker is in what it deploys. The marker added to the other file is not (an edit to the
+/// base file is lost under an overlay with its own), so the guide's split is the real one.
+#[test]
+fn install_guide_names_the_config_each_overlay_deploys() {
+    let guide =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/install.md"))
+            .unwrap();
+    let step = &guide[guide.find("4. **Deploy the signer**").unwrap()..];
+    let uses_base = &step[..step
+        .find("use `deploy/kubernetes/base/config.toml`")
+        .unwrap()];
+    let own = &step[uses_base.len()..step.find("ship their own `config.toml`").unwrap()];
+    for overlay in overlays() {
+        let name = overlay.file_name().unwrap().to_str().unwrap().to_owned();
+        let quoted = format!("`{name}`");
+        let guide_says_own = match (uses_base.contains(&quoted), own.contains(&quoted)) {
+            (true, false) => false,
+            (false, true) => true,
+            other => panic!("install.md step 4 must name {quoted} once: {other:?}"),
+        };
+        let copy = tempfile::tempdir().unwrap();
+        copy_tree(&deploy_dir(), copy.path());
+        let base = copy.path().join("base/config.toml");
+        let own_file = copy.path().join(format!("overlays/{name}/config.toml"));
+        let (edited, other) = if guide_says_own {
+            (own_file, Some(base))
+        } else {
+            (base, own_file.exists().then_some(own_file))
+        };
+        let mark = |file: &Path, marker: &str| {
+            let mut text = std::fs::read_to_string(file)
+                .unwrap_or_else(|e| panic!("{name}: the guide's file {}: {e}", file.display()));
+            text.push_str(&format!("\n# {marker}\n"));
+            std::fs::write(file, text).unwrap();
+        };
+        mark(&edited, "edited-where-the-guide-says");
+        if let Some(other) = &other {
+            mark(other, "edited-elsewhere");
+        }
+        let yaml = render(&copy.path().join(format!("overlays/{name}")));
+        assert!(
+            yaml.contains("edited-where-the-guide-says"),
+            "{name}: the file install.md names is not the one deployed"
+        );
+        assert!(
+            !yaml.contains("edited-elsewhere"),
+            "{name}: the other config.toml is deployed too"
+        );
+    }
+}
