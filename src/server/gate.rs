@@ -23,6 +23,8 @@ use tokio::sync::oneshot;
 use tonic::{Code, Status};
 
 use super::outcome::{self, Call, Refused};
+pub use super::shed::Shed;
+use super::status::Rejection;
 use crate::telemetry::SPAN_TARGET;
 use deadline::{Deadline, grpc_timeout};
 use queue::State;
@@ -77,33 +79,6 @@ impl Drop for Pass {
         let mut state = self.gate.state();
         state.finish(self.ip);
         state.hand_over(self.gate.limits.max_in_flight_per_peer);
-    }
-}
-
-/// Why the gate refused a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Shed {
-    #[error("signer is overloaded: {0} calls already wait for a slot; retry later")]
-    QueueFull(usize),
-    #[error("signer is overloaded: no slot within {0:?}; retry later")]
-    Overloaded(Duration),
-    /// The call's deadline left no time to wait (its `grpc-timeout`, what serving needs).
-    #[error(
-        "signer is overloaded: the call's deadline ({0:?}) leaves no time to wait for a slot \
-         (serving takes ~{1:?}); retry later"
-    )]
-    NoTimeToWait(Duration, Duration),
-    #[error("too many calls from this address at once: no slot within {0:?}; retry later")]
-    PeerOverloaded(Duration),
-}
-
-impl Shed {
-    fn reason(self) -> &'static str {
-        match self {
-            Self::QueueFull(_) => "queue-full",
-            Self::Overloaded(_) | Self::NoTimeToWait(..) => "overloaded",
-            Self::PeerOverloaded(_) => "peer-overloaded",
-        }
     }
 }
 
@@ -322,22 +297,24 @@ impl Gate {
         let span = arrival
             .as_ref()
             .map_or_else(tracing::Span::none, |a| a.span.clone());
-        let refuse = |status: Status, reason, error: &dyn std::fmt::Display| {
+        let refuse = |rejection: Rejection| {
+            let status = rejection.status();
             if let Some(arrival) = &arrival {
                 let cluster = req.headers().get("clusterid");
-                report(arrival, cluster, peer, &status, reason, error);
+                report(
+                    arrival,
+                    cluster,
+                    peer,
+                    &status,
+                    rejection.reason(),
+                    &status.message(),
+                );
             }
             status.into_http()
         };
         let timeout = match grpc_timeout(req.headers()) {
             Ok(timeout) => timeout,
-            Err(e) => {
-                return refuse(
-                    Status::invalid_argument(e.to_string()),
-                    "malformed-request",
-                    &e,
-                );
-            }
+            Err(e) => return refuse(Rejection::MalformedTimeout(e.to_string())),
         };
         let admission = tracing::info_span!(target: SPAN_TARGET, parent: &span, "admission");
         let entered = {
@@ -347,10 +324,7 @@ impl Gate {
         };
         let pass = match entered {
             Ok(pass) => pass,
-            Err(shed) => {
-                let status = Status::resource_exhausted(shed.to_string());
-                return refuse(status, shed.reason(), &shed);
-            }
+            Err(shed) => return refuse(Rejection::Shed(shed)),
         };
         let admitted = Instant::now();
         let deadline = admitted + self.limits.body_timeout;
@@ -383,28 +357,15 @@ impl Gate {
             .and_then(|v| v.parse::<i32>().ok())
             .map(Code::from_i32)
             .unwrap_or(Code::Ok);
-        let (status, reason) = match code {
-            Code::Ok => return response,
-            Code::OutOfRange | Code::ResourceExhausted => (
-                Status::resource_exhausted(format!(
-                    "request message larger than {} bytes",
-                    self.limits.max_message_bytes
-                )),
-                "message-too-large",
-            ),
-            Code::DeadlineExceeded => (
-                Status::deadline_exceeded(format!(
-                    "request message not received within {:?}",
-                    self.limits.body_timeout
-                )),
-                "slow-request",
-            ),
-            Code::Internal | Code::InvalidArgument | Code::Unknown => (
-                Status::invalid_argument("malformed request message"),
-                "malformed-request",
-            ),
-            other => (Status::new(other, "request refused"), "transport"),
-        };
+        if code == Code::Ok {
+            return response;
+        }
+        let rejection = Rejection::from_transport(
+            code,
+            self.limits.max_message_bytes,
+            self.limits.body_timeout,
+        );
+        let (status, reason) = (rejection.status(), rejection.reason());
         let detail = response
             .headers()
             .get(Status::GRPC_MESSAGE)
