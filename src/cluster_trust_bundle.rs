@@ -17,14 +17,10 @@ use crate::bundle::SharedBundle;
 use crate::cache::Digest;
 use crate::distribute::{FIELD_MANAGER, digest};
 
-/// The signer Istio's trust bundles are attested by (`attest` on `signers` of this name).
-pub const SIGNER_NAME: &str = "istio.io/istiod-ca";
-
-/// The object's name for trust bundle `name` (Istio's `global.trustBundleName`): the signer
-/// name with `/` as `:`, then `:` and the name, as the API server requires.
-pub fn object_name(name: &str) -> String {
-    format!("{}:{name}", SIGNER_NAME.replace('/', ":"))
-}
+/// The object's name and its signer: decided with the config value that names it.
+pub use crate::config::{
+    CLUSTER_TRUST_BUNDLE_SIGNER as SIGNER_NAME, cluster_trust_bundle_object_name as object_name,
+};
 
 /// How often the loop looks at the bundle when no event arrives.
 const CHECK_PERIOD: Duration = Duration::from_secs(1);

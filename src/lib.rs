@@ -33,6 +33,7 @@ pub mod identity;
 pub mod issuance_limits;
 pub mod istiod_cert;
 pub mod kube_watch;
+pub mod kv_path;
 pub mod leader;
 pub mod ledger;
 pub mod loadgen;

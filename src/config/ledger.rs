@@ -76,7 +76,7 @@ impl LedgerConfig {
         vaults: &std::collections::BTreeMap<String, VaultConfig>,
     ) -> Result<(), ConfigError> {
         check_vault_path("ledger.mount", &self.mount)?;
-        crate::vault::KvPath::new(&self.prefix.split('/').collect::<Vec<_>>()).map_err(|_| {
+        crate::kv_path::KvPath::new(&self.prefix.split('/').collect::<Vec<_>>()).map_err(|_| {
             ConfigError::invalid(
                 "ledger.prefix",
                 "must be folder names of letters, digits, '.', '_' and '-', separated by '/'",

@@ -84,11 +84,21 @@ impl Default for TrustDistributionConfig {
     }
 }
 
+/// The signer Istio's trust bundles are attested by (`attest` on `signers` of this name).
+pub const CLUSTER_TRUST_BUNDLE_SIGNER: &str = "istio.io/istiod-ca";
+
+/// The ClusterTrustBundle object's name for trust bundle `name` (Istio's
+/// `global.trustBundleName`): the signer name with `/` as `:`, then `:` and the name, as the
+/// API server requires.
+pub fn cluster_trust_bundle_object_name(name: &str) -> String {
+    format!("{}:{name}", CLUSTER_TRUST_BUNDLE_SIGNER.replace('/', ":"))
+}
+
 impl TrustDistributionConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if let Some(name) = &self.cluster_trust_bundle {
             // The object name is a DNS subdomain of at most 253 characters.
-            let full = crate::cluster_trust_bundle::object_name(name);
+            let full = cluster_trust_bundle_object_name(name);
             let label_ok = |l: &str| {
                 !l.is_empty()
                     && l.bytes()

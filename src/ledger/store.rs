@@ -79,7 +79,7 @@ impl LedgerStore {
     fn path(&self, rest: &[&str]) -> Result<KvPath, VaultError> {
         let mut segments: Vec<&str> = self.prefix.iter().map(String::as_str).collect();
         segments.extend_from_slice(rest);
-        KvPath::new(&segments)
+        KvPath::new(&segments).map_err(|e| VaultError::Malformed(e.to_string()))
     }
 
     /// The window (its start, Unix seconds) that files a record expiring at `not_after`.
