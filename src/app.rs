@@ -781,6 +781,12 @@ mod tests {
         assert_eq!(preflight(&config, false), Preflight::default());
         let summary = config.summary();
         assert!(summary.contains("0.0.0.0:15012"), "{summary}");
+        // The default JWT verification fetches the JWKS by OIDC discovery: it is a method.
+        assert!(
+            summary
+                .contains("callers        service-account JWT (JWKS by OIDC discovery) in cluster"),
+            "{summary}"
+        );
         assert!(
             summary.contains("pki-istio/sign/istio-workload"),
             "{summary}"

@@ -93,12 +93,19 @@ impl Config {
     /// A few lines saying what this configuration will do (no secrets: it holds none, only
     /// the paths of files that do).
     pub fn summary(&self) -> String {
+        // The local cluster's verifier as the authenticator builds it (AuthConfig::clusters).
         let mut methods = Vec::new();
-        if self.auth.jwt.jwks_file.is_some() || self.auth.jwt.jwks_url.is_some() {
-            methods.push("service-account JWT");
-        }
-        if self.auth.token_review.is_some() {
-            methods.push("TokenReview");
+        if let Some((_, verifier)) = self.auth.clusters().first() {
+            methods.push(match verifier {
+                CallerVerifier::Jwt(jwt) if jwt.jwks_file.is_some() => {
+                    "service-account JWT (JWKS file)"
+                }
+                CallerVerifier::Jwt(jwt) if jwt.jwks_url.is_some() => {
+                    "service-account JWT (JWKS URL)"
+                }
+                CallerVerifier::Jwt(_) => "service-account JWT (JWKS by OIDC discovery)",
+                CallerVerifier::TokenReview(_) => "TokenReview",
+            });
         }
         if self.auth.client_certificates {
             methods.push("client certificates");
@@ -122,11 +129,7 @@ impl Config {
             ),
             format!(
                 "callers        {} in cluster {:?}{}{}",
-                if methods.is_empty() {
-                    "none".to_owned()
-                } else {
-                    methods.join(", ")
-                },
+                methods.join(", "),
                 self.auth.cluster_id,
                 match self.auth.remote_clusters.len() {
                     0 => String::new(),
