@@ -146,3 +146,42 @@ fn syntax_problems(text: &str) -> Vec<Problem> {
     problems.sort_by_key(|p| p.at);
     problems
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config cut off anywhere (an editor's half-saved file, a paste gone wrong) is reported,
+    /// never a panic: every prefix of the shipped config at 3-byte steps, each problem placed
+    /// within the text it names, and the whole file itself without a problem.
+    #[test]
+    fn any_truncation_of_a_real_config_is_reported_not_a_panic() {
+        let text = include_str!("../../deploy/kubernetes/base/config.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let mut cut = 0;
+        while cut < text.len() {
+            if text.is_char_boundary(cut) {
+                let part = &text[..cut];
+                std::fs::write(&path, part).unwrap();
+                let checked = check(Some(&path), Vec::new());
+                let lines = part.lines().count().max(1);
+                for p in &checked.problems {
+                    if let Some(at) = p.at {
+                        assert!(
+                            at.line <= lines + 1,
+                            "{at} beyond {lines} lines: {}",
+                            p.text
+                        );
+                    }
+                }
+                assert!(checked.problems.len() <= MAX_PROBLEMS);
+            }
+            cut += 3;
+        }
+        std::fs::write(&path, text).unwrap();
+        let whole = check(Some(&path), Vec::new());
+        assert!(whole.problems.is_empty(), "{whole}");
+        assert!(whole.config.is_some());
+    }
+}
