@@ -34,7 +34,7 @@ impl Position {
 
 /// The keys of one file, by dotted path (`server.limits.max_connections`, `targets[1].mount`):
 /// where the key is written and where its value starts.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(super) struct Positions {
     keys: HashMap<String, (Position, Position)>,
 }

@@ -14,7 +14,7 @@ use toml::de::DeTable;
 
 use super::key_path::{remove, steps};
 use super::positions::Position;
-use super::source::Source;
+use super::source::{Source, read_text};
 use super::{Config, ConfigError};
 
 /// At most this many problems are reported for one file.
@@ -67,20 +67,22 @@ pub fn check(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)
         from_variable: false,
         text: e.to_string(),
     };
-    let mut source = match Source::read(path, env) {
-        Ok(source) => source,
-        Err(ConfigError::Syntax { .. }) => {
-            let text = path.and_then(|p| std::fs::read_to_string(p).ok());
-            return Checked {
-                problems: syntax_problems(&text.unwrap_or_default()),
-                file,
-                config: None,
-            };
-        }
-        Err(e @ ConfigError::Read { .. }) => {
+    let text = match read_text(path) {
+        Ok(text) => text,
+        Err(e) => {
             return Checked {
                 problems: vec![unplaced(e)],
                 file: None,
+                config: None,
+            };
+        }
+    };
+    let mut source = match Source::from_text(path, text.clone(), env) {
+        Ok(source) => source,
+        Err(ConfigError::Syntax { .. }) => {
+            return Checked {
+                problems: syntax_problems(&text),
+                file,
                 config: None,
             };
         }

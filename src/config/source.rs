@@ -2,6 +2,7 @@
 //! put into it; turned into a [`Config`], and an error about a key placed at its line:column.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use super::env::{apply_override, set_by, setter};
 use super::positions::{Position, Positions};
@@ -15,6 +16,19 @@ pub(super) struct Source {
     pub(super) text: String,
     pub(super) table: toml::Table,
     pub(super) overrides: Vec<(String, String)>,
+    /// Where each key is written: parsed from `text` once, when an error needs it.
+    positions: OnceLock<Positions>,
+}
+
+/// The text of `path`, or none without a file.
+pub(super) fn read_text(path: Option<&Path>) -> Result<String, ConfigError> {
+    match path {
+        Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+        None => Ok(String::new()),
+    }
 }
 
 impl Source {
@@ -23,13 +37,15 @@ impl Source {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let text = match path {
-            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            })?,
-            None => String::new(),
-        };
+        Self::from_text(path, read_text(path)?, env)
+    }
+
+    /// [`Source::read`] on `text`, already read from `path`.
+    pub(super) fn from_text(
+        path: Option<&Path>,
+        text: String,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let mut table = text.parse::<toml::Table>().map_err(|e| {
             let at = Position::of(&text, e.span().map_or(0, |s| s.start));
             ConfigError::Syntax {
@@ -51,6 +67,7 @@ impl Source {
             text,
             table,
             overrides,
+            positions: OnceLock::new(),
         })
     }
 
@@ -83,7 +100,7 @@ impl Source {
         if self.path.is_none() || self.set_by_variable(error) {
             return None;
         }
-        let positions = Positions::parse(&self.text);
+        let positions = self.positions.get_or_init(|| Positions::parse(&self.text));
         if message.starts_with(UNKNOWN_KEY) {
             positions.key_of(key)
         } else {
