@@ -43,6 +43,7 @@ mod tls_policy;
 mod trust_distribution;
 mod ttl;
 mod vault;
+mod vault_auth;
 mod wording;
 
 pub use auth::*;
@@ -64,6 +65,7 @@ pub use tls_policy::*;
 pub use trust_distribution::*;
 pub use ttl::*;
 pub use vault::*;
+pub use vault_auth::*;
 
 use check::{check_fetch_url, check_vault_path};
 pub use error::ConfigError;
