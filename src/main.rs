@@ -225,12 +225,16 @@ fn main() -> ExitCode {
 }
 
 fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
-    let hint = if path.is_none() {
-        " (no config file given: --config or IVCA_CONFIG)"
-    } else {
-        ""
-    };
+    let hint = no_file_hint(path.as_deref());
     Config::load(path.as_deref(), std::env::vars()).with_context(|| format!("invalid config{hint}"))
+}
+
+/// Said after a config error when no file was given (the defaults alone rarely do).
+fn no_file_hint(path: Option<&std::path::Path>) -> &'static str {
+    match path {
+        None => " (no config file given: --config or IVCA_CONFIG)",
+        Some(_) => "",
+    }
 }
 
 /// `check-config`: every problem of the configuration, then of the files it names.
@@ -239,11 +243,7 @@ fn check_config(path: Option<PathBuf>, offline: bool) -> anyhow::Result<()> {
     let Some(config) = checked.config.as_ref() else {
         eprint!("{checked}");
         let n = checked.problems.len();
-        let hint = if path.is_none() {
-            " (no config file given: --config or IVCA_CONFIG)"
-        } else {
-            ""
-        };
+        let hint = no_file_hint(path.as_deref());
         anyhow::bail!("{n} problem{} in the configuration{hint}", plural(n));
     };
     let found = app::preflight(config, offline);
