@@ -235,7 +235,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if let Some(td) = &config.trust_distribution {
         let clusters = config.distribution_clusters(td)?;
         let mut leading = None;
-        for (cluster, kubeconfig) in clusters {
+        for crate::config::ApiServer {
+            cluster,
+            kubeconfig,
+        } in clusters
+        {
             let client = crate::kube_client(kubeconfig.as_deref())
                 .await
                 .map_err(|e| anyhow::anyhow!("trust_distribution in cluster {cluster:?}: {e}"))?;
@@ -612,14 +616,12 @@ async fn start_pod_caches(
     imp: &crate::config::ImpersonationConfig,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<crate::authz::Impersonation> {
-    let mut clusters = vec![(config.auth.cluster_id.clone(), imp.kubeconfig.clone())];
-    for remote in &config.auth.remote_clusters {
-        if let Some(kubeconfig) = remote.api_kubeconfig() {
-            clusters.push((remote.id.clone(), Some(kubeconfig.to_owned())));
-        }
-    }
     let mut pods = std::collections::HashMap::new();
-    for (cluster, kubeconfig) in clusters {
+    for crate::config::ApiServer {
+        cluster,
+        kubeconfig,
+    } in config.api_servers(imp.kubeconfig.as_deref())
+    {
         let client = crate::kube_client(kubeconfig.as_deref())
             .await
             .map_err(|e| anyhow::anyhow!("pod cache of cluster {cluster:?}: {e}"))?;

@@ -162,31 +162,63 @@ impl Default for Config {
     }
 }
 
+/// A cluster's Kubernetes API server as the signer reaches it (pod caches for impersonation,
+/// trust distribution).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiServer {
+    /// The cluster's id: `auth.cluster_id`, or an `auth.remote_clusters` id.
+    pub cluster: String,
+    /// kubeconfig to reach it; `None`: in-cluster, or `$KUBECONFIG`.
+    pub kubeconfig: Option<PathBuf>,
+}
+
 impl Config {
-    /// The clusters trust distribution writes into, with the kubeconfig of each: the local
-    /// cluster, then every `td.remote_clusters` entry through its `auth.remote_clusters` one.
+    /// Every cluster whose API server the signer can reach: the local one through `local` (the
+    /// kubeconfig of the feature asking, `None` for in-cluster), then each
+    /// `auth.remote_clusters` entry that has a kubeconfig (its own, else its TokenReview one).
+    /// The one list the pod caches and trust distribution both start from.
+    pub fn api_servers(&self, local: Option<&Path>) -> Vec<ApiServer> {
+        let remote = self.auth.remote_clusters.iter().filter_map(|r| {
+            Some(ApiServer {
+                cluster: r.id.clone(),
+                kubeconfig: Some(r.api_kubeconfig()?.to_owned()),
+            })
+        });
+        std::iter::once(ApiServer {
+            cluster: self.auth.cluster_id.clone(),
+            kubeconfig: local.map(Path::to_owned),
+        })
+        .chain(remote)
+        .collect()
+    }
+
+    /// The clusters trust distribution writes into: the local one, then each
+    /// `td.remote_clusters` entry, which must name an `auth.remote_clusters` entry with a
+    /// kubeconfig.
     pub fn distribution_clusters(
         &self,
         td: &TrustDistributionConfig,
-    ) -> Result<Vec<(String, Option<PathBuf>)>, ConfigError> {
-        let mut clusters = vec![(self.auth.cluster_id.clone(), td.kubeconfig.clone())];
+    ) -> Result<Vec<ApiServer>, ConfigError> {
+        let mut reachable = self.api_servers(td.kubeconfig.as_deref()).into_iter();
+        let mut clusters: Vec<ApiServer> = reachable.next().into_iter().collect();
+        let reachable: Vec<ApiServer> = reachable.collect();
         for (i, id) in td.remote_clusters.iter().enumerate() {
             let key = format!("trust_distribution.remote_clusters[{i}]");
-            let remote = self
-                .auth
-                .remote_clusters
-                .iter()
-                .find(|c| c.id == *id)
-                .ok_or_else(|| {
-                    ConfigError::invalid(&key, format!("{id:?} is not an auth.remote_clusters id"))
-                })?;
-            let kubeconfig = remote.api_kubeconfig().ok_or_else(|| {
-                ConfigError::invalid(
-                    &key,
-                    format!("auth.remote_clusters {id:?} has no kubeconfig"),
-                )
-            })?;
-            clusters.push((id.clone(), Some(kubeconfig.to_owned())));
+            match reachable.iter().find(|s| s.cluster == *id) {
+                Some(server) => clusters.push(server.clone()),
+                None if self.auth.remote_clusters.iter().any(|c| c.id == *id) => {
+                    return Err(ConfigError::invalid(
+                        &key,
+                        format!("auth.remote_clusters {id:?} has no kubeconfig"),
+                    ));
+                }
+                None => {
+                    return Err(ConfigError::invalid(
+                        &key,
+                        format!("{id:?} is not an auth.remote_clusters id"),
+                    ));
+                }
+            }
         }
         Ok(clusters)
     }
@@ -706,6 +738,23 @@ remote_clusters = ["{distribute_to}"]
             clusters[1],
             ("west", CallerVerifier::TokenReview(_))
         ));
+        // The API servers the pod caches and trust distribution reach: the local one through the
+        // feature's own kubeconfig, a remote through its TokenReview kubeconfig.
+        assert_eq!(
+            config.api_servers(Some(Path::new("/local"))),
+            [
+                ApiServer {
+                    cluster: "Kubernetes".into(),
+                    kubeconfig: Some("/local".into())
+                },
+                ApiServer {
+                    cluster: "west".into(),
+                    kubeconfig: Some("/k".into())
+                }
+            ]
+        );
+        // A remote checked by JWT alone has no API server to reach.
+        assert_eq!(verifier(jwt).unwrap().api_servers(None).len(), 1);
         let self_issued = Config::load(None, env(&[("IVCA_SERVER__SELF_ISSUED__ROLE", "serving")]));
         assert!(
             self_issued
