@@ -108,6 +108,27 @@ for run, before in [("c1-signer", "c1-direct"), ("c32-signer", "c32-direct"), ("
     call = (b[("request", "sum")] - a[("request", "sum")]) / n * 1000
     sign = (b[("vault_request", "sum")] - a[("vault_request", "sum")]) / n * 1000
     print(f"  {run:13s} call {call:7.3f} | Vault sign {sign:7.3f} | own {call - sign:6.3f}")
+# Issue 24: the signer's process CPU per request over what its mandatory checks cost, both from
+# the same run: the process's CPU from /proc (the load generator's --rss-pid), the checks' from
+# the signer's own istio_vault_ca_check_cpu_seconds (thread CPU time around each check).
+def checks(name):
+    d = {}
+    for line in open(os.path.join(out, f"metrics-{name}.txt")):
+        m = re.match(r'istio_vault_ca_check_cpu_seconds_(sum|count)\{check="(\w+)"\}\s+(\S+)', line)
+        if m:
+            d[(m.group(2), m.group(1))] = float(m.group(3))
+    return d
+print("\nsigner process CPU per request over its mandatory checks' CPU (same run), µs per request:")
+print("| run | process | checks | token | csr | leaf | process / checks |")
+print("|---|---|---|---|---|---|---|")
+for run, before in [("c1-signer", "c1-direct"), ("c32-signer", "c32-direct"), ("storm-signer", "storm-direct")]:
+    a, b = checks(before), checks(run)
+    n = r[run]["requests"]
+    per = {c: (b.get((c, "sum"), 0) - a.get((c, "sum"), 0)) / n * 1e6 for c in ("token", "csr", "leaf")}
+    total = sum(per.values())
+    proc = r[run].get("cpu_us_per_request")
+    ratio = f"**{proc / total:.2f}x**" if proc and total else "-"
+    print(f"| {run} | {proc:.0f} | {total:.0f} | {per['token']:.0f} | {per['csr']:.0f} | {per['leaf']:.0f} | {ratio} |")
 PY
 # Instruction counts of the handler alone (repeatable where the timings above are not).
 # NO_INSTR=1 skips them (a profiling run, say).

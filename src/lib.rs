@@ -19,6 +19,7 @@ pub mod chain;
 pub mod client;
 pub mod cluster_trust_bundle;
 pub mod config;
+pub mod cpu_time;
 pub mod crl;
 pub mod crl_set;
 pub mod csr;

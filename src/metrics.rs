@@ -11,6 +11,14 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// The mandatory checks take tens to hundreds of microseconds each.
+const CHECK_CPU_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01,
+];
+
+/// The CPU time of each mandatory check, by `check`.
+const CHECK_CPU: &str = "istio_vault_ca_check_cpu_seconds";
+
 /// Installs the process-wide recorder once and returns the handle that renders it.
 pub fn install() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -18,6 +26,9 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("non-empty buckets")
+                // A full name is matched before any suffix.
+                .set_buckets_for_metric(Matcher::Full(CHECK_CPU.into()), CHECK_CPU_BUCKETS)
                 .expect("non-empty buckets")
                 .build_recorder();
             let handle = recorder.handle();
@@ -53,6 +64,11 @@ fn describe() {
         "CreateCertificate calls by outcome and gRPC code"
     );
     describe_counter!("istio_vault_ca_refusals_total", "Refused calls by reason");
+    describe_histogram!(
+        CHECK_CPU,
+        Unit::Seconds,
+        "CPU time of each mandatory check on the thread that ran it: token (signature and claims), csr (parse, self-signature, policy), leaf (what Vault issued against its issuer, and the chain)"
+    );
     describe_counter!(
         "istio_vault_ca_ledger_records_total",
         "Issued certificates by ledger outcome: queued, written, dropped (queue full), lost (not written at shutdown)"
@@ -241,6 +257,11 @@ pub fn request(
         ::metrics::counter!("istio_vault_ca_refusals_total", "reason" => reason).increment(1);
     }
     ::metrics::histogram!("istio_vault_ca_request_duration_seconds").record(took.as_secs_f64());
+}
+
+/// The CPU time one mandatory check took: `check` is `token`, `csr` or `leaf`.
+pub fn check_cpu(check: &'static str, cpu: Duration) {
+    ::metrics::histogram!(CHECK_CPU, "check" => check).record(cpu.as_secs_f64());
 }
 
 /// One call that was routed: the route and target names come from the config, never from

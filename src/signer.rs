@@ -379,8 +379,10 @@ impl Signer {
                 .in_scope(|| self.authz.authorize(caller, req.impersonated_identity))?;
         // The table is read once: the request finishes on the targets it started with.
         let decision = self.routes.load().choose(&identity, req.cert_signer)?;
-        let csr = tracing::info_span!(target: SPAN_TARGET, "csr.verify")
-            .in_scope(|| self.csr_policy.verify(req.csr_pem))?;
+        let (csr, cpu) = tracing::info_span!(target: SPAN_TARGET, "csr.verify")
+            .in_scope(|| crate::cpu_time::measure(|| self.csr_policy.verify(req.csr_pem)));
+        crate::metrics::check_cpu("csr", cpu);
+        let csr = csr?;
         crate::authz::csr_names(csr.requested(), &identity)?;
         let (ttl, clamped) = decision.target.ttl.resolve(req.validity_seconds)?;
         Ok(Approved {
@@ -410,19 +412,22 @@ impl Signer {
         } = approved;
         let served = self.bundle.load_full();
         let trust = decision.target.trust();
-        let chain = chain::verify_and_assemble(
-            signed,
-            Expectation {
-                csr: &csr,
-                identity: &identity,
-                max_not_after: now + ttl + NOT_AFTER_SLACK,
-            },
-            &trust,
-            &served,
-            &self.paths,
-            now,
-        )
-        .inspect_err(|e| {
+        let (chain, cpu) = crate::cpu_time::measure(|| {
+            chain::verify_and_assemble(
+                signed,
+                Expectation {
+                    csr: &csr,
+                    identity: &identity,
+                    max_not_after: now + ttl + NOT_AFTER_SLACK,
+                },
+                &trust,
+                &served,
+                &self.paths,
+                now,
+            )
+        });
+        crate::metrics::check_cpu("leaf", cpu);
+        let chain = chain.inspect_err(|e| {
             tracing::error!(
                 identity = %identity,
                 route = %decision.route,

@@ -83,6 +83,30 @@ async fn metrics_after_a_mixed_run() {
         (last - (now + 48.0 * 3600.0)).abs() < 300.0,
         "the clamped 48h leaf was the last one"
     );
+    // Each mandatory check's CPU time: every CSR that was read (the call without a token never
+    // got there), every leaf Vault signed, every token verified rather than found in the
+    // result cache.
+    assert_eq!(
+        get("istio_vault_ca_check_cpu_seconds_count{check=\"csr\"}"),
+        4.0
+    );
+    assert_eq!(
+        get("istio_vault_ca_check_cpu_seconds_count{check=\"leaf\"}"),
+        3.0
+    );
+    assert_eq!(
+        get("istio_vault_ca_check_cpu_seconds_count{check=\"token\"}"),
+        get("istio_vault_ca_authn_cache_total{result=\"miss\"}")
+    );
+    for check in ["token", "csr", "leaf"] {
+        let cpu = get(&format!(
+            "istio_vault_ca_check_cpu_seconds_sum{{check=\"{check}\"}}"
+        ));
+        assert!(cpu > 0.0 && cpu < 1.0, "{check} checks took {cpu} s of CPU");
+    }
+    assert!(
+        text.contains("istio_vault_ca_check_cpu_seconds_bucket{check=\"leaf\",le=\"0.00001\"}")
+    );
     assert!(text.contains("# HELP istio_vault_ca_requests_total"));
     assert!(text.contains("istio_vault_ca_request_duration_seconds_bucket{le=\"0.005\"}"));
 }

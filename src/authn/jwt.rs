@@ -153,9 +153,16 @@ impl JwtVerifier {
             .get(&header.alg)
             .ok_or_else(|| AuthnError::Algorithm(format!("{:?}", header.alg)))?;
         let kid = header.kid;
-        let mut result = self.verify_with_current_keys(token, kid.as_deref(), validation);
+        let verify = || {
+            let (result, cpu) = crate::cpu_time::measure(|| {
+                self.verify_with_current_keys(token, kid.as_deref(), validation)
+            });
+            crate::metrics::check_cpu("token", cpu);
+            result
+        };
+        let mut result = verify();
         if matches!(result, Err(AuthnError::UnknownKey(_))) && self.refetch(false).await.is_ok() {
-            result = self.verify_with_current_keys(token, kid.as_deref(), validation);
+            result = verify();
         }
         let claims = result?;
         self.caller_from_claims(claims)
