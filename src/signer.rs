@@ -381,7 +381,7 @@ impl Signer {
         let decision = self.routes.load().choose(&identity, req.cert_signer)?;
         let (csr, cpu) = tracing::info_span!(target: SPAN_TARGET, "csr.verify")
             .in_scope(|| crate::cpu_time::measure(|| self.csr_policy.verify(req.csr_pem)));
-        crate::metrics::check_cpu("csr", cpu);
+        crate::metrics::check_cpu(crate::metrics::Check::Csr, cpu);
         let csr = csr?;
         crate::authz::csr_names(csr.requested(), &identity)?;
         let (ttl, clamped) = decision.target.ttl.resolve(req.validity_seconds)?;
@@ -426,7 +426,7 @@ impl Signer {
                 now,
             )
         });
-        crate::metrics::check_cpu("leaf", cpu);
+        crate::metrics::check_cpu(crate::metrics::Check::Leaf, cpu);
         let chain = chain.inspect_err(|e| {
             tracing::error!(
                 identity = %identity,

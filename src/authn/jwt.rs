@@ -157,7 +157,7 @@ impl JwtVerifier {
             let (result, cpu) = crate::cpu_time::measure(|| {
                 self.verify_with_current_keys(token, kid.as_deref(), validation)
             });
-            crate::metrics::check_cpu("token", cpu);
+            crate::metrics::check_cpu(crate::metrics::Check::Token, cpu);
             result
         };
         let mut result = verify();
