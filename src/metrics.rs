@@ -322,11 +322,12 @@ pub fn check_cpu(check: Check, cpu: Duration) {
 
 /// One call that was routed: the route and target names come from the config, never from
 /// the request, so the label set stays bounded.
-pub fn routed(route: &str, target: &str, outcome: &'static str) {
+pub fn routed(route: &std::sync::Arc<str>, target: &std::sync::Arc<str>, outcome: &'static str) {
+    // Shared, not copied: the names live as long as the route table that holds them.
     ::metrics::counter!(
         "istio_vault_ca_routed_requests_total",
-        "route" => route.to_owned(),
-        "target" => target.to_owned(),
+        "route" => ::metrics::SharedString::from(route.clone()),
+        "target" => ::metrics::SharedString::from(target.clone()),
         "outcome" => outcome
     )
     .increment(1);
