@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -17,19 +16,24 @@ use crate::admin::{self, Readiness};
 use crate::authn::Authenticator;
 use crate::config::Config;
 use crate::pb::istio_certificate_service_server::IstioCertificateServiceServer;
-use crate::routing::{RouteTable, RoutingError, TrustSource};
+use crate::routing::{RouteTable, TrustSource};
 use crate::server::CaService;
 use crate::server::gate::{Gate, GateLimits};
 use crate::server::listener::{self, ServeOptions};
 use crate::signer::Signer;
 use crate::tls::{self, ServingCert};
-use crate::vault::{Credentials, VaultClient, VaultError, VaultSet};
+
+mod ledger;
+mod preflight;
+mod vault;
+
+use crate::vault::VaultSet;
+use ledger::start_ledger;
+pub use preflight::{Preflight, preflight};
+use vault::{STARTUP_VAULT_WAIT, retry_vault, start_vault};
 
 /// Room in a request message beside the CSR (validity, metadata with ImpersonatedIdentity).
 const MESSAGE_OVERHEAD: usize = 4 * 1024;
-
-/// How long start-up waits for Vault to answer the first trust-bundle read.
-const STARTUP_VAULT_WAIT: Duration = Duration::from_secs(30);
 
 /// A started signer.
 pub struct Running {
@@ -412,204 +416,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
-/// The ledger's writer, stopped after the last call: [`LedgerClosing::finish`].
-struct LedgerClosing {
-    closing: watch::Sender<bool>,
-    writer: tokio::task::JoinHandle<usize>,
-}
-
-impl LedgerClosing {
-    /// Writes what is queued (bounded by `ledger::FINAL_FLUSH_LIMIT`) and reports any loss.
-    async fn finish(self) {
-        let _ = self.closing.send(true);
-        let limit = crate::ledger::FINAL_FLUSH_LIMIT + Duration::from_secs(1);
-        match tokio::time::timeout(limit, self.writer).await {
-            Ok(Ok(0)) => tracing::info!("issued-certificate ledger written"),
-            Ok(Ok(lost)) => {
-                crate::metrics::ledger_lost(lost);
-                tracing::error!(
-                    lost,
-                    "issued-certificate ledger: records not written at shutdown"
-                );
-            }
-            _ => tracing::error!("issued-certificate ledger writer did not finish"),
-        }
-    }
-}
-
-/// Starts the ledger's writer (batches from the signing path), its pruner and the deny
-/// list's refresh on the Vault server `[ledger].vault` names.
-fn start_ledger(
-    cfg: &crate::config::LedgerConfig,
-    vaults: &VaultSet,
-    shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<(
-    crate::ledger::Ledger,
-    crate::ledger::SharedDenyList,
-    LedgerClosing,
-)> {
-    use crate::ledger::{LedgerStore, LedgerWriter};
-    let client = vaults
-        .get(cfg.vault.as_deref())
-        .context("ledger.vault names no Vault server")?
-        .clone();
-    let store = LedgerStore::new(client, cfg);
-    let (ledger, writer) = LedgerWriter::new(store.clone(), cfg);
-    let (closing, closing_rx) = watch::channel(false);
-    let queue = ledger.clone();
-    let writer = tokio::spawn(writer.run(closing_rx, move |flush| {
-        crate::metrics::ledger_flush(flush, queue.pending())
-    }));
-    let denied = crate::ledger::SharedDenyList::default();
-    tokio::spawn(crate::ledger::refresh_deny_list(
-        store.clone(),
-        denied.clone(),
-        cfg.deny_refresh,
-        shutdown.clone(),
-        |result| match result {
-            Ok(list) => crate::metrics::deny_list(Some(list.len())),
-            Err(e) => {
-                crate::metrics::deny_list(None);
-                tracing::warn!(error = %e, "reading the deny list failed; the last one read stays in force");
-            }
-        },
-    ));
-    tokio::spawn(crate::ledger::prune_periodically(
-        store,
-        cfg.prune_interval,
-        shutdown,
-        |result| match result {
-            Ok(n) => crate::metrics::ledger_pruned(Some(n)),
-            Err(e) => {
-                crate::metrics::ledger_pruned(None);
-                tracing::warn!(error = %e, "pruning the issued-certificate ledger failed");
-            }
-        },
-    ));
-    tracing::info!(mount = %cfg.mount, prefix = %cfg.prefix, flush_interval = ?cfg.flush_interval, "issued-certificate ledger on");
-    Ok((ledger, denied, LedgerClosing { closing, writer }))
-}
-
-/// Starts the client of `[vault]` (`name` None) or of `[vaults.<name>]`: logs in (waiting
-/// for Vault when `wait`, else retrying in the background) and keeps its token, TLS files
-/// and, for a cluster, its nodes' health current until shutdown.
-async fn start_vault(
-    name: Option<&str>,
-    config: &crate::config::VaultConfig,
-    wait: bool,
-    shutdown: &watch::Receiver<bool>,
-) -> anyhow::Result<VaultClient> {
-    let section = crate::config::vault_section(name);
-    // `$VAULT_TOKEN` / `$BAO_TOKEN` are `[vault]`'s: another server never sees them.
-    let env = |k: &str| name.is_none().then(|| std::env::var(k).ok()).flatten();
-    let creds =
-        Credentials::from_config(config, env).with_context(|| format!("{section} credentials"))?;
-    let label = name.map(str::to_owned);
-    let vault = VaultClient::new(config)
-        .with_context(|| format!("{section} client"))?
-        .observe(Arc::new(move |call| {
-            crate::metrics::vault_call(label.as_deref(), call.op, call.took, call.error)
-        }));
-    if vault.is_cluster() {
-        // Know the active node before the first login and trust read.
-        vault.probe_nodes().await;
-    }
-    let lease = if wait {
-        Some(
-            retry_vault(
-                &format!("Vault login ({section})"),
-                Some(STARTUP_VAULT_WAIT),
-                || vault.authenticate(&creds),
-            )
-            .await?,
-        )
-    } else {
-        match vault.authenticate(&creds).await {
-            Ok(lease) => Some(lease),
-            Err(e) => {
-                tracing::warn!(error = %e, vault = %section, "Vault login failed at start-up; retrying in the background");
-                vault.use_unverified(&creds);
-                None
-            }
-        }
-    };
-    // Every server, one node or several: the prober brings skipped nodes back, moves calls
-    // off a node that stopped answering, and closes the breaker as soon as Vault answers.
-    tokio::spawn(
-        vault
-            .clone()
-            .watch_nodes(config.health_interval, shutdown.clone()),
-    );
-    tokio::spawn(
-        vault
-            .clone()
-            .watch_tls_files(config.tls_reload_interval, shutdown.clone()),
-    );
-    tokio::spawn(vault.clone().maintain_token(
-        creds,
-        lease,
-        config.auth.min_relogin_interval,
-        shutdown.clone(),
-    ));
-    Ok(vault)
-}
-
-/// What `check-config` found beyond the configuration's values.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Preflight {
-    /// What would stop `serve`: one line per problem.
-    pub problems: Vec<String>,
-    /// What could not be checked here (`--offline`: files mounted only in the pod).
-    pub notes: Vec<String>,
-}
-
-/// What `check-config` verifies beyond the config itself: every file it names exists and is
-/// readable, the serving certificate and key load as a pair, and so do Vault's CA bundle and
-/// client certificate. `offline` (a config checked away from where it runs): a file that does
-/// not exist is a note, not a problem, and the pairs are not checked while one is missing.
-pub fn preflight(config: &Config, offline: bool) -> Preflight {
-    let mut found = Preflight::default();
-    for (key, path) in config.referenced_files() {
-        match std::fs::File::open(path) {
-            Ok(_) => {}
-            Err(e) if offline && e.kind() == std::io::ErrorKind::NotFound => {
-                found.notes.push(format!(
-                    "{key}: {} is not on this machine: not checked",
-                    path.display()
-                ))
-            }
-            Err(e) => found
-                .problems
-                .push(format!("{key}: {}: {e}", path.display())),
-        }
-    }
-    if !found.problems.is_empty() {
-        return found;
-    }
-    if !found.notes.is_empty() {
-        found
-            .notes
-            .push("certificate and key pairs: not checked (a file they need is not here)".into());
-        return found;
-    }
-    if let (Some(cert), Some(key)) = (&config.server.cert_file, &config.server.key_file)
-        && let Err(e) = tls::load_certified_key(cert, key)
-    {
-        found
-            .problems
-            .push(format!("server.cert_file / server.key_file: {e}"));
-        return found;
-    }
-    for (name, vault) in config.vault_servers() {
-        if let Err(e) = crate::vault::TlsFiles::from_config(vault).check() {
-            found
-                .problems
-                .push(format!("{}.{e}", crate::config::vault_section(name)));
-        }
-    }
-    found
-}
-
 /// One watched pod cache per cluster that has a way to reach its API server.
 async fn start_pod_caches(
     config: &Config,
@@ -649,149 +455,4 @@ fn serving_files(config: &Config) -> anyhow::Result<tls::CertFiles> {
             .context("server.cert_file")?,
         key: config.server.key_file.clone().context("server.key_file")?,
     })
-}
-
-/// An error that may hide a transient Vault failure worth waiting out at start-up.
-trait StartupError: std::error::Error + Send + Sync + 'static {
-    fn transient_vault(&self) -> Option<&VaultError>;
-}
-
-impl StartupError for VaultError {
-    fn transient_vault(&self) -> Option<&VaultError> {
-        self.is_transient().then_some(self)
-    }
-}
-
-impl StartupError for RoutingError {
-    fn transient_vault(&self) -> Option<&VaultError> {
-        self.vault_error().filter(|e| e.is_transient())
-    }
-}
-
-impl StartupError for tls::TlsError {
-    fn transient_vault(&self) -> Option<&VaultError> {
-        match self {
-            tls::TlsError::Vault(e) => e.transient_vault(),
-            _ => None,
-        }
-    }
-}
-
-/// Retries a start-up call while Vault fails transiently (starting, sealed, unreachable), with
-/// backoff, for up to `limit` (`None`: without limit; a signer that issues its own serving
-/// certificate cannot serve anything before Vault answers).
-async fn retry_vault<T, E, F, Fut>(
-    what: &str,
-    limit: Option<Duration>,
-    mut call: F,
-) -> anyhow::Result<T>
-where
-    E: StartupError,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    let deadline = limit.map(|l| tokio::time::Instant::now() + l);
-    let mut backoff =
-        crate::backoff::Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
-    loop {
-        match call().await {
-            Ok(v) => return Ok(v),
-            Err(e) => {
-                let delay = backoff.next_delay();
-                match e.transient_vault() {
-                    Some(v) if deadline.is_none_or(|d| tokio::time::Instant::now() + delay < d) => {
-                        tracing::warn!(error = %v, "{what}: waiting for Vault");
-                        tokio::time::sleep(delay).await;
-                    }
-                    _ => return Err(e).context(what.to_owned()),
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn self_signed(name: &str) -> (String, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    #[test]
-    fn preflight_names_unreadable_files_and_mismatched_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.server.cert_file = Some(dir.path().join("tls.crt"));
-        config.server.key_file = Some(dir.path().join("tls.key"));
-        config.vault.token_file = Some(dir.path().join("vault-token"));
-        let problems = preflight(&config, false).problems;
-        assert_eq!(problems.len(), 3, "{problems:?}");
-        assert!(
-            problems[0].starts_with("server.cert_file: "),
-            "{problems:?}"
-        );
-        assert!(
-            problems[2].starts_with("vault.token_file: "),
-            "{problems:?}"
-        );
-
-        // Off the cluster the mounted files are missing: notes, and the pairs are not checked.
-        let offline = preflight(&config, true);
-        assert!(offline.problems.is_empty(), "{offline:?}");
-        assert_eq!(offline.notes.len(), 4, "{offline:?}");
-        assert!(
-            offline.notes[0].starts_with("server.cert_file: ")
-                && offline.notes[0].ends_with("is not on this machine: not checked"),
-            "{offline:?}"
-        );
-
-        let ((cert, _), (_, other_key)) = (self_signed("a"), self_signed("b"));
-        std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
-        std::fs::write(dir.path().join("tls.key"), other_key).unwrap();
-        std::fs::write(dir.path().join("vault-token"), "t").unwrap();
-        let problems = preflight(&config, false).problems;
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].contains("key does not match"), "{problems:?}");
-        // Files that are here are checked offline too.
-        assert_eq!(preflight(&config, true).problems, problems);
-
-        let (cert, key) = self_signed("a");
-        std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
-        std::fs::write(dir.path().join("tls.key"), &key).unwrap();
-        assert_eq!(preflight(&config, false), Preflight::default());
-
-        // Vault's CA bundle and client certificate go through the same checks as at start.
-        config.vault.ca_file = Some(dir.path().join("vault-ca.pem"));
-        std::fs::write(dir.path().join("vault-ca.pem"), "").unwrap();
-        let problems = preflight(&config, false).problems;
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].starts_with("vault.ca_file "), "{problems:?}");
-        std::fs::copy(dir.path().join("tls.crt"), dir.path().join("vault-ca.pem")).unwrap();
-        config.vault.client_cert_file = Some(dir.path().join("tls.crt"));
-        config.vault.client_key_file = Some(dir.path().join("vault-client.key"));
-        std::fs::write(dir.path().join("vault-client.key"), self_signed("c").1).unwrap();
-        let problems = preflight(&config, false).problems;
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].contains("key does not match"), "{problems:?}");
-        std::fs::write(dir.path().join("vault-client.key"), key).unwrap();
-        assert_eq!(preflight(&config, false), Preflight::default());
-        let summary = config.summary();
-        assert!(summary.contains("0.0.0.0:15012"), "{summary}");
-        // The default JWT verification fetches the JWKS by OIDC discovery: it is a method.
-        assert!(
-            summary
-                .contains("callers        service-account JWT (JWKS by OIDC discovery) in cluster"),
-            "{summary}"
-        );
-        assert!(
-            summary.contains("pki-istio/sign/istio-workload"),
-            "{summary}"
-        );
-    }
 }
