@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rcgen::KeyPair;
-use serde::Serialize;
 use tokio::sync::Notify;
 use tonic::transport::Channel;
 
@@ -29,7 +28,13 @@ use crate::dev::{DevIssuer, TokenSpec};
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::pb::istio_certificate_service_client::IstioCertificateServiceClient;
 
+mod placement;
 pub mod plot;
+mod report;
+
+pub use placement::{Placement, placement, placements, ztunnel_placement};
+use report::phase_reports;
+pub use report::{FleetReport, PhaseReport, Second};
 
 /// A new pod without a certificate this long after it started counts as uncovered.
 pub const NEW_POD_GRACE: Duration = Duration::from_secs(5);
@@ -115,135 +120,6 @@ pub struct Drain {
     pub at: Duration,
     pub pods: usize,
     pub over: Duration,
-}
-
-/// One second of the run.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Second {
-    pub ok: usize,
-    pub errors: BTreeMap<String, usize>,
-    #[serde(skip)]
-    latencies_ms: Vec<f32>,
-    /// Workloads without a valid certificate at the end of this second.
-    pub uncovered: usize,
-    /// Of them, pods whose certificate expired (the rest are new pods past the grace).
-    pub expired: usize,
-    pub pods: usize,
-    /// From the signer's metrics (when given).
-    pub queued: Option<f64>,
-    pub vault_signs: Option<f64>,
-    pub signer_rss_mib: Option<f64>,
-    pub signer_cpu_s: Option<f64>,
-}
-
-/// Totals of one phase.
-#[derive(Debug, Clone, Serialize)]
-pub struct PhaseReport {
-    pub name: String,
-    pub from_s: usize,
-    pub to_s: usize,
-    pub calls: usize,
-    pub ok: usize,
-    pub errors: BTreeMap<String, usize>,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-    /// Workload-seconds without a valid certificate, and of them from expired certificates.
-    pub uncovered_workload_seconds: usize,
-    pub expired_workload_seconds: usize,
-    pub max_queued: Option<f64>,
-    /// Largest number of Vault sign calls in one second.
-    pub max_vault_signs_per_s: Option<f64>,
-}
-
-/// The outcome of a fleet run.
-#[derive(Debug, Clone, Serialize)]
-pub struct FleetReport {
-    pub phases: Vec<PhaseReport>,
-    pub timeline: Vec<Second>,
-    pub pods_at_end: usize,
-    pub peak_rss_mib: Option<f64>,
-    /// Signer CPU seconds over the run.
-    pub signer_cpu_s: Option<f64>,
-}
-
-impl FleetReport {
-    /// One line per phase.
-    pub fn text(&self) -> String {
-        let mut out = String::from(
-            "phase                 s    calls      ok  p50 ms  p99 ms  max ms  uncovered  expired  queue  vault/s  errors\n",
-        );
-        for p in &self.phases {
-            // `+ 0.0` turns a gauge's -0 into 0.
-            let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{:.0}", v + 0.0));
-            out.push_str(&format!(
-                "{:<18} {:>3}-{:<3} {:>6} {:>7} {:>7.1} {:>7.1} {:>7.1} {:>10} {:>8} {:>6} {:>8}  {:?}\n",
-                p.name,
-                p.from_s,
-                p.to_s,
-                p.calls,
-                p.ok,
-                p.p50_ms,
-                p.p99_ms,
-                p.max_ms,
-                p.uncovered_workload_seconds,
-                p.expired_workload_seconds,
-                opt(p.max_queued),
-                opt(p.max_vault_signs_per_s),
-                p.errors
-            ));
-        }
-        if let Some(rss) = self.peak_rss_mib {
-            out.push_str(&format!("signer peak RSS {rss:.0} MiB"));
-        }
-        if let Some(cpu) = self.signer_cpu_s {
-            out.push_str(&format!(", CPU {cpu:.1} s\n"));
-        }
-        out
-    }
-
-    /// Latency p50 and p99 (ms) of each second's calls (0 for a second without calls).
-    pub fn latency_percentiles(&self) -> (Vec<f64>, Vec<f64>) {
-        self.timeline
-            .iter()
-            .map(|s| {
-                let mut l = s.latencies_ms.clone();
-                (percentile(&mut l, 0.5), percentile(&mut l, 0.99))
-            })
-            .unzip()
-    }
-
-    /// The timeline as CSV (one row per second), for plotting.
-    pub fn csv(&self) -> String {
-        let mut out = String::from(
-            "second,ok,errors,p50_ms,p99_ms,uncovered,expired,pods,queued,vault_signs\n",
-        );
-        let (p50, p99) = self.latency_percentiles();
-        for (i, s) in self.timeline.iter().enumerate() {
-            let (p50, p99) = (p50[i], p99[i]);
-            let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v}"));
-            out.push_str(&format!(
-                "{i},{},{},{p50:.1},{p99:.1},{},{},{},{},{}\n",
-                s.ok,
-                s.errors.values().sum::<usize>(),
-                s.uncovered,
-                s.expired,
-                s.pods,
-                opt(s.queued),
-                opt(s.vault_signs)
-            ));
-        }
-        out
-    }
-}
-
-fn percentile(v: &mut [f32], q: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_unstable_by(f32::total_cmp);
-    let idx = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
-    f64::from(v[idx])
 }
 
 /// One pod: what it asks for and what it holds.
@@ -489,111 +365,6 @@ fn series_sum(text: &str, name: &str, labels: &str) -> f64 {
                 .then(|| value.parse::<f64>().ok())?
         })
         .sum()
-}
-
-fn phase_reports(phases: &[(Duration, String)], timeline: &[Second]) -> Vec<PhaseReport> {
-    let mut out = Vec::new();
-    for (k, (from, name)) in phases.iter().enumerate() {
-        let from_s = from.as_secs() as usize;
-        let to_s = phases
-            .get(k + 1)
-            .map_or(timeline.len(), |(t, _)| t.as_secs() as usize)
-            .min(timeline.len());
-        let seconds = timeline.get(from_s..to_s).unwrap_or(&[]);
-        let mut lat: Vec<f32> = seconds
-            .iter()
-            .flat_map(|s| s.latencies_ms.iter().copied())
-            .collect();
-        let mut errors = BTreeMap::new();
-        for s in seconds {
-            for (c, n) in &s.errors {
-                *errors.entry(c.clone()).or_default() += n;
-            }
-        }
-        let ok: usize = seconds.iter().map(|s| s.ok).sum();
-        let max = |f: fn(&Second) -> Option<f64>| {
-            seconds
-                .iter()
-                .filter_map(f)
-                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
-        };
-        out.push(PhaseReport {
-            name: name.clone(),
-            from_s,
-            to_s,
-            calls: ok + errors.values().sum::<usize>(),
-            ok,
-            errors,
-            p50_ms: percentile(&mut lat, 0.5),
-            p99_ms: percentile(&mut lat, 0.99),
-            max_ms: lat.last().map_or(0.0, |v| f64::from(*v)),
-            uncovered_workload_seconds: seconds.iter().map(|s| s.uncovered).sum(),
-            expired_workload_seconds: seconds.iter().map(|s| s.expired).sum(),
-            max_queued: max(|s| s.queued),
-            max_vault_signs_per_s: max(|s| s.vault_signs),
-        });
-    }
-    out
-}
-
-/// Where pod `i` of a fleet runs and whose it is: what the simulator asks for and what a pod
-/// API serving the fleet lists (for node authorization).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Placement {
-    pub namespace: String,
-    pub service_account: String,
-    pub pod: String,
-    pub uid: String,
-    pub node: String,
-    pub node_index: usize,
-    /// Asks in ztunnel's shape (through its node's ztunnel when the fleet impersonates).
-    pub ztunnel: bool,
-}
-
-/// Pod `i`: pods beyond `workloads` (new pods) join existing identities; pods spread over
-/// nodes round-robin; 100 identities a namespace.
-pub fn placement(opts: &FleetOptions, i: usize) -> Placement {
-    let id_index = (i % opts.workloads.max(1)) / opts.pods_per_identity.max(1);
-    let (namespace, service_account) = (
-        format!("fleet-{}", id_index / 100),
-        format!("sa-{id_index}"),
-    );
-    let ztunnel = (id_index as f64 * opts.ztunnel_fraction).floor()
-        != ((id_index + 1) as f64 * opts.ztunnel_fraction).floor();
-    let node_index = i % opts.nodes.max(1);
-    Placement {
-        pod: format!("{service_account}-{i}"),
-        uid: format!("uid-{i}"),
-        namespace,
-        service_account,
-        node: node_name(node_index),
-        node_index,
-        ztunnel,
-    }
-}
-
-/// Every pod the run may start (those at the start and the new pods).
-pub fn placements(opts: &FleetOptions) -> Vec<Placement> {
-    (0..opts.workloads + new_pods(opts))
-        .map(|i| placement(opts, i))
-        .collect()
-}
-
-/// The ztunnel pod (`istio-system/ztunnel`) on node `n`.
-pub fn ztunnel_placement(n: usize) -> Placement {
-    Placement {
-        namespace: "istio-system".into(),
-        service_account: "ztunnel".into(),
-        pod: format!("ztunnel-{n}"),
-        uid: format!("ztunnel-uid-{n}"),
-        node: node_name(n),
-        node_index: n,
-        ztunnel: true,
-    }
-}
-
-fn node_name(n: usize) -> String {
-    format!("node-{n:03}")
 }
 
 /// New pods over the whole run.
