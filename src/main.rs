@@ -61,6 +61,11 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// The load generator's fleet mode: pods that hold certificates over time (start, renew at
+    /// half their lifetime with jitter, retry as pilot-agent and ztunnel do; new pods, a
+    /// drain) against a running signer. Writes report.txt, report.json, timeline.csv and
+    /// fleet.png to --out; docs/benchmarks.md "Fleet simulation".
+    Fleet(Box<istio_vault_ca::loadgen::fleet::cli::FleetArgs>),
     /// List the still-valid certificates the issued-certificate ledger holds (docs/revocation.md):
     /// all of them, or those of one serial, identity, namespace or node. Reads `[ledger]`'s
     /// Vault server with the configured credentials; prints a table, or JSON lines.
@@ -442,6 +447,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Revoke(args) => revoke(args).await,
         Command::Unrevoke(args) => unrevoke(args).await,
+        Command::Fleet(args) => {
+            let report = istio_vault_ca::loadgen::fleet::cli::run(&args).await?;
+            println!("{}", report.text());
+            println!("report written to {}", args.out.display());
+            Ok(())
+        }
         Command::Loadgen { options, json } => {
             let report = istio_vault_ca::loadgen::run(&options).await?;
             println!("{}", report.text());

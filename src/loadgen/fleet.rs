@@ -28,6 +28,7 @@ use crate::dev::{DevIssuer, TokenSpec};
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::pb::istio_certificate_service_client::IstioCertificateServiceClient;
 
+pub mod cli;
 mod placement;
 pub mod plot;
 mod report;
