@@ -22,6 +22,7 @@ pub struct FleetArgs {
     /// CA bundle that verifies the signer's serving certificate.
     #[arg(long)]
     pub ca_file: PathBuf,
+    /// The name the signer's certificate is checked against (default: the host of `--addr`).
     #[arg(long)]
     pub server_name: Option<String>,
     /// Private key that signs the pods' service-account tokens (`dev-issuer init`'s
