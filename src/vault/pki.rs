@@ -14,6 +14,20 @@ const SIGN_RETRY_FIRST: Duration = Duration::from_millis(100);
 const SIGN_RETRY_MAX: Duration = Duration::from_secs(2);
 
 impl VaultClient {
+    /// A request with the signer's token to `<mount>/<path>` of `target`.
+    fn mount_request(
+        &self,
+        method: reqwest::Method,
+        target: &SignTarget,
+        path: &str,
+    ) -> Result<reqwest::RequestBuilder, VaultError> {
+        let url = target
+            .mount_url
+            .join(path)
+            .map_err(|e| VaultError::Malformed(e.to_string()))?;
+        Ok(self.request_in(method, url, Some(target)))
+    }
+
     /// `POST <mount>/sign/<role>` of `target` with the authorized identity as the only URI SAN.
     /// Transient failures are retried up to `vault.retries` times with jittered exponential
     /// backoff (the caller's deadline still bounds the whole); a `403` asks for a new token
@@ -145,34 +159,17 @@ impl VaultClient {
             #[serde(default)]
             revocation_time: i64,
         }
-        let url = target
-            .mount_url
-            .join("revoke")
-            .map_err(|e| VaultError::Malformed(e.to_string()))?;
         let body = serde_json::json!({ "certificate": certificate_pem });
-        let env: Envelope<Revoked> = self
-            .send(
-                "revoke",
-                self.request_in(reqwest::Method::POST, url, Some(target))
-                    .json(&body),
-            )
-            .await?;
+        let req = self.mount_request(reqwest::Method::POST, target, "revoke")?;
+        let env: Envelope<Revoked> = self.send("revoke", req.json(&body)).await?;
         Ok(env.data.map_or(0, |d| d.revocation_time))
     }
 
     /// Has Vault rebuild the CRLs of `target`'s mount now (`crl/rotate`): with
     /// `auto_rebuild` on, a revocation alone waits for the next periodic rebuild.
     pub async fn rotate_crl(&self, target: &SignTarget) -> Result<(), VaultError> {
-        let url = target
-            .mount_url
-            .join("crl/rotate")
-            .map_err(|e| VaultError::Malformed(e.to_string()))?;
-        let _: serde_json::Value = self
-            .send(
-                "crl_rotate",
-                self.request_in(reqwest::Method::GET, url, Some(target)),
-            )
-            .await?;
+        let req = self.mount_request(reqwest::Method::GET, target, "crl/rotate")?;
+        let _: serde_json::Value = self.send("crl_rotate", req).await?;
         Ok(())
     }
 
@@ -194,16 +191,9 @@ impl VaultClient {
         {
             return Err(VaultError::Malformed(format!("issuer id {issuer_id:?}")));
         }
-        let url = target
-            .mount_url
-            .join(&format!("issuer/{issuer_id}/crl"))
-            .map_err(|e| VaultError::Malformed(e.to_string()))?;
-        let env: Envelope<Crl> = self
-            .send(
-                "crl",
-                self.request_in(reqwest::Method::GET, url, Some(target)),
-            )
-            .await?;
+        let path = format!("issuer/{issuer_id}/crl");
+        let req = self.mount_request(reqwest::Method::GET, target, &path)?;
+        let env: Envelope<Crl> = self.send("crl", req).await?;
         let pem_text = env
             .data
             .ok_or_else(|| VaultError::Malformed(format!("issuer {issuer_id} CRL has no data")))?
@@ -215,18 +205,8 @@ impl VaultClient {
 
     /// Every issuer of `target`'s mount (`LIST <mount>/issuers`, then `issuer/<id>/json`).
     pub async fn issuers(&self, target: &SignTarget) -> Result<Vec<Issuer>, VaultError> {
-        let mut url = target
-            .mount_url
-            .join("issuers")
-            .map_err(|e| VaultError::Malformed(e.to_string()))?;
-        url.set_query(Some("list=true"));
-        let mut list = match self
-            .send::<Envelope<IssuerList>>(
-                "issuers",
-                self.request_in(reqwest::Method::GET, url, Some(target)),
-            )
-            .await
-        {
+        let req = self.mount_request(reqwest::Method::GET, target, "issuers?list=true")?;
+        let mut list = match self.send::<Envelope<IssuerList>>("issuers", req).await {
             Ok(list) => list.data.unwrap_or_default(),
             // Vault answers an empty LIST with 404 and `{"errors":[]}`.
             Err(VaultError::Unexpected {
@@ -250,16 +230,9 @@ impl VaultClient {
     /// One issuer of `target`'s mount by id or name (`issuer/<ref>/json`; `default` is the
     /// mount's default issuer).
     pub async fn issuer(&self, target: &SignTarget, reference: &str) -> Result<Issuer, VaultError> {
-        let url = target
-            .mount_url
-            .join(&format!("issuer/{reference}/json"))
-            .map_err(|e| VaultError::Malformed(e.to_string()))?;
-        let env: Envelope<Issuer> = self
-            .send(
-                "issuer",
-                self.request_in(reqwest::Method::GET, url, Some(target)),
-            )
-            .await?;
+        let path = format!("issuer/{reference}/json");
+        let req = self.mount_request(reqwest::Method::GET, target, &path)?;
+        let env: Envelope<Issuer> = self.send("issuer", req).await?;
         env.data
             .ok_or_else(|| VaultError::Malformed(format!("issuer {reference} has no data")))
     }
