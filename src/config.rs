@@ -18,6 +18,7 @@ use serde::Deserialize;
 use crate::identity::TrustDomain;
 pub use crate::ttl::OverMax;
 
+mod api_server;
 mod auth;
 mod bundle;
 mod check;
@@ -46,6 +47,7 @@ mod vault;
 mod vault_auth;
 mod wording;
 
+pub use api_server::ApiServer;
 pub use auth::*;
 pub use bundle::*;
 pub use crl::*;
@@ -162,67 +164,7 @@ impl Default for Config {
     }
 }
 
-/// A cluster's Kubernetes API server as the signer reaches it (pod caches for impersonation,
-/// trust distribution).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiServer {
-    /// The cluster's id: `auth.cluster_id`, or an `auth.remote_clusters` id.
-    pub cluster: String,
-    /// kubeconfig to reach it; `None`: in-cluster, or `$KUBECONFIG`.
-    pub kubeconfig: Option<PathBuf>,
-}
-
 impl Config {
-    /// Every cluster whose API server the signer can reach: the local one through `local` (the
-    /// kubeconfig of the feature asking, `None` for in-cluster), then each
-    /// `auth.remote_clusters` entry that has a kubeconfig (its own, else its TokenReview one).
-    /// The one list the pod caches and trust distribution both start from.
-    pub fn api_servers(&self, local: Option<&Path>) -> Vec<ApiServer> {
-        let remote = self.auth.remote_clusters.iter().filter_map(|r| {
-            Some(ApiServer {
-                cluster: r.id.clone(),
-                kubeconfig: Some(r.api_kubeconfig()?.to_owned()),
-            })
-        });
-        std::iter::once(ApiServer {
-            cluster: self.auth.cluster_id.clone(),
-            kubeconfig: local.map(Path::to_owned),
-        })
-        .chain(remote)
-        .collect()
-    }
-
-    /// The clusters trust distribution writes into: the local one, then each
-    /// `td.remote_clusters` entry, which must name an `auth.remote_clusters` entry with a
-    /// kubeconfig.
-    pub fn distribution_clusters(
-        &self,
-        td: &TrustDistributionConfig,
-    ) -> Result<Vec<ApiServer>, ConfigError> {
-        let mut reachable = self.api_servers(td.kubeconfig.as_deref()).into_iter();
-        let mut clusters: Vec<ApiServer> = reachable.next().into_iter().collect();
-        let reachable: Vec<ApiServer> = reachable.collect();
-        for (i, id) in td.remote_clusters.iter().enumerate() {
-            let key = format!("trust_distribution.remote_clusters[{i}]");
-            match reachable.iter().find(|s| s.cluster == *id) {
-                Some(server) => clusters.push(server.clone()),
-                None if self.auth.remote_clusters.iter().any(|c| c.id == *id) => {
-                    return Err(ConfigError::invalid(
-                        &key,
-                        format!("auth.remote_clusters {id:?} has no kubeconfig"),
-                    ));
-                }
-                None => {
-                    return Err(ConfigError::invalid(
-                        &key,
-                        format!("{id:?} is not an auth.remote_clusters id"),
-                    ));
-                }
-            }
-        }
-        Ok(clusters)
-    }
-
     /// Loads `path` (if any), applies `IVCA_*` overrides from `env`, and validates the result.
     /// The first problem found is the error, placed at its line:column where the file has it;
     /// [`check`] finds them all.
