@@ -7,6 +7,14 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+mod describe;
+mod pod_cache;
+mod state;
+
+use describe::describe;
+pub use pod_cache::PodCacheMetrics;
+pub use state::{State, VaultState, state};
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
@@ -73,210 +81,6 @@ fn hot() -> &'static Hot {
         check_csr: ::metrics::histogram!(CHECK_CPU, "check" => "csr"),
         check_leaf: ::metrics::histogram!(CHECK_CPU, "check" => "leaf"),
     })
-}
-
-fn describe() {
-    use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
-        "istio_vault_ca_authn_cache_total",
-        "Token authentications answered from the result cache (hit) or verified (miss)"
-    );
-    describe_counter!(
-        "istio_vault_ca_connections_total",
-        "TLS connections accepted on the gRPC port"
-    );
-    describe_counter!(
-        "istio_vault_ca_connections_refused_total",
-        "Connections closed before carrying a call, by reason (limits, handshake timeout or failure)"
-    );
-    describe_gauge!(
-        "istio_vault_ca_connections_open",
-        "Connections open on the gRPC port, TLS handshakes in progress included"
-    );
-    describe_counter!(
-        "istio_vault_ca_requests_total",
-        "CreateCertificate calls by outcome and gRPC code"
-    );
-    describe_counter!("istio_vault_ca_refusals_total", "Refused calls by reason");
-    describe_histogram!(
-        CHECK_CPU,
-        Unit::Seconds,
-        "CPU time of each mandatory check on the thread that ran it: token (signature and claims), csr (parse, self-signature, policy), leaf (what Vault issued against its issuer, and the chain)"
-    );
-    describe_counter!(
-        "istio_vault_ca_ledger_records_total",
-        "Issued certificates by ledger outcome: queued, written, dropped (queue full), lost (not written at shutdown)"
-    );
-    describe_counter!(
-        "istio_vault_ca_ledger_failures_total",
-        "Failed ledger writes and pruning rounds, by operation"
-    );
-    describe_gauge!(
-        "istio_vault_ca_ledger_pending",
-        "Issued certificates queued for the ledger, not yet written"
-    );
-    describe_gauge!(
-        "istio_vault_ca_deny_list_entries",
-        "Identities, namespaces and nodes revoked until lifted, as this replica last read them"
-    );
-    describe_counter!(
-        "istio_vault_ca_ledger_pruned_batches_total",
-        "Ledger batches deleted because every certificate in them expired"
-    );
-    describe_counter!(
-        "istio_vault_ca_trust_root_changes_total",
-        "Roots that appeared on or left a target's mount after start, and whether they are served"
-    );
-    describe_counter!(
-        "istio_vault_ca_routed_requests_total",
-        "Calls that reached a routing decision, by route, target and outcome"
-    );
-    describe_gauge!(
-        "istio_vault_ca_istiod_certificate_expiry_timestamp_seconds",
-        "NotAfter of istiod's serving certificate in the istiod-tls Secret the signer keeps"
-    );
-    describe_counter!(
-        "istio_vault_ca_istiod_certificate_writes_total",
-        "Writes of istiod's serving certificate Secret, by result"
-    );
-    describe_counter!(
-        "istio_vault_ca_config_reloads_total",
-        "Reloads of targets and routes from the config file, applied or refused"
-    );
-    describe_histogram!(
-        "istio_vault_ca_request_duration_seconds",
-        Unit::Seconds,
-        "End-to-end CreateCertificate latency"
-    );
-    describe_histogram!(
-        "istio_vault_ca_queue_wait_seconds",
-        Unit::Seconds,
-        "How long calls that found no free slot waited for one (served or refused)"
-    );
-    describe_counter!(
-        "istio_vault_ca_vault_outbound_delayed_total",
-        "Calls to Vault that waited for a turn under vault.max_requests_per_second"
-    );
-    describe_counter!(
-        "istio_vault_ca_vault_outbound_wait_milliseconds_total",
-        "Time calls to Vault spent waiting for a turn under vault.max_requests_per_second, summed"
-    );
-    describe_gauge!(
-        "istio_vault_ca_queued_requests",
-        "CreateCertificate calls waiting for a slot"
-    );
-    describe_histogram!(
-        "istio_vault_ca_vault_request_duration_seconds",
-        Unit::Seconds,
-        "Latency of calls to Vault by operation"
-    );
-    describe_histogram!(
-        "istio_vault_ca_token_review_duration_seconds",
-        Unit::Seconds,
-        "Latency of Kubernetes TokenReview calls by cluster and result"
-    );
-    describe_gauge!(
-        "istio_vault_ca_trust_distribution_namespaces",
-        "Trust distribution: namespaces selected, holding the current bundle, and failing"
-    );
-    describe_counter!(
-        "istio_vault_ca_trust_distribution_applies_total",
-        "ConfigMap applies by trust distribution, by result"
-    );
-    describe_gauge!(
-        "istio_vault_ca_crl_this_update_seconds",
-        Unit::Seconds,
-        "thisUpdate of each issuer's published CRL (Unix time)"
-    );
-    describe_gauge!(
-        "istio_vault_ca_crl_next_update_seconds",
-        Unit::Seconds,
-        "nextUpdate of each issuer's published CRL (Unix time)"
-    );
-    describe_gauge!(
-        "istio_vault_ca_crl_revoked",
-        "Serials each issuer's CRL lists"
-    );
-    describe_counter!(
-        "istio_vault_ca_crl_refresh_failures_total",
-        "CRL refreshes that kept the last good CRL, by target and reason"
-    );
-    describe_gauge!(
-        "istio_vault_ca_crl_publishable",
-        "1 when every issuer holds a current CRL and the set is published"
-    );
-    describe_counter!(
-        "istio_vault_ca_crl_withheld_total",
-        "CRL refreshes whose set was not published, by reason"
-    );
-    describe_gauge!(
-        "istio_vault_ca_pod_cache_synced",
-        "1 once the pod cache of a cluster (impersonation) has loaded its first list"
-    );
-    describe_gauge!(
-        "istio_vault_ca_pod_cache_pods",
-        "Pods in the pod cache of a cluster (impersonation)"
-    );
-    describe_counter!(
-        "istio_vault_ca_pod_watch_errors_total",
-        "Failed pod list/watch calls by cluster (the cache keeps answering; the watch retries)"
-    );
-    describe_counter!(
-        "istio_vault_ca_vault_errors_total",
-        "Failed calls to Vault by operation and kind"
-    );
-    describe_counter!(
-        "istio_vault_ca_vault_warnings_total",
-        "Vault responses that carried warnings (e.g. a clamped TTL)"
-    );
-    describe_counter!(
-        "istio_vault_ca_ttl_clamped_total",
-        "Issued certificates shorter than requested, by who shortened them"
-    );
-    describe_gauge!(
-        "istio_vault_ca_in_flight_requests",
-        "CreateCertificate calls being processed"
-    );
-    describe_counter!(
-        "istio_vault_ca_shed_total",
-        "Calls refused with ResourceExhausted, by reason (no slot in time, queue full, per-address limit, oversized message)"
-    );
-    describe_counter!(
-        "istio_vault_ca_deduplicated_total",
-        "Calls that shared an identical in-flight Vault call"
-    );
-    describe_counter!(
-        "istio_vault_ca_jwks_fetches_total",
-        "JWKS fetches by result"
-    );
-    describe_gauge!(
-        "istio_vault_ca_trust_bundle_roots",
-        "Roots in the served trust bundle"
-    );
-    describe_gauge!(
-        "istio_vault_ca_trust_bundle_expiry_timestamp_seconds",
-        "Earliest NotAfter among the trust roots"
-    );
-    describe_gauge!(
-        "istio_vault_ca_serving_certificate_expiry_timestamp_seconds",
-        "NotAfter of the serving certificate"
-    );
-    describe_gauge!(
-        "istio_vault_ca_vault_client_certificate_expiry_timestamp_seconds",
-        "NotAfter of the client certificate presented to Vault (vault.client_cert_file)"
-    );
-    describe_gauge!(
-        "istio_vault_ca_vault_token_valid",
-        "1 while the signer holds a valid Vault token"
-    );
-    describe_gauge!(
-        "istio_vault_ca_vault_failing_fast",
-        "1 while calls to Vault fail fast (circuit breaker open)"
-    );
-    describe_gauge!(
-        "istio_vault_ca_last_issued_expiry_timestamp_seconds",
-        "NotAfter of the most recently issued certificate"
-    );
 }
 
 /// One finished CreateCertificate call.
@@ -576,41 +380,6 @@ pub fn crl_withheld(reason: &'static str) {
     ::metrics::counter!("istio_vault_ca_crl_withheld_total", "reason" => reason).increment(1);
 }
 
-/// The pod cache of one cluster (node-authorized impersonation): handles registered once, so
-/// pod events cost an atomic store.
-pub struct PodCacheMetrics {
-    synced: ::metrics::Gauge,
-    pods: ::metrics::Gauge,
-    errors: ::metrics::Counter,
-}
-
-impl PodCacheMetrics {
-    pub fn new(cluster: &str) -> Self {
-        let m = Self {
-            synced: ::metrics::gauge!("istio_vault_ca_pod_cache_synced", "cluster" => cluster.to_owned()),
-            pods: ::metrics::gauge!("istio_vault_ca_pod_cache_pods", "cluster" => cluster.to_owned()),
-            errors: ::metrics::counter!("istio_vault_ca_pod_watch_errors_total", "cluster" => cluster.to_owned()),
-        };
-        m.synced.set(0.0);
-        m
-    }
-
-    /// The first list is loaded (the cache answers from now on).
-    pub fn synced(&self, pods: usize) {
-        self.synced.set(1.0);
-        self.pods.set(pods as f64);
-    }
-
-    pub fn pods(&self, pods: usize) {
-        self.pods.set(pods as f64);
-    }
-
-    /// The watch failed; the watcher re-lists with backoff, the cache keeps answering.
-    pub fn watch_error(&self) {
-        self.errors.increment(1);
-    }
-}
-
 pub fn jwks_fetch(ok: bool) {
     let result = if ok { "ok" } else { "error" };
     ::metrics::counter!("istio_vault_ca_jwks_fetches_total", "result" => result).increment(1);
@@ -639,82 +408,6 @@ impl Default for InFlightGuard {
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         hot().in_flight.decrement(1.0);
-    }
-}
-
-/// The signer's state as the admin port reads it before each scrape.
-#[derive(Debug, Clone)]
-pub struct State {
-    pub trust_bundle_roots: usize,
-    pub trust_bundle_expiry: Option<i64>,
-    pub serving_not_after: i64,
-    /// `[vault]` first, then each `[vaults.<name>]`.
-    pub vaults: Vec<VaultState>,
-}
-
-/// One Vault server's state.
-#[derive(Debug, Clone)]
-pub struct VaultState {
-    /// `None` for `[vault]`, whose gauges carry no label; else the `vault` label.
-    pub name: Option<String>,
-    pub token_valid: bool,
-    pub failing_fast: bool,
-    /// NotAfter of the client certificate presented to it, when one is configured.
-    pub client_cert_not_after: Option<i64>,
-    /// Each node, when its address lists several.
-    pub nodes: Vec<crate::vault::NodeStatus>,
-    /// What `max_requests_per_second` did, when set.
-    pub outbound: Option<crate::vault::OutboundStatus>,
-}
-
-/// State gauges, refreshed before each scrape.
-pub fn state(s: State) {
-    ::metrics::gauge!("istio_vault_ca_trust_bundle_roots").set(s.trust_bundle_roots as f64);
-    if let Some(exp) = s.trust_bundle_expiry {
-        ::metrics::gauge!("istio_vault_ca_trust_bundle_expiry_timestamp_seconds").set(exp as f64);
-    }
-    ::metrics::gauge!("istio_vault_ca_serving_certificate_expiry_timestamp_seconds")
-        .set(s.serving_not_after as f64);
-    let flag = |b: bool| if b { 1.0 } else { 0.0 };
-    for v in &s.vaults {
-        let labels: Vec<::metrics::Label> = v
-            .name
-            .iter()
-            .map(|n| ::metrics::Label::new("vault", n.clone()))
-            .collect();
-        ::metrics::gauge!("istio_vault_ca_vault_token_valid", labels.clone())
-            .set(flag(v.token_valid));
-        ::metrics::gauge!("istio_vault_ca_vault_failing_fast", labels.clone())
-            .set(flag(v.failing_fast));
-        if let Some(o) = v.outbound {
-            ::metrics::counter!(
-                "istio_vault_ca_vault_outbound_delayed_total",
-                labels.clone()
-            )
-            .absolute(o.delayed);
-            ::metrics::counter!(
-                "istio_vault_ca_vault_outbound_wait_milliseconds_total",
-                labels.clone()
-            )
-            .absolute(u64::try_from(o.waited.as_millis()).unwrap_or(u64::MAX));
-        }
-        if let Some(exp) = v.client_cert_not_after {
-            ::metrics::gauge!(
-                "istio_vault_ca_vault_client_certificate_expiry_timestamp_seconds",
-                labels
-            )
-            .set(exp as f64);
-        }
-        for n in &v.nodes {
-            for state in crate::vault::NodeState::ALL {
-                ::metrics::gauge!("istio_vault_ca_vault_node_state", "node" => n.node.clone(), "state" => state.as_str())
-                    .set(flag(n.state == state));
-            }
-            ::metrics::counter!("istio_vault_ca_vault_node_calls_total", "node" => n.node.clone())
-                .absolute(n.calls);
-            ::metrics::counter!("istio_vault_ca_vault_node_failures_total", "node" => n.node.clone())
-                .absolute(n.failures);
-        }
     }
 }
 
@@ -762,14 +455,20 @@ mod tests {
     /// docs/metrics.md, and every row there names a metric that exists.
     #[test]
     fn every_metric_is_documented_and_every_documented_metric_exists() {
-        let source = include_str!("metrics.rs");
-        let source = &source[..source.find("#[cfg(test)]").unwrap()];
-        let in_code = names(source, "\"");
+        let own = include_str!("metrics.rs");
+        let source = [
+            &own[..own.find("#[cfg(test)]").unwrap()],
+            include_str!("metrics/describe.rs"),
+            include_str!("metrics/pod_cache.rs"),
+            include_str!("metrics/state.rs"),
+        ]
+        .concat();
+        let in_code = names(&source, "\"");
         let in_docs = names(include_str!("../docs/metrics.md"), "| `");
         assert!(in_code.len() >= 19, "{in_code:?}");
         assert_eq!(
             in_code, in_docs,
-            "metrics named in src/metrics.rs vs the rows of docs/metrics.md"
+            "metrics named in src/metrics.rs and metrics/ vs the rows of docs/metrics.md"
         );
     }
 }
