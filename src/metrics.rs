@@ -113,8 +113,15 @@ pub enum Check {
     Leaf,
 }
 
+/// Runs the mandatory check `f` (synchronous) and records the CPU time it took on this thread.
+pub fn checked<T>(check: Check, f: impl FnOnce() -> T) -> T {
+    let (out, cpu) = crate::cpu_time::measure(f);
+    check_cpu(check, cpu);
+    out
+}
+
 /// The CPU time one mandatory check took.
-pub fn check_cpu(check: Check, cpu: Duration) {
+fn check_cpu(check: Check, cpu: Duration) {
     let hot = hot();
     let series = match check {
         Check::Token => &hot.check_token,

@@ -16,6 +16,7 @@ use crate::chain::{self, Expectation, IssuedChain, LeafError, PathCache};
 use crate::csr::{CsrError, CsrPolicy, VerifiedCsr};
 use crate::identity::SpiffeId;
 use crate::issuance_limits::{IssuanceLimits, RateLimited};
+use crate::metrics::Check;
 use crate::routing::{Decision, RouteError, SharedRoutes};
 use crate::telemetry::SPAN_TARGET;
 use crate::ttl::TtlError;
@@ -379,10 +380,9 @@ impl Signer {
                 .in_scope(|| self.authz.authorize(caller, req.impersonated_identity))?;
         // The table is read once: the request finishes on the targets it started with.
         let decision = self.routes.load().choose(&identity, req.cert_signer)?;
-        let (csr, cpu) = tracing::info_span!(target: SPAN_TARGET, "csr.verify")
-            .in_scope(|| crate::cpu_time::measure(|| self.csr_policy.verify(req.csr_pem)));
-        crate::metrics::check_cpu(crate::metrics::Check::Csr, cpu);
-        let csr = csr?;
+        let csr = tracing::info_span!(target: SPAN_TARGET, "csr.verify").in_scope(|| {
+            crate::metrics::checked(Check::Csr, || self.csr_policy.verify(req.csr_pem))
+        })?;
         crate::authz::csr_names(csr.requested(), &identity)?;
         let (ttl, clamped) = decision.target.ttl.resolve(req.validity_seconds)?;
         Ok(Approved {
@@ -412,7 +412,7 @@ impl Signer {
         } = approved;
         let served = self.bundle.load_full();
         let trust = decision.target.trust();
-        let (chain, cpu) = crate::cpu_time::measure(|| {
+        let chain = crate::metrics::checked(Check::Leaf, || {
             chain::verify_and_assemble(
                 signed,
                 Expectation {
@@ -425,9 +425,8 @@ impl Signer {
                 &self.paths,
                 now,
             )
-        });
-        crate::metrics::check_cpu(crate::metrics::Check::Leaf, cpu);
-        let chain = chain.inspect_err(|e| {
+        })
+        .inspect_err(|e| {
             tracing::error!(
                 identity = %identity,
                 route = %decision.route,

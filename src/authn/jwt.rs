@@ -154,11 +154,9 @@ impl JwtVerifier {
             .ok_or_else(|| AuthnError::Algorithm(format!("{:?}", header.alg)))?;
         let kid = header.kid;
         let verify = || {
-            let (result, cpu) = crate::cpu_time::measure(|| {
+            crate::metrics::checked(crate::metrics::Check::Token, || {
                 self.verify_with_current_keys(token, kid.as_deref(), validation)
-            });
-            crate::metrics::check_cpu(crate::metrics::Check::Token, cpu);
-            result
+            })
         };
         let mut result = verify();
         if matches!(result, Err(AuthnError::UnknownKey(_))) && self.refetch(false).await.is_ok() {
