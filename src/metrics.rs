@@ -44,43 +44,9 @@ pub fn install() -> PrometheusHandle {
             // this handle renders an empty registry, which is still a valid exposition.
             let _ = ::metrics::set_global_recorder(recorder);
             describe();
-            let _ = hot();
             handle
         })
         .clone()
-}
-
-/// Handles of the series every call touches, registered once: a `counter!` look-up copies
-/// its key (an allocation) and hashes it on every call, ~2 % of the signer's CPU under load
-/// (docs/benchmarks.md). Registered by [`install`], so against the process's recorder.
-struct Hot {
-    issued_ok: ::metrics::Counter,
-    request_duration: ::metrics::Histogram,
-    in_flight: ::metrics::Gauge,
-    last_issued: ::metrics::Gauge,
-    /// `[vault]`'s sign calls.
-    vault_sign: ::metrics::Histogram,
-    authn_cache_hit: ::metrics::Counter,
-    authn_cache_miss: ::metrics::Counter,
-    check_token: ::metrics::Histogram,
-    check_csr: ::metrics::Histogram,
-    check_leaf: ::metrics::Histogram,
-}
-
-fn hot() -> &'static Hot {
-    static HOT: OnceLock<Hot> = OnceLock::new();
-    HOT.get_or_init(|| Hot {
-        issued_ok: ::metrics::counter!("istio_vault_ca_requests_total", "outcome" => "issued", "code" => code_name(tonic::Code::Ok)),
-        request_duration: ::metrics::histogram!("istio_vault_ca_request_duration_seconds"),
-        in_flight: ::metrics::gauge!("istio_vault_ca_in_flight_requests"),
-        last_issued: ::metrics::gauge!("istio_vault_ca_last_issued_expiry_timestamp_seconds"),
-        vault_sign: ::metrics::histogram!("istio_vault_ca_vault_request_duration_seconds", "op" => "sign"),
-        authn_cache_hit: ::metrics::counter!("istio_vault_ca_authn_cache_total", "result" => "hit"),
-        authn_cache_miss: ::metrics::counter!("istio_vault_ca_authn_cache_total", "result" => "miss"),
-        check_token: ::metrics::histogram!(CHECK_CPU, "check" => "token"),
-        check_csr: ::metrics::histogram!(CHECK_CPU, "check" => "csr"),
-        check_leaf: ::metrics::histogram!(CHECK_CPU, "check" => "leaf"),
-    })
 }
 
 /// One finished CreateCertificate call.
@@ -90,16 +56,11 @@ pub fn request(
     reason: Option<&'static str>,
     took: Duration,
 ) {
-    let hot = hot();
-    if outcome == "issued" && code == tonic::Code::Ok {
-        hot.issued_ok.increment(1);
-    } else {
-        ::metrics::counter!("istio_vault_ca_requests_total", "outcome" => outcome, "code" => code_name(code)).increment(1);
-    }
+    ::metrics::counter!("istio_vault_ca_requests_total", "outcome" => outcome, "code" => code_name(code)).increment(1);
     if let Some(reason) = reason {
         ::metrics::counter!("istio_vault_ca_refusals_total", "reason" => reason).increment(1);
     }
-    hot.request_duration.record(took.as_secs_f64());
+    ::metrics::histogram!("istio_vault_ca_request_duration_seconds").record(took.as_secs_f64());
 }
 
 /// One of the mandatory checks, for [`check_cpu`].
@@ -122,13 +83,12 @@ pub fn checked<T>(check: Check, f: impl FnOnce() -> T) -> T {
 
 /// The CPU time one mandatory check took.
 fn check_cpu(check: Check, cpu: Duration) {
-    let hot = hot();
-    let series = match check {
-        Check::Token => &hot.check_token,
-        Check::Csr => &hot.check_csr,
-        Check::Leaf => &hot.check_leaf,
+    let label = match check {
+        Check::Token => "token",
+        Check::Csr => "csr",
+        Check::Leaf => "leaf",
     };
-    series.record(cpu.as_secs_f64());
+    ::metrics::histogram!(CHECK_CPU, "check" => label).record(cpu.as_secs_f64());
 }
 
 /// One call that was routed: the route and target names come from the config, never from
@@ -183,12 +143,8 @@ pub fn vault_call(
     error_kind: Option<&'static str>,
 ) {
     let Some(server) = server else {
-        if op == "sign" {
-            hot().vault_sign.record(took.as_secs_f64());
-        } else {
-            ::metrics::histogram!("istio_vault_ca_vault_request_duration_seconds", "op" => op)
-                .record(took.as_secs_f64());
-        }
+        ::metrics::histogram!("istio_vault_ca_vault_request_duration_seconds", "op" => op)
+            .record(took.as_secs_f64());
         if let Some(kind) = error_kind {
             ::metrics::counter!("istio_vault_ca_vault_errors_total", "op" => op, "kind" => kind)
                 .increment(1);
@@ -299,12 +255,8 @@ pub fn deduplicated() {
 
 /// A caller authentication answered from (`hit`) or missing (`miss`) the result cache.
 pub fn authn_cache(hit: bool) {
-    let hot = hot();
-    if hit {
-        hot.authn_cache_hit.increment(1);
-    } else {
-        hot.authn_cache_miss.increment(1);
-    }
+    let result = if hit { "hit" } else { "miss" };
+    ::metrics::counter!("istio_vault_ca_authn_cache_total", "result" => result).increment(1);
 }
 
 /// One TokenReview against `cluster`'s API server (cache misses only). `result` is
@@ -393,7 +345,7 @@ pub fn jwks_fetch(ok: bool) {
 }
 
 pub fn issued(not_after: i64) {
-    hot().last_issued.set(not_after as f64);
+    ::metrics::gauge!("istio_vault_ca_last_issued_expiry_timestamp_seconds").set(not_after as f64);
 }
 
 /// Counts a call in flight for as long as the guard lives.
@@ -401,7 +353,7 @@ pub struct InFlightGuard(());
 
 impl InFlightGuard {
     pub fn new() -> Self {
-        hot().in_flight.increment(1.0);
+        ::metrics::gauge!("istio_vault_ca_in_flight_requests").increment(1.0);
         Self(())
     }
 }
@@ -414,7 +366,7 @@ impl Default for InFlightGuard {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        hot().in_flight.decrement(1.0);
+        ::metrics::gauge!("istio_vault_ca_in_flight_requests").decrement(1.0);
     }
 }
 
