@@ -38,6 +38,11 @@ impl HttpSettings {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
+            // No transparent replays (reqwest retries an HTTP/2 `GOAWAY` or `REFUSED_STREAM`
+            // on its own): every call Vault sees is an attempt of `send_to_nodes`, which takes
+            // its turn of the outbound limit and counts against `vault.retries`. Nor is each
+            // request copied (headers, extensions) in case it is replayed.
+            .retry(reqwest::retry::never().max_retries_per_request(0))
             .user_agent(concat!("istio-vault-ca/", env!("CARGO_PKG_VERSION")));
         builder = if self.cluster {
             // A standby that cannot serve redirects to the active node's address, which may be
