@@ -125,6 +125,53 @@ async fn redirects_leave_the_origin_never() {
     assert!(seen.iter().all(|(_, token)| *token), "{seen:?}");
 }
 
+/// A same-origin redirect with a relative `Location` (a standby pointing at the active node
+/// behind one address): followed once, repeating the method, the token and the CSR, and the
+/// answer at the new path is the sign's answer.
+#[tokio::test]
+async fn a_same_origin_redirect_is_followed_with_method_token_and_body() {
+    type Calls = Arc<std::sync::Mutex<Vec<(String, String, bool, String)>>>;
+    let calls: Calls = Arc::default();
+    let log = calls.clone();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(
+        move |method: axum::http::Method, uri: Uri, headers: HeaderMap, body: String| {
+            let log = log.clone();
+            async move {
+                let path = uri.path().to_owned();
+                log.lock().unwrap().push((
+                    method.to_string(),
+                    path.clone(),
+                    headers.get("x-vault-token").is_some(),
+                    body,
+                ));
+                if !path.starts_with("/active") {
+                    return redirect(format!("/active{path}"));
+                }
+                Response::builder()
+                    .header("content-type", "application/json")
+                    .body(Body::from(
+                        r#"{"data":{"certificate":"leaf","serial_number":"01"}}"#,
+                    ))
+                    .unwrap()
+            }
+        },
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    sign(&client(&base)).await.unwrap();
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    let (method, path, token, body) = &calls[1];
+    assert_eq!(method, "POST");
+    assert_eq!(path, "/active/v1/pki/sign/workload");
+    assert!(*token, "the token follows within the origin");
+    assert!(body.contains("BEGIN CERTIFICATE REQUEST"), "{body}");
+    assert_eq!(body, &calls[0].3, "the same body");
+}
+
 /// A 100 MiB answer to a sign call, announced (`Content-Length`) or streamed (chunked):
 /// refused once past `vault.max_response_bytes` (1 MiB), never held whole, as a permanent
 /// `Malformed` error naming the limit.
