@@ -3,7 +3,8 @@
 # running side by side, rounds alternating A, B, A, B, ... at c=32 (20,000 new identities
 # each), so the machine's drift (its speed moves by ~1.5x between hours) falls on both alike.
 # Per run: the signer's process CPU per request (/proc), its mandatory checks' CPU per request
-# (its own istio_vault_ca_check_cpu_seconds, same requests) and process / checks; then the
+# (its own istio_vault_ca_check_cpu_seconds, same requests) and process / checks, the kernel's
+# share of the process CPU (/proc utime and stime); then the
 # means and B / A. Release builds; logs and reports in target/bench-ab/.
 #   A=old-binary B=new-binary scripts/bench-ab.sh
 #   ROUNDS=4 N=20000 PIN=1 A=... B=... scripts/bench-ab.sh   # PIN=1: OpenBao on CPU 0,
@@ -24,7 +25,13 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 n=${N:-20000}
 rounds=${ROUNDS:-3}
-if [ -n "${PIN:-}" ]; then vault_cpu=(taskset -c 0); rest_cpu=(taskset -c 1); else vault_cpu=(); rest_cpu=(); fi
+# PIN=alone: the signers alone on CPU 1, OpenBao and the load generator on CPU 0 (the signer
+# with a core of its own, as in a cluster where Vault and the callers run elsewhere).
+case "${PIN:-}" in
+  "") vault_cpu=(); signer_cpu=(); load_cpu=() ;;
+  alone) vault_cpu=(taskset -c 0); signer_cpu=(taskset -c 1); load_cpu=(taskset -c 0) ;;
+  *) vault_cpu=(taskset -c 0); signer_cpu=(taskset -c 1); load_cpu=(taskset -c 1) ;;
+esac
 start_openbao "$out" "${vault_cpu[@]}"
 
 start_signer() { # name binary log-level more-config threads
@@ -33,7 +40,7 @@ start_signer() { # name binary log-level more-config threads
   mkdir -p "$out/$1"
   LOG_LEVEL=$3 signer_config "$out/$1" "$port" "$admin" "$LOADGEN_LIMITS" "$4"
   sed -i "s#$out/$1/tls#$out/tls#g; s#$out/$1/jwt#$out/jwt#g; s#$out/$1/vault-token#$out/vault-token#g" "$out/$1/config.toml"
-  "${rest_cpu[@]}" env ${5:+TOKIO_WORKER_THREADS=$5} "$(realpath "$2")" serve --config "$out/$1/config.toml" >"$out/$1/signer.log" 2>&1 &
+  "${signer_cpu[@]}" env ${5:+TOKIO_WORKER_THREADS=$5} "$(realpath "$2")" serve --config "$out/$1/config.toml" >"$out/$1/signer.log" 2>&1 &
   pids+=($!)
   eval "${1}_pid=$!; ${1}_port=$port; ${1}_admin=$admin"
   wait_http "http://127.0.0.1:$admin/readyz"
@@ -47,11 +54,13 @@ run() { # name round requests
   echo "bench-ab: $1, round $2: $3 requests at c=32" >&2
   python3 -c "import urllib.request,sys; open(sys.argv[1],'wb').write(urllib.request.urlopen(sys.argv[2]).read())" \
     "$out/$1-$2.before" "http://127.0.0.1:$admin/metrics"
-  "${rest_cpu[@]}" "$bin" loadgen --addr "127.0.0.1:$port" --ca-file "$out/tls/root-cert.pem" --server-name localhost \
+  cut -d' ' -f14,15 "/proc/$pid/stat" >"$out/$1-$2.ticks-before"
+  "${load_cpu[@]}" "$bin" loadgen --addr "127.0.0.1:$port" --ca-file "$out/tls/root-cert.pem" --server-name localhost \
     --jwt-key "$out/jwt/jwt-key.pem" --identities "$3" --requests "$3" --concurrency 32 \
     --progress 0s --vault-pid "$bao_pid" --rss-pid "$pid" --json "$out/$1-$2.json" >/dev/null 2>"$out/$1-$2.log"
   python3 -c "import urllib.request,sys; open(sys.argv[1],'wb').write(urllib.request.urlopen(sys.argv[2]).read())" \
     "$out/$1-$2.after" "http://127.0.0.1:$admin/metrics"
+  cut -d' ' -f14,15 "/proc/$pid/stat" >"$out/$1-$2.ticks-after"
 }
 # Warm both (connection pools, the path cache, OpenBao's first requests).
 run a warm 1000; run b warm 1000
@@ -67,8 +76,11 @@ def checks(path):
             total += float(m.group(1))
     return total
 rows = {}
-print("| run | requests | errors | throughput/s | process µs/req | checks µs/req | process / checks |")
-print("|---|---|---|---|---|---|---|")
+def kernel_share(m, r):
+    (u0, s0), (u1, s1) = ([int(v) for v in open(f"{out}/{m}-{r}.ticks-{w}").read().split()] for w in ("before", "after"))
+    return (s1 - s0) / max(1, (u1 - u0) + (s1 - s0))
+print("| run | requests | errors | throughput/s | process µs/req | of which kernel | checks µs/req | process / checks |")
+print("|---|---|---|---|---|---|---|---|")
 for r in range(1, rounds + 1):
     for m in ("a", "b"):
         x = json.load(open(f"{out}/{m}-{r}.json"))
@@ -76,7 +88,7 @@ for r in range(1, rounds + 1):
         proc = x.get("cpu_us_per_request") or 0
         chk = (checks(f"{out}/{m}-{r}.after") - checks(f"{out}/{m}-{r}.before")) / n * 1e6
         rows.setdefault(m, []).append((proc, chk, x["throughput_per_s"]))
-        print(f"| {m.upper()} round {r} | {n} | {sum(x['errors'].values())} | {x['throughput_per_s']:.0f} | {proc:.0f} | {chk:.0f} | {proc / chk:.2f}x |")
+        print(f"| {m.upper()} round {r} | {n} | {sum(x['errors'].values())} | {x['throughput_per_s']:.0f} | {proc:.0f} | {kernel_share(m, r):.0%} | {chk:.0f} | {proc / chk:.2f}x |")
 mean = lambda m, i: sum(row[i] for row in rows[m]) / rounds
 for m in ("a", "b"):
     print(f"\n{m.upper()}: process {mean(m, 0):.0f} µs/req, checks {mean(m, 1):.0f} µs/req, process / checks {mean(m, 0) / mean(m, 1):.2f}x", end="")
