@@ -257,7 +257,7 @@ impl VaultClient {
     }
 
     /// Each configured node's state and calls, for metrics and readiness; empty with a single
-    /// address (nothing is probed then).
+    /// address (which the prober checks too, to close the breaker as soon as it answers).
     pub fn node_status(&self) -> Vec<NodeStatus> {
         if self.is_cluster() {
             self.nodes.status()
@@ -266,7 +266,7 @@ impl VaultClient {
         }
     }
 
-    /// True when `vault.addr` lists several nodes (the health prober then runs).
+    /// True when `vault.addr` lists several nodes (calls then fail over between them).
     pub fn is_cluster(&self) -> bool {
         self.nodes.len() > 1
     }
