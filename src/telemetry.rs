@@ -292,7 +292,7 @@ where
 /// `level` and `message`, `target` last (the shape `tracing_subscriber`'s JSON format with
 /// `flatten_event` gives), written straight into the line's buffer. The generic JSON format
 /// builds a map of owned values per event first: ~35,000 instructions per audit line against
-/// ~10,000 here (docs/benchmarks.md), on every call the signer answers.
+/// ~18,000 here (docs/benchmarks.md), on every call the signer answers.
 struct AuditLine;
 
 impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for AuditLine
@@ -332,28 +332,28 @@ struct AuditFields<'a, 'w> {
 }
 
 impl AuditFields<'_, '_> {
-    fn raw(&mut self, field: &tracing::field::Field, value: std::fmt::Arguments<'_>) {
-        if self.result.is_ok() {
-            self.result = (|| {
-                self.out.write_char(',')?;
-                json_string(self.out, field.name())?;
-                self.out.write_char(':')?;
-                self.out.write_fmt(value)
-            })();
+    /// Writes `,"name":` and then the value by `value`, unless an earlier write failed.
+    fn field(
+        &mut self,
+        field: &tracing::field::Field,
+        value: impl FnOnce(&mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result,
+    ) {
+        if self.result.is_err() {
+            return;
         }
+        let out = &mut *self.out;
+        self.result = (|| {
+            out.write_char(',')?;
+            json_string(out, field.name())?;
+            out.write_char(':')?;
+            value(out)
+        })();
     }
 }
 
 impl tracing::field::Visit for AuditFields<'_, '_> {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        if self.result.is_ok() {
-            self.result = (|| {
-                self.out.write_char(',')?;
-                json_string(self.out, field.name())?;
-                self.out.write_char(':')?;
-                json_string(self.out, value)
-            })();
-        }
+        self.field(field, |out| json_string(out, value));
     }
 
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
@@ -367,23 +367,23 @@ impl tracing::field::Visit for AuditFields<'_, '_> {
     }
 
     fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
-        self.raw(field, format_args!("{value}"));
+        self.field(field, |out| write!(out, "{value}"));
     }
 
     fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
-        self.raw(field, format_args!("{value}"));
+        self.field(field, |out| write!(out, "{value}"));
     }
 
     fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
-        self.raw(field, format_args!("{value}"));
+        self.field(field, |out| write!(out, "{value}"));
     }
 
     fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
         // JSON has no NaN or infinity; serde_json writes them as null.
         if value.is_finite() {
-            self.raw(field, format_args!("{value}"));
+            self.field(field, |out| write!(out, "{value}"));
         } else {
-            self.raw(field, format_args!("null"));
+            self.field(field, |out| out.write_str("null"));
         }
     }
 }

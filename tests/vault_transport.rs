@@ -19,8 +19,8 @@ use istio_vault_ca::vault::{Credentials, VaultClient, VaultError};
 
 const TOKEN: &str = "s.signer-token-never-elsewhere";
 
-/// Requests one server received: (path, carried the Vault token).
-type Seen = Arc<std::sync::Mutex<Vec<(String, bool)>>>;
+/// Requests one server received: (method, path, carried the Vault token, body).
+type Seen = Arc<std::sync::Mutex<Vec<(String, String, bool, String)>>>;
 
 /// Serves `answer` for every request on `host:0`; returns its base URL and what it saw.
 async fn serve(
@@ -31,17 +31,21 @@ async fn serve(
     let base = format!("http://{}", listener.local_addr().unwrap());
     let seen: Seen = Arc::default();
     let log = seen.clone();
-    let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap| {
-        let answer = answer.clone();
-        let log = log.clone();
-        async move {
-            log.lock().unwrap().push((
-                uri.path().to_owned(),
-                headers.get("x-vault-token").is_some(),
-            ));
-            answer(&uri)
-        }
-    });
+    let app = axum::Router::new().fallback(
+        move |method: axum::http::Method, uri: Uri, headers: HeaderMap, body: String| {
+            let answer = answer.clone();
+            let log = log.clone();
+            async move {
+                log.lock().unwrap().push((
+                    method.to_string(),
+                    uri.path().to_owned(),
+                    headers.get("x-vault-token").is_some(),
+                    body,
+                ));
+                answer(&uri)
+            }
+        },
+    );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (base, seen)
 }
@@ -122,7 +126,7 @@ async fn redirects_leave_the_origin_never() {
     );
     let seen = seen_loop.lock().unwrap().clone();
     assert_eq!(seen.len(), 4, "the request and three redirects: {seen:?}");
-    assert!(seen.iter().all(|(_, token)| *token), "{seen:?}");
+    assert!(seen.iter().all(|(_, _, token, _)| *token), "{seen:?}");
 }
 
 /// A same-origin redirect with a relative `Location` (a standby pointing at the active node
@@ -130,37 +134,19 @@ async fn redirects_leave_the_origin_never() {
 /// answer at the new path is the sign's answer.
 #[tokio::test]
 async fn a_same_origin_redirect_is_followed_with_method_token_and_body() {
-    type Calls = Arc<std::sync::Mutex<Vec<(String, String, bool, String)>>>;
-    let calls: Calls = Arc::default();
-    let log = calls.clone();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = axum::Router::new().fallback(
-        move |method: axum::http::Method, uri: Uri, headers: HeaderMap, body: String| {
-            let log = log.clone();
-            async move {
-                let path = uri.path().to_owned();
-                log.lock().unwrap().push((
-                    method.to_string(),
-                    path.clone(),
-                    headers.get("x-vault-token").is_some(),
-                    body,
-                ));
-                if !path.starts_with("/active") {
-                    return redirect(format!("/active{path}"));
-                }
-                Response::builder()
-                    .header("content-type", "application/json")
-                    .body(Body::from(
-                        r#"{"data":{"certificate":"leaf","serial_number":"01"}}"#,
-                    ))
-                    .unwrap()
-            }
-        },
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (base, calls) = serve("127.0.0.1", |uri| {
+        let path = uri.path();
+        if !path.starts_with("/active") {
+            return redirect(format!("/active{path}"));
+        }
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from(
+                r#"{"data":{"certificate":"leaf","serial_number":"01"}}"#,
+            ))
+            .unwrap()
+    })
+    .await;
     sign(&client(&base)).await.unwrap();
     let calls = calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 2, "{calls:?}");
