@@ -55,6 +55,7 @@ pub mod time;
 pub mod tls;
 pub mod ttl;
 pub mod vault;
+pub mod worker;
 
 /// Code generated from `proto/security/v1alpha1/ca.proto`.
 #[allow(clippy::doc_lazy_continuation)]

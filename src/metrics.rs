@@ -227,6 +227,12 @@ pub fn connection_refused(reason: &'static str) {
         .increment(1);
 }
 
+/// A call run on another serving thread than its connection's, which was busy
+/// (`crate::worker`).
+pub fn call_overflowed() {
+    ::metrics::counter!("istio_vault_ca_calls_overflowed_total").increment(1);
+}
+
 /// Connections open on the gRPC port (handshakes in progress included).
 pub fn connections_open(n: usize) {
     ::metrics::gauge!("istio_vault_ca_connections_open").set(n as f64);

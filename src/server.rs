@@ -8,6 +8,7 @@
 
 pub mod connections;
 pub mod cork;
+pub mod executor;
 pub mod gate;
 pub mod listener;
 pub mod outcome;

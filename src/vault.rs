@@ -1,7 +1,8 @@
 //! A thin typed client for the few Vault/OpenBao endpoints the signer needs: PKI `sign/<role>`
 //! and the issuer list that holds the trust roots.
 //!
-//! One pooled keep-alive `reqwest::Client` (HTTP/2 when the server offers it over TLS), a
+//! A pooled keep-alive `reqwest::Client` per serving thread (HTTP/2 when the server offers it
+//! over TLS; see `transport.rs`), a
 //! per-call timeout, and the signer's token read from a file that is re-read when it changes.
 //! Tokens are never logged: [`VaultToken`]'s `Debug` is redacted and the header is marked
 //! sensitive.
@@ -231,7 +232,7 @@ impl VaultClient {
         url: Url,
         target: Option<&SignTarget>,
     ) -> reqwest::RequestBuilder {
-        let req = self.http.load().client.request(method, url);
+        let req = self.http.load().client().request(method, url);
         match target
             .and_then(|t| t.namespace.as_ref())
             .or(self.namespace.as_ref())

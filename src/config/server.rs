@@ -6,6 +6,9 @@ use super::*;
 /// `server.queue_timeout`: a renewal storm's wait (see its doc).
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Most `server.workers`: a thread each, more than any node's cores.
+pub const MAX_WORKERS: usize = 1024;
+
 /// The gRPC+TLS listener.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -48,6 +51,14 @@ pub struct ServerConfig {
     pub http2_keepalive_timeout: Duration,
     /// Have Vault issue the serving certificate instead of reading `cert_file`/`key_file`.
     pub self_issued: Option<SelfIssuedConfig>,
+    /// Serving threads, each serving whole connections: `0` (the default) starts one per CPU
+    /// the process may use (affinity and cgroup quota included). Connections are packed onto
+    /// the fewest that keep up (see `worker`), so a larger count costs nothing at low load.
+    pub workers: usize,
+    /// The share of its time (0–0.7) below which a serving thread takes new connections ahead
+    /// of the next; a thread 0.25 above it moves a connection to one below it. `0` spreads
+    /// connections over the least busy threads (see `worker::Packing`).
+    pub worker_packing: crate::worker::Packing,
     /// Requests processed at once (size it to what Vault sustains); more wait in a queue.
     pub max_in_flight: usize,
     /// How long a call without a `grpc-timeout` (pilot-agent and ztunnel send none) may wait
@@ -74,6 +85,8 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             tcp_quickack: true,
             shutdown_grace: Duration::from_secs(20),
+            workers: 0,
+            worker_packing: crate::worker::Packing::DEFAULT,
             max_in_flight: 256,
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
             self_issued: None,
@@ -152,6 +165,12 @@ impl ServerConfig {
             return Err(ConfigError::invalid(
                 "server.max_in_flight",
                 "must be at least 1",
+            ));
+        }
+        if self.workers > MAX_WORKERS {
+            return Err(ConfigError::invalid(
+                "server.workers",
+                format!("must be at most {MAX_WORKERS} (0: one per CPU)"),
             ));
         }
         self.limits.validate()?;

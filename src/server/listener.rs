@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
@@ -22,9 +22,11 @@ use tonic::transport::server::Connected;
 
 use super::connections::{ConnectionSlot, Connections};
 use super::cork::cork;
+use super::executor::CallExecutor;
 use super::gate::Gate;
 use super::quickack::QuickAck;
 use crate::config::LimitsConfig;
+use crate::worker::Workers;
 
 /// HTTP/2 receive window of one stream: a typical request (1–3 KiB) in one flight; the largest
 /// (16 KiB CSR + metadata) takes one window update once the call is admitted and read.
@@ -80,7 +82,9 @@ impl Drop for ActiveCall {
 }
 
 /// Accepts and serves connections until `shutdown`, then lets open calls finish (GOAWAY)
-/// and returns when every connection has closed.
+/// and returns when every connection has closed. Each connection is served on one of
+/// `workers` (see [`crate::worker`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
     tls_config: Arc<rustls::ServerConfig>,
@@ -88,6 +92,7 @@ pub async fn serve(
     gate: Arc<Gate>,
     options: ServeOptions,
     accepted: Arc<AtomicU64>,
+    workers: Workers,
     shutdown: watch::Receiver<bool>,
 ) {
     let options = Arc::new(options);
@@ -95,8 +100,8 @@ pub async fn serve(
         options.limits.max_connections,
         options.limits.max_connections_per_peer,
     );
-    let handshakes = Arc::new(Semaphore::new(options.limits.max_handshakes));
-    let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    let workers = Arc::new(workers);
+    let mut http = hyper::server::conn::http2::Builder::new(CallExecutor::new(workers.clone()));
     let limits = &options.limits;
     http.timer(TokioTimer::new())
         .initial_stream_window_size(STREAM_WINDOW)
@@ -109,6 +114,16 @@ pub async fn serve(
         .max_local_error_reset_streams(limits.max_local_reset_streams)
         .keep_alive_interval(options.keepalive_interval)
         .keep_alive_timeout(options.keepalive_timeout);
+    let port = Arc::new(Port {
+        tls_config,
+        handshakes: Semaphore::new(options.limits.max_handshakes),
+        http,
+        routes,
+        gate,
+        options,
+        accepted,
+        shutdown: shutdown.clone(),
+    });
     let mut tasks = tokio::task::JoinSet::new();
     let stop = stopped(shutdown.clone());
     tokio::pin!(stop);
@@ -136,19 +151,19 @@ pub async fn serve(
             }
         };
         let _ = tcp.set_nodelay(true);
-        tasks.spawn(connection(
-            tcp,
-            peer,
-            slot,
-            tls_config.clone(),
-            handshakes.clone(),
-            http.clone(),
-            routes.clone(),
-            gate.clone(),
-            options.clone(),
-            accepted.clone(),
-            shutdown.clone(),
-        ));
+        // The socket moves to its worker's own I/O driver.
+        let Ok(tcp) = tcp.into_std() else { continue };
+        let (worker, assigned) = workers.assign();
+        let port = port.clone();
+        tasks.spawn_on(
+            async move {
+                let _assigned = assigned;
+                if let Ok(tcp) = TcpStream::from_std(tcp) {
+                    connection(port, tcp, peer, slot).await;
+                }
+            },
+            worker,
+        );
     }
     drop(listener);
     while tasks.join_next().await.is_some() {}
@@ -186,27 +201,36 @@ fn refused_log(reason: &'static str) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn connection(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    slot: ConnectionSlot,
+/// What every connection of the port is served with.
+struct Port {
     tls_config: Arc<rustls::ServerConfig>,
-    handshakes: Arc<Semaphore>,
-    http: hyper::server::conn::http2::Builder<TokioExecutor>,
+    handshakes: Semaphore,
+    http: hyper::server::conn::http2::Builder<CallExecutor>,
     routes: Routes,
     gate: Arc<Gate>,
     options: Arc<ServeOptions>,
     accepted: Arc<AtomicU64>,
     shutdown: watch::Receiver<bool>,
-) {
+}
+
+async fn connection(port: Arc<Port>, tcp: TcpStream, peer: SocketAddr, slot: ConnectionSlot) {
+    let Port {
+        tls_config,
+        handshakes,
+        http,
+        routes,
+        gate,
+        options,
+        accepted,
+        shutdown,
+    } = &*port;
     // Waiting for the ClientHello costs nothing but the connection's slot; the cryptographic
     // part of the handshake holds one of `max_handshakes` permits.
     let handshake = async {
         let tcp = QuickAck::new(tcp, options.tcp_quickack);
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
         let _permit = handshakes.acquire().await.map_err(std::io::Error::other)?;
-        start.into_stream(tls_config).await
+        start.into_stream(tls_config.clone()).await
     };
     let handshake = async {
         tokio::select! {
@@ -241,6 +265,7 @@ async fn connection(
     let service = {
         let activity = activity.clone();
         let proof = slot.proof();
+        let (gate, routes) = (gate.clone(), routes.clone());
         hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             let call = activity.begin();
             req.extensions_mut().insert(info.clone());
@@ -268,7 +293,7 @@ async fn connection(
     };
     let age = tokio::time::sleep(options.max_connection_age);
     tokio::pin!(age);
-    let stop = stopped(shutdown);
+    let stop = stopped(shutdown.clone());
     tokio::pin!(stop);
     let mut closing_at: Option<Instant> = None;
     let mut idle_check = Instant::now() + idle_timeout();

@@ -285,7 +285,7 @@ impl VaultClient {
             let Ok(url) = node.api.join("sys/health") else {
                 return;
             };
-            let state = match self.http.load().client.get(url).timeout(PROBE_TIMEOUT).send().await {
+            let state = match self.http.load().client().get(url).timeout(PROBE_TIMEOUT).send().await {
                 Ok(resp) => NodeState::from_health(resp.status().as_u16()),
                 Err(_) => NodeState::Down,
             };

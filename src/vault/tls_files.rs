@@ -143,7 +143,7 @@ impl TlsMaterial {
     /// Adds the roots and the client identity to `builder`; `plain_http` skips the platform
     /// roots when no bundle is given (see [`super::VaultClient::new`]).
     pub(super) fn apply(
-        self,
+        &self,
         mut builder: reqwest::ClientBuilder,
         plain_http: bool,
     ) -> Result<reqwest::ClientBuilder, TlsFilesError> {
@@ -160,8 +160,8 @@ impl TlsMaterial {
             // hosts without a system CA store (reqwest#2988).
             builder = builder.tls_certs_only([]);
         }
-        if let Some(pem) = self.identity_pem {
-            let identity = reqwest::Identity::from_pem(&pem)
+        if let Some(pem) = &self.identity_pem {
+            let identity = reqwest::Identity::from_pem(pem)
                 .map_err(|e| TlsFilesError::Client(e.to_string()))?;
             builder = builder.identity(identity);
         }

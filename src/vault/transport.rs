@@ -25,13 +25,34 @@ pub(super) struct HttpSettings {
 
 /// The pooled HTTP client and what it was built from.
 pub(super) struct HttpClient {
-    pub(super) client: reqwest::Client,
+    /// One per core the process may use and one for every other thread, chosen by
+    /// [`crate::worker::current`]: a serving worker's calls use connections its own runtime
+    /// drives (with more workers than cores, some share one; it still works, across threads).
+    clients: Vec<reqwest::Client>,
     pub(super) tls_digest: [u8; 32],
     pub(super) client_cert_not_after: Option<i64>,
 }
 
+impl HttpClient {
+    /// The client for this thread (requests are built and sent on the same one).
+    pub(super) fn client(&self) -> &reqwest::Client {
+        &self.clients[crate::worker::current() % self.clients.len()]
+    }
+}
+
 impl HttpSettings {
     pub(super) fn build(&self, tls: TlsMaterial) -> Result<HttpClient, TlsFilesError> {
+        let clients = (0..=crate::worker::available())
+            .map(|_| self.build_one(&tls))
+            .collect::<Result<_, _>>()?;
+        Ok(HttpClient {
+            clients,
+            tls_digest: tls.digest,
+            client_cert_not_after: tls.client_not_after,
+        })
+    }
+
+    fn build_one(&self, tls: &TlsMaterial) -> Result<reqwest::Client, TlsFilesError> {
         let mut builder = crate::http_client()
             .timeout(self.timeout)
             .connect_timeout(self.timeout.min(Duration::from_secs(3)))
@@ -53,16 +74,9 @@ impl HttpSettings {
             builder.redirect(crate::http_policy::redirect_policy())
         }
         .https_only(!self.plain_http);
-        let (tls_digest, client_cert_not_after) = (tls.digest, tls.client_not_after);
-        let client = tls
-            .apply(builder, self.plain_http)?
+        tls.apply(builder, self.plain_http)?
             .build()
-            .map_err(|e| TlsFilesError::Client(e.to_string()))?;
-        Ok(HttpClient {
-            client,
-            tls_digest,
-            client_cert_not_after,
-        })
+            .map_err(|e| TlsFilesError::Client(e.to_string()))
     }
 }
 
@@ -206,7 +220,7 @@ impl VaultClient {
             outbound.turn(outbound::MAX_WAIT).await?;
         }
         // The call holds its own reference to the client; the guard is gone before it waits.
-        let call = self.http.load().client.execute(req);
+        let call = self.http.load().client().execute(req);
         let resp = call.await.map_err(|e| self.transport_error(e))?;
         let status = resp.status();
         let location = status.is_redirection().then(|| {
