@@ -2,8 +2,8 @@
 //! and the issuer list that holds the trust roots.
 //!
 //! A pooled keep-alive `reqwest::Client` per serving thread (HTTP/2 when the server offers it
-//! over TLS; see `transport.rs`), a
-//! per-call timeout, and the signer's token read from a file that is re-read when it changes.
+//! over TLS; see `transport.rs`), a per-call timeout, and the signer's token read from a file
+//! that is re-read when it changes.
 //! Tokens are never logged: [`VaultToken`]'s `Debug` is redacted and the header is marked
 //! sensitive.
 //!
