@@ -10,8 +10,9 @@
 #   ROUNDS=4 N=20000 PIN=1 A=... B=... scripts/bench-ab.sh   # PIN=1: OpenBao on CPU 0,
 #                                   # signers and load generator on CPU 1 (as in bench.sh)
 # One build, two settings: A=B=binary with LOG_LEVEL_A / LOG_LEVEL_B (log.level, default info),
-# CONFIG_A / CONFIG_B (TOML sections appended to that signer's config) and THREADS_A /
-# THREADS_B (TOKIO_WORKER_THREADS).
+# CONFIG_A / CONFIG_B (TOML sections appended to that signer's config), WORKERS_A / WORKERS_B
+# (server.workers, the serving threads) and THREADS_A / THREADS_B (TOKIO_WORKER_THREADS: the
+# shared runtime, which served the connections before serving threads existed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${A:?A=path of the first signer binary}" "${B:?B=path of the second signer binary}"
@@ -34,19 +35,19 @@ case "${PIN:-}" in
 esac
 start_openbao "$out" "${vault_cpu[@]}"
 
-start_signer() { # name binary log-level more-config threads
+start_signer() { # name binary log-level more-config threads workers
   local port admin
   port=$(free_port); admin=$(free_port)
   mkdir -p "$out/$1"
   LOG_LEVEL=$3 signer_config "$out/$1" "$port" "$admin" "$LOADGEN_LIMITS" "$4"
   sed -i "s#$out/$1/tls#$out/tls#g; s#$out/$1/jwt#$out/jwt#g; s#$out/$1/vault-token#$out/vault-token#g" "$out/$1/config.toml"
-  "${signer_cpu[@]}" env ${5:+TOKIO_WORKER_THREADS=$5} "$(realpath "$2")" serve --config "$out/$1/config.toml" >"$out/$1/signer.log" 2>&1 &
+  "${signer_cpu[@]}" env ${5:+TOKIO_WORKER_THREADS=$5} ${6:+IVCA_SERVER__WORKERS=$6} "$(realpath "$2")" serve --config "$out/$1/config.toml" >"$out/$1/signer.log" 2>&1 &
   pids+=($!)
   eval "${1}_pid=$!; ${1}_port=$port; ${1}_admin=$admin"
   wait_http "http://127.0.0.1:$admin/readyz"
 }
-start_signer a "$A" "${LOG_LEVEL_A:-info}" "${CONFIG_A:-}" "${THREADS_A:-}"
-start_signer b "$B" "${LOG_LEVEL_B:-info}" "${CONFIG_B:-}" "${THREADS_B:-}"
+start_signer a "$A" "${LOG_LEVEL_A:-info}" "${CONFIG_A:-}" "${THREADS_A:-}" "${WORKERS_A:-}"
+start_signer b "$B" "${LOG_LEVEL_B:-info}" "${CONFIG_B:-}" "${THREADS_B:-}" "${WORKERS_B:-}"
 
 run() { # name round requests
   local port pid admin

@@ -28,7 +28,9 @@ admin_port=$(free_port)
 LOG_LEVEL=${LOG_LEVEL:-info} signer_config "$out" "$signer_port" "$admin_port" "$LOADGEN_LIMITS"
 # The signer's logs and audit lines (one per call) go to its log file, not the console.
 echo "bench: OpenBao on $bao_addr, signer on 127.0.0.1:$signer_port; logs in $out/signer.log and $out/openbao.log" >&2
-"${rest_cpu[@]}" env ${SIGNER_THREADS:+TOKIO_WORKER_THREADS=$SIGNER_THREADS} "$bin" serve --config "$out/config.toml" >"$out/signer.log" 2>&1 &
+# SIGNER_WORKERS=n: server.workers (serving threads); SIGNER_THREADS=n: tokio's shared runtime
+# (before serving threads existed it ran the connections too).
+"${rest_cpu[@]}" env ${SIGNER_WORKERS:+IVCA_SERVER__WORKERS=$SIGNER_WORKERS} ${SIGNER_THREADS:+TOKIO_WORKER_THREADS=$SIGNER_THREADS} "$bin" serve --config "$out/config.toml" >"$out/signer.log" 2>&1 &
 signer_pid=$!
 pids+=($signer_pid)
 python3 -c "import socket,time,sys

@@ -268,6 +268,8 @@ mod tests {
         assert_eq!(c.ttl.default, Duration::from_secs(86400));
         assert_eq!(c.ttl.over_max, OverMax::Clamp);
         assert_eq!(c.csr.max_bytes, 16384);
+        assert_eq!(c.server.workers, 0, "one serving thread per CPU");
+        assert_eq!(c.server.worker_packing, crate::worker::Packing::DEFAULT);
     }
 
     #[test]
@@ -510,6 +512,15 @@ over_max = "reject"
         assert!(err_of(&[("IVCA_SERVER__LISTEN", "nope")]).starts_with("server.listen:"));
         assert!(err_of(&[("IVCA_VAULT__BOGUS", "1")]).contains("bogus"));
         assert!(err_of(&[("IVCA_TTL__MAX", "1h")]).starts_with("ttl.max:"));
+        assert!(
+            err_of(&[("IVCA_SERVER__WORKER_PACKING", "0.9")]).starts_with(
+                "server.worker_packing: must be a share of a thread's time from 0 to 0.7"
+            )
+        );
+        assert!(
+            err_of(&[("IVCA_SERVER__WORKERS", "5000")])
+                .starts_with("server.workers: must be at most 1024")
+        );
         assert!(
             err_of(&[("IVCA_CSR__ALLOWED_KEYS", r#"["rsa-1024"]"#)])
                 .starts_with("csr.allowed_keys")
