@@ -227,6 +227,14 @@ pub fn connection_refused(reason: &'static str) {
         .increment(1);
 }
 
+/// How busy each serving thread was over its last measurement (`crate::worker`), 1-based.
+pub fn serving_thread_busy(busy: impl Iterator<Item = f64>) {
+    for (i, share) in busy.enumerate() {
+        ::metrics::gauge!("istio_vault_ca_serving_thread_busy_ratio", "thread" => (i + 1).to_string())
+            .set(share);
+    }
+}
+
 /// A call run on another serving thread than its connection's, which was busy
 /// (`crate::worker`).
 pub fn call_overflowed() {

@@ -187,6 +187,13 @@ impl Workers {
         overflow_to(&busy, here, self.packing).map(|i| &self.handles[i])
     }
 
+    /// Each worker's busy share over the last [`LOAD_INTERVAL`] (0 to 1), first worker first.
+    pub fn busy_shares(&self) -> impl Iterator<Item = f64> + '_ {
+        self.loads
+            .iter()
+            .map(|l| f64::from(l.busy.load(Ordering::Relaxed)) / 1000.0)
+    }
+
     fn busy(&self) -> Vec<u32> {
         self.loads
             .iter()
@@ -298,5 +305,6 @@ mod tests {
         drop(first);
         assert_eq!(workers.loads[0].open.load(Ordering::Relaxed), 0);
         assert_eq!(current(), 0, "the test thread is no worker");
+        assert_eq!(workers.busy_shares().count(), 2);
     }
 }

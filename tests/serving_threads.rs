@@ -112,6 +112,13 @@ async fn light_load_stays_on_one_thread_and_a_busy_thread_hands_calls_to_an_idle
         overflowed(&metrics) >= 1.0,
         "calls were handed over:\n{metrics}"
     );
+    for thread in ["1", "2"] {
+        let series = format!("istio_vault_ca_serving_thread_busy_ratio{{thread=\"{thread}\"}} ");
+        assert!(
+            metrics.contains(&series),
+            "{series}is published:\n{metrics}"
+        );
+    }
     assert!(
         heavy_two >= 0.1 * heavy_one,
         "the second thread ran handed-over calls: {heavy_two:.2}s against {heavy_one:.2}s"

@@ -17,6 +17,10 @@ pub(super) fn describe() {
         "istio_vault_ca_connections_refused_total",
         "Connections closed before carrying a call, by reason (limits, handshake timeout or failure)"
     );
+    describe_gauge!(
+        "istio_vault_ca_serving_thread_busy_ratio",
+        "Share of the last 250 ms each serving thread spent on the CPU"
+    );
     describe_counter!(
         "istio_vault_ca_calls_overflowed_total",
         "Calls run on another serving thread than their connection's, which was busy"

@@ -40,6 +40,9 @@ const MAX_FRAME: u32 = 16 * 1024;
 /// Response bytes buffered per stream (answers are a few KiB).
 const MAX_SEND_BUFFER: usize = 64 * 1024;
 
+/// How often the serving threads' busy shares are published as metrics.
+const BUSY_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How the port serves connections.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -127,9 +130,14 @@ pub async fn serve(
     let mut tasks = tokio::task::JoinSet::new();
     let stop = stopped(shutdown.clone());
     tokio::pin!(stop);
+    let mut report = tokio::time::interval(BUSY_REPORT_INTERVAL);
     loop {
         let (tcp, peer) = tokio::select! {
             _ = &mut stop => break,
+            _ = report.tick() => {
+                crate::metrics::serving_thread_busy(workers.busy_shares());
+                continue;
+            }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
             r = listener.accept() => match r {
                 Ok(c) => c,
