@@ -180,9 +180,13 @@ impl Workers {
 
     /// Where a call arriving on this thread should run instead, when this thread is a worker
     /// well above the packing threshold and another has room (see the module doc); `None`:
-    /// here. Reads one number per worker.
+    /// here.
     pub fn overflow(&self) -> Option<&Handle> {
         let here = current().checked_sub(1)?;
+        // The common case, a thread with room, reads its own number only.
+        if self.loads.get(here)?.busy.load(Ordering::Relaxed) <= self.packing.overflow_above() {
+            return None;
+        }
         let busy = self.busy();
         overflow_to(&busy, here, self.packing).map(|i| &self.handles[i])
     }

@@ -34,17 +34,9 @@ async fn signer_on(cluster: &Cluster, setup: PathBuf) -> Env {
 
 /// `requests` verified requests from distinct identities to `env`'s signer.
 fn load(env: &Env, identities: usize, requests: usize, concurrency: usize) -> LoadOptions {
-    let roots = env.setup_dir.join("tls/root-cert.pem");
     LoadOptions {
         identities,
-        ..support::verified_load(
-            &env.addr,
-            &roots,
-            &env.issuer,
-            env.dir.path(),
-            requests,
-            concurrency,
-        )
+        ..env.verified_load(requests, concurrency)
     }
 }
 

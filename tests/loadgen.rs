@@ -12,7 +12,6 @@ async fn loadgen_through_signer_and_direct() {
     let env = Env::start().await;
     // Verified answers (as replicas.rs and ha_cluster.rs load), 300 requests over 200
     // identities, with Vault's address for the direct run and CPU accounting of all three.
-    let roots = env.setup_dir.join("tls/root-cert.pem");
     let base = LoadOptions {
         identities: 200,
         rsa_fraction: 0.25,
@@ -22,7 +21,7 @@ async fn loadgen_through_signer_and_direct() {
         vault_token_file: Some(env.setup_dir.join("vault-token")),
         rss_pid: Some(std::process::id()),
         vault_pid: env.bao.pid(),
-        ..support::verified_load(&env.addr, &roots, &env.issuer, env.dir.path(), 300, 8)
+        ..env.verified_load(300, 8)
     };
     let signer = loadgen::run(&base).await.unwrap();
     assert_eq!(

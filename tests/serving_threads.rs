@@ -62,18 +62,10 @@ async fn light_load_stays_on_one_thread_and_a_busy_thread_hands_calls_to_an_idle
         c.server.worker_packing = 0.3.try_into().unwrap();
     })
     .await;
-    let roots = env.setup_dir.join("tls/root-cert.pem");
     let base = |requests, concurrency| LoadOptions {
         key_pool: 2,
         connections: 4,
-        ..support::verified_load(
-            &env.addr,
-            &roots,
-            &env.issuer,
-            env.dir.path(),
-            requests,
-            concurrency,
-        )
+        ..env.verified_load(requests, concurrency)
     };
 
     // Light: 2 callers pausing 50 ms between calls, over 4 connections opened while both

@@ -160,14 +160,21 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         // The socket moves to its worker's own I/O driver.
-        let Ok(tcp) = tcp.into_std() else { continue };
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "could not hand the connection to a serving thread");
+                continue;
+            }
+        };
         let (worker, assigned) = workers.assign();
         let port = port.clone();
         tasks.spawn_on(
             async move {
                 let _assigned = assigned;
-                if let Ok(tcp) = TcpStream::from_std(tcp) {
-                    connection(port, tcp, peer, slot).await;
+                match TcpStream::from_std(tcp) {
+                    Ok(tcp) => connection(port, tcp, peer, slot).await,
+                    Err(e) => tracing::debug!(%peer, error = %e, "serving thread could not register the connection"),
                 }
             },
             worker,

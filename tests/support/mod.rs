@@ -666,6 +666,23 @@ impl Env {
         }
     }
 
+    /// [`verified_load`] against this signer: `requests` calls from distinct identities at
+    /// `concurrency`, answers verified against the setup's roots.
+    pub fn verified_load(
+        &self,
+        requests: usize,
+        concurrency: usize,
+    ) -> istio_vault_ca::loadgen::LoadOptions {
+        verified_load(
+            &self.addr,
+            &self.setup_dir.join("tls/root-cert.pem"),
+            &self.issuer,
+            self.dir.path(),
+            requests,
+            concurrency,
+        )
+    }
+
     /// A new TLS connection to the signer, verifying its certificate for `localhost`.
     pub async fn client(&self) -> IstioCertificateServiceClient<Channel> {
         client::connect(&self.addr, &self.ca_pem, Some("localhost"))
