@@ -167,7 +167,12 @@ impl Workers {
 
     /// The worker a new connection goes to ([`place`]), and its place there.
     pub fn assign(&self) -> (&Handle, Assigned) {
-        let index = place(&self.busy(), self.packing);
+        let open: Vec<usize> = self
+            .loads
+            .iter()
+            .map(|l| l.open.load(Ordering::Relaxed))
+            .collect();
+        let index = place(&self.busy(), &open, self.packing);
         self.loads[index].open.fetch_add(1, Ordering::Relaxed);
         (
             &self.handles[index],
@@ -206,12 +211,14 @@ impl Workers {
     }
 }
 
-/// Where a new connection goes, given each worker's busy share (per mille): the first worker
-/// below the packing threshold, else the least busy.
-fn place(busy: &[u32], packing: Packing) -> usize {
+/// Where a new connection goes, given each worker's busy share (per mille) and open
+/// connections: the first worker below the packing threshold, else the least busy, the one
+/// with fewer connections among equally busy ones (so `0` spreads idle workers' connections
+/// evenly).
+fn place(busy: &[u32], open: &[usize], packing: Packing) -> usize {
     busy.iter()
         .position(|&b| b < packing.below)
-        .or_else(|| (0..busy.len()).min_by_key(|&i| busy[i]))
+        .or_else(|| (0..busy.len()).min_by_key(|&i| (busy[i], open[i])))
         .unwrap_or(0)
 }
 
@@ -255,13 +262,35 @@ mod tests {
     #[test]
     fn connections_are_packed_onto_the_first_worker_with_room() {
         let p = Packing::DEFAULT;
-        assert_eq!(place(&[0, 0, 0], p), 0);
-        assert_eq!(place(&[599, 0], p), 0);
-        assert_eq!(place(&[600, 100, 0], p), 1);
-        assert_eq!(place(&[900, 700, 650], p), 2, "all busy: the least busy");
-        assert_eq!(place(&[], p), 0);
+        assert_eq!(
+            place(&[0, 0, 0], &[9, 0, 0], p),
+            0,
+            "packed, however many it has"
+        );
+        assert_eq!(place(&[599, 0], &[1, 0], p), 0);
+        assert_eq!(place(&[600, 100, 0], &[1, 1, 1], p), 1);
+        assert_eq!(
+            place(&[900, 700, 650], &[1, 1, 1], p),
+            2,
+            "all busy: the least busy"
+        );
+        assert_eq!(
+            place(&[900, 900], &[3, 2], p),
+            1,
+            "equally busy: fewer connections"
+        );
+        assert_eq!(place(&[], &[], p), 0);
         let spread = Packing::try_from(0.0).unwrap();
-        assert_eq!(place(&[300, 100, 200], spread), 1, "0: the least busy");
+        assert_eq!(
+            place(&[300, 100, 200], &[0, 5, 0], spread),
+            1,
+            "0: the least busy"
+        );
+        assert_eq!(
+            place(&[0, 0, 0], &[2, 1, 2], spread),
+            1,
+            "0: idle workers in turn"
+        );
     }
 
     #[test]
