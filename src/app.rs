@@ -374,14 +374,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             keepalive_timeout: config.server.http2_keepalive_timeout,
         },
         connections.clone(),
-        crate::worker::Workers::start(
-            match config.server.workers {
-                0 => crate::worker::available(),
-                n => n,
-            },
-            config.server.worker_packing,
-        )
-        .context("starting the serving workers")?,
+        crate::worker::Workers::start(config.server.workers, config.server.worker_packing)
+            .context("starting the serving workers")?,
         shutdown_rx.clone(),
     );
     let grace = config.server.shutdown_grace;

@@ -58,12 +58,6 @@ impl Packing {
     }
 }
 
-impl Default for Packing {
-    fn default() -> Self {
-        Self::DEFAULT
-    }
-}
-
 impl TryFrom<f64> for Packing {
     type Error = String;
 
@@ -125,10 +119,13 @@ impl Drop for Assigned {
 }
 
 impl Workers {
-    /// Starts `count` workers (at least one), each a thread running a current-thread runtime,
-    /// packed by `packing`.
-    pub fn start(count: usize, packing: Packing) -> io::Result<Self> {
-        let count = count.max(1);
+    /// Starts `configured` workers (`server.workers`; `0`: one per core, [`available`]), each a
+    /// thread running a current-thread runtime, packed by `packing`.
+    pub fn start(configured: usize, packing: Packing) -> io::Result<Self> {
+        let count = match configured {
+            0 => available(),
+            n => n,
+        };
         let loads: Arc<[Load]> = (0..count)
             .map(|_| Load {
                 open: AtomicUsize::new(0),
@@ -188,12 +185,8 @@ impl Workers {
     /// here.
     pub fn overflow(&self) -> Option<&Handle> {
         let here = current().checked_sub(1)?;
-        // The common case, a thread with room, reads its own number only.
-        if self.loads.get(here)?.busy.load(Ordering::Relaxed) <= self.packing.overflow_above() {
-            return None;
-        }
-        let busy = self.busy();
-        overflow_to(&busy, here, self.packing).map(|i| &self.handles[i])
+        let busy = |i: usize| self.loads[i].busy.load(Ordering::Relaxed);
+        overflow_to(busy, self.loads.len(), here, self.packing).map(|i| &self.handles[i])
     }
 
     /// Each worker's busy share over the last [`LOAD_INTERVAL`] (0 to 1), first worker first.
@@ -222,19 +215,25 @@ fn place(busy: &[u32], open: &[usize], packing: Packing) -> usize {
         .unwrap_or(0)
 }
 
-/// Where a call on worker `here` goes instead: the least busy worker, when `here` is more than
-/// [`OVERFLOW_MARGIN`] above the packing threshold and that one is below it.
-fn overflow_to(busy: &[u32], here: usize, packing: Packing) -> Option<usize> {
-    if busy
-        .get(here)
-        .is_none_or(|&b| b <= packing.overflow_above())
-    {
+/// Where a call on worker `here` of `count` goes instead, `busy` reading a worker's busy share
+/// (per mille): the least busy worker, when `here` is more than [`OVERFLOW_MARGIN`] above the
+/// packing threshold and that one is below it. A call on a thread with room (the common case,
+/// once per call) reads its own share only.
+fn overflow_to(
+    busy: impl Fn(usize) -> u32,
+    count: usize,
+    here: usize,
+    packing: Packing,
+) -> Option<usize> {
+    if here >= count || busy(here) <= packing.overflow_above() {
         return None;
     }
-    (0..busy.len())
+    (0..count)
         .filter(|&i| i != here)
-        .min_by_key(|&i| busy[i])
-        .filter(|&i| busy[i] < packing.below)
+        .map(|i| (i, busy(i)))
+        .min_by_key(|&(_, b)| b)
+        .filter(|&(_, b)| b < packing.below)
+        .map(|(i, _)| i)
 }
 
 /// Runs on a worker: measures its thread's busy share every [`LOAD_INTERVAL`].
@@ -258,6 +257,11 @@ async fn measure(load: &Load) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`overflow_to`] over a slice of busy shares.
+    fn over(busy: &[u32], here: usize, packing: Packing) -> Option<usize> {
+        overflow_to(|i| busy[i], busy.len(), here, packing)
+    }
 
     #[test]
     fn connections_are_packed_onto_the_first_worker_with_room() {
@@ -296,22 +300,14 @@ mod tests {
     #[test]
     fn a_busy_worker_hands_calls_to_the_least_busy_one_with_room() {
         let p = Packing::DEFAULT;
-        assert_eq!(overflow_to(&[900, 100, 50], 0, p), Some(2));
-        assert_eq!(overflow_to(&[900, 700], 0, p), None, "nowhere with room");
-        assert_eq!(overflow_to(&[850, 0], 0, p), None, "not above 60 % + 25 %");
-        assert_eq!(overflow_to(&[900], 0, p), None, "a single worker");
-        assert_eq!(overflow_to(&[100, 950], 1, p), Some(0));
-        assert_eq!(
-            overflow_to(&[900, 100], 5, p),
-            None,
-            "not a worker of this set"
-        );
+        assert_eq!(over(&[900, 100, 50], 0, p), Some(2));
+        assert_eq!(over(&[900, 700], 0, p), None, "nowhere with room");
+        assert_eq!(over(&[850, 0], 0, p), None, "not above 60 % + 25 %");
+        assert_eq!(over(&[900], 0, p), None, "a single worker");
+        assert_eq!(over(&[100, 950], 1, p), Some(0));
+        assert_eq!(over(&[900, 100], 5, p), None, "not a worker of this set");
         let spread = Packing::try_from(0.0).unwrap();
-        assert_eq!(
-            overflow_to(&[1000, 0], 0, spread),
-            None,
-            "0 never hands over"
-        );
+        assert_eq!(over(&[1000, 0], 0, spread), None, "0 never hands over");
     }
 
     #[test]

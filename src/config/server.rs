@@ -56,8 +56,9 @@ pub struct ServerConfig {
     /// the fewest that keep up (see `worker`), so a larger count costs nothing at low load.
     pub workers: usize,
     /// The share of its time (0–0.7) below which a serving thread takes new connections ahead
-    /// of the next; a thread 0.25 above it moves a connection to one below it. `0` spreads
-    /// connections over the least busy threads (see `worker::Packing`).
+    /// of the next; a thread 0.25 above it runs its new calls on the least busy thread while
+    /// one is below it. `0` spreads connections over the least busy threads (see
+    /// `worker::Packing`).
     pub worker_packing: crate::worker::Packing,
     /// Requests processed at once (size it to what Vault sustains); more wait in a queue.
     pub max_in_flight: usize,
