@@ -188,6 +188,7 @@ impl HandlerFixture {
             authz: Default::default(),
             ledger: None,
             limits: istio_vault_ca::issuance_limits::IssuanceLimits::new(config.rate_limits),
+            holders: Default::default(),
         };
         Self {
             rt,

@@ -178,6 +178,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         },
         ledger,
         limits: crate::issuance_limits::IssuanceLimits::new(config.rate_limits),
+        holders: Default::default(),
     });
 
     let serving = match &config.server.self_issued {

@@ -29,6 +29,7 @@ pub mod echo;
 pub mod fingerprint;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod holders;
 pub mod http_policy;
 pub mod identity;
 pub mod issuance_limits;

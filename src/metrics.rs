@@ -263,6 +263,11 @@ pub fn queue_left(waited: Duration) {
     ::metrics::histogram!("istio_vault_ca_queue_wait_seconds").record(waited.as_secs_f64());
 }
 
+/// A call handed its admission slot on while it waits for its turn at Vault.
+pub fn slot_handed_on() {
+    ::metrics::counter!("istio_vault_ca_slots_handed_on_total").increment(1);
+}
+
 pub fn deduplicated() {
     ::metrics::counter!("istio_vault_ca_deduplicated_total").increment(1);
 }

@@ -52,31 +52,186 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// One bucket: calls reserve their turn and wait for it.
+/// Which of a [`Limiter`]'s two queues a waiting call joins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Class {
+    /// Goes before every waiting [`Class::Behind`] call.
+    #[default]
+    Ahead,
+    /// Waits while any [`Class::Ahead`] call waits.
+    Behind,
+}
+
+/// One bucket whose calls wait for their turn instead of failing. Waiting calls form two
+/// queues: every [`Class::Ahead`] call goes before any [`Class::Behind`] one, and within a
+/// queue the first come goes first. A call goes at once only when nobody waits and the bucket
+/// has a turn.
+///
+/// No task hands the turns out: the call at the head of the queues sleeps until the bucket
+/// earns the next turn, takes it, and wakes the call that is now first (as does a head that
+/// gives up). A turn is taken only by the call that goes, so a cancelled call loses nobody a
+/// turn.
 pub struct Limiter {
     rate: Rate,
-    start: Instant,
-    tat: Mutex<u64>,
+    start: tokio::time::Instant,
+    state: Mutex<Turns>,
+}
+
+#[derive(Default)]
+struct Turns {
+    /// The bucket's "full again" time (nanoseconds since `start`).
+    tat: u64,
+    /// The waiting calls: [`Class::Ahead`]'s, then [`Class::Behind`]'s.
+    queues: [std::collections::VecDeque<Waiter>; 2],
+    next_id: u64,
+}
+
+struct Waiter {
+    id: u64,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Turns {
+    fn head(&self) -> Option<&Waiter> {
+        self.queues.iter().find_map(|q| q.front())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queues.iter().all(|q| q.is_empty())
+    }
+
+    /// Removes waiter `id` of `class`; if it was the head, wakes the new head.
+    fn leave(&mut self, class: Class, id: u64) {
+        let was_head = self.head().is_some_and(|w| w.id == id);
+        let queue = &mut self.queues[class as usize];
+        if let Some(i) = queue.iter().position(|w| w.id == id) {
+            queue.remove(i);
+        }
+        if was_head && let Some(next) = self.head() {
+            next.wake.notify_one();
+        }
+    }
+}
+
+/// What a [`Limiter`] had waiting (for metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Waiting {
+    pub ahead: usize,
+    pub behind: usize,
 }
 
 impl Limiter {
     pub fn new(rate: Rate) -> Self {
         Self {
             rate,
-            start: Instant::now(),
-            tat: Mutex::new(0),
+            start: tokio::time::Instant::now(),
+            state: Mutex::new(Turns::default()),
         }
     }
 
-    /// Reserves the next turn if it comes within `max_wait`: `Ok(wait)` (sleep that long, then
-    /// go), or `Err(retry_after)` with nothing reserved. Turns are handed out in the order
-    /// they were asked for.
-    pub fn reserve(&self, max_wait: Duration) -> Result<Duration, Duration> {
-        let now = nanos(self.start.elapsed());
-        let mut tat = self.tat.lock().unwrap_or_else(|e| e.into_inner());
-        let (next, wait) = self.rate.decide(*tat, now, max_wait)?;
-        *tat = next;
-        Ok(wait)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Turns> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self) -> u64 {
+        nanos(self.start.elapsed())
+    }
+
+    /// Waits for a turn in `class`'s queue, at most `max_wait`: `Ok(waited)`, or
+    /// `Err(expected)` when the calls ahead of it (those waiting in its class or an earlier
+    /// one, one interval each) leave no turn within `max_wait` (refused at once, nothing
+    /// queued) or when `max_wait` ran out while it waited (calls of an earlier class came
+    /// after it). `on_wait` runs once if the call has to queue, before it waits.
+    pub async fn turn(
+        &self,
+        class: Class,
+        max_wait: Duration,
+        on_wait: impl FnOnce(),
+    ) -> Result<Duration, Duration> {
+        let (id, wake) = {
+            let mut turns = self.lock();
+            let now = self.now();
+            if turns.is_empty()
+                && let Ok((tat, _)) = self.rate.decide(turns.tat, now, Duration::ZERO)
+            {
+                turns.tat = tat;
+                return Ok(Duration::ZERO);
+            }
+            let ahead: usize = turns.queues[..=class as usize]
+                .iter()
+                .map(|q| q.len())
+                .sum();
+            let first = turns
+                .tat
+                .max(now)
+                .saturating_sub(nanos(self.rate.tolerance()));
+            let expected = Duration::from_nanos(first.saturating_sub(now))
+                + self.rate.interval * u32::try_from(ahead).unwrap_or(u32::MAX);
+            if expected > max_wait {
+                return Err(expected);
+            }
+            let id = turns.next_id;
+            turns.next_id += 1;
+            let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+            turns.queues[class as usize].push_back(Waiter {
+                id,
+                wake: wake.clone(),
+            });
+            (id, wake)
+        };
+        on_wait();
+        /// The call's place: left when it goes, gives up or is cancelled.
+        struct Place<'a> {
+            limiter: &'a Limiter,
+            class: Class,
+            id: u64,
+        }
+        impl Drop for Place<'_> {
+            fn drop(&mut self) {
+                self.limiter.lock().leave(self.class, self.id);
+            }
+        }
+        let _place = Place {
+            limiter: self,
+            class,
+            id,
+        };
+        let since = tokio::time::Instant::now();
+        let give_up = tokio::time::sleep(max_wait);
+        tokio::pin!(give_up);
+        loop {
+            // The head sleeps until the bucket earns a turn; the others until they are woken.
+            let next = {
+                let mut turns = self.lock();
+                if turns.head().is_some_and(|w| w.id == id) {
+                    match self.rate.decide(turns.tat, self.now(), Duration::ZERO) {
+                        Ok((tat, _)) => {
+                            turns.tat = tat;
+                            // `_place` leaves (waking the next head) once the lock is released.
+                            drop(turns);
+                            return Ok(since.elapsed());
+                        }
+                        Err(wait) => Some(tokio::time::Instant::now() + wait),
+                    }
+                } else {
+                    None
+                }
+            };
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep_until(next.unwrap_or(since)), if next.is_some() => {}
+                () = &mut give_up => return Err(since.elapsed()),
+            }
+        }
+    }
+
+    /// How many calls wait in each queue.
+    pub fn waiting(&self) -> Waiting {
+        let turns = self.lock();
+        Waiting {
+            ahead: turns.queues[0].len(),
+            behind: turns.queues[1].len(),
+        }
     }
 }
 
@@ -201,22 +356,155 @@ mod tests {
         assert_eq!(limiter.check(&"a"), Verdict::Allowed);
     }
 
-    #[test]
-    fn the_outbound_limiter_hands_out_turns_in_order() {
-        let limiter = Limiter::new(Rate::new(nz(10), Duration::from_secs(1), nz(1)));
-        assert_eq!(limiter.reserve(Duration::ZERO), Ok(Duration::ZERO));
-        let second = limiter.reserve(Duration::from_secs(1)).unwrap();
-        let third = limiter.reserve(Duration::from_secs(1)).unwrap();
-        assert!(second > Duration::from_millis(50) && second <= Duration::from_millis(100));
-        assert!(
-            third > second + Duration::from_millis(90),
-            "{second:?} {third:?}"
+    fn every_10ms() -> Limiter {
+        Limiter::new(Rate::new(nz(100), Duration::from_secs(1), nz(1)))
+    }
+
+    /// Starts a call for a turn in `class`; its result and when it came, through the handle.
+    fn ask(
+        limiter: &std::sync::Arc<Limiter>,
+        class: Class,
+        max_wait: Duration,
+    ) -> tokio::task::JoinHandle<(Result<Duration, Duration>, tokio::time::Instant)> {
+        let limiter = limiter.clone();
+        tokio::spawn(async move {
+            let r = limiter.turn(class, max_wait, || ()).await;
+            (r, tokio::time::Instant::now())
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn turns_go_in_order_at_the_rate() {
+        let limiter = std::sync::Arc::new(every_10ms());
+        let mut waited = false;
+        let first = limiter
+            .turn(Class::Behind, Duration::ZERO, || waited = true)
+            .await;
+        assert_eq!(first, Ok(Duration::ZERO));
+        assert!(!waited, "a call that goes at once does not queue");
+        let t0 = tokio::time::Instant::now();
+        let calls: Vec<_> = (0..3)
+            .map(|_| ask(&limiter, Class::Behind, Duration::from_secs(1)))
+            .collect();
+        tokio::task::yield_now().await;
+        assert_eq!(
+            limiter.waiting(),
+            Waiting {
+                ahead: 0,
+                behind: 3
+            }
         );
-        assert!(
-            limiter.reserve(Duration::from_millis(10)).is_err(),
-            "no turn within 10 ms: nothing reserved"
+        let mut at = Vec::new();
+        for c in calls {
+            let (r, when) = c.await.unwrap();
+            assert!(r.is_ok());
+            at.push(when - t0);
+        }
+        let ms = |d: Duration| d.as_millis();
+        assert_eq!(
+            at.iter().copied().map(ms).collect::<Vec<_>>(),
+            vec![10, 20, 30]
         );
-        let fourth = limiter.reserve(Duration::from_secs(1)).unwrap();
-        assert!(fourth > third + Duration::from_millis(90));
+        assert_eq!(limiter.waiting(), Waiting::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ahead_call_passes_every_waiting_behind_call() {
+        let limiter = std::sync::Arc::new(every_10ms());
+        limiter
+            .turn(Class::Behind, Duration::ZERO, || ())
+            .await
+            .unwrap();
+        let t0 = tokio::time::Instant::now();
+        let behind: Vec<_> = (0..3)
+            .map(|_| ask(&limiter, Class::Behind, Duration::from_secs(1)))
+            .collect();
+        tokio::task::yield_now().await;
+        let ahead = ask(&limiter, Class::Ahead, Duration::from_secs(1));
+        let (r, when) = ahead.await.unwrap();
+        assert!(r.is_ok());
+        assert_eq!(
+            (when - t0).as_millis(),
+            10,
+            "the next turn goes to the later, urgent call"
+        );
+        let mut at = Vec::new();
+        for c in behind {
+            at.push((c.await.unwrap().1 - t0).as_millis());
+        }
+        assert_eq!(
+            at,
+            vec![20, 30, 40],
+            "the others keep their order, one turn later"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_is_refused_at_once_when_its_turn_is_too_far() {
+        let limiter = std::sync::Arc::new(every_10ms());
+        limiter
+            .turn(Class::Behind, Duration::ZERO, || ())
+            .await
+            .unwrap();
+        let queued: Vec<_> = (0..5)
+            .map(|_| ask(&limiter, Class::Behind, Duration::from_secs(1)))
+            .collect();
+        tokio::task::yield_now().await;
+        let mut waited = false;
+        let t0 = tokio::time::Instant::now();
+        let r = limiter
+            .turn(Class::Behind, Duration::from_millis(40), || waited = true)
+            .await;
+        assert_eq!(
+            r,
+            Err(Duration::from_millis(60)),
+            "five ahead, then its own turn"
+        );
+        assert_eq!(tokio::time::Instant::now(), t0, "refused without waiting");
+        assert!(!waited);
+        // An urgent call counts only the urgent calls ahead of it.
+        let r = limiter
+            .turn(Class::Ahead, Duration::from_millis(40), || ())
+            .await;
+        assert_eq!(r, Ok(Duration::from_millis(10)));
+        for c in queued {
+            assert!(c.await.unwrap().0.is_ok());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_gives_up_or_is_cancelled_passes_its_turn_on() {
+        let limiter = std::sync::Arc::new(every_10ms());
+        limiter
+            .turn(Class::Behind, Duration::ZERO, || ())
+            .await
+            .unwrap();
+        let t0 = tokio::time::Instant::now();
+        // Waits behind the cancelled head; an urgent call keeps pushing its turn back.
+        let cancelled = ask(&limiter, Class::Behind, Duration::from_secs(1));
+        let patient = ask(&limiter, Class::Behind, Duration::from_secs(1));
+        tokio::task::yield_now().await;
+        cancelled.abort();
+        let (r, when) = patient.await.unwrap();
+        assert!(r.is_ok());
+        assert_eq!(
+            (when - t0).as_millis(),
+            10,
+            "the cancelled head's turn went to the next"
+        );
+        // A renewal that urgent calls keep passing runs out of time, and leaves.
+        let t1 = tokio::time::Instant::now();
+        let starved = ask(&limiter, Class::Behind, Duration::from_millis(25));
+        tokio::task::yield_now().await;
+        let urgent: Vec<_> = (0..4)
+            .map(|_| ask(&limiter, Class::Ahead, Duration::from_secs(1)))
+            .collect();
+        let (r, when) = starved.await.unwrap();
+        assert_eq!(r, Err(Duration::from_millis(25)));
+        assert_eq!((when - t1).as_millis(), 25);
+        for c in urgent {
+            assert!(c.await.unwrap().0.is_ok());
+        }
+        assert_eq!(limiter.waiting(), Waiting::default());
     }
 }

@@ -64,6 +64,8 @@ impl IstioCertificateService for CaService {
             .cloned()
             .unwrap_or_else(Arrival::now);
         arrival.mark_reported();
+        // Set by the gate: handed on while the call waits for its turn at Vault.
+        let slot = request.extensions().get::<gate::Slot>().cloned();
         // Set by the listener; a connection whose call authenticates keeps its place.
         let proof = request.extensions().get::<connections::ConnectionProof>();
         let peer = request.remote_addr();
@@ -120,9 +122,10 @@ impl IstioCertificateService for CaService {
             impersonated_identity: impersonated,
             cert_signer,
         };
+        let on_queue = slot.map(|s| Box::new(move || s.release()) as crate::signer::OnQueue);
         let result = self
             .signer
-            .issue(req, self.request_timeout)
+            .issue(req, self.request_timeout, on_queue)
             .instrument(arrival.span.clone())
             .await;
         let authenticated = match &result {

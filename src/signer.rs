@@ -14,6 +14,7 @@ use crate::authz::{Authorized, Authorizer};
 use crate::bundle::SharedBundle;
 use crate::chain::{self, Expectation, IssuedChain, LeafError, PathCache};
 use crate::csr::{CsrError, CsrPolicy, VerifiedCsr};
+use crate::holders::Workload;
 use crate::identity::SpiffeId;
 use crate::issuance_limits::{IssuanceLimits, RateLimited};
 use crate::metrics::Check;
@@ -121,6 +122,11 @@ pub struct CertificateRequest<'a> {
     pub cert_signer: Option<&'a str>,
 }
 
+/// Runs once if a call has to wait for its turn at Vault (`vault.max_requests_per_second`):
+/// the server hands the call's admission slot on, so calls waiting for Vault's pace do not
+/// hold the slots that calls still to be authenticated need.
+pub type OnQueue = Box<dyn FnOnce() + Send>;
+
 /// A request that passed every local check: what to ask Vault for.
 #[derive(Debug, Clone)]
 pub struct Approved {
@@ -175,6 +181,9 @@ pub struct Signer {
     pub ledger: Option<crate::ledger::Ledger>,
     /// Certificates per identity and per node (`[rate_limits]`).
     pub limits: IssuanceLimits,
+    /// Which workloads hold a valid certificate: renewals wait behind workloads that hold
+    /// none for a turn at Vault.
+    pub holders: crate::holders::Holders,
 }
 
 /// What makes two requests identical: same target, identity, CSR bytes and TTL.
@@ -246,11 +255,12 @@ impl Drop for Slot<'_> {
 impl Signer {
     /// Runs the whole pipeline for one request within `timeout` (`server.request_timeout`): a
     /// request that outlives it is refused naming what it was waiting for, who asked and
-    /// where it was routed, as far as that was known.
+    /// where it was routed, as far as that was known. `on_queue` runs if it waits for Vault.
     pub async fn issue(
         &self,
         req: CertificateRequest<'_>,
         timeout: Duration,
+        on_queue: Option<OnQueue>,
     ) -> Result<Issued, Refusal> {
         let _in_flight = crate::metrics::InFlightGuard::new();
         let deadline = tokio::time::Instant::now() + timeout;
@@ -292,9 +302,22 @@ impl Signer {
                 error: e.into(),
             });
         }
-        let signed = tokio::time::timeout_at(deadline, self.sign_approved(&caller, req, approved));
+        let peer = req.credentials.peer;
+        let now = crate::time::unix(SystemTime::now());
+        let urgency = self
+            .holders
+            .urgency(&Workload::new(&caller, &approved.identity, peer), now);
+        tracing::Span::current().record("urgency", urgency.as_str());
+        let signed = crate::vault::queued(
+            urgency,
+            on_queue,
+            tokio::time::timeout_at(deadline, self.sign_approved(&caller, req, approved)),
+        );
         match signed.await.unwrap_or_else(|_| Err(late("Vault"))) {
             Ok(certified) => {
+                let workload = Workload::new(&caller, &certified.identity, peer);
+                self.holders
+                    .issued(&workload, certified.chain.not_after, now);
                 if let Some(ledger) = &self.ledger {
                     record(ledger, &caller, &certified);
                 }

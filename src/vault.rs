@@ -41,7 +41,7 @@ pub use kv::KvPath;
 use nodes::Nodes;
 pub use nodes::{NodeState, NodeStatus};
 use outbound::Outbound;
-pub use outbound::OutboundStatus;
+pub use outbound::{OutboundStatus, Urgency, queued};
 pub use set::VaultSet;
 pub use target::SignTarget;
 use target::{make_target, namespace_header};

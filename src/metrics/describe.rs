@@ -97,6 +97,14 @@ pub(super) fn describe() {
         "istio_vault_ca_vault_outbound_wait_milliseconds_total",
         "Time calls to Vault spent waiting for a turn under vault.max_requests_per_second, summed"
     );
+    describe_counter!(
+        "istio_vault_ca_slots_handed_on_total",
+        "Calls that handed their server.max_in_flight slot on while they waited for a turn at Vault"
+    );
+    describe_gauge!(
+        "istio_vault_ca_vault_outbound_waiting",
+        "Calls to Vault waiting for a turn now, by urgency (unserved: the workload holds no valid certificate; renewal)"
+    );
     describe_gauge!(
         "istio_vault_ca_queued_requests",
         "CreateCertificate calls waiting for a slot"

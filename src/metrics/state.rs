@@ -55,6 +55,14 @@ pub fn state(s: State) {
                 labels.clone()
             )
             .absolute(u64::try_from(o.waited.as_millis()).unwrap_or(u64::MAX));
+            for (urgency, n) in [
+                (crate::vault::Urgency::Unserved, o.waiting_unserved),
+                (crate::vault::Urgency::Renewal, o.waiting_renewal),
+            ] {
+                let mut labels = labels.clone();
+                labels.push(::metrics::Label::new("urgency", urgency.as_str()));
+                ::metrics::gauge!("istio_vault_ca_vault_outbound_waiting", labels).set(n as f64);
+            }
         }
         if let Some(exp) = v.client_cert_not_after {
             ::metrics::gauge!(

@@ -13,7 +13,7 @@
 //! [`outcome`](super::outcome) like every other refusal, with a precise code.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,10 +65,80 @@ pub struct Gate {
     /// Moving average of how long served calls took once admitted (nanoseconds): what a
     /// waiting call with a deadline keeps in reserve.
     service_nanos: AtomicU64,
+    /// Calls that handed their slot on while they wait for Vault ([`Slot::release`]).
+    released: AtomicUsize,
+}
+
+/// A call's admitted [`Pass`], which the handler may hand on before the call is answered:
+/// while the call waits for its turn at Vault (`vault.max_requests_per_second`) it is
+/// authenticated, holds only its parsed request, and must not keep the slots that calls still
+/// to be authenticated need. At most `server.limits.max_queued` calls wait so at once; beyond
+/// that a call keeps its slot while it waits. The gate puts it in the request's extensions.
+#[derive(Clone)]
+pub struct Slot(Arc<Mutex<Held>>);
+
+enum Held {
+    Pass(Pass),
+    /// Handed on; counted among the calls that wait for Vault without a slot until dropped.
+    Released {
+        _count: Released,
+    },
+    Done,
+}
+
+struct Released(Arc<Gate>);
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        self.0.released.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Slot {
+    fn new(pass: Pass) -> Self {
+        Self(Arc::new(Mutex::new(Held::Pass(pass))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands the slot on, unless `server.limits.max_queued` calls already wait for Vault
+    /// without one (a no-op the second time).
+    pub fn release(&self) {
+        let mut held = self.lock();
+        let Held::Pass(pass) = &*held else {
+            return;
+        };
+        let gate = pass.gate.clone();
+        let under = gate
+            .released
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < gate.limits.max_queued).then_some(n + 1)
+            })
+            .is_ok();
+        if under {
+            crate::metrics::slot_handed_on();
+            let pass = std::mem::replace(
+                &mut *held,
+                Held::Released {
+                    _count: Released(gate),
+                },
+            );
+            drop(held);
+            drop(pass);
+        }
+    }
+
+    /// The call is answered: its slot, or its place among those waiting without one, is free.
+    fn end(&self) {
+        let done = std::mem::replace(&mut *self.lock(), Held::Done);
+        drop(done);
+    }
 }
 
 /// A call's place in the signer: released (and handed to the next waiting peer) when the
-/// call is answered.
+/// call is answered, or earlier through its [`Slot`].
 pub struct Pass {
     gate: Arc<Gate>,
     ip: IpAddr,
@@ -135,6 +205,7 @@ fn request_span() -> tracing::Span {
         serial = Empty,
         route = Empty,
         sign_target = Empty,
+        urgency = Empty,
     )
 }
 
@@ -144,6 +215,7 @@ impl Gate {
             state: Mutex::new(State::new(limits.max_in_flight)),
             limits,
             service_nanos: AtomicU64::new(INITIAL_SERVICE_ESTIMATE.as_nanos() as u64),
+            released: AtomicUsize::new(0),
         })
     }
 
@@ -331,6 +403,8 @@ impl Gate {
         if let Some(arrival) = &arrival {
             req.extensions_mut().insert(arrival.clone());
         }
+        let slot = Slot::new(pass);
+        req.extensions_mut().insert(slot.clone());
         let (parts, body) = req.into_parts();
         let body = tonic::body::Body::new(Deadline::new(body, deadline, self.limits.body_timeout));
         let req = http::Request::from_parts(parts, body);
@@ -340,7 +414,7 @@ impl Gate {
             Ok(r) => r,
             Err(never) => match never {},
         };
-        drop(pass);
+        slot.end();
         let Some(arrival) = arrival.filter(|a| !a.reported()) else {
             // An answered certificate call (trailers carry its status; an error the handler
             // reported comes as a trailers-only response with grpc-status in the headers).
@@ -495,6 +569,51 @@ mod tests {
         }
         quiet.abort();
     }
+    /// A call waiting for Vault hands its slot to the next waiter; at most `max_queued` (8
+    /// here) do so at once, and each counts until it is answered.
+    #[tokio::test]
+    async fn a_handed_on_slot_goes_to_the_next_call_within_the_bound() {
+        let g = gate(1, 16);
+        let slots: Vec<Slot> = {
+            let mut slots = vec![Slot::new(g.enter(ip(1), None).await.unwrap())];
+            for _ in 0..8 {
+                let next = tokio::spawn({
+                    let g = g.clone();
+                    async move { g.enter(ip(1), None).await.map(Slot::new) }
+                });
+                while g.state().queued < 1 {
+                    tokio::task::yield_now().await;
+                }
+                slots.last().unwrap().release();
+                slots.push(next.await.unwrap().expect("the handed-on slot"));
+            }
+            slots
+        };
+        assert_eq!(g.released.load(Ordering::Relaxed), 8);
+        // The ninth call waiting for Vault keeps its slot: the next caller waits.
+        slots[8].release();
+        assert_eq!(g.released.load(Ordering::Relaxed), 8);
+        assert_eq!(g.state().running(ip(1)), 1);
+        assert!(matches!(*slots[8].lock(), Held::Pass(_)));
+        // An answered call that had handed its slot on makes room for another.
+        slots[0].end();
+        slots[0].release();
+        assert_eq!(
+            g.released.load(Ordering::Relaxed),
+            7,
+            "released once, ended once"
+        );
+        slots[8].release();
+        assert_eq!(g.released.load(Ordering::Relaxed), 8);
+        assert_eq!(g.state().running(ip(1)), 0);
+        drop(slots);
+        assert_eq!(
+            g.released.load(Ordering::Relaxed),
+            0,
+            "dropped calls count no more"
+        );
+    }
+
     #[test]
     fn grpc_timeout_follows_the_wire_format() {
         let parse = |v: &str| {

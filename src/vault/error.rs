@@ -28,8 +28,9 @@ pub enum VaultError {
     #[error("Vault node {0} failed its health check while the call waited")]
     NodeDown(String),
     /// The signer's own outbound limit (`vault.max_requests_per_second`) has no turn soon
-    /// enough (the next in this long); Vault was not called.
-    #[error("the signer's limit of calls to Vault is reached; next turn in {0:?}")]
+    /// enough (the call's turn would come in this long, or it waited this long while more
+    /// urgent calls went first); Vault was not called.
+    #[error("the signer's limit of calls to Vault is reached; no turn within {0:?}")]
     Throttled(Duration),
     #[error("Vault refused the caller's credentials: {0}")]
     Delegation(String),

@@ -1,0 +1,232 @@
+//! Which workloads hold a valid certificate that this signer issued: what tells a renewal,
+//! which can wait, from a workload that holds none (a new pod, a restarted ztunnel, a
+//! certificate that expired), whose call goes first among those waiting for Vault
+//! ([`Urgency`]).
+//!
+//! A workload is the credential's subject together with the identity it asked for: the pod
+//! (its UID, from a pod-bound token or a TokenReview) for its own identity, or ztunnel's pod
+//! for a workload's identity it asks for (`ImpersonatedIdentity`); without a pod, the
+//! caller's address. A caller that authenticated with a client certificate proved in the
+//! handshake that it holds a valid one: it renews.
+//!
+//! The signer keeps this in memory only. A renewal that reaches another replica, or this one
+//! after a restart, counts as unserved: a mistake in that direction serves a workload early,
+//! never late. Only issued certificates are entered, so an unauthenticated caller adds
+//! nothing, and the entries are bounded ([`MAX_HOLDERS`]).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use crate::authn::{AuthMethod, Caller};
+use crate::identity::SpiffeId;
+pub use crate::vault::Urgency;
+
+/// Workloads tracked at most (~40 bytes each). Beyond it, after forgetting expired
+/// certificates, a new holder is not entered: its next renewal counts as unserved.
+pub const MAX_HOLDERS: usize = 1 << 18;
+
+/// Who holds a valid certificate, by workload.
+#[derive(Default)]
+pub struct Holders {
+    /// Workload (a keyed hash of its parts) to the NotAfter of its latest certificate (unix
+    /// seconds).
+    not_after: Mutex<HashMap<u64, i64>>,
+    keys: RandomState,
+}
+
+/// The workload a certificate is for.
+pub struct Workload<'a> {
+    caller: &'a Caller,
+    identity: &'a SpiffeId,
+    peer: Option<IpAddr>,
+}
+
+impl<'a> Workload<'a> {
+    /// The workload that `caller` (connected from `peer`) asks `identity` for.
+    pub fn new(caller: &'a Caller, identity: &'a SpiffeId, peer: Option<IpAddr>) -> Self {
+        Self {
+            caller,
+            identity,
+            peer,
+        }
+    }
+}
+
+impl Holders {
+    fn key(&self, w: &Workload<'_>) -> u64 {
+        let mut h = self.keys.build_hasher();
+        w.caller.cluster.hash(&mut h);
+        match &w.caller.pod {
+            Some(pod) => pod.uid.hash(&mut h),
+            None => w.peer.hash(&mut h),
+        }
+        w.identity.hash(&mut h);
+        h.finish()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, i64>> {
+        self.not_after.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `w` holds a certificate valid at `now` (unix seconds).
+    pub fn urgency(&self, w: &Workload<'_>, now: i64) -> Urgency {
+        if w.caller.method == AuthMethod::ClientCert {
+            return Urgency::Renewal;
+        }
+        let key = self.key(w);
+        match self.lock().get(&key) {
+            Some(&not_after) if not_after > now => Urgency::Renewal,
+            _ => Urgency::Unserved,
+        }
+    }
+
+    /// Notes that `w` was issued a certificate valid until `not_after`.
+    pub fn issued(&self, w: &Workload<'_>, not_after: i64, now: i64) {
+        let key = self.key(w);
+        let mut map = self.lock();
+        if map.len() >= MAX_HOLDERS && !map.contains_key(&key) {
+            map.retain(|_, t| *t > now);
+            if map.len() >= MAX_HOLDERS {
+                return;
+            }
+        }
+        map.insert(key, not_after);
+    }
+
+    /// Workloads entered (for tests).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authn::PodRef;
+    use crate::identity::TrustDomain;
+
+    fn caller(method: AuthMethod, pod: Option<&str>) -> Caller {
+        Caller {
+            identity: id("sa"),
+            method,
+            pod: pod.map(|uid| PodRef {
+                name: format!("pod-{uid}"),
+                uid: uid.into(),
+                node: Some("node-1".into()),
+            }),
+            expires: None,
+            cluster: String::new(),
+        }
+    }
+
+    fn id(sa: &str) -> SpiffeId {
+        SpiffeId::new(TrustDomain::new("cluster.local").unwrap(), "default", sa).unwrap()
+    }
+
+    #[test]
+    fn a_pod_renews_until_its_certificate_expires_and_a_new_pod_is_unserved() {
+        let holders = Holders::default();
+        let (a, b) = (
+            caller(AuthMethod::Jwt, Some("uid-a")),
+            caller(AuthMethod::Jwt, Some("uid-b")),
+        );
+        let sa = id("sa");
+        let wa = Workload::new(&a, &sa, None);
+        assert_eq!(holders.urgency(&wa, 100), Urgency::Unserved);
+        holders.issued(&wa, 200, 100);
+        assert_eq!(holders.urgency(&wa, 150), Urgency::Renewal);
+        assert_eq!(
+            holders.urgency(&wa, 200),
+            Urgency::Unserved,
+            "expired: it holds none"
+        );
+        // Another pod of the same service account (a restarted pod) holds nothing yet.
+        assert_eq!(
+            holders.urgency(&Workload::new(&b, &sa, None), 150),
+            Urgency::Unserved
+        );
+    }
+
+    #[test]
+    fn ztunnel_holds_each_identity_apart_and_a_new_ztunnel_holds_none() {
+        let holders = Holders::default();
+        let (z1, z2) = (
+            caller(AuthMethod::Jwt, Some("ztunnel-1")),
+            caller(AuthMethod::Jwt, Some("ztunnel-2")),
+        );
+        let (web, db) = (id("web"), id("db"));
+        holders.issued(&Workload::new(&z1, &web, None), 200, 100);
+        assert_eq!(
+            holders.urgency(&Workload::new(&z1, &web, None), 150),
+            Urgency::Renewal
+        );
+        assert_eq!(
+            holders.urgency(&Workload::new(&z1, &db, None), 150),
+            Urgency::Unserved
+        );
+        assert_eq!(
+            holders.urgency(&Workload::new(&z2, &web, None), 150),
+            Urgency::Unserved
+        );
+    }
+
+    #[test]
+    fn without_a_pod_the_address_tells_workloads_apart_and_a_client_certificate_renews() {
+        let holders = Holders::default();
+        let legacy = caller(AuthMethod::Jwt, None);
+        let sa = id("sa");
+        let (p1, p2) = (
+            Some(IpAddr::from([10, 0, 0, 1])),
+            Some(IpAddr::from([10, 0, 0, 2])),
+        );
+        holders.issued(&Workload::new(&legacy, &sa, p1), 200, 100);
+        assert_eq!(
+            holders.urgency(&Workload::new(&legacy, &sa, p1), 150),
+            Urgency::Renewal
+        );
+        assert_eq!(
+            holders.urgency(&Workload::new(&legacy, &sa, p2), 150),
+            Urgency::Unserved
+        );
+        let vm = caller(AuthMethod::ClientCert, None);
+        assert_eq!(
+            holders.urgency(&Workload::new(&vm, &sa, p2), 150),
+            Urgency::Renewal
+        );
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_forgets_expired_certificates_first() {
+        let holders = Holders::default();
+        let sa = id("sa");
+        let callers: Vec<Caller> = (0..MAX_HOLDERS + 1)
+            .map(|i| caller(AuthMethod::Jwt, Some(&i.to_string())))
+            .collect();
+        for (i, c) in callers[..MAX_HOLDERS].iter().enumerate() {
+            // Half of them expire at 150.
+            let not_after = if i % 2 == 0 { 150 } else { 300 };
+            holders.issued(&Workload::new(c, &sa, None), not_after, 100);
+        }
+        assert_eq!(holders.len(), MAX_HOLDERS);
+        let last = Workload::new(&callers[MAX_HOLDERS], &sa, None);
+        holders.issued(&last, 300, 100);
+        assert_eq!(
+            holders.urgency(&last, 120),
+            Urgency::Unserved,
+            "full of valid ones: not entered"
+        );
+        holders.issued(&last, 300, 200);
+        assert_eq!(
+            holders.len(),
+            MAX_HOLDERS / 2 + 1,
+            "the expired half made room"
+        );
+        assert_eq!(holders.urgency(&last, 250), Urgency::Renewal);
+    }
+}
