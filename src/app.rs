@@ -356,6 +356,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         max_in_flight: config.server.max_in_flight,
         max_in_flight_per_peer: config.server.limits.max_in_flight_per_peer,
         max_queued: config.server.limits.max_queued,
+        max_waiting_for_vault: config.server.limits.max_waiting_for_vault,
         queue_timeout: config.server.queue_timeout,
         body_timeout: config.server.limits.body_timeout,
         max_message_bytes,

@@ -270,6 +270,7 @@ mod tests {
         assert_eq!(c.csr.max_bytes, 16384);
         assert_eq!(c.server.workers, 0, "one serving thread per CPU");
         assert_eq!(c.server.worker_packing, crate::worker::Packing::DEFAULT);
+        assert_eq!(c.server.limits.max_waiting_for_vault, 1024);
     }
 
     #[test]

@@ -9,9 +9,16 @@
 //! caller's address. A caller that authenticated with a client certificate proved in the
 //! handshake that it holds a valid one: it renews.
 //!
+//! A call renews when its workload's last certificate is still valid and at least
+//! [`EARLIEST_RENEWAL_PERCENT`] of its lifetime has gone: agents renew at about half of it
+//! (pilot-agent, ztunnel). A workload asking sooner has lost what it was issued (its proxy
+//! container restarted in the same pod, with the same token) and holds nothing.
+//!
 //! The signer keeps this in memory only. A renewal that reaches another replica, or this one
-//! after a restart, counts as unserved: a mistake in that direction serves a workload early,
-//! never late. Only issued certificates are entered, so an unauthenticated caller adds
+//! after a restart, counts as unserved: that mistake serves a workload early. The one mistake
+//! the other way: a proxy that restarts in the same pod after 30 % of its certificate's
+//! lifetime is taken for a renewal and waits as one would (as every call did before this
+//! order existed). Only issued certificates are entered, so an unauthenticated caller adds
 //! nothing, and the entries are bounded ([`MAX_HOLDERS`]).
 
 use std::collections::HashMap;
@@ -23,17 +30,35 @@ use crate::authn::{AuthMethod, Caller};
 use crate::identity::SpiffeId;
 pub use crate::vault::Urgency;
 
-/// Workloads tracked at most (~40 bytes each). Beyond it, after forgetting expired
+/// Share of a certificate's lifetime (percent) that must have gone before its workload's next
+/// call counts as a renewal: agents renew at about 50 %, pilot-agent and ztunnel with a little
+/// jitter, the fleet simulator at 50 ± 10 %.
+pub const EARLIEST_RENEWAL_PERCENT: i64 = 30;
+
+/// Workloads tracked at most (~48 bytes each). Beyond it, after forgetting expired
 /// certificates, a new holder is not entered: its next renewal counts as unserved.
 pub const MAX_HOLDERS: usize = 1 << 18;
 
 /// Who holds a valid certificate, by workload.
 #[derive(Default)]
 pub struct Holders {
-    /// Workload (a keyed hash of its parts) to the NotAfter of its latest certificate (unix
-    /// seconds).
-    not_after: Mutex<HashMap<u64, i64>>,
+    /// Workload (a keyed hash of its parts) to when its latest certificate was issued and its
+    /// NotAfter (unix seconds).
+    held: Mutex<HashMap<u64, Held>>,
     keys: RandomState,
+}
+
+#[derive(Clone, Copy)]
+struct Held {
+    issued: i64,
+    not_after: i64,
+}
+
+impl Held {
+    fn renews_at(self, now: i64) -> bool {
+        let lifetime = self.not_after - self.issued;
+        now < self.not_after && now >= self.issued + lifetime * EARLIEST_RENEWAL_PERCENT / 100
+    }
 }
 
 /// The workload a certificate is for.
@@ -66,33 +91,39 @@ impl Holders {
         h.finish()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, i64>> {
-        self.not_after.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Held>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether `w` holds a certificate valid at `now` (unix seconds).
+    /// Whether `w` renews a certificate valid at `now` (unix seconds), or holds none.
     pub fn urgency(&self, w: &Workload<'_>, now: i64) -> Urgency {
         if w.caller.method == AuthMethod::ClientCert {
             return Urgency::Renewal;
         }
         let key = self.key(w);
         match self.lock().get(&key) {
-            Some(&not_after) if not_after > now => Urgency::Renewal,
+            Some(held) if held.renews_at(now) => Urgency::Renewal,
             _ => Urgency::Unserved,
         }
     }
 
-    /// Notes that `w` was issued a certificate valid until `not_after`.
+    /// Notes that `w` was issued, at `now`, a certificate valid until `not_after`.
     pub fn issued(&self, w: &Workload<'_>, not_after: i64, now: i64) {
         let key = self.key(w);
         let mut map = self.lock();
         if map.len() >= MAX_HOLDERS && !map.contains_key(&key) {
-            map.retain(|_, t| *t > now);
+            map.retain(|_, held| held.not_after > now);
             if map.len() >= MAX_HOLDERS {
                 return;
             }
         }
-        map.insert(key, not_after);
+        map.insert(
+            key,
+            Held {
+                issued: now,
+                not_after,
+            },
+        );
     }
 
     /// Workloads entered (for tests).
@@ -141,6 +172,16 @@ mod tests {
         assert_eq!(holders.urgency(&wa, 100), Urgency::Unserved);
         holders.issued(&wa, 200, 100);
         assert_eq!(holders.urgency(&wa, 150), Urgency::Renewal);
+        assert_eq!(
+            holders.urgency(&wa, 130),
+            Urgency::Renewal,
+            "30 % of its lifetime gone"
+        );
+        assert_eq!(
+            holders.urgency(&wa, 129),
+            Urgency::Unserved,
+            "asking again this soon, it lost its certificate (a restarted proxy)"
+        );
         assert_eq!(
             holders.urgency(&wa, 200),
             Urgency::Unserved,
@@ -217,7 +258,7 @@ mod tests {
         let last = Workload::new(&callers[MAX_HOLDERS], &sa, None);
         holders.issued(&last, 300, 100);
         assert_eq!(
-            holders.urgency(&last, 120),
+            holders.urgency(&last, 200),
             Urgency::Unserved,
             "full of valid ones: not entered"
         );

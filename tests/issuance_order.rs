@@ -16,9 +16,14 @@ use istio_vault_ca::client::{self, CallOptions, Shape};
 use support::pod_api::token;
 use support::{Env, id};
 
+/// Lifetime of the pods' certificates: short, so that their renewal is due (30 % of it gone,
+/// `holders::EARLIEST_RENEWAL_PERCENT`) a few seconds after they were issued.
+const TTL_SECONDS: i64 = 10;
+
 /// Call options for pod `n` of `default/renewer`, with its own pod-bound token.
 fn pod(env: &Env, n: usize) -> CallOptions {
     let mut opts = env.opts("default", "renewer");
+    opts.ttl_seconds = TTL_SECONDS;
     opts.token = Some(token(
         &env.issuer,
         "default",
@@ -41,7 +46,7 @@ fn waiting(metrics: &str, urgency: &str) -> f64 {
         .unwrap_or(-1.0)
 }
 
-/// Twelve pods hold certificates and renew at once against 4 Vault calls per second (three
+/// Twelve pods hold certificates due for renewal and renew at once against 4 Vault calls per second (three
 /// seconds of turns) through a signer with two admission slots. A new pod that asks while
 /// they wait is served on one of the next turns, before most of them; every renewal is still
 /// served. Were the calls waiting for Vault holding their slots, the new pod would wait behind
@@ -70,6 +75,8 @@ async fn a_pod_without_a_certificate_goes_before_waiting_renewals() {
     }
     let metrics = env.metrics().await;
     assert_eq!(waiting(&metrics, "unserved"), 0.0, "{metrics}");
+    // Until every pod's renewal is due.
+    tokio::time::sleep(Duration::from_secs(4)).await;
 
     // All renew at once; once they wait for turns, a new pod asks.
     // Connections and CSRs first, so that the renewals are sent together.

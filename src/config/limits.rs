@@ -36,6 +36,13 @@ pub const DEFAULT_MAX_HEADER_LIST_SIZE: u32 = 8 * 1024;
 pub const DEFAULT_MAX_IN_FLIGHT_PER_PEER: usize = 16;
 /// Calls waiting for a slot; beyond this a call is refused at once (`ResourceExhausted`).
 pub const DEFAULT_MAX_QUEUED: usize = 1024;
+/// Authenticated calls that wait for their turn at Vault (`vault.max_requests_per_second`)
+/// without holding a slot, so that the admission queue drains into Vault's, where calls for
+/// workloads without a certificate go first. Each holds its parsed request and its handler's
+/// state, ~10–20 KiB more than a call waiting for a slot (fleet runs, docs/benchmarks.md):
+/// 1,024 cost ~10–20 MiB. Beyond it a call keeps its slot while it waits; `0` never hands a
+/// slot on.
+pub const DEFAULT_MAX_WAITING_FOR_VAULT: usize = 1024;
 /// The whole request message must have arrived this long after the call was admitted
 /// (generous: an overloaded signer may be slow to read what the client already sent).
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,6 +67,7 @@ pub struct LimitsConfig {
     pub max_header_list_size: u32,
     pub max_in_flight_per_peer: usize,
     pub max_queued: usize,
+    pub max_waiting_for_vault: usize,
     #[serde(with = "duration")]
     pub body_timeout: Duration,
     pub max_pending_reset_streams: usize,
@@ -78,6 +86,7 @@ impl Default for LimitsConfig {
             max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
             max_in_flight_per_peer: DEFAULT_MAX_IN_FLIGHT_PER_PEER,
             max_queued: DEFAULT_MAX_QUEUED,
+            max_waiting_for_vault: DEFAULT_MAX_WAITING_FOR_VAULT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             max_pending_reset_streams: DEFAULT_MAX_PENDING_RESET_STREAMS,
             max_local_reset_streams: DEFAULT_MAX_LOCAL_RESET_STREAMS,

@@ -397,14 +397,17 @@ fn prepare(
             (Shape::PilotAgent, &rsa[i % rsa.len()])
         };
         let impersonate = place.ztunnel && opts.impersonate;
-        // An impersonating ztunnel presents its own pod-bound token; a sidecar its workload's.
+        // An impersonating ztunnel presents its own pod-bound token; a sidecar its pod's (the
+        // projected token pilot-agent reads is bound to its pod, as the workload's would be).
         let spec = if impersonate {
             let zt = ztunnel_placement(place.node_index);
             let mut spec = TokenSpec::new(&zt.namespace, &zt.service_account);
             spec.pod = Some((zt.pod, zt.uid, zt.node));
             spec
         } else {
-            TokenSpec::new(&place.namespace, &place.service_account)
+            let mut spec = TokenSpec::new(&place.namespace, &place.service_account);
+            spec.pod = Some((place.pod, place.uid, place.node));
+            spec
         };
         let key_of = format!("{}/{}/{:?}", spec.namespace, spec.service_account, spec.pod);
         let token = match tokens.get(&key_of) {

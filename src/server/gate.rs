@@ -41,6 +41,8 @@ pub struct GateLimits {
     pub max_in_flight: usize,
     pub max_in_flight_per_peer: usize,
     pub max_queued: usize,
+    /// Calls that may hand their slot on while they wait for Vault ([`Slot::release`]).
+    pub max_waiting_for_vault: usize,
     /// Longest wait for a slot of a call that carries no `grpc-timeout`.
     pub queue_timeout: Duration,
     pub body_timeout: Duration,
@@ -72,8 +74,9 @@ pub struct Gate {
 /// A call's admitted [`Pass`], which the handler may hand on before the call is answered:
 /// while the call waits for its turn at Vault (`vault.max_requests_per_second`) it is
 /// authenticated, holds only its parsed request, and must not keep the slots that calls still
-/// to be authenticated need. At most `server.limits.max_queued` calls wait so at once; beyond
-/// that a call keeps its slot while it waits. The gate puts it in the request's extensions.
+/// to be authenticated need. At most `server.limits.max_waiting_for_vault` calls wait so at
+/// once; beyond that a call keeps its slot while it waits. The gate puts it in the request's
+/// extensions.
 #[derive(Clone)]
 pub struct Slot(Arc<Mutex<Held>>);
 
@@ -103,8 +106,8 @@ impl Slot {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Hands the slot on, unless `server.limits.max_queued` calls already wait for Vault
-    /// without one (a no-op the second time).
+    /// Hands the slot on, unless `server.limits.max_waiting_for_vault` calls already wait for
+    /// Vault without one (a no-op the second time).
     pub fn release(&self) {
         let mut held = self.lock();
         let Held::Pass(pass) = &*held else {
@@ -114,7 +117,7 @@ impl Slot {
         let under = gate
             .released
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < gate.limits.max_queued).then_some(n + 1)
+                (n < gate.limits.max_waiting_for_vault).then_some(n + 1)
             })
             .is_ok();
         if under {
@@ -499,6 +502,7 @@ mod tests {
             max_in_flight,
             max_in_flight_per_peer: per_peer,
             max_queued: 8,
+            max_waiting_for_vault: 8,
             queue_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(1),
             max_message_bytes: 1024,
@@ -569,8 +573,8 @@ mod tests {
         }
         quiet.abort();
     }
-    /// A call waiting for Vault hands its slot to the next waiter; at most `max_queued` (8
-    /// here) do so at once, and each counts until it is answered.
+    /// A call waiting for Vault hands its slot to the next waiter; at most
+    /// `max_waiting_for_vault` (8 here) do so at once, and each counts until it is answered.
     #[tokio::test]
     async fn a_handed_on_slot_goes_to_the_next_call_within_the_bound() {
         let g = gate(1, 16);
