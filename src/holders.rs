@@ -126,13 +126,9 @@ impl Holders {
         );
     }
 
-    /// Workloads entered (for tests).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -203,43 +199,29 @@ mod tests {
         );
         let (web, db) = (id("web"), id("db"));
         holders.issued(&Workload::new(&z1, &web, None), 200, 100);
-        assert_eq!(
-            holders.urgency(&Workload::new(&z1, &web, None), 150),
-            Urgency::Renewal
-        );
-        assert_eq!(
-            holders.urgency(&Workload::new(&z1, &db, None), 150),
-            Urgency::Unserved
-        );
-        assert_eq!(
-            holders.urgency(&Workload::new(&z2, &web, None), 150),
-            Urgency::Unserved
-        );
+        let at_150 = |c, i| holders.urgency(&Workload::new(c, i, None), 150);
+        assert_eq!(at_150(&z1, &web), Urgency::Renewal);
+        assert_eq!(at_150(&z1, &db), Urgency::Unserved);
+        assert_eq!(at_150(&z2, &web), Urgency::Unserved);
     }
 
     #[test]
     fn without_a_pod_the_address_tells_workloads_apart_and_a_client_certificate_renews() {
         let holders = Holders::default();
-        let legacy = caller(AuthMethod::Jwt, None);
+        let (legacy, vm) = (
+            caller(AuthMethod::Jwt, None),
+            caller(AuthMethod::ClientCert, None),
+        );
         let sa = id("sa");
         let (p1, p2) = (
             Some(IpAddr::from([10, 0, 0, 1])),
             Some(IpAddr::from([10, 0, 0, 2])),
         );
         holders.issued(&Workload::new(&legacy, &sa, p1), 200, 100);
-        assert_eq!(
-            holders.urgency(&Workload::new(&legacy, &sa, p1), 150),
-            Urgency::Renewal
-        );
-        assert_eq!(
-            holders.urgency(&Workload::new(&legacy, &sa, p2), 150),
-            Urgency::Unserved
-        );
-        let vm = caller(AuthMethod::ClientCert, None);
-        assert_eq!(
-            holders.urgency(&Workload::new(&vm, &sa, p2), 150),
-            Urgency::Renewal
-        );
+        let at_150 = |c, p| holders.urgency(&Workload::new(c, &sa, p), 150);
+        assert_eq!(at_150(&legacy, p1), Urgency::Renewal);
+        assert_eq!(at_150(&legacy, p2), Urgency::Unserved);
+        assert_eq!(at_150(&vm, p2), Urgency::Renewal);
     }
 
     #[test]

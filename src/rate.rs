@@ -360,6 +360,14 @@ mod tests {
         Limiter::new(Rate::new(nz(100), Duration::from_secs(1), nz(1)))
     }
 
+    /// A limiter of one turn every 10 ms whose turn for now is taken.
+    async fn spent() -> std::sync::Arc<Limiter> {
+        let limiter = std::sync::Arc::new(every_10ms());
+        let first = limiter.turn(Class::Behind, Duration::ZERO, || ()).await;
+        assert_eq!(first, Ok(Duration::ZERO));
+        limiter
+    }
+
     /// Starts a call for a turn in `class`; its result and when it came, through the handle.
     fn ask(
         limiter: &std::sync::Arc<Limiter>,
@@ -410,11 +418,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_ahead_call_passes_every_waiting_behind_call() {
-        let limiter = std::sync::Arc::new(every_10ms());
-        limiter
-            .turn(Class::Behind, Duration::ZERO, || ())
-            .await
-            .unwrap();
+        let limiter = spent().await;
         let t0 = tokio::time::Instant::now();
         let behind: Vec<_> = (0..3)
             .map(|_| ask(&limiter, Class::Behind, Duration::from_secs(1)))
@@ -441,11 +445,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_call_is_refused_at_once_when_its_turn_is_too_far() {
-        let limiter = std::sync::Arc::new(every_10ms());
-        limiter
-            .turn(Class::Behind, Duration::ZERO, || ())
-            .await
-            .unwrap();
+        let limiter = spent().await;
         let queued: Vec<_> = (0..5)
             .map(|_| ask(&limiter, Class::Behind, Duration::from_secs(1)))
             .collect();
@@ -474,11 +474,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_call_that_gives_up_or_is_cancelled_passes_its_turn_on() {
-        let limiter = std::sync::Arc::new(every_10ms());
-        limiter
-            .turn(Class::Behind, Duration::ZERO, || ())
-            .await
-            .unwrap();
+        let limiter = spent().await;
         let t0 = tokio::time::Instant::now();
         // Waits behind the cancelled head; an urgent call keeps pushing its turn back.
         let cancelled = ask(&limiter, Class::Behind, Duration::from_secs(1));
