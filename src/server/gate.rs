@@ -27,9 +27,11 @@ pub use super::shed::Shed;
 use super::status::Rejection;
 use crate::telemetry::SPAN_TARGET;
 use deadline::{Deadline, grpc_timeout};
+pub use pass::{Pass, Slot};
 use queue::State;
 
 mod deadline;
+mod pass;
 mod queue;
 
 /// The gRPC path of the certificate service's one method.
@@ -69,90 +71,6 @@ pub struct Gate {
     service_nanos: AtomicU64,
     /// Calls that handed their slot on while they wait for Vault ([`Slot::release`]).
     released: AtomicUsize,
-}
-
-/// A call's admitted [`Pass`], which the handler may hand on before the call is answered:
-/// while the call waits for its turn at Vault (`vault.max_requests_per_second`) it is
-/// authenticated, holds only its parsed request, and must not keep the slots that calls still
-/// to be authenticated need. At most `server.limits.max_waiting_for_vault` calls wait so at
-/// once; beyond that a call keeps its slot while it waits. The gate puts it in the request's
-/// extensions.
-#[derive(Clone)]
-pub struct Slot(Arc<Mutex<Held>>);
-
-enum Held {
-    Pass(Pass),
-    /// Handed on; counted among the calls that wait for Vault without a slot until dropped.
-    Released {
-        _count: Released,
-    },
-    Done,
-}
-
-struct Released(Arc<Gate>);
-
-impl Drop for Released {
-    fn drop(&mut self) {
-        self.0.released.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl Slot {
-    fn new(pass: Pass) -> Self {
-        Self(Arc::new(Mutex::new(Held::Pass(pass))))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Hands the slot on, unless `server.limits.max_waiting_for_vault` calls already wait for
-    /// Vault without one (a no-op the second time).
-    pub fn release(&self) {
-        let mut held = self.lock();
-        let Held::Pass(pass) = &*held else {
-            return;
-        };
-        let gate = pass.gate.clone();
-        let under = gate
-            .released
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < gate.limits.max_waiting_for_vault).then_some(n + 1)
-            })
-            .is_ok();
-        if under {
-            crate::metrics::slot_handed_on();
-            let pass = std::mem::replace(
-                &mut *held,
-                Held::Released {
-                    _count: Released(gate),
-                },
-            );
-            drop(held);
-            drop(pass);
-        }
-    }
-
-    /// The call is answered: its slot, or its place among those waiting without one, is free.
-    fn end(&self) {
-        let done = std::mem::replace(&mut *self.lock(), Held::Done);
-        drop(done);
-    }
-}
-
-/// A call's place in the signer: released (and handed to the next waiting peer) when the
-/// call is answered, or earlier through its [`Slot`].
-pub struct Pass {
-    gate: Arc<Gate>,
-    ip: IpAddr,
-}
-
-impl Drop for Pass {
-    fn drop(&mut self) {
-        let mut state = self.gate.state();
-        state.finish(self.ip);
-        state.hand_over(self.gate.limits.max_in_flight_per_peer);
-    }
 }
 
 /// Per-call context the gate hands to the handler through the request's extensions: the
@@ -598,7 +516,7 @@ mod tests {
         slots[8].release();
         assert_eq!(g.released.load(Ordering::Relaxed), 8);
         assert_eq!(g.state().running(ip(1)), 1);
-        assert!(matches!(*slots[8].lock(), Held::Pass(_)));
+        assert!(slots[8].holds_pass());
         // An answered call that had handed its slot on makes room for another.
         slots[0].end();
         slots[0].release();
