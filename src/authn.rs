@@ -168,7 +168,8 @@ impl Authenticator {
             TokenVerifier::Local(jwt) => (jwt.verify(token).await?, self.cache.max_age),
             TokenVerifier::Review(reviewer, max_age) => {
                 let start = Instant::now();
-                let reviewed = reviewer.review(token, creds.peer).await;
+                // Boxed: the review's HTTP call would otherwise size every request's future.
+                let reviewed = Box::pin(reviewer.review(token, creds.peer)).await;
                 let result = match &reviewed {
                     Ok(_) => "authenticated",
                     Err(AuthnError::ReviewUnavailable(_)) => "unavailable",

@@ -220,8 +220,10 @@ impl InFlight {
             key,
             cell,
         };
+        // Boxed: the Vault call's future is most of a request's; unboxed, every future above
+        // it would be as large and copied whole each time one is handed to the next.
         slot.cell
-            .get_or_init(|| vault.sign(&target.vault, a.csr.pem(), &a.identity, a.ttl))
+            .get_or_init(|| Box::pin(vault.sign(&target.vault, a.csr.pem(), &a.identity, a.ttl)))
             .await
             .clone()
     }
@@ -366,19 +368,22 @@ impl Signer {
             deduplicated = false,
         );
         let signed = match (&self.delegation, delegated_jwt) {
+            // Boxed, as the shared call's is (`InFlight::sign`).
             (Some(delegation), Some(jwt)) => {
-                self.vault
-                    .delegated_sign(
-                        delegation,
-                        &approved.decision.target.vault,
-                        jwt,
-                        caller.expires,
-                        approved.csr.pem(),
-                        &approved.identity,
-                        approved.ttl,
-                    )
-                    .instrument(vault_span)
-                    .await?
+                Box::pin(
+                    self.vault
+                        .delegated_sign(
+                            delegation,
+                            &approved.decision.target.vault,
+                            jwt,
+                            caller.expires,
+                            approved.csr.pem(),
+                            &approved.identity,
+                            approved.ttl,
+                        )
+                        .instrument(vault_span),
+                )
+                .await?
             }
             _ => {
                 self.in_flight
@@ -519,5 +524,28 @@ fn record(ledger: &crate::ledger::Ledger, caller: &Caller, certified: &Certified
     crate::metrics::ledger_record(queued);
     if !queued {
         tracing::warn!(identity = %identity, serial = %chain.serial, "issued-certificate ledger queue full: this certificate is not recorded (see ledger.max_pending)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, read from its type without calling it.
+    fn future_size<'a, F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(&'a Signer, CertificateRequest<'a>, Duration, Option<OnQueue>) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every request's future is allocated, and handed up the handler's layers by copying:
+    /// the Vault call and the rare paths (TokenReview, a JWKS refetch) are boxed so that it
+    /// stays a few KiB. Unboxed it was 11.5 KiB in release builds, copied whole ~4 times per
+    /// request (callgrind: 69 k of the process's 2.14 M instructions per request in `memcpy`).
+    #[test]
+    fn a_request_future_stays_small() {
+        let size = future_size(Signer::issue);
+        assert!(size <= 4096, "Signer::issue's future is {size} bytes");
     }
 }

@@ -146,20 +146,25 @@ impl JwtVerifier {
 
     /// Verifies `token` and extracts the caller's identity.
     pub async fn verify(&self, token: &str) -> Result<Caller, AuthnError> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| AuthnError::Malformed(short_error(&e)))?;
-        let validation = self
-            .validation
-            .get(&header.alg)
-            .ok_or_else(|| AuthnError::Algorithm(format!("{:?}", header.alg)))?;
-        let kid = header.kid;
+        // Only the key ID outlives the header (held across the refetch, it would size the future).
+        let (validation, kid) = {
+            let header = jsonwebtoken::decode_header(token)
+                .map_err(|e| AuthnError::Malformed(short_error(&e)))?;
+            let validation = self
+                .validation
+                .get(&header.alg)
+                .ok_or_else(|| AuthnError::Algorithm(format!("{:?}", header.alg)))?;
+            (validation, header.kid)
+        };
         let verify = || {
             crate::metrics::checked(crate::metrics::Check::Token, || {
                 self.verify_with_current_keys(token, kid.as_deref(), validation)
             })
         };
         let mut result = verify();
-        if matches!(result, Err(AuthnError::UnknownKey(_))) && self.refetch(false).await.is_ok() {
+        if matches!(result, Err(AuthnError::UnknownKey(_)))
+            && Box::pin(self.refetch(false)).await.is_ok()
+        {
             result = verify();
         }
         let claims = result?;

@@ -61,16 +61,19 @@ tokio::task_local! {
 
 /// Runs `fut`, whose calls to Vault wait for their turns as `urgency` says, running `on_wait`
 /// the first time one of them has to wait.
-pub async fn queued<F: Future>(
+///
+/// A plain function, not an `async fn`: an `async fn` would hold `fut` twice (as its argument
+/// and inside the scope it awaits), doubling the size of every request's future.
+pub fn queued<F: Future>(
     urgency: Urgency,
     on_wait: Option<Box<dyn FnOnce() + Send>>,
     fut: F,
-) -> F::Output {
+) -> impl Future<Output = F::Output> {
     let queueing = Queueing {
         urgency,
         on_wait: Cell::new(on_wait),
     };
-    QUEUEING.scope(queueing, fut).await
+    QUEUEING.scope(queueing, fut)
 }
 
 /// The limiter and what it did, for the metrics.
