@@ -105,6 +105,7 @@ impl IstioCertificateService for CaService {
                         caller: None,
                         requested: None,
                         routed: None,
+                        urgency: None,
                     },
                 );
                 return Err(status);
@@ -136,8 +137,12 @@ impl IstioCertificateService for CaService {
             proof.prove();
         }
         match result {
-            Ok(Issued { caller, certified }) => {
-                outcome::issued(&call, &caller, &certified);
+            Ok(Issued {
+                caller,
+                certified,
+                urgency,
+            }) => {
+                outcome::issued(&call, &caller, &certified, urgency);
                 Ok(Response::new(IstioCertificateResponse {
                     cert_chain: certified.chain.elements,
                 }))
@@ -145,6 +150,7 @@ impl IstioCertificateService for CaService {
             Err(Refusal {
                 caller,
                 routed,
+                urgency,
                 error,
             }) => {
                 let request_id = outcome::RequestId::next();
@@ -159,6 +165,7 @@ impl IstioCertificateService for CaService {
                         caller: caller.as_ref(),
                         requested: error.requested(),
                         routed: routed.as_ref(),
+                        urgency,
                     },
                 );
                 Err(status)

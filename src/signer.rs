@@ -21,7 +21,7 @@ use crate::metrics::Check;
 use crate::routing::{Decision, RouteError, SharedRoutes};
 use crate::telemetry::SPAN_TARGET;
 use crate::ttl::TtlError;
-use crate::vault::{SignedCert, VaultClient, VaultError};
+use crate::vault::{SignedCert, Urgency, VaultClient, VaultError};
 use tracing::Instrument;
 
 /// Slack allowed between the TTL asked of Vault and the leaf's NotAfter (clock skew, rounding).
@@ -90,6 +90,8 @@ impl IssueError {
 pub struct Refusal {
     pub caller: Option<Caller>,
     pub routed: Option<Routed>,
+    /// Its place in Vault's queue, once it got that far.
+    pub urgency: Option<Urgency>,
     pub error: IssueError,
 }
 
@@ -156,6 +158,8 @@ pub struct Certified {
 pub struct Issued {
     pub caller: Caller,
     pub certified: Certified,
+    /// Its place in Vault's queue: a workload without a valid certificate, or a renewal.
+    pub urgency: Urgency,
 }
 
 /// Everything needed to decide on and fulfil a request.
@@ -279,6 +283,7 @@ impl Signer {
         .map_err(|error| Refusal {
             caller: None,
             routed: None,
+            urgency: None,
             error,
         })?;
         let approved = match self.approve(&caller, &req) {
@@ -287,6 +292,7 @@ impl Signer {
                 return Err(Refusal {
                     caller: Some(caller),
                     routed: None,
+                    urgency: None,
                     error,
                 });
             }
@@ -301,6 +307,7 @@ impl Signer {
             return Err(Refusal {
                 caller: Some(caller),
                 routed: Some(routed),
+                urgency: None,
                 error: e.into(),
             });
         }
@@ -323,11 +330,16 @@ impl Signer {
                 if let Some(ledger) = &self.ledger {
                     record(ledger, &caller, &certified);
                 }
-                Ok(Issued { caller, certified })
+                Ok(Issued {
+                    caller,
+                    certified,
+                    urgency,
+                })
             }
             Err(error) => Err(Refusal {
                 caller: Some(caller),
                 routed: Some(routed),
+                urgency: Some(urgency),
                 error,
             }),
         }

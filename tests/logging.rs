@@ -177,6 +177,11 @@ async fn one_json_line_per_request_and_no_secrets() {
     assert!(issued["duration_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(issued["route"], "default");
     assert_eq!(issued["sign_target"], "default");
+    // Its place in Vault's queue: the pod held no certificate. Named once the call got that
+    // far (Vault refused the last one), absent for a call refused before (authentication).
+    assert_eq!(issued["urgency"], "unserved");
+    assert!(requests[5]["urgency"].is_string(), "{}", requests[5]);
+    assert!(requests[1].get("urgency").is_none(), "{}", requests[1]);
     // For people and log pipelines: the peer as an address, durations to the microsecond.
     let peer = issued["peer"].as_str().unwrap();
     assert!(
@@ -262,6 +267,9 @@ async fn one_json_line_per_request_and_no_secrets() {
     assert_eq!(issued["cluster"], "Kubernetes");
     assert_eq!(issued["route"], "default");
     assert_eq!(issued["sign_target"], "default");
+    assert_eq!(issued["urgency"], "unserved");
+    assert!(decisions[5]["urgency"].is_string(), "{}", decisions[5]);
+    assert!(decisions[1].get("urgency").is_none(), "{}", decisions[1]);
     // For people and log pipelines: the peer as an address, durations to the microsecond.
     let peer = issued["peer"].as_str().unwrap();
     assert!(

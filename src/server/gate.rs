@@ -407,6 +407,7 @@ fn report(
             caller: None,
             requested: None,
             routed: None,
+            urgency: None,
         },
     );
 }

@@ -12,6 +12,7 @@ use tonic::{Code, Status};
 use crate::authn::Caller;
 use crate::signer::{Certified, Routed};
 use crate::telemetry::{AUDIT_TARGET, REQUEST_TARGET};
+use crate::vault::Urgency;
 
 /// Where and when a call arrived.
 pub struct Call<'a> {
@@ -63,10 +64,12 @@ pub struct Refused<'a> {
     pub requested: Option<&'a str>,
     /// Where the call was routed, when it got that far.
     pub routed: Option<&'a Routed>,
+    /// Its place in Vault's queue, when it got that far.
+    pub urgency: Option<Urgency>,
 }
 
 /// Reports an issued certificate.
-pub fn issued(call: &Call<'_>, caller: &Caller, certified: &Certified) {
+pub fn issued(call: &Call<'_>, caller: &Caller, certified: &Certified, urgency: Urgency) {
     let Certified {
         identity,
         routed,
@@ -101,6 +104,7 @@ pub fn issued(call: &Call<'_>, caller: &Caller, certified: &Certified) {
         clamped,
         route = &*routed.route,
         sign_target = &*routed.target,
+        urgency = urgency.as_str(),
         duration_ms = millis(took),
         peer = %Peer(call.peer),
         "CreateCertificate"
@@ -121,6 +125,7 @@ pub fn issued(call: &Call<'_>, caller: &Caller, certified: &Certified) {
         clamped,
         route = &*routed.route,
         sign_target = &*routed.target,
+        urgency = urgency.as_str(),
         peer = %Peer(call.peer),
         "certificate issued"
     );
@@ -163,6 +168,7 @@ pub fn refused(call: &Call<'_>, r: Refused<'_>) {
         request_id = %r.request_id,
         route,
         sign_target,
+        urgency = r.urgency.map(Urgency::as_str),
         duration_ms = millis(took),
         peer = %Peer(call.peer),
         "CreateCertificate"
@@ -182,6 +188,7 @@ pub fn refused(call: &Call<'_>, r: Refused<'_>) {
         request_id = %r.request_id,
         route,
         sign_target,
+        urgency = r.urgency.map(Urgency::as_str),
         peer = %Peer(call.peer),
         "certificate refused"
     );
