@@ -64,6 +64,10 @@ async fn a_small_fleet_keeps_its_certificates_through_a_drain_and_a_vault_outage
     let opts = FleetOptions {
         workloads: 200,
         nodes,
+        // The fleet comes up over 2 s. All at once, its last pod would wait (200 - 4) / 40 =
+        // 4.9 s for Vault's pace against the 5 s after which a new pod counts as uncovered
+        // (`NEW_POD_GRACE`): a test of the machine's speed, not of the signer.
+        ramp: Duration::from_secs(2),
         lifetime: Duration::from_secs(30),
         duration: Duration::from_secs(30),
         new_pods_per_second: 2.0,
