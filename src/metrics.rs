@@ -227,6 +227,11 @@ pub fn connection_refused(reason: &'static str) {
         .increment(1);
 }
 
+/// A refusal beyond its connection's budget, which paused the connection (`server::pace`).
+pub fn refusal_paced() {
+    ::metrics::counter!("istio_vault_ca_paced_refusals_total").increment(1);
+}
+
 /// How busy each serving thread was over its last measurement (`crate::worker`), 1-based.
 pub fn serving_thread_busy(busy: impl Iterator<Item = f64>) {
     for (i, share) in busy.enumerate() {

@@ -235,6 +235,38 @@ impl Limiter {
     }
 }
 
+/// One bucket whose owner is never refused: every event is counted, and the owner learns how
+/// far over its rate it has gone (how long until the bucket has room for the next event).
+/// Used to pace a connection whose calls keep being refused (`server::pace`).
+pub struct Debt {
+    rate: Rate,
+    start: tokio::time::Instant,
+    /// The bucket's "full again" time (nanoseconds since `start`).
+    tat: u64,
+}
+
+impl Debt {
+    pub fn new(rate: Rate) -> Self {
+        Self {
+            rate,
+            start: tokio::time::Instant::now(),
+            tat: 0,
+        }
+    }
+
+    /// Counts one event and returns how long until the bucket has room for the next: zero
+    /// within the burst, one interval more for each event beyond it. The debt is kept at most
+    /// `horizon` beyond an empty bucket, so an owner that stops is even again within
+    /// `horizon`.
+    pub fn add(&mut self, horizon: Duration) -> Duration {
+        let now = nanos(self.start.elapsed());
+        let tolerance = nanos(self.rate.tolerance());
+        let tat = self.tat.max(now).saturating_add(nanos(self.rate.interval));
+        self.tat = tat.min(now.saturating_add(tolerance).saturating_add(nanos(horizon)));
+        Duration::from_nanos(self.tat.saturating_sub(tolerance).saturating_sub(now))
+    }
+}
+
 /// Keys tracked at most; beyond it (after dropping full buckets) a new key is not limited and
 /// the overflow is reported by [`KeyedLimiter::check`]'s caller through [`Verdict::Untracked`].
 pub const MAX_TRACKED_KEYS: usize = 100_000;
@@ -337,6 +369,28 @@ mod tests {
             tat = rate.decide(tat, 100 * s, Duration::ZERO).unwrap().0;
         }
         assert!(rate.decide(tat, 100 * s, Duration::ZERO).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_debt_grows_one_interval_per_event_beyond_the_burst_and_is_capped() {
+        // 10 a second, 3 at once.
+        let mut debt = Debt::new(Rate::new(nz(10), Duration::from_secs(1), nz(3)));
+        let ms = Duration::from_millis;
+        // Two events leave room; the third empties the bucket: the next has room in 100 ms.
+        assert_eq!(debt.add(ms(500)), Duration::ZERO);
+        assert_eq!(debt.add(ms(500)), Duration::ZERO);
+        assert_eq!(debt.add(ms(500)), ms(100));
+        assert_eq!(debt.add(ms(500)), ms(200));
+        // However many more, at most the horizon.
+        for _ in 0..20 {
+            debt.add(ms(500));
+        }
+        assert_eq!(debt.add(ms(500)), ms(500));
+        // Paid off at the rate: room again after 500 ms, a full bucket after 700 ms.
+        tokio::time::advance(ms(800)).await;
+        assert_eq!(debt.add(ms(500)), Duration::ZERO);
+        assert_eq!(debt.add(ms(500)), Duration::ZERO);
+        assert_eq!(debt.add(ms(500)), ms(100));
     }
 
     #[test]

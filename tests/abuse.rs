@@ -182,16 +182,13 @@ async fn flood_connection(
 }
 
 /// How often a flooding connection replaces a stream the signer answered. Every answer is a
-/// refusal (the slots and the queue are full), and the unoptimized test build answers ~6,000
-/// a second on two cores: at every 10 ms, 480 connections would ask for 48,000, a flood of the
-/// signer's CPU rather than of its slots, which slows every call on its serving threads
-/// (docs/security-model.md, "CPU"). The release build answers the 10 ms flood with its CPU
-/// to spare.
-const REPLACE_EVERY: Duration = if cfg!(debug_assertions) {
-    Duration::from_millis(100)
-} else {
-    Duration::from_millis(10)
-};
+/// refusal (the slots and the queue are full): 480 connections would ask for 48,000 a second,
+/// a flood of the signer's CPU rather than of its slots (the unoptimized test build refuses
+/// ~6,000 a second on two cores). Each connection is paced once it has been refused more than
+/// its budget (`server.limits.max_refusals_per_second`), so the signer answers ~10 a second
+/// per connection, and legitimate calls are served in both builds. Before pacing, the
+/// unoptimized build did not answer a legitimate call within 10 s under this flood.
+const REPLACE_EVERY: Duration = Duration::from_millis(10);
 
 /// Samples the signer's RSS every 50 ms while `stop` is unset; returns the peak (KiB).
 fn watch_rss(signer: &Signer, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
@@ -647,4 +644,126 @@ async fn idle_connections_are_closed() {
         .ok();
     let took = start.elapsed();
     assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+}
+
+/// How long the refusal flood of `a_connection_whose_calls_keep_being_refused_is_paced` runs.
+const REFUSAL_FLOOD: Duration = Duration::from_secs(4);
+
+/// One connection (from 127.0.0.2) keeps every stream it may open busy with calls the signer
+/// refuses (a token that is not a JWT, an empty message), replacing each at once. The signer
+/// answers its burst, then stops reading that connection for a while each time it is over its
+/// budget (`server.limits.max_refusals_per_second`, 10 a second, burst 32; docs/security-model.md),
+/// so over the flood it is answered at most burst + flood × max(10, 32 streams / 4 s pause)
+/// and a read's worth of streams at each end; unpaced, the unoptimized build answers one such
+/// connection over 4,000 a second. Meanwhile an agent's call on its own connection is served,
+/// and once the attacker stops being refused the same connection is served again: a pause
+/// only delays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_calls_keep_being_refused_is_paced() {
+    let _one = ONE_FLOOD.lock().await;
+    let extra = std::env::var("ABUSE_EXTRA")
+        .unwrap_or_default()
+        .replace("\\n", "\n");
+    let (_bao, signer, _idle) = Signer::warmed(&extra).await;
+    let tcp = tcp_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), signer.addr)
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tls_connector(&signer.ca_pem)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+
+    let refused = Arc::new(AtomicUsize::new(0));
+    let streams = Arc::new(tokio::sync::Semaphore::new(32));
+    let flood = {
+        let (send, refused, streams) = (send.clone(), refused.clone(), streams.clone());
+        tokio::spawn(async move {
+            let empty = Bytes::from_static(&[0, 0, 0, 0, 0]);
+            loop {
+                let permit = streams.clone().acquire_owned().await.unwrap();
+                let mut ready = send.clone().ready().await.expect("connection open");
+                let req = support::raw_h2::request(&[("authorization", "Bearer not-a-jwt")]);
+                let (response, mut body) = ready.send_request(req, false).unwrap();
+                body.send_data(empty.clone(), true).unwrap();
+                let refused = refused.clone();
+                tokio::spawn(async move {
+                    let response = response.await.expect("an answer");
+                    let code = response.headers().get("grpc-status").cloned();
+                    assert_eq!(code.as_ref().map(|c| c.as_bytes()), Some(&b"16"[..]));
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    drop(permit);
+                });
+            }
+        })
+    };
+    // An agent on its own connection is not slowed by the paced one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let agent = signer
+        .legit(Shape::PilotAgent, "agent", Duration::from_secs(10))
+        .await
+        .expect("an agent's call during the refusal flood");
+    tokio::time::sleep(REFUSAL_FLOOD.saturating_sub(Duration::from_millis(500) + agent)).await;
+    flood.abort();
+    let answered = refused.load(Ordering::Relaxed);
+
+    // The same connection, no longer refused, is served: its pause only delayed it.
+    let _all = streams.acquire_many(32).await.unwrap();
+    let start = Instant::now();
+    let want = id("default", "attacker");
+    let kc = client::generate_csr(Shape::PilotAgent, &want).unwrap();
+    let opts = client::CallOptions {
+        token: Some(
+            signer
+                .issuer
+                .token(&TokenSpec::new("default", "attacker"))
+                .unwrap(),
+        ),
+        cluster_id: Some("Kubernetes".into()),
+        ttl_seconds: 3600,
+        impersonate: None,
+        cert_signer: None,
+    };
+    let call = client::build_request(Shape::PilotAgent, &kc.csr_pem, &want, &opts).unwrap();
+    let headers = call.metadata().clone().into_headers();
+    let mut message = vec![0];
+    let encoded = prost::Message::encode_to_vec(call.get_ref());
+    message.extend_from_slice(&u32::try_from(encoded.len()).unwrap().to_be_bytes());
+    message.extend_from_slice(&encoded);
+    let mut req = support::raw_h2::request(&[]);
+    req.headers_mut().extend(headers);
+    let mut ready = send.ready().await.unwrap();
+    let (response, mut body) = ready.send_request(req, false).unwrap();
+    body.send_data(Bytes::from(message), true).unwrap();
+    let served = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut body = response.await.unwrap().into_body();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        body.trailers().await.unwrap()
+    })
+    .await
+    .expect("the paced connection served again")
+    .expect("trailers");
+    let resumed = start.elapsed();
+    let text = signer.metrics().await;
+    let paced = sample(&text, "istio_vault_ca_paced_refusals_total").unwrap_or(0.0);
+    eprintln!(
+        "refusal flood: {answered} refusals answered in {REFUSAL_FLOOD:?} on one connection, \
+         {paced} of them paced; agent served in {agent:?}; the connection served again after {resumed:?}"
+    );
+    assert_eq!(
+        served.get("grpc-status").map(|c| c.as_bytes()),
+        Some(&b"0"[..]),
+        "{served:?}"
+    );
+    let bound = 32 + 32 + REFUSAL_FLOOD.as_secs() as usize * 10 + 32;
+    assert!(
+        answered <= bound,
+        "{answered} refusals answered on one connection in {REFUSAL_FLOOD:?} (bound {bound})"
+    );
+    assert!(paced > 0.0, "no refusal was paced\n{text}");
 }

@@ -3,11 +3,13 @@
 //! memory and work an unauthenticated client can cause is bounded by these numbers (the
 //! arithmetic is in docs/security-model.md).
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::{ConfigError, duration};
+use crate::rate::Rate;
 
 /// Open connections (TLS handshakes in progress included). Sized for the shipped 256Mi memory
 /// limit: a connection, its streams and their unread data cost at most ~160 KiB (measured
@@ -51,6 +53,14 @@ pub const DEFAULT_MAX_PENDING_RESET_STREAMS: usize = 20;
 /// Streams the server may have to reset because of client errors before it closes the
 /// connection (MadeYouReset, CVE-2025-8671; unbounded when the option is unset).
 pub const DEFAULT_MAX_LOCAL_RESET_STREAMS: usize = 128;
+/// Refusals of the caller's making (unauthenticated, not permitted, malformed, over a limit)
+/// one connection is answered per second before it is paced (`server::pace`): not read for
+/// a while, so that it cannot keep the serving threads busy with refusals. An agent is
+/// refused at the pace of its retries (seconds apart); `0` turns pacing off.
+pub const DEFAULT_MAX_REFUSALS_PER_SECOND: u32 = 10;
+/// Refusals one connection is answered at once before the rate above applies: a ztunnel
+/// multiplexes its node's calls on one connection, and a full queue refuses them together.
+pub const DEFAULT_REFUSAL_BURST: u32 = 32;
 
 /// Bounds on connections, streams and queued calls, all before authentication.
 #[derive(Debug, Clone, Deserialize)]
@@ -72,6 +82,8 @@ pub struct LimitsConfig {
     pub body_timeout: Duration,
     pub max_pending_reset_streams: usize,
     pub max_local_reset_streams: usize,
+    pub max_refusals_per_second: u32,
+    pub refusal_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -90,11 +102,20 @@ impl Default for LimitsConfig {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             max_pending_reset_streams: DEFAULT_MAX_PENDING_RESET_STREAMS,
             max_local_reset_streams: DEFAULT_MAX_LOCAL_RESET_STREAMS,
+            max_refusals_per_second: DEFAULT_MAX_REFUSALS_PER_SECOND,
+            refusal_burst: DEFAULT_REFUSAL_BURST,
         }
     }
 }
 
 impl LimitsConfig {
+    /// The refusals one connection is answered before it is paced; `None`: never paced.
+    pub fn refusal_rate(&self) -> Option<Rate> {
+        let per_second = NonZeroU32::new(self.max_refusals_per_second)?;
+        let burst = NonZeroU32::new(self.refusal_burst)?;
+        Some(Rate::new(per_second, Duration::from_secs(1), burst))
+    }
+
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         for (key, value) in [
             ("server.limits.max_connections", self.max_connections),
@@ -119,6 +140,7 @@ impl LimitsConfig {
                 "server.limits.max_pending_reset_streams",
                 self.max_pending_reset_streams,
             ),
+            ("server.limits.refusal_burst", self.refusal_burst as usize),
         ] {
             if value == 0 {
                 return Err(ConfigError::invalid(key, "must be at least 1"));

@@ -24,6 +24,8 @@ use super::connections::{ConnectionSlot, Connections};
 use super::cork::cork;
 use super::executor::CallExecutor;
 use super::gate::Gate;
+use super::log_limit::LogLimit;
+use super::pace::{Paced, RefusalPace};
 use super::quickack::QuickAck;
 use crate::config::LimitsConfig;
 use crate::worker::Workers;
@@ -196,23 +198,15 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// One line per refusal reason at most every 10 s, with the count since the last one: a flood
-/// must not become a flood of log lines. Metrics count every refusal.
+/// One line per refusal at most every 10 s, with the count since the last one.
 fn refused_log(reason: &'static str) {
-    static LAST: Mutex<Option<(std::time::Instant, u64)>> = Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-    let now = std::time::Instant::now();
-    match last.as_mut() {
-        Some((at, n)) if now.duration_since(*at) < Duration::from_secs(10) => *n += 1,
-        _ => {
-            let suppressed = last.map_or(0, |(_, n)| n);
-            tracing::warn!(
-                reason,
-                suppressed,
-                "refusing connections: connection limit reached (see server.limits)"
-            );
-            *last = Some((now, 0));
-        }
+    static LIMIT: LogLimit = LogLimit::new();
+    if let Some(suppressed) = LIMIT.due() {
+        tracing::warn!(
+            reason,
+            suppressed,
+            "refusing connections: connection limit reached (see server.limits)"
+        );
     }
 }
 
@@ -277,25 +271,32 @@ async fn connection(port: Arc<Port>, tcp: TcpStream, peer: SocketAddr, slot: Con
         active: AtomicUsize::new(0),
         idle_since: Mutex::new(Instant::now()),
     });
+    let pace = Arc::new(RefusalPace::new(peer, options.limits.refusal_rate()));
     let service = {
         let activity = activity.clone();
+        let pace = pace.clone();
         let proof = slot.proof();
         let (gate, routes) = (gate.clone(), routes.clone());
         hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             let call = activity.begin();
             req.extensions_mut().insert(info.clone());
             req.extensions_mut().insert(proof.clone());
-            let (gate, routes) = (gate.clone(), routes.clone());
+            let (gate, routes, pace) = (gate.clone(), routes.clone(), pace.clone());
             async move {
                 let response = gate.run(Some(peer), req, routes).await;
+                pace.answered(&response);
                 drop(call);
                 Ok::<_, std::convert::Infallible>(response)
             }
         })
     };
     // One write per poll of the connection: a unary answer's three frames leave together.
+    // Not polled at all while it is paced for its refusals.
     let (io, cork) = cork(tls);
-    let mut conn = cork.drive(http.serve_connection(TokioIo::new(io), service));
+    let mut conn = Paced::new(
+        cork.drive(http.serve_connection(TokioIo::new(io), service)),
+        &pace,
+    );
     let idle_timeout = || {
         if slot.is_proven() {
             options.limits.idle_timeout
@@ -325,11 +326,11 @@ async fn connection(port: Arc<Port>, tcp: TcpStream, peer: SocketAddr, slot: Con
             }
             _ = &mut age, if closing_at.is_none() => {
                 closing_at = Some(Instant::now());
-                conn.conn().graceful_shutdown();
+                conn.get_mut().conn().graceful_shutdown();
             }
             _ = &mut stop, if closing_at.is_none() => {
                 closing_at = Some(Instant::now());
-                conn.conn().graceful_shutdown();
+                conn.get_mut().conn().graceful_shutdown();
             }
             () = slot.evicted() => {
                 tracing::debug!(%peer, "connection evicted: the table was full and it had not authenticated a call");
@@ -339,7 +340,7 @@ async fn connection(port: Arc<Port>, tcp: TcpStream, peer: SocketAddr, slot: Con
                 match activity.idle_deadline(idle_timeout()) {
                     Some(at) if at <= Instant::now() => {
                         closing_at = Some(Instant::now());
-                        conn.conn().graceful_shutdown();
+                        conn.get_mut().conn().graceful_shutdown();
                     }
                     Some(at) => idle_check = at,
                     None => idle_check = Instant::now() + idle_timeout(),
