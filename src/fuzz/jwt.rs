@@ -20,16 +20,19 @@ fn jwt_fixture() -> &'static JwtFixture {
             .build()
             .expect("runtime");
         let issuer = DevIssuer::generate(DEFAULT_ISSUER).expect("issuer");
-        // Read once here; the file is only needed if a token names an unknown key.
+        // Read once here, then removed so that nothing is left behind: a token naming an
+        // unknown key makes the verifier read it again, which then fails like an unreadable
+        // JWKS file in production (the token is refused either way).
         let path = std::env::temp_dir().join(format!("ivca-fuzz-jwks-{}.json", std::process::id()));
         std::fs::write(&path, issuer.jwks_json()).expect("jwks");
         let config = JwtConfig {
-            jwks_file: Some(path),
+            jwks_file: Some(path.clone()),
             ..JwtConfig::default()
         };
         let verifier = runtime
             .block_on(crate::authn::JwtVerifier::new(&config, td()))
             .expect("verifier");
+        let _ = std::fs::remove_file(&path);
         JwtFixture {
             runtime,
             issuer,

@@ -94,7 +94,7 @@ target = "pci"
             crate::vault::VaultClient::new(&config.vault).expect("client"),
         );
         let source = crate::routing::TrustSource::from_config(&config);
-        runtime
+        let table = runtime
             .block_on(crate::routing::RouteTable::load(
                 &config,
                 &vault,
@@ -102,7 +102,10 @@ target = "pci"
                 None,
                 Some(labels),
             ))
-            .expect("table")
+            .expect("table");
+        // Everything was read: leave nothing behind in the temporary directory.
+        let _ = std::fs::remove_dir_all(&dir);
+        table
     })
 }
 
