@@ -4,7 +4,8 @@
 //! own process (the release-shaped binary, so its RSS is its own), real TLS, and HTTP/2 from
 //! the `h2` crate misbehaving on purpose: many connections from several loopback addresses,
 //! each opening as many streams as the server allows, sending headers and part of a message,
-//! and holding them; TCP connections that never finish TLS; streams reset as soon as opened.
+//! and holding them; TCP connections that never finish TLS; streams reset as soon as opened;
+//! streams the server is made to reset (frames written one by one, `support::raw_h2::RawWriter`).
 //! Legitimate pilot-agent- and ztunnel-shaped calls (tonic over TLS) run during each flood and
 //! must succeed within their deadline. Memory is read from `/proc/<pid>/status`.
 
@@ -766,4 +767,145 @@ async fn a_connection_whose_calls_keep_being_refused_is_paced() {
         "{answered} refusals answered on one connection in {REFUSAL_FLOOD:?} (bound {bound})"
     );
     assert!(paced > 0.0, "no refusal was paced\n{text}");
+}
+
+/// What one MadeYouReset connection saw before it was closed or the attack stopped.
+#[derive(Debug, Default)]
+struct ResetRun {
+    /// RST_STREAM frames the signer sent.
+    resets: usize,
+    /// GOAWAY's error code, if one came.
+    goaway: Option<u32>,
+    /// Whether the signer closed the connection.
+    closed: bool,
+}
+
+/// One MadeYouReset connection from `src` (CVE-2025-8671): it opens a CreateCertificate call
+/// and at once sends a WINDOW_UPDATE that overflows the stream's send window, so the *server*
+/// must reset the stream (FLOW_CONTROL_ERROR) while its handler may already be running; then
+/// the next stream, as fast as it can write, until the signer closes the connection or `stop`.
+async fn made_you_reset_connection(
+    src: IpAddr,
+    to: SocketAddr,
+    ca_pem: Vec<u8>,
+    stop: Arc<AtomicBool>,
+) -> Option<ResetRun> {
+    use support::raw_h2::frame;
+    let (mut writer, mut reader) = support::raw_h2::raw_connect(src, to, &ca_pem).await.ok()?;
+    let read = tokio::spawn(async move {
+        let mut run = ResetRun::default();
+        while let Ok(Some(f)) = reader.next().await {
+            match f.kind {
+                frame::RST_STREAM => run.resets += 1,
+                frame::GOAWAY if f.payload.len() >= 8 => {
+                    run.goaway = Some(u32::from_be_bytes(f.payload[4..8].try_into().unwrap()));
+                }
+                _ => {}
+            }
+        }
+        run.closed = true;
+        run
+    });
+    let overflow = 0x7fff_ffffu32.to_be_bytes();
+    let mut stream = 1u32;
+    while !stop.load(Ordering::Relaxed) && !read.is_finished() && stream < 1 << 30 {
+        if writer.open_call(stream).await.is_err()
+            || writer
+                .send(frame::WINDOW_UPDATE, 0, stream, &overflow)
+                .await
+                .is_err()
+        {
+            break;
+        }
+        stream += 2;
+    }
+    drop(writer);
+    // The signer closes a connection it sent GOAWAY on; one still open when the attack
+    // stopped is reported as it stands.
+    match tokio::time::timeout(Duration::from_secs(2), read).await {
+        Ok(run) => run.ok(),
+        Err(_) => Some(ResetRun::default()),
+    }
+}
+
+/// MadeYouReset (CVE-2025-8671): streams the client makes the *server* reset, as fast as it
+/// can write, from four connections that reconnect when closed. h2 counts the resets it sends
+/// because of a client's errors and closes the connection with GOAWAY (ENHANCE_YOUR_CALM)
+/// after `server.limits.max_local_reset_streams` (128; tonic leaves it unbounded): every
+/// attacking connection is closed after at most 128 resets. Calls whose stream was reset are
+/// dropped with it: once the attack stops no call is left in flight or queued. Meanwhile
+/// legitimate calls are served. With the limit raised (ABUSE_EXTRA, e.g.
+/// `[server.limits]\nmax_local_reset_streams = 1000000`) no connection is closed and the test
+/// fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_you_reset_closes_the_connection() {
+    use support::raw_h2::frame;
+    let _one = ONE_FLOOD.lock().await;
+    let extra = std::env::var("ABUSE_EXTRA")
+        .unwrap_or_default()
+        .replace("\\n", "\n");
+    let (bao, signer, idle) = Signer::warmed(&extra).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut attackers = Vec::new();
+    for _ in 0..4 {
+        let (stop, runs, to, ca) = (
+            stop.clone(),
+            runs.clone(),
+            signer.addr,
+            signer.ca_pem.clone(),
+        );
+        attackers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let src = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4));
+                match made_you_reset_connection(src, to, ca.clone(), stop.clone()).await {
+                    Some(run) => runs.lock().unwrap().push(run),
+                    None => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        }));
+    }
+    let rss_stop = Arc::new(AtomicBool::new(false));
+    let peak = watch_rss(&signer, rss_stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let took = legit_calls_succeed(&signer, 2, Duration::from_secs(10)).await;
+    stop.store(true, Ordering::Relaxed);
+    for a in attackers {
+        a.await.unwrap();
+    }
+    rss_stop.store(true, Ordering::Relaxed);
+    let peak = peak.await.unwrap();
+    let runs = std::mem::take(&mut *runs.lock().unwrap());
+    let calm: Vec<&ResetRun> = runs
+        .iter()
+        .filter(|r| r.closed && r.goaway == Some(frame::ENHANCE_YOUR_CALM))
+        .collect();
+    let resets: usize = runs.iter().map(|r| r.resets).sum();
+    let most = runs.iter().map(|r| r.resets).max().unwrap_or(0);
+    eprintln!(
+        "made-you-reset: {} connections, {} closed with ENHANCE_YOUR_CALM, {resets} streams reset \
+         by the signer (at most {most} on one connection); RSS idle {} MiB, peak {} MiB; \
+         legitimate calls took {took:?}",
+        runs.len(),
+        calm.len(),
+        idle / 1024,
+        peak / 1024,
+    );
+    assert!(
+        calm.len() >= 4,
+        "attacking connections were not closed for their resets: {runs:?}"
+    );
+    assert!(
+        most <= 128,
+        "a connection had {most} streams reset, more than max_local_reset_streams"
+    );
+    assert!(peak.saturating_sub(idle) <= rss_bound_kib(4));
+    // No call of a reset stream lingers: nothing is left in flight or waiting.
+    support::eventually("reset calls dropped", async || {
+        let text = signer.metrics().await;
+        sample(&text, "istio_vault_ca_in_flight_requests") == Some(0.0)
+            && sample(&text, "istio_vault_ca_queued_requests").unwrap_or(0.0) == 0.0
+    })
+    .await;
+    assert_eq!(bao.sign_calls(), took.len() + 1);
 }

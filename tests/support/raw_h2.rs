@@ -57,3 +57,122 @@ pub fn request(extra: &[(&str, &str)]) -> http::Request<()> {
     }
     req.body(()).unwrap()
 }
+
+/// HTTP/2 frame types the frame-level client sends or reads (RFC 9113 §6).
+pub mod frame {
+    pub const HEADERS: u8 = 0x1;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const GOAWAY: u8 = 0x7;
+    pub const WINDOW_UPDATE: u8 = 0x8;
+    pub const END_HEADERS: u8 = 0x4;
+    pub const ACK: u8 = 0x1;
+    /// GOAWAY's error code for "the peer is behaving badly" (RFC 9113 §7).
+    pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+}
+
+/// One HTTP/2 frame as read: type, flags, stream, payload.
+pub struct Frame {
+    pub kind: u8,
+    pub flags: u8,
+    pub stream: u32,
+    pub payload: Vec<u8>,
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// An HTTP/2 connection written frame by frame over real TLS, for the frames a correct client
+/// (the `h2` crate) never sends: an attacker's.
+pub struct RawWriter(tokio::io::WriteHalf<Tls>);
+
+/// The server's side of a [`RawWriter`]'s connection, frame by frame.
+pub struct RawReader(tokio::io::ReadHalf<Tls>);
+
+/// Connects from `src` to `to` over TLS (ALPN `h2`), sends the client preface and an empty
+/// SETTINGS frame, and acknowledges the server's.
+pub async fn raw_connect(
+    src: IpAddr,
+    to: SocketAddr,
+    ca_pem: &[u8],
+) -> std::io::Result<(RawWriter, RawReader)> {
+    use tokio::io::AsyncWriteExt;
+    let tcp = tcp_from(src, to).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tls_connector(ca_pem).connect(name, tcp).await?;
+    let (read, write) = tokio::io::split(tls);
+    let mut writer = RawWriter(write);
+    writer
+        .0
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await?;
+    writer.send(frame::SETTINGS, 0, 0, &[]).await?;
+    writer.send(frame::SETTINGS, frame::ACK, 0, &[]).await?;
+    Ok((writer, RawReader(read)))
+}
+
+impl RawWriter {
+    /// Writes one frame.
+    pub async fn send(
+        &mut self,
+        kind: u8,
+        flags: u8,
+        stream: u32,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let len = u32::try_from(payload.len()).unwrap();
+        let mut buf = Vec::with_capacity(9 + payload.len());
+        buf.extend_from_slice(&len.to_be_bytes()[1..]);
+        buf.push(kind);
+        buf.push(flags);
+        buf.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+        buf.extend_from_slice(payload);
+        self.0.write_all(&buf).await?;
+        self.0.flush().await
+    }
+
+    /// HEADERS opening a CreateCertificate call on `stream` (headers only, the message to
+    /// follow), encoded as HPACK literals without indexing.
+    pub async fn open_call(&mut self, stream: u32) -> std::io::Result<()> {
+        let mut block = Vec::new();
+        for (name, value) in [
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":path", PATH),
+            (":authority", "localhost"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ] {
+            // Literal header field without indexing, new name; every length here is < 127.
+            block.push(0);
+            block.push(u8::try_from(name.len()).unwrap());
+            block.extend_from_slice(name.as_bytes());
+            block.push(u8::try_from(value.len()).unwrap());
+            block.extend_from_slice(value.as_bytes());
+        }
+        self.send(frame::HEADERS, frame::END_HEADERS, stream, &block)
+            .await
+    }
+}
+
+impl RawReader {
+    /// The next frame, or `None` when the server closed the connection.
+    pub async fn next(&mut self) -> std::io::Result<Option<Frame>> {
+        use tokio::io::AsyncReadExt;
+        let mut head = [0u8; 9];
+        match self.0.read_exact(&mut head).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0; len];
+        self.0.read_exact(&mut payload).await?;
+        Ok(Some(Frame {
+            kind: head[3],
+            flags: head[4],
+            stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+            payload,
+        }))
+    }
+}
