@@ -228,10 +228,11 @@ async fn legit_calls_succeed(signer: &Signer, rounds: usize, deadline: Duration)
 }
 
 /// What the signer may hold per attacking connection, its streams and their unread data
-/// included, on top of its idle RSS: measured ~125–140 KiB in release builds and ~230–270 KiB
-/// in the unoptimized test build (larger futures per stream). With the default 512 connections that
-/// is at most +80 MiB in production (docs/security-model.md).
-const PER_CONNECTION_KIB: u64 = if cfg!(debug_assertions) { 288 } else { 160 };
+/// included, on top of its idle RSS. Measured under this flood on 2026-12-07: ~180–190 KiB in
+/// the unoptimized test build and ~195–210 KiB in the release build (235–265 KiB with pacing
+/// off, whose connections churn through more streams). The release build's figure had been
+/// 125–140 KiB on an older build; the build before pacing (21a35a6) measured 235 KiB too. With the default 512 connections the bound is +144 MiB (docs/security-model.md).
+const PER_CONNECTION_KIB: u64 = 288;
 
 /// Slack for everything else a flood moves (allocator pages, the legitimate calls).
 const SLACK_KIB: u64 = 8 * 1024;

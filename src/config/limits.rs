@@ -12,8 +12,8 @@ use super::{ConfigError, duration};
 use crate::rate::Rate;
 
 /// Open connections (TLS handshakes in progress included). Sized for the shipped 256Mi memory
-/// limit: a connection, its streams and their unread data cost at most ~160 KiB (measured
-/// under a flood, tests/abuse.rs), so 512 connections hold at most ~80 MiB.
+/// limit: a connection, its streams and their unread data cost ~200 KiB, at most 288 KiB
+/// (measured under a flood, tests/abuse.rs), so 512 connections hold at most ~144 MiB.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 /// Open connections from one IP address. Every pod has its own; set it higher (or to
 /// `max_connections`) when callers arrive through a gateway or SNAT.
