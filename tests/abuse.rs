@@ -781,15 +781,19 @@ struct ResetRun {
     closed: bool,
 }
 
-/// One MadeYouReset connection from `src` (CVE-2025-8671): it opens a CreateCertificate call
-/// and at once sends a WINDOW_UPDATE that overflows the stream's send window, so the *server*
-/// must reset the stream (FLOW_CONTROL_ERROR) while its handler may already be running; then
-/// the next stream, as fast as it can write, until the signer closes the connection or `stop`.
+/// One connection from `src` that makes the *server* reset streams, as fast as it can write,
+/// until the signer closes the connection or `stop`. With `overflow` (MadeYouReset,
+/// CVE-2025-8671) it opens a CreateCertificate call and at once sends a WINDOW_UPDATE that
+/// overflows the stream's send window, so the signer must reset the stream
+/// (FLOW_CONTROL_ERROR) while its handler may already be running. Without, it only opens calls
+/// and never finishes them, past the `max_concurrent_streams` the signer advertised, so the
+/// signer must refuse each stream beyond them (REFUSED_STREAM).
 async fn made_you_reset_connection(
     src: IpAddr,
     to: SocketAddr,
     ca_pem: Vec<u8>,
     stop: Arc<AtomicBool>,
+    overflow: bool,
 ) -> Option<ResetRun> {
     use support::raw_h2::frame;
     let (mut writer, mut reader) = support::raw_h2::raw_connect(src, to, &ca_pem).await.ok()?;
@@ -807,14 +811,15 @@ async fn made_you_reset_connection(
         run.closed = true;
         run
     });
-    let overflow = 0x7fff_ffffu32.to_be_bytes();
+    let increment = 0x7fff_ffffu32.to_be_bytes();
     let mut stream = 1u32;
     while !stop.load(Ordering::Relaxed) && !read.is_finished() && stream < 1 << 30 {
         if writer.open_call(stream).await.is_err()
-            || writer
-                .send(frame::WINDOW_UPDATE, 0, stream, &overflow)
-                .await
-                .is_err()
+            || (overflow
+                && writer
+                    .send(frame::WINDOW_UPDATE, 0, stream, &increment)
+                    .await
+                    .is_err())
         {
             break;
         }
@@ -859,7 +864,7 @@ async fn made_you_reset_closes_the_connection() {
         attackers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let src = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4));
-                match made_you_reset_connection(src, to, ca.clone(), stop.clone()).await {
+                match made_you_reset_connection(src, to, ca.clone(), stop.clone(), true).await {
                     Some(run) => runs.lock().unwrap().push(run),
                     None => tokio::time::sleep(Duration::from_millis(10)).await,
                 }
@@ -909,4 +914,35 @@ async fn made_you_reset_closes_the_connection() {
     })
     .await;
     assert_eq!(bao.sign_calls(), took.len() + 1);
+}
+
+/// Streams past `max_concurrent_streams` (32), opened and never finished, as fast as one
+/// connection can write: h2 refuses each (REFUSED_STREAM) and counts the refusal against the
+/// same `max_local_reset_streams` (128) as MadeYouReset's resets, so the connection is closed
+/// with GOAWAY `ENHANCE_YOUR_CALM` after at most 128 refusals; the streams it holds do not
+/// outlive it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_the_limit_close_the_connection() {
+    use support::raw_h2::frame;
+    let _one = ONE_FLOOD.lock().await;
+    let (_bao, signer, _idle) = Signer::warmed("").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let src = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5));
+    let run = tokio::time::timeout(
+        Duration::from_secs(30),
+        made_you_reset_connection(src, signer.addr, signer.ca_pem.clone(), stop, false),
+    )
+    .await
+    .expect("the signer closed the connection")
+    .expect("connected");
+    eprintln!("streams past the limit: {run:?}");
+    assert!(run.closed, "{run:?}");
+    assert_eq!(run.goaway, Some(frame::ENHANCE_YOUR_CALM), "{run:?}");
+    assert!(run.resets <= 128, "{run:?}");
+    support::eventually("held calls dropped", async || {
+        let text = signer.metrics().await;
+        sample(&text, "istio_vault_ca_in_flight_requests") == Some(0.0)
+            && sample(&text, "istio_vault_ca_queued_requests").unwrap_or(0.0) == 0.0
+    })
+    .await;
 }
