@@ -59,17 +59,32 @@ impl SignerProcess {
             .unwrap()
     }
 
-    /// One legitimate call of `shape` for `ns/sa` from 127.0.0.1, within `deadline`.
-    async fn legit(&self, shape: Shape, sa: &str, deadline: Duration) -> Result<Duration, String> {
-        let start = Instant::now();
-        let want = id("default", sa);
-        let mut opts = client::CallOptions {
+    /// A pilot-agent's call options for `default/sa`, with a valid token.
+    fn agent_options(&self, sa: &str) -> client::CallOptions {
+        client::CallOptions {
             token: Some(self.issuer.token(&TokenSpec::new("default", sa)).unwrap()),
             cluster_id: Some("Kubernetes".into()),
             ttl_seconds: 3600,
             impersonate: None,
             cert_signer: None,
-        };
+        }
+    }
+
+    /// Waits until no call is in flight or queued at the signer's gate.
+    async fn gate_empties(&self, what: &str) {
+        support::eventually(what, async || {
+            let text = self.metrics().await;
+            sample(&text, "istio_vault_ca_in_flight_requests") == Some(0.0)
+                && sample(&text, "istio_vault_ca_queued_requests").unwrap_or(0.0) == 0.0
+        })
+        .await;
+    }
+
+    /// One legitimate call of `shape` for `ns/sa` from 127.0.0.1, within `deadline`.
+    async fn legit(&self, shape: Shape, sa: &str, deadline: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        let want = id("default", sa);
+        let mut opts = self.agent_options(sa);
         if shape == Shape::Ztunnel {
             opts.impersonate = Some(want.to_string());
         }
@@ -98,6 +113,14 @@ impl SignerProcess {
             Err(_) => Err(format!("no answer within {deadline:?}")),
         }
     }
+}
+
+/// `[server]` configuration added by `ABUSE_EXTRA` (`\n` for newlines), for measurements and
+/// mutation checks: e.g. `[server.limits]\nmax_refusals_per_second = 0`.
+fn abuse_extra() -> String {
+    std::env::var("ABUSE_EXTRA")
+        .unwrap_or_default()
+        .replace("\\n", "\n")
 }
 
 /// What the flood observed.
@@ -244,9 +267,7 @@ fn rss_bound_kib(connections: usize) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_stream_flood_is_bounded_and_legitimate_calls_succeed() {
     let _one = ONE_FLOOD.lock().await;
-    let extra = std::env::var("ABUSE_EXTRA")
-        .unwrap_or_default()
-        .replace("\\n", "\n");
+    let extra = abuse_extra();
     let (bao, signer, idle) = Signer::warmed(&extra).await;
 
     // 15 source addresses × 32 connections (the per-address cap) = 480 of the 512 allowed,
@@ -663,9 +684,7 @@ const REFUSAL_FLOOD: Duration = Duration::from_secs(4);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_whose_calls_keep_being_refused_is_paced() {
     let _one = ONE_FLOOD.lock().await;
-    let extra = std::env::var("ABUSE_EXTRA")
-        .unwrap_or_default()
-        .replace("\\n", "\n");
+    let extra = abuse_extra();
     let (_bao, signer, _idle) = Signer::warmed(&extra).await;
     let tcp = tcp_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), signer.addr)
         .await
@@ -716,18 +735,7 @@ async fn a_connection_whose_calls_keep_being_refused_is_paced() {
     let start = Instant::now();
     let want = id("default", "attacker");
     let kc = client::generate_csr(Shape::PilotAgent, &want).unwrap();
-    let opts = client::CallOptions {
-        token: Some(
-            signer
-                .issuer
-                .token(&TokenSpec::new("default", "attacker"))
-                .unwrap(),
-        ),
-        cluster_id: Some("Kubernetes".into()),
-        ttl_seconds: 3600,
-        impersonate: None,
-        cert_signer: None,
-    };
+    let opts = signer.agent_options("attacker");
     let call = client::build_request(Shape::PilotAgent, &kc.csr_pem, &want, &opts).unwrap();
     let headers = call.metadata().clone().into_headers();
     let mut message = vec![0];
@@ -847,9 +855,7 @@ async fn made_you_reset_connection(
 async fn made_you_reset_closes_the_connection() {
     use support::raw_h2::frame;
     let _one = ONE_FLOOD.lock().await;
-    let extra = std::env::var("ABUSE_EXTRA")
-        .unwrap_or_default()
-        .replace("\\n", "\n");
+    let extra = abuse_extra();
     let (bao, signer, idle) = Signer::warmed(&extra).await;
     let stop = Arc::new(AtomicBool::new(false));
     let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -907,12 +913,7 @@ async fn made_you_reset_closes_the_connection() {
     );
     assert!(peak.saturating_sub(idle) <= rss_bound_kib(4));
     // No call of a reset stream lingers: nothing is left in flight or waiting.
-    support::eventually("reset calls dropped", async || {
-        let text = signer.metrics().await;
-        sample(&text, "istio_vault_ca_in_flight_requests") == Some(0.0)
-            && sample(&text, "istio_vault_ca_queued_requests").unwrap_or(0.0) == 0.0
-    })
-    .await;
+    signer.gate_empties("reset calls dropped").await;
     assert_eq!(bao.sign_calls(), took.len() + 1);
 }
 
@@ -939,10 +940,5 @@ async fn streams_past_the_limit_close_the_connection() {
     assert!(run.closed, "{run:?}");
     assert_eq!(run.goaway, Some(frame::ENHANCE_YOUR_CALM), "{run:?}");
     assert!(run.resets <= 128, "{run:?}");
-    support::eventually("held calls dropped", async || {
-        let text = signer.metrics().await;
-        sample(&text, "istio_vault_ca_in_flight_requests") == Some(0.0)
-            && sample(&text, "istio_vault_ca_queued_requests").unwrap_or(0.0) == 0.0
-    })
-    .await;
+    signer.gate_empties("held calls dropped").await;
 }
