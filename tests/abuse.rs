@@ -134,8 +134,10 @@ struct FloodStats {
 }
 
 /// One attacking connection from `src`: TLS, HTTP/2, then as many streams as the server
-/// allows, each with headers and `partial` bytes of a message claiming `claimed` bytes, held
-/// until the server answers; a stream the server ends is replaced.
+/// allows (the default 32), each with headers and `partial` bytes of a message claiming
+/// `claimed` bytes, held until the server answers; a stream the server ends is replaced.
+/// Streams are opened only as the server ends others: the `h2` client would otherwise queue
+/// every stream past the limit in the test's own process, tens of thousands a second.
 async fn flood_connection(
     src: IpAddr,
     to: SocketAddr,
@@ -176,7 +178,11 @@ async fn flood_connection(
     message.extend_from_slice(&claimed.to_be_bytes());
     message.resize(5 + partial, b'A');
     let message = Bytes::from(message);
+    let streams = Arc::new(tokio::sync::Semaphore::new(32));
     while !stop.load(Ordering::Relaxed) {
+        let Ok(held) = streams.clone().acquire_owned().await else {
+            return;
+        };
         let Ok(mut ready) = send.clone().ready().await else {
             return;
         };
@@ -197,6 +203,7 @@ async fn flood_connection(
                 stats.answers.fetch_add(1, Ordering::Relaxed);
             }
             drop(body);
+            drop(held);
         });
         // Replaced streams are opened at most every REPLACE_EVERY per connection: enough to
         // keep every slot the server offers taken, without turning the test into a CPU
@@ -206,13 +213,19 @@ async fn flood_connection(
 }
 
 /// How often a flooding connection replaces a stream the signer answered. Every answer is a
-/// refusal (the slots and the queue are full): 480 connections would ask for 48,000 a second,
-/// a flood of the signer's CPU rather than of its slots (the unoptimized test build refuses
-/// ~6,000 a second on two cores). Each connection is paced once it has been refused more than
-/// its budget (`server.limits.max_refusals_per_second`), so the signer answers ~10 a second
-/// per connection, and legitimate calls are served in both builds. Before pacing, the
-/// unoptimized build did not answer a legitimate call within 10 s under this flood.
-const REPLACE_EVERY: Duration = Duration::from_millis(10);
+/// refusal (the slots and the queue are full): at 10 ms, 480 connections ask for 48,000 a
+/// second, a flood of the signer's CPU rather than of its slots. Each connection is paced once
+/// it has been refused more than its budget (`server.limits.max_refusals_per_second`), so the
+/// signer answers ~10 a second per connection. The release build serves legitimate calls in
+/// well under a second under it. The unoptimized test build refuses only ~6,000 calls a second
+/// on two cores: paced, it served them in 0.02–2.6 s on an otherwise idle machine (without
+/// pacing, not within 10 s), but with a compiler running beside it one call took over 10 s, so
+/// that build is flooded every 100 ms, which still fills every slot and the queue.
+const REPLACE_EVERY: Duration = if cfg!(debug_assertions) {
+    Duration::from_millis(100)
+} else {
+    Duration::from_millis(10)
+};
 
 /// Samples the signer's RSS every 50 ms while `stop` is unset; returns the peak (KiB).
 fn watch_rss(signer: &Signer, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
