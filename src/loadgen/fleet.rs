@@ -134,7 +134,8 @@ struct Pod {
     node: usize,
     /// NotAfter of the certificate it holds (unix ms), 0 for none.
     not_after_ms: AtomicI64,
-    /// When it (re)started (unix ms).
+    /// When it (re)started: milliseconds since the run began, on the monotonic clock (a step
+    /// of the wall clock must not make pods that have not started look uncovered).
     born_ms: AtomicI64,
     restart: Notify,
 }
@@ -234,12 +235,13 @@ async fn run(
             live(i, &pods, &clients, &recorder, &stop, &opts).await
         });
     };
+    let run_ms = || recorder.start.elapsed().as_millis() as i64;
     for i in 0..opts.workloads {
         // A pod that has not started yet is born in the future: not yet counted as waiting.
         let delay = opts.ramp.mul_f64(i as f64 / opts.workloads as f64);
         pods[i]
             .born_ms
-            .store(now_ms() + delay.as_millis() as i64, Ordering::Relaxed);
+            .store(run_ms() + delay.as_millis() as i64, Ordering::Relaxed);
         spawn_pod(&mut tasks, i, delay);
     }
     let cpu_start = opts.signer_pid.and_then(super::cpu_seconds);
@@ -257,7 +259,7 @@ async fn run(
         let due_new = (opts.new_pods_per_second * elapsed.as_secs_f64()) as usize;
         while born < due_new.min(extra) {
             let i = opts.workloads + born;
-            pods[i].born_ms.store(now_ms(), Ordering::Relaxed);
+            pods[i].born_ms.store(run_ms(), Ordering::Relaxed);
             active.fetch_add(1, Ordering::Relaxed);
             spawn_pod(&mut tasks, i, Duration::ZERO);
             born += 1;
@@ -269,19 +271,20 @@ async fn run(
             while drained < due {
                 let pod = &pods[drained % opts.workloads];
                 pod.not_after_ms.store(0, Ordering::Relaxed);
-                pod.born_ms.store(now_ms(), Ordering::Relaxed);
+                pod.born_ms.store(run_ms(), Ordering::Relaxed);
                 pod.restart.notify_one();
                 drained += 1;
             }
         }
         let second = elapsed.as_secs().saturating_sub(1) as usize;
-        let now = now_ms();
+        // NotAfter is on the wall clock; a pod's start on the run's own.
+        let (now, run_now) = (now_ms(), run_ms());
         let grace = NEW_POD_GRACE.as_millis() as i64;
         let (mut expired, mut waiting) = (0, 0);
         let n = active.load(Ordering::Relaxed);
         for pod in &pods[..n] {
             match pod.not_after_ms.load(Ordering::Relaxed) {
-                0 if now - pod.born_ms.load(Ordering::Relaxed) > grace => waiting += 1,
+                0 if run_now - pod.born_ms.load(Ordering::Relaxed) > grace => waiting += 1,
                 0 => {}
                 t if t <= now => expired += 1,
                 _ => {}
