@@ -37,8 +37,8 @@ use super::log_limit::LogLimit;
 use crate::rate::{Debt, Rate};
 
 /// The longest a connection is left unread at a time. Well under the HTTP/2 keepalive
-/// timeouts on either side (the signer's is 10 s by default, the agents' 20 s), so a paused
-/// connection is never taken for a dead one.
+/// timeouts on either side (10 s: the signer's `server.http2_keepalive_timeout` by default,
+/// and ztunnel's), so a paused connection is not taken for a dead one.
 pub const MAX_PAUSE: Duration = Duration::from_secs(4);
 
 /// How far beyond its budget a connection's debt may run: a client that keeps being refused
