@@ -75,11 +75,13 @@ async fn a_pod_without_a_certificate_goes_before_waiting_renewals() {
     }
     let metrics = env.metrics().await;
     assert_eq!(waiting(&metrics, "unserved"), 0.0, "{metrics}");
-    // Until every pod's renewal is due.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Every pod's renewal is due 4 s from now, its certificate valid ~6 s longer.
+    let due = tokio::time::Instant::now() + Duration::from_secs(4);
 
     // All renew at once; once they wait for turns, a new pod asks.
-    // Connections and CSRs first, so that the renewals are sent together.
+    // Connections and CSRs first, so that the renewals are sent together; made while the
+    // renewals come due (RSA keys take a while in the unoptimized build, and on a busy machine
+    // making them after the wait let the first pods' certificates expire).
     let mut prepared = Vec::new();
     for n in 0..PODS {
         let client = env.client().await;
@@ -88,6 +90,7 @@ async fn a_pod_without_a_certificate_goes_before_waiting_renewals() {
             client::build_request(Shape::PilotAgent, &kc.csr_pem, &sa, &pod(&env, n)).unwrap();
         prepared.push((client, req));
     }
+    tokio::time::sleep_until(due).await;
     let start = Instant::now();
     let renewals: Vec<_> = prepared
         .into_iter()
