@@ -24,7 +24,7 @@ use tonic::{Code, Status};
 
 use super::outcome::{self, Call, Refused};
 pub use super::shed::Shed;
-use super::status::Rejection;
+use super::status::{Rejection, refusal_code};
 use crate::telemetry::SPAN_TARGET;
 use deadline::{Deadline, grpc_timeout};
 pub use pass::{Pass, Slot};
@@ -345,13 +345,7 @@ impl Gate {
             return response;
         };
         // The handler never ran: tonic refused the message. Say precisely why.
-        let code = response
-            .headers()
-            .get(Status::GRPC_STATUS)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<i32>().ok())
-            .map(Code::from_i32)
-            .unwrap_or(Code::Ok);
+        let code = refusal_code(response.headers()).unwrap_or(Code::Ok);
         if code == Code::Ok {
             return response;
         }

@@ -16,7 +16,7 @@
 //! longer than [`MAX_PAUSE`]. Because one read can start up to
 //! `max_concurrent_streams` calls, a connection is answered at most
 //! max(`max_refusals_per_second`, `max_concurrent_streams` / [`MAX_PAUSE`]) refusals a second
-//! once its burst is spent (16 with the defaults).
+//! once its burst is spent (10 with the defaults).
 //!
 //! Not counted: `Unavailable`, `DeadlineExceeded`, `Internal` and the like, which say the
 //! signer or Vault could not serve the call, not that the caller asked for something it may
@@ -31,9 +31,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
-use tonic::{Code, Status};
+use tonic::Code;
 
 use super::log_limit::LogLimit;
+use super::status::refusal_code;
 use crate::rate::{Debt, Rate};
 
 /// The longest a connection is left unread at a time. Well under the HTTP/2 keepalive
@@ -69,15 +70,7 @@ impl RefusalPace {
     /// of the caller's making, and pauses the connection once the budget is spent.
     pub fn answered<B>(&self, response: &http::Response<B>) {
         let Some(debt) = &self.debt else { return };
-        // A refusal is a trailers-only answer: its status is in the headers.
-        let Some(code) = response.headers().get(Status::GRPC_STATUS) else {
-            return;
-        };
-        let code = std::str::from_utf8(code.as_bytes())
-            .ok()
-            .and_then(|c| c.parse::<i32>().ok())
-            .map_or(Code::Unknown, Code::from_i32);
-        if !callers_doing(code) {
+        if !refusal_code(response.headers()).is_some_and(callers_doing) {
             return;
         }
         let wait = debt
@@ -182,7 +175,7 @@ mod tests {
     fn refusal(code: Code) -> http::Response<()> {
         let mut r = http::Response::new(());
         r.headers_mut()
-            .insert(Status::GRPC_STATUS, (code as i32).into());
+            .insert(tonic::Status::GRPC_STATUS, (code as i32).into());
         r
     }
 

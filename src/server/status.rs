@@ -79,6 +79,17 @@ impl Rejection {
     }
 }
 
+/// The gRPC code of a trailers-only answer (a refusal: its status is in the headers), if the
+/// answer is one; `None` for an answer whose status comes in the trailers.
+pub fn refusal_code(headers: &http::HeaderMap) -> Option<Code> {
+    let value = headers.get(Status::GRPC_STATUS)?;
+    let code = std::str::from_utf8(value.as_bytes())
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
+    Some(Code::from_i32(code))
+}
+
 /// Maps a handler's failure to the gRPC code clients act on.
 ///
 /// Messages say what went wrong without what only the signer's operators should see: no
