@@ -65,7 +65,8 @@ start_openbao() {
 LOADGEN_LIMITS='max_in_flight = 512
 [server.limits]
 max_in_flight_per_peer = 512
-max_connections_per_peer = 512'
+max_connections_per_peer = 512
+max_handshakes_per_second_per_peer = 0'
 
 # signer_config OUT PORT ADMIN_PORT [SERVER_LINES] [MORE_SECTIONS]: writes OUT/config.toml for
 # the signer on PORT against start_openbao's server; SERVER_LINES go into [server],

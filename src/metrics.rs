@@ -221,10 +221,17 @@ pub fn connection_accepted() {
 }
 
 /// A connection closed before it could carry a call: `connection-limit`,
-/// `peer-connection-limit`, `handshake-timeout` or `handshake-failed`.
+/// `peer-connection-limit`, `evicted-unproven`, `handshake-rate` (its address's next
+/// handshake turn was further away than `server.handshake_timeout`), `handshake-timeout` or
+/// `handshake-failed`.
 pub fn connection_refused(reason: &'static str) {
     ::metrics::counter!("istio_vault_ca_connections_refused_total", "reason" => reason)
         .increment(1);
+}
+
+/// A TLS handshake that waited for its address's turn (`max_handshakes_per_second_per_peer`).
+pub fn handshake_waited() {
+    ::metrics::counter!("istio_vault_ca_handshake_waits_total").increment(1);
 }
 
 /// A refusal beyond its connection's budget, which paused the connection (`server::pace`).

@@ -2,8 +2,9 @@
 //! would be full again), so a limiter over many keys costs a map entry per key that is
 //! currently below its full bucket, and nothing for the others.
 //!
-//! Used for issuance per SPIFFE identity and per node (the signer's pipeline) and for calls
-//! to one Vault server (its client), where a call may wait for its turn instead of failing.
+//! Used for issuance per SPIFFE identity and per node (the signer's pipeline), for TLS
+//! handshakes per source address (the gRPC port), and for calls to one Vault server (its
+//! client), where a call may wait for its turn instead of failing.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -281,7 +282,8 @@ pub enum Verdict {
     Untracked,
 }
 
-/// One bucket per key; a call is allowed or refused at once (never waits).
+/// One bucket per key: a call is allowed or refused at once ([`Self::check`]), or takes a turn
+/// it waits for ([`Self::reserve`]).
 pub struct KeyedLimiter<K> {
     rate: Rate,
     start: Instant,
@@ -299,30 +301,43 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
 
     /// Counts a call for `key` if its bucket has room.
     pub fn check(&self, key: &K) -> Verdict {
+        match self.take(key, Duration::ZERO) {
+            Some(Ok(_)) => Verdict::Allowed,
+            Some(Err(retry_after)) => Verdict::Limited(retry_after),
+            None => Verdict::Untracked,
+        }
+    }
+
+    /// Takes `key`'s next turn if it comes within `max_wait`: how long until it comes (the
+    /// caller waits that long), or, when it is further away, how long until it would come
+    /// (no turn is taken then). A key the limiter cannot track is never made to wait.
+    pub fn reserve(&self, key: &K, max_wait: Duration) -> Result<Duration, Duration> {
+        self.take(key, max_wait).unwrap_or(Ok(Duration::ZERO))
+    }
+
+    /// [`Self::reserve`], with `None` for a key beyond [`MAX_TRACKED_KEYS`].
+    fn take(&self, key: &K, max_wait: Duration) -> Option<Result<Duration, Duration>> {
         let now = nanos(self.start.elapsed());
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tat) = buckets.get_mut(key) {
-            return match self.rate.decide(*tat, now, Duration::ZERO) {
-                Ok((next, _)) => {
-                    *tat = next;
-                    Verdict::Allowed
-                }
-                Err(retry_after) => Verdict::Limited(retry_after),
-            };
+            return Some(self.rate.decide(*tat, now, max_wait).map(|(next, wait)| {
+                *tat = next;
+                wait
+            }));
         }
         if buckets.len() >= MAX_TRACKED_KEYS {
             // A bucket whose time has passed is full: the same as no entry.
             buckets.retain(|_, tat| *tat > now);
             if buckets.len() >= MAX_TRACKED_KEYS {
-                return Verdict::Untracked;
+                return None;
             }
         }
-        let (next, _) = self
+        let (next, wait) = self
             .rate
-            .decide(0, now, Duration::ZERO)
+            .decide(0, now, max_wait)
             .expect("a full bucket always has room");
         buckets.insert(key.clone(), next);
-        Verdict::Allowed
+        Some(Ok(wait))
     }
 
     /// Keys with a bucket below full (for tests and metrics).
@@ -408,6 +423,23 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(limiter.tracked(), 0, "refilled buckets cost nothing");
         assert_eq!(limiter.check(&"a"), Verdict::Allowed);
+    }
+
+    #[test]
+    fn a_reserved_turn_is_taken_only_within_the_wait_allowed() {
+        let limiter = KeyedLimiter::new(Rate::new(nz(1), Duration::from_secs(10), nz(2)));
+        let near = |d: Duration, s: u64| {
+            let want = Duration::from_secs(s);
+            d <= want && want - d < Duration::from_secs(1)
+        };
+        assert_eq!(limiter.reserve(&"a", Duration::ZERO), Ok(Duration::ZERO));
+        assert_eq!(limiter.reserve(&"a", Duration::ZERO), Ok(Duration::ZERO));
+        // The third turn comes in 10 s: too far for 5, and then not taken.
+        assert!(matches!(limiter.reserve(&"a", Duration::from_secs(5)), Err(d) if near(d, 10)));
+        assert!(matches!(limiter.reserve(&"a", Duration::from_secs(15)), Ok(d) if near(d, 10)));
+        // Taken: the next one is 10 s after it.
+        assert!(matches!(limiter.reserve(&"a", Duration::from_secs(15)), Err(d) if near(d, 20)));
+        assert_eq!(limiter.reserve(&"b", Duration::ZERO), Ok(Duration::ZERO));
     }
 
     fn every_10ms() -> Limiter {

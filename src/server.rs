@@ -10,6 +10,7 @@ pub mod connections;
 pub mod cork;
 pub mod executor;
 pub mod gate;
+pub mod handshake;
 pub mod listener;
 pub mod log_limit;
 pub mod outcome;

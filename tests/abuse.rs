@@ -59,6 +59,17 @@ impl SignerProcess {
             .unwrap()
     }
 
+    /// CPU seconds the signer process has used (user + system), from `/proc/<pid>/stat`.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // After the command name in parentheses, utime and stime are the 12th and 13th fields.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // Clock ticks of 1/100 s (USER_HZ on Linux).
+        ticks as f64 / 100.0
+    }
+
     /// A pilot-agent's call options for `default/sa`, with a valid token.
     fn agent_options(&self, sa: &str) -> client::CallOptions {
         client::CallOptions {
@@ -954,4 +965,183 @@ async fn streams_past_the_limit_close_the_connection() {
     assert_eq!(run.goaway, Some(frame::ENHANCE_YOUR_CALM), "{run:?}");
     assert!(run.resets <= 128, "{run:?}");
     signer.gate_empties("held calls dropped").await;
+}
+
+/// How long the handshake flood runs.
+const HANDSHAKE_FLOOD: Duration = Duration::from_secs(6);
+
+/// The size of the signer's first flight (ServerHello to Finished) answering `hello`, from one
+/// connection read until it goes quiet.
+async fn first_flight(src: IpAddr, to: SocketAddr, hello: &[u8]) -> usize {
+    let mut tcp = tcp_from(src, to).await.unwrap();
+    tcp.write_all(hello).await.unwrap();
+    let mut got = 0;
+    let mut buf = [0u8; 16 * 1024];
+    while let Ok(Ok(n)) = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::io::AsyncReadExt::read(&mut tcp, &mut buf),
+    )
+    .await
+    {
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    assert!(got > 500, "the signer's first flight was {got} bytes");
+    got
+}
+
+/// A new connection from `src` that sends `hello` and reads the signer's first flight: the
+/// signer has then done the handshake's key exchange and signature, the client nothing.
+/// `None` when the signer closed it first. (The flight's length moves by a byte or two with
+/// the ECDSA signature's encoding.)
+async fn replay_hello(
+    src: IpAddr,
+    to: SocketAddr,
+    hello: &[u8],
+    flight: usize,
+) -> Option<tokio::net::TcpStream> {
+    let mut tcp = tcp_from(src, to).await.ok()?;
+    tcp.write_all(hello).await.ok()?;
+    let mut got = 0;
+    let mut buf = vec![0u8; 16 * 1024];
+    while got + 8 < flight {
+        match tokio::io::AsyncReadExt::read(&mut tcp, &mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got += n,
+        }
+    }
+    Some(tcp)
+}
+
+fn handshakes_refused(text: &str, reason: &str) -> f64 {
+    let series = format!("istio_vault_ca_connections_refused_total{{reason=\"{reason}\"}}");
+    sample(text, &series).unwrap_or(0.0)
+}
+
+/// One address (127.0.0.2) replays a real ClientHello on new connections as fast as the
+/// signer answers, 32 at a time (its connection allowance), and closes each connection once
+/// the signer's first flight has arrived: each costs the signer a whole handshake's key
+/// exchange and signature, the attacker a TCP connect and one write. The address is served
+/// `max_handshakes_per_second_per_peer` (10 a second after a burst of 32); unlimited, the
+/// unoptimized build answered ~1,200 a second, most of a core. An agent's calls on new
+/// connections from another address are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_handshakes_from_one_address_are_paced() {
+    let _one = ONE_FLOOD.lock().await;
+    let extra = abuse_extra();
+    let (_bao, signer, _idle) = Signer::warmed(&extra).await;
+    let hello = Arc::new(support::raw_h2::client_hello(&signer.ca_pem));
+    let src = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let flight = first_flight(src, signer.addr, &hello).await;
+    let cpu_before = signer.cpu_seconds();
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut attackers = Vec::new();
+    for _ in 0..32 {
+        let (stop, answered, hello, to) =
+            (stop.clone(), answered.clone(), hello.clone(), signer.addr);
+        attackers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if replay_hello(src, to, &hello, flight).await.is_some() {
+                    answered.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    // Closed before its flight (over the address's connection allowance):
+                    // reconnecting at once would be a connect flood, another row.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut took = Vec::new();
+    while start.elapsed() < HANDSHAKE_FLOOD {
+        for shape in [Shape::PilotAgent, Shape::Ztunnel] {
+            let sa = format!("legit-{}-{shape:?}", took.len()).to_lowercase();
+            match signer.legit(shape, &sa, Duration::from_secs(5)).await {
+                Ok(t) => took.push(t),
+                Err(e) => panic!("legitimate {shape:?} call during the handshake flood: {e}"),
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for a in attackers {
+        a.abort();
+    }
+    let cpu = signer.cpu_seconds() - cpu_before;
+    let answered = answered.load(Ordering::Relaxed);
+    let text = signer.metrics().await;
+    let waited = sample(&text, "istio_vault_ca_handshake_waits_total").unwrap_or(0.0);
+    eprintln!(
+        "handshake flood from one address: {answered} first flights in {elapsed:?} ({:.0}/s), \
+         {waited} handshakes waited for their turn; signer CPU {cpu:.2} s ({:.0} % of a core); \
+         legitimate calls on new connections took {:?}",
+        answered as f64 / elapsed.as_secs_f64(),
+        100.0 * cpu / elapsed.as_secs_f64(),
+        took.iter().max().unwrap(),
+    );
+    // The burst, one turn every 100 ms, and the turns taken up to 5 s ahead by connections
+    // still waiting when the flood began to end.
+    let bound = 32 + (elapsed.as_secs_f64() * 10.0) as usize + 1;
+    assert!(
+        answered <= bound,
+        "{answered} handshakes served to one address in {elapsed:?} (bound {bound})"
+    );
+    assert!(waited > 0.0, "no handshake waited for its turn\n{text}");
+}
+
+/// Clients from 3 addresses (96 connections, more than the 64 handshake permits) send a
+/// ClientHello, take the signer's first flight and never answer it, re-opening each connection
+/// the signer times out. The permit covers the cryptographic part only: it is released once
+/// the flight is written, so an agent's new connection from another address completes its
+/// handshake at once instead of waiting for the held ones to time out (10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_held_after_the_signers_flight_hold_no_permit() {
+    let _one = ONE_FLOOD.lock().await;
+    let (_bao, signer, _idle) = Signer::warmed(&abuse_extra()).await;
+    let hello = Arc::new(support::raw_h2::client_hello(&signer.ca_pem));
+    let flight = first_flight(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), signer.addr, &hello).await;
+    let held = Arc::new(AtomicUsize::new(0));
+    let mut attackers = Vec::new();
+    for host in 2..5u8 {
+        let src = IpAddr::V4(Ipv4Addr::new(127, 0, 0, host));
+        for _ in 0..32 {
+            let (held, hello, to) = (held.clone(), hello.clone(), signer.addr);
+            attackers.push(tokio::spawn(async move {
+                loop {
+                    let Some(mut tcp) = replay_hello(src, to, &hello, flight).await else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
+                    held.fetch_add(1, Ordering::Relaxed);
+                    // Held, never answered, until the signer gives up on it.
+                    let mut buf = [0u8; 64];
+                    let _ = tokio::io::AsyncReadExt::read(&mut tcp, &mut buf).await;
+                    held.fetch_sub(1, Ordering::Relaxed);
+                }
+            }));
+        }
+    }
+    // As many held as there are permits (all 96 once their flights are out).
+    support::eventually("64 handshakes held after the signer's flight", async || {
+        held.load(Ordering::Relaxed) >= 64
+    })
+    .await;
+    let took = legit_calls_succeed(&signer, 3, Duration::from_secs(5)).await;
+    let still_held = held.load(Ordering::Relaxed);
+    for a in attackers {
+        a.abort();
+    }
+    eprintln!(
+        "held handshakes: {still_held} held after the calls; legitimate calls on new connections took {took:?}"
+    );
+    assert!(
+        still_held >= 64,
+        "the attackers held only {still_held} handshakes: not enough to take every permit"
+    );
+    let text = signer.metrics().await;
+    assert_eq!(handshakes_refused(&text, "handshake-rate"), 0.0, "{text}");
 }

@@ -47,6 +47,7 @@ async fn a_small_fleet_keeps_its_certificates_through_a_drain_and_a_vault_outage
         );
         // The whole fleet comes from 127.0.0.1.
         c.server.limits.max_connections_per_peer = 64;
+        c.server.limits.max_handshakes_per_second_per_peer = 0;
         c.server.limits.max_in_flight_per_peer = 256;
     })
     .await;
@@ -315,6 +316,7 @@ request_timeout = "30s"
 [server.limits]
 # The whole fleet comes from 127.0.0.1.
 max_connections_per_peer = 512
+max_handshakes_per_second_per_peer = 0
 max_in_flight_per_peer = 256
 max_queued = 16384
 [auth.jwt]

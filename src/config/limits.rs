@@ -53,6 +53,16 @@ pub const DEFAULT_MAX_PENDING_RESET_STREAMS: usize = 20;
 /// Streams the server may have to reset because of client errors before it closes the
 /// connection (MadeYouReset, CVE-2025-8671; unbounded when the option is unset).
 pub const DEFAULT_MAX_LOCAL_RESET_STREAMS: usize = 128;
+/// TLS handshakes one IP address is served per second after its burst. A handshake costs the
+/// signer a key exchange and a signature (~0.1–2 ms with the serving key's type) and the
+/// client as little as one replayed ClientHello, so without a rate one address could keep a
+/// core busy with handshakes it never finishes. Agents open a connection when they start and
+/// when one breaks; beyond the rate a handshake waits for its turn (within
+/// `server.handshake_timeout`, else the connection is closed at once). `0` turns it off.
+pub const DEFAULT_MAX_HANDSHAKES_PER_SECOND_PER_PEER: u32 = 10;
+/// Handshakes one IP address may start at once before the rate above applies: as many as the
+/// connections it may hold (`max_connections_per_peer`).
+pub const DEFAULT_HANDSHAKE_BURST_PER_PEER: u32 = 32;
 /// Refusals of the caller's making (unauthenticated, not permitted, malformed, over a limit)
 /// one connection is answered per second before it is paced (`server::pace`): not read for
 /// a while, so that it cannot keep the serving threads busy with refusals. An agent is
@@ -69,6 +79,8 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     pub max_connections_per_peer: usize,
     pub max_handshakes: usize,
+    pub max_handshakes_per_second_per_peer: u32,
+    pub handshake_burst_per_peer: u32,
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
     #[serde(with = "duration")]
@@ -92,6 +104,8 @@ impl Default for LimitsConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_second_per_peer: DEFAULT_MAX_HANDSHAKES_PER_SECOND_PER_PEER,
+            handshake_burst_per_peer: DEFAULT_HANDSHAKE_BURST_PER_PEER,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             unproven_idle_timeout: DEFAULT_UNPROVEN_IDLE_TIMEOUT,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
@@ -113,6 +127,13 @@ impl LimitsConfig {
     pub fn refusal_rate(&self) -> Option<Rate> {
         let per_second = NonZeroU32::new(self.max_refusals_per_second)?;
         let burst = NonZeroU32::new(self.refusal_burst)?;
+        Some(Rate::new(per_second, Duration::from_secs(1), burst))
+    }
+
+    /// The TLS handshakes one IP address is served; `None`: unlimited.
+    pub fn handshake_rate_per_peer(&self) -> Option<Rate> {
+        let per_second = NonZeroU32::new(self.max_handshakes_per_second_per_peer)?;
+        let burst = NonZeroU32::new(self.handshake_burst_per_peer)?;
         Some(Rate::new(per_second, Duration::from_secs(1), burst))
     }
 
@@ -141,6 +162,10 @@ impl LimitsConfig {
                 self.max_pending_reset_streams,
             ),
             ("server.limits.refusal_burst", self.refusal_burst as usize),
+            (
+                "server.limits.handshake_burst_per_peer",
+                self.handshake_burst_per_peer as usize,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::invalid(key, "must be at least 1"));

@@ -15,7 +15,15 @@ pub(super) fn describe() {
     );
     describe_counter!(
         "istio_vault_ca_connections_refused_total",
-        "Connections closed before carrying a call, by reason (limits, handshake timeout or failure)"
+        "Connections closed before carrying a call, by reason (limits, handshake rate, timeout or failure)"
+    );
+    describe_counter!(
+        "istio_vault_ca_handshake_waits_total",
+        "TLS handshakes that waited for their address's turn (server.limits.max_handshakes_per_second_per_peer)"
+    );
+    describe_counter!(
+        "istio_vault_ca_paced_refusals_total",
+        "Refusals beyond their connection's budget, each of which paused that connection"
     );
     describe_gauge!(
         "istio_vault_ca_serving_thread_busy_ratio",

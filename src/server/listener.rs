@@ -1,7 +1,8 @@
 //! The gRPC port: accepts TCP connections within the connection caps, completes TLS within
-//! the handshake cap and deadline, and serves each connection as HTTP/2 with explicit limits
-//! (streams, header list, windows, resets), an idle timeout and a maximum age. Every call goes
-//! through the [`Gate`] before its message is read.
+//! the bounds of [`super::handshake`] (each address's rate, permits, the deadline), and serves
+//! each connection as HTTP/2 with explicit limits (streams, header list, windows, resets), an
+//! idle timeout and a maximum age. Every call goes through the [`Gate`] before its message is
+//! read.
 //!
 //! What one connection can hold is bounded by these settings, and the number of connections by
 //! `server.limits.max_connections` (per address: `max_connections_per_peer`), so the memory an
@@ -14,9 +15,8 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_rustls::LazyConfigAcceptor;
 use tonic::service::Routes;
 use tonic::transport::server::Connected;
 
@@ -24,6 +24,7 @@ use super::connections::{ConnectionSlot, Connections};
 use super::cork::cork;
 use super::executor::CallExecutor;
 use super::gate::Gate;
+use super::handshake::{Handshakes, Refused};
 use super::log_limit::LogLimit;
 use super::pace::{Paced, RefusalPace};
 use super::quickack::QuickAck;
@@ -120,8 +121,12 @@ pub async fn serve(
         .keep_alive_interval(options.keepalive_interval)
         .keep_alive_timeout(options.keepalive_timeout);
     let port = Arc::new(Port {
-        tls_config,
-        handshakes: Semaphore::new(options.limits.max_handshakes),
+        handshakes: Handshakes::new(
+            tls_config,
+            options.limits.max_handshakes,
+            options.limits.handshake_rate_per_peer(),
+            options.handshake_timeout,
+        ),
         http,
         routes,
         gate,
@@ -212,8 +217,7 @@ fn refused_log(reason: &'static str) {
 
 /// What every connection of the port is served with.
 struct Port {
-    tls_config: Arc<rustls::ServerConfig>,
-    handshakes: Semaphore,
+    handshakes: Handshakes,
     http: hyper::server::conn::http2::Builder<CallExecutor>,
     routes: Routes,
     gate: Arc<Gate>,
@@ -224,7 +228,6 @@ struct Port {
 
 async fn connection(port: Arc<Port>, tcp: TcpStream, peer: SocketAddr, slot: ConnectionSlot) {
     let Port {
-        tls_config,
         handshakes,
         http,
         routes,
@@ -233,17 +236,11 @@ async fn connection(port: Arc<Port>, tcp: TcpStream, peer: SocketAddr, slot: Con
         accepted,
         shutdown,
     } = &*port;
-    // Waiting for the ClientHello costs nothing but the connection's slot; the cryptographic
-    // part of the handshake holds one of `max_handshakes` permits.
+    // The handshake, bounded in rate per address and in permits (`server::handshake`).
     let handshake = async {
         let tcp = QuickAck::new(tcp, options.tcp_quickack);
-        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
-        let _permit = handshakes.acquire().await.map_err(std::io::Error::other)?;
-        start.into_stream(tls_config.clone()).await
-    };
-    let handshake = async {
         tokio::select! {
-            r = tokio::time::timeout(options.handshake_timeout, handshake) => Some(r),
+            r = handshakes.accept(tcp, canonical(peer.ip())) => Some(r),
             () = slot.evicted() => None,
         }
     };
@@ -252,13 +249,18 @@ async fn connection(port: Arc<Port>, tcp: TcpStream, peer: SocketAddr, slot: Con
             tracing::debug!(%peer, "connection evicted during its TLS handshake");
             return;
         }
-        Some(Ok(Ok(tls))) => tls,
-        Some(Ok(Err(e))) => {
+        Some(Ok(tls)) => tls,
+        Some(Err(Refused::Failed(e))) => {
             crate::metrics::connection_refused("handshake-failed");
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
             return;
         }
-        Some(Err(_)) => {
+        Some(Err(Refused::Rate)) => {
+            crate::metrics::connection_refused("handshake-rate");
+            refused_log("handshake-rate");
+            return;
+        }
+        Some(Err(Refused::Timeout)) => {
             crate::metrics::connection_refused("handshake-timeout");
             tracing::debug!(%peer, "TLS handshake timed out");
             return;

@@ -12,6 +12,23 @@ pub const PATH: &str = "/istio.v1.auth.IstioCertificateService/CreateCertificate
 
 /// A TLS connector trusting `ca_pem`, offering ALPN `h2` (as pilot-agent and ztunnel do).
 pub fn tls_connector(ca_pem: &[u8]) -> tokio_rustls::TlsConnector {
+    tokio_rustls::TlsConnector::from(client_config(ca_pem))
+}
+
+/// The bytes of a TLS ClientHello for `localhost` (ALPN `h2`, rustls's default key shares),
+/// as a real client's first flight: replayed on new connections, each makes the server do a
+/// whole handshake's cryptography while the client does none.
+pub fn client_hello(ca_pem: &[u8]) -> Vec<u8> {
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(client_config(ca_pem), name).unwrap();
+    let mut hello = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut hello).unwrap();
+    }
+    hello
+}
+
+fn client_config(ca_pem: &[u8]) -> Arc<rustls::ClientConfig> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     istio_vault_ca::install_crypto_provider();
@@ -23,7 +40,7 @@ pub fn tls_connector(ca_pem: &[u8]) -> tokio_rustls::TlsConnector {
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    Arc::new(config)
 }
 
 /// A TCP connection to `to` from loopback address `src`. `SO_REUSEADDR` lets the kernel pick
