@@ -11,6 +11,8 @@
 //!   flight is written** (ServerHello to Finished in TLS 1.3: the key exchange and the
 //!   signature are done by then). Waiting for the client's answer holds no permit, so clients
 //!   that take the flight and never answer cannot keep everyone else's handshakes waiting.
+//!   What follows the answer (TLS 1.2's client key exchange, a client certificate's chain,
+//!   which webpki checks with at most 100 signatures) runs within the address's rate only.
 
 use std::io;
 use std::net::IpAddr;
