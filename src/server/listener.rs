@@ -210,7 +210,7 @@ fn refused_log(reason: &'static str) {
         tracing::warn!(
             reason,
             suppressed,
-            "refusing connections: connection limit reached (see server.limits)"
+            "refusing connections over a limit (the reason names it; see server.limits)"
         );
     }
 }
