@@ -5,7 +5,9 @@
 //! the `h2` crate misbehaving on purpose: many connections from several loopback addresses,
 //! each opening as many streams as the server allows, sending headers and part of a message,
 //! and holding them; TCP connections that never finish TLS; streams reset as soon as opened;
-//! streams the server is made to reset (frames written one by one, `support::raw_h2::RawWriter`).
+//! streams the server is made to reset and header blocks that never end (frames written one by
+//! one, `support::raw_h2::RawWriter`); ClientHellos replayed on new connections and handshakes
+//! left unanswered after the signer's flight.
 //! Legitimate pilot-agent- and ztunnel-shaped calls (tonic over TLS) run during each flood and
 //! must succeed within their deadline. Memory is read from `/proc/<pid>/status`.
 
@@ -1144,4 +1146,143 @@ async fn handshakes_held_after_the_signers_flight_hold_no_permit() {
     );
     let text = signer.metrics().await;
     assert_eq!(handshakes_refused(&text, "handshake-rate"), 0.0, "{text}");
+}
+
+/// What one CONTINUATION-flooding connection saw.
+#[derive(Debug, Default)]
+struct ContinuationRun {
+    /// CONTINUATION frames written before the signer closed the connection (or the write
+    /// failed); more than it read, by what the sockets buffer.
+    written: usize,
+    goaway: Option<u32>,
+}
+
+/// One connection from `src` that opens a call with a HEADERS frame that never ends (no
+/// END_HEADERS) and follows it with 1 KiB CONTINUATION frames of header bytes, as fast as it
+/// can write, for as long as the signer keeps it open (the CONTINUATION flood of 2024). With
+/// `pause`, it waits that long after each frame, so that `written` counts what the signer read.
+async fn continuation_flood_connection(
+    src: IpAddr,
+    to: SocketAddr,
+    ca_pem: &[u8],
+    pause: Option<Duration>,
+) -> Option<ContinuationRun> {
+    use support::raw_h2::frame;
+    let (mut writer, mut reader) = support::raw_h2::raw_connect(src, to, ca_pem).await.ok()?;
+    let read = tokio::spawn(async move {
+        let mut goaway = None;
+        while let Ok(Some(f)) = reader.next().await {
+            if f.kind == frame::GOAWAY && f.payload.len() >= 8 {
+                goaway = Some(u32::from_be_bytes(f.payload[4..8].try_into().unwrap()));
+            }
+        }
+        goaway
+    });
+    // `x-pad: aaa…` as an HPACK literal without indexing, repeated: every frame decodes.
+    let mut pad = Vec::new();
+    while pad.len() < 1000 {
+        pad.extend_from_slice(&[0, 5]);
+        pad.extend_from_slice(b"x-pad");
+        pad.push(100);
+        pad.extend_from_slice(&[b'a'; 100]);
+    }
+    let mut run = ContinuationRun::default();
+    writer.send(frame::HEADERS, 0, 1, &pad).await.ok()?;
+    while !read.is_finished() && run.written < 100_000 {
+        if writer.send(frame::CONTINUATION, 0, 1, &pad).await.is_err() {
+            break;
+        }
+        run.written += 1;
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    drop(writer);
+    run.goaway = tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .ok()?
+        .ok()?;
+    Some(run)
+}
+
+/// The CONTINUATION flood (2024; CVE-2024-27316 and kin): a header block that never ends,
+/// sent in CONTINUATION frames, which a server that buffers it until END_HEADERS grows without
+/// bound. h2 (0.4.4 and later) allows a header block max(5, 1.25 × max_header_list_size /
+/// max_frame_size) frames: with the signer's 8 KiB list and 16 KiB frames, 5. Four
+/// connections from one address flood and reconnect for 3 s: each is closed with GOAWAY
+/// `ENHANCE_YOUR_CALM`, memory stays flat, and agents are served meanwhile. (The limit is
+/// h2's own and cannot be configured: this test guards the dependency.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuation_floods_close_the_connection() {
+    let _one = ONE_FLOOD.lock().await;
+    let (_bao, signer, idle) = Signer::warmed(&abuse_extra()).await;
+    // One frame at a time first: how many the signer reads before it closes the connection.
+    let src = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6));
+    let probe = continuation_flood_connection(
+        src,
+        signer.addr,
+        &signer.ca_pem,
+        Some(Duration::from_millis(50)),
+    )
+    .await
+    .expect("a connection");
+    assert_eq!(
+        probe.goaway,
+        Some(support::raw_h2::frame::ENHANCE_YOUR_CALM),
+        "{probe:?}"
+    );
+    assert!(
+        probe.written <= 6,
+        "the signer read {} CONTINUATION frames of a header block before closing",
+        probe.written
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut attackers = Vec::new();
+    for _ in 0..4 {
+        let (stop, runs, to, ca) = (
+            stop.clone(),
+            runs.clone(),
+            signer.addr,
+            signer.ca_pem.clone(),
+        );
+        attackers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match continuation_flood_connection(src, to, &ca, None).await {
+                    Some(run) => runs.lock().unwrap().push(run),
+                    None => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        }));
+    }
+    let rss_stop = Arc::new(AtomicBool::new(false));
+    let peak = watch_rss(&signer, rss_stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let took = legit_calls_succeed(&signer, 3, Duration::from_secs(10)).await;
+    stop.store(true, Ordering::Relaxed);
+    for a in attackers {
+        a.await.unwrap();
+    }
+    rss_stop.store(true, Ordering::Relaxed);
+    let peak = peak.await.unwrap();
+    let runs = std::mem::take(&mut *runs.lock().unwrap());
+    let most = runs.iter().map(|r| r.written).max().unwrap_or(0);
+    eprintln!(
+        "CONTINUATION flood: one frame at a time, closed after {} frames; flooding, {} \
+         connections, at most {most} frames written on one before it closed (most of them \
+         never read: socket buffers); RSS idle {} MiB, peak {} MiB; legitimate calls took {took:?}",
+        probe.written,
+        runs.len(),
+        idle / 1024,
+        peak / 1024
+    );
+    assert!(!runs.is_empty(), "no attacking connection was made");
+    for run in &runs {
+        assert_eq!(
+            run.goaway,
+            Some(support::raw_h2::frame::ENHANCE_YOUR_CALM),
+            "{run:?}"
+        );
+    }
+    assert!(peak.saturating_sub(idle) <= rss_bound_kib(4));
 }

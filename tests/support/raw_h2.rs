@@ -82,6 +82,7 @@ pub mod frame {
     pub const SETTINGS: u8 = 0x4;
     pub const GOAWAY: u8 = 0x7;
     pub const WINDOW_UPDATE: u8 = 0x8;
+    pub const CONTINUATION: u8 = 0x9;
     pub const END_HEADERS: u8 = 0x4;
     pub const ACK: u8 = 0x1;
     /// GOAWAY's error code for "the peer is behaving badly" (RFC 9113 §7).
