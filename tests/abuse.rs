@@ -868,6 +868,48 @@ async fn made_you_reset_connection(
     }
 }
 
+/// `connections` attackers, each running `attack` (one connection) again and again until
+/// agents have made `rounds` rounds of legitimate calls: what each attacking connection saw,
+/// the agents' times, and the signer's peak RSS (KiB).
+async fn reconnecting_attack<R, F, Fut>(
+    signer: &Signer,
+    connections: usize,
+    rounds: usize,
+    attack: F,
+) -> (Vec<R>, Vec<Duration>, u64)
+where
+    R: Send + 'static,
+    F: Fn(Arc<AtomicBool>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Option<R>> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut attackers = Vec::new();
+    for _ in 0..connections {
+        let (stop, runs, attack) = (stop.clone(), runs.clone(), attack.clone());
+        attackers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match attack(stop.clone()).await {
+                    Some(run) => runs.lock().unwrap().push(run),
+                    None => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        }));
+    }
+    let rss_stop = Arc::new(AtomicBool::new(false));
+    let peak = watch_rss(signer, rss_stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let took = legit_calls_succeed(signer, rounds, Duration::from_secs(10)).await;
+    stop.store(true, Ordering::Relaxed);
+    for a in attackers {
+        a.await.unwrap();
+    }
+    rss_stop.store(true, Ordering::Relaxed);
+    let peak = peak.await.unwrap();
+    let runs = std::mem::take(&mut *runs.lock().unwrap());
+    (runs, took, peak)
+}
+
 /// MadeYouReset (CVE-2025-8671): streams the client makes the *server* reset, as fast as it
 /// can write, from four connections that reconnect when closed. h2 counts the resets it sends
 /// because of a client's errors and closes the connection with GOAWAY (ENHANCE_YOUR_CALM)
@@ -883,37 +925,12 @@ async fn made_you_reset_closes_the_connection() {
     let _one = ONE_FLOOD.lock().await;
     let extra = abuse_extra();
     let (bao, signer, idle) = Signer::warmed(&extra).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut attackers = Vec::new();
-    for _ in 0..4 {
-        let (stop, runs, to, ca) = (
-            stop.clone(),
-            runs.clone(),
-            signer.addr,
-            signer.ca_pem.clone(),
-        );
-        attackers.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let src = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4));
-                match made_you_reset_connection(src, to, ca.clone(), stop.clone(), true).await {
-                    Some(run) => runs.lock().unwrap().push(run),
-                    None => tokio::time::sleep(Duration::from_millis(10)).await,
-                }
-            }
-        }));
-    }
-    let rss_stop = Arc::new(AtomicBool::new(false));
-    let peak = watch_rss(&signer, rss_stop.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let took = legit_calls_succeed(&signer, 2, Duration::from_secs(10)).await;
-    stop.store(true, Ordering::Relaxed);
-    for a in attackers {
-        a.await.unwrap();
-    }
-    rss_stop.store(true, Ordering::Relaxed);
-    let peak = peak.await.unwrap();
-    let runs = std::mem::take(&mut *runs.lock().unwrap());
+    let (to, ca) = (signer.addr, signer.ca_pem.clone());
+    let src = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4));
+    let (runs, took, peak) = reconnecting_attack(&signer, 4, 2, move |stop| {
+        made_you_reset_connection(src, to, ca.clone(), stop, true)
+    })
+    .await;
     let calm: Vec<&ResetRun> = runs
         .iter()
         .filter(|r| r.closed && r.goaway == Some(frame::ENHANCE_YOUR_CALM))
@@ -1236,36 +1253,12 @@ async fn continuation_floods_close_the_connection() {
         "the signer read {} CONTINUATION frames of a header block before closing",
         probe.written
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut attackers = Vec::new();
-    for _ in 0..4 {
-        let (stop, runs, to, ca) = (
-            stop.clone(),
-            runs.clone(),
-            signer.addr,
-            signer.ca_pem.clone(),
-        );
-        attackers.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match continuation_flood_connection(src, to, &ca, None).await {
-                    Some(run) => runs.lock().unwrap().push(run),
-                    None => tokio::time::sleep(Duration::from_millis(10)).await,
-                }
-            }
-        }));
-    }
-    let rss_stop = Arc::new(AtomicBool::new(false));
-    let peak = watch_rss(&signer, rss_stop.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let took = legit_calls_succeed(&signer, 3, Duration::from_secs(10)).await;
-    stop.store(true, Ordering::Relaxed);
-    for a in attackers {
-        a.await.unwrap();
-    }
-    rss_stop.store(true, Ordering::Relaxed);
-    let peak = peak.await.unwrap();
-    let runs = std::mem::take(&mut *runs.lock().unwrap());
+    let (to, ca) = (signer.addr, Arc::new(signer.ca_pem.clone()));
+    let (runs, took, peak) = reconnecting_attack(&signer, 4, 3, move |_| {
+        let ca = ca.clone();
+        async move { continuation_flood_connection(src, to, &ca, None).await }
+    })
+    .await;
     let most = runs.iter().map(|r| r.written).max().unwrap_or(0);
     eprintln!(
         "CONTINUATION flood: one frame at a time, closed after {} frames; flooding, {} \
