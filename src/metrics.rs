@@ -222,8 +222,8 @@ pub fn connection_accepted() {
 
 /// A connection closed before it could carry a call: `connection-limit`,
 /// `peer-connection-limit`, `evicted-unproven`, `handshake-rate` (its address's next
-/// handshake turn was further away than `server.handshake_timeout`), `handshake-timeout` or
-/// `handshake-failed`.
+/// handshake turn was further away than half of `server.handshake_timeout`; held until the
+/// handshake timed out), `handshake-timeout` or `handshake-failed`.
 pub fn connection_refused(reason: &'static str) {
     ::metrics::counter!("istio_vault_ca_connections_refused_total", "reason" => reason)
         .increment(1);

@@ -30,6 +30,16 @@ impl Rate {
         }
     }
 
+    /// `n` calls a second, `burst` at once; `None` (no limit) when either is 0, as the
+    /// configuration spells "off".
+    pub fn per_second(n: u32, burst: u32) -> Option<Self> {
+        Some(Self::new(
+            NonZeroU32::new(n)?,
+            Duration::from_secs(1),
+            NonZeroU32::new(burst)?,
+        ))
+    }
+
     /// How far ahead of now the bucket's "full again" time may run: `burst - 1` intervals.
     fn tolerance(&self) -> Duration {
         self.interval * (self.burst.get() - 1)

@@ -61,17 +61,6 @@ impl SignerProcess {
             .unwrap()
     }
 
-    /// CPU seconds the signer process has used (user + system), from `/proc/<pid>/stat`.
-    fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        // After the command name in parentheses, utime and stime are the 12th and 13th fields.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        // Clock ticks of 1/100 s (USER_HZ on Linux).
-        ticks as f64 / 100.0
-    }
-
     /// A pilot-agent's call options for `default/sa`, with a valid token.
     fn agent_options(&self, sa: &str) -> client::CallOptions {
         client::CallOptions {
@@ -1054,7 +1043,7 @@ async fn repeated_handshakes_from_one_address_are_paced() {
     let hello = Arc::new(support::raw_h2::client_hello(&signer.ca_pem));
     let src = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
     let flight = first_flight(src, signer.addr, &hello).await;
-    let cpu_before = signer.cpu_seconds();
+    let cpu_before = istio_vault_ca::loadgen::cpu_seconds(signer.child.id()).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicUsize::new(0));
     let mut attackers = Vec::new();
@@ -1090,7 +1079,7 @@ async fn repeated_handshakes_from_one_address_are_paced() {
     for a in attackers {
         a.abort();
     }
-    let cpu = signer.cpu_seconds() - cpu_before;
+    let cpu = istio_vault_ca::loadgen::cpu_seconds(signer.child.id()).unwrap() - cpu_before;
     let answered = answered.load(Ordering::Relaxed);
     let text = signer.metrics().await;
     let waited = sample(&text, "istio_vault_ca_handshake_waits_total").unwrap_or(0.0);

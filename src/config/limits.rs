@@ -3,7 +3,6 @@
 //! memory and work an unauthenticated client can cause is bounded by these numbers (the
 //! arithmetic is in docs/security-model.md).
 
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -57,8 +56,9 @@ pub const DEFAULT_MAX_LOCAL_RESET_STREAMS: usize = 128;
 /// signer a key exchange and a signature (~0.1–2 ms with the serving key's type) and the
 /// client as little as one replayed ClientHello, so without a rate one address could keep a
 /// core busy with handshakes it never finishes. Agents open a connection when they start and
-/// when one breaks; beyond the rate a handshake waits for its turn (within
-/// `server.handshake_timeout`, else the connection is closed at once). `0` turns it off.
+/// when one breaks; beyond the rate a handshake waits for its turn (up to half of
+/// `server.handshake_timeout`, else the connection is held until the handshake times out;
+/// `server::handshake`). `0` turns it off.
 pub const DEFAULT_MAX_HANDSHAKES_PER_SECOND_PER_PEER: u32 = 10;
 /// Handshakes one IP address may start at once before the rate above applies: as many as the
 /// connections it may hold (`max_connections_per_peer`).
@@ -125,16 +125,15 @@ impl Default for LimitsConfig {
 impl LimitsConfig {
     /// The refusals one connection is answered before it is paced; `None`: never paced.
     pub fn refusal_rate(&self) -> Option<Rate> {
-        let per_second = NonZeroU32::new(self.max_refusals_per_second)?;
-        let burst = NonZeroU32::new(self.refusal_burst)?;
-        Some(Rate::new(per_second, Duration::from_secs(1), burst))
+        Rate::per_second(self.max_refusals_per_second, self.refusal_burst)
     }
 
     /// The TLS handshakes one IP address is served; `None`: unlimited.
     pub fn handshake_rate_per_peer(&self) -> Option<Rate> {
-        let per_second = NonZeroU32::new(self.max_handshakes_per_second_per_peer)?;
-        let burst = NonZeroU32::new(self.handshake_burst_per_peer)?;
-        Some(Rate::new(per_second, Duration::from_secs(1), burst))
+        Rate::per_second(
+            self.max_handshakes_per_second_per_peer,
+            self.handshake_burst_per_peer,
+        )
     }
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {

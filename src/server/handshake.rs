@@ -18,7 +18,6 @@ use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -70,54 +69,59 @@ impl Handshakes {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let over_rate = AtomicBool::new(false);
-        match tokio::time::timeout(self.timeout, self.steps(io, ip, &over_rate)).await {
-            Ok(result) => result.map_err(Refused::Failed),
-            Err(_) if over_rate.load(Ordering::Relaxed) => Err(Refused::Rate),
-            Err(_) => Err(Refused::Timeout),
-        }
+        let deadline = Instant::now() + self.timeout;
+        // `timeout_at` polls the handshake first: one held over its rate until the deadline
+        // ends as `Rate`, not `Timeout`.
+        tokio::time::timeout_at(deadline, self.steps(io, ip, deadline))
+            .await
+            .unwrap_or(Err(Refused::Timeout))
     }
 
     async fn steps<IO>(
         &self,
         io: IO,
         ip: IpAddr,
-        over_rate: &AtomicBool,
-    ) -> io::Result<TlsStream<Flight<IO>>>
+        deadline: Instant,
+    ) -> Result<TlsStream<Flight<IO>>, Refused>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let started = Instant::now();
         let (written, flight) = oneshot::channel();
         let io = Flight {
             inner: io,
             written: Some(written),
         };
-        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io)
+            .await
+            .map_err(Refused::Failed)?;
         if let Some(turns) = &self.turns {
-            let left = (self.timeout / 2).saturating_sub(started.elapsed());
-            match turns.reserve(&ip, left) {
+            let latest = deadline - self.timeout / 2;
+            match turns.reserve(&ip, latest.saturating_duration_since(Instant::now())) {
                 Ok(wait) if wait.is_zero() => {}
                 Ok(wait) => {
                     crate::metrics::handshake_waited();
                     tokio::time::sleep(wait).await;
                 }
                 Err(_) => {
-                    over_rate.store(true, Ordering::Relaxed);
-                    std::future::pending::<()>().await;
+                    tokio::time::sleep_until(deadline).await;
+                    return Err(Refused::Rate);
                 }
             }
         }
-        let permit = self.permits.acquire().await.map_err(io::Error::other)?;
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| Refused::Failed(io::Error::other(e)))?;
         let accept = start.into_stream(self.tls_config.clone());
         tokio::pin!(accept);
         tokio::select! {
             biased;
-            done = &mut accept => return done,
+            done = &mut accept => return done.map_err(Refused::Failed),
             // Written (or the connection is gone): the cryptographic part is over.
             _ = flight => drop(permit),
         }
-        accept.await
+        accept.await.map_err(Refused::Failed)
     }
 }
 
