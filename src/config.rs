@@ -273,6 +273,29 @@ mod tests {
         assert_eq!(c.server.limits.max_waiting_for_vault, 1024);
     }
 
+    /// The keepalive must outlast the longest a refused connection is left unread, or the
+    /// signer would close connections it is only pacing; a zero interval would ping without
+    /// pause.
+    #[test]
+    fn http2_keepalive_outlasts_a_pause() {
+        let load = |pairs: &[(&str, &str)]| {
+            let mut e = required();
+            e.extend(env(pairs));
+            Config::load(None, e).map_err(|e| e.to_string())
+        };
+        assert!(load(&[("IVCA_SERVER__HTTP2_KEEPALIVE_TIMEOUT", "5s")]).is_ok());
+        assert!(
+            load(&[("IVCA_SERVER__HTTP2_KEEPALIVE_TIMEOUT", "3s")])
+                .unwrap_err()
+                .contains("server.http2_keepalive_timeout: must be at least 5s")
+        );
+        assert!(
+            load(&[("IVCA_SERVER__HTTP2_KEEPALIVE_INTERVAL", "0s")])
+                .unwrap_err()
+                .contains("server.http2_keepalive_interval: must be positive")
+        );
+    }
+
     #[test]
     fn file_then_env_overrides() {
         let dir = tempfile::tempdir().unwrap();

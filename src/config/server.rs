@@ -9,6 +9,11 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most `server.workers`: a thread each, more than any node's cores.
 pub const MAX_WORKERS: usize = 1024;
 
+/// Least `server.http2_keepalive_timeout`. A connection whose calls keep being refused is
+/// left unread for up to 4 s at a time (`server::pace::MAX_PAUSE`), its PING answer with it:
+/// a shorter timeout would have the signer take its own pause for a dead peer.
+pub const MIN_HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The gRPC+TLS listener.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -178,6 +183,21 @@ impl ServerConfig {
         self.tls.validate()?;
         positive("server.request_timeout", self.request_timeout)?;
         positive("server.reload_interval", self.reload_interval)?;
-        positive("server.handshake_timeout", self.handshake_timeout)
+        positive("server.handshake_timeout", self.handshake_timeout)?;
+        positive(
+            "server.http2_keepalive_interval",
+            self.http2_keepalive_interval,
+        )?;
+        if self.http2_keepalive_timeout < MIN_HTTP2_KEEPALIVE_TIMEOUT {
+            return Err(ConfigError::invalid(
+                "server.http2_keepalive_timeout",
+                format!(
+                    "must be at least {}s: a connection whose calls keep being refused is left \
+                     unread for up to 4s, its PING answer with it",
+                    MIN_HTTP2_KEEPALIVE_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        Ok(())
     }
 }

@@ -37,10 +37,14 @@ use super::log_limit::LogLimit;
 use super::status::refusal_code;
 use crate::rate::{Debt, Rate};
 
-/// The longest a connection is left unread at a time. Well under the HTTP/2 keepalive
-/// timeouts on either side (10 s: the signer's `server.http2_keepalive_timeout` by default,
-/// and ztunnel's), so a paused connection is not taken for a dead one.
+/// The longest a connection is left unread at a time. Under the HTTP/2 keepalive timeouts on
+/// either side (the signer's `server.http2_keepalive_timeout`: 10 s by default, at least 5 s
+/// by validation; ztunnel's: 10 s), so a paused connection is not taken for a dead one.
 pub const MAX_PAUSE: Duration = Duration::from_secs(4);
+const _: () = assert!(
+    MAX_PAUSE.as_secs() < crate::config::MIN_HTTP2_KEEPALIVE_TIMEOUT.as_secs(),
+    "the signer's own keepalive must outlast a pause"
+);
 
 /// How far beyond its budget a connection's debt may run: a client that keeps being refused
 /// stays paced for this long after it stops.
