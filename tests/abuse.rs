@@ -11,8 +11,6 @@
 //! Legitimate pilot-agent- and ztunnel-shaped calls (tonic over TLS) run during each flood and
 //! must succeed within their deadline. Memory is read from `/proc/<pid>/status`.
 
-mod support;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -20,10 +18,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use istio_vault_ca::client::{self, Shape};
-use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
 use support::process::SignerProcess;
 use support::raw_h2::{PATH, tcp_from, tls_connector};
-use support::{OpenBao, id, sample};
+use support::{id, sample};
 use tokio::io::AsyncWriteExt;
 
 /// One flood at a time: each test measures its own signer's memory and latency, which a
@@ -32,90 +29,6 @@ static ONE_FLOOD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The signer binary in its own process, with the production defaults of `server.limits`.
 type Signer = SignerProcess;
-
-impl SignerProcess {
-    /// OpenBao, set up, and a signer (`extra` added to `[server]`) that has issued one
-    /// certificate, with its RSS then (KiB): the baseline a flood is measured against.
-    async fn warmed(extra: &str) -> (OpenBao, Signer, u64) {
-        let bao = OpenBao::start().await;
-        let setup = bao.setup(&[]);
-        let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
-        let signer = Signer::start(&bao.addr, &setup, extra, "warn", issuer).await;
-        // The first calls load keys and caches.
-        signer
-            .legit(Shape::PilotAgent, "warm", Duration::from_secs(10))
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let idle = signer.rss_kib();
-        (bao, signer, idle)
-    }
-
-    /// Resident memory of the signer process, in KiB.
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
-
-    /// A pilot-agent's call options for `default/sa`, with a valid token.
-    fn agent_options(&self, sa: &str) -> client::CallOptions {
-        client::CallOptions {
-            token: Some(self.issuer.token(&TokenSpec::new("default", sa)).unwrap()),
-            cluster_id: Some("Kubernetes".into()),
-            ttl_seconds: 3600,
-            impersonate: None,
-            cert_signer: None,
-        }
-    }
-
-    /// Waits until no call is in flight or queued at the signer's gate.
-    async fn gate_empties(&self, what: &str) {
-        support::eventually(what, async || {
-            let text = self.metrics().await;
-            sample(&text, "istio_vault_ca_in_flight_requests") == Some(0.0)
-                && sample(&text, "istio_vault_ca_queued_requests").unwrap_or(0.0) == 0.0
-        })
-        .await;
-    }
-
-    /// One legitimate call of `shape` for `ns/sa` from 127.0.0.1, within `deadline`.
-    async fn legit(&self, shape: Shape, sa: &str, deadline: Duration) -> Result<Duration, String> {
-        let start = Instant::now();
-        let want = id("default", sa);
-        let mut opts = self.agent_options(sa);
-        if shape == Shape::Ztunnel {
-            opts.impersonate = Some(want.to_string());
-        }
-        let call = async {
-            let kc = client::generate_csr(shape, &want).map_err(|e| e.to_string())?;
-            let req = client::build_request(shape, &kc.csr_pem, &want, &opts)
-                .map_err(|e| e.to_string())?;
-            let mut c = client::connect(&self.addr.to_string(), &self.ca_pem, Some("localhost"))
-                .await
-                .map_err(|e| format!("connect: {e:#}"))?;
-            let chain = c
-                .create_certificate(req)
-                .await
-                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
-                .into_inner()
-                .cert_chain;
-            let got = client::inspect_chain(&chain).map_err(|e| e.to_string())?;
-            if got.identity != want.to_string() {
-                return Err(format!("issued {} for {want}", got.identity));
-            }
-            Ok(())
-        };
-        match tokio::time::timeout(deadline, call).await {
-            Ok(Ok(())) => Ok(start.elapsed()),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(format!("no answer within {deadline:?}")),
-        }
-    }
-}
 
 /// `[server]` configuration added by `ABUSE_EXTRA` (`\n` for newlines), for measurements and
 /// mutation checks: e.g. `[server.limits]\nmax_refusals_per_second = 0`.

@@ -8,8 +8,6 @@
 //! `grpc-timeout`, as tonic sends it), and a real HTTP/2 client (`h2`) that takes the only slot
 //! by sending a call's headers and never its message (held until `body_timeout`, 5 s here).
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use istio_vault_ca::client::{self, Shape};

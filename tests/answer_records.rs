@@ -5,8 +5,6 @@
 //! a tonic client over real TLS shaped like pilot-agent, and a loopback TCP relay between them
 //! that reads the TLS record headers of what the signer sends (it cannot decrypt them).
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

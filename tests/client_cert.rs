@@ -3,8 +3,6 @@
 //! authenticates its own identity only; a certificate from another PKI is refused at the
 //! handshake; with the option off, a certificate alone authenticates nothing.
 
-mod support;
-
 use istio_vault_ca::client::{self, CallOptions, Shape};
 use istio_vault_ca::identity::SpiffeId;
 use istio_vault_ca::pb::istio_certificate_service_client::IstioCertificateServiceClient;

@@ -3,8 +3,6 @@
 //! (`kubernetes-validate`, installed by scripts/test.sh); every shipped `config.toml` loads in
 //! the signer (`check-config --offline`, as an operator checks one off the cluster); and `setup.py --kubernetes-auth` configures Kubernetes auth on a real OpenBao.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

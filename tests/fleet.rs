@@ -9,8 +9,6 @@
 //! ztunnel-shaped tonic clients (one connection per node), each checking its chain as the
 //! clients do.
 
-mod support;
-
 use std::num::NonZeroU32;
 use std::time::Duration;
 

@@ -8,8 +8,6 @@
 //! for, ending with exactly the mesh's roots). Nodes are SIGKILLed, stepped down and sealed
 //! for real. Nothing is mocked.
 
-mod support;
-
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -3,8 +3,6 @@
 //! `/api/v1/pods` list/watch JSON (no API server can run here). Each cluster is judged
 //! against its own pod cache.
 
-mod support;
-
 use std::time::Duration;
 
 use istio_vault_ca::client::{self, CallOptions, Shape};

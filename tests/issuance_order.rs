@@ -7,8 +7,6 @@
 //! in-process over real TLS, pilot-agent-shaped tonic clients with pod-bound tokens (one pod
 //! each, so each renews its own certificate).
 
-mod support;
-
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 

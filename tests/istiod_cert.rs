@@ -4,8 +4,6 @@
 //! API server can run here), able to refuse writes with 403 as RBAC would, with the Lease
 //! endpoints of `support::kube_api` for the leader election between replicas.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

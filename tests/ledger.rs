@@ -7,8 +7,6 @@
 //! with the signer's own Vault token (its policy must allow it) through `LedgerStore`, and
 //! each record is compared with the certificate the caller received.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 

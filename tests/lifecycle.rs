@@ -2,8 +2,6 @@
 //! (a loopback black hole: a fault OpenBao cannot produce), serving-certificate hot reload,
 //! and graceful shutdown with a request in flight (a delaying proxy in front of OpenBao).
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -2,8 +2,6 @@
 //! (a few hundred requests), so the tool cannot rot. Figures are reported by benchmarks, not
 //! asserted here.
 
-mod support;
-
 use istio_vault_ca::loadgen::{self, LoadOptions};
 use support::Env;
 

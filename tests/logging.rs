@@ -1,8 +1,6 @@
 //! Request logs: one JSON line per request with identity, outcome, code, serial and duration,
 //! and never a token, a CSR or key material (real OpenBao, real TLS).
 
-mod support;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 

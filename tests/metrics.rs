@@ -1,8 +1,6 @@
 //! `/metrics` after a mixed run against a real OpenBao: counters, histograms and state gauges
 //! moved as expected. One test in its own binary, since the metrics recorder is process-wide.
 
-mod support;
-
 use istio_vault_ca::client::{self, CallOptions, Shape};
 use support::{Env, id, now_unix, sample};
 

@@ -2,8 +2,6 @@
 //! real OpenBao over real TLS: each cluster's tokens are judged only by that cluster's keys
 //! (the result cache is per cluster too), and an unknown cluster is refused by name.
 
-mod support;
-
 use istio_vault_ca::client::{CallOptions, Shape};
 use istio_vault_ca::dev::{DevIssuer, TokenSpec};
 use support::{Env, id};

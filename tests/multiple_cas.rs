@@ -5,8 +5,6 @@
 //! authorization from a loopback server speaking the real JSON (no API server can run here).
 //! The signer's config is a real TOML file, rewritten on disk to test reloads.
 
-mod support;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -5,8 +5,6 @@
 //!
 //! Real: the cache's own types and serde decoding. No server is involved.
 
-mod support;
-
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 

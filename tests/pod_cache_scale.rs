@@ -8,8 +8,6 @@
 //!
 //! Real: OpenBao (dev), setup.py, the signer binary. The API server is the loopback stand-in.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use axum::extract::RawQuery;

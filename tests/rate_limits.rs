@@ -7,8 +7,6 @@
 //! and ztunnel-shaped tonic clients, and the `kube` pod watcher reading a loopback server that
 //! speaks the real `/api/v1/pods` list/watch JSON (no API server can run here).
 
-mod support;
-
 use std::num::NonZeroU32;
 use std::time::Duration;
 

@@ -2,8 +2,6 @@
 //! sign (valid Vault token, trust bundle, serving certificate). A signer started while
 //! OpenBao is down is alive but not ready, and becomes ready by itself when OpenBao returns.
 
-mod support;
-
 use std::time::Duration;
 
 use support::{Env, OpenBao, eventually};

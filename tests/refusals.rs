@@ -3,8 +3,6 @@
 //!
 //! Real OpenBao, real TLS, tonic clients shaped like pilot-agent and ztunnel.
 
-mod support;
-
 use istio_vault_ca::client::{self, CallOptions, Shape, uri_san_extension};
 use istio_vault_ca::dev::{DevIssuer, TokenSpec};
 use rcgen::{CertificateParams, CustomExtension, DistinguishedName, DnType, KeyPair, SanType};

@@ -6,8 +6,6 @@
 //! `Unavailable` as pilot-agent and ztunnel do, and checking every answer as a workload would
 //! (`--verify-roots`).
 
-mod support;
-
 use std::time::Duration;
 
 use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer};

@@ -8,8 +8,6 @@
 //! `istio-vault-ca revoke` / `unrevoke` commands as their own processes, TLS and gRPC
 //! clients shaped like pilot-agent and ztunnel, rustls' WebPKI verifier with Vault's CRL.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 

@@ -4,8 +4,6 @@
 //! namespaces' `istio-ca-root-cert` follows the bundle at each step (trust distribution talks
 //! to a loopback server speaking the Kubernetes JSON: no API server can run here).
 
-mod support;
-
 use std::time::Duration;
 
 use istio_vault_ca::client::{self, Shape};

@@ -6,8 +6,6 @@
 //! and the load generator's gRPC clients (4 HTTP/2 connections over tonic, as ztunnel's). Which thread did the work is read from
 //! `/proc/self/task/*/stat` by the threads' names (`serve-1`, `serve-2`).
 
-mod support;
-
 use std::time::Duration;
 
 use istio_vault_ca::loadgen::{self, LoadOptions};

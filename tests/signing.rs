@@ -1,8 +1,6 @@
 //! The core signing path end to end: real OpenBao configured by `deploy/vault/setup.py`, the
 //! signer over real TLS, and tonic clients shaped like pilot-agent and ztunnel.
 
-mod support;
-
 use std::time::Duration;
 
 use istio_vault_ca::client::{self, CallOptions, Shape};

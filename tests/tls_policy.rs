@@ -14,8 +14,6 @@
 //! restricted providers, tonic over that TLS stream; the P-384 and RSA-3072 serving
 //! certificates come from a CA made here with rcgen.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 
 use hyper_util::rt::TokioIo;

@@ -3,8 +3,6 @@
 //! TokenReview JSON (no Kubernetes API server can be installed here), reached through a
 //! kubeconfig exactly as in production.
 
-mod support;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

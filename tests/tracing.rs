@@ -6,8 +6,6 @@
 //! OTLP's real `TraceService` (opentelemetry-proto's generated server), standing in for an
 //! OpenTelemetry Collector.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 
 use istio_vault_ca::client::{self, CallOptions, Shape};

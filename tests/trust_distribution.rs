@@ -5,8 +5,6 @@
 //! ConfigMap list/watch and server-side-apply JSON (no API server can run here); the bundle
 //! comes from a real OpenBao.
 
-mod support;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 

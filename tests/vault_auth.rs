@@ -2,8 +2,6 @@
 //! be renewed, AppRole across its max TTL (renewal, then re-login), and JWT login with a
 //! forced re-login after the signer's token is revoked. Requests succeed throughout.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use istio_vault_ca::client::Shape;

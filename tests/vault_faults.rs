@@ -3,8 +3,6 @@
 //! TCP proxy past the timeout. Every answer is either a chain that verifies or `Unavailable`,
 //! always within the deadline; the signer recovers by itself.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use istio_vault_ca::client::{self, Shape};

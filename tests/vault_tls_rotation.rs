@@ -6,8 +6,6 @@
 //! rcgen), the signer in-process over real TLS, a pilot-agent-shaped gRPC client. Rotations
 //! are plain file writes, as the kubelet updating a mounted Secret does.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 

@@ -4,6 +4,8 @@
 //! OpenBao is started with a declarative file audit device, so a test can count the `sign`
 //! calls Vault really received ([`OpenBao::sign_calls`]) and prove a refusal never reached it.
 #![allow(dead_code)]
+// A harness for tests, not an API: its constructors need no `Default`.
+#![allow(clippy::new_without_default)]
 
 pub mod cluster;
 pub mod kube_api;
@@ -25,6 +27,11 @@ use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
 use istio_vault_ca::identity::SpiffeId;
 use istio_vault_ca::pb::istio_certificate_service_client::IstioCertificateServiceClient;
 use tonic::transport::Channel;
+
+/// The repository's top directory (this crate sits in `tests/support`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
 
 pub const MOUNT: &str = "pki-istio";
 pub const ROLE: &str = "istio-workload";
@@ -359,7 +366,7 @@ impl OpenBao {
     /// `vault-token`, `tls/{tls.crt,tls.key,root-cert.pem}`.
     pub fn setup(&self, extra: &[&str]) -> PathBuf {
         let out = self.dir.path().join("setup");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/vault/setup.py");
+        let script = repo_root().join("deploy/vault/setup.py");
         let status = Command::new("python3")
             .arg(script)
             .args(["--addr", &self.addr, "--token", &self.root_token])
@@ -381,9 +388,7 @@ impl OpenBao {
 
     /// Runs a script from `deploy/vault/` against this server with the root token.
     pub fn script(&self, name: &str, args: &[&str]) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("deploy/vault")
-            .join(name);
+        let script = repo_root().join("deploy/vault").join(name);
         let status = Command::new("python3")
             .arg(script)
             .args(args)

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use istio_vault_ca::dev::DevIssuer;
+use istio_vault_ca::client::{self, Shape};
+use istio_vault_ca::dev::{DEFAULT_ISSUER, DevIssuer, TokenSpec};
+
+use super::OpenBao;
 
 /// A running signer process; killed on drop.
 pub struct SignerProcess {
@@ -38,7 +41,8 @@ impl Launch {
             .unwrap();
         // ABUSE_BIN: measure another build (e.g. target/release/istio-vault-ca).
         let bin = std::env::var("ABUSE_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_istio-vault-ca").to_owned());
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| signer_bin());
         let mut command = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -56,6 +60,109 @@ impl Launch {
             .spawn()
             .unwrap()
     }
+}
+
+/// What the abuse tests measure a flood with.
+impl SignerProcess {
+    /// OpenBao, set up, and a signer process (`extra` added to `[server]`) that has issued one
+    /// certificate, with its RSS then (KiB): the baseline a flood is measured against.
+    pub async fn warmed(extra: &str) -> (OpenBao, Self, u64) {
+        let bao = OpenBao::start().await;
+        let setup = bao.setup(&[]);
+        let issuer = DevIssuer::generate(DEFAULT_ISSUER).unwrap();
+        let signer = Self::start(&bao.addr, &setup, extra, "warn", issuer).await;
+        // The first calls load keys and caches.
+        signer
+            .legit(Shape::PilotAgent, "warm", Duration::from_secs(10))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let idle = signer.rss_kib();
+        (bao, signer, idle)
+    }
+
+    /// Resident memory of the signer process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// A pilot-agent's call options for `default/sa`, with a valid token.
+    pub fn agent_options(&self, sa: &str) -> client::CallOptions {
+        client::CallOptions {
+            token: Some(self.issuer.token(&TokenSpec::new("default", sa)).unwrap()),
+            cluster_id: Some("Kubernetes".into()),
+            ttl_seconds: 3600,
+            impersonate: None,
+            cert_signer: None,
+        }
+    }
+
+    /// Waits until no call is in flight or queued at the signer's gate.
+    pub async fn gate_empties(&self, what: &str) {
+        super::eventually(what, async || {
+            let text = self.metrics().await;
+            super::sample(&text, "istio_vault_ca_in_flight_requests") == Some(0.0)
+                && super::sample(&text, "istio_vault_ca_queued_requests").unwrap_or(0.0) == 0.0
+        })
+        .await;
+    }
+
+    /// One legitimate call of `shape` for `ns/sa` from 127.0.0.1, within `deadline`.
+    pub async fn legit(
+        &self,
+        shape: Shape,
+        sa: &str,
+        deadline: Duration,
+    ) -> Result<Duration, String> {
+        let start = Instant::now();
+        let want = super::id("default", sa);
+        let mut opts = self.agent_options(sa);
+        if shape == Shape::Ztunnel {
+            opts.impersonate = Some(want.to_string());
+        }
+        let call = async {
+            let kc = client::generate_csr(shape, &want).map_err(|e| e.to_string())?;
+            let req = client::build_request(shape, &kc.csr_pem, &want, &opts)
+                .map_err(|e| e.to_string())?;
+            let mut c = client::connect(&self.addr.to_string(), &self.ca_pem, Some("localhost"))
+                .await
+                .map_err(|e| format!("connect: {e:#}"))?;
+            let chain = c
+                .create_certificate(req)
+                .await
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+                .into_inner()
+                .cert_chain;
+            let got = client::inspect_chain(&chain).map_err(|e| e.to_string())?;
+            if got.identity != want.to_string() {
+                return Err(format!("issued {} for {want}", got.identity));
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(deadline, call).await {
+            Ok(Ok(())) => Ok(start.elapsed()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!("no answer within {deadline:?}")),
+        }
+    }
+}
+
+/// The signer binary Cargo builds for the integration tests, beside the running test
+/// executable's directory (`target/<profile>/istio-vault-ca`, the test in
+/// `target/<profile>/deps/`): what `CARGO_BIN_EXE_istio-vault-ca` names in the tests, which
+/// this crate, not part of the signer's package, is not given.
+pub fn signer_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable is in target/<profile>/deps");
+    profile_dir.join(format!("istio-vault-ca{}", std::env::consts::EXE_SUFFIX))
 }
 
 impl Drop for SignerProcess {
