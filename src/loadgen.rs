@@ -581,10 +581,15 @@ pub fn peak_rss_mib(pid: u32) -> Option<f64> {
 
 /// A memory field of `/proc/<pid>/status` (`VmHWM:`, `VmRSS:`), in MiB.
 pub fn proc_status_mib(pid: u32, field: &str) -> Option<f64> {
+    proc_status_kib(pid, field).map(|kib| kib as f64 / 1024.0)
+}
+
+/// A memory field of `/proc/<pid>/status` (`VmHWM:`, `VmRSS:`), in KiB as the kernel gives
+/// it (`VmRSS:     6260 kB`); `None` when the process is gone or the field absent.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    let value = status.lines().find_map(|l| l.strip_prefix(field))?;
+    value.split_whitespace().next()?.parse().ok()
 }
 
 /// User + system CPU seconds of `pid` from /proc (clock ticks of 1/100 s, Linux's USER_HZ).
@@ -596,4 +601,21 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_a_memory_field_of_proc_status() {
+        let me = std::process::id();
+        let rss = super::proc_status_kib(me, "VmRSS:").expect("own VmRSS");
+        let peak = super::proc_status_kib(me, "VmHWM:").expect("own VmHWM");
+        assert!(rss > 0 && peak >= rss, "VmRSS {rss} kB, VmHWM {peak} kB");
+        assert_eq!(super::proc_status_kib(me, "NoSuchField:"), None);
+        assert_eq!(
+            super::proc_status_kib(u32::MAX, "VmRSS:"),
+            None,
+            "no such process"
+        );
+    }
 }

@@ -148,12 +148,7 @@ fn watch_rss(signer: &Signer, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<
     tokio::spawn(async move {
         let mut peak = 0;
         while !stop.load(Ordering::Relaxed) {
-            if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                && let Some(kib) = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            {
+            if let Some(kib) = istio_vault_ca::loadgen::proc_status_kib(pid, "VmRSS:") {
                 peak = peak.max(kib);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

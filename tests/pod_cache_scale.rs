@@ -134,15 +134,7 @@ async fn synced_metrics(signer: &SignerProcess, within: Duration) -> String {
 
 /// `VmRSS` and `VmHWM` of `pid`, MiB.
 fn rss_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .unwrap()
-            / 1024.0
-    };
+    let field = |name| istio_vault_ca::loadgen::proc_status_mib(pid, name).expect(name);
     (field("VmRSS:"), field("VmHWM:"))
 }
 

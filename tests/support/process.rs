@@ -83,12 +83,8 @@ impl SignerProcess {
 
     /// Resident memory of the signer process, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
+        istio_vault_ca::loadgen::proc_status_kib(self.child.id(), "VmRSS:")
+            .expect("the signer's VmRSS")
     }
 
     /// A pilot-agent's call options for `default/sa`, with a valid token.
