@@ -6,8 +6,8 @@
 //! each opening as many streams as the server allows, sending headers and part of a message,
 //! and holding them; TCP connections that never finish TLS; streams reset as soon as opened;
 //! streams the server is made to reset and header blocks that never end (frames written one by
-//! one, `support::raw_h2::RawWriter`); ClientHellos replayed on new connections and handshakes
-//! left unanswered after the signer's flight.
+//! one, `support::raw_h2::RawWriter`); PING and SETTINGS floods, read and unread; ClientHellos
+//! replayed on new connections and handshakes left unanswered after the signer's flight.
 //! Legitimate pilot-agent- and ztunnel-shaped calls (tonic over TLS) run during each flood and
 //! must succeed within their deadline. Memory is read from `/proc/<pid>/status`.
 
@@ -1175,4 +1175,137 @@ async fn continuation_floods_close_the_connection() {
         );
     }
     assert!(peak.saturating_sub(idle) <= rss_bound_kib(4));
+}
+
+/// A PING or SETTINGS flood on one connection from `src` (the 2019 HTTP/2 control-frame
+/// floods, CVE-2019-9512 and CVE-2019-9515): batches of 1,000 frames, each of which asks the
+/// server for an acknowledgement. With `read_acks`, a second task reads and counts the ACKs
+/// as fast as they come (the attacker that keeps the signer busy); without, nothing is ever
+/// read (the attacker that hopes the server queues its answers). Returns the bytes of frames
+/// written before the writes stalled for 2 s, the connection ended or `stop` was set, and
+/// the ACKs read.
+async fn control_flood_connection(
+    src: IpAddr,
+    to: SocketAddr,
+    ca_pem: &[u8],
+    kind: u8,
+    read_acks: bool,
+    stop: Arc<AtomicBool>,
+) -> Option<(usize, usize)> {
+    use support::raw_h2::frame;
+    let (mut writer, mut reader) = support::raw_h2::raw_connect(src, to, ca_pem).await.ok()?;
+    let payload: &[u8] = if kind == frame::PING { &[7; 8] } else { &[] };
+    let frame_bytes = 9 + payload.len();
+    let acks = Arc::new(AtomicUsize::new(0));
+    let read = {
+        let acks = acks.clone();
+        tokio::spawn(async move {
+            if !read_acks {
+                // Hold the read half unread until the writer gives up.
+                return std::future::pending::<()>().await;
+            }
+            while let Ok(Some(f)) = reader.next().await {
+                if f.kind == kind && f.flags & frame::ACK != 0 {
+                    acks.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let mut written = 0;
+    while !stop.load(Ordering::Relaxed) && written < 256 << 20 {
+        let batch = writer.send_repeated(kind, 0, 0, payload, 1000);
+        match tokio::time::timeout(Duration::from_secs(2), batch).await {
+            Ok(Ok(())) => written += 1000 * frame_bytes,
+            // Closed by the signer, or stalled: it stopped reading.
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    read.abort();
+    Some((written, acks.load(Ordering::Relaxed)))
+}
+
+/// The HTTP/2 control-frame floods: frames that each oblige the server to answer (PING,
+/// SETTINGS), sent as fast as the attacker can encrypt them. h2 holds at most one unsent
+/// PING or SETTINGS acknowledgement and reads no further frame until it is written, so:
+/// - an attacker that never reads its ACKs stalls itself once the socket buffers between the
+///   two are full (a few MiB), and the signer holds nothing for it beyond them;
+/// - an attacker that reads them costs the signer about what each frame costs the attacker
+///   (decrypt, parse, answer, encrypt): no amplification, and its connections keep one
+///   serving thread busy while new connections are placed on another (`server::connections`
+///   packs below `server.worker_packing`), so agents are served meanwhile.
+///
+/// The limits are h2's own and cannot be configured: this test guards the dependency and the
+/// claim in docs/security-model.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_and_settings_floods_queue_nothing_and_agents_are_served() {
+    use support::raw_h2::frame;
+    let _one = ONE_FLOOD.lock().await;
+    let (bao, signer, idle) = Signer::warmed(&abuse_extra()).await;
+    let rss_stop = Arc::new(AtomicBool::new(false));
+    let peak = watch_rss(&signer, rss_stop.clone());
+
+    // Never reading: each flood stalls after what the socket buffers hold.
+    let never = Arc::new(AtomicBool::new(false));
+    let src = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 40));
+    let mut stalled = Vec::new();
+    for kind in [frame::PING, frame::SETTINGS] {
+        let (written, _) =
+            control_flood_connection(src, signer.addr, &signer.ca_pem, kind, false, never.clone())
+                .await
+                .expect("attacking connection");
+        assert!(
+            written < 64 << 20,
+            "a flood of frame type {kind} that reads nothing wrote {written} bytes without \
+             stalling: the signer queues its answers"
+        );
+        stalled.push(written);
+    }
+
+    // Reading every ACK: 8 connections, half PING, half SETTINGS, while agents call.
+    let stop = Arc::new(AtomicBool::new(false));
+    let src = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 41));
+    let attackers: Vec<_> = (0..8)
+        .map(|i| {
+            let kind = if i % 2 == 0 {
+                frame::PING
+            } else {
+                frame::SETTINGS
+            };
+            let (to, ca, stop) = (signer.addr, signer.ca_pem.clone(), stop.clone());
+            tokio::spawn(
+                async move { control_flood_connection(src, to, &ca, kind, true, stop).await },
+            )
+        })
+        .collect();
+    let cpu_before = istio_vault_ca::loadgen::cpu_seconds(signer.child.id()).unwrap();
+    let own_before = istio_vault_ca::loadgen::cpu_seconds(std::process::id()).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let took = legit_calls_succeed(&signer, 4, Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut written = 0;
+    let mut acks = 0;
+    for a in attackers {
+        let (w, n) = a.await.unwrap().expect("attacking connection");
+        written += w;
+        acks += n;
+    }
+    let cpu = istio_vault_ca::loadgen::cpu_seconds(signer.child.id()).unwrap() - cpu_before;
+    let own = istio_vault_ca::loadgen::cpu_seconds(std::process::id()).unwrap() - own_before;
+    rss_stop.store(true, Ordering::Relaxed);
+    let peak = peak.await.unwrap();
+    eprintln!(
+        "control-frame floods: unread PING / SETTINGS floods stalled after {:?} KiB; read \
+         floods wrote {} MiB, got {acks} ACKs, signer CPU {cpu:.1} s, attackers' {own:.1} s; RSS idle {} MiB, peak {} \
+         MiB; legitimate calls took {took:?}",
+        stalled.iter().map(|b| b >> 10).collect::<Vec<_>>(),
+        written >> 20,
+        idle / 1024,
+        peak / 1024
+    );
+    assert!(
+        acks > 100_000,
+        "the flood did not get under way: {acks} ACKs"
+    );
+    assert!(peak.saturating_sub(idle) <= rss_bound_kib(10));
+    assert_eq!(bao.sign_calls(), took.len() + 1);
 }

@@ -80,6 +80,7 @@ pub mod frame {
     pub const HEADERS: u8 = 0x1;
     pub const RST_STREAM: u8 = 0x3;
     pub const SETTINGS: u8 = 0x4;
+    pub const PING: u8 = 0x6;
     pub const GOAWAY: u8 = 0x7;
     pub const WINDOW_UPDATE: u8 = 0x8;
     pub const CONTINUATION: u8 = 0x9;
@@ -137,15 +138,28 @@ impl RawWriter {
         stream: u32,
         payload: &[u8],
     ) -> std::io::Result<()> {
+        self.send_repeated(kind, flags, stream, payload, 1).await
+    }
+
+    /// Writes `count` copies of one frame in one write (a flood's batch: one TLS record per
+    /// 16 KiB, as cheap for the sender as frames get).
+    pub async fn send_repeated(
+        &mut self,
+        kind: u8,
+        flags: u8,
+        stream: u32,
+        payload: &[u8],
+        count: usize,
+    ) -> std::io::Result<()> {
         use tokio::io::AsyncWriteExt;
         let len = u32::try_from(payload.len()).unwrap();
-        let mut buf = Vec::with_capacity(9 + payload.len());
-        buf.extend_from_slice(&len.to_be_bytes()[1..]);
-        buf.push(kind);
-        buf.push(flags);
-        buf.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
-        buf.extend_from_slice(payload);
-        self.0.write_all(&buf).await?;
+        let mut one = Vec::with_capacity(9 + payload.len());
+        one.extend_from_slice(&len.to_be_bytes()[1..]);
+        one.push(kind);
+        one.push(flags);
+        one.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+        one.extend_from_slice(payload);
+        self.0.write_all(&one.repeat(count)).await?;
         self.0.flush().await
     }
 
