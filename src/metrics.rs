@@ -239,6 +239,11 @@ pub fn refusal_paced() {
     ::metrics::counter!("istio_vault_ca_paced_refusals_total").increment(1);
 }
 
+/// `frames` PING or SETTINGS frames beyond their connection's budget (the connection is paused).
+pub fn control_frames_paced(frames: u64) {
+    ::metrics::counter!("istio_vault_ca_paced_control_frames_total").increment(frames);
+}
+
 /// How busy each serving thread was over its last measurement (`crate::worker`), 1-based.
 pub fn serving_thread_busy(busy: impl Iterator<Item = f64>) {
     for (i, share) in busy.enumerate() {

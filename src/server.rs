@@ -7,6 +7,7 @@
 //! outcome, gRPC code, serial, NotAfter and duration, and never a token, key or CSR.
 
 pub mod connections;
+pub mod control_frames;
 pub mod cork;
 pub mod executor;
 pub mod gate;

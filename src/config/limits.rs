@@ -71,6 +71,14 @@ pub const DEFAULT_MAX_REFUSALS_PER_SECOND: u32 = 10;
 /// Refusals one connection is answered at once before the rate above applies: a ztunnel
 /// multiplexes its node's calls on one connection, and a full queue refuses them together.
 pub const DEFAULT_REFUSAL_BURST: u32 = 32;
+/// HTTP/2 frames that oblige the signer to answer (PING and SETTINGS, not their ACKs) one
+/// connection may send per second before it is paced like a refused caller
+/// (`server::control_frames`). Clients send a SETTINGS when they connect and a PING per
+/// keepalive interval (ztunnel: 30 s) or, with flow-control probing, about one per answer;
+/// a flood sends hundreds of thousands a second, each answered. `0` turns it off.
+pub const DEFAULT_MAX_CONTROL_FRAMES_PER_SECOND: u32 = 10;
+/// Such frames one connection may send at once before the rate above applies.
+pub const DEFAULT_CONTROL_FRAME_BURST: u32 = 32;
 
 /// Bounds on connections, streams and queued calls, all before authentication.
 #[derive(Debug, Clone, Deserialize)]
@@ -96,6 +104,8 @@ pub struct LimitsConfig {
     pub max_local_reset_streams: usize,
     pub max_refusals_per_second: u32,
     pub refusal_burst: u32,
+    pub max_control_frames_per_second: u32,
+    pub control_frame_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -118,6 +128,8 @@ impl Default for LimitsConfig {
             max_local_reset_streams: DEFAULT_MAX_LOCAL_RESET_STREAMS,
             max_refusals_per_second: DEFAULT_MAX_REFUSALS_PER_SECOND,
             refusal_burst: DEFAULT_REFUSAL_BURST,
+            max_control_frames_per_second: DEFAULT_MAX_CONTROL_FRAMES_PER_SECOND,
+            control_frame_burst: DEFAULT_CONTROL_FRAME_BURST,
         }
     }
 }
@@ -126,6 +138,12 @@ impl LimitsConfig {
     /// The refusals one connection is answered before it is paced; `None`: never paced.
     pub fn refusal_rate(&self) -> Option<Rate> {
         Rate::per_second(self.max_refusals_per_second, self.refusal_burst)
+    }
+
+    /// The PING and SETTINGS frames one connection may send before it is paced; `None`: never
+    /// paced for them.
+    pub fn control_frame_rate(&self) -> Option<Rate> {
+        Rate::per_second(self.max_control_frames_per_second, self.control_frame_burst)
     }
 
     /// The TLS handshakes one IP address is served; `None`: unlimited.
@@ -161,6 +179,10 @@ impl LimitsConfig {
                 self.max_pending_reset_streams,
             ),
             ("server.limits.refusal_burst", self.refusal_burst as usize),
+            (
+                "server.limits.control_frame_burst",
+                self.control_frame_burst as usize,
+            ),
             (
                 "server.limits.handshake_burst_per_peer",
                 self.handshake_burst_per_peer as usize,

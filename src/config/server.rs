@@ -9,8 +9,9 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most `server.workers`: a thread each, more than any node's cores.
 pub const MAX_WORKERS: usize = 1024;
 
-/// Least `server.http2_keepalive_timeout`. A connection whose calls keep being refused is
-/// left unread for up to 4 s at a time (`server::pace::MAX_PAUSE`), its PING answer with it:
+/// Least `server.http2_keepalive_timeout`. A paced connection (calls that keep being refused,
+/// a PING flood) is left unread for up to 4 s at a time (`server::pace::MAX_PAUSE`), its PING
+/// answer with it:
 /// a shorter timeout would have the signer take its own pause for a dead peer.
 pub const MIN_HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -275,6 +275,29 @@ fn every_issuer_and_limit_is_validated() {
             .starts_with("server.limits.max_connections_per_peer:")
     );
     assert!(
+        err_of(&[("IVCA_SERVER__LIMITS__CONTROL_FRAME_BURST", "0")])
+            .starts_with("server.limits.control_frame_burst: must be at least 1")
+    );
+    // A rate of 0 turns pacing for control frames off; it is not an error.
+    let off = Config::load(
+        None,
+        [
+            required(),
+            env(&[("IVCA_SERVER__LIMITS__MAX_CONTROL_FRAMES_PER_SECOND", "0")]),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    assert!(off.server.limits.control_frame_rate().is_none());
+    assert!(
+        Config::load(None, required())
+            .unwrap()
+            .server
+            .limits
+            .control_frame_rate()
+            .is_some()
+    );
+    assert!(
         err_of(&[(
             "IVCA_SERVER__TLS__CIPHER_SUITES",
             r#"["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]"#

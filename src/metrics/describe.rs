@@ -25,6 +25,10 @@ pub(super) fn describe() {
         "istio_vault_ca_paced_refusals_total",
         "Refusals beyond their connection's budget, each of which paused that connection"
     );
+    describe_counter!(
+        "istio_vault_ca_paced_control_frames_total",
+        "PING and SETTINGS frames beyond their connection's budget, which paused that connection"
+    );
     describe_gauge!(
         "istio_vault_ca_serving_thread_busy_ratio",
         "Share of the last 250 ms each serving thread spent on the CPU"

@@ -21,12 +21,13 @@ use tonic::service::Routes;
 use tonic::transport::server::Connected;
 
 use super::connections::{ConnectionSlot, Connections};
+use super::control_frames::ControlFrames;
 use super::cork::cork;
 use super::executor::CallExecutor;
 use super::gate::Gate;
 use super::handshake::{Handshakes, Refused};
 use super::log_limit::LogLimit;
-use super::pace::{Paced, RefusalPace};
+use super::pace::{Pace, Paced};
 use super::quickack::QuickAck;
 use crate::config::LimitsConfig;
 use crate::worker::Workers;
@@ -273,7 +274,11 @@ async fn connection(port: Arc<Port>, tcp: TcpStream, peer: SocketAddr, slot: Con
         active: AtomicUsize::new(0),
         idle_since: Mutex::new(Instant::now()),
     });
-    let pace = Arc::new(RefusalPace::new(peer, options.limits.refusal_rate()));
+    let pace = Arc::new(Pace::new(
+        peer,
+        options.limits.refusal_rate(),
+        options.limits.control_frame_rate(),
+    ));
     let service = {
         let activity = activity.clone();
         let pace = pace.clone();
@@ -293,8 +298,8 @@ async fn connection(port: Arc<Port>, tcp: TcpStream, peer: SocketAddr, slot: Con
         })
     };
     // One write per poll of the connection: a unary answer's three frames leave together.
-    // Not polled at all while it is paced for its refusals.
-    let (io, cork) = cork(tls);
+    // Not polled at all while it is paced for its refusals or its PING and SETTINGS frames.
+    let (io, cork) = cork(ControlFrames::new(tls, pace.clone()));
     let mut conn = Paced::new(
         cork.drive(http.serve_connection(TokioIo::new(io), service)),
         &pace,

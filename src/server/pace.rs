@@ -1,26 +1,33 @@
-//! Pacing a connection whose calls keep being refused.
+//! Pacing a connection that keeps the signer busy without being served: calls that keep
+//! being refused, and control frames that each ask for an answer.
 //!
 //! A refusal is cheap (the gate answers before a message is read, the checks refuse garbage
 //! before any cryptography), but it still costs HTTP/2 framing, HPACK and a TLS record, and a
 //! client that replaces each refused stream at once can ask for thousands a second on one
 //! connection: enough, over a few hundred connections, to keep the serving threads busy and
-//! slow every legitimate call sharing them.
+//! slow every legitimate call sharing them. A PING or SETTINGS frame is cheaper still, but
+//! each is answered, and a client can send a million a second
+//! ([`super::control_frames`] finds them in what the connection reads).
 //!
-//! So each connection has a budget of refusals of the caller's making
-//! (`server.limits.max_refusals_per_second`, `refusal_burst`); beyond it the connection is
-//! not read for a while: one interval of the rate per refusal over the budget, at most
-//! [`MAX_PAUSE`] at a time. While it is paused nothing of it is decoded: its next streams
-//! wait in its socket, the answers to its refused calls wait too, and calls it has already
-//! made go on (their answers leave when it resumes). After each pause the connection is read
-//! again before it can be paused again, so a client that stops being refused is never held
-//! longer than [`MAX_PAUSE`]. Because one read can start up to
+//! So each connection has two budgets: refusals of the caller's making
+//! (`server.limits.max_refusals_per_second`, `refusal_burst`) and control frames
+//! (`max_control_frames_per_second`, `control_frame_burst`). Beyond either, the connection is
+//! not read for a while: one interval of the rate per refusal or frame over the budget, at
+//! most [`MAX_PAUSE`] at a time. While it is paused nothing of it is decoded: its next
+//! streams and frames wait in its socket, the answers to its refused calls wait too, and
+//! calls it has already made go on (their answers leave when it resumes). After each pause
+//! the connection is read again before it can be paused again, so a client that stops is
+//! never held longer than [`MAX_PAUSE`]. Because one read can start up to
 //! `max_concurrent_streams` calls, a connection is answered at most
 //! max(`max_refusals_per_second`, `max_concurrent_streams` / [`MAX_PAUSE`]) refusals a second
-//! once its burst is spent (10 with the defaults).
+//! once its burst is spent (10 with the defaults); and since one read holds at most a TLS
+//! record (16 KiB, ~1,800 empty SETTINGS frames), at most ~1,800 / [`MAX_PAUSE`] ≈ 460
+//! control frames a second.
 //!
 //! Not counted: `Unavailable`, `DeadlineExceeded`, `Internal` and the like, which say the
 //! signer or Vault could not serve the call, not that the caller asked for something it may
-//! not have; a mesh-wide Vault outage must not pace every agent.
+//! not have; a mesh-wide Vault outage must not pace every agent. Nor the ACKs of the signer's
+//! own PINGs and SETTINGS.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -50,21 +57,31 @@ const _: () = assert!(
 /// stays paced for this long after it stops.
 const DEBT_HORIZON: Duration = Duration::from_secs(10);
 
-/// One connection's refusal budget and, while it is paused, until when.
-pub struct RefusalPace {
+/// One connection's budgets and, while it is paused, until when.
+pub struct Pace {
     peer: SocketAddr,
-    /// `None`: pacing is off (`max_refusals_per_second = 0`).
-    debt: Option<Mutex<Debt>>,
+    /// `None`: refusals never pause it (`max_refusals_per_second = 0`).
+    refusals: Option<Mutex<Debt>>,
+    /// `None`: control frames never pause it (`max_control_frames_per_second = 0`).
+    control_frames: Option<Mutex<Debt>>,
     start: Instant,
     /// End of the current pause in nanoseconds after `start` (0: not paused).
     until: AtomicU64,
 }
 
-impl RefusalPace {
-    pub fn new(peer: SocketAddr, rate: Option<Rate>) -> Self {
+/// What a connection was paused for (its metric and its warning).
+#[derive(Clone, Copy)]
+enum Cause {
+    Refusals,
+    ControlFrames,
+}
+
+impl Pace {
+    pub fn new(peer: SocketAddr, refusals: Option<Rate>, control_frames: Option<Rate>) -> Self {
         Self {
             peer,
-            debt: rate.map(|rate| Mutex::new(Debt::new(rate))),
+            refusals: refusals.map(|rate| Mutex::new(Debt::new(rate))),
+            control_frames: control_frames.map(|rate| Mutex::new(Debt::new(rate))),
             start: Instant::now(),
             until: AtomicU64::new(0),
         }
@@ -73,33 +90,70 @@ impl RefusalPace {
     /// Counts the answer to one call against the budget if it refuses the call for a reason
     /// of the caller's making, and pauses the connection once the budget is spent.
     pub fn answered<B>(&self, response: &http::Response<B>) {
-        let Some(debt) = &self.debt else { return };
+        let Some(debt) = &self.refusals else { return };
         if !refusal_code(response.headers()).is_some_and(callers_doing) {
             return;
         }
-        let wait = debt
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .add(DEBT_HORIZON);
-        if wait.is_zero() {
+        self.charge(debt, 1, Cause::Refusals);
+    }
+
+    /// Counts `frames` PING and SETTINGS frames the client sent (not ACKs) against their
+    /// budget, and pauses the connection once it is spent.
+    pub fn control_frames(&self, frames: usize) {
+        let Some(debt) = &self.control_frames else {
+            return;
+        };
+        if frames > 0 {
+            self.charge(debt, frames, Cause::ControlFrames);
+        }
+    }
+
+    /// Adds `n` events to `debt` and pauses the connection for what is over the budget.
+    fn charge(&self, debt: &Mutex<Debt>, n: usize, cause: Cause) {
+        let (wait, over) = {
+            let mut debt = debt.lock().unwrap_or_else(|e| e.into_inner());
+            let mut wait = Duration::ZERO;
+            let mut over = 0;
+            for _ in 0..n {
+                wait = debt.add(DEBT_HORIZON);
+                over += u64::from(!wait.is_zero());
+            }
+            (wait, over)
+        };
+        if over == 0 {
             return;
         }
         let until = self.start.elapsed() + wait.min(MAX_PAUSE);
         let until = u64::try_from(until.as_nanos()).unwrap_or(u64::MAX);
         self.until.fetch_max(until, Ordering::AcqRel);
-        crate::metrics::refusal_paced();
-        static LIMIT: LogLimit = LogLimit::new();
-        if let Some(suppressed) = LIMIT.due() {
-            tracing::warn!(
-                peer = %self.peer,
-                suppressed,
-                "pausing a connection whose calls keep being refused (see server.limits.max_refusals_per_second)"
-            );
+        static REFUSALS: LogLimit = LogLimit::new();
+        static CONTROL_FRAMES: LogLimit = LogLimit::new();
+        match cause {
+            Cause::Refusals => {
+                crate::metrics::refusal_paced();
+                if let Some(suppressed) = REFUSALS.due() {
+                    tracing::warn!(
+                        peer = %self.peer,
+                        suppressed,
+                        "pausing a connection whose calls keep being refused (see server.limits.max_refusals_per_second)"
+                    );
+                }
+            }
+            Cause::ControlFrames => {
+                crate::metrics::control_frames_paced(over);
+                if let Some(suppressed) = CONTROL_FRAMES.due() {
+                    tracing::warn!(
+                        peer = %self.peer,
+                        suppressed,
+                        "pausing a connection that floods PING or SETTINGS frames (see server.limits.max_control_frames_per_second)"
+                    );
+                }
+            }
         }
     }
 
     /// Until when the connection is paused, if it is now.
-    fn paused_until(&self) -> Option<Instant> {
+    pub(super) fn paused_until(&self) -> Option<Instant> {
         let until = self.until.load(Ordering::Acquire);
         if until == 0 {
             return None;
@@ -127,16 +181,16 @@ fn callers_doing(code: Code) -> bool {
     )
 }
 
-/// A connection's future, not polled while its [`RefusalPace`] is paused.
+/// A connection's future, not polled while its [`Pace`] is paused.
 pub struct Paced<'a, F> {
     inner: F,
-    pace: &'a RefusalPace,
+    pace: &'a Pace,
     /// Created at the connection's first pause (most connections never have one).
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl<'a, F> Paced<'a, F> {
-    pub fn new(inner: F, pace: &'a RefusalPace) -> Self {
+    pub fn new(inner: F, pace: &'a Pace) -> Self {
         Self {
             inner,
             pace,
@@ -183,13 +237,16 @@ mod tests {
         r
     }
 
-    fn pace(per_second: u32, burst: u32) -> RefusalPace {
-        let rate = Rate::new(
+    fn rate(per_second: u32, burst: u32) -> Option<Rate> {
+        Some(Rate::new(
             NonZeroU32::new(per_second).unwrap(),
             Duration::from_secs(1),
             NonZeroU32::new(burst).unwrap(),
-        );
-        RefusalPace::new(([127, 0, 0, 1], 1).into(), Some(rate))
+        ))
+    }
+
+    fn pace(per_second: u32, burst: u32) -> Pace {
+        Pace::new(([127, 0, 0, 1], 1).into(), rate(per_second, burst), None)
     }
 
     #[tokio::test(start_paused = true)]
@@ -221,9 +278,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn off_never_pauses() {
-        let pace = RefusalPace::new(([127, 0, 0, 1], 1).into(), None);
+        let pace = Pace::new(([127, 0, 0, 1], 1).into(), None, None);
         for _ in 0..1000 {
             pace.answered(&refusal(Code::Unauthenticated));
+            pace.control_frames(1000);
         }
         assert_eq!(pace.paused_until(), None);
     }
@@ -249,5 +307,23 @@ mod tests {
         tokio::time::advance(Duration::from_millis(100)).await;
         assert!(Pin::new(&mut paced).poll(&mut cx).is_pending());
         assert_eq!(polls.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn control_frames_beyond_their_own_burst_pause_the_connection() {
+        let pace = Pace::new(([127, 0, 0, 1], 1).into(), rate(10, 1), rate(10, 32));
+        // A client's SETTINGS and keepalive PINGs: within the burst.
+        pace.control_frames(1);
+        pace.control_frames(30);
+        assert_eq!(pace.paused_until(), None);
+        // Refusals have a budget of their own: the frames spent none of it.
+        pace.answered(&refusal(Code::Unauthenticated));
+        let now = Instant::now();
+        assert_eq!(pace.paused_until(), Some(now + Duration::from_millis(100)));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(pace.paused_until(), None);
+        // One read of a flood: 1,800 frames, paused for at most MAX_PAUSE.
+        pace.control_frames(1800);
+        assert_eq!(pace.paused_until(), Some(Instant::now() + MAX_PAUSE));
     }
 }
