@@ -6,6 +6,49 @@
 //! Each call produces one log line (target `istio_vault_ca::request`) with the identity,
 //! outcome, gRPC code, serial, NotAfter and duration, and never a token, key or CSR.
 
+/// Implements `AsyncWrite` for a stream wrapper that only watches what is read: every write,
+/// flush and shutdown goes to its `inner` stream unchanged. `writes_pass_through!(Type)`, or
+/// `writes_pass_through!(Type<T>, T)` for a wrapper generic over its stream.
+macro_rules! writes_pass_through {
+    ($ty:ty $(, $param:ident)?) => {
+        impl<$($param: tokio::io::AsyncWrite + Unpin)?> tokio::io::AsyncWrite for $ty {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+            }
+
+            fn poll_write_vectored(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                self.inner.is_write_vectored()
+            }
+
+            fn poll_flush(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+            }
+
+            fn poll_shutdown(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+            }
+        }
+    };
+}
+
 pub mod connections;
 pub mod control_frames;
 pub mod cork;
