@@ -20,9 +20,10 @@
 //! never held longer than [`MAX_PAUSE`]. Because one read can start up to
 //! `max_concurrent_streams` calls, a connection is answered at most
 //! max(`max_refusals_per_second`, `max_concurrent_streams` / [`MAX_PAUSE`]) refusals a second
-//! once its burst is spent (10 with the defaults); and since one read holds at most a TLS
-//! record (16 KiB, ~1,800 empty SETTINGS frames), at most ~1,800 / [`MAX_PAUSE`] ≈ 460
-//! control frames a second.
+//! once its burst is spent (10 with the defaults); and a flooding connection is answered one
+//! read's worth of control frames per pause (a few TLS records at most; a 16 KiB record holds
+//! ~960 PINGs; ~700 frames a connection in 3.5 s under `tests/abuse.rs`'s flood): a few
+//! hundred a second instead of a million.
 //!
 //! Not counted: `Unavailable`, `DeadlineExceeded`, `Internal` and the like, which say the
 //! signer or Vault could not serve the call, not that the caller asked for something it may
