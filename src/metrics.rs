@@ -220,8 +220,9 @@ pub fn connection_accepted() {
     ::metrics::counter!("istio_vault_ca_connections_total").increment(1);
 }
 
-/// A connection closed before it could carry a call: `connection-limit`,
-/// `peer-connection-limit`, `evicted-unproven`, `handshake-rate` (its address's next
+/// A connection refused, or closed to make room for a new one: `connection-limit`,
+/// `peer-connection-limit`, `evicted-unproven`, `evicted-proven` (closed gracefully: its
+/// address held the most connections), `handshake-rate` (its address's next
 /// handshake turn was further away than half of `server.handshake_timeout`; held until the
 /// handshake timed out), `handshake-timeout` or `handshake-failed`.
 pub fn connection_refused(reason: &'static str) {

@@ -9,8 +9,8 @@
 //! unauthenticated client can take is bounded by configuration, not by its good will.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tonic::service::Routes;
 use tonic::transport::server::Connected;
 
-use super::connections::{ConnectionSlot, Connections};
+use super::connections::{ConnectionSlot, Connections, EVICTED_GRACE};
 use super::control_frames::ControlFrames;
 use super::cork::cork;
 use super::executor::CallExecutor;
@@ -58,34 +58,6 @@ pub struct ServeOptions {
     pub max_connection_age_grace: Duration,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
-}
-
-/// Calls in progress on one connection, and since when it has had none.
-struct Activity {
-    active: AtomicUsize,
-    idle_since: Mutex<Instant>,
-}
-
-struct ActiveCall(Arc<Activity>);
-
-impl Activity {
-    fn begin(self: &Arc<Self>) -> ActiveCall {
-        self.active.fetch_add(1, Ordering::AcqRel);
-        ActiveCall(self.clone())
-    }
-
-    /// When the connection will have been idle for `timeout`, if it has no call now.
-    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
-        (self.active.load(Ordering::Acquire) == 0)
-            .then(|| *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) + timeout)
-    }
-}
-
-impl Drop for ActiveCall {
-    fn drop(&mut self) {
-        *self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// Accepts and serves connections until `shutdown`, then lets open calls finish (GOAWAY)
@@ -270,10 +242,7 @@ async fn connection(port: Arc<Port>, tcp: TcpStream, peer: SocketAddr, slot: Con
     accepted.fetch_add(1, Ordering::Relaxed);
     crate::metrics::connection_accepted();
     let info = tls.connect_info();
-    let activity = Arc::new(Activity {
-        active: AtomicUsize::new(0),
-        idle_since: Mutex::new(Instant::now()),
-    });
+    let activity = slot.activity();
     let pace = Arc::new(Pace::new(
         peer,
         options.limits.refusal_rate(),
@@ -318,10 +287,12 @@ async fn connection(port: Arc<Port>, tcp: TcpStream, peer: SocketAddr, slot: Con
     tokio::pin!(age);
     let stop = stopped(shutdown.clone());
     tokio::pin!(stop);
-    let mut closing_at: Option<Instant> = None;
+    // Once closing (GOAWAY sent), the calls left have until `hard_stop`.
+    let mut hard_stop: Option<Instant> = None;
+    let mut evicted = false;
     let mut idle_check = Instant::now() + idle_timeout();
     loop {
-        let hard_stop = closing_at.map(|c| c + options.max_connection_age_grace);
+        let closing = hard_stop.is_some();
         tokio::select! {
             r = &mut conn => {
                 match r {
@@ -331,29 +302,38 @@ async fn connection(port: Arc<Port>, tcp: TcpStream, peer: SocketAddr, slot: Con
                 }
                 return;
             }
-            _ = &mut age, if closing_at.is_none() => {
-                closing_at = Some(Instant::now());
+            _ = &mut age, if !closing => {
+                hard_stop = Some(Instant::now() + options.max_connection_age_grace);
                 conn.get_mut().conn().graceful_shutdown();
             }
-            _ = &mut stop, if closing_at.is_none() => {
-                closing_at = Some(Instant::now());
+            _ = &mut stop, if !closing => {
+                hard_stop = Some(Instant::now() + options.max_connection_age_grace);
                 conn.get_mut().conn().graceful_shutdown();
             }
-            () = slot.evicted() => {
-                tracing::debug!(%peer, "connection evicted: the table was full and it had not authenticated a call");
-                return;
+            () = slot.evicted(), if !evicted => {
+                if !slot.is_proven() {
+                    tracing::debug!(%peer, "connection evicted: the table was full and it had not authenticated a call");
+                    return;
+                }
+                tracing::debug!(%peer, "connection evicted: the table was full and its address held the most connections");
+                evicted = true;
+                let by = Instant::now() + EVICTED_GRACE;
+                hard_stop = Some(hard_stop.map_or(by, |at| at.min(by)));
+                if !closing {
+                    conn.get_mut().conn().graceful_shutdown();
+                }
             }
-            _ = tokio::time::sleep_until(idle_check), if closing_at.is_none() => {
-                match activity.idle_deadline(idle_timeout()) {
+            _ = tokio::time::sleep_until(idle_check), if !closing => {
+                match slot.idle_deadline(idle_timeout()) {
                     Some(at) if at <= Instant::now() => {
-                        closing_at = Some(Instant::now());
+                        hard_stop = Some(Instant::now() + options.max_connection_age_grace);
                         conn.get_mut().conn().graceful_shutdown();
                     }
                     Some(at) => idle_check = at,
                     None => idle_check = Instant::now() + idle_timeout(),
                 }
             }
-            _ = tokio::time::sleep_until(hard_stop.unwrap_or_else(Instant::now)), if hard_stop.is_some() => {
+            _ = tokio::time::sleep_until(hard_stop.unwrap_or_else(Instant::now)), if closing => {
                 tracing::debug!(%peer, "closing connection: calls outlived the grace period");
                 return;
             }
