@@ -6,7 +6,9 @@
 //! frame decrypted, parsed, answered and encrypted on a serving thread, for nothing that
 //! serves a call. h2 has no rate for them, so [`ControlFrames`] reads the connection's
 //! plaintext as h2 does, counts those frames and charges them to the connection's
-//! [`Pace`], which stops reading the connection once they are over its budget.
+//! [`Pace`], which stops reading the connection once they are over its budget; of the read
+//! that went over, only what precedes the end of that frame's header is handed on before the
+//! pause. So the budget is kept to the frame, whatever one TLS record carries.
 
 use std::io;
 use std::pin::Pin;
@@ -50,45 +52,52 @@ impl Default for FrameScanner {
 }
 
 impl FrameScanner {
-    /// The frames asking for an answer whose header ends in `bytes`, the next bytes the
-    /// connection read. Whatever the bytes are (h2 rejects what is not HTTP/2), this only
-    /// counts: it never fails and holds nine bytes at most.
-    pub fn scan(&mut self, mut bytes: &[u8]) -> usize {
-        let mut asking = 0;
-        while !bytes.is_empty() {
-            let n = if self.preface > 0 {
-                let n = bytes.len().min(usize::from(self.preface));
+    /// Passes over the next bytes the connection read, up to the end of the header of the
+    /// next frame asking for an answer: how many bytes that is, and whether such a header
+    /// ended there. Whatever the bytes are (h2 rejects what is not HTTP/2), this never fails
+    /// and holds nine bytes at most.
+    pub fn next_asking(&mut self, bytes: &[u8]) -> (usize, bool) {
+        let mut used = 0;
+        while used < bytes.len() {
+            let rest = &bytes[used..];
+            if self.preface > 0 {
+                let n = rest.len().min(usize::from(self.preface));
                 self.preface -= n as u8;
-                n
+                used += n;
             } else if self.payload > 0 {
-                let n = bytes.len().min(self.payload);
+                let n = rest.len().min(self.payload);
                 self.payload -= n;
-                n
+                used += n;
             } else {
-                let n = bytes.len().min(HEADER_LEN - self.have);
-                self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+                let n = rest.len().min(HEADER_LEN - self.have);
+                self.header[self.have..self.have + n].copy_from_slice(&rest[..n]);
                 self.have += n;
+                used += n;
                 if self.have == HEADER_LEN {
                     self.have = 0;
                     let [l0, l1, l2, kind, flags, ..] = self.header;
                     self.payload = u32::from_be_bytes([0, l0, l1, l2]) as usize;
-                    asking += usize::from(matches!(kind, SETTINGS | PING) && flags & ACK == 0);
+                    if matches!(kind, SETTINGS | PING) && flags & ACK == 0 {
+                        return (used, true);
+                    }
                 }
-                n
-            };
-            bytes = &bytes[n..];
+            }
         }
-        asking
+        (used, false)
     }
 }
 
 /// A served connection's plaintext stream, whose PING and SETTINGS frames are charged to the
-/// connection's [`Pace`]. While the connection is paused nothing more is read, also within
-/// the poll that paused it.
+/// connection's [`Pace`]. A read is handed on up to the frame that paused the connection, the
+/// rest held until the pause is over; while it is paused nothing more is read. So once its
+/// budget is spent, a flooding connection is answered one frame per pause, its rate.
 pub struct ControlFrames<T> {
     inner: T,
     scanner: FrameScanner,
     pace: Arc<Pace>,
+    /// What a read brought past the frame that paused the connection (at most one read;
+    /// nothing more is read while it is not handed on).
+    held: Vec<u8>,
 }
 
 impl<T> ControlFrames<T> {
@@ -97,8 +106,23 @@ impl<T> ControlFrames<T> {
             inner,
             scanner: FrameScanner::default(),
             pace,
+            held: Vec::new(),
         }
     }
+}
+
+/// How much of `bytes`, the next the connection read, may be handed on now: all, or up to
+/// the end of the header of the frame that paused the connection.
+fn admit(scanner: &mut FrameScanner, pace: &Pace, bytes: &[u8]) -> usize {
+    let mut used = 0;
+    while used < bytes.len() {
+        let (n, asking) = scanner.next_asking(&bytes[used..]);
+        used += n;
+        if asking && pace.control_frames(1) {
+            break;
+        }
+    }
+    used
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for ControlFrames<T> {
@@ -114,10 +138,24 @@ impl<T: AsyncRead + Unpin> AsyncRead for ControlFrames<T> {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
+        if !this.held.is_empty() {
+            let n = this.held.len().min(buf.remaining());
+            let admitted = admit(&mut this.scanner, &this.pace, &this.held[..n]);
+            buf.put_slice(&this.held[..admitted]);
+            this.held.drain(..admitted);
+            if this.held.is_empty() {
+                this.held = Vec::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        let asking = this.scanner.scan(&buf.filled()[before..]);
-        this.pace.control_frames(asking);
+        let read = &buf.filled()[before..];
+        let admitted = admit(&mut this.scanner, &this.pace, read);
+        if admitted < read.len() {
+            this.held.extend_from_slice(&read[admitted..]);
+            buf.set_filled(before + admitted);
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -131,6 +169,7 @@ mod tests {
 
     use super::*;
     use crate::rate::Rate;
+    use crate::server::pace::MAX_PAUSE;
 
     fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
         let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
@@ -157,10 +196,32 @@ mod tests {
         (s, 7)
     }
 
+    impl FrameScanner {
+        /// How many frames asking for an answer have their header end in `bytes`.
+        fn scan(&mut self, mut bytes: &[u8]) -> usize {
+            let mut asking = 0;
+            while !bytes.is_empty() {
+                let (used, asks) = self.next_asking(bytes);
+                asking += usize::from(asks);
+                bytes = &bytes[used..];
+            }
+            asking
+        }
+    }
+
     #[test]
     fn counts_pings_and_settings_but_not_acks_or_payloads() {
         let (s, asking) = stream();
         assert_eq!(FrameScanner::default().scan(&s), asking);
+        // Each stop is at the end of an asking frame's header.
+        let mut scanner = FrameScanner::default();
+        let (used, asks) = scanner.next_asking(&s);
+        assert!(asks);
+        assert_eq!(
+            used,
+            24 + 9,
+            "the preface, then the first SETTINGS frame's header"
+        );
     }
 
     #[test]
@@ -198,7 +259,7 @@ mod tests {
         let (client, server) = tokio::io::duplex(1 << 16);
         let mut server = ControlFrames::new(server, pace.clone());
         let (_client_read, mut client_write) = tokio::io::split(client);
-        let (opening, _) = stream();
+        let (opening, opened_with) = stream();
         tokio::io::AsyncWriteExt::write_all(&mut client_write, &opening)
             .await
             .unwrap();
@@ -213,22 +274,32 @@ mod tests {
             "a client's opening is not a flood"
         );
 
+        // 500 PINGs in one read: handed on up to the header of the first over the burst of 32
+        // (the opening took 7), which paused the connection; the rest is held.
         let flood = frame(PING, 0, &[9; 8]).repeat(500);
         tokio::io::AsyncWriteExt::write_all(&mut client_write, &flood)
             .await
             .unwrap();
-        let n = tokio::io::AsyncReadExt::read(&mut server, &mut buf)
-            .await
-            .unwrap();
-        assert_eq!(n, flood.len(), "what was read is handed on");
-        assert!(pace.paused_until().is_some(), "500 PINGs at once pause it");
-
         tokio::io::AsyncWriteExt::write_all(&mut client_write, b"more")
             .await
             .unwrap();
+        let mut handed = Vec::new();
+        let n = tokio::io::AsyncReadExt::read(&mut server, &mut buf)
+            .await
+            .unwrap();
+        // The frame that takes the burst's last place pauses the connection.
+        let within = 32 - opened_with - 1;
+        assert_eq!(
+            n,
+            within * 17 + 9,
+            "the burst, and the header that paused it"
+        );
+        handed.extend_from_slice(&buf[..n]);
+        assert!(pace.paused_until().is_some(), "500 PINGs at once pause it");
+
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
-        let mut small = [0; 4];
+        let mut small = [0; 64];
         let mut read = ReadBuf::new(&mut small);
         assert!(
             Pin::new(&mut server)
@@ -236,12 +307,37 @@ mod tests {
                 .is_pending(),
             "read while paused"
         );
-        tokio::time::advance(super::super::pace::MAX_PAUSE).await;
+        // After each pause, one more PING: the connection's rate, 10 a second.
+        let start = tokio::time::Instant::now();
+        for _ in 0..10 {
+            tokio::time::sleep_until(pace.paused_until().expect("paused")).await;
+            let mut read = ReadBuf::new(&mut small);
+            assert!(
+                Pin::new(&mut server)
+                    .poll_read(&mut cx, &mut read)
+                    .is_ready()
+            );
+            assert_eq!(read.filled().len(), 8 + 9, "a payload and the next header");
+            handed.extend_from_slice(read.filled());
+        }
+        let took = start.elapsed();
         assert!(
-            Pin::new(&mut server)
-                .poll_read(&mut cx, &mut read)
-                .is_ready()
+            (Duration::from_millis(900)..=MAX_PAUSE).contains(&took),
+            "10 PINGs past the burst took {took:?}"
         );
-        assert_eq!(read.filled(), b"more");
+        // Nothing more is read until what is held is handed on, in order.
+        assert!(server.held.len() <= flood.len());
+        while handed.len() < flood.len() + 4 {
+            if let Some(until) = pace.paused_until() {
+                tokio::time::sleep_until(until).await;
+            }
+            let n = tokio::io::AsyncReadExt::read(&mut server, &mut buf)
+                .await
+                .unwrap();
+            handed.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(&handed[..flood.len()], &flood[..]);
+        assert_eq!(&handed[flood.len()..], b"more");
+        assert!(server.held.capacity() == 0, "nothing held once handed on");
     }
 }

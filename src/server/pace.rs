@@ -20,10 +20,9 @@
 //! never held longer than [`MAX_PAUSE`]. Because one read can start up to
 //! `max_concurrent_streams` calls, a connection is answered at most
 //! max(`max_refusals_per_second`, `max_concurrent_streams` / [`MAX_PAUSE`]) refusals a second
-//! once its burst is spent (10 with the defaults); and a flooding connection is answered one
-//! read's worth of control frames per pause (a few TLS records at most; a 16 KiB record holds
-//! ~960 PINGs; ~700 frames a connection in 3.5 s under `tests/abuse.rs`'s flood): a few
-//! hundred a second instead of a million.
+//! once its burst is spent (10 with the defaults). Control frames are metered exactly: a read
+//! is handed on only up to the frame that paused the connection ([`super::control_frames`]),
+//! so a flooding connection is answered its rate, 10 a second, instead of a million.
 //!
 //! Not counted: `Unavailable`, `DeadlineExceeded`, `Internal` and the like, which say the
 //! signer or Vault could not serve the call, not that the caller asked for something it may
@@ -99,18 +98,17 @@ impl Pace {
     }
 
     /// Counts `frames` PING and SETTINGS frames the client sent (not ACKs) against their
-    /// budget, and pauses the connection once it is spent.
-    pub fn control_frames(&self, frames: usize) {
+    /// budget, and pauses the connection once it is spent; whether they paused it.
+    pub fn control_frames(&self, frames: usize) -> bool {
         let Some(debt) = &self.control_frames else {
-            return;
+            return false;
         };
-        if frames > 0 {
-            self.charge(debt, frames, Cause::ControlFrames);
-        }
+        frames > 0 && self.charge(debt, frames, Cause::ControlFrames)
     }
 
-    /// Adds `n` events to `debt` and pauses the connection for what is over the budget.
-    fn charge(&self, debt: &Mutex<Debt>, n: usize, cause: Cause) {
+    /// Adds `n` events to `debt` and pauses the connection for what is over the budget;
+    /// whether it did.
+    fn charge(&self, debt: &Mutex<Debt>, n: usize, cause: Cause) -> bool {
         let (wait, over) = {
             let mut debt = debt.lock().unwrap_or_else(|e| e.into_inner());
             let mut wait = Duration::ZERO;
@@ -122,7 +120,7 @@ impl Pace {
             (wait, over)
         };
         if over == 0 {
-            return;
+            return false;
         }
         let until = self.start.elapsed() + wait.min(MAX_PAUSE);
         let until = u64::try_from(until.as_nanos()).unwrap_or(u64::MAX);
@@ -151,6 +149,7 @@ impl Pace {
                 }
             }
         }
+        true
     }
 
     /// Until when the connection is paused, if it is now.
