@@ -439,6 +439,29 @@ async fn rapid_stream_resets_do_not_starve_others() {
     assert_eq!(bao.sign_calls(), took.len() + 1);
 }
 
+/// `calls` agents each opening a new connection for its one call (as one does when its
+/// connection reached `max_connection_age`), 100 ms apart: how many were served within 5 s,
+/// and why the others were not.
+async fn agents_on_new_connections(signer: &Signer, calls: usize) -> (usize, Vec<String>) {
+    let mut served = 0;
+    let mut failures = Vec::new();
+    for i in 0..calls {
+        match signer
+            .legit(
+                Shape::PilotAgent,
+                &format!("agent-{i}"),
+                Duration::from_secs(5),
+            )
+            .await
+        {
+            Ok(_) => served += 1,
+            Err(e) => failures.push(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (served, failures)
+}
+
 /// The connection table besieged by 17 addresses × 32 connections that never authenticate a
 /// call (half silent TCP that never sends a ClientHello, half idle TLS + HTTP/2), each
 /// re-opened at once when the signer closes it, and they evict each other without pause
@@ -528,22 +551,7 @@ async fn unauthenticated_connections_cannot_lock_agents_out() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut served = 0;
-    let mut failures = Vec::new();
-    for i in 0..31 {
-        match signer
-            .legit(
-                Shape::PilotAgent,
-                &format!("agent-{i}"),
-                Duration::from_secs(5),
-            )
-            .await
-        {
-            Ok(_) => served += 1,
-            Err(e) => failures.push(e),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (served, failures) = agents_on_new_connections(&signer, 31).await;
     let text = signer.metrics().await;
     stop.store(true, Ordering::Relaxed);
     rss_stop.store(true, Ordering::Relaxed);
@@ -719,22 +727,7 @@ async fn authenticated_connections_cannot_lock_agents_out() {
             && holding.load(Ordering::Relaxed) == PLACES - 1
     })
     .await;
-    let mut served = 0;
-    let mut failures = Vec::new();
-    for i in 0..10 {
-        match signer
-            .legit(
-                Shape::PilotAgent,
-                &format!("agent-{i}"),
-                Duration::from_secs(5),
-            )
-            .await
-        {
-            Ok(_) => served += 1,
-            Err(e) => failures.push(e),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (served, failures) = agents_on_new_connections(&signer, 10).await;
     let kept = call_on(&agent, &signer, "agent").await;
     let text = signer.metrics().await;
     stop.store(true, Ordering::Relaxed);
