@@ -3,10 +3,8 @@
 //! certificate that expired), whose call goes first among those waiting for Vault
 //! ([`Urgency`]).
 //!
-//! A workload is the credential's subject together with the identity it asked for: the pod
-//! (its UID, from a pod-bound token or a TokenReview) for its own identity, or ztunnel's pod
-//! for a workload's identity it asks for (`ImpersonatedIdentity`); without a pod, the
-//! caller's address. A caller that authenticated with a client certificate proved in the
+//! A workload is the credential's subject together with the identity it asked for
+//! ([`Workload`]). A caller that authenticated with a client certificate proved in the
 //! handshake that it holds a valid one: it renews.
 //!
 //! A call renews when its workload's last certificate is still valid and at least
@@ -22,13 +20,12 @@
 //! nothing, and the entries are bounded ([`MAX_HOLDERS`]).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
-use std::net::IpAddr;
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::Mutex;
 
-use crate::authn::{AuthMethod, Caller};
-use crate::identity::SpiffeId;
+use crate::authn::AuthMethod;
 pub use crate::vault::Urgency;
+use crate::workload::Workload;
 
 /// Share of a certificate's lifetime (percent) that must have gone before its workload's next
 /// call counts as a renewal: agents renew at about 50 %, pilot-agent and ztunnel with a little
@@ -61,33 +58,10 @@ impl Held {
     }
 }
 
-/// The workload a certificate is for.
-pub struct Workload<'a> {
-    caller: &'a Caller,
-    identity: &'a SpiffeId,
-    peer: Option<IpAddr>,
-}
-
-impl<'a> Workload<'a> {
-    /// The workload that `caller` (connected from `peer`) asks `identity` for.
-    pub fn new(caller: &'a Caller, identity: &'a SpiffeId, peer: Option<IpAddr>) -> Self {
-        Self {
-            caller,
-            identity,
-            peer,
-        }
-    }
-}
-
 impl Holders {
     fn key(&self, w: &Workload<'_>) -> u64 {
         let mut h = self.keys.build_hasher();
-        w.caller.cluster.hash(&mut h);
-        match &w.caller.pod {
-            Some(pod) => pod.uid.hash(&mut h),
-            None => w.peer.hash(&mut h),
-        }
-        w.identity.hash(&mut h);
+        w.hash_into(&mut h);
         h.finish()
     }
 
@@ -135,8 +109,10 @@ impl Holders {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authn::PodRef;
+    use crate::authn::{Caller, PodRef};
+    use crate::identity::SpiffeId;
     use crate::identity::TrustDomain;
+    use std::net::IpAddr;
 
     fn caller(method: AuthMethod, pod: Option<&str>) -> Caller {
         Caller {

@@ -57,6 +57,7 @@ pub mod tls;
 pub mod ttl;
 pub mod vault;
 pub mod worker;
+pub mod workload;
 
 /// Code generated from `proto/security/v1alpha1/ca.proto`.
 #[allow(clippy::doc_lazy_continuation)]

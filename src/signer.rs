@@ -14,7 +14,6 @@ use crate::authz::{Authorized, Authorizer};
 use crate::bundle::SharedBundle;
 use crate::chain::{self, Expectation, IssuedChain, LeafError, PathCache};
 use crate::csr::{CsrError, CsrPolicy, VerifiedCsr};
-use crate::holders::Workload;
 use crate::identity::SpiffeId;
 use crate::issuance_limits::{IssuanceLimits, RateLimited};
 use crate::metrics::Check;
@@ -22,6 +21,7 @@ use crate::routing::{Decision, RouteError, SharedRoutes};
 use crate::telemetry::SPAN_TARGET;
 use crate::ttl::TtlError;
 use crate::vault::{SignedCert, Urgency, VaultClient, VaultError};
+use crate::workload::Workload;
 use tracing::Instrument;
 
 /// Slack allowed between the TTL asked of Vault and the leaf's NotAfter (clock skew, rounding).
@@ -298,12 +298,9 @@ impl Signer {
             }
         };
         let routed = Routed::from(&approved.decision);
-        let limited = self.limits.check(
-            &caller.cluster,
-            &approved.identity,
-            approved.for_node.as_deref(),
-        );
-        if let Err(e) = limited {
+        let peer = req.credentials.peer;
+        let workload = Workload::new(&caller, &approved.identity, peer);
+        if let Err(e) = self.limits.check(&workload, approved.for_node.as_deref()) {
             return Err(Refusal {
                 caller: Some(caller),
                 routed: Some(routed),
@@ -311,11 +308,8 @@ impl Signer {
                 error: e.into(),
             });
         }
-        let peer = req.credentials.peer;
         let now = crate::time::unix(SystemTime::now());
-        let urgency = self
-            .holders
-            .urgency(&Workload::new(&caller, &approved.identity, peer), now);
+        let urgency = self.holders.urgency(&workload, now);
         tracing::Span::current().record("urgency", urgency.as_str());
         let signed = crate::vault::queued(
             urgency,

@@ -70,6 +70,58 @@ async fn one_identity_cannot_spend_more_than_its_share() {
     assert!(counted >= Some(1.0), "counted as rate-limited: {counted:?}");
 }
 
+/// Every pod of a service account shares its SPIFFE ID, and so the identity's budget: one
+/// pod asking again and again (compromised, or broken) is refused past its own budget
+/// (`rate_limits.per_workload`, naming its pod) before it can spend its siblings' share, and
+/// a sibling pod is served. Before the per-workload limit, the first pod took the identity's
+/// whole burst and its sibling was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_pod_cannot_spend_its_siblings_share() {
+    let env = Env::start_with(|c| {
+        c.rate_limits.per_identity = rate(1, 4);
+        c.rate_limits.per_workload = rate(1, 2);
+    })
+    .await;
+    let shop = id("shop", "cart");
+    let pod_opts = |pod: &str, uid: &str| CallOptions {
+        token: Some(token(&env.issuer, "shop", "cart", pod, uid, "node-a")),
+        cluster_id: Some("Kubernetes".into()),
+        ttl_seconds: 3600,
+        impersonate: None,
+        cert_signer: None,
+    };
+    let greedy = pod_opts("cart-1", "uid-cart-1");
+    let mut served = 0;
+    let mut refusals = Vec::new();
+    for _ in 0..6 {
+        match env.request(Shape::PilotAgent, &shop, &greedy).await {
+            Ok(_) => served += 1,
+            Err(status) => refusals.push(status),
+        }
+    }
+    assert_eq!(served, 2, "the pod's own burst: {refusals:?}");
+    for status in &refusals {
+        assert_eq!(
+            status.code(),
+            Code::ResourceExhausted,
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.message().contains("cart-1") && status.message().contains("retry in"),
+            "{}",
+            status.message()
+        );
+    }
+    let sibling = pod_opts("cart-2", "uid-cart-2");
+    for i in 0..2 {
+        env.request(Shape::PilotAgent, &shop, &sibling)
+            .await
+            .unwrap_or_else(|e| panic!("the sibling's call {i}: {e:?}"));
+    }
+    assert_eq!(env.bao.sign_calls(), 4, "refused calls never reached Vault");
+}
+
 /// A node's ztunnel impersonating the pods of its node has a budget of its own: past it, its
 /// calls are refused (naming the node), while another node's ztunnel, and the same workload
 /// asking for itself, are served.

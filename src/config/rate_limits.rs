@@ -18,6 +18,17 @@ pub const DEFAULT_PER_IDENTITY: IssuanceRate = IssuanceRate {
     burst: NonZeroU32::new(500).unwrap(),
 };
 
+/// `rate_limits.per_workload`: one pod asking for its own identity (or one ztunnel pod for one
+/// identity on its node; without a pod, one address) needs one certificate per half lifetime,
+/// and a few more when its proxy restarts or its calls fail: pilot-agent makes six attempts in
+/// ~3 s, then backs off from 1 s. The burst covers three such rounds; the rate, attempts every
+/// six seconds. A tenth of `per_identity`'s rate, so that one pod in a loop (compromised, or
+/// broken) leaves its siblings, which share the identity, nine tenths of it.
+pub const DEFAULT_PER_WORKLOAD: IssuanceRate = IssuanceRate {
+    per_minute: NonZeroU32::new(10).unwrap(),
+    burst: NonZeroU32::new(20).unwrap(),
+};
+
 /// `rate_limits.per_node`: certificates a ztunnel obtains for the pods of its node. A node
 /// runs at most 110 pods by default (kubelet `maxPods`, 250 at most); a drained or restarted
 /// node's pods come back at once, and each needs one certificate per identity.
@@ -32,6 +43,8 @@ pub const DEFAULT_PER_NODE: IssuanceRate = IssuanceRate {
 pub struct RateLimitsConfig {
     /// Certificates per SPIFFE identity, whoever asks for it.
     pub per_identity: IssuanceRate,
+    /// Certificates per workload (`crate::workload`): one pod and the identity it asks for.
+    pub per_workload: IssuanceRate,
     /// Certificates a node proxy (ztunnel) obtains for other identities (impersonation), per
     /// node.
     pub per_node: IssuanceRate,
@@ -41,6 +54,7 @@ impl Default for RateLimitsConfig {
     fn default() -> Self {
         Self {
             per_identity: DEFAULT_PER_IDENTITY,
+            per_workload: DEFAULT_PER_WORKLOAD,
             per_node: DEFAULT_PER_NODE,
         }
     }

@@ -154,11 +154,13 @@ impl Config {
                 }
             ),
             format!(
-                "limits         {} calls at once, a call waits up to {} for one; {}/min per identity (burst {}), {}/min per node (burst {}){}",
+                "limits         {} calls at once, a call waits up to {} for one; {}/min per identity (burst {}), {}/min per workload (burst {}), {}/min per node (burst {}){}",
                 self.server.max_in_flight,
                 humantime::format_duration(self.server.queue_timeout),
                 self.rate_limits.per_identity.per_minute,
                 self.rate_limits.per_identity.burst,
+                self.rate_limits.per_workload.per_minute,
+                self.rate_limits.per_workload.burst,
                 self.rate_limits.per_node.per_minute,
                 self.rate_limits.per_node.burst,
                 self.vault
