@@ -251,7 +251,8 @@ async fn run(
     let start = recorder.start;
     let mut drained = 0;
     let mut born = 0usize;
-    let mut last_signs = None;
+    // The signer's sign count at the previous scrape, and when that scrape was answered.
+    let mut last_signs: Option<(f64, Instant)> = None;
     tick.tick().await;
     while start.elapsed() < opts.duration {
         // Each tick: new pods, the drain's share, then a sample of the second that ended.
@@ -297,6 +298,9 @@ async fn run(
             },
             None => None,
         };
+        // Scrapes are a second apart only on average (the tick waits for the work above and
+        // the answer): a rate is the count's change over the time between them.
+        let scraped_at = Instant::now();
         // Sign calls that reached Vault: not those the breaker or the outbound limit stopped.
         let signs = metrics.as_deref().map(|m| {
             series_sum(
@@ -317,10 +321,15 @@ async fn run(
             .as_deref()
             .map(|m| series_sum(m, "istio_vault_ca_queued_requests", ""));
         let rate = match (last_signs, signs) {
-            (Some(a), Some(b)) => Some(f64::max(b - a, 0.0)),
+            (Some((a, at)), Some(b)) => {
+                let secs = scraped_at.duration_since(at).as_secs_f64().max(1e-3);
+                Some(f64::max(b - a, 0.0) / secs)
+            }
             _ => None,
         };
-        last_signs = signs.or(last_signs);
+        if let Some(b) = signs {
+            last_signs = Some((b, scraped_at));
+        }
         let rss = opts
             .signer_pid
             .and_then(|p| super::proc_status_mib(p, "VmRSS:"));
