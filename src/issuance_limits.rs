@@ -219,12 +219,15 @@ mod tests {
         );
         assert!(matches!(check(&p3), Err(RateLimited::Identity { .. })));
         // Without a pod, the address tells workloads apart.
+        let other: SpiffeId = "spiffe://cluster.local/ns/shop/sa/other".parse().unwrap();
         let legacy = caller("c1", None);
-        let from = |last: u8| Workload::new(&legacy, &id, Some([10, 0, 0, last].into()));
+        let from = |last: u8| Workload::new(&legacy, &other, Some([10, 0, 0, last].into()));
+        assert!(limits.check(&from(1), None).is_ok() && limits.check(&from(1), None).is_ok());
         assert!(matches!(
             limits.check(&from(1), None),
-            Err(RateLimited::Identity { .. })
+            Err(RateLimited::Workload { .. })
         ));
+        assert!(limits.check(&from(2), None).is_ok(), "another address");
         assert_eq!(
             from(1).to_string(),
             "the caller at 10.0.0.1",
