@@ -290,4 +290,7 @@ async fn the_outbound_limit_keeps_vault_below_its_quota() {
     );
     let delayed = sample(&after, "istio_vault_ca_vault_outbound_delayed_total").unwrap_or(0.0);
     assert!(delayed > 0.0, "calls waited for their turn");
+    // What Vault was sent, as the limit counts it: one turn per call, none retried.
+    let turns = |m: &str| sample(m, "istio_vault_ca_vault_outbound_turns_total").unwrap_or(0.0);
+    assert_eq!(turns(&after) - turns(&before), 60.0, "turns taken");
 }

@@ -301,8 +301,13 @@ async fn run(
         // Scrapes are a second apart only on average (the tick waits for the work above and
         // the answer): a rate is the count's change over the time between them.
         let scraped_at = Instant::now();
-        // Sign calls that reached Vault: not those the breaker or the outbound limit stopped.
+        // What Vault was sent: with an outbound limit, the calls that took a turn (counted as
+        // they start, which is what the limit bounds); else sign calls answered, not those the
+        // breaker stopped.
         let signs = metrics.as_deref().map(|m| {
+            if m.contains(OUTBOUND_TURNS) {
+                return series_sum(m, OUTBOUND_TURNS, "");
+            }
             series_sum(
                 m,
                 "istio_vault_ca_vault_request_duration_seconds_count",
@@ -379,6 +384,9 @@ fn series_sum(text: &str, name: &str, labels: &str) -> f64 {
         })
         .sum()
 }
+
+/// The signer's count of calls sent to Vault under its outbound limit.
+const OUTBOUND_TURNS: &str = "istio_vault_ca_vault_outbound_turns_total";
 
 /// New pods over the whole run.
 fn new_pods(opts: &FleetOptions) -> usize {

@@ -102,6 +102,10 @@ pub(super) fn describe() {
         "How long calls that found no free slot waited for one (served or refused)"
     );
     describe_counter!(
+        "istio_vault_ca_vault_outbound_turns_total",
+        "Calls sent to Vault under vault.max_requests_per_second, each attempt counted as it takes its turn"
+    );
+    describe_counter!(
         "istio_vault_ca_vault_outbound_delayed_total",
         "Calls to Vault that waited for a turn under vault.max_requests_per_second"
     );

@@ -45,6 +45,8 @@ pub fn state(s: State) {
         ::metrics::gauge!("istio_vault_ca_vault_failing_fast", labels.clone())
             .set(flag(v.failing_fast));
         if let Some(o) = v.outbound {
+            ::metrics::counter!("istio_vault_ca_vault_outbound_turns_total", labels.clone())
+                .absolute(o.turns);
             ::metrics::counter!(
                 "istio_vault_ca_vault_outbound_delayed_total",
                 labels.clone()

@@ -79,6 +79,7 @@ pub fn queued<F: Future>(
 /// The limiter and what it did, for the metrics.
 pub(super) struct Outbound {
     limiter: Limiter,
+    turns: AtomicU64,
     delayed: AtomicU64,
     waited_nanos: AtomicU64,
 }
@@ -86,6 +87,8 @@ pub(super) struct Outbound {
 /// What the outbound limit of one server did since start.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OutboundStatus {
+    /// Calls that took a turn: what was sent to the server, retries included.
+    pub turns: u64,
     /// Calls that had to wait for their turn.
     pub delayed: u64,
     /// Their waits, summed.
@@ -99,6 +102,7 @@ impl Outbound {
     pub(super) fn new(rate: Rate) -> Self {
         Self {
             limiter: Limiter::new(rate),
+            turns: AtomicU64::new(0),
             delayed: AtomicU64::new(0),
             waited_nanos: AtomicU64::new(0),
         }
@@ -120,6 +124,7 @@ impl Outbound {
             .turn(urgency.class(), max_wait, on_wait)
             .await
             .map_err(VaultError::Throttled)?;
+        self.turns.fetch_add(1, Ordering::Relaxed);
         if !waited.is_zero() {
             self.delayed.fetch_add(1, Ordering::Relaxed);
             let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
@@ -131,6 +136,7 @@ impl Outbound {
     pub(super) fn status(&self) -> OutboundStatus {
         let waiting = self.limiter.waiting();
         OutboundStatus {
+            turns: self.turns.load(Ordering::Relaxed),
             delayed: self.delayed.load(Ordering::Relaxed),
             waited: Duration::from_nanos(self.waited_nanos.load(Ordering::Relaxed)),
             waiting_unserved: waiting.ahead,

@@ -20,6 +20,8 @@ pub struct Second {
     pub pods: usize,
     /// From the signer's metrics (when given).
     pub queued: Option<f64>,
+    /// Calls Vault was sent per second: those that took a turn of the outbound limit when it
+    /// is set, else sign calls answered.
     pub vault_signs: Option<f64>,
     pub signer_rss_mib: Option<f64>,
     pub signer_cpu_s: Option<f64>,
