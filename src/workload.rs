@@ -3,7 +3,7 @@
 //! own identity, or ztunnel's pod asking for a workload's identity (`ImpersonatedIdentity`);
 //! without a pod, the caller's address. Every pod of a service account shares its SPIFFE ID,
 //! so this, not the identity, is what tells one pod's calls from its siblings': what it holds
-//! ([`crate::holders`]) and what it may still obtain ([`crate::issuance_limits`]).
+//! (the holders table) and what it may still obtain (the per-workload issuance limit).
 
 use std::fmt;
 use std::hash::{Hash, Hasher};

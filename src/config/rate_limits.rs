@@ -43,7 +43,7 @@ pub const DEFAULT_PER_NODE: IssuanceRate = IssuanceRate {
 pub struct RateLimitsConfig {
     /// Certificates per SPIFFE identity, whoever asks for it.
     pub per_identity: IssuanceRate,
-    /// Certificates per workload (`crate::workload`): one pod and the identity it asks for.
+    /// Certificates per workload: one pod (else one address) and the identity it asks for.
     pub per_workload: IssuanceRate,
     /// Certificates a node proxy (ztunnel) obtains for other identities (impersonation), per
     /// node.
