@@ -654,6 +654,10 @@ impl Env {
         config.vault.addr = bao.addr.parse().unwrap();
         config.vault.token_file = Some(setup_dir.join("vault-token"));
         config.vault.timeout = Duration::from_secs(2);
+        // Every call of a test comes from 127.0.0.1, mostly with tokens not bound to a pod: to
+        // the signer, one workload per identity, which tests call far more often than one pod
+        // does. Tests of the per-workload limit set it themselves.
+        config.rate_limits.per_workload = TEST_PER_WORKLOAD;
         customize(&mut config);
 
         let signer = app::start(config.clone()).await.expect("signer starts");
@@ -1007,3 +1011,10 @@ pub fn requests_answered(metrics: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// `rate_limits.per_workload` of the test signers: out of the way (see `Env::start_with`).
+pub const TEST_PER_WORKLOAD: istio_vault_ca::config::IssuanceRate =
+    istio_vault_ca::config::IssuanceRate {
+        per_minute: std::num::NonZeroU32::new(1_000_000).unwrap(),
+        burst: std::num::NonZeroU32::new(1_000_000).unwrap(),
+    };

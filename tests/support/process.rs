@@ -239,6 +239,9 @@ listen = "{host}:{admin_port}"
 enabled = false
 [log]
 level = "{log_level}"
+# Every call of a test comes from 127.0.0.1: one workload per identity (support::TEST_PER_WORKLOAD).
+[rate_limits]
+per_workload = {{ per_minute = 1000000, burst = 1000000 }}
 "#,
             tls = setup.join("tls").display(),
             jwks = jwks.display(),
