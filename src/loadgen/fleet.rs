@@ -251,7 +251,7 @@ async fn run(
     let start = recorder.start;
     let mut drained = 0;
     let mut born = 0usize;
-    // The signer's sign count at the previous scrape, and when that scrape was answered.
+    // What the signer had sent Vault at the previous scrape, and when that scrape was answered.
     let mut last_signs: Option<(f64, Instant)> = None;
     tick.tick().await;
     while start.elapsed() < opts.duration {

@@ -241,8 +241,10 @@ enabled = false
 level = "{log_level}"
 # Every call of a test comes from 127.0.0.1: one workload per identity (support::TEST_PER_WORKLOAD).
 [rate_limits]
-per_workload = {{ per_minute = 1000000, burst = 1000000 }}
+per_workload = {{ per_minute = {per_minute}, burst = {burst} }}
 "#,
+            per_minute = super::TEST_PER_WORKLOAD.per_minute,
+            burst = super::TEST_PER_WORKLOAD.burst,
             tls = setup.join("tls").display(),
             jwks = jwks.display(),
             setup = setup.display(),
